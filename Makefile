@@ -1,0 +1,135 @@
+# weightd — plain Makefile. `make help` lists the targets.
+#
+# Build flavours share this file and differ only in the build directory:
+#   make            release build in build/
+#   make SAN=1      AddressSanitizer + UndefinedBehaviorSanitizer in build-san/
+#   make TSAN=1     ThreadSanitizer in build-tsan/ (ring tests)
+#   make STATIC=1   Debian libraries linked statically in build-static/ (for GPU machines)
+# Every .c file in a layer folder joins the internal library; every tests/test_*.c is
+# one test program; every cmd/*.c with a main() is named in BINS below.
+
+SAN ?= 0
+TSAN ?= 0
+STATIC ?= 0
+CC ?= cc
+
+ifeq ($(SAN),1)
+BUILD ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+else ifeq ($(TSAN),1)
+BUILD ?= build-tsan
+SANFLAGS := -fsanitize=thread
+else ifeq ($(STATIC),1)
+BUILD ?= build-static
+CONFIGURE_FLAGS := --static
+else
+BUILD ?= build
+endif
+
+include $(BUILD)/config.mk
+
+WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=gnu11 $(CFLAGS) $(WARN) -pthread -fPIC -D_GNU_SOURCE \
+	-I$(BUILD) -I. -Iinclude $(CUDA_CFLAGS) $(SANFLAGS)
+ALL_LDFLAGS := $(LDFLAGS) -pthread $(SANFLAGS)
+
+LAYER_SRCS := $(wildcard core/*.c shm/*.c uring/*.c gpu/*.c)
+LAYER_OBJS := $(LAYER_SRCS:%.c=$(BUILD)/%.o)
+CTL_SRCS := $(wildcard cmd/ctl_*.c)
+CTL_OBJS := $(CTL_SRCS:%.c=$(BUILD)/%.o)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+TEST_HELPER_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/helpers*.c))
+BENCH_SRCS := $(wildcard bench/bench_*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+INTERNAL_LIB := $(BUILD)/libwd-internal.a
+BINS := $(BUILD)/weightctl
+
+.PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
+	clean help
+.DEFAULT_GOAL := all
+
+all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+
+help:
+	@echo "make run         install missing packages, build, run the demo job"
+	@echo "make test        build and run every test (unit, integration, ASan+UBSan, fuzz)"
+	@echo "make test-unit   run the test suite on the release build only"
+	@echo "make bench-scan  discovery benchmark (10,000 files)"
+	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
+
+$(BUILD)/config.mk $(BUILD)/config-host.h: configure
+	./configure --builddir=$(BUILD) --cc=$(CC) $(CONFIGURE_FLAGS)
+
+$(BUILD)/%.o: %.c $(BUILD)/config-host.h
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(INTERNAL_LIB): $(LAYER_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/weightctl: $(BUILD)/cmd/weightctl.o $(CTL_OBJS) $(INTERNAL_LIB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_HELPER_OBJS) $(INTERNAL_LIB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS) -lcmocka
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(INTERNAL_LIB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
+
+deps:
+	@scripts/install-deps.sh
+
+# The demo job: a small generated model set under .run/, scanned and listed.
+RUN_DIR := .run
+run: deps
+	@$(MAKE) --no-print-directory all
+	@test -d $(RUN_DIR)/models || $(BUILD)/weightctl gen --preset demo $(RUN_DIR)/models
+	$(BUILD)/weightctl --state-dir $(RUN_DIR)/state scan $(RUN_DIR)/models
+	$(BUILD)/weightctl --state-dir $(RUN_DIR)/state ls
+
+# `make test` is what CI runs: the release suite, the sanitizer suite, and the fuzzers.
+test: deps
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-san
+	@$(MAKE) --no-print-directory fuzz-ci
+
+test-unit check: all
+	@tests/run.sh $(BUILD)
+
+test-san:
+	@$(MAKE) --no-print-directory SAN=1 check
+
+test-tsan:
+	@$(MAKE) --no-print-directory TSAN=1 CC=clang $(BUILD:build=build-tsan)/tests/test_ring
+	@build-tsan/tests/test_ring
+
+# libFuzzer targets need clang; they build from the layer sources directly.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := build-fuzz
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $(LAYER_SRCS) $(BUILD)/config-host.h
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(filter core/st%.c core/log.c,$(LAYER_SRCS)) $(DEP_LIBS)
+
+fuzz fuzz-ci: $(FUZZ_BINS)
+	@set -e; for f in $(FUZZ_BINS); do \
+		name=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus-$$name; \
+		echo "fuzz: $$name for $(FUZZ_SECONDS)s"; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+			$(FUZZ_BUILD)/corpus-$$name tests/fuzz/seeds/$$name 2>&1 | tail -n 12; \
+	done
+
+bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl
+	$(BUILD)/bench/bench_scan
+
+clean:
+	rm -rf build build-san build-tsan build-static build-fuzz
+
+-include $(LAYER_OBJS:.o=.d) $(TEST_BINS:=.d) $(BUILD)/cmd/weightctl.d $(CTL_OBJS:.o=.d)

@@ -1,0 +1,62 @@
+/*
+ * weightctl internals: the verb table's signature and the helpers verbs share.
+ * Each verb lives in cmd/ctl_<verb>.c, parses its own options (every verb has --help),
+ * calls the library, and formats the result. Exit codes: 0 success, 1 the operation
+ * failed or found invalid input, 2 usage error.
+ */
+#ifndef WD_CMD_CTL_H
+#define WD_CMD_CTL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CTL_OK 0
+#define CTL_FAIL 1
+#define CTL_USAGE 2
+
+struct ctl {
+	const char *state_dir_opt; /* --state-dir, given anywhere on the command line */
+	char state_dir[4096];	   /* resolved by ctl_state_dir() */
+};
+
+struct ctl_verb {
+	const char *name;
+	int (*run)(struct ctl *c, int argc, char **argv); /* argv[0] is the verb */
+	const char *summary;
+};
+
+/* Resolves (and creates) the state directory; prints the error and returns NULL on failure. */
+const char *ctl_state_dir(struct ctl *c);
+
+/* Prints "weightctl VERB: <msg>" to stderr. */
+void ctl_err(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * A progress line on stderr (only when stderr is a terminal, or when forced with
+ * $WEIGHTD_PROGRESS=1): "label  done/total  rate  ETA", redrawn in place at most
+ * 10 times a second. @unit_bytes chooses between byte units (GB/s) and plain counts.
+ */
+struct ctl_progress {
+	const char *label;
+	bool unit_bytes;
+	bool enabled;
+	uint64_t start_ns;
+	uint64_t last_ns;
+};
+void ctl_progress_begin(struct ctl_progress *p, const char *label, bool unit_bytes);
+void ctl_progress_update(struct ctl_progress *p, uint64_t done, uint64_t total);
+void ctl_progress_end(struct ctl_progress *p, uint64_t done, uint64_t total);
+
+/* Formats @bytes as "1.23 GiB" into @buf. */
+const char *ctl_human_bytes(uint64_t bytes, char *buf, size_t size);
+
+/* The verbs. */
+int ctl_scan(struct ctl *c, int argc, char **argv);
+int ctl_ls(struct ctl *c, int argc, char **argv);
+int ctl_info(struct ctl *c, int argc, char **argv);
+int ctl_validate(struct ctl *c, int argc, char **argv);
+int ctl_meta(struct ctl *c, int argc, char **argv);
+int ctl_gen(struct ctl *c, int argc, char **argv);
+
+#endif

@@ -1,0 +1,64 @@
+#include "core/log.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+static enum log_level threshold = LOG_WARN;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void read_env(void)
+{
+	const char *e = getenv("WEIGHTD_LOG");
+
+	if (!e)
+		return;
+	for (size_t i = 0; i < ARRAY_SIZE(level_names); i++)
+		if (!strcmp(e, level_names[i]))
+			threshold = (enum log_level)i;
+	if (!strcmp(e, "off"))
+		threshold = LOG_OFF;
+}
+
+void log_set_level(enum log_level level)
+{
+	pthread_once(&env_once, read_env);
+	threshold = level;
+}
+
+enum log_level log_get_level(void)
+{
+	pthread_once(&env_once, read_env);
+	return threshold;
+}
+
+void log_msg(enum log_level level, const char *mod, const char *fmt, ...)
+{
+	char line[2048];
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+	int n;
+
+	if (level < log_get_level() || level >= LOG_OFF)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=%s msg=",
+		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		     tm.tm_sec, ts.tv_nsec / 1000000, level_names[level], mod);
+	va_start(ap, fmt);
+	if (n > 0 && (size_t)n < sizeof(line))
+		vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	va_end(ap);
+	/* One fputs per line so lines from different threads do not interleave. */
+	size_t len = strnlen(line, sizeof(line) - 2);
+
+	line[len] = '\n';
+	line[len + 1] = '\0';
+	fputs(line, stderr);
+}

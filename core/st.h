@@ -1,0 +1,203 @@
+/*
+ * safetensors reader and validator.
+ *
+ * A safetensors file is: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
+ * (an object, starting with '{', optionally right-padded with spaces), then the data.
+ * Every rule of DESIGN.md's "safetensors, exactly" is enforced here, and each rejection
+ * carries a stable code (st_code_name() gives its stable string), a message naming the
+ * rule, the tensor when there is one, and the byte offset in the file when there is one.
+ *
+ * Resource bounds: a header larger than ST_MAX_HEADER is refused before anything past the
+ * first 8 bytes is read; the parser allocates in proportion to the header it was given.
+ */
+#ifndef WD_CORE_ST_H
+#define WD_CORE_ST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define ST_MAX_HEADER 100000000ull /* N above this is refused */
+#define ST_MAX_RANK 16		   /* ranks above this are refused (ST_ERR_RANK) */
+#define ST_MSG_MAX 512
+
+enum st_dtype {
+	ST_BOOL,
+	ST_U8,
+	ST_I8,
+	ST_U16,
+	ST_I16,
+	ST_U32,
+	ST_I32,
+	ST_U64,
+	ST_I64,
+	ST_F16,
+	ST_BF16,
+	ST_F32,
+	ST_F64,
+	ST_C64,
+	ST_F8_E4M3,
+	ST_F8_E5M2,
+	ST_F8_E8M0,
+	ST_F8_E4M3FNUZ,
+	ST_F8_E5M2FNUZ,
+	ST_F6_E2M3,
+	ST_F6_E3M2,
+	ST_F4,
+	ST_DTYPE_COUNT
+};
+
+enum st_kind { ST_KIND_BOOL, ST_KIND_UINT, ST_KIND_INT, ST_KIND_FLOAT, ST_KIND_COMPLEX };
+
+struct st_dtype_info {
+	const char *name; /* as spelled in the header: "BF16" */
+	uint8_t bits;	  /* bits per element: 4, 6, 8, 16, 32, 64 */
+	uint8_t kind;	  /* enum st_kind */
+};
+
+/* Returns the description of @dt; @dt must be < ST_DTYPE_COUNT. */
+const struct st_dtype_info *st_dtype_info(enum st_dtype dt);
+/* Looks up a dtype by its header spelling (exact, case-sensitive). -1 when unknown. */
+int st_dtype_from_name(const char *name);
+
+/*
+ * Stable rejection codes. The numbers and the names returned by st_code_name() are part
+ * of weightctl's JSON output and the client ABI: append only.
+ */
+enum st_code {
+	ST_OK = 0,
+	ST_ERR_IO,		/* "io": open, stat or read failed */
+	ST_ERR_NOMEM,		/* "nomem" */
+	ST_ERR_TOO_SMALL,	/* "file_too_small": fewer than 8 bytes */
+	ST_ERR_HEADER_TOO_LARGE,/* "header_too_large": N > 100,000,000 */
+	ST_ERR_HEADER_BOUNDS,	/* "header_out_of_bounds": 8 + N > file size */
+	ST_ERR_HEADER_START,	/* "header_not_object_start": first byte is not '{' */
+	ST_ERR_UTF8,		/* "invalid_utf8" */
+	ST_ERR_JSON,		/* "invalid_json": syntax, trailing bytes, NUL */
+	ST_ERR_DUPLICATE_KEY,	/* "duplicate_key" */
+	ST_ERR_NOT_OBJECT,	/* "header_not_object" */
+	ST_ERR_ENTRY,		/* "invalid_entry": not an object, missing/unknown field */
+	ST_ERR_DTYPE,		/* "invalid_dtype": not a string or unknown */
+	ST_ERR_SHAPE,		/* "invalid_shape": not an array of non-negative integers */
+	ST_ERR_RANK,		/* "rank_too_large": rank > ST_MAX_RANK */
+	ST_ERR_OFFSETS,		/* "invalid_offsets": not [begin,end] integers, begin > end */
+	ST_ERR_METADATA,	/* "invalid_metadata": __metadata__ not a string->string map */
+	ST_ERR_OVERFLOW,	/* "size_overflow": element count x bits overflows 64 bits */
+	ST_ERR_PARTIAL_BYTE,	/* "partial_byte": element count x bits not a multiple of 8 */
+	ST_ERR_SIZE_MISMATCH,	/* "size_mismatch": end - begin != nelem x bits / 8 */
+	ST_ERR_DATA_START,	/* "data_not_at_zero": lowest begin is not 0 */
+	ST_ERR_GAP,		/* "data_gap": a hole between two tensors */
+	ST_ERR_OVERLAP,		/* "data_overlap": two tensors share bytes */
+	ST_ERR_FILE_SIZE,	/* "file_size_mismatch": 8 + N + last end != file size */
+	ST_CODE_COUNT
+};
+
+/* The stable snake_case name of @code ("duplicate_key"); "unknown" when out of range. */
+const char *st_code_name(int code);
+
+/*
+ * One rejection. @offset is a byte offset in the file (UINT64_MAX when none applies);
+ * @tensor is the tensor's name ("" when none applies). @message is one line that names
+ * the file, the rule, the tensor and the offset.
+ */
+struct st_error {
+	int code; /* enum st_code */
+	uint64_t offset;
+	char tensor[256];
+	char message[ST_MSG_MAX];
+};
+
+struct st_tensor {
+	char *name;	   /* NUL-terminated, valid UTF-8 (jansson checked it) */
+	enum st_dtype dtype;
+	uint32_t rank;
+	uint64_t shape[ST_MAX_RANK];
+	uint64_t begin;	   /* data_offsets, relative to the data start (8 + N) */
+	uint64_t end;
+	uint64_t nelem;	   /* product of shape; 1 for a scalar */
+};
+
+struct st_kv {
+	char *key;
+	char *value;
+};
+
+/*
+ * A validated header. Tensors are sorted by data offset (begin, then end), which is
+ * also file order; st_find() looks one up by name.
+ */
+struct st_file {
+	char *path;		/* as given to st_open(); NULL after st_parse_header() */
+	uint64_t file_size;
+	uint64_t header_len;	/* N */
+	uint64_t data_start;	/* 8 + N */
+	uint64_t header_hash;	/* xxh3-64 of the first 8 + N bytes */
+	uint32_t n_tensors;
+	struct st_tensor *tensors;
+	uint32_t *by_name;	/* indices into tensors, sorted by name (for st_find) */
+	uint32_t n_meta;
+	struct st_kv *meta;	/* __metadata__, in header order */
+};
+
+/*
+ * Validates the header of a file of @file_size bytes whose first @len bytes are @buf
+ * (@len must be at least 8 + N for success; fewer is ST_ERR_HEADER_BOUNDS when the file
+ * itself is that short). @path is used only in messages. On success fills @out, which the
+ * caller releases with st_file_free(), and returns 0. On rejection returns -EINVAL and
+ * fills @err (when not NULL); on allocation failure returns -ENOMEM with ST_ERR_NOMEM.
+ * @out is left empty on any failure.
+ */
+int st_parse_header(const char *path, const void *buf, size_t len, uint64_t file_size,
+		    struct st_file *out, struct st_error *err);
+
+/*
+ * Opens @path, reads only its header and validates it as st_parse_header() does. Reads
+ * 8 bytes first and refuses a header over ST_MAX_HEADER or past the end of the file
+ * before allocating. Returns 0, -EINVAL (a rejection, @err filled), -ENOMEM, or a
+ * negative errno from open/fstat/pread (with ST_ERR_IO in @err).
+ */
+int st_open(const char *path, struct st_file *out, struct st_error *err);
+
+/* Same as st_open() on an already open file descriptor (not closed, not moved). */
+int st_open_fd(int fd, const char *path, struct st_file *out, struct st_error *err);
+
+/* Releases what st_open()/st_parse_header() allocated; @f may be zeroed or NULL. */
+void st_file_free(struct st_file *f);
+
+/* The tensor named @name, or NULL; a binary search over by_name. */
+const struct st_tensor *st_find(const struct st_file *f, const char *name);
+
+/* The value of __metadata__ key @key, or NULL. */
+const char *st_meta_get(const struct st_file *f, const char *key);
+
+/* Bytes of tensor @t's data (end - begin). */
+static inline uint64_t st_tensor_nbytes(const struct st_tensor *t)
+{
+	return t->end - t->begin;
+}
+
+/* Total bytes of tensor data (last end), and total element count (parameters). */
+uint64_t st_data_bytes(const struct st_file *f);
+uint64_t st_param_count(const struct st_file *f);
+
+/* Formats "[a, b, c]" into @buf (always NUL-terminated). */
+void st_shape_str(const struct st_tensor *t, char *buf, size_t size);
+
+/*
+ * Deep validation: reads every tensor's bytes, computes an xxh3-64 per tensor and counts
+ * NaN and Inf in float tensors (F16, BF16, F32, F64, C64 parts, and the F8 types that can
+ * encode them). @fd is the open file the header came from.
+ */
+struct st_deep_tensor {
+	uint64_t xxh3;
+	uint64_t nan;
+	uint64_t inf;
+};
+/*
+ * Fills @out (an array of f->n_tensors, in f->tensors order). Returns 0, a negative errno
+ * from pread (ST_ERR_IO in @err), or -EINVAL when the file changed size under us.
+ */
+int st_deep_check(int fd, const struct st_file *f, struct st_deep_tensor *out,
+		  struct st_error *err);
+
+#endif

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Runs every test of one build: the compiled test programs (tests/test_*.c) and the
+# integration scripts (tests/test_*.sh), then the Python tests when present.
+# A test exits 0 to pass, 77 to skip (it prints why), anything else to fail.
+# Tests never touch the user's default state: HOME and XDG dirs point into a temp dir.
+set -u
+BUILD=${1:-build}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TMPROOT=$(mktemp -d /tmp/weightd-tests.XXXXXX)
+trap 'rm -rf "$TMPROOT"' EXIT INT TERM
+export HOME="$TMPROOT/home" XDG_STATE_HOME="$TMPROOT/xdg-state" \
+	XDG_RUNTIME_DIR="$TMPROOT/xdg-run" XDG_DATA_HOME="$TMPROOT/xdg-data"
+mkdir -p "$HOME" "$XDG_RUNTIME_DIR"
+chmod 700 "$XDG_RUNTIME_DIR"
+export WD_BUILD="$ROOT/$BUILD" WD_ROOT="$ROOT" WD_CORPUS="$ROOT/../shared/corpus"
+unset WEIGHTD_STATE_DIR WEIGHTD_SOCKET
+
+pass=0 fail=0 skip=0 failed=""
+run_one() {
+	name=$1
+	shift
+	log="$TMPROOT/$name.log"
+	start=$(date +%s)
+	(cd "$TMPROOT" && TMPDIR="$TMPROOT" "$@") >"$log" 2>&1
+	rc=$?
+	secs=$(($(date +%s) - start))
+	case $rc in
+	0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
+	77) skip=$((skip + 1)); echo "SKIP $name: $(grep -m1 -i 'skip' "$log" || echo 'no reason given')" ;;
+	*) fail=$((fail + 1)); failed="$failed $name"
+	   echo "FAIL $name (exit $rc, ${secs}s); last lines of its output:"
+	   tail -n 40 "$log" | sed 's/^/    /' ;;
+	esac
+}
+
+for t in "$ROOT/$BUILD"/tests/test_*; do
+	[ -x "$t" ] || continue
+	case $t in *.o | *.d) continue ;; esac
+	run_one "$(basename "$t")" "$t"
+done
+for t in "$ROOT"/tests/test_*.sh; do
+	[ -f "$t" ] || continue
+	run_one "$(basename "$t")" sh "$t"
+done
+if [ -d "$ROOT/tests/python" ] && ls "$ROOT"/tests/python/test_*.py >/dev/null 2>&1; then
+	run_one pytest /usr/bin/python3 -m pytest -q -p no:cacheprovider "$ROOT/tests/python"
+fi
+
+[ -n "$failed" ] && echo "failed:$failed"
+echo "$BUILD: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]
