@@ -116,14 +116,19 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude \
 
 $(FUZZ_BUILD)/%: tests/fuzz/%.c $(LAYER_SRCS) $(BUILD)/config-host.h
 	@mkdir -p $(@D)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(filter core/st%.c core/log.c,$(LAYER_SRCS)) $(DEP_LIBS)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(filter core/st.c core/st_%.c core/log.c,$(LAYER_SRCS)) $(DEP_LIBS)
 
 fuzz fuzz-ci: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
 		name=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus-$$name; \
 		echo "fuzz: $$name for $(FUZZ_SECONDS)s"; \
-		$$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
-			$(FUZZ_BUILD)/corpus-$$name tests/fuzz/seeds/$$name 2>&1 | tail -n 12; \
+		rc=0; $$f -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 \
+			$(FUZZ_BUILD)/corpus-$$name tests/fuzz/seeds/$$name \
+			>$(FUZZ_BUILD)/$$name.log 2>&1 || rc=$$?; \
+		tail -n 12 $(FUZZ_BUILD)/$$name.log; \
+		if [ $$rc -ne 0 ]; then \
+			echo "fuzz: $$name FAILED (exit $$rc), see $(FUZZ_BUILD)/$$name.log"; exit 1; \
+		fi; \
 	done
 
 bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl

@@ -107,6 +107,19 @@ struct st_error {
 	char message[ST_MSG_MAX];
 };
 
+/*
+ * Fills @err (when not NULL) with a rejection in the format every st_ function uses:
+ *   <path>: <code name>: tensor "<name>": <detail> (<where> at byte <offset>)
+ * @tensor may be NULL or "" (no tensor part); @offset UINT64_MAX leaves out the byte part,
+ * whose label @where says what lives there ("header", "header entry", "data"). Long paths,
+ * names and details are shortened so that the offset part always fits; control characters
+ * and quotes in @path and @tensor are escaped so that the message stays one line.
+ * Returns @rc unchanged, so callers write `return st_error_set(err, -EINVAL, ...)`.
+ */
+int st_error_set(struct st_error *err, int rc, int code, const char *path, const char *tensor,
+		 uint64_t offset, const char *where, const char *fmt, ...)
+	__attribute__((format(printf, 8, 9)));
+
 struct st_tensor {
 	char *name;	   /* NUL-terminated, valid UTF-8 (jansson checked it) */
 	enum st_dtype dtype;
@@ -185,17 +198,25 @@ void st_shape_str(const struct st_tensor *t, char *buf, size_t size);
 
 /*
  * Deep validation: reads every tensor's bytes, computes an xxh3-64 per tensor and counts
- * NaN and Inf in float tensors (F16, BF16, F32, F64, C64 parts, and the F8 types that can
- * encode them). @fd is the open file the header came from.
+ * NaN and Inf in float tensors. Counted: F16, BF16, F32, F64 (IEEE); C64 per part (a
+ * complex element with a NaN real and a NaN imaginary part counts 2); F8_E4M3 (NaN is
+ * S.1111.111, no Inf); F8_E5M2 (IEEE-like); F8_E4M3FNUZ and F8_E5M2FNUZ (NaN is 0x80, no
+ * Inf); F8_E8M0 (NaN is 0xff, no Inf). F6, F4 and the integer types hold neither.
  */
+#define ST_DEEP_CHUNK (4u << 20) /* bytes per pread in st_deep_check() */
+
 struct st_deep_tensor {
-	uint64_t xxh3;
+	uint64_t xxh3; /* XXH3_64bits() of the tensor's bytes (seed 0) */
 	uint64_t nan;
 	uint64_t inf;
 };
+
 /*
- * Fills @out (an array of f->n_tensors, in f->tensors order). Returns 0, a negative errno
- * from pread (ST_ERR_IO in @err), or -EINVAL when the file changed size under us.
+ * Reads the data region of @f from @fd (the file the header came from, as st_open() saw
+ * it) front to back in ST_DEEP_CHUNK preads, whatever the tensors' alignment, and fills
+ * @out (an array of f->n_tensors, in f->tensors order). Returns 0; a negative errno from
+ * fstat/pread (ST_ERR_IO in @err, with the data offset that failed); -EINVAL with
+ * ST_ERR_FILE_SIZE when the file's size changed since the header was read; -ENOMEM.
  */
 int st_deep_check(int fd, const struct st_file *f, struct st_deep_tensor *out,
 		  struct st_error *err);

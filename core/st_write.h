@@ -28,4 +28,13 @@ struct st_write_tensor {
 int st_write_file(const char *path, const struct st_write_tensor *tensors, size_t n,
 		  const struct st_kv *meta, size_t n_meta, uint64_t seed);
 
+/*
+ * Same as st_write_file(), and calls @progress (when not NULL) after every chunk of at
+ * most 1 MiB with the number of tensor data bytes written so far and @arg, so that a
+ * caller writing gigabytes can draw a progress line.
+ */
+int st_write_file_progress(const char *path, const struct st_write_tensor *tensors, size_t n,
+			   const struct st_kv *meta, size_t n_meta, uint64_t seed,
+			   void (*progress)(void *arg, uint64_t bytes_done), void *arg);
+
 #endif

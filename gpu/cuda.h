@@ -1,0 +1,71 @@
+/*
+ * The CUDA driver API, loaded at run time with dlopen("libcuda.so.1") and called through
+ * the function pointers in struct gpu_driver. Nothing links against libcuda, so weightd
+ * builds and runs on machines with no driver (and, without the toolkit headers, builds
+ * with CONFIG_HAVE_CUDA_H unset and reports "built without CUDA headers").
+ *
+ * Every CUresult is converted once, by gpu_cu_err(), into a negative errno plus a message
+ * that carries the CUDA error name.
+ */
+#ifndef WD_GPU_CUDA_H
+#define WD_GPU_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/common.h"
+
+#ifdef CONFIG_HAVE_CUDA_H
+#include <cuda.h>
+#else
+typedef int CUresult;
+typedef int CUdevice;
+#endif
+
+#define GPU_MAX_DEVICES 64
+
+struct gpu_driver {
+	void *handle;
+	int version; /* cuDriverGetVersion: 12040 is 12.4 */
+	CUresult (*cuInit)(unsigned int flags);
+	CUresult (*cuDriverGetVersion)(int *version);
+	CUresult (*cuGetErrorName)(CUresult err, const char **name);
+	CUresult (*cuGetErrorString)(CUresult err, const char **str);
+	CUresult (*cuDeviceGetCount)(int *count);
+	CUresult (*cuDeviceGet)(CUdevice *dev, int ordinal);
+	CUresult (*cuDeviceGetName)(char *name, int len, CUdevice dev);
+	CUresult (*cuDeviceTotalMem)(size_t *bytes, CUdevice dev);
+	CUresult (*cuDeviceGetPCIBusId)(char *bus_id, int len, CUdevice dev);
+};
+
+struct gpu_device {
+	int ordinal;
+	char name[128];
+	char pci_bus_id[32]; /* "0000:3b:00.0" */
+	uint64_t total_bytes;
+};
+
+/*
+ * Loads the driver and calls cuInit(0). @why receives a one-line reason on failure.
+ * Returns 0; -ENOSYS when built without CUDA headers; -ENODEV when libcuda.so.1 cannot
+ * be loaded ("no CUDA driver") or cuInit reports no device; -ENOENT when a required
+ * symbol is missing (driver too old); or gpu_cu_err()'s errno for a failing cuInit.
+ * @drv is left closed on failure. $WEIGHTD_LIBCUDA overrides the library name (tests).
+ */
+int gpu_driver_open(struct gpu_driver *drv, char *why, size_t why_size);
+void gpu_driver_close(struct gpu_driver *drv);
+
+/*
+ * Converts @res into a negative errno and, when @msg is not NULL, writes
+ * "<what>: <CUDA_ERROR_NAME>: <description>" into it. CUDA_SUCCESS gives 0.
+ * @drv may be NULL or closed: the name then comes from weightd's own table.
+ */
+int gpu_cu_err(const struct gpu_driver *drv, CUresult res, const char *what, char *msg,
+	       size_t msg_size);
+
+/* Fills up to @max devices. Returns the count or a negative errno (via gpu_cu_err). */
+int gpu_enumerate(const struct gpu_driver *drv, struct gpu_device *devs, int max,
+		  char *why, size_t why_size);
+
+#endif

@@ -1,0 +1,286 @@
+/*
+ * The wire ABI between weightd and its clients: the attach handshake on the Unix socket, the
+ * layout of a client's ring segment, and the submission/completion entries with their op
+ * codes. docs/protocol.md describes the same layout with offsets and the rules around it.
+ *
+ * Everything here lives in memory that two processes map, possibly built by different
+ * compilers, so the rules are: fixed-width types only, explicit padding (reserved fields are
+ * zero on write and checked on read where the reader is the daemon), offsets never pointers,
+ * and a static_assert on the size and on every field offset. Changing any of it means bumping
+ * WD_ABI_VERSION.
+ */
+#ifndef WD_SHM_ABI_H
+#define WD_SHM_ABI_H
+
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WD_ABI_VERSION 1u
+
+/* Magics, stored little-endian, spell "WDHL", "WDRP", "WDRG" and "WDRY" in a hex dump. */
+#define WD_HELLO_MAGIC 0x4c484457u
+#define WD_REPLY_MAGIC 0x50524457u
+#define WD_RING_MAGIC 0x47524457u
+#define WD_REGISTRY_MAGIC 0x59524457u
+
+/*
+ * The ring cursors of the two sides sit WD_RING_ALIGN bytes apart rather than one 64-byte
+ * line: Intel's adjacent-line prefetcher pulls cache lines in 128-byte pairs, so two cursors
+ * 64 bytes apart still ping-pong between cores (DPDK adds a guard line for the same reason).
+ */
+#define WD_RING_ALIGN 128u
+
+/* Each ring slot owns a payload area of this size (names, paths, metadata, results). */
+#define WD_DATA_SLOT_SIZE 256u
+
+/* Ring sizes a segment may have: powers of two in [WD_RING_MIN, WD_RING_MAX]. */
+#define WD_RING_MIN 2u
+#define WD_RING_MAX 32768u
+
+/* Tiers: 0 is the shared host cache, 1 + n is cuda:n. */
+#define WD_TIER_HOST 0u
+#define WD_TIER_CUDA(n) (1u + (n))
+#define WD_TIER_MAX 16u
+/* A model or component field that names nothing (the name is in the payload instead). */
+#define WD_ID_NONE 0xffffffffu
+
+/* ------------------------------------------------------------------------------------------ */
+/* Attach handshake (SOCK_SEQPACKET Unix socket; one message each way).                       */
+
+/*
+ * The first message a client sends. The daemon checks magic, version, hello_size, sqe_size and
+ * cqe_size before anything else, so an old or foreign client gets a reply naming the mismatch
+ * instead of a ring it would misread.
+ */
+struct wd_hello {
+	uint32_t magic;		/* WD_HELLO_MAGIC */
+	uint32_t version;	/* WD_ABI_VERSION the client was built with */
+	uint32_t hello_size;	/* sizeof(struct wd_hello) */
+	uint32_t sqe_size;	/* sizeof(struct wd_sqe) */
+	uint32_t cqe_size;	/* sizeof(struct wd_cqe) */
+	uint32_t sq_entries;	/* requested SQ size, power of two, 0 for the daemon's default */
+	uint32_t cq_entries;	/* requested CQ size, power of two, 0 for 2 * sq_entries */
+	uint32_t flags;		/* none defined; must be 0 */
+	char client_name[32];	/* NUL-padded label for logs and `weightctl clients` */
+};
+
+/*
+ * The daemon's answer. On status == 0 the same message carries two descriptors with
+ * SCM_RIGHTS, in this order: the client's ring segment (read-write, sealed against shrink and
+ * grow) and the registry segment (opened read-only, sealed against future writes).
+ */
+struct wd_hello_reply {
+	uint32_t magic;		/* WD_REPLY_MAGIC */
+	uint32_t version;	/* WD_ABI_VERSION of the daemon */
+	uint32_t reply_size;	/* sizeof(struct wd_hello_reply) */
+	int32_t status;		/* 0, or a negative errno (see docs/protocol.md) */
+	uint32_t client_id;	/* daemon-assigned, also in the ring segment header */
+	uint32_t n_fds;		/* 2 on success, 0 on failure */
+	uint64_t ring_seg_size;
+	uint64_t registry_seg_size;
+	char message[96];	/* NUL-terminated reason when status < 0 */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ring segment: one per client, created by the daemon, mapped read-write by both sides.      */
+
+/* wd_ring_seg_hdr.status: the daemon marks a ring it stopped serving. */
+enum wd_ring_status {
+	WD_RING_OK = 0,
+	WD_RING_BROKEN = 1,	/* the client wrote an invalid cursor; error says why */
+	WD_RING_SHUTDOWN = 2,	/* the daemon is exiting; no more completions will come */
+};
+
+/*
+ * At offset 0 of the ring segment. Written by the daemon before the descriptor is sent and
+ * never changed afterwards, except status and error. The daemon never reads the geometry back:
+ * it keeps its own copy, so a client that scribbles here only confuses itself.
+ */
+struct wd_ring_seg_hdr {
+	uint32_t magic;		/* WD_RING_MAGIC */
+	uint32_t version;	/* WD_ABI_VERSION */
+	uint32_t hdr_size;	/* sizeof(struct wd_ring_seg_hdr) */
+	uint32_t client_id;
+	uint64_t seg_size;	/* bytes in the segment; every offset below is < seg_size */
+	uint32_t sq_entries;	/* power of two */
+	uint32_t cq_entries;	/* power of two */
+	uint32_t sqe_size;	/* sizeof(struct wd_sqe) */
+	uint32_t cqe_size;	/* sizeof(struct wd_cqe) */
+	uint32_t data_slot_size; /* WD_DATA_SLOT_SIZE */
+	uint32_t status;	/* enum wd_ring_status, written by the daemon */
+	int32_t error;		/* negative errno once status != WD_RING_OK */
+	uint32_t reserved0;
+	uint64_t sq_off;	/* struct wd_ring_hdr of the submission ring */
+	uint64_t sq_entries_off; /* struct wd_sqe[sq_entries] */
+	uint64_t sq_data_off;	/* WD_DATA_SLOT_SIZE bytes per SQ slot */
+	uint64_t cq_off;	/* struct wd_ring_hdr of the completion ring */
+	uint64_t cq_entries_off; /* struct wd_cqe[cq_entries] */
+	uint64_t cq_data_off;	/* WD_DATA_SLOT_SIZE bytes per CQ slot */
+	uint8_t reserved1[24];
+};
+
+/*
+ * The control block of one single-producer single-consumer ring.
+ *
+ * Invariants (all arithmetic modulo 2^32):
+ *  - tail and head are free-running: they are incremented and never masked when stored; a
+ *    slot is addressed as entries[index & (size - 1)]. The ring is empty when head == tail
+ *    and full when tail - head == size, which is why the size is a power of two no larger
+ *    than 2^31: then tail - head is exact across the 2^32 wrap.
+ *  - 0 <= tail - head <= size at every instant. A side that reads the other side's cursor
+ *    and finds this violated has a corrupt peer and stops using the ring (-EPROTO).
+ *  - Slots [head, tail) belong to the consumer; slots [tail, head + size) to the producer.
+ *    Payload slot i (data area) has the same owner as entry slot i.
+ *
+ * Ordering pairs:
+ *  - producer: write entry, then store_release(tail)  <->  consumer: load_acquire(tail), then
+ *    read entry. The consumer never sees a tail that covers an unwritten entry.
+ *  - consumer: read entry, then store_release(head)   <->  producer: load_acquire(head), then
+ *    overwrite the slot. The producer never reuses a slot the consumer is still reading.
+ *  - doorbell: consumer stores waiting = 1, smp_mb(), re-reads tail; producer stores tail,
+ *    smp_mb(), reads waiting. See shm/ring.h.
+ *
+ * Each written field has its own WD_RING_ALIGN-byte block: the producer writes only tail,
+ * the consumer writes head and waiting. The futex word a sleeping consumer waits on is tail
+ * itself, so FUTEX_WAIT compares against the exact value that ends the wait.
+ */
+struct wd_ring_hdr {
+	uint32_t tail;		/* producer half: next index to be produced */
+	uint8_t pad0[WD_RING_ALIGN - 4];
+	uint32_t head;		/* consumer half: next index to be consumed */
+	uint8_t pad1[WD_RING_ALIGN - 4];
+	uint32_t waiting;	/* doorbell: 1 while the consumer parks (or is about to) */
+	uint8_t pad2[WD_RING_ALIGN - 4];
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Entries.                                                                                   */
+
+/*
+ * Request op codes. 0 is never valid so that a zeroed or unwritten slot is rejected.
+ * docs/protocol.md gives each op's arguments, payload and result.
+ */
+enum wd_op {
+	WD_OP_PING = 1,		/* no-op; aux0 of the completion echoes arg[0] */
+	WD_OP_LOOKUP = 2,	/* resolve a model name (payload) to its registry index */
+	WD_OP_LOAD = 3,		/* make model/component resident on tier; streams progress */
+	WD_OP_UNLOAD = 4,	/* drop model/component from tier (unless pinned by others) */
+	WD_OP_PIN = 5,		/* keep model/component on tier while this lease lives */
+	WD_OP_UNPIN = 6,	/* release a pin this client holds */
+	WD_OP_STATUS = 7,	/* state and progress of model/component on tier */
+	WD_OP_SCAN = 8,		/* discover models under the directory in the payload */
+	WD_OP_VALIDATE = 9,	/* re-read and check model/component; streams progress */
+	WD_OP_META_GET = 10,	/* value of key (payload) of a model's metadata, into CQ payload */
+	WD_OP_META_SET = 11,	/* payload "key\0value" */
+	WD_OP_STATS = 12,	/* this client's counters, u64 array in the CQ payload */
+	WD_OP_SHUTDOWN = 13,	/* stop the daemon (privileged clients only) */
+	WD_OP_COUNT
+};
+
+/* wd_sqe.flags */
+#define WD_SQE_F_PIN 0x01u	/* LOAD: take a pin as soon as the target is resident */
+#define WD_SQE_F_NO_PROGRESS 0x02u /* LOAD/VALIDATE: send only the final completion */
+#define WD_SQE_F_ALL (WD_SQE_F_PIN | WD_SQE_F_NO_PROGRESS)
+
+/*
+ * A request: 64 bytes, one cache line. Variable-length arguments (a model name up to 255
+ * bytes, a path, a metadata key) go in the payload slot that belongs to the same ring slot;
+ * arg_len says how many of its bytes are used. Keeping the entry at one line makes a ping one
+ * line of traffic, and a name costs extra lines only for the ops that carry one.
+ */
+struct wd_sqe {
+	uint8_t opcode;		/* enum wd_op */
+	uint8_t flags;		/* WD_SQE_F_* */
+	uint16_t tier;		/* WD_TIER_* */
+	uint16_t arg_len;	/* payload bytes, <= WD_DATA_SLOT_SIZE */
+	uint16_t reserved;	/* must be 0 */
+	uint64_t user_data;	/* opaque, copied into every completion of this request */
+	uint32_t model;		/* registry model index, or WD_ID_NONE (name in payload) */
+	uint32_t component;	/* registry component index, or WD_ID_NONE for all */
+	uint64_t arg[5];	/* op-specific; unused ones are 0 */
+};
+
+/* wd_cqe.flags */
+#define WD_CQE_F_PROGRESS 0x01u	/* not final: aux0 bytes done of aux1 total; more follow */
+
+/*
+ * A completion: 32 bytes, two per cache line. res is the result or a negative errno; a
+ * request gets zero or more WD_CQE_F_PROGRESS completions and then exactly one final one.
+ */
+struct wd_cqe {
+	uint64_t user_data;	/* from the request */
+	int32_t res;		/* >= 0 op-specific result, < 0 negative errno */
+	uint16_t flags;		/* WD_CQE_F_* */
+	uint16_t data_len;	/* bytes of this slot's CQ payload in use */
+	uint64_t aux0;		/* op-specific (progress: bytes done) */
+	uint64_t aux1;		/* op-specific (progress: bytes total) */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Layout checks: any change here is an ABI change.                                           */
+
+static_assert(sizeof(struct wd_hello) == 64, "wd_hello size");
+static_assert(offsetof(struct wd_hello, version) == 4, "wd_hello.version");
+static_assert(offsetof(struct wd_hello, hello_size) == 8, "wd_hello.hello_size");
+static_assert(offsetof(struct wd_hello, sqe_size) == 12, "wd_hello.sqe_size");
+static_assert(offsetof(struct wd_hello, cqe_size) == 16, "wd_hello.cqe_size");
+static_assert(offsetof(struct wd_hello, sq_entries) == 20, "wd_hello.sq_entries");
+static_assert(offsetof(struct wd_hello, cq_entries) == 24, "wd_hello.cq_entries");
+static_assert(offsetof(struct wd_hello, flags) == 28, "wd_hello.flags");
+static_assert(offsetof(struct wd_hello, client_name) == 32, "wd_hello.client_name");
+
+static_assert(sizeof(struct wd_hello_reply) == 136, "wd_hello_reply size");
+static_assert(offsetof(struct wd_hello_reply, version) == 4, "wd_hello_reply.version");
+static_assert(offsetof(struct wd_hello_reply, reply_size) == 8, "wd_hello_reply.reply_size");
+static_assert(offsetof(struct wd_hello_reply, status) == 12, "wd_hello_reply.status");
+static_assert(offsetof(struct wd_hello_reply, client_id) == 16, "wd_hello_reply.client_id");
+static_assert(offsetof(struct wd_hello_reply, n_fds) == 20, "wd_hello_reply.n_fds");
+static_assert(offsetof(struct wd_hello_reply, ring_seg_size) == 24, "reply.ring_seg_size");
+static_assert(offsetof(struct wd_hello_reply, registry_seg_size) == 32, "reply.registry_size");
+static_assert(offsetof(struct wd_hello_reply, message) == 40, "wd_hello_reply.message");
+
+static_assert(sizeof(struct wd_ring_seg_hdr) == 128, "wd_ring_seg_hdr size");
+static_assert(offsetof(struct wd_ring_seg_hdr, version) == 4, "seg.version");
+static_assert(offsetof(struct wd_ring_seg_hdr, hdr_size) == 8, "seg.hdr_size");
+static_assert(offsetof(struct wd_ring_seg_hdr, client_id) == 12, "seg.client_id");
+static_assert(offsetof(struct wd_ring_seg_hdr, seg_size) == 16, "seg.seg_size");
+static_assert(offsetof(struct wd_ring_seg_hdr, sq_entries) == 24, "seg.sq_entries");
+static_assert(offsetof(struct wd_ring_seg_hdr, cq_entries) == 28, "seg.cq_entries");
+static_assert(offsetof(struct wd_ring_seg_hdr, sqe_size) == 32, "seg.sqe_size");
+static_assert(offsetof(struct wd_ring_seg_hdr, cqe_size) == 36, "seg.cqe_size");
+static_assert(offsetof(struct wd_ring_seg_hdr, data_slot_size) == 40, "seg.data_slot_size");
+static_assert(offsetof(struct wd_ring_seg_hdr, status) == 44, "seg.status");
+static_assert(offsetof(struct wd_ring_seg_hdr, error) == 48, "seg.error");
+static_assert(offsetof(struct wd_ring_seg_hdr, sq_off) == 56, "seg.sq_off");
+static_assert(offsetof(struct wd_ring_seg_hdr, sq_entries_off) == 64, "seg.sq_entries_off");
+static_assert(offsetof(struct wd_ring_seg_hdr, sq_data_off) == 72, "seg.sq_data_off");
+static_assert(offsetof(struct wd_ring_seg_hdr, cq_off) == 80, "seg.cq_off");
+static_assert(offsetof(struct wd_ring_seg_hdr, cq_entries_off) == 88, "seg.cq_entries_off");
+static_assert(offsetof(struct wd_ring_seg_hdr, cq_data_off) == 96, "seg.cq_data_off");
+
+static_assert(sizeof(struct wd_ring_hdr) == 3 * WD_RING_ALIGN, "wd_ring_hdr size");
+static_assert(offsetof(struct wd_ring_hdr, tail) == 0, "ring.tail");
+static_assert(offsetof(struct wd_ring_hdr, head) == WD_RING_ALIGN, "ring.head");
+static_assert(offsetof(struct wd_ring_hdr, waiting) == 2 * WD_RING_ALIGN, "ring.waiting");
+
+static_assert(sizeof(struct wd_sqe) == 64, "wd_sqe size");
+static_assert(offsetof(struct wd_sqe, flags) == 1, "sqe.flags");
+static_assert(offsetof(struct wd_sqe, tier) == 2, "sqe.tier");
+static_assert(offsetof(struct wd_sqe, arg_len) == 4, "sqe.arg_len");
+static_assert(offsetof(struct wd_sqe, reserved) == 6, "sqe.reserved");
+static_assert(offsetof(struct wd_sqe, user_data) == 8, "sqe.user_data");
+static_assert(offsetof(struct wd_sqe, model) == 16, "sqe.model");
+static_assert(offsetof(struct wd_sqe, component) == 20, "sqe.component");
+static_assert(offsetof(struct wd_sqe, arg) == 24, "sqe.arg");
+
+static_assert(sizeof(struct wd_cqe) == 32, "wd_cqe size");
+static_assert(offsetof(struct wd_cqe, res) == 8, "cqe.res");
+static_assert(offsetof(struct wd_cqe, flags) == 12, "cqe.flags");
+static_assert(offsetof(struct wd_cqe, data_len) == 14, "cqe.data_len");
+static_assert(offsetof(struct wd_cqe, aux0) == 16, "cqe.aux0");
+static_assert(offsetof(struct wd_cqe, aux1) == 24, "cqe.aux1");
+
+static_assert(WD_DATA_SLOT_SIZE <= UINT16_MAX, "arg_len/data_len are 16-bit");
+
+#endif
