@@ -47,7 +47,7 @@ INTERNAL_LIB := $(BUILD)/libwd-internal.a
 BINS := $(BUILD)/weightctl
 
 .PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
-	clean help
+	bench-ring clean help
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
@@ -57,6 +57,8 @@ help:
 	@echo "make test        build and run every test (unit, integration, ASan+UBSan, fuzz)"
 	@echo "make test-unit   run the test suite on the release build only"
 	@echo "make bench-scan  discovery benchmark (10,000 files)"
+	@echo "make bench-ring  ring round-trip latency and throughput vs. baselines"
+	@echo "make test-tsan   ring tests under ThreadSanitizer (clang)"
 	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
 
 $(BUILD)/config.mk $(BUILD)/config-host.h: configure
@@ -102,8 +104,10 @@ test-unit check: all
 test-san:
 	@$(MAKE) --no-print-directory SAN=1 check
 
+# The ring tests under ThreadSanitizer; always clang, always build-tsan/, whatever the caller set.
 test-tsan:
-	@$(MAKE) --no-print-directory TSAN=1 CC=clang $(BUILD:build=build-tsan)/tests/test_ring
+	@$(MAKE) --no-print-directory SAN=0 STATIC=0 TSAN=1 CC=clang BUILD=build-tsan \
+		build-tsan/tests/test_ring
 	@build-tsan/tests/test_ring
 
 # libFuzzer targets need clang; they build from the layer sources directly.
@@ -133,6 +137,11 @@ fuzz fuzz-ci: $(FUZZ_BINS)
 
 bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl
 	$(BUILD)/bench/bench_scan
+
+# Kept so make does not delete it after the run: the JSON must stay the last line printed.
+.SECONDARY: $(BENCH_BINS:=.o)
+bench-ring: $(BUILD)/bench/bench_ring
+	$(BUILD)/bench/bench_ring
 
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz

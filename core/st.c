@@ -59,10 +59,46 @@ const char *st_code_name(int code)
 }
 
 /*
- * Copies @s into @dst (capacity @cap) so that it prints on one line: control bytes become
- * \xNN, and with @quoted also '"' and '\' are escaped (the text goes between quotes).
- * At most @max output bytes are written; a longer string is cut and ends in "...".
- * UTF-8 sequences are copied whole or not at all, so the result stays valid UTF-8.
+ * The length of the well-formed UTF-8 sequence at @s (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF), or 0 when @s does not start one.
+ */
+static size_t utf8_len(const unsigned char *s)
+{
+	unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+	size_t n;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	/* The second byte's range is narrower after the leads that could go out of bounds. */
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+/*
+ * Copies @s into @dst (capacity @cap) so that it prints as one line of valid UTF-8: control
+ * bytes and bytes that are not part of a well-formed UTF-8 sequence become \xNN, and with
+ * @quoted also '"' and '\' are escaped (the text goes between quotes). At most @max bytes
+ * are written; a longer string is cut between characters and ends in "...".
  */
 static void escape_str(char *dst, size_t cap, const char *s, size_t max, bool quoted)
 {
@@ -72,24 +108,19 @@ static void escape_str(char *dst, size_t cap, const char *s, size_t max, bool qu
 		max = cap - 1;
 	for (size_t i = 0; s[i];) {
 		unsigned char c = (unsigned char)s[i];
+		size_t adv = utf8_len((const unsigned char *)s + i), n = adv; /* in, out bytes */
 		char piece[8];
-		size_t n = 1, adv = 1; /* output bytes, input bytes */
 
-		if (c < 0x20 || c == 0x7f) {
+		if (c < 0x20 || c == 0x7f || !adv) {
 			snprintf(piece, sizeof(piece), "\\x%02x", c);
+			adv = 1;
 			n = 4;
 		} else if (quoted && (c == '"' || c == '\\')) {
 			piece[0] = '\\';
 			piece[1] = (char)c;
 			n = 2;
 		} else {
-			/* A UTF-8 sequence is one piece: its lead byte and its continuations. */
-			piece[0] = (char)c;
-			while (c >= 0x80 && n < 4 && ((unsigned char)s[i + n] & 0xc0) == 0x80) {
-				piece[n] = s[i + n];
-				n++;
-			}
-			adv = n;
+			memcpy(piece, s + i, n);
 		}
 		if (o + n > max) {
 			memcpy(dst + safe, "...", 3);
@@ -119,11 +150,13 @@ static void copy_name(char *dst, size_t cap, const char *name)
 	dst[n] = '\0';
 }
 
-int st_error_set(struct st_error *err, int rc, int code, const char *path, const char *tensor,
-		 uint64_t offset, const char *where, const char *fmt, ...)
+static int vset_error(struct st_error *err, int rc, int code, const char *path,
+		      const char *tensor, uint64_t offset, const char *where, const char *fmt,
+		      va_list ap)
 {
-	char epath[200], ename[136], tail[64] = "", detail[ST_MSG_MAX];
-	va_list ap;
+	char epath[200], ename[136] = "", tail[64] = "", raw[ST_MSG_MAX], detail[ST_MSG_MAX];
+	size_t room;
+	int head;
 
 	if (!err)
 		return rc;
@@ -131,34 +164,37 @@ int st_error_set(struct st_error *err, int rc, int code, const char *path, const
 	err->offset = offset;
 	copy_name(err->tensor, sizeof(err->tensor), tensor ? tensor : "");
 
-	va_start(ap, fmt);
-	vsnprintf(detail, sizeof(detail), fmt, ap);
-	va_end(ap);
-
+	/*
+	 * Every part is escaped: the path and name come from outside, and the detail may
+	 * quote header bytes (jansson's error text does). The parts are sized so that the
+	 * path (<200), code (<32), name (<136) and tail (<64) leave room for some detail,
+	 * and only the detail is shortened to fit, so the byte offset is never cut off.
+	 */
 	escape_str(epath, sizeof(epath), path ? path : "(buffer)", sizeof(epath) - 1, false);
+	if (tensor && tensor[0])
+		escape_str(ename, sizeof(ename), tensor, sizeof(ename) - 1, true);
 	if (offset != UINT64_MAX)
 		snprintf(tail, sizeof(tail), " (%s at byte %llu)", where ? where : "file",
 			 (unsigned long long)offset);
-	/*
-	 * The parts are sized so that path (<200) + code (<32) + name (<136) + tail (<64)
-	 * leave room for the detail; only the detail is shortened by the precision below,
-	 * so the offset, the part a reader jumps to, is never cut off.
-	 */
-	if (tensor && tensor[0]) {
-		escape_str(ename, sizeof(ename), tensor, sizeof(ename) - 1, true);
-		int head = snprintf(NULL, 0, "%s: %s: tensor \"%s\": ", epath, st_code_name(code),
-				    ename);
-		int room = ST_MSG_MAX - 1 - head - (int)strlen(tail);
+	head = snprintf(err->message, sizeof(err->message), "%s: %s: ", epath, st_code_name(code));
+	if (ename[0])
+		head += snprintf(err->message + head, sizeof(err->message) - (size_t)head,
+				 "tensor \"%s\": ", ename);
+	room = sizeof(err->message) - 1 - (size_t)head - strlen(tail);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	escape_str(detail, sizeof(detail), raw, room, false);
+	snprintf(err->message + head, sizeof(err->message) - (size_t)head, "%s%s", detail, tail);
+	return rc;
+}
 
-		snprintf(err->message, sizeof(err->message), "%s: %s: tensor \"%s\": %.*s%s",
-			 epath, st_code_name(code), ename, room > 0 ? room : 0, detail, tail);
-	} else {
-		int head = snprintf(NULL, 0, "%s: %s: ", epath, st_code_name(code));
-		int room = ST_MSG_MAX - 1 - head - (int)strlen(tail);
+int st_error_set(struct st_error *err, int rc, int code, const char *path, const char *tensor,
+		 uint64_t offset, const char *where, const char *fmt, ...)
+{
+	va_list ap;
 
-		snprintf(err->message, sizeof(err->message), "%s: %s: %.*s%s", epath,
-			 st_code_name(code), room > 0 ? room : 0, detail, tail);
-	}
+	va_start(ap, fmt);
+	rc = vset_error(err, rc, code, path, tensor, offset, where, fmt, ap);
+	va_end(ap);
 	return rc;
 }
 
@@ -198,8 +234,8 @@ static const char *json_kind(const json_t *v)
 /*
  * The file offset of the top-level key @name in the header, for messages about its entry.
  * The header is valid JSON by the time this runs, so a small scanner that tracks strings and
- * nesting finds the key exactly; a key written with escapes is compared as raw text and may
- * not be found, in which case the header start (byte 8) is reported instead.
+ * nesting finds the key exactly. A key written with escapes is compared as raw text and is
+ * not found; UINT64_MAX then.
  */
 static uint64_t entry_offset(const struct parse *p, const char *name)
 {
@@ -237,13 +273,27 @@ static uint64_t entry_offset(const struct parse *p, const char *name)
 			expect_key = depth == 1;
 		}
 	}
-	return 8;
+	return UINT64_MAX;
 }
 
-/* A rejection of entry @name, located at its key in the header. */
-#define entry_reject(p, code, name, ...)                                                     \
-	st_error_set((p)->err, -EINVAL, code, (p)->path, name, entry_offset(p, name),         \
-		     "header entry", __VA_ARGS__)
+/*
+ * A rejection of the entry @name (a tensor, or __metadata__ with @tensor false), located at
+ * its key in the header, or at the header's start when the key cannot be found.
+ */
+static int WD_PRINTF(5, 6) entry_reject(const struct parse *p, int code, const char *name,
+					bool tensor, const char *fmt, ...)
+{
+	uint64_t off = entry_offset(p, name);
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = vset_error(p->err, -EINVAL, code, p->path, tensor ? name : NULL,
+			off == UINT64_MAX ? 8 : off, off == UINT64_MAX ? "header" : "header entry",
+			fmt, ap);
+	va_end(ap);
+	return rc;
+}
 
 /*
  * Checks that the header starts with '{', is valid UTF-8 JSON, has no duplicate keys and
@@ -300,11 +350,14 @@ static json_t *parse_json(const struct parse *p, int *rc)
 
 		while (close > 0 && h[close] != '}')
 			close--;
+		/* Point at the first byte after the object that is not a space. */
+		close++;
+		while (h[close] == ' ')
+			close++;
 		json_decref(root);
-		*rc = st_error_set(p->err, -EINVAL, ST_ERR_JSON, p->path, NULL, 8 + close + 1,
-				   "header",
+		*rc = st_error_set(p->err, -EINVAL, ST_ERR_JSON, p->path, NULL, 8 + close, "header",
 				   "byte 0x%02x follows the object; only spaces may pad the header",
-				   (unsigned char)h[close + 1]);
+				   (unsigned char)h[close]);
 		return NULL;
 	}
 	if (!json_is_object(root)) {
@@ -347,19 +400,19 @@ static int parse_shape(const struct parse *p, const char *name, const json_t *sh
 	size_t rank;
 
 	if (!json_is_array(shape))
-		return entry_reject(p, ST_ERR_SHAPE, name, "shape is %s, not an array",
+		return entry_reject(p, ST_ERR_SHAPE, name, true, "shape is %s, not an array",
 				    json_kind(shape));
 	rank = json_array_size(shape);
 	if (rank > ST_MAX_RANK)
-		return entry_reject(p, ST_ERR_RANK, name, "rank %zu exceeds the limit of %d", rank,
-				    ST_MAX_RANK);
+		return entry_reject(p, ST_ERR_RANK, name, true, "rank %zu exceeds the limit of %d",
+				    rank, ST_MAX_RANK);
 	t->rank = (uint32_t)rank;
 	for (size_t i = 0; i < rank; i++) {
 		const json_t *d = json_array_get(shape, i);
 
 		if (!get_uint(d, &t->shape[i])) {
 			describe_bad_uint(d, what, sizeof(what));
-			return entry_reject(p, ST_ERR_SHAPE, name,
+			return entry_reject(p, ST_ERR_SHAPE, name, true,
 					    "dimension %zu is %s, not a non-negative integer", i,
 					    what);
 		}
@@ -372,23 +425,27 @@ static int parse_offsets(const struct parse *p, const char *name, const json_t *
 {
 	char what[32];
 
-	if (!json_is_array(offs) || json_array_size(offs) != 2)
-		return entry_reject(p, ST_ERR_OFFSETS, name,
+	if (!json_is_array(offs))
+		return entry_reject(p, ST_ERR_OFFSETS, name, true,
 				    "data_offsets is %s, not an array [begin, end]",
-				    json_is_array(offs) ? "an array of another length" :
-							  json_kind(offs));
+				    json_kind(offs));
+	if (json_array_size(offs) != 2)
+		return entry_reject(p, ST_ERR_OFFSETS, name, true,
+				    "data_offsets has %zu values, not 2 [begin, end]",
+				    json_array_size(offs));
 	for (size_t i = 0; i < 2; i++) {
 		const json_t *o = json_array_get(offs, i);
 
 		if (!get_uint(o, i ? &t->end : &t->begin)) {
 			describe_bad_uint(o, what, sizeof(what));
-			return entry_reject(p, ST_ERR_OFFSETS, name,
+			return entry_reject(p, ST_ERR_OFFSETS, name, true,
 					    "data_offsets %s is %s, not a non-negative integer",
 					    i ? "end" : "begin", what);
 		}
 	}
 	if (t->begin > t->end)
-		return entry_reject(p, ST_ERR_OFFSETS, name, "data_offsets begin %llu > end %llu",
+		return entry_reject(p, ST_ERR_OFFSETS, name, true,
+				    "data_offsets begin %llu > end %llu",
 				    (unsigned long long)t->begin, (unsigned long long)t->end);
 	return 0;
 }
@@ -411,18 +468,18 @@ static int check_size(const struct parse *p, const char *name, struct st_tensor 
 	} else {
 		for (uint32_t i = 0; i < t->rank; i++)
 			if (__builtin_mul_overflow(nelem, t->shape[i], &nelem))
-				return entry_reject(p, ST_ERR_OVERFLOW, name,
+				return entry_reject(p, ST_ERR_OVERFLOW, name, true,
 						    "the element count overflows 64 bits at "
 						    "dimension %u",
 						    i);
 	}
 	if (__builtin_mul_overflow(nelem, (uint64_t)di->bits, &bits))
-		return entry_reject(p, ST_ERR_OVERFLOW, name,
+		return entry_reject(p, ST_ERR_OVERFLOW, name, true,
 				    "%llu elements x %u bits overflows 64 bits",
 				    (unsigned long long)nelem, di->bits);
 	if (bits % 8)
-		return entry_reject(p, ST_ERR_PARTIAL_BYTE, name,
-				    "%llu elements of %s are %llu bits, not a whole number of bytes",
+		return entry_reject(p, ST_ERR_PARTIAL_BYTE, name, true,
+				    "%llu elements of %s are %llu bits, not whole bytes",
 				    (unsigned long long)nelem, di->name, (unsigned long long)bits);
 	t->nelem = nelem;
 	if (t->end - t->begin != bits / 8)
@@ -449,16 +506,17 @@ static int parse_entry(const struct parse *p, const char *name, const json_t *v,
 	int dt, rc;
 
 	if (!json_is_object(v))
-		return entry_reject(p, ST_ERR_ENTRY, name, "the entry is %s, not an object",
+		return entry_reject(p, ST_ERR_ENTRY, name, true, "the entry is %s, not an object",
 				    json_kind(v));
 	for (size_t i = 0; i < ARRAY_SIZE(fields); i++)
 		if (!json_object_get(v, fields[i]))
-			return entry_reject(p, ST_ERR_ENTRY, name, "the field \"%s\" is missing",
-					    fields[i]);
+			return entry_reject(p, ST_ERR_ENTRY, name, true,
+					    "the field \"%s\" is missing", fields[i]);
 	json_object_foreach((json_t *)v, key, val) {
 		if (strcmp(key, "dtype") && strcmp(key, "shape") && strcmp(key, "data_offsets")) {
 			escape_str(dname, sizeof(dname), key, 48, true);
-			return entry_reject(p, ST_ERR_ENTRY, name, "unknown field \"%s\"", dname);
+			return entry_reject(p, ST_ERR_ENTRY, name, true, "unknown field \"%s\"",
+					    dname);
 		}
 	}
 	dtype = json_object_get(v, "dtype");
@@ -466,12 +524,12 @@ static int parse_entry(const struct parse *p, const char *name, const json_t *v,
 	offs = json_object_get(v, "data_offsets");
 
 	if (!json_is_string(dtype))
-		return entry_reject(p, ST_ERR_DTYPE, name, "dtype is %s, not a string",
+		return entry_reject(p, ST_ERR_DTYPE, name, true, "dtype is %s, not a string",
 				    json_kind(dtype));
 	dt = st_dtype_from_name(json_string_value(dtype));
 	if (dt < 0) {
 		escape_str(dname, sizeof(dname), json_string_value(dtype), 48, true);
-		return entry_reject(p, ST_ERR_DTYPE, name, "unknown dtype \"%s\"", dname);
+		return entry_reject(p, ST_ERR_DTYPE, name, true, "unknown dtype \"%s\"", dname);
 	}
 	t->dtype = (enum st_dtype)dt;
 	rc = parse_shape(p, name, shape, t);
@@ -495,8 +553,7 @@ static int parse_metadata(const struct parse *p, const json_t *m, struct st_file
 	char ekey[64];
 
 	if (!json_is_object(m))
-		return st_error_set(p->err, -EINVAL, ST_ERR_METADATA, p->path, NULL,
-				    entry_offset(p, "__metadata__"), "header entry",
+		return entry_reject(p, ST_ERR_METADATA, "__metadata__", false,
 				    "__metadata__ is %s, not an object", json_kind(m));
 	out->meta = calloc(json_object_size(m) ? json_object_size(m) : 1, sizeof(*out->meta));
 	if (!out->meta)
@@ -507,8 +564,7 @@ static int parse_metadata(const struct parse *p, const json_t *m, struct st_file
 
 		if (!json_is_string(val)) {
 			escape_str(ekey, sizeof(ekey), key, 48, true);
-			return st_error_set(p->err, -EINVAL, ST_ERR_METADATA, p->path, NULL,
-					    entry_offset(p, "__metadata__"), "header entry",
+			return entry_reject(p, ST_ERR_METADATA, "__metadata__", false,
 					    "__metadata__ value of \"%s\" is %s, not a string",
 					    ekey, json_kind(val));
 		}
@@ -572,8 +628,9 @@ static int check_layout(const struct parse *p, const struct st_file *f)
 					    p->data_start + t->begin, "data",
 					    "data_offsets [%llu, %llu] overlap tensor \"%s\", "
 					    "which ends at %llu",
-					    (unsigned long long)t->begin, (unsigned long long)t->end,
-					    prev, (unsigned long long)cursor);
+					    (unsigned long long)t->begin,
+					    (unsigned long long)t->end, prev,
+					    (unsigned long long)cursor);
 		cursor = t->end;
 	}
 	if (cursor != data_len)
@@ -873,21 +930,14 @@ uint64_t st_param_count(const struct st_file *f)
 
 void st_shape_str(const struct st_tensor *t, char *buf, size_t size)
 {
-	size_t o = 0;
+	size_t o;
 
 	if (!size)
 		return;
-	buf[0] = '\0';
-	for (uint32_t i = 0; i <= t->rank && o < size; i++) {
-		int w;
-
-		if (i == t->rank)
-			w = snprintf(buf + o, size - o, "]");
-		else
-			w = snprintf(buf + o, size - o, "%s%llu", i ? ", " : "[",
-				     (unsigned long long)t->shape[i]);
-		if (w < 0)
-			return;
-		o += (size_t)w;
-	}
+	o = (size_t)snprintf(buf, size, "[");
+	for (uint32_t i = 0; i < t->rank && o < size; i++)
+		o += (size_t)snprintf(buf + o, size - o, "%s%llu", i ? ", " : "",
+				      (unsigned long long)t->shape[i]);
+	if (o < size)
+		snprintf(buf + o, size - o, "]");
 }

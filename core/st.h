@@ -9,6 +9,11 @@
  *
  * Resource bounds: a header larger than ST_MAX_HEADER is refused before anything past the
  * first 8 bytes is read; the parser allocates in proportion to the header it was given.
+ *
+ * Two readings of the rules worth knowing: a shape with a zero dimension has no elements,
+ * so it is never a size_overflow whatever its other dimensions; and an integer in the
+ * header above 2^63 - 1 is invalid_json (jansson's integer range), as no offset or
+ * dimension of a real file comes near it.
  */
 #ifndef WD_CORE_ST_H
 #define WD_CORE_ST_H
@@ -96,9 +101,16 @@ enum st_code {
 const char *st_code_name(int code);
 
 /*
- * One rejection. @offset is a byte offset in the file (UINT64_MAX when none applies);
- * @tensor is the tensor's name ("" when none applies). @message is one line that names
- * the file, the rule, the tensor and the offset.
+ * One rejection. @offset is a byte offset in the file (UINT64_MAX when none applies):
+ * 0 for the length field; jansson's error position (8 + its offset) for JSON errors; the
+ * entry's key in the header for rules about one entry's fields (dtype, shape, offsets,
+ * overflow, partial byte, __metadata__), or 8 when that key is written with escapes; the
+ * tensor's data (8 + N + begin) for size_mismatch, data_not_at_zero and data_overlap; the
+ * first unclaimed byte for data_gap and the end of the tensors for file_size_mismatch.
+ * @tensor is the tensor's name ("" when none applies), cut to fit at a UTF-8 boundary.
+ * @message is one line of valid UTF-8 that names the file, the rule, the tensor and the
+ * offset, e.g. `m.safetensors: invalid_dtype: tensor "w": unknown dtype "F12" (header entry
+ * at byte 9)`; control characters and invalid UTF-8 in names are escaped as \xNN.
  */
 struct st_error {
 	int code; /* enum st_code */
@@ -155,10 +167,12 @@ struct st_file {
 /*
  * Validates the header of a file of @file_size bytes whose first @len bytes are @buf
  * (@len must be at least 8 + N for success; fewer is ST_ERR_HEADER_BOUNDS when the file
- * itself is that short). @path is used only in messages. On success fills @out, which the
- * caller releases with st_file_free(), and returns 0. On rejection returns -EINVAL and
- * fills @err (when not NULL); on allocation failure returns -ENOMEM with ST_ERR_NOMEM.
- * @out is left empty on any failure.
+ * itself is that short, and ST_ERR_IO, still -EINVAL, when only the buffer is: the caller
+ * read too little). @path is used only in messages (NULL: "(buffer)"). On success fills
+ * @out, which the caller releases with st_file_free(), and returns 0. On rejection returns
+ * -EINVAL and fills @err (when not NULL); on allocation failure returns -ENOMEM with
+ * ST_ERR_NOMEM. @out is left empty on any failure. Reads no byte past 8 + N, allocates in
+ * proportion to N, and checks N against ST_MAX_HEADER and @file_size first.
  */
 int st_parse_header(const char *path, const void *buf, size_t len, uint64_t file_size,
 		    struct st_file *out, struct st_error *err);
@@ -167,7 +181,10 @@ int st_parse_header(const char *path, const void *buf, size_t len, uint64_t file
  * Opens @path, reads only its header and validates it as st_parse_header() does. Reads
  * 8 bytes first and refuses a header over ST_MAX_HEADER or past the end of the file
  * before allocating. Returns 0, -EINVAL (a rejection, @err filled), -ENOMEM, or a
- * negative errno from open/fstat/pread (with ST_ERR_IO in @err).
+ * negative errno from open/fstat/pread (with ST_ERR_IO in @err): -EISDIR for a directory,
+ * -EIO when the file shrank while the header was read. Anything but a regular file (a
+ * FIFO, a device) is refused with -EINVAL and ST_ERR_IO without reading from it; @path is
+ * opened with O_NONBLOCK so that a FIFO cannot block the open.
  */
 int st_open(const char *path, struct st_file *out, struct st_error *err);
 

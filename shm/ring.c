@@ -13,6 +13,7 @@
 
 #include "core/common.h"
 #include "shm/ring.h"
+#include "shm/segment.h"
 
 /* Polling checks the clock once per this many probes of the tail, to keep the loop tight. */
 #define SPIN_PROBES 64
@@ -118,27 +119,6 @@ int ring_seg_format(void *base, size_t size, const struct ring_seg_params *p, st
 	return 0;
 }
 
-struct region {
-	uint64_t off;
-	uint64_t len;
-	uint64_t align;
-};
-
-/* Every region lies inside the segment, is aligned, and overlaps no other region. */
-static int check_regions(const struct region *rg, size_t n, uint64_t seg_size)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (rg[i].off & (rg[i].align - 1))
-			return -EBADMSG;
-		if (rg[i].off > seg_size || rg[i].len > seg_size - rg[i].off)
-			return -EOVERFLOW;
-		for (size_t j = 0; j < i; j++)
-			if (rg[i].off < rg[j].off + rg[j].len && rg[j].off < rg[i].off + rg[i].len)
-				return -EBADMSG;
-	}
-	return 0;
-}
-
 int ring_seg_attach(void *base, size_t size, struct ring *sq, struct ring *cq,
 		    uint32_t *client_id)
 {
@@ -164,7 +144,7 @@ int ring_seg_attach(void *base, size_t size, struct ring *sq, struct ring *cq,
 	if (h.seg_size > size)
 		return -EOVERFLOW;
 
-	const struct region rg[] = {
+	const struct shm_region rg[] = {
 		{ 0, sizeof(h), WD_CACHELINE },
 		{ h.sq_off, sizeof(struct wd_ring_hdr), WD_RING_ALIGN },
 		{ h.cq_off, sizeof(struct wd_ring_hdr), WD_RING_ALIGN },
@@ -173,7 +153,7 @@ int ring_seg_attach(void *base, size_t size, struct ring *sq, struct ring *cq,
 		{ h.cq_entries_off, (uint64_t)h.cq_entries * sizeof(struct wd_cqe), WD_CACHELINE },
 		{ h.cq_data_off, (uint64_t)h.cq_entries * WD_DATA_SLOT_SIZE, WD_CACHELINE },
 	};
-	ret = check_regions(rg, ARRAY_SIZE(rg), h.seg_size);
+	ret = shm_check_regions(rg, ARRAY_SIZE(rg), h.seg_size);
 	if (ret)
 		return ret;
 

@@ -105,3 +105,18 @@ void shm_segment_close(struct shm_segment *seg)
 		close(seg->fd);
 	reset(seg);
 }
+
+int shm_check_regions(const struct shm_region *rg, size_t n, uint64_t seg_size)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (rg[i].off & (rg[i].align - 1))
+			return -EBADMSG;
+		if (rg[i].off > seg_size || rg[i].len > seg_size - rg[i].off)
+			return -EOVERFLOW;
+		/* Both regions are in bounds now, so these sums cannot overflow. */
+		for (size_t j = 0; j < i; j++)
+			if (rg[i].off < rg[j].off + rg[j].len && rg[j].off < rg[i].off + rg[i].len)
+				return -EBADMSG;
+	}
+	return 0;
+}

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A mapped segment. The process that holds it owns fd and the mapping. */
 struct shm_segment {
@@ -61,5 +62,19 @@ int shm_segment_map(int fd, bool writable, size_t min_size, struct shm_segment *
 
 /* Unmaps @seg and closes its descriptor; safe on a zeroed or already closed segment. */
 void shm_segment_close(struct shm_segment *seg);
+
+/* One region of a segment layout, as read from a header that may be corrupt. */
+struct shm_region {
+	uint64_t off;
+	uint64_t len;
+	uint64_t align;		/* power of two */
+};
+
+/*
+ * Checks a layout read from a segment header: every region is aligned, lies inside
+ * [0, @seg_size) without overflow, and overlaps no other region.
+ * Returns 0, -EBADMSG (misaligned or overlapping) or -EOVERFLOW (out of bounds).
+ */
+int shm_check_regions(const struct shm_region *rg, size_t n, uint64_t seg_size);
 
 #endif

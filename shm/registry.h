@@ -1,0 +1,369 @@
+/*
+ * The registry segment: what the daemon knows about models, components and tensors, published
+ * in shared memory so that clients resolve names with no round trip to the daemon.
+ *
+ * Only the daemon writes it; clients map it read-only (the descriptor they get is O_RDONLY and
+ * the file carries F_SEAL_FUTURE_WRITE). Layout, all offsets from the start of the segment:
+ *
+ *   header (256 B) | counters (u64 x n_counters) | models | components | tensors | index
+ *
+ * Records have a fixed size and start with a 64-bit sequence counter (seqlock): odd while the
+ * daemon rewrites the record, even when stable. A reader copies the record and accepts the
+ * copy only if the counter was even and unchanged around the copy, so it never sees a torn
+ * record. Each record also carries an XXH3 checksum of its body, which the reader verifies.
+ *
+ * The index is one open-addressing hash table (linear probing, power-of-two capacity, at most
+ * half full) of 64-bit entries: tag (high 32 bits of the key's hash) << 32 | ref, where ref is
+ * kind << 29 | record index, and 0 means empty. Entries are only ever added, never moved or
+ * removed, so a reader probing concurrently with an insert sees either the empty slot or the
+ * complete entry. A record becomes visible when the header's count for its kind covers it:
+ * registry_publish() stores the counts with release semantics, and readers ignore index
+ * entries beyond the count they loaded with acquire semantics.
+ *
+ * Readers treat the segment as semi-trusted: every offset, capacity, count, index entry and
+ * name read from it is bounds-checked, and a corrupt segment yields -EBADMSG, never a crash.
+ */
+#ifndef WD_SHM_REGISTRY_H
+#define WD_SHM_REGISTRY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shm/abi.h"
+#include "shm/segment.h"
+
+#define WD_NAME_MAX 256u	/* name fields, NUL-terminated: names up to 255 bytes */
+#define WD_ARCH_MAX 32u
+#define WD_SHAPE_MAX 16u	/* ranks up to ST_MAX_RANK */
+#define WD_REG_COUNTERS 64u	/* counter slots; enum wd_counter names the used ones */
+
+/* wd_reg_hdr.flags */
+#define WD_REG_F_RETIRED 0x1u	/* replaced by a newer registry: re-attach to get it */
+
+/* Load state of a component on one tier. */
+enum wd_state {
+	WD_STATE_ABSENT = 0,
+	WD_STATE_LOADING = 1,	/* progress in done/total */
+	WD_STATE_RESIDENT = 2,
+	WD_STATE_EVICTING = 3,
+	WD_STATE_FAILED = 4,	/* error holds the negative errno */
+	WD_STATE_COUNT
+};
+
+/* Host-wide counters in the counters area. */
+enum wd_counter {
+	WD_CTR_CLIENTS = 0,	/* attached clients now */
+	WD_CTR_REQUESTS,	/* requests served */
+	WD_CTR_ERRORS,		/* requests that completed with an error */
+	WD_CTR_LOADS,		/* component loads completed */
+	WD_CTR_LOAD_BYTES,	/* bytes loaded into any tier */
+	WD_CTR_EVICTIONS,	/* component evictions */
+	WD_CTR_EVICT_BYTES,
+	WD_CTR_HITS,		/* loads answered from an already resident copy */
+	WD_CTR_MISSES,
+	WD_CTR_HOST_BYTES,	/* bytes of the host cache in use */
+	WD_CTR_COUNT
+};
+
+struct wd_reg_hdr {
+	uint32_t magic;		/* WD_REGISTRY_MAGIC */
+	uint32_t version;	/* WD_ABI_VERSION */
+	uint32_t hdr_size;	/* sizeof(struct wd_reg_hdr) */
+	uint32_t flags;		/* WD_REG_F_* */
+	uint64_t seg_size;
+	uint64_t generation;	/* incremented by every registry_publish() */
+	uint32_t model_cap;
+	uint32_t model_count;	/* published records; release-stored by the daemon */
+	uint32_t comp_cap;
+	uint32_t comp_count;
+	uint32_t tensor_cap;
+	uint32_t tensor_count;
+	uint32_t index_cap;	/* power of two */
+	uint32_t n_counters;	/* WD_REG_COUNTERS */
+	uint32_t model_rec_size;	/* sizeof(struct wd_reg_model) */
+	uint32_t comp_rec_size;	/* sizeof(struct wd_reg_component) */
+	uint32_t tensor_rec_size;	/* sizeof(struct wd_reg_tensor) */
+	uint32_t reserved0;
+	uint64_t counters_off;
+	uint64_t model_off;
+	uint64_t comp_off;
+	uint64_t tensor_off;
+	uint64_t index_off;
+	uint8_t reserved1[136];
+};
+
+/* Every record starts with seq and check; check is XXH3-64 of the bytes after it. */
+struct wd_reg_model {
+	uint64_t seq;
+	uint64_t check;
+	uint32_t n_components;
+	uint32_t n_tensors;
+	uint32_t flags;
+	uint32_t reserved0;
+	uint64_t nbytes;	/* sum of its tensors' bytes */
+	uint64_t fingerprint;	/* content fingerprint from the catalog */
+	uint8_t reserved1[16];
+	char name[WD_NAME_MAX];
+	char arch[WD_ARCH_MAX];	/* "sdxl", "llama", ... */
+	uint8_t reserved2[32];
+};
+
+struct wd_reg_tier {
+	uint32_t state;		/* enum wd_state */
+	int32_t error;		/* negative errno when WD_STATE_FAILED */
+	uint64_t done;		/* bytes loaded so far (WD_STATE_LOADING) */
+	uint64_t total;		/* bytes to load */
+};
+
+struct wd_reg_component {
+	uint64_t seq;
+	uint64_t check;
+	uint32_t model;		/* owning model's index */
+	uint32_t n_tensors;
+	uint64_t nbytes;
+	uint64_t fingerprint;
+	uint8_t reserved0[24];
+	char name[WD_NAME_MAX];	/* "unet", "vae", or "" for a single-component model */
+	struct wd_reg_tier tiers[WD_TIER_MAX];
+	uint8_t reserved1[64];
+};
+
+struct wd_reg_tensor {
+	uint64_t seq;
+	uint64_t check;
+	uint32_t model;
+	uint32_t component;
+	uint8_t dtype;		/* enum st_dtype (core/st.h) */
+	uint8_t rank;		/* <= WD_SHAPE_MAX */
+	uint16_t flags;
+	uint32_t resident;	/* bit t set: resident on tier t */
+	uint64_t nbytes;
+	uint64_t host_offset;	/* offset within the host cache segment when bit 0 is set */
+	uint64_t shape[WD_SHAPE_MAX];
+	char name[WD_NAME_MAX];
+	uint8_t reserved[80];
+};
+
+static_assert(sizeof(struct wd_reg_hdr) == 256, "wd_reg_hdr size");
+static_assert(offsetof(struct wd_reg_hdr, seg_size) == 16, "reg.seg_size");
+static_assert(offsetof(struct wd_reg_hdr, generation) == 24, "reg.generation");
+static_assert(offsetof(struct wd_reg_hdr, model_cap) == 32, "reg.model_cap");
+static_assert(offsetof(struct wd_reg_hdr, model_count) == 36, "reg.model_count");
+static_assert(offsetof(struct wd_reg_hdr, comp_cap) == 40, "reg.comp_cap");
+static_assert(offsetof(struct wd_reg_hdr, comp_count) == 44, "reg.comp_count");
+static_assert(offsetof(struct wd_reg_hdr, tensor_cap) == 48, "reg.tensor_cap");
+static_assert(offsetof(struct wd_reg_hdr, tensor_count) == 52, "reg.tensor_count");
+static_assert(offsetof(struct wd_reg_hdr, index_cap) == 56, "reg.index_cap");
+static_assert(offsetof(struct wd_reg_hdr, n_counters) == 60, "reg.n_counters");
+static_assert(offsetof(struct wd_reg_hdr, model_rec_size) == 64, "reg.model_rec_size");
+static_assert(offsetof(struct wd_reg_hdr, comp_rec_size) == 68, "reg.comp_rec_size");
+static_assert(offsetof(struct wd_reg_hdr, tensor_rec_size) == 72, "reg.tensor_rec_size");
+static_assert(offsetof(struct wd_reg_hdr, counters_off) == 80, "reg.counters_off");
+static_assert(offsetof(struct wd_reg_hdr, model_off) == 88, "reg.model_off");
+static_assert(offsetof(struct wd_reg_hdr, comp_off) == 96, "reg.comp_off");
+static_assert(offsetof(struct wd_reg_hdr, tensor_off) == 104, "reg.tensor_off");
+static_assert(offsetof(struct wd_reg_hdr, index_off) == 112, "reg.index_off");
+
+static_assert(sizeof(struct wd_reg_model) == 384, "wd_reg_model size");
+static_assert(offsetof(struct wd_reg_model, check) == 8, "model.check");
+static_assert(offsetof(struct wd_reg_model, n_components) == 16, "model.n_components");
+static_assert(offsetof(struct wd_reg_model, n_tensors) == 20, "model.n_tensors");
+static_assert(offsetof(struct wd_reg_model, flags) == 24, "model.flags");
+static_assert(offsetof(struct wd_reg_model, nbytes) == 32, "model.nbytes");
+static_assert(offsetof(struct wd_reg_model, fingerprint) == 40, "model.fingerprint");
+static_assert(offsetof(struct wd_reg_model, name) == 64, "model.name");
+static_assert(offsetof(struct wd_reg_model, arch) == 320, "model.arch");
+
+static_assert(sizeof(struct wd_reg_tier) == 24, "wd_reg_tier size");
+static_assert(offsetof(struct wd_reg_tier, error) == 4, "tier.error");
+static_assert(offsetof(struct wd_reg_tier, done) == 8, "tier.done");
+static_assert(offsetof(struct wd_reg_tier, total) == 16, "tier.total");
+
+static_assert(sizeof(struct wd_reg_component) == 768, "wd_reg_component size");
+static_assert(offsetof(struct wd_reg_component, check) == 8, "comp.check");
+static_assert(offsetof(struct wd_reg_component, model) == 16, "comp.model");
+static_assert(offsetof(struct wd_reg_component, n_tensors) == 20, "comp.n_tensors");
+static_assert(offsetof(struct wd_reg_component, nbytes) == 24, "comp.nbytes");
+static_assert(offsetof(struct wd_reg_component, fingerprint) == 32, "comp.fingerprint");
+static_assert(offsetof(struct wd_reg_component, name) == 64, "comp.name");
+static_assert(offsetof(struct wd_reg_component, tiers) == 320, "comp.tiers");
+
+static_assert(sizeof(struct wd_reg_tensor) == 512, "wd_reg_tensor size");
+static_assert(offsetof(struct wd_reg_tensor, check) == 8, "tensor.check");
+static_assert(offsetof(struct wd_reg_tensor, model) == 16, "tensor.model");
+static_assert(offsetof(struct wd_reg_tensor, component) == 20, "tensor.component");
+static_assert(offsetof(struct wd_reg_tensor, dtype) == 24, "tensor.dtype");
+static_assert(offsetof(struct wd_reg_tensor, rank) == 25, "tensor.rank");
+static_assert(offsetof(struct wd_reg_tensor, flags) == 26, "tensor.flags");
+static_assert(offsetof(struct wd_reg_tensor, resident) == 28, "tensor.resident");
+static_assert(offsetof(struct wd_reg_tensor, nbytes) == 32, "tensor.nbytes");
+static_assert(offsetof(struct wd_reg_tensor, host_offset) == 40, "tensor.host_offset");
+static_assert(offsetof(struct wd_reg_tensor, shape) == 48, "tensor.shape");
+static_assert(offsetof(struct wd_reg_tensor, name) == 176, "tensor.name");
+
+/* ---- daemon side: the writer ---------------------------------------------------------- */
+
+struct registry;
+
+struct registry_limits {
+	uint32_t max_models;		/* 1 .. 2^20 */
+	uint32_t max_components;	/* 1 .. 2^22 */
+	uint32_t max_tensors;		/* 1 .. 2^26 */
+};
+
+/* What the daemon knows about a tensor when it registers it. */
+struct registry_tensor_info {
+	uint32_t component;	/* index from registry_add_component() */
+	const char *name;	/* up to WD_NAME_MAX - 1 bytes */
+	uint8_t dtype;		/* enum st_dtype */
+	uint8_t rank;		/* <= WD_SHAPE_MAX */
+	const uint64_t *shape;	/* rank dims (may be NULL when rank is 0) */
+	uint64_t nbytes;
+};
+
+/*
+ * Creates a registry segment sized for @lim (a sealed memfd named "weightd-registry") and
+ * maps it read-write. Returns 0 and stores the handle in @out; -EINVAL when a limit is 0 or
+ * too large; -ENOMEM; or the negative errno of shm_segment_create().
+ */
+int registry_create(const struct registry_limits *lim, struct registry **out);
+
+/* Unmaps and closes the registry; clients' own mappings stay valid. NULL is ignored. */
+void registry_destroy(struct registry *reg);
+
+/* The registry's segment (daemon-owned, read-write). */
+const struct shm_segment *registry_segment(const struct registry *reg);
+
+/*
+ * A fresh O_RDONLY descriptor of the registry for one client, to send with SCM_RIGHTS; the
+ * caller closes it after sending. Returns the descriptor or a negative errno from open(2).
+ */
+int registry_client_fd(const struct registry *reg);
+
+/*
+ * Adds a model called @name (with detected architecture @arch, may be NULL, and catalog
+ * fingerprint @fingerprint). The model is invisible to readers until registry_publish().
+ * @id receives its index. Returns 0; -ENAMETOOLONG when @name (or @arch) does not fit;
+ * -EINVAL for an empty name; -EEXIST when a model has that name; -ENOSPC when max_models
+ * are registered.
+ */
+int registry_add_model(struct registry *reg, const char *name, const char *arch,
+		       uint64_t fingerprint, uint32_t *id);
+
+/*
+ * Adds component @name ("" for a single-component model) to model @model. @id receives its
+ * index. Returns 0; -ENOENT when @model does not exist; -ENAMETOOLONG; -EEXIST when the
+ * model already has a component of that name; -ENOSPC.
+ */
+int registry_add_component(struct registry *reg, uint32_t model, const char *name,
+			   uint64_t fingerprint, uint32_t *id);
+
+/*
+ * Adds a tensor to a component (and counts its bytes into the component and model). The
+ * tensor is indexed under its component and under its model, so readers can resolve it with
+ * or without naming the component. @id receives its index. Returns 0; -ENOENT for an unknown
+ * component; -EINVAL for a rank above WD_SHAPE_MAX, an empty name, or a missing shape;
+ * -ENAMETOOLONG; -EEXIST when the component has a tensor of that name; -ENOSPC.
+ */
+int registry_add_tensor(struct registry *reg, const struct registry_tensor_info *t,
+			uint32_t *id);
+
+/*
+ * Sets the state of @component on @tier to @state (enum wd_state) with @error (a negative
+ * errno for WD_STATE_FAILED, else 0). Entering WD_STATE_LOADING resets progress to 0 of 0.
+ * Returns 0, -ENOENT for an unknown component, -EINVAL for a bad tier or state.
+ */
+int registry_set_state(struct registry *reg, uint32_t component, uint32_t tier, uint32_t state,
+		       int error);
+
+/* Records load progress of @component on @tier. Returns 0, -ENOENT or -EINVAL (bad tier). */
+int registry_set_progress(struct registry *reg, uint32_t component, uint32_t tier,
+			  uint64_t done, uint64_t total);
+
+/*
+ * Records where tensor @tensor lives: @resident is a bitmask of tiers, @host_offset its
+ * offset in the host cache (meaningful when bit WD_TIER_HOST is set).
+ * Returns 0 or -ENOENT.
+ */
+int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t resident,
+				 uint64_t host_offset);
+
+/* Adds @delta to counter @ctr (enum wd_counter); unknown counters are ignored. */
+void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta);
+
+/*
+ * Makes every record added so far visible to readers and increments the generation.
+ * Records added between two publishes appear together.
+ */
+void registry_publish(struct registry *reg);
+
+/* Marks the registry as replaced, so readers know to re-attach (WD_REG_F_RETIRED). */
+void registry_retire(struct registry *reg);
+
+/* ---- client side: the reader -------------------------------------------------------- */
+
+/* A validated read-only view. Geometry is copied out of the header once, at attach. */
+struct registry_view {
+	const uint8_t *base;
+	uint64_t size;
+	struct shm_segment seg;		/* the mapping when attached by descriptor */
+	uint32_t model_cap, comp_cap, tensor_cap, index_cap, n_counters;
+	uint64_t counters_off, model_off, comp_off, tensor_off, index_off;
+};
+
+/*
+ * Maps the registry behind @fd read-only and validates it (see registry_view_init()). On
+ * success the view owns @fd. Returns 0, an error from shm_segment_map(), or one from
+ * registry_view_init().
+ */
+int registry_attach(int fd, struct registry_view *v);
+
+/*
+ * Validates a registry already mapped at @base (@size bytes) and fills @v; @base must stay
+ * mapped while @v is used. Returns 0; -EBADMSG for a wrong magic, header size, record size,
+ * capacity or misaligned or overlapping region; -EPROTONOSUPPORT for another ABI version;
+ * -EOVERFLOW when a region lies outside @size; -EINVAL for NULL arguments.
+ */
+int registry_view_init(struct registry_view *v, const void *base, uint64_t size);
+
+/* Unmaps a view made by registry_attach(); a view over caller memory is just forgotten. */
+void registry_detach(struct registry_view *v);
+
+/* The generation (acquire): it changes whenever the daemon publishes new records. */
+uint64_t registry_generation(const struct registry_view *v);
+
+/* True when the daemon has replaced this registry with a newer one. */
+bool registry_retired(const struct registry_view *v);
+
+/* Value of counter @ctr, 0 for a counter outside the segment's counter area. */
+uint64_t registry_counter(const struct registry_view *v, unsigned int ctr);
+
+/*
+ * Name lookups. Each copies the record into @out (may be NULL) and its index into @id (may
+ * be NULL). The copy is consistent (seqlock) and its checksum verified.
+ * Return 0; -ENOENT when no published record matches; -ENAMETOOLONG for a name longer than
+ * WD_NAME_MAX - 1 bytes; -EAGAIN when the record stayed under rewrite for the whole retry
+ * budget; -EBADMSG when the segment is corrupt (index entry out of bounds, checksum or
+ * name mismatch).
+ */
+int registry_find_model(const struct registry_view *v, const char *name, uint32_t *id,
+			struct wd_reg_model *out);
+int registry_find_component(const struct registry_view *v, uint32_t model, const char *name,
+			    uint32_t *id, struct wd_reg_component *out);
+/*
+ * @component may be WD_ID_NONE to search the whole model; then -ENOTUNIQ is also returned
+ * when two components of the model have a tensor of that name.
+ */
+int registry_find_tensor(const struct registry_view *v, uint32_t model, uint32_t component,
+			 const char *name, uint32_t *id, struct wd_reg_tensor *out);
+
+/*
+ * Reads one record by index. Return 0; -ENOENT for an index not published; -EAGAIN;
+ * -EBADMSG (checksum mismatch, or the header's count exceeds its capacity).
+ */
+int registry_read_model(const struct registry_view *v, uint32_t id, struct wd_reg_model *out);
+int registry_read_component(const struct registry_view *v, uint32_t id,
+			    struct wd_reg_component *out);
+int registry_read_tensor(const struct registry_view *v, uint32_t id, struct wd_reg_tensor *out);
+
+#endif
