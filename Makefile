@@ -44,13 +44,17 @@ TEST_HELPER_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/helpers*.c))
 BENCH_SRCS := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 INTERNAL_LIB := $(BUILD)/libwd-internal.a
-BINS := $(BUILD)/weightctl
+BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
+# libweightd: the public client library (include/weightd.h), the client side of shm/.
+CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c) \
+	core/log.c core/time.c
+CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
 	bench-ring clean help
 .DEFAULT_GOAL := all
 
-all: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
 
 help:
 	@echo "make run         install missing packages, build, run the demo job"
@@ -74,6 +78,18 @@ $(INTERNAL_LIB): $(LAYER_OBJS)
 
 $(BUILD)/weightctl: $(BUILD)/cmd/weightctl.o $(CTL_OBJS) $(INTERNAL_LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
+
+$(BUILD)/weightd: $(BUILD)/cmd/weightd.o $(INTERNAL_LIB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
+
+$(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o)
+	$(CC) $(ALL_LDFLAGS) -shared -Wl,-soname,libweightd.so.$(WD_SOVERSION) -o $@ $^ -lxxhash -lpthread
+
+WD_SOVERSION := 1
+WD_VERSION := 0.1.0
+PREFIX ?= /usr/local
+$(BUILD)/weightd.pc: Makefile
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: weightd\nDescription: weightd client library (shared-memory model residency)\nVersion: %s\nLibs: -L$${libdir} -lweightd\nCflags: -I$${includedir}\n' '$(PREFIX)' '$(WD_VERSION)' > $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_HELPER_OBJS) $(INTERNAL_LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS) -lcmocka
@@ -146,4 +162,4 @@ bench-ring: $(BUILD)/bench/bench_ring
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz
 
--include $(LAYER_OBJS:.o=.d) $(TEST_BINS:=.d) $(BUILD)/cmd/weightctl.d $(CTL_OBJS:.o=.d)
+-include $(LAYER_OBJS:.o=.d) $(TEST_BINS:=.d) $(BUILD)/cmd/weightctl.d $(BUILD)/cmd/weightd.d $(CTL_OBJS:.o=.d)

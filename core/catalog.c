@@ -21,6 +21,9 @@
 #include "core/log.h"
 #include "core/statedir.h"
 
+/* How long a call waits for another process's write lock before failing with -EBUSY. */
+#define BUSY_TIMEOUT_MS 10000
+
 struct catalog {
 	sqlite3 *db;
 	char path[PATH_MAX];
@@ -45,6 +48,8 @@ static const char schema_sql[] =
 	"  valid INTEGER NOT NULL,"
 	"  error_code INTEGER NOT NULL,"
 	"  error_message TEXT,"
+	"  error_offset INTEGER,"
+	"  error_tensor TEXT,"
 	"  n_tensors INTEGER NOT NULL,"
 	"  data_bytes INTEGER NOT NULL,"
 	"  params INTEGER NOT NULL,"
@@ -206,7 +211,8 @@ static int create_schema(struct catalog *cat)
 		if (!rc) {
 			char sql[64];
 
-			snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
+			snprintf(sql, sizeof(sql), "PRAGMA user_version=%d",
+				 CATALOG_SCHEMA_VERSION);
 			rc = exec(cat, sql);
 		}
 		if (rc)
@@ -216,6 +222,26 @@ static int create_schema(struct catalog *cat)
 rollback:
 	sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
 	return rc;
+}
+
+/*
+ * Switches the file to WAL. On a new file the switch needs an exclusive lock, and SQLite
+ * answers SQLITE_BUSY at once (without the busy handler) when another process opens the
+ * same new file at that moment, so this retries for as long as the busy timeout.
+ */
+static int set_wal(struct catalog *cat)
+{
+	uint64_t deadline = wd_now_ns() + (uint64_t)BUSY_TIMEOUT_MS * 1000000;
+	int rc;
+
+	for (;;) {
+		/* journal_mode answers with a row; sqlite3_exec() ignores it. */
+		rc = sqlite3_exec(cat->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+		if ((rc & 0xff) != SQLITE_BUSY || wd_now_ns() > deadline)
+			break;
+		usleep(2000);
+	}
+	return rc == SQLITE_OK ? 0 : sql_fail(cat, rc, "PRAGMA journal_mode=WAL");
 }
 
 int catalog_open(const char *state_dir, struct catalog **out)
@@ -236,16 +262,16 @@ int catalog_open(const char *state_dir, struct catalog **out)
 		return -ENAMETOOLONG;
 	}
 	rc = sqlite3_open_v2(cat->path, &cat->db,
-			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			     NULL);
 	if (rc != SQLITE_OK) {
 		rc = cat->db ? sql_fail(cat, rc, "open") : -ENOMEM;
 		catalog_close(cat);
 		return rc;
 	}
 	sqlite3_extended_result_codes(cat->db, 1);
-	sqlite3_busy_timeout(cat->db, 10000);
-	/* journal_mode answers with a row; sqlite3_exec() ignores it. */
-	rc = exec(cat, "PRAGMA journal_mode=WAL");
+	sqlite3_busy_timeout(cat->db, BUSY_TIMEOUT_MS);
+	rc = set_wal(cat);
 	if (!rc)
 		rc = exec(cat, "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON");
 	if (!rc)
@@ -476,6 +502,7 @@ struct apply {
 	sqlite3_stmt *del_components;
 	sqlite3_stmt *put_component;
 	sqlite3_stmt *put_cfile;
+	sqlite3_stmt *model_by_path;
 };
 
 static void apply_finalize(struct apply *a)
@@ -483,7 +510,7 @@ static void apply_finalize(struct apply *a)
 	sqlite3_stmt **v[] = {
 		&a->root, &a->del_model, &a->del_file, &a->put_file, &a->del_tensors,
 		&a->put_tensor, &a->name_used, &a->ins_model, &a->upd_model,
-		&a->del_components, &a->put_component, &a->put_cfile,
+		&a->del_components, &a->put_component, &a->put_cfile, &a->model_by_path,
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(v); i++) {
@@ -501,15 +528,17 @@ static int apply_prepare(struct apply *a)
 		"DELETE FROM files WHERE id = ?",
 		"INSERT INTO files(path, kind, dev, ino, size, mtime_ns, header_hash, header_len,"
 		" valid, error_code, error_message, n_tensors, data_bytes, params, json_info,"
-		" scanned_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
-		" ?15, ?16) ON CONFLICT(path) DO UPDATE SET kind = excluded.kind,"
+		" scanned_at, error_offset, error_tensor) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+		" ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+		" ON CONFLICT(path) DO UPDATE SET kind = excluded.kind,"
 		" dev = excluded.dev, ino = excluded.ino, size = excluded.size,"
 		" mtime_ns = excluded.mtime_ns, header_hash = excluded.header_hash,"
 		" header_len = excluded.header_len, valid = excluded.valid,"
 		" error_code = excluded.error_code, error_message = excluded.error_message,"
 		" n_tensors = excluded.n_tensors, data_bytes = excluded.data_bytes,"
 		" params = excluded.params, json_info = excluded.json_info,"
-		" scanned_at = excluded.scanned_at RETURNING id",
+		" scanned_at = excluded.scanned_at, error_offset = excluded.error_offset,"
+		" error_tensor = excluded.error_tensor RETURNING id",
 		"DELETE FROM tensors WHERE file_id = ?",
 		"INSERT INTO tensors(file_id, idx, name, dtype, shape, data_begin, data_end)"
 		" VALUES(?, ?, ?, ?, ?, ?, ?)",
@@ -524,11 +553,12 @@ static int apply_prepare(struct apply *a)
 		"INSERT INTO components(model_id, ordinal, name, arch, index_path, valid, error,"
 		" n_tensors, params, bytes, dtype_bytes) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 		"INSERT INTO component_files(component_id, ordinal, file_id) VALUES(?, ?, ?)",
+		"SELECT id FROM models WHERE path = ?",
 	};
 	sqlite3_stmt **v[] = {
 		&a->root, &a->del_model, &a->del_file, &a->put_file, &a->del_tensors,
 		&a->put_tensor, &a->name_used, &a->ins_model, &a->upd_model,
-		&a->del_components, &a->put_component, &a->put_cfile,
+		&a->del_components, &a->put_component, &a->put_cfile, &a->model_by_path,
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(v); i++) {
@@ -618,6 +648,14 @@ static int put_file(struct apply *a, struct model_file *f)
 	else
 		sqlite3_bind_null(st, 15);
 	sqlite3_bind_int64(st, 16, a->now);
+	if (ok || f->err.offset == UINT64_MAX)
+		sqlite3_bind_null(st, 17);
+	else
+		bind_u64(st, 17, f->err.offset);
+	if (ok || !f->err.tensor[0])
+		sqlite3_bind_null(st, 18);
+	else
+		sqlite3_bind_text(st, 18, f->err.tensor, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		f->db_id = sqlite3_column_int64(st, 0);
@@ -758,11 +796,23 @@ static int put_components(struct apply *a, int64_t model_id, const struct model 
 static int put_model(struct apply *a, struct catalog_put_model *pm)
 {
 	struct model *m = pm->m;
-	sqlite3_stmt *st = pm->id ? a->upd_model : a->ins_model;
+	sqlite3_stmt *st;
 	char *meta;
-	int64_t id = pm->id;
+	int64_t id = 0;
 	int rc;
 
+	/*
+	 * The row is looked up again inside the transaction rather than trusting pm->id:
+	 * another scan may have added or removed this model since our snapshot was read.
+	 */
+	sqlite3_bind_text(a->model_by_path, 1, m->path, -1, SQLITE_STATIC);
+	rc = sqlite3_step(a->model_by_path);
+	if (rc == SQLITE_ROW)
+		id = sqlite3_column_int64(a->model_by_path, 0);
+	sqlite3_reset(a->model_by_path);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return sql_fail(a->cat, rc, "find model");
+	st = id ? a->upd_model : a->ins_model;
 	if (id) {
 		rc = del_id(a, a->del_components, id, "delete components");
 		if (rc)
@@ -854,6 +904,7 @@ static void file_free(struct catalog_file *f)
 {
 	free(f->path);
 	free(f->error_message);
+	free(f->error_tensor);
 }
 
 static void kv_free(struct st_kv *v, size_t n)
@@ -1204,7 +1255,8 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 	rc = prepare(cat,
 		     "SELECT f.id, f.path, f.kind, f.dev, f.ino, f.size, f.mtime_ns, f.header_hash,"
 		     " f.header_len, f.valid, f.error_code, f.error_message, f.n_tensors,"
-		     " f.data_bytes, f.params, f.scanned_at FROM component_files cf"
+		     " f.data_bytes, f.params, f.scanned_at, f.error_offset, f.error_tensor"
+		     " FROM component_files cf"
 		     " JOIN files f ON f.id = cf.file_id WHERE cf.component_id = ?"
 		     " ORDER BY cf.ordinal",
 		     &st);
@@ -1235,6 +1287,9 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 		f->data_bytes = col_u64(st, 13);
 		f->params = col_u64(st, 14);
 		f->scanned_at_ns = sqlite3_column_int64(st, 15);
+		f->error_offset = sqlite3_column_type(st, 16) == SQLITE_NULL ? UINT64_MAX
+									     : col_u64(st, 16);
+		f->error_tensor = col_strdup(st, 17, &nomem);
 	}
 	if (nomem)
 		rc = -ENOMEM;

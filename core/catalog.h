@@ -73,7 +73,9 @@ struct catalog_file {
 	uint64_t header_len;	/* N; the data starts at 8 + N */
 	bool valid;
 	int error_code;		/* enum st_code; 0 when valid */
-	char *error_message;	/* NULL when valid */
+	char *error_message;	/* NULL when valid; names the file, rule, tensor, offset */
+	uint64_t error_offset;	/* byte offset of the rejection; UINT64_MAX when none */
+	char *error_tensor;	/* the tensor it concerns; NULL when none */
 	uint64_t n_tensors;
 	uint64_t data_bytes;
 	uint64_t params;
@@ -103,7 +105,7 @@ struct catalog_model {
 	int format;		/* enum model_format */
 	char *arch;
 	bool valid;
-	char *error;		/* one line per problem ("component: reason"); NULL when valid */
+	char *error;		/* one line per problem, "component: reason"; NULL if valid */
 	uint64_t n_tensors;
 	uint64_t params;
 	uint64_t bytes;
@@ -240,7 +242,9 @@ void catalog_scope_free(struct catalog_scope *s);
 
 struct catalog_put_model {
 	struct model *m;	/* finished; m->name may be changed to the name it got */
-	int64_t id;		/* the existing row (kept, with its name), or 0 for a new model */
+	int64_t id;		/* the row the scan's snapshot had (0: none); the row is found
+				 * again by path inside the transaction, so a model another
+				 * scan added meanwhile is updated, keeping its name */
 	uint64_t sig;
 	const char *root;
 };

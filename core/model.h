@@ -92,13 +92,13 @@ struct model_file {
 	struct model_index index; /* INDEX, rc == 0 */
 	size_t n_names;		/* MODEL_INDEX, rc == 0: the component folders it names */
 	char **names;
-	int64_t db_id;		/* the catalog's row id; 0 when not stored (the catalog sets it) */
+	int64_t db_id;		/* the catalog's row id (set by it); 0 when not stored */
 };
 
 struct model_component {
 	char *name;		/* "" for single-file and sharded models */
 	int index_file;		/* index into model.files of its index JSON; -1 when none */
-	size_t first;		/* its safetensors files: model.files[first .. first + n_files) */
+	size_t first;		/* its safetensors files: files[first .. first + n_files) */
 	size_t n_files;
 	/* Set by model_finish(). */
 	const char *arch;	/* arch_detect() over the valid files; static string */

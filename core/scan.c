@@ -340,7 +340,8 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 		de = readdir(d);
 		if (!de) {
 			if (errno)
-				problem(sc, rs->dirs[di].path, -errno, "readdir: %s", strerror(errno));
+				problem(sc, rs->dirs[di].path, -errno, "readdir: %s",
+					strerror(errno));
 			break;
 		}
 		name = de->d_name;

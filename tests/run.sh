@@ -26,7 +26,7 @@ run_one() {
 	secs=$(($(date +%s) - start))
 	case $rc in
 	0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
-	77) skip=$((skip + 1)); echo "SKIP $name: $(grep -m1 -i 'skip' "$log" || echo 'no reason given')" ;;
+	77) skip=$((skip + 1)); echo "SKIP $name: $(grep -m1 '^SKIP' "$log" || grep -m1 -i 'skip' "$log" || echo 'no reason given')" ;;
 	*) fail=$((fail + 1)); failed="$failed $name"
 	   echo "FAIL $name (exit $rc, ${secs}s); last lines of its output:"
 	   tail -n 40 "$log" | sed 's/^/    /' ;;

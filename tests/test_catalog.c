@@ -78,10 +78,13 @@ static void query1(const char *db, const char *sql, char *out, size_t size)
 	assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
 	if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) != SQLITE_OK)
 		fail_msg("%s: %s", sql, sqlite3_errmsg(h));
-	if (sqlite3_step(st) == SQLITE_ROW)
-		fmt(out, size, "%s", sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "");
-	else
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		const unsigned char *v = sqlite3_column_text(st, 0);
+
+		fmt(out, size, "%s", v ? (const char *)v : "");
+	} else {
 		fmt(out, size, "(no row)");
+	}
 	sqlite3_finalize(st);
 	sqlite3_close(h);
 }
@@ -173,8 +176,8 @@ static void run_meta_ops(struct catalog *cat, const struct meta_op *ops, size_t 
 		default:
 			rc = catalog_meta_get(cat, o->model, o->key, &v);
 			if (!rc && strcmp(v, o->value))
-				fail_msg("%s op %zu: %s/%s = \"%s\", want \"%s\"", phase, i, o->model,
-					 o->key, v, o->value);
+				fail_msg("%s op %zu: %s/%s = \"%s\", want \"%s\"", phase, i,
+					 o->model, o->key, v, o->value);
 			free(v);
 		}
 		if (rc != o->rc)
@@ -521,6 +524,51 @@ static void test_kill9_mid_scan(void **state)
 		      (double)full_ns / 1e6, n_old, n_new);
 }
 
+/* Two scanners racing on one fresh catalog both succeed and agree with a lone scan. */
+static void test_concurrent_scans(void **state)
+{
+	struct gen_options go = { .count = 600 };
+	char models[4096], st[4096], lone[4096];
+	struct cat_state a, b;
+	pid_t pids[2];
+
+	(void)state;
+	fmt(models, sizeof(models), "%s/race/models", tmp_root);
+	fmt(st, sizeof(st), "%s/race/state", tmp_root);
+	fmt(lone, sizeof(lone), "%s/race/lone", tmp_root);
+	assert_int_equal(gen_preset("demo", models, NULL), 0);
+	assert_int_equal(gen_preset("files", models, &go), 0);
+	for (int round = 0; round < 3; round++) {
+		char cmd[4200];
+
+		fmt(cmd, sizeof(cmd), "rm -rf '%s'", st);
+		assert_int_equal(system(cmd), 0);
+		for (int i = 0; i < 2; i++)
+			pids[i] = spawn_scan(models, st);
+		for (int i = 0; i < 2; i++) {
+			int status;
+
+			assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+			if (!WIFEXITED(status) || WEXITSTATUS(status))
+				fail_msg("round %d: scanner %d exited with status %#x", round, i,
+					 status);
+		}
+		read_state(st, &a, "race");
+		if (round == 0) {
+			pid_t p = spawn_scan(models, lone);
+			int status;
+
+			assert_int_equal(waitpid(p, &status, 0), p);
+			assert_true(WIFEXITED(status) && !WEXITSTATUS(status));
+			read_state(lone, &b, "lone");
+		}
+		if (!same_state(&a, &b))
+			fail_msg("round %d: racing scans gave %ld models %ld files, "
+				 "a lone scan %ld models %ld files", round, a.models, a.files,
+				 b.models, b.files);
+	}
+}
+
 static int setup(void **state)
 {
 	const char *t = getenv("TMPDIR");
@@ -550,6 +598,7 @@ int main(void)
 		cmocka_unit_test(test_meta_survives),
 		cmocka_unit_test(test_resolve),
 		cmocka_unit_test(test_kill9_mid_scan),
+		cmocka_unit_test(test_concurrent_scans),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

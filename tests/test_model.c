@@ -192,7 +192,8 @@ static const char *fx_sharded_bad_shard(const char *d)
 static const char *fx_diffusers(const char *d)
 {
 	write_text(d, "sd/model_index.json",
-		   "{\"_class_name\": \"StableDiffusionPipeline\", \"_diffusers_version\": \"0.27\","
+		   "{\"_class_name\": \"StableDiffusionPipeline\","
+		   "\"_diffusers_version\": \"0.27\","
 		   "\"unet\": [\"diffusers\", \"UNet2DConditionModel\"],"
 		   "\"vae\": [\"diffusers\", \"AutoencoderKL\"],"
 		   "\"text_encoder\": [\"transformers\", \"CLIPTextModel\"],"
@@ -317,7 +318,8 @@ static void test_open_table(void **state)
 				fail_msg("case %s: error lacks \"%s\":\n%s", c->label, c->errors[e],
 					 m.error);
 		if (c->valid && m.n_meta != 1)
-			fail_msg("case %s: merged metadata has %zu keys, want 1", c->label, m.n_meta);
+			fail_msg("case %s: merged metadata has %zu keys, want 1", c->label,
+				 m.n_meta);
 		model_free(&m);
 	}
 }
@@ -336,11 +338,13 @@ static void test_diffusers_choice(void **state)
 	assert_true(m.valid);
 	for (size_t i = 0; i < m.n_components; i++) {
 		const struct model_component *c = &m.components[i];
-		const char *want = !strcmp(c->name, "unet") ? "unet/diffusion_pytorch_model.safetensors"
-				   : !strcmp(c->name, "vae")
-					   ? "vae/diffusion_pytorch_model.fp16.safetensors"
-					   : "text_encoder/model-00001-of-00002.safetensors";
+		const char *want = "text_encoder/model-00001-of-00002.safetensors";
 		const char *got = model_comp_file(&m, c, 0)->path;
+
+		if (!strcmp(c->name, "unet"))
+			want = "unet/diffusion_pytorch_model.safetensors";
+		else if (!strcmp(c->name, "vae"))
+			want = "vae/diffusion_pytorch_model.fp16.safetensors";
 
 		if (!strstr(got, want))
 			fail_msg("component %s chose %s, want %s", c->name, got, want);
@@ -390,9 +394,11 @@ struct choose_case {
 static void test_choose(void **state)
 {
 	static const struct choose_case cases[] = {
-		{ { "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors" },
+		{ { "diffusion_pytorch_model.safetensors",
+		    "diffusion_pytorch_model.fp16.safetensors" },
 		  "diffusion_pytorch_model.safetensors", false },
-		{ { "diffusion_pytorch_model.bf16.safetensors", "diffusion_pytorch_model.fp16.safetensors" },
+		{ { "diffusion_pytorch_model.bf16.safetensors",
+		    "diffusion_pytorch_model.fp16.safetensors" },
 		  "diffusion_pytorch_model.fp16.safetensors", false },
 		{ { "x.bf16.safetensors", "x.a8.safetensors" }, "x.a8.safetensors", false },
 		{ { "model.safetensors", "model-00001-of-00002.safetensors",
@@ -401,8 +407,8 @@ static void test_choose(void **state)
 		{ { "diffusion_pytorch_model.safetensors.index.fp16.json",
 		    "diffusion_pytorch_model.safetensors.index.json" },
 		  "diffusion_pytorch_model.safetensors.index.json", true },
-		{ { "b.safetensors", "a.safetensors", "config.json" }, "a.safetensors,b.safetensors",
-		  false },
+		{ { "b.safetensors", "a.safetensors", "config.json" },
+		  "a.safetensors,b.safetensors", false },
 		{ { "model.safetensors", "extra.safetensors" }, "model.safetensors", false },
 		{ { "config.json", "model.bin" }, "", false },
 	};
@@ -421,8 +427,8 @@ static void test_choose(void **state)
 			snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%s", k ? "," : "",
 				 c->names[pick[k]]);
 		if (strcmp(got, c->want) || (np && is_index != c->is_index))
-			fail_msg("case %zu: chose \"%s\" (index %d), want \"%s\" (index %d)", i, got,
-				 is_index, c->want, c->is_index);
+			fail_msg("case %zu: chose \"%s\" (index %d), want \"%s\" (index %d)", i,
+				 got, is_index, c->want, c->is_index);
 	}
 }
 
@@ -441,9 +447,11 @@ static void test_default_name(void **state)
 		{ MODEL_SHARDED, "/m/Llama-3-8B/model.safetensors.index.json", "Llama-3-8B" },
 		{ MODEL_DIFFUSERS, "/m/sdxl-base", "sdxl-base" },
 		{ MODEL_SHARDED,
-		  "/hf/hub/models--meta-llama--Llama-3-8B/snapshots/abc123/model.safetensors.index.json",
+		  "/hf/hub/models--meta-llama--Llama-3-8B/snapshots/abc123/"
+		  "model.safetensors.index.json",
 		  "meta-llama/Llama-3-8B" },
-		{ MODEL_SINGLE, "/hf/models--org--tiny/snapshots/r1/model.safetensors", "org/tiny" },
+		{ MODEL_SINGLE, "/hf/models--org--tiny/snapshots/r1/model.safetensors",
+		  "org/tiny" },
 	};
 
 	(void)state;

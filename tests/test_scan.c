@@ -286,6 +286,40 @@ static void expect_model(const char *name, bool valid, uint64_t n_tensors, const
 	catalog_model_free(&m);
 }
 
+/* A header whose one entry is not a tensor description. */
+static void mut_bad(const char *d)
+{
+	char path[4096];
+	FILE *f;
+
+	fmt(path, sizeof(path), "%s/bad.safetensors", d);
+	f = fopen(path, "wb");
+	assert_non_null(f);
+	fwrite("\x10\0\0\0\0\0\0\0{\"a\":{\"x\":1}}   ", 1, 24, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* The invalid file is a model, invalid, with the parser's error kept per file. */
+static void chk_bad(void)
+{
+	struct catalog_model m;
+	const struct catalog_file *f;
+
+	expect_model("bad", false, 0, "bad.safetensors");
+	assert_int_equal(catalog_get_model(W.cat, "bad", &m), 0);
+	assert_int_equal(m.n_components, 1);
+	assert_int_equal(m.components[0].n_files, 1);
+	f = &m.components[0].files[0];
+	if (f->valid || f->error_code != ST_ERR_ENTRY || !f->error_tensor ||
+	    strcmp(f->error_tensor, "a") || !f->error_message)
+		fail_msg("file: valid %d code %d (%s) tensor %s offset %llu message %s", f->valid,
+			 f->error_code, st_code_name(f->error_code),
+			 f->error_tensor ? f->error_tensor : "(none)",
+			 (unsigned long long)f->error_offset,
+			 f->error_message ? f->error_message : "(none)");
+	catalog_model_free(&m);
+}
+
 static void chk_rewrite(void)
 {
 	expect_model("a", true, 4, NULL);
@@ -385,7 +419,8 @@ static const struct step steps[] = {
 	{ "variant-preference", mut_vae_plain, NULL, 3, 1, 3, 0, 1, 0, 2, true, chk_vae_plain,
 	  { 0 } },
 	{ "remove-diffusers", mut_rm_sd, NULL, 2, 1, 0, 0, 0, 1, 1, true, chk_rm_sd, { 0 } },
-	{ "unchanged-final", mut_none, NULL, 2, 1, 0, 0, 0, 0, 1, false, NULL, { 0 } },
+	{ "invalid-file", mut_bad, NULL, 3, 2, 1, 1, 0, 0, 1, true, chk_bad, { 0 } },
+	{ "unchanged-final", mut_none, NULL, 3, 2, 0, 0, 0, 0, 1, false, NULL, { 0 } },
 };
 
 static void test_scenario(void **state)
@@ -407,11 +442,13 @@ static void test_scenario(void **state)
 		rc = scan_roots(W.cat, roots, 1, &opt, &r);
 		problems_str(&r, probs, sizeof(probs));
 		if (getenv("TEST_VERBOSE"))
-			print_message("%-26s rc %d models %llu invalid %llu parsed %llu reused %llu "
-				      "+%llu ~%llu -%llu wrote %d %.2f ms%s\n", s->label, rc,
-				      (unsigned long long)r.n_models, (unsigned long long)r.n_invalid,
-				      (unsigned long long)r.n_parsed, (unsigned long long)r.n_reused,
-				      (unsigned long long)r.n_added, (unsigned long long)r.n_updated,
+			print_message("%-26s rc %d models %llu invalid %llu parsed %llu "
+				      "reused %llu +%llu ~%llu -%llu wrote %d %.2f ms%s\n",
+				      s->label, rc, (unsigned long long)r.n_models,
+				      (unsigned long long)r.n_invalid,
+				      (unsigned long long)r.n_parsed,
+				      (unsigned long long)r.n_reused, (unsigned long long)r.n_added,
+				      (unsigned long long)r.n_updated,
 				      (unsigned long long)r.n_removed, r.wrote,
 				      (double)r.elapsed_ns / 1e6, probs);
 		if (rc || r.n_models != s->models || r.n_invalid != s->invalid ||
@@ -560,7 +597,8 @@ static void test_permission_denied(void **state)
 		assert_int_equal(waitpid(pid, &status, 0), pid);
 		assert_true(WIFEXITED(status));
 		if (WEXITSTATUS(status) == 77) {
-			print_message("SKIP permission test: cannot drop privileges to uid 65534\n");
+			print_message("SKIP permission test: cannot drop privileges to uid "
+				      "65534\n");
 			fmt(cmd, sizeof(cmd), "chmod -R u+rwx '%s'; rm -rf '%s'", base, base);
 			assert_int_equal(system(cmd), 0);
 			skip();
@@ -664,8 +702,9 @@ static void test_progress_and_threads(void **state)
 		assert_int_equal(scan_roots(cat, roots, 1, &opt, &r), 0);
 		if (r.n_models != 40 || r.n_parsed != 40 || !p.calls || p.backwards ||
 		    p.last_done != 40 || p.last_total != 40)
-			fail_msg("threads %u: models %llu parsed %llu progress calls %u last %llu/%llu "
-				 "backwards %d", threads[t], (unsigned long long)r.n_models,
+			fail_msg("threads %u: models %llu parsed %llu progress calls %u "
+				 "last %llu/%llu backwards %d", threads[t],
+				 (unsigned long long)r.n_models,
 				 (unsigned long long)r.n_parsed, p.calls,
 				 (unsigned long long)p.last_done, (unsigned long long)p.last_total,
 				 p.backwards);
