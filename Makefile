@@ -155,7 +155,8 @@ bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl
 	$(BUILD)/bench/bench_scan
 
 # Kept so make does not delete it after the run: the JSON must stay the last line printed.
-.SECONDARY: $(BENCH_BINS:=.o)
+# Keep intermediate objects (tests, benches) so a rebuild is incremental and quiet.
+.SECONDARY:
 bench-ring: $(BUILD)/bench/bench_ring
 	$(BUILD)/bench/bench_ring
 

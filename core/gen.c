@@ -243,7 +243,8 @@ static void sd_unet(struct tlist *l, const struct sd_dims *d)
 			resnet(l, at(b, "down_blocks.%d.resnets.%d", i, j), j ? ch[i] : in, ch[i],
 			       temb);
 			if (i < 3)
-				transformer2d(l, at(b, "down_blocks.%d.attentions.%d", i, j), ch[i]);
+				transformer2d(l, at(b, "down_blocks.%d.attentions.%d", i, j),
+					      ch[i]);
 		}
 		if (i < 3)
 			conv(l, at(b, "down_blocks.%d.downsamplers.0.conv", i), ch[i], ch[i], 3);
@@ -822,7 +823,8 @@ static int write_llama(struct gen *g, const char *dir, const struct llama_dims *
 		if (shards == 1)
 			snprintf(file, sizeof(file), "model.safetensors");
 		else
-			snprintf(file, sizeof(file), "model-%05u-of-%05u.safetensors", s + 1, shards);
+			snprintf(file, sizeof(file), "model-%05u-of-%05u.safetensors", s + 1,
+				 shards);
 		for (size_t i = 0; i < all.n; i++) {
 			if (of[i] != s)
 				continue;

@@ -195,7 +195,10 @@ static int build_header(const struct st_write_tensor *tensors, size_t n, const s
 			return -ENOMEM;
 		}
 		for (size_t i = 0; i < n_meta && !rc; i++) {
-			json_t *v = meta[i].key && meta[i].value ? json_string(meta[i].value) : NULL;
+			json_t *v = NULL;
+
+			if (meta[i].key && meta[i].value)
+				v = json_string(meta[i].value);
 
 			if (!v || json_object_get(m, meta[i].key) ||
 			    json_object_set_new(m, meta[i].key, v))

@@ -264,8 +264,10 @@ static void dump(const struct row *r)
 	for (size_t i = 0; i < row_len(r); i++) {
 		fprintf(stderr, "    %s [", r->t[i].name);
 		for (uint32_t d = 0; d < r->t[i].rank; d++)
-			fprintf(stderr, "%s%llu", d ? ", " : "", (unsigned long long)r->t[i].shape[d]);
-		fprintf(stderr, "]%s\n", r->split && i + 1 == r->split ? "  <- end of shard 1" : "");
+			fprintf(stderr, "%s%llu", d ? ", " : "",
+				(unsigned long long)r->t[i].shape[d]);
+		fprintf(stderr, "]%s\n",
+			r->split && i + 1 == r->split ? "  <- end of shard 1" : "");
 	}
 }
 
