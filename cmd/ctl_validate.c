@@ -111,6 +111,11 @@ static void report(struct vopts *o, const char *path, const struct st_file *f,
 	}
 }
 
+static void deep_progress(uint64_t done, uint64_t total, void *arg)
+{
+	ctl_progress_update(arg, done, total);
+}
+
 static void validate_file(struct vopts *o, const char *path)
 {
 	struct st_file f = { 0 };
@@ -138,9 +143,17 @@ static void validate_file(struct vopts *o, const char *path)
 			err.offset = UINT64_MAX;
 			snprintf(err.message, sizeof(err.message), "%s: nomem: %u tensors", path,
 				 f.n_tensors);
-		} else if (st_deep_check(fd, &f, deep, &err) == 0) {
-			report(o, path, &f, NULL, deep);
-			goto out;
+		} else {
+			struct ctl_progress prog;
+			int rc;
+
+			ctl_progress_begin(&prog, path, true);
+			rc = st_deep_check_progress(fd, &f, deep, &err, deep_progress, &prog);
+			ctl_progress_end(&prog, st_data_bytes(&f), st_data_bytes(&f));
+			if (rc == 0) {
+				report(o, path, &f, NULL, deep);
+				goto out;
+			}
 		}
 		report(o, path, NULL, &err, NULL);
 		goto out;

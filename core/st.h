@@ -238,4 +238,10 @@ struct st_deep_tensor {
 int st_deep_check(int fd, const struct st_file *f, struct st_deep_tensor *out,
 		  struct st_error *err);
 
+/* st_deep_check() that calls @progress (when not NULL) after each chunk with the data
+ * bytes read so far and the total, for a progress bar. */
+int st_deep_check_progress(int fd, const struct st_file *f, struct st_deep_tensor *out,
+			   struct st_error *err,
+			   void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
+
 #endif

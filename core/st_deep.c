@@ -319,6 +319,13 @@ static void feed(struct walk *w, const uint8_t *buf, size_t len, uint64_t pos)
 int st_deep_check(int fd, const struct st_file *f, struct st_deep_tensor *out,
 		  struct st_error *err)
 {
+	return st_deep_check_progress(fd, f, out, err, NULL, NULL);
+}
+
+int st_deep_check_progress(int fd, const struct st_file *f, struct st_deep_tensor *out,
+			   struct st_error *err,
+			   void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
+{
 	const char *path = f->path ? f->path : "(fd)";
 	uint64_t total = st_data_bytes(f), pos = 0;
 	struct walk w = { .f = f, .out = out };
@@ -370,6 +377,8 @@ int st_deep_check(int fd, const struct st_file *f, struct st_deep_tensor *out,
 		}
 		feed(&w, buf, len, pos);
 		pos += len;
+		if (progress)
+			progress(pos, total, arg);
 	}
 	/* Zero-size tensors at the very end, or every tensor of a file with no data. */
 	settle(&w, total);
