@@ -109,10 +109,12 @@ run: deps
 	$(BUILD)/weightctl --state-dir $(RUN_DIR)/state ls
 
 # `make test` is what CI runs: the release suite, the sanitizer suite, and the fuzzers.
+# The sanitizer suite runs last so that its summary line closes the output.
 test: deps
 	@$(MAKE) --no-print-directory test-unit
-	@$(MAKE) --no-print-directory test-san
 	@$(MAKE) --no-print-directory fuzz-ci
+	@$(MAKE) --no-print-directory test-tsan
+	@$(MAKE) --no-print-directory test-san
 
 test-unit check: all
 	@tests/run.sh $(BUILD)
@@ -126,17 +128,26 @@ test-tsan:
 		build-tsan/tests/test_ring
 	@build-tsan/tests/test_ring
 
-# libFuzzer targets need clang; they build from the layer sources directly.
+# libFuzzer targets need clang. The core layer is compiled once with coverage
+# instrumentation (fuzzer-no-link) into an archive each target links against.
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := build-fuzz
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
-FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude \
-	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_SAN := address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude
+FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(wildcard core/*.c))
 
-$(FUZZ_BUILD)/%: tests/fuzz/%.c $(LAYER_SRCS) $(BUILD)/config-host.h
+$(FUZZ_BUILD)/%.o: %.c $(BUILD)/config-host.h
 	@mkdir -p $(@D)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(filter core/st.c core/st_%.c core/log.c,$(LAYER_SRCS)) $(DEP_LIBS)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -c -o $@ $<
+
+$(FUZZ_BUILD)/libfuzzcore.a: $(FUZZ_LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_BUILD)/libfuzzcore.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $^ $(DEP_LIBS)
 
 fuzz fuzz-ci: $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do \
