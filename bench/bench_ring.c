@@ -9,14 +9,23 @@
  *             as the daemon does (private cursors, validated entries, doorbells), in polling
  *             mode (large spin budget) and parked mode (spin budget 0)
  *
+ *   daemon    weightd_ping() through libweightd to a real weightd process (BUILD/weightd,
+ *             started here with its own socket and state directory), in polling mode (the
+ *             client spins, the daemon's shard spins) and parked mode (neither spins)
+ *
  * Throughput runs the same server with 1, 4, 16 and 64 client processes, each keeping a window
  * of requests in flight. The last line of output is one JSON object with every figure and the
  * ratios to the targets in DESIGN.md.
  *
- * Usage: bench_ring [--quick]   (--quick: fewer iterations, for smoke tests)
+ * Usage: bench_ring [--quick] [--daemon-only]
+ *   --quick        fewer iterations, for smoke tests
+ *   --daemon-only  the baselines and the real daemon only (no in-bench server, no throughput)
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
@@ -26,9 +35,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "weightd.h"
 
 #include "core/common.h"
 #include "shm/barrier.h"
@@ -525,6 +537,129 @@ static double bench_ring_tput(unsigned int n, uint64_t server_spin, uint64_t cli
 	return (double)total * 1e9 / (double)(t1 - t0);
 }
 
+/* ---- the real daemon, through libweightd ----------------------------------------------- */
+
+struct daemon_child {
+	pid_t pid;
+	char dir[PATH_MAX];
+	char sock[108];
+};
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+/* BUILD/weightd next to BUILD/bench/bench_ring, or NULL when it was not built. */
+static const char *daemon_binary(void)
+{
+	static char path[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 16);
+	char *slash;
+
+	if (n <= 0)
+		return NULL;
+	path[n] = '\0';
+	for (int i = 0; i < 2 && (slash = strrchr(path, '/')); i++)
+		*slash = '\0';
+	strcat(path, "/weightd");
+	return access(path, X_OK) ? NULL : path;
+}
+
+/*
+ * Starts weightd on the server CPU (its threads inherit the affinity) with a private socket
+ * and state directory and shard spin budget @spin_us, and waits until it accepts clients.
+ */
+static void daemon_start(struct daemon_child *dc, const char *bin, unsigned int spin_us)
+{
+	const char *tmp = getenv("TMPDIR");
+	char state[PATH_MAX + 8], models[PATH_MAX + 8], spin[16];
+	uint64_t deadline;
+
+	snprintf(dc->dir, sizeof(dc->dir), "%s/bench-ring.XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(dc->dir))
+		die("mkdtemp", errno);
+	if ((size_t)snprintf(dc->sock, sizeof(dc->sock), "%s/sock", dc->dir) >= sizeof(dc->sock))
+		die("socket path", ENAMETOOLONG);
+	snprintf(state, sizeof(state), "%s/state", dc->dir);
+	snprintf(models, sizeof(models), "%s/models", dc->dir);
+	snprintf(spin, sizeof(spin), "%u", spin_us);
+	if (mkdir(models, 0700))
+		die("mkdir", errno);
+	dc->pid = spawn(cpu_server);
+	if (dc->pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+
+		if (fd >= 0)
+			dup2(fd, STDERR_FILENO);
+		execl(bin, bin, "--foreground", "--socket", dc->sock, "--state-dir", state,
+		      "--models", models, "--spin-us", spin, (char *)NULL);
+		_exit(127);
+	}
+	deadline = wd_now_ns() + 10ull * 1000 * 1000 * 1000;
+	for (;;) {
+		struct weightd *w;
+		int status;
+
+		if (weightd_attach(dc->sock, NULL, &w) == 0) {
+			weightd_detach(w);
+			return;
+		}
+		if (waitpid(dc->pid, &status, WNOHANG) == dc->pid || wd_now_ns() > deadline) {
+			fprintf(stderr, "bench_ring: weightd did not start: %s\n",
+				weightd_last_error());
+			exit(1);
+		}
+		usleep(10000);
+	}
+}
+
+static void daemon_stop(struct daemon_child *dc)
+{
+	kill(dc->pid, SIGTERM);
+	waitpid(dc->pid, NULL, 0);
+	nftw(dc->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/*
+ * weightd_ping() round trips. Polling: the client spins up to 10 s (never parks) and the
+ * daemon's shard spins 1 s after each request; parked: both park at once (spin 0).
+ */
+static struct lat bench_daemon(const char *bin, uint32_t n, bool polling)
+{
+	struct weightd_attach_opts o = { .spin_us = polling ? 10u * 1000 * 1000 : 0,
+					 .client_name = "bench_ring" };
+	struct daemon_child dc;
+	struct shared *sh = shared_map(n);
+	struct weightd *w;
+	int ret;
+
+	daemon_start(&dc, bin, polling ? 1000u * 1000 : 0);
+	pin(cpu_client);
+	ret = weightd_attach(dc.sock, &o, &w);
+	if (ret)
+		die(weightd_last_error(), -ret);
+	for (uint32_t i = 0; i < n + warmup; i++) {
+		uint64_t t0 = wd_now_ns();
+
+		ret = weightd_ping(w);
+		if (ret)
+			die(weightd_last_error(), -ret);
+		if (i >= warmup)
+			sh->samples[i - warmup] = wd_now_ns() - t0;
+	}
+	weightd_detach(w);
+	daemon_stop(&dc);
+	struct lat l = percentiles(sh->samples, n);
+
+	shared_unmap(sh, n);
+	return l;
+}
+
 static void print_lat(const char *name, struct lat l)
 {
 	printf("%-28s p50 %9.0f ns   p99 %9.0f ns   p99.9 %9.0f ns\n", name, l.p50, l.p99,
@@ -540,15 +675,28 @@ static void json_lat(const char *name, struct lat l, bool comma)
 int main(int argc, char **argv)
 {
 	static const unsigned int tput_clients[] = { 1, 4, 16, 64 };
-	double tput[ARRAY_SIZE(tput_clients)];
-	struct lat pp, fx, ux, rp, rk;
+	double tput[ARRAY_SIZE(tput_clients)] = { 0 };
+	struct lat pp, fx, ux, rp = { 0 }, rk = { 0 }, dp = { 0 }, dk = { 0 };
 	uint64_t t_start = wd_now_ns();
+	const char *daemon_bin = daemon_binary();
+	bool daemon_only = false;
 
-	if (argc > 1 && !strcmp(argv[1], "--quick")) {
-		iters_poll = 20000;
-		iters_park = 2000;
-		warmup = 200;
-		tput_ns = 100ull * 1000 * 1000;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quick")) {
+			iters_poll = 20000;
+			iters_park = 2000;
+			warmup = 200;
+			tput_ns = 100ull * 1000 * 1000;
+		} else if (!strcmp(argv[i], "--daemon-only")) {
+			daemon_only = true;
+		} else {
+			fprintf(stderr, "usage: bench_ring [--quick] [--daemon-only]\n");
+			return 2;
+		}
+	}
+	if (daemon_only && !daemon_bin) {
+		fprintf(stderr, "bench_ring: --daemon-only, but no weightd next to this program\n");
+		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	pick_cpus();
@@ -561,12 +709,26 @@ int main(int argc, char **argv)
 
 	pp = bench_pingpong(iters_poll);
 	print_lat("baseline cache-line pingpong", pp);
-	rp = bench_ring_latency(iters_poll, POLL_SPIN_NS);
-	print_lat("ring ping, polling", rp);
+	if (!daemon_only) {
+		rp = bench_ring_latency(iters_poll, POLL_SPIN_NS);
+		print_lat("ring ping, polling", rp);
+	}
+	if (daemon_bin) {
+		dp = bench_daemon(daemon_bin, iters_poll, true);
+		print_lat("weightd_ping, polling", dp);
+	}
 	fx = bench_futex(iters_park);
 	print_lat("baseline futex pingpong", fx);
-	rk = bench_ring_latency(iters_park, 0);
-	print_lat("ring ping, parked", rk);
+	if (!daemon_only) {
+		rk = bench_ring_latency(iters_park, 0);
+		print_lat("ring ping, parked", rk);
+	}
+	if (daemon_bin) {
+		dk = bench_daemon(daemon_bin, iters_park, false);
+		print_lat("weightd_ping, parked", dk);
+	} else {
+		printf("weightd_ping: skipped, no weightd binary next to this program\n");
+	}
 	ux = bench_unix(iters_park);
 	print_lat("baseline unix socket rpc", ux);
 
@@ -574,32 +736,50 @@ int main(int argc, char **argv)
 	 * Throughput: the server polls for 50 us before parking; clients park at once (with up to
 	 * TPUT_WINDOW requests in flight each), since up to 64 of them share one core.
 	 */
-	for (size_t i = 0; i < ARRAY_SIZE(tput_clients); i++) {
+	for (size_t i = 0; i < ARRAY_SIZE(tput_clients) && !daemon_only; i++) {
 		tput[i] = bench_ring_tput(tput_clients[i], 50000, 0);
 		printf("throughput, %2u clients        %12.0f pings/s\n", tput_clients[i], tput[i]);
 	}
 
 	double r_poll = rp.p50 / pp.p50, r_park = rk.p50 / fx.p50, r_unix = ux.p50 / rp.p50;
+	double d_poll = dp.p50 / pp.p50, d_park = dk.p50 / fx.p50, d_unix = ux.p50 / dp.p50;
 
-	printf("ratios: polling/pingpong %.2f (target <= 2), parked/futex %.2f (target <= 1.5), "
-	       "unix/polling %.1f (target >= 10)\n",
-	       r_poll, r_park, r_unix);
+	if (!daemon_only)
+		printf("ratios: polling/pingpong %.2f (target <= 2), parked/futex %.2f (target <= "
+		       "1.5), unix/polling %.1f (target >= 10)\n",
+		       r_poll, r_park, r_unix);
+	if (daemon_bin)
+		printf("daemon ratios: polling/pingpong %.2f (target <= 2), parked/futex %.2f "
+		       "(target <= 1.5), unix/polling %.1f (target >= 10)\n",
+		       d_poll, d_park, d_unix);
 	printf("{\"bench\":\"ring\",\"cpus\":[%d,%d],", cpu_server, cpu_client);
 	json_lat("pingpong", pp, true);
 	json_lat("futex", fx, true);
 	json_lat("unix", ux, true);
-	json_lat("ring_polling", rp, true);
-	json_lat("ring_parked", rk, true);
-	printf("\"throughput_ops\":{");
-	for (size_t i = 0; i < ARRAY_SIZE(tput_clients); i++)
-		printf("\"%u\":%.0f%s", tput_clients[i], tput[i],
-		       i + 1 < ARRAY_SIZE(tput_clients) ? "," : "");
-	printf("},\"ratios\":{\"polling_vs_pingpong\":%.3f,\"parked_vs_futex\":%.3f,"
-	       "\"unix_vs_polling\":%.2f},",
-	       r_poll, r_park, r_unix);
-	printf("\"targets_met\":{\"polling\":%s,\"parked\":%s,\"vs_unix\":%s},",
-	       r_poll <= 2.0 ? "true" : "false", r_park <= 1.5 ? "true" : "false",
-	       r_unix >= 10.0 ? "true" : "false");
+	if (!daemon_only) {
+		json_lat("ring_polling", rp, true);
+		json_lat("ring_parked", rk, true);
+		printf("\"throughput_ops\":{");
+		for (size_t i = 0; i < ARRAY_SIZE(tput_clients); i++)
+			printf("\"%u\":%.0f%s", tput_clients[i], tput[i],
+			       i + 1 < ARRAY_SIZE(tput_clients) ? "," : "");
+		printf("},\"ratios\":{\"polling_vs_pingpong\":%.3f,\"parked_vs_futex\":%.3f,"
+		       "\"unix_vs_polling\":%.2f},",
+		       r_poll, r_park, r_unix);
+		printf("\"targets_met\":{\"polling\":%s,\"parked\":%s,\"vs_unix\":%s},",
+		       r_poll <= 2.0 ? "true" : "false", r_park <= 1.5 ? "true" : "false",
+		       r_unix >= 10.0 ? "true" : "false");
+	}
+	if (daemon_bin) {
+		json_lat("daemon_polling", dp, true);
+		json_lat("daemon_parked", dk, true);
+		printf("\"daemon_ratios\":{\"polling_vs_pingpong\":%.3f,\"parked_vs_futex\":%.3f,"
+		       "\"unix_vs_polling\":%.2f},",
+		       d_poll, d_park, d_unix);
+		printf("\"daemon_targets_met\":{\"polling\":%s,\"parked\":%s,\"vs_unix\":%s},",
+		       d_poll <= 2.0 ? "true" : "false", d_park <= 1.5 ? "true" : "false",
+		       d_unix >= 10.0 ? "true" : "false");
+	}
 	printf("\"elapsed_s\":%.1f}\n", (double)(wd_now_ns() - t_start) / 1e9);
 	return 0;
 }

@@ -58,5 +58,12 @@ int ctl_info(struct ctl *c, int argc, char **argv);
 int ctl_validate(struct ctl *c, int argc, char **argv);
 int ctl_meta(struct ctl *c, int argc, char **argv);
 int ctl_gen(struct ctl *c, int argc, char **argv);
+/* Verbs that talk to a running daemon (cmd/ctl_daemon.c). */
+int ctl_status(struct ctl *c, int argc, char **argv);
+int ctl_ps(struct ctl *c, int argc, char **argv);
+int ctl_load(struct ctl *c, int argc, char **argv);
+int ctl_unload(struct ctl *c, int argc, char **argv);
+int ctl_pin(struct ctl *c, int argc, char **argv);
+int ctl_stats(struct ctl *c, int argc, char **argv);
 
 #endif

@@ -12,6 +12,12 @@ static const struct ctl_verb verbs[] = {
 	{ "validate", ctl_validate, "validate safetensors files (--deep reads all data)" },
 	{ "meta", ctl_meta, "get or set user metadata (tags, notes)" },
 	{ "gen", ctl_gen, "generate synthetic models for tests, demos and benchmarks" },
+	{ "status", ctl_status, "is the daemon up: pid, socket, clients, models, host cache" },
+	{ "ps", ctl_ps, "what is resident where, and the pins held" },
+	{ "load", ctl_load, "make a model resident on a tier (daemon)" },
+	{ "unload", ctl_unload, "drop a model from a tier (daemon)" },
+	{ "pin", ctl_pin, "pin a model on a tier (--hold keeps it until Ctrl-C)" },
+	{ "stats", ctl_stats, "the daemon's counters" },
 };
 
 static void usage(FILE *out)

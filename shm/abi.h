@@ -173,9 +173,31 @@ enum wd_op {
 	WD_OP_VALIDATE = 9,	/* re-read and check model/component; streams progress */
 	WD_OP_META_GET = 10,	/* value of key (payload) of a model's metadata, into CQ payload */
 	WD_OP_META_SET = 11,	/* payload "key\0value" */
-	WD_OP_STATS = 12,	/* this client's counters, u64 array in the CQ payload */
+	WD_OP_STATS = 12,	/* daemon and client counters (enum wd_stat) in the CQ payload */
 	WD_OP_SHUTDOWN = 13,	/* stop the daemon (privileged clients only) */
 	WD_OP_COUNT
+};
+
+/* VALIDATE arg[0] bits. */
+#define WD_VALIDATE_DEEP 0x1u	/* also read every tensor's bytes; progress in bytes */
+
+/*
+ * STATS: the CQ payload is a u64 array indexed by this enum (res = number of entries, so a
+ * newer daemon may append entries and an older client reads the ones it knows).
+ */
+enum wd_stat {
+	WD_STAT_CLIENTS = 0,	/* clients attached now */
+	WD_STAT_PINS,		/* pins held by all clients */
+	WD_STAT_RING_SEGS,	/* client ring segments still mapped by the daemon */
+	WD_STAT_REQUESTS,	/* requests served, all clients */
+	WD_STAT_ERRORS,		/* of those, completed with an error */
+	WD_STAT_MODELS,		/* models published in the registry */
+	WD_STAT_HOST_BUDGET,	/* --host-budget in bytes, 0 when unset */
+	WD_STAT_UPTIME_NS,
+	WD_STAT_MY_PINS,	/* pins the asking client holds */
+	WD_STAT_MY_REQUESTS,	/* requests the asking client sent (this one included) */
+	WD_STAT_MY_ERRORS,
+	WD_STAT_COUNT
 };
 
 /* wd_sqe.flags */
@@ -282,5 +304,6 @@ static_assert(offsetof(struct wd_cqe, aux0) == 16, "cqe.aux0");
 static_assert(offsetof(struct wd_cqe, aux1) == 24, "cqe.aux1");
 
 static_assert(WD_DATA_SLOT_SIZE <= UINT16_MAX, "arg_len/data_len are 16-bit");
+static_assert(WD_STAT_COUNT * 8 <= WD_DATA_SLOT_SIZE, "STATS fits one payload slot");
 
 #endif

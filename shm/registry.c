@@ -502,6 +502,30 @@ int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t
 	return 0;
 }
 
+int registry_set_model_flags(struct registry *reg, uint32_t model, uint32_t flags)
+{
+	struct wd_reg_model m;
+
+	if (model >= reg->n_models)
+		return -ENOENT;
+	rec_fetch(&m, w_model(reg, model), sizeof(m));
+	m.flags = flags;
+	rec_store(w_model(reg, model), &m, sizeof(m));
+	return 0;
+}
+
+int registry_set_model_pins(struct registry *reg, uint32_t model, uint32_t pins)
+{
+	struct wd_reg_model m;
+
+	if (model >= reg->n_models)
+		return -ENOENT;
+	rec_fetch(&m, w_model(reg, model), sizeof(m));
+	m.pins = pins;
+	rec_store(w_model(reg, model), &m, sizeof(m));
+	return 0;
+}
+
 void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta)
 {
 	/* One writer: a relaxed load and store suffice; readers see each value untorn. */

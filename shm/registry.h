@@ -40,6 +40,12 @@
 /* wd_reg_hdr.flags */
 #define WD_REG_F_RETIRED 0x1u	/* replaced by a newer registry: re-attach to get it */
 
+/*
+ * wd_reg_model.flags. Records are never removed or renamed (indices stay valid for the life of
+ * the daemon), so a model that a later scan found changed or gone is flagged instead.
+ */
+#define WD_REG_MODEL_F_STALE 0x1u	/* the files changed or vanished since it was published */
+
 /* Load state of a component on one tier. */
 enum wd_state {
 	WD_STATE_ABSENT = 0,
@@ -62,6 +68,8 @@ enum wd_counter {
 	WD_CTR_HITS,		/* loads answered from an already resident copy */
 	WD_CTR_MISSES,
 	WD_CTR_HOST_BYTES,	/* bytes of the host cache in use */
+	WD_CTR_PINS,		/* pins held by all attached clients */
+	WD_CTR_RING_SEGS,	/* client ring segments the daemon still maps */
 	WD_CTR_COUNT
 };
 
@@ -98,8 +106,8 @@ struct wd_reg_model {
 	uint64_t check;
 	uint32_t n_components;
 	uint32_t n_tensors;
-	uint32_t flags;
-	uint32_t reserved0;
+	uint32_t flags;		/* WD_REG_MODEL_F_* */
+	uint32_t pins;		/* pins all clients hold on the model or its components */
 	uint64_t nbytes;	/* sum of its tensors' bytes */
 	uint64_t fingerprint;	/* content fingerprint from the catalog */
 	uint8_t reserved1[16];
@@ -169,6 +177,7 @@ static_assert(offsetof(struct wd_reg_model, check) == 8, "model.check");
 static_assert(offsetof(struct wd_reg_model, n_components) == 16, "model.n_components");
 static_assert(offsetof(struct wd_reg_model, n_tensors) == 20, "model.n_tensors");
 static_assert(offsetof(struct wd_reg_model, flags) == 24, "model.flags");
+static_assert(offsetof(struct wd_reg_model, pins) == 28, "model.pins");
 static_assert(offsetof(struct wd_reg_model, nbytes) == 32, "model.nbytes");
 static_assert(offsetof(struct wd_reg_model, fingerprint) == 40, "model.fingerprint");
 static_assert(offsetof(struct wd_reg_model, name) == 64, "model.name");
@@ -287,6 +296,13 @@ int registry_set_progress(struct registry *reg, uint32_t component, uint32_t tie
  */
 int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t resident,
 				 uint64_t host_offset);
+
+/*
+ * Sets the flags (WD_REG_MODEL_F_*) and the pin count of model @model; the record is
+ * rewritten under its seqlock. Returns 0 or -ENOENT for an unknown model.
+ */
+int registry_set_model_flags(struct registry *reg, uint32_t model, uint32_t flags);
+int registry_set_model_pins(struct registry *reg, uint32_t model, uint32_t pins);
 
 /* Adds @delta to counter @ctr (enum wd_counter); unknown counters are ignored. */
 void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta);

@@ -1,0 +1,409 @@
+/*
+ * Load benchmark: disk -> host cache, against the baselines it must be compared with, all
+ * measured in the same run on the same files (a generated LLaMA checkpoint, --size bytes).
+ *
+ *   raw io_uring read, warm      buffered reads of whole files, QD 32 x 4 MiB, into one
+ *                                pre-faulted buffer (the warm target's 100%)
+ *   raw io_uring read, cold      the same after dropping the page cache
+ *   raw O_DIRECT io_uring read   (the cold target's 100%)
+ *   mmap + touch every page      warm and cold (what safetensors' mmap loader costs)
+ *   read() into malloc'ed memory warm
+ *   loader -> arena              warm and cold, aligned layout (every tensor 64-byte aligned)
+ *                                and file layout (zero-copy, tensors aligned as in the file)
+ *
+ * Cold means the page cache was dropped (echo 1 > /proc/sys/vm/drop_caches, as root) or,
+ * when that is refused, each file was evicted with posix_fadvise(DONTNEED); the JSON says
+ * which. Each figure is the best of --runs runs. Prints a table, writes bench/out/load.json
+ * and, with gnuplot, bench/out/load.png; the last line printed is one JSON object.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "core/gen.h"
+#include "core/log.h"
+#include "uring/arena.h"
+#include "uring/loader.h"
+
+#define QD 32
+#define CHUNK (4u << 20)
+#define MAXF 64
+
+static char paths[MAXF][1024];
+static uint64_t sizes[MAXF], bases[MAXF], total_file, total_alloc;
+static int nfiles;
+static const char *cold_method = "none";
+
+static double now_s(void)
+{
+	return (double)wd_now_ns() / 1e9;
+}
+
+/* Drops the page cache for our files: globally when allowed, else per file. */
+static void drop_caches(void)
+{
+	int fd;
+
+	sync();
+	fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (fd >= 0 && write(fd, "1", 1) == 1) {
+		close(fd);
+		cold_method = "drop_caches";
+		return;
+	}
+	if (fd >= 0)
+		close(fd);
+	for (int i = 0; i < nfiles; i++) {
+		int f = open(paths[i], O_RDONLY);
+
+		if (f >= 0) {
+			posix_fadvise(f, 0, 0, POSIX_FADV_DONTNEED);
+			close(f);
+		}
+	}
+	cold_method = "fadvise_dontneed";
+}
+
+/* Reads every file whole into @buf (file i at bases[i]) with io_uring; returns seconds. */
+static double raw_uring(char *buf, bool direct)
+{
+	struct io_uring ring;
+	int fds[MAXF], inflight = 0, fi = 0;
+	uint64_t off = 0;
+	double t0;
+
+	if (io_uring_queue_init(QD, &ring, 0) < 0)
+		return -1;
+	t0 = now_s();
+	for (int i = 0; i < nfiles; i++) {
+		fds[i] = open(paths[i], O_RDONLY | (direct ? O_DIRECT : 0));
+		if (fds[i] < 0)
+			return -1;
+	}
+	for (;;) {
+		struct io_uring_cqe *cqe;
+
+		while (inflight < QD && fi < nfiles) {
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+			uint64_t len = sizes[fi] - off < CHUNK ? sizes[fi] - off : CHUNK;
+
+			if (direct)
+				len = (len + 4095) & ~4095ull;
+			io_uring_prep_read(sqe, fds[fi], buf + bases[fi] + off, (unsigned int)len, off);
+			inflight++;
+			off += CHUNK;
+			if (off >= sizes[fi]) {
+				fi++;
+				off = 0;
+			}
+		}
+		if (!inflight)
+			break;
+		io_uring_submit_and_wait(&ring, 1);
+		while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+			if (cqe->res < 0) {
+				fprintf(stderr, "read failed: %s\n", strerror(-cqe->res));
+				exit(1);
+			}
+			io_uring_cqe_seen(&ring, cqe);
+			inflight--;
+		}
+	}
+	t0 = now_s() - t0;
+	for (int i = 0; i < nfiles; i++)
+		close(fds[i]);
+	io_uring_queue_exit(&ring);
+	return t0;
+}
+
+static double mmap_touch(void)
+{
+	volatile uint64_t sink = 0;
+	double t0 = now_s();
+
+	for (int i = 0; i < nfiles; i++) {
+		int fd = open(paths[i], O_RDONLY);
+		const volatile char *m = mmap(NULL, sizes[i], PROT_READ, MAP_PRIVATE, fd, 0);
+
+		for (uint64_t o = 0; o < sizes[i]; o += 4096)
+			sink += (uint64_t)m[o];
+		munmap((void *)m, sizes[i]);
+		close(fd);
+	}
+	(void)sink;
+	return now_s() - t0;
+}
+
+static double read_malloc(void)
+{
+	double t0 = now_s();
+
+	for (int i = 0; i < nfiles; i++) {
+		char *m = malloc(sizes[i]);
+		int fd = open(paths[i], O_RDONLY);
+		uint64_t got = 0;
+		ssize_t n;
+
+		while (got < sizes[i] && (n = read(fd, m + got, sizes[i] - got)) > 0)
+			got += (uint64_t)n;
+		close(fd);
+		free(m);
+	}
+	return now_s() - t0;
+}
+
+struct lrun {
+	double secs;
+	uint64_t bytes, tensor_bytes;
+	uint32_t n_direct;
+};
+
+static struct lrun run_loader(struct arena *a, struct loader *l, unsigned int flags)
+{
+	struct load_file_spec fs[MAXF];
+	struct load_spec spec = { .name = "llama", .n_files = (size_t)nfiles, .files = fs,
+				  .flags = flags };
+	char msg[LOADER_MSG_MAX];
+	struct lrun r = { -1, 0, 0, 0 };
+	struct load_plan *p;
+	uint64_t ext;
+	double t0;
+
+	for (int i = 0; i < nfiles; i++)
+		fs[i] = (struct load_file_spec){ .path = paths[i] };
+	t0 = now_s();
+	if (loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)) || arena_alloc(a, p->bytes, &ext)) {
+		fprintf(stderr, "plan/alloc failed: %s\n", msg);
+		exit(1);
+	}
+	if (loader_run(l, p, ext, NULL, msg, sizeof(msg))) {
+		fprintf(stderr, "load failed: %s\n", msg);
+		exit(1);
+	}
+	r.secs = now_s() - t0;
+	r.bytes = p->bytes;
+	r.tensor_bytes = p->tensor_bytes;
+	r.n_direct = p->n_direct;
+	arena_free(a, ext, p->bytes);
+	loader_plan_free(p);
+	return r;
+}
+
+static double best(double a, double b)
+{
+	return a < 0 ? b : b < a ? b : a;
+}
+
+static void progress(void *arg, uint64_t done, uint64_t total)
+{
+	uint64_t *last = arg, pct = total ? done * 100 / total : 0;
+
+	if (pct / 10 != *last / 10)
+		fprintf(stderr, "generating: %lu%%\n", pct);
+	*last = pct;
+}
+
+int main(int argc, char **argv)
+{
+	const char *size_s = "1G", *dir = NULL, *out = "bench/out";
+	struct arena_options ao = { 0 };
+	struct arena *arena;
+	struct loader *loader;
+	char stamp[1100], cmd[2400], dirbuf[1024];
+	uint64_t size, tensor_bytes = 0, arena_bytes = 0, aligned_bytes = 0;
+	int runs = 3, c, direct_files = 0;
+	double w_raw = -1, c_raw = -1, c_dio = -1, w_mmap = -1, c_mmap = -1, w_read = -1;
+	double w_al = -1, w_fl = -1, c_al = -1, c_fl = -1;
+	FILE *f;
+
+	while ((c = getopt(argc, argv, "s:d:r:o:")) != -1) {
+		switch (c) {
+		case 's': size_s = optarg; break;
+		case 'd': dir = optarg; break;
+		case 'r': runs = atoi(optarg); break;
+		case 'o': out = optarg; break;
+		default:
+			fprintf(stderr, "usage: bench_load [-s SIZE] [-d DIR] [-r RUNS] [-o OUTDIR]\n");
+			return 2;
+		}
+	}
+	if (gen_parse_size(size_s, &size) || runs < 1) {
+		fprintf(stderr, "bad size or runs\n");
+		return 2;
+	}
+	if (!dir) {
+		snprintf(dirbuf, sizeof(dirbuf), "build/bench-data/llama-%s", size_s);
+		dir = dirbuf;
+	}
+	/* Generate once per size: a stamp file marks a complete checkpoint. */
+	snprintf(stamp, sizeof(stamp), "%s/.complete", dir);
+	if (access(stamp, F_OK)) {
+		uint64_t last = 0;
+		struct gen_options go = { .size = size, .shards = 4, .progress = progress,
+					  .arg = &last };
+
+		if (gen_preset("llama", dir, &go)) {
+			fprintf(stderr, "cannot generate %s\n", dir);
+			return 1;
+		}
+		close(open(stamp, O_WRONLY | O_CREAT, 0644));
+	}
+	snprintf(cmd, sizeof(cmd), "ls %s/*.safetensors", dir);
+	f = popen(cmd, "r");
+	while (f && nfiles < MAXF && fgets(paths[nfiles], sizeof(paths[0]), f)) {
+		struct stat sb;
+
+		paths[nfiles][strcspn(paths[nfiles], "\n")] = 0;
+		if (stat(paths[nfiles], &sb))
+			continue;
+		sizes[nfiles] = (uint64_t)sb.st_size;
+		bases[nfiles] = total_alloc;
+		total_file += sizes[nfiles];
+		total_alloc += (sizes[nfiles] + 4095) & ~4095ull;
+		nfiles++;
+	}
+	if (f)
+		pclose(f);
+	if (!nfiles)
+		return 1;
+
+	char *buf = mmap(NULL, total_alloc + CHUNK, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ao.budget = total_alloc * 2 + (64u << 20);
+	ao.flags = 0;
+	if (buf == MAP_FAILED || arena_create(&ao, &arena) || loader_create(arena, NULL, &loader)) {
+		fprintf(stderr, "setup failed\n");
+		return 1;
+	}
+	fprintf(stderr, "files: %d, %.2f GB; arena pages: %s\n", nfiles, (double)total_file / 1e9,
+		arena_pages_name(arena->pages));
+	/* Cold first (each after a drop), then warm. */
+	for (int r = 0; r < runs; r++) {
+		struct lrun lr;
+
+		drop_caches();
+		c_raw = best(c_raw, raw_uring(buf, false));
+		drop_caches();
+		c_dio = best(c_dio, raw_uring(buf, true));
+		drop_caches();
+		c_mmap = best(c_mmap, mmap_touch());
+		drop_caches();
+		lr = run_loader(arena, loader, 0);
+		c_al = best(c_al, lr.secs);
+		direct_files = (int)lr.n_direct;
+		drop_caches();
+		c_fl = best(c_fl, run_loader(arena, loader, LOAD_F_FILE_LAYOUT).secs);
+	}
+	raw_uring(buf, false); /* warm the cache */
+	for (int r = 0; r < runs; r++) {
+		struct lrun lr;
+
+		w_raw = best(w_raw, raw_uring(buf, false));
+		w_mmap = best(w_mmap, mmap_touch());
+		w_read = best(w_read, read_malloc());
+		lr = run_loader(arena, loader, LOAD_F_NO_DIRECT);
+		w_al = best(w_al, lr.secs);
+		aligned_bytes = lr.bytes;
+		tensor_bytes = lr.tensor_bytes;
+		lr = run_loader(arena, loader, LOAD_F_FILE_LAYOUT | LOAD_F_NO_DIRECT);
+		w_fl = best(w_fl, lr.secs);
+		arena_bytes = lr.bytes;
+	}
+
+	const struct {
+		const char *key, *label;
+		double secs;
+	} rows[] = {
+		{ "raw_uring_warm", "raw io_uring read, warm", w_raw },
+		{ "read_malloc_warm", "read() into malloc, warm", w_read },
+		{ "mmap_touch_warm", "mmap + touch, warm", w_mmap },
+		{ "loader_aligned_warm", "loader aligned, warm", w_al },
+		{ "loader_file_warm", "loader file layout, warm", w_fl },
+		{ "raw_uring_cold", "raw io_uring read, cold", c_raw },
+		{ "raw_odirect_cold", "raw O_DIRECT read", c_dio },
+		{ "mmap_touch_cold", "mmap + touch, cold", c_mmap },
+		{ "loader_aligned_cold", "loader aligned, cold", c_al },
+		{ "loader_file_cold", "loader file layout, cold", c_fl },
+	};
+	double gbs[ARRAY_SIZE(rows)];
+	char json[4096];
+	size_t o = 0;
+
+	printf("%-28s %10s %10s\n", "path", "seconds", "GB/s");
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		gbs[i] = (double)total_file / rows[i].secs / 1e9;
+		printf("%-28s %10.3f %10.2f\n", rows[i].label, rows[i].secs, gbs[i]);
+	}
+	double warm_ratio = w_raw / w_al, warm_file_ratio = w_raw / w_fl;
+	double cold_ratio = c_dio / c_al, cold_file_ratio = c_dio / c_fl;
+	double vs_mmap = c_mmap / c_al, vs_mmap_file = c_mmap / c_fl;
+	double overhead = (double)(aligned_bytes - tensor_bytes) / (double)tensor_bytes;
+	double overhead_file = (double)(arena_bytes - tensor_bytes) / (double)tensor_bytes;
+
+	printf("warm: loader aligned %.1f%% of raw io_uring (target >= 90%%), file layout %.1f%%\n",
+	       100 * warm_ratio, 100 * warm_file_ratio);
+	printf("cold (%s): loader aligned %.1f%% of raw O_DIRECT (target >= 90%%), file layout "
+	       "%.1f%%; vs mmap+touch %.2fx / %.2fx (target >= 2x)\n", cold_method,
+	       100 * cold_ratio, 100 * cold_file_ratio, vs_mmap, vs_mmap_file);
+	printf("arena overhead beyond tensor bytes: aligned %.4f%%, file layout %.4f%% (target <= "
+	       "1%%); O_DIRECT files: %d of %d\n", 100 * overhead, 100 * overhead_file,
+	       direct_files, nfiles);
+
+	o += (size_t)snprintf(json + o, sizeof(json) - o,
+			      "{\"bench\":\"load\",\"files\":%d,\"file_bytes\":%lu,"
+			      "\"tensor_bytes\":%lu,\"runs\":%d,\"cold_method\":\"%s\","
+			      "\"arena_pages\":\"%s\",\"odirect_files\":%d", nfiles, total_file,
+			      tensor_bytes, runs, cold_method, arena_pages_name(arena->pages),
+			      direct_files);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++)
+		o += (size_t)snprintf(json + o, sizeof(json) - o, ",\"%s_gbs\":%.3f", rows[i].key,
+				      gbs[i]);
+	o += (size_t)snprintf(json + o, sizeof(json) - o,
+			      ",\"warm_ratio\":%.3f,\"warm_file_ratio\":%.3f,\"cold_ratio\":%.3f,"
+			      "\"cold_file_ratio\":%.3f,\"cold_vs_mmap\":%.2f,"
+			      "\"cold_file_vs_mmap\":%.2f,\"overhead_aligned\":%.6f,"
+			      "\"overhead_file\":%.6f}", warm_ratio, warm_file_ratio, cold_ratio,
+			      cold_file_ratio, vs_mmap, vs_mmap_file, overhead, overhead_file);
+
+	snprintf(cmd, sizeof(cmd), "mkdir -p %s", out);
+	if (system(cmd) == 0) {
+		char p[1200];
+
+		snprintf(p, sizeof(p), "%s/load.json", out);
+		f = fopen(p, "w");
+		if (f) {
+			fprintf(f, "%s\n", json);
+			fclose(f);
+		}
+		snprintf(p, sizeof(p), "%s/load.dat", out);
+		f = fopen(p, "w");
+		if (f) {
+			for (size_t i = 0; i < ARRAY_SIZE(rows); i++)
+				fprintf(f, "\"%s\" %.3f\n", rows[i].label, gbs[i]);
+			fclose(f);
+		}
+		if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
+			snprintf(cmd, sizeof(cmd),
+				 "gnuplot -e \"set terminal png size 1000,500; set output '%s/load.png';"
+				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
+				 " set xtics rotate by -30; set title 'disk -> host cache (%.2f GB, %s)';"
+				 " plot '%s/load.dat' using 2:xtic(1) notitle\" 2>/dev/null", out,
+				 (double)total_file / 1e9, cold_method, out);
+			if (system(cmd))
+				fprintf(stderr, "gnuplot failed; no chart\n");
+		}
+	}
+	loader_destroy(loader);
+	arena_destroy(arena);
+	munmap(buf, total_alloc + CHUNK);
+	printf("%s\n", json);
+	return 0;
+}

@@ -1,0 +1,205 @@
+/* weightd: the daemon's main(). Thin: parses options, then core/daemon.h does the work. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/daemon.h"
+#include "core/log.h"
+
+enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
+       OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN };
+
+static const struct option options[] = {
+	{ "foreground", no_argument, NULL, 'f' },
+	{ "models", required_argument, NULL, OPT_MODELS },
+	{ "host-budget", required_argument, NULL, OPT_BUDGET },
+	{ "state-dir", required_argument, NULL, OPT_STATE },
+	{ "socket", required_argument, NULL, OPT_SOCKET },
+	{ "spin-us", required_argument, NULL, OPT_SPIN },
+	{ "log-level", required_argument, NULL, OPT_LOG },
+	{ "allow-user", required_argument, NULL, OPT_ALLOW_USER },
+	{ "allow-group", required_argument, NULL, OPT_ALLOW_GROUP },
+	{ "admin-user", optional_argument, NULL, OPT_ADMIN },
+	{ "no-scan", no_argument, NULL, OPT_NO_SCAN },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 }
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: weightd [--foreground] [options]\n\n"
+		"  -f, --foreground        stay in the foreground (otherwise detach once ready)\n"
+		"  --models DIR            model root (repeatable); default $WEIGHTD_MODELS,\n"
+		"                          else STATE_DIR/models; scanned at start and by SCAN\n"
+		"  --no-scan               do not scan the roots at start\n"
+		"  --host-budget BYTES     host cache budget (K/M/G/T suffixes)\n"
+		"  --state-dir DIR         catalog and runtime files; default $WEIGHTD_STATE_DIR,\n"
+		"                          else $XDG_STATE_HOME/weightd, else ~/.local/state/weightd\n"
+		"  --socket PATH           attach socket; default $WEIGHTD_SOCKET, else\n"
+		"                          $XDG_RUNTIME_DIR/weightd/weightd.sock, else\n"
+		"                          /run/user/UID/weightd/weightd.sock, else\n"
+		"                          /tmp/weightd-UID/weightd.sock\n"
+		"  --spin-us N             serving threads spin N microseconds before parking\n"
+		"                          (default %u)\n"
+		"  --allow-user UID|NAME   may attach (repeatable); default: the daemon's own user\n"
+		"  --allow-group GID|NAME  members may attach (repeatable)\n"
+		"  --admin-user[=UID|NAME] may send SHUTDOWN (repeatable); without a value, the\n"
+		"                          daemon's own user; uid 0 always may\n"
+		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
+		"  -h, --help              this text\n\n"
+		"SIGTERM or SIGINT shuts down cleanly: every client ring is marked shut down and\n"
+		"the socket is removed.\n", DAEMON_DEFAULT_SPIN_US);
+}
+
+static int bad(const char *opt, const char *val, const char *why)
+{
+	fprintf(stderr, "weightd: %s %s: %s\n", opt, val, why);
+	return 2;
+}
+
+static int parse_level(const char *s, enum log_level *out)
+{
+	static const char *const names[] = { "debug", "info", "warn", "error", "off" };
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (!strcmp(s, names[i])) {
+			*out = (enum log_level)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+/*
+ * Detaches: the parent waits until the child reports that the daemon is ready (or why it is
+ * not) and exits with that status, so `weightd && weightctl status` works.
+ */
+static int detach_and_wait(int *report)
+{
+	int pfd[2];
+	pid_t pid;
+	char rc = 1;
+
+	if (pipe(pfd) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(pfd[1]);
+		if (read(pfd[0], &rc, 1) != 1)
+			rc = 1;
+		_exit(rc);
+	}
+	close(pfd[0]);
+	setsid();
+	if (chdir("/") < 0)
+		return -errno;
+	if (!freopen("/dev/null", "r", stdin) || !freopen("/dev/null", "w", stdout))
+		return -errno;
+	*report = pfd[1];
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon_config cfg;
+	enum log_level level = LOG_INFO;
+	bool foreground = false;
+	struct daemon *d;
+	int opt, ret, report = -1;
+	uint64_t v;
+
+	daemon_config_init(&cfg);
+	cfg.handle_signals = true;
+	if (getenv("WEIGHTD_LOG"))
+		level = log_get_level();
+	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'f':
+			foreground = true;
+			break;
+		case OPT_MODELS:
+			if (cfg.n_roots == DAEMON_MAX_ROOTS)
+				return bad("--models", optarg, "too many roots");
+			cfg.roots[cfg.n_roots++] = optarg;
+			break;
+		case OPT_NO_SCAN:
+			cfg.scan_at_start = false;
+			break;
+		case OPT_BUDGET:
+			if (daemon_parse_bytes(optarg, &cfg.host_budget))
+				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
+			break;
+		case OPT_STATE:
+			cfg.state_dir = optarg;
+			break;
+		case OPT_SOCKET:
+			cfg.socket_path = optarg;
+			break;
+		case OPT_SPIN:
+			if (daemon_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
+				return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
+			cfg.spin_us = (uint32_t)v;
+			break;
+		case OPT_LOG:
+			if (parse_level(optarg, &level))
+				return bad("--log-level", optarg, "expected debug|info|warn|error|off");
+			break;
+		case OPT_ALLOW_USER:
+			if (cfg.n_allow_uids == DAEMON_MAX_IDS ||
+			    daemon_parse_user(optarg, &cfg.allow_uids[cfg.n_allow_uids++]))
+				return bad("--allow-user", optarg, "unknown user (or too many)");
+			break;
+		case OPT_ALLOW_GROUP:
+			if (cfg.n_allow_gids == DAEMON_MAX_IDS ||
+			    daemon_parse_group(optarg, &cfg.allow_gids[cfg.n_allow_gids++]))
+				return bad("--allow-group", optarg, "unknown group (or too many)");
+			break;
+		case OPT_ADMIN:
+			if (cfg.n_admin_uids == DAEMON_MAX_IDS)
+				return bad("--admin-user", optarg ? optarg : "", "too many");
+			if (!optarg)
+				cfg.admin_uids[cfg.n_admin_uids++] = geteuid();
+			else if (daemon_parse_user(optarg, &cfg.admin_uids[cfg.n_admin_uids++]))
+				return bad("--admin-user", optarg, "unknown user");
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "weightd: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	log_set_level(level);
+	if (!foreground && (ret = detach_and_wait(&report))) {
+		fprintf(stderr, "weightd: cannot detach: %s\n", strerror(-ret));
+		return 1;
+	}
+	ret = daemon_create(&cfg, &d);
+	if (report >= 0) {
+		char rc = ret ? 1 : 0;
+
+		if (write(report, &rc, 1) != 1)
+			ret = ret ? ret : -EPIPE;
+		close(report);
+	}
+	if (ret) {
+		fprintf(stderr, "weightd: cannot start: %s\n", ret == -EADDRINUSE ?
+			"another weightd is running on this socket (see the log line above)" :
+			strerror(-ret));
+		return 1;
+	}
+	ret = daemon_run(d);
+	daemon_destroy(d);
+	return ret ? 1 : 0;
+}

@@ -1,0 +1,107 @@
+/*
+ * weightd, the daemon: lifecycle, threads and the client table.
+ *
+ * Threads:
+ *   control   the thread that calls daemon_run(): one epoll set over the listening socket,
+ *             every client socket (the lease), a signalfd for SIGTERM/SIGINT (when asked
+ *             for) and an eventfd that daemon_stop() writes. It accepts, checks SO_PEERCRED,
+ *             answers the handshake, and tears a client down when its socket closes.
+ *   shards    serving threads. Each serves the rings of up to DAEMON_SHARD_CLIENTS clients
+ *             (futex_waitv parks on at most 128 words, and each shard keeps one for its own
+ *             wake-up ring, which the control and worker threads use to tell it that the
+ *             client set changed or that a completion is waiting). A new client goes to the
+ *             least loaded shard; a new shard thread starts when all are full, up to
+ *             DAEMON_MAX_SHARDS. A shard spins for spin_us after the last request, then parks.
+ *   worker    runs the ops that touch the catalog or the disk (scan, validate, metadata), so
+ *             a shard keeps answering pings while a scan runs. Its completions travel back
+ *             through the owning shard, which stays the only producer on each client's CQ.
+ *
+ * Exclusion: a lock file next to the socket (SOCKET.lock, flock) is held for the daemon's
+ * life. When it is held by another process start fails with -EADDRINUSE; when it is free
+ * any socket file left at the path by a crashed daemon is unlinked and replaced.
+ */
+#ifndef WD_CORE_DAEMON_H
+#define WD_CORE_DAEMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define DAEMON_MAX_ROOTS 32
+#define DAEMON_MAX_IDS 32		/* allow-list and admin entries of each kind */
+#define DAEMON_SHARD_CLIENTS 127u	/* RING_WAIT_MANY_MAX minus the shard's wake ring */
+#define DAEMON_MAX_SHARDS 16u
+#define DAEMON_DEFAULT_SPIN_US 50u
+#define DAEMON_DEFAULT_SQ_ENTRIES 64u
+#define DAEMON_HELLO_TIMEOUT_MS 5000u	/* a connection that sends no hello is dropped */
+
+struct daemon_config {
+	const char *state_dir;		/* NULL: core/statedir.h rules */
+	const char *socket_path;	/* NULL: shm/attach.h rules */
+	const char *roots[DAEMON_MAX_ROOTS];	/* model roots; none: $WEIGHTD_MODELS or
+						 * STATE_DIR/models */
+	size_t n_roots;
+	uint64_t host_budget;		/* bytes; 0 = unset. Reported by STATS. */
+	uint32_t spin_us;		/* shard spin budget before parking */
+	uid_t allow_uids[DAEMON_MAX_IDS];	/* none of either: the daemon's own uid only */
+	size_t n_allow_uids;
+	gid_t allow_gids[DAEMON_MAX_IDS];
+	size_t n_allow_gids;
+	uid_t admin_uids[DAEMON_MAX_IDS];	/* SHUTDOWN allowed; uid 0 always is */
+	size_t n_admin_uids;
+	bool handle_signals;		/* block SIGTERM/SIGINT/SIGPIPE and watch a signalfd */
+	bool scan_at_start;		/* scan the roots (on the worker) once started */
+};
+
+struct daemon;
+
+/* Fills @cfg with the defaults (spin_us, scan_at_start; everything else empty). */
+void daemon_config_init(struct daemon_config *cfg);
+
+/*
+ * Parses a user given as a number or a name (getpwnam) into @uid; daemon_parse_group() the
+ * same for groups. Return 0 or -ENOENT for an unknown name (-EINVAL for an empty string).
+ */
+int daemon_parse_user(const char *s, uid_t *uid);
+int daemon_parse_group(const char *s, gid_t *gid);
+
+/*
+ * Creates the daemon: resolves the state directory and the socket path, takes the lock
+ * file, opens the catalog, builds and publishes the registry from it, and binds and listens
+ * on the socket (mode 0660). No thread runs yet. @cfg is copied (the strings must outlive the
+ * daemon). On success *@out owns everything; on failure nothing is left behind except the
+ * directories it created.
+ * Returns 0; -EADDRINUSE when another daemon holds the lock (it logs the holder's pid);
+ * -ENAMETOOLONG; -ENOMEM; or the negative errno of the step that failed (statedir, open,
+ * flock, catalog_open, registry_create, socket, bind, listen, signalfd, eventfd, epoll).
+ */
+int daemon_create(const struct daemon_config *cfg, struct daemon **out);
+
+/*
+ * Runs the control loop on the calling thread (starting the first shard and the worker)
+ * until SIGTERM/SIGINT (with handle_signals), a privileged SHUTDOWN request, or
+ * daemon_stop(). Then it shuts down cleanly: every ring is marked WD_RING_SHUTDOWN
+ * (in-flight requests complete with -ECANCELED), clients are woken and their sockets closed,
+ * and the socket file is unlinked. Returns 0 after a clean shutdown or the negative errno of
+ * the failure that stopped the loop (epoll_wait, pthread_create).
+ */
+int daemon_run(struct daemon *d);
+
+/* Asks a running daemon_run() to shut down; async-signal-safe and thread-safe. */
+void daemon_stop(struct daemon *d);
+
+/* Releases everything daemon_create() made (after daemon_run() returned, or instead of it). */
+void daemon_destroy(struct daemon *d);
+
+/* The socket path and state directory the daemon resolved. */
+const char *daemon_socket_path(const struct daemon *d);
+const char *daemon_state_dir(const struct daemon *d);
+
+/*
+ * Parses a byte count with an optional K, M, G or T suffix (binary units; "KiB", "KB" and
+ * "K" are the same). Returns 0 or -EINVAL (-ERANGE on overflow).
+ */
+int daemon_parse_bytes(const char *s, uint64_t *out);
+
+#endif

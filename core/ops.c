@@ -1,0 +1,665 @@
+/*
+ * One function per op code; see core/ops.h for where each runs and docs/protocol.md for the
+ * encodings. Every op validates its own arguments (ring_sqe_check() already vetted the
+ * generic fields) and answers with a negative errno and, where that alone would leave the
+ * user guessing, a one-line message in the CQ payload.
+ */
+#include "core/ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/scan.h"
+#include "core/st.h"
+
+/* Writes a message into a payload slot; returns its length (no NUL is sent). */
+static uint16_t WD_PRINTF(2, 3) msg(char *out, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out, WD_DATA_SLOT_SIZE, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return 0;
+	return (uint16_t)(n >= (int)WD_DATA_SLOT_SIZE ? (int)WD_DATA_SLOT_SIZE - 1 : n);
+}
+
+static int fail(struct wd_cqe *cqe, int err)
+{
+	cqe->res = err;
+	return err;
+}
+
+/*
+ * Resolves the request's target: a model named by index (sqe->model) or by name in the
+ * payload (sqe->model == WD_ID_NONE), and an optional component that must belong to it.
+ * Returns 0, -EINVAL (no name, a NUL inside it, a component of another model),
+ * -ENAMETOOLONG, or -ENOENT (no such published model or component).
+ */
+static int resolve(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
+		   uint32_t *model, struct wd_reg_model *rec)
+{
+	struct wd_reg_component c;
+	char name[WD_NAME_MAX];
+	int ret;
+
+	if (sqe->model == WD_ID_NONE) {
+		if (!len || memchr(arg, '\0', len))
+			return -EINVAL;
+		if (len >= WD_NAME_MAX)
+			return -ENAMETOOLONG;
+		memcpy(name, arg, len);
+		name[len] = '\0';
+		ret = registry_find_model(&d->view, name, model, rec);
+	} else {
+		*model = sqe->model;
+		ret = registry_read_model(&d->view, sqe->model, rec);
+	}
+	if (ret)
+		return ret;
+	if (sqe->component == WD_ID_NONE)
+		return 0;
+	ret = registry_read_component(&d->view, sqe->component, &c);
+	if (ret)
+		return ret;
+	return c.model == *model ? 0 : -EINVAL;
+}
+
+static const char *tier_name(uint32_t tier, char *buf, size_t size)
+{
+	if (tier == WD_TIER_HOST)
+		snprintf(buf, size, "host");
+	else
+		snprintf(buf, size, "cuda:%u", tier - 1);
+	return buf;
+}
+
+/* Reports a failed resolve() with the name that was asked for. */
+static int resolve_failed(struct wd_cqe *cqe, char *out, const char *op, const struct wd_sqe *sqe,
+			  const char *arg, uint16_t len, int err)
+{
+	if (sqe->model == WD_ID_NONE)
+		cqe->data_len = msg(out, "%s: model \"%.*s\": %s", op, (int)(len > 200 ? 200 : len),
+				    arg, strerror(-err));
+	else
+		cqe->data_len = msg(out, "%s: model %u component %d: %s", op, sqe->model,
+				    sqe->component == WD_ID_NONE ? -1 : (int)sqe->component,
+				    strerror(-err));
+	return fail(cqe, err);
+}
+
+static void op_ping(const struct wd_sqe *sqe, struct wd_cqe *cqe)
+{
+	cqe->aux0 = sqe->arg[0];
+}
+
+static void op_lookup(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
+		      struct wd_cqe *cqe, char *out)
+{
+	struct wd_reg_model m;
+	uint32_t id;
+	int ret = resolve(d, sqe, arg, len, &id, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, "lookup", sqe, arg, len, ret);
+		return;
+	}
+	cqe->res = (int32_t)id;
+	cqe->aux0 = registry_generation(&d->view);
+	cqe->aux1 = m.flags;
+}
+
+static void op_load(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
+		    struct wd_cqe *cqe, char *out)
+{
+	struct wd_reg_model m;
+	uint32_t id;
+	int ret = resolve(d, sqe, arg, len, &id, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, "load", sqe, arg, len, ret);
+		return;
+	}
+	/*
+	 * The host-tier loader (io_uring, registered buffers) is a separate piece of work; until
+	 * it exists a load must fail loudly rather than pretend the bytes are resident.
+	 */
+	cqe->data_len = msg(out, "load: host-tier loader not available in this build "
+			    "(issue: io_uring loader)");
+	fail(cqe, -ENOTSUP);
+}
+
+/* The aggregate state of model @id (all components, or @comp) on @tier. */
+static uint32_t model_state(struct daemon *d, uint32_t id, uint32_t comp, uint32_t tier,
+			    uint64_t *done, uint64_t *total)
+{
+	uint32_t first, n, seen = 0, resident = 0, state = WD_STATE_ABSENT;
+	int rank[WD_STATE_COUNT] = { [WD_STATE_ABSENT] = 0, [WD_STATE_RESIDENT] = 1,
+				     [WD_STATE_EVICTING] = 2, [WD_STATE_LOADING] = 3,
+				     [WD_STATE_FAILED] = 4 };
+
+	*done = *total = 0;
+	if (comp != WD_ID_NONE) {
+		first = comp;
+		n = 1;
+	} else {
+		pthread_mutex_lock(&d->state_lock);
+		first = id < d->n_models ? d->models[id].first_comp : 0;
+		n = id < d->n_models ? d->models[id].n_comps : 0;
+		pthread_mutex_unlock(&d->state_lock);
+	}
+	for (uint32_t i = first; i < first + n; i++) {
+		struct wd_reg_component c;
+		const struct wd_reg_tier *t;
+
+		if (registry_read_component(&d->view, i, &c))
+			continue;
+		t = &c.tiers[tier];
+		seen++;
+		if (t->state >= WD_STATE_COUNT)
+			continue;
+		if (t->state == WD_STATE_RESIDENT) {
+			resident++;
+			*done += c.nbytes;
+			*total += c.nbytes;
+		} else {
+			*done += t->done;
+			*total += t->total ? t->total : c.nbytes;
+		}
+		if (rank[t->state] > rank[state])
+			state = t->state;
+	}
+	/* Partly resident counts as absent: a client can use the model only when all of it is. */
+	if (state == WD_STATE_RESIDENT && resident != seen)
+		state = WD_STATE_ABSENT;
+	return state;
+}
+
+static void op_status(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
+		      struct wd_cqe *cqe, char *out)
+{
+	struct wd_reg_model m;
+	uint32_t id;
+	int ret = resolve(d, sqe, arg, len, &id, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, "status", sqe, arg, len, ret);
+		return;
+	}
+	cqe->res = (int32_t)model_state(d, id, sqe->component, sqe->tier, &cqe->aux0, &cqe->aux1);
+}
+
+static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+		      const char *arg, uint16_t len, struct wd_cqe *cqe, char *out)
+{
+	struct wd_reg_model m;
+	uint64_t done, total;
+	uint32_t id, state;
+	char tn[16];
+	bool busy;
+	int ret = resolve(d, sqe, arg, len, &id, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, "unload", sqe, arg, len, ret);
+		return;
+	}
+	pthread_mutex_lock(&d->state_lock);
+	busy = lease_pinned_by_other(&d->leases, &c->lease, id, sqe->component, sqe->tier);
+	pthread_mutex_unlock(&d->state_lock);
+	if (busy) {
+		cqe->data_len = msg(out, "unload: %s is pinned on %s by another client", m.name,
+				    tier_name(sqe->tier, tn, sizeof(tn)));
+		fail(cqe, -EBUSY);
+		return;
+	}
+	state = model_state(d, id, sqe->component, sqe->tier, &done, &total);
+	if (state == WD_STATE_ABSENT && done == 0) {
+		/* Nothing to drop: success, zero bytes released, and say so. */
+		cqe->aux0 = 0;
+		cqe->data_len = msg(out, "unload: %s is not resident on %s", m.name,
+				    tier_name(sqe->tier, tn, sizeof(tn)));
+		return;
+	}
+	cqe->data_len = msg(out, "unload: eviction not available in this build "
+			    "(issue: io_uring loader)");
+	fail(cqe, -ENOTSUP);
+}
+
+static void set_pins(struct daemon *d, uint32_t model)
+{
+	registry_set_model_pins(d->reg, model, lease_model_pins(&d->leases, model));
+}
+
+static void op_pin(struct daemon *d, struct client *c, const struct wd_sqe *sqe, const char *arg,
+		   uint16_t len, struct wd_cqe *cqe, char *out, bool pin)
+{
+	struct lease_pin p = { .component = sqe->component, .tier = sqe->tier };
+	const char *op = pin ? "pin" : "unpin";
+	struct wd_reg_model m;
+	char tn[16];
+	int ret = resolve(d, sqe, arg, len, &p.model, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, op, sqe, arg, len, ret);
+		return;
+	}
+	pthread_mutex_lock(&d->state_lock);
+	if (c->gone)
+		ret = -ECONNRESET;
+	else if (pin)
+		ret = lease_pin(&d->leases, &c->lease, &p);
+	else
+		ret = lease_unpin(&d->leases, &c->lease, &p);
+	if (ret == 0) {
+		set_pins(d, p.model);
+		registry_counter_add(d->reg, WD_CTR_PINS, pin ? 1 : -1);
+	}
+	cqe->aux0 = lease_count(&c->lease);
+	cqe->aux1 = lease_model_pins(&d->leases, p.model);
+	pthread_mutex_unlock(&d->state_lock);
+	if (ret == -ENOENT)
+		cqe->data_len = msg(out, "unpin: %s is not pinned on %s by this client", m.name,
+				    tier_name(sqe->tier, tn, sizeof(tn)));
+	cqe->res = ret > 0 ? 0 : ret;
+}
+
+static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, char *out)
+{
+	uint64_t v[WD_STAT_COUNT];
+
+	daemon_flush_counters(c->shard);
+	v[WD_STAT_CLIENTS] = registry_counter(&d->view, WD_CTR_CLIENTS);
+	v[WD_STAT_PINS] = registry_counter(&d->view, WD_CTR_PINS);
+	v[WD_STAT_RING_SEGS] = registry_counter(&d->view, WD_CTR_RING_SEGS);
+	v[WD_STAT_REQUESTS] = registry_counter(&d->view, WD_CTR_REQUESTS);
+	v[WD_STAT_ERRORS] = registry_counter(&d->view, WD_CTR_ERRORS);
+	v[WD_STAT_MODELS] = load_acquire(&((const struct wd_reg_hdr *)d->view.base)->model_count);
+	v[WD_STAT_HOST_BUDGET] = d->cfg.host_budget;
+	v[WD_STAT_UPTIME_NS] = wd_now_ns() - d->start_ns;
+	pthread_mutex_lock(&d->state_lock);
+	v[WD_STAT_MY_PINS] = lease_count(&c->lease);
+	pthread_mutex_unlock(&d->state_lock);
+	v[WD_STAT_MY_REQUESTS] = c->requests;
+	v[WD_STAT_MY_ERRORS] = c->errors;
+	memcpy(out, v, sizeof(v));
+	cqe->data_len = sizeof(v);
+	cqe->res = WD_STAT_COUNT;
+}
+
+static bool privileged(const struct daemon *d, uid_t uid)
+{
+	if (uid == 0)
+		return true;
+	for (size_t i = 0; i < d->cfg.n_admin_uids; i++)
+		if (d->cfg.admin_uids[i] == uid)
+			return true;
+	return false;
+}
+
+static void op_shutdown(struct daemon *d, struct client *c, struct wd_cqe *cqe, char *out)
+{
+	if (!privileged(d, c->uid)) {
+		cqe->data_len = msg(out, "shutdown: uid %u is not an admin user (start weightd "
+				    "with --admin-user)", (unsigned)c->uid);
+		fail(cqe, -EPERM);
+		return;
+	}
+	log_info("daemon", "\"shutdown requested\" client=%u uid=%u", c->id, (unsigned)c->uid);
+	daemon_stop(d);
+}
+
+enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+			      const char *arg, uint16_t arg_len, struct wd_cqe *cqe, char *out)
+{
+	struct job *j;
+
+	switch (sqe->opcode) {
+	case WD_OP_PING:
+		op_ping(sqe, cqe);
+		return OPS_DONE;
+	case WD_OP_LOOKUP:
+		op_lookup(d, sqe, arg, arg_len, cqe, out);
+		return OPS_DONE;
+	case WD_OP_LOAD:
+		op_load(d, sqe, arg, arg_len, cqe, out);
+		return OPS_DONE;
+	case WD_OP_UNLOAD:
+		op_unload(d, c, sqe, arg, arg_len, cqe, out);
+		return OPS_DONE;
+	case WD_OP_PIN:
+	case WD_OP_UNPIN:
+		op_pin(d, c, sqe, arg, arg_len, cqe, out, sqe->opcode == WD_OP_PIN);
+		return OPS_DONE;
+	case WD_OP_STATUS:
+		op_status(d, sqe, arg, arg_len, cqe, out);
+		return OPS_DONE;
+	case WD_OP_STATS:
+		op_stats(d, c, cqe, out);
+		return OPS_DONE;
+	case WD_OP_SHUTDOWN:
+		op_shutdown(d, c, cqe, out);
+		return OPS_DONE;
+	case WD_OP_SCAN:
+	case WD_OP_VALIDATE:
+	case WD_OP_META_GET:
+	case WD_OP_META_SET:
+		break;
+	default:
+		fail(cqe, -EOPNOTSUPP);
+		return OPS_DONE;
+	}
+	j = calloc(1, sizeof(*j));
+	if (j)
+		j->spare = malloc(sizeof(*j->spare));
+	if (!j || !j->spare) {
+		free(j);
+		fail(cqe, -ENOMEM);
+		return OPS_DONE;
+	}
+	daemon_client_get(c);
+	j->c = c;
+	j->sqe = *sqe;
+	j->arg_len = arg_len;
+	memcpy(j->arg, arg, arg_len);
+	j->arg[arg_len] = '\0';
+	if (daemon_queue_job(d, j)) {
+		daemon_client_put(d, c);
+		free(j->spare);
+		free(j);
+		fail(cqe, -ECANCELED);
+		return OPS_DONE;
+	}
+	return OPS_ASYNC;
+}
+
+/* ---- worker ops --------------------------------------------------------------------- */
+
+/* Posts the final completion of @j: @res, @aux0/@aux1 and an optional message. */
+static void WD_PRINTF(6, 7) finish(struct daemon *d, struct job *j, int res, uint64_t aux0,
+				   uint64_t aux1, const char *fmt, ...)
+{
+	struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = res, .aux0 = aux0,
+			      .aux1 = aux1 };
+	char out[WD_DATA_SLOT_SIZE];
+	va_list ap;
+
+	if (fmt) {
+		int n;
+
+		va_start(ap, fmt);
+		n = vsnprintf(out, sizeof(out), fmt, ap);
+		va_end(ap);
+		if (n > 0)
+			cqe.data_len = (uint16_t)(n >= (int)sizeof(out) ? (int)sizeof(out) - 1 : n);
+	}
+	daemon_post(d, j->c, &cqe, &j->spare, out, cqe.data_len);
+}
+
+struct progress_ctx {
+	struct daemon *d;
+	struct job *j;
+	uint64_t base;		/* added to done (validate: bytes of earlier files) */
+	uint64_t total;		/* 0: use the callback's own total */
+};
+
+static void post_progress(uint64_t done, uint64_t total, void *arg)
+{
+	struct progress_ctx *p = arg;
+	struct wd_cqe cqe = { .user_data = p->j->sqe.user_data, .flags = WD_CQE_F_PROGRESS,
+			      .aux0 = p->base + done, .aux1 = p->total ? p->total : total };
+
+	if (p->j->sqe.flags & WD_SQE_F_NO_PROGRESS)
+		return;
+	daemon_post(p->d, p->j->c, &cqe, NULL, NULL, 0);
+}
+
+static void run_scan(struct daemon *d, struct job *j, const char *const *roots, size_t n)
+{
+	struct progress_ctx pc = { .d = d, .j = j };
+	struct scan_options opt = { .progress = post_progress, .progress_arg = &pc };
+	struct scan_result res;
+	int ret, added;
+
+	ret = scan_roots(d->cat, roots, n, j->c ? &opt : NULL, &res);
+	if (ret) {
+		log_warn("daemon", "\"scan failed\" err=%d", ret);
+		if (j->c)
+			finish(d, j, ret, 0, 0, "scan: %s", strerror(-ret));
+		scan_result_free(&res);
+		return;
+	}
+	added = daemon_publish(d, d->cat);
+	log_info("daemon", "\"scan done\" roots=%zu models=%" PRIu64 " added=%" PRIu64
+		 " updated=%" PRIu64 " removed=%" PRIu64 " problems=%zu published=%d", n,
+		 res.n_models, res.n_added, res.n_updated, res.n_removed, res.n_problems, added);
+	if (j->c) {
+		int found = res.n_models > INT32_MAX ? INT32_MAX : (int)res.n_models;
+
+		if (added < 0)
+			finish(d, j, added, 0, 0, "scan: publishing the registry failed: %s",
+			       strerror(-added));
+		else if (res.n_problems)
+			finish(d, j, found, res.n_added, res.n_updated + res.n_removed,
+			       "scan: %zu problem(s); first: %s", res.n_problems,
+			       res.problems[0].message);
+		else
+			finish(d, j, found, res.n_added, res.n_updated + res.n_removed, NULL);
+	}
+	scan_result_free(&res);
+}
+
+void ops_scan_roots(struct daemon *d)
+{
+	struct job j = { .c = NULL };
+
+	if (d->n_roots)
+		run_scan(d, &j, d->roots, d->n_roots);
+}
+
+static void job_scan(struct daemon *d, struct job *j)
+{
+	const char *root = j->arg;
+
+	if (j->arg_len) {
+		if (strlen(j->arg) != j->arg_len) {
+			finish(d, j, -EINVAL, 0, 0, "scan: the path contains a NUL byte");
+			return;
+		}
+		run_scan(d, j, &root, 1);
+	} else if (d->n_roots) {
+		run_scan(d, j, d->roots, d->n_roots);
+	} else {
+		finish(d, j, -EINVAL, 0, 0, "scan: no path given and no --models roots");
+	}
+}
+
+/* The model's name from the registry (the catalog is keyed by name). */
+static int job_model(struct daemon *d, struct job *j, struct wd_reg_model *m, const char *op)
+{
+	uint32_t id;
+	int ret;
+
+	if (j->sqe.model == WD_ID_NONE) {
+		finish(d, j, -EINVAL, 0, 0, "%s: the model must be given by index", op);
+		return -EINVAL;
+	}
+	ret = resolve(d, &j->sqe, NULL, 0, &id, m);
+	if (ret)
+		finish(d, j, ret, 0, 0, "%s: model %u: %s", op, j->sqe.model, strerror(-ret));
+	return ret;
+}
+
+static int validate_file(struct daemon *d, struct job *j, const char *path, bool deep,
+			 struct progress_ctx *pc, uint64_t *bytes)
+{
+	struct st_error err = { 0 };
+	struct st_file f;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		ret = -errno;
+		finish(d, j, ret, 0, 0, "validate: %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	ret = st_open_fd(fd, path, &f, &err);
+	if (!ret && deep) {
+		struct st_deep_tensor *dt = calloc(f.n_tensors ? f.n_tensors : 1, sizeof(*dt));
+
+		ret = dt ? st_deep_check_progress(fd, &f, dt, &err, post_progress, pc) : -ENOMEM;
+		free(dt);
+	}
+	if (!ret)
+		*bytes += st_data_bytes(&f);
+	st_file_free(&f);
+	close(fd);
+	if (ret == -EINVAL)
+		finish(d, j, -EBADMSG, 0, 0, "%s", err.message);
+	else if (ret)
+		finish(d, j, ret, 0, 0, "validate: %s: %s", err.message[0] ? err.message : path,
+		       strerror(-ret));
+	return ret;
+}
+
+static void job_validate(struct daemon *d, struct job *j)
+{
+	bool deep = j->sqe.arg[0] & WD_VALIDATE_DEEP;
+	struct progress_ctx pc = { .d = d, .j = j };
+	struct wd_reg_component rc = { 0 };
+	struct catalog_model m;
+	struct wd_reg_model rm;
+	uint64_t files = 0, bytes = 0, nfiles = 0;
+	int ret;
+
+	if (j->sqe.arg[0] & ~(uint64_t)WD_VALIDATE_DEEP) {
+		finish(d, j, -EINVAL, 0, 0, "validate: unknown flags in arg[0]");
+		return;
+	}
+	if (job_model(d, j, &rm, "validate"))
+		return;
+	if (j->sqe.component != WD_ID_NONE &&
+	    registry_read_component(&d->view, j->sqe.component, &rc)) {
+		finish(d, j, -ENOENT, 0, 0, "validate: no component %u", j->sqe.component);
+		return;
+	}
+	ret = catalog_get_model(d->cat, rm.name, &m);
+	if (ret) {
+		finish(d, j, ret, 0, 0, "validate: %s: %s", rm.name, strerror(-ret));
+		return;
+	}
+	for (size_t i = 0; i < m.n_components; i++) {
+		struct catalog_component *c = &m.components[i];
+
+		if (j->sqe.component != WD_ID_NONE && strcmp(c->name, rc.name))
+			continue;
+		for (size_t k = 0; k < c->n_files; k++) {
+			if (c->files[k].kind != MODEL_FILE_ST)
+				continue;
+			nfiles++;
+			pc.total += deep ? c->files[k].data_bytes : 0;
+		}
+	}
+	if (!deep)
+		pc.total = nfiles;
+	for (size_t i = 0; i < m.n_components; i++) {
+		struct catalog_component *c = &m.components[i];
+
+		if (j->sqe.component != WD_ID_NONE && strcmp(c->name, rc.name))
+			continue;
+		for (size_t k = 0; k < c->n_files; k++) {
+			if (c->files[k].kind != MODEL_FILE_ST)
+				continue;
+			pc.base = deep ? bytes : files;
+			if (validate_file(d, j, c->files[k].path, deep, &pc, &bytes))
+				goto out;
+			files++;
+			if (!deep)
+				post_progress(0, 0, &(struct progress_ctx){ .d = d, .j = j,
+					      .base = files, .total = nfiles });
+		}
+	}
+	finish(d, j, 0, files, bytes, NULL);
+out:
+	catalog_model_free(&m);
+}
+
+static void job_meta(struct daemon *d, struct job *j)
+{
+	const char *op = j->sqe.opcode == WD_OP_META_GET ? "meta get" : "meta set";
+	struct wd_reg_model rm;
+	char *value = NULL;
+	size_t klen;
+	int ret;
+
+	if (job_model(d, j, &rm, op))
+		return;
+	klen = strnlen(j->arg, j->arg_len);
+	if (!klen) {
+		finish(d, j, -EINVAL, 0, 0, "%s: empty key", op);
+		return;
+	}
+	if (j->sqe.opcode == WD_OP_META_GET) {
+		if (klen != j->arg_len) {
+			finish(d, j, -EINVAL, 0, 0, "%s: the key contains a NUL byte", op);
+			return;
+		}
+		ret = catalog_meta_get(d->cat, rm.name, j->arg, &value);
+		if (ret) {
+			finish(d, j, ret, 0, 0, "%s: %s: key \"%s\": %s", op, rm.name, j->arg,
+			       strerror(-ret));
+			return;
+		}
+		size_t vlen = strlen(value);
+		struct wd_cqe cqe = { .user_data = j->sqe.user_data,
+				      .res = vlen > INT32_MAX ? INT32_MAX : (int32_t)vlen,
+				      .data_len = (uint16_t)(vlen < WD_DATA_SLOT_SIZE ?
+							     vlen : WD_DATA_SLOT_SIZE) };
+
+		/* res is the full length: a client that sees res > data_len knows it is cut. */
+		daemon_post(d, j->c, &cqe, &j->spare, value, cqe.data_len);
+		free(value);
+		return;
+	}
+	if (klen == j->arg_len) {
+		finish(d, j, -EINVAL, 0, 0, "%s: payload must be \"key\\0value\"", op);
+		return;
+	}
+	/* The value runs to arg_len; j->arg is NUL-terminated right after it. */
+	if (strlen(j->arg + klen + 1) != j->arg_len - klen - 1) {
+		finish(d, j, -EINVAL, 0, 0, "%s: the value contains a NUL byte", op);
+		return;
+	}
+	ret = catalog_meta_set(d->cat, rm.name, j->arg, j->arg + klen + 1);
+	if (ret)
+		finish(d, j, ret, 0, 0, "%s: %s: %s", op, rm.name, strerror(-ret));
+	else
+		finish(d, j, 0, 0, 0, NULL);
+}
+
+void ops_run_job(struct daemon *d, struct job *j)
+{
+	switch (j->sqe.opcode) {
+	case WD_OP_SCAN:
+		job_scan(d, j);
+		break;
+	case WD_OP_VALIDATE:
+		job_validate(d, j);
+		break;
+	case WD_OP_META_GET:
+	case WD_OP_META_SET:
+		job_meta(d, j);
+		break;
+	default:
+		finish(d, j, -EOPNOTSUPP, 0, 0, NULL);
+		break;
+	}
+}

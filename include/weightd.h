@@ -1,0 +1,351 @@
+/*
+ * libweightd: the client library of weightd, the per-host model residency manager.
+ *
+ * A process attaches to the daemon over its Unix socket and receives two shared-memory
+ * segments: its own request/completion ring pair and the read-only registry of models,
+ * components and tensors. Name lookups (weightd_lookup(), weightd_tensor(), weightd_model())
+ * read the registry directly and cost no round trip; every other call submits one request on
+ * the ring and waits for its final completion. docs/protocol.md is the wire contract.
+ *
+ * Conventions:
+ *  - Every function that can fail returns 0 (or a documented non-negative result) on success
+ *    and a negative errno value on failure. Nothing in the library prints, logs or exits.
+ *  - When a call fails, weightd_last_error() returns a message that says why, in the calling
+ *    thread (the buffer is thread-local and valid until that thread's next call).
+ *  - Thread safety: a handle may be shared between threads. Calls that go to the daemon hold
+ *    the handle's mutex from submission to final completion, so requests on one handle run
+ *    one at a time; threads that need parallel requests attach a handle each. Registry reads
+ *    take no lock. Progress callbacks run in the calling thread with the mutex held: they
+ *    must not call back into the same handle.
+ *  - Lease: the attach socket stays open while the handle lives; pins belong to it and are
+ *    released by the daemon when the handle is detached or the process dies.
+ *  - A dead daemon: a waiting call returns -ECONNRESET within a second when the daemon's end
+ *    of the socket closes (crash, kill -9), -ESHUTDOWN when the daemon marked the ring shut
+ *    down (orderly exit). From then on every call on the handle returns the same error; the
+ *    caller detaches it and attaches again, to a new daemon.
+ *
+ * Errors common to every request (listed once here, and in each contract as "request errors"):
+ *   -ECONNRESET  the daemon went away (socket closed)
+ *   -ESHUTDOWN   the daemon shut down in an orderly way
+ *   -EPROTO      the daemon broke the ring protocol, or marked this ring broken
+ *   -ECANCELED   the daemon cancelled the request while shutting down
+ *   -EINVAL      a NULL handle or a bad argument (an empty name, a tier >= WEIGHTD_TIER_MAX)
+ *   -ENAMETOOLONG  a name, key, value or path longer than the protocol allows (255 bytes)
+ */
+#ifndef WEIGHTD_H
+#define WEIGHTD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Tiers: the shared host cache, then one per CUDA device. */
+#define WEIGHTD_TIER_HOST 0u
+#define WEIGHTD_TIER_CUDA(n) (1u + (n))
+#define WEIGHTD_TIER_MAX 16u
+
+/* Load state of a component on one tier (the registry's enum wd_state). */
+enum weightd_state {
+	WEIGHTD_ABSENT = 0,
+	WEIGHTD_LOADING = 1,
+	WEIGHTD_RESIDENT = 2,
+	WEIGHTD_EVICTING = 3,
+	WEIGHTD_FAILED = 4,
+};
+
+/* weightd_load() flags. */
+#define WEIGHTD_LOAD_PIN 0x01u		/* take a pin as soon as the target is resident */
+#define WEIGHTD_LOAD_NO_PROGRESS 0x02u	/* no progress callbacks, only the final result */
+
+struct weightd;
+
+struct weightd_attach_opts {
+	/*
+	 * How long a waiting call polls the completion ring before it parks on the doorbell,
+	 * in microseconds. 0 parks at once (lowest CPU use); a few tens of microseconds make a
+	 * round trip as fast as the hardware allows when the daemon answers quickly.
+	 */
+	uint32_t spin_us;
+	/* Requested ring sizes, powers of two in [2, 32768]; 0 lets the daemon choose. */
+	uint32_t sq_entries;
+	uint32_t cq_entries;
+	/* A label for the daemon's logs (up to 31 bytes kept); NULL: the program's name. */
+	const char *client_name;
+	/*
+	 * How long weightd_attach() waits for the daemon's reply to the hello, in milliseconds;
+	 * 0 means 5000.
+	 */
+	uint32_t attach_timeout_ms;
+};
+
+/* Called with the bytes (or items, for a scan) done so far and the total, 0 when unknown. */
+typedef void (*weightd_progress_fn)(uint64_t done, uint64_t total, void *arg);
+
+/*
+ * The message that explains the last failed call in this thread ("" when none failed yet).
+ */
+const char *weightd_last_error(void);
+
+/*
+ * Connects to the daemon, sends the hello, receives and maps the ring and registry segments
+ * and validates both headers.
+ * @socket_path: the daemon's socket; NULL means $WEIGHTD_SOCKET, else the per-user runtime
+ *   directory's weightd.sock (what `weightd` listens on by default).
+ * @opts: may be NULL: spin 20 us, the daemon's ring sizes, the program's name.
+ * @out: receives the handle, to release with weightd_detach().
+ * Returns 0; -ENOENT (no socket file) or -ECONNREFUSED (a stale socket, no daemon listening);
+ * -EACCES when the daemon refuses this user, -EINVAL when it refuses the hello (its message
+ * is kept); -EPROTONOSUPPORT when the daemon or a segment speaks another ABI version (the
+ * message names both); -EBADMSG when the reply or a segment header is malformed;
+ * -EOVERFLOW when a segment region lies outside the mapping; -EPROTO when the ring cursors
+ * already violate the protocol; -EBADF, -EPERM or -EMSGSIZE when a descriptor received is
+ * not a memfd sealed against shrinking and growing, or is too small; -ECONNRESET when the
+ * daemon hung up during the handshake; -ETIMEDOUT when no reply came within
+ * opts->attach_timeout_ms; -ENAMETOOLONG for a socket path longer than a Unix socket
+ * address holds; -EINVAL for a NULL @out or ring sizes that are not powers of two; -ENOMEM;
+ * or the negative errno of socket(2), connect(2), mkdir(2) (the default path's directory),
+ * recvmsg(2) or mmap(2).
+ */
+int weightd_attach(const char *socket_path, const struct weightd_attach_opts *opts,
+		   struct weightd **out);
+
+/*
+ * Closes the connection (which ends the lease: the daemon drops this handle's pins) and
+ * unmaps the segments. @w may be NULL. No call may be in progress on @w.
+ */
+void weightd_detach(struct weightd *w);
+
+/* The socket path @w is connected to. */
+const char *weightd_socket_path(const struct weightd *w);
+
+/* The id the daemon gave this client (also shown in the daemon's logs). */
+uint32_t weightd_client_id(const struct weightd *w);
+
+/*
+ * The daemon's process id, as the kernel reports the socket peer (SO_PEERCRED).
+ * Returns the pid (> 0), or the negative errno of getsockopt(2).
+ */
+int weightd_daemon_pid(const struct weightd *w);
+
+/*
+ * The attach socket, for an event loop that wants to notice a dead daemon without making
+ * requests: it polls readable or hung up (POLLIN/POLLHUP) when the daemon goes away. The
+ * caller must not read, write or close it. Returns the descriptor, or -EINVAL for NULL.
+ */
+int weightd_fd(const struct weightd *w);
+
+/*
+ * A no-op round trip through the daemon (latency probes, liveness checks).
+ * Returns 0 or a request error.
+ */
+int weightd_ping(struct weightd *w);
+
+/*
+ * Resolves @model (a model name) to its registry id. Reads the registry first, with no round
+ * trip; asks the daemon (LOOKUP) only when the name is not published there.
+ * Returns 0 and stores the id in @model_id (may be NULL); -ENOENT when the daemon knows no
+ * such model; -EBADMSG when the registry is corrupt; -EAGAIN when its record stayed under
+ * rewrite for the whole retry budget; or a request error.
+ */
+int weightd_lookup(struct weightd *w, const char *model, uint32_t *model_id);
+
+/* weightd_model_info.flags */
+#define WEIGHTD_MODEL_STALE 0x1u	/* its files changed or vanished since it was published */
+
+/* What the registry says about a model. */
+struct weightd_model_info {
+	uint32_t id;
+	uint32_t n_components;
+	uint32_t n_tensors;
+	uint32_t flags;			/* WEIGHTD_MODEL_* */
+	uint32_t pins;			/* pins all clients hold on it or its components */
+	uint64_t nbytes;		/* sum of its tensors' bytes */
+	uint64_t fingerprint;		/* content fingerprint from the catalog */
+	char name[256];
+	char arch[32];			/* detected architecture ("sd1", "llama"), or "" */
+};
+
+/* What the registry says about a component, with its state on every tier. */
+struct weightd_component_info {
+	uint32_t id;
+	uint32_t model;			/* the owning model's id */
+	uint32_t n_tensors;
+	uint64_t nbytes;
+	uint64_t fingerprint;
+	char name[256];			/* "unet", "vae"; "" for a single-file model */
+	struct {
+		uint32_t state;		/* enum weightd_state */
+		int32_t error;		/* negative errno when WEIGHTD_FAILED */
+		uint64_t done;		/* bytes loaded so far while WEIGHTD_LOADING */
+		uint64_t total;
+	} tiers[WEIGHTD_TIER_MAX];
+};
+
+/*
+ * Reads model @id (ids are dense from 0) or component @id from the registry, with no round
+ * trip; iterate from 0 until -ENOENT to list them all.
+ * Returns 0; -ENOENT past the last published record; -EAGAIN; -EBADMSG; -EINVAL (NULL).
+ */
+int weightd_model(struct weightd *w, uint32_t id, struct weightd_model_info *out);
+int weightd_component(struct weightd *w, uint32_t id, struct weightd_component_info *out);
+
+/* What the registry says about a tensor. */
+struct weightd_tensor_info {
+	uint32_t id;
+	uint32_t model;
+	uint32_t component;
+	uint32_t dtype;			/* safetensors dtype, numbered as in protocol.md */
+	char dtype_name[16];		/* "F16", "BF16", ... */
+	uint32_t rank;
+	uint64_t shape[16];
+	uint64_t nbytes;
+	uint32_t resident;		/* bit t set: resident on tier t */
+	uint32_t host_state;		/* its component's enum weightd_state on host */
+	uint64_t host_offset;		/* in the host cache, when bit 0 of resident is set */
+};
+
+/*
+ * Resolves tensor @name of @model with no round trip. @component names the component
+ * ("unet"), or is NULL to search the whole model.
+ * Returns 0 and fills @out; -ENOENT (no such model, component or tensor); -ENOTUNIQ when
+ * @component is NULL and several components have a tensor of that name; -ENAMETOOLONG;
+ * -EAGAIN; -EBADMSG; -EINVAL.
+ */
+int weightd_tensor(struct weightd *w, const char *model, const char *component,
+		   const char *name, struct weightd_tensor_info *out);
+
+/*
+ * Makes @model (or one @component of it; NULL for every component) resident on @tier.
+ * @flags: WEIGHTD_LOAD_*. @progress (may be NULL) is called with bytes done and total as the
+ * daemon streams progress; @arg is passed through.
+ * Returns 0 once resident (and pinned, with WEIGHTD_LOAD_PIN); -ENOENT for an unknown model
+ * or component; -ENOSPC when it can never fit the tier's budget; -ENOTSUP/-EOPNOTSUPP when
+ * this daemon cannot load to that tier (the message says why); -EBADMSG for a corrupt file;
+ * or a request error.
+ */
+int weightd_load(struct weightd *w, const char *model, const char *component, unsigned int tier,
+		 unsigned int flags, weightd_progress_fn progress, void *arg);
+
+/*
+ * Drops @model (or @component; NULL for all) from @tier.
+ * Returns 0; -EBUSY when another client pins it; -ENOENT; or a request error.
+ */
+int weightd_unload(struct weightd *w, const char *model, const char *component,
+		   unsigned int tier);
+
+/*
+ * Pins @model (or @component; NULL for all) on @tier for as long as this handle lives, or
+ * until weightd_unpin(): the daemon will not evict it. Pins nest: two pins need two unpins.
+ * Returns 0; -ENOENT for an unknown model or component; or a request error.
+ */
+int weightd_pin(struct weightd *w, const char *model, const char *component, unsigned int tier);
+
+/*
+ * Releases a pin this handle holds. Returns 0; -ENOENT when it holds none on that target;
+ * or a request error.
+ */
+int weightd_unpin(struct weightd *w, const char *model, const char *component,
+		  unsigned int tier);
+
+/* The daemon's view of one target on one tier. */
+struct weightd_status {
+	uint32_t state;			/* enum weightd_state */
+	uint64_t done;			/* bytes loaded so far */
+	uint64_t total;			/* bytes to load */
+};
+
+/*
+ * Asks the daemon for the state of @model (or @component; NULL for the whole model) on
+ * @tier. Returns the state (enum weightd_state, >= 0) and fills @out (may be NULL);
+ * -ENOENT; or a request error.
+ */
+int weightd_status(struct weightd *w, const char *model, const char *component,
+		   unsigned int tier, struct weightd_status *out);
+
+/*
+ * Has the daemon discover models under directory @dir (absolute, up to 255 bytes; NULL
+ * rescans the daemon's --models roots) and publish new ones in the registry. @progress sees
+ * files done of files found.
+ * Returns the number of models found (>= 0; a directory that is missing or unreadable is
+ * one of the scan's problems, logged by the daemon, and yields 0); -EINVAL when @dir is NULL
+ * and the daemon has no roots; or a request error.
+ */
+int weightd_scan(struct weightd *w, const char *dir, weightd_progress_fn progress, void *arg);
+
+/* weightd_validate() flags. */
+#define WEIGHTD_VALIDATE_DEEP 0x1u	/* also read every tensor's bytes (progress in bytes) */
+
+/*
+ * Has the daemon re-read and check the files of @model (or @component; NULL for all): the
+ * headers, and with WEIGHTD_VALIDATE_DEEP every byte of tensor data.
+ * Returns 0 when valid; -EBADMSG when not (weightd_last_error() names the file, tensor and
+ * offset); -ENOENT; -EINVAL for unknown @flags; or a request error.
+ */
+int weightd_validate(struct weightd *w, const char *model, const char *component,
+		     unsigned int flags, weightd_progress_fn progress, void *arg);
+
+/*
+ * Reads metadata @key of @model into @buf (@size bytes, NUL-terminated).
+ * Returns the value's length (>= 0); -ENOENT when the model or the key does not exist;
+ * -ERANGE when @buf cannot hold the value and its NUL; -EOVERFLOW when the value is longer
+ * than one reply carries (256 bytes; `weightctl meta` reads it from the catalog); or a
+ * request error.
+ */
+int weightd_meta_get(struct weightd *w, const char *model, const char *key, char *buf,
+		     size_t size);
+
+/*
+ * Sets metadata @key of @model to @value; the key and value together take at most 254 bytes.
+ * Returns 0; -ENOENT for an unknown model; -ENAMETOOLONG when they do not fit; or a request
+ * error.
+ */
+int weightd_meta_set(struct weightd *w, const char *model, const char *key, const char *value);
+
+/* Counters from the daemon (STATS) and from the registry. */
+struct weightd_stats {
+	/* This client's lease, as the daemon counts it. */
+	uint64_t requests;		/* requests this client made, the STATS itself included */
+	uint64_t errors;		/* of which completed with an error */
+	uint64_t pins;			/* pins this client holds now */
+	/* The whole daemon. */
+	uint64_t clients;		/* attached clients now (including this one) */
+	uint64_t ring_segments;		/* live client ring segments */
+	uint64_t pins_total;		/* pins held by all clients */
+	uint64_t models;		/* models published in the registry */
+	uint64_t uptime_ns;
+	uint64_t host_budget;		/* bytes the host cache may use, 0 when unset */
+	uint64_t host_bytes;		/* bytes of the host cache in use */
+	uint64_t requests_total;	/* requests served to every client */
+	uint64_t errors_total;
+	uint64_t loads, load_bytes, evictions, evict_bytes, hits, misses;
+	/* How many u64 values the daemon's reply held (newer daemons may send more). */
+	uint32_t n_values;
+};
+
+/*
+ * Fills @out from a STATS request and the registry's host-wide counters.
+ * Returns 0 or a request error.
+ */
+int weightd_stats(struct weightd *w, struct weightd_stats *out);
+
+/*
+ * Asks the daemon to exit. The daemon answers, marks every ring shut down and exits;
+ * afterwards every call on @w returns -ESHUTDOWN.
+ * Returns 0; -EPERM when this client is not privileged; or a request error.
+ */
+int weightd_shutdown(struct weightd *w);
+
+/* "absent", "loading", "resident", "evicting", "failed", or "?" for another value. */
+const char *weightd_state_name(unsigned int state);
+
+/* "host", "cuda:0", ... into @buf (@size bytes); returns @buf. */
+const char *weightd_tier_name(unsigned int tier, char *buf, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

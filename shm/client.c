@@ -1,0 +1,1027 @@
+/*
+ * libweightd: attach to the daemon, submit requests on the client's ring and wait for their
+ * completions, and read the registry. The public contract is include/weightd.h; the wire
+ * protocol is docs/protocol.md.
+ *
+ * One request is in flight per handle at a time: submit_wait() holds the handle's mutex from
+ * the push to the final completion. That keeps completion matching trivial (the only
+ * completions that can arrive carry our user_data; anything else is a stale leftover and is
+ * dropped) and makes a handle safe to share between threads.
+ *
+ * Waiting never trusts the daemon to still exist. The park on the completion ring is bounded
+ * (PARK_SLICE_NS); between two parks the ring segment's status word and the attach socket
+ * are checked, so a daemon that exits in order (status WD_RING_SHUTDOWN, which also wakes the
+ * parked waiter at once) or dies (its end of the socket closes: POLLHUP) is noticed within one
+ * slice. The error is sticky: a handle whose daemon is gone stays failed until detached.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "weightd.h"
+
+#include "core/common.h"
+#include "core/st.h"
+#include "shm/abi.h"
+#include "shm/attach.h"
+#include "shm/registry.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+
+/*
+ * The longest a waiting call sleeps before it looks at the socket again. It bounds how late
+ * a kill -9 of the daemon is noticed (the dead daemon cannot ring the doorbell); the cost is
+ * one poll(2) per slice while a request takes longer than that.
+ */
+#define PARK_SLICE_NS (150ull * 1000 * 1000)
+#define DEFAULT_SPIN_US 20u
+#define DEFAULT_ATTACH_TIMEOUT_MS 5000u
+
+/* The public header repeats a few ABI constants so that it needs no internal header. */
+static_assert(WEIGHTD_TIER_MAX == WD_TIER_MAX, "tier count");
+static_assert(WEIGHTD_TIER_CUDA(0) == WD_TIER_CUDA(0), "cuda tier numbering");
+static_assert((int)WEIGHTD_ABSENT == (int)WD_STATE_ABSENT &&
+		      (int)WEIGHTD_LOADING == (int)WD_STATE_LOADING &&
+		      (int)WEIGHTD_RESIDENT == (int)WD_STATE_RESIDENT &&
+		      (int)WEIGHTD_EVICTING == (int)WD_STATE_EVICTING &&
+		      (int)WEIGHTD_FAILED == (int)WD_STATE_FAILED,
+	      "state numbering");
+static_assert(WEIGHTD_MODEL_STALE == WD_REG_MODEL_F_STALE, "model flags");
+static_assert(sizeof(((struct weightd_tensor_info *)0)->shape) ==
+		      WD_SHAPE_MAX * sizeof(uint64_t), "tensor rank");
+
+struct weightd {
+	pthread_mutex_t lock;	/* held from submission to final completion */
+	int sock;		/* the attach socket: the lease */
+	uint32_t client_id;
+	uint64_t spin_ns;
+	int dead;		/* 0, or the sticky error once the daemon is gone */
+	char dead_msg[256];	/* and the message that came with it */
+	uint64_t seq;		/* user_data of the last request */
+	struct shm_segment ring_seg;
+	struct registry_view reg;
+	struct ring sq;		/* producer view of the submission ring */
+	struct ring cq;		/* consumer view of the completion ring */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+static __thread char last_error[256];
+
+const char *weightd_last_error(void)
+{
+	return last_error;
+}
+
+/* Records why the current call fails and returns @err, so callers write `return fail(...)`. */
+static int WD_PRINTF(2, 3) fail(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+/* ---- attach ------------------------------------------------------------------------------ */
+
+static int connect_to(const char *path, int *out)
+{
+	int fd = attach_connect(path);
+
+	if (fd == -ENOENT || fd == -ECONNREFUSED)
+		return fail(fd, "no weightd daemon at %s (%s)", path, strerror(-fd));
+	if (fd < 0)
+		return fail(fd, "cannot connect to %s: %s", path, strerror(-fd));
+	*out = fd;
+	return 0;
+}
+
+static void fill_hello(struct wd_hello *h, const struct weightd_attach_opts *o)
+{
+	const char *name = o->client_name ? o->client_name : program_invocation_short_name;
+
+	*h = (struct wd_hello){
+		.magic = WD_HELLO_MAGIC,
+		.version = WD_ABI_VERSION,
+		.hello_size = sizeof(*h),
+		.sqe_size = sizeof(struct wd_sqe),
+		.cqe_size = sizeof(struct wd_cqe),
+		.sq_entries = o->sq_entries,
+		.cq_entries = o->cq_entries,
+	};
+	if (name)
+		strncpy(h->client_name, name, sizeof(h->client_name) - 1);
+}
+
+static bool ring_size_ok(uint32_t n)
+{
+	return n == 0 || (n >= WD_RING_MIN && n <= WD_RING_MAX && !(n & (n - 1)));
+}
+
+/* Copies a message field from the peer: bounded, NUL-terminated, non-printables replaced. */
+static void copy_text(char *dst, size_t size, const void *src, size_t len)
+{
+	const unsigned char *s = src;
+	size_t n = 0;
+
+	for (size_t i = 0; i < len && s[i] && n + 1 < size; i++)
+		dst[n++] = (char)(s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?');
+	dst[n] = '\0';
+}
+
+/*
+ * Receives the hello reply and its descriptors, waiting at most @timeout_ms. On success
+ * fds[0] and fds[1] are the ring and registry descriptors, owned by the caller.
+ */
+static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
+		      struct wd_hello_reply *rep, int fds[2])
+{
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	int got[4], nfds = ARRAY_SIZE(got), ret;
+	char msg[sizeof(rep->message) + 1];
+	ssize_t n;
+
+	memset(rep, 0, sizeof(*rep));
+	ret = poll(&p, 1, (int)timeout_ms);
+	if (ret < 0)
+		return fail(-errno, "poll on %s: %s", path, strerror(errno));
+	if (ret == 0)
+		return fail(-ETIMEDOUT, "the daemon at %s did not answer the hello within %u ms",
+			    path, timeout_ms);
+	n = attach_recv(sock, rep, sizeof(*rep), got, &nfds);
+	if (n < 0)
+		return fail((int)n, "receiving the hello reply from %s: %s", path,
+			    strerror((int)-n));
+	if (nfds < 0 || nfds > (int)ARRAY_SIZE(got))
+		nfds = 0;
+	ret = 0;
+	if (n == 0)
+		ret = fail(-ECONNRESET, "the daemon at %s closed the connection during attach",
+			   path);
+	else if ((size_t)n < offsetof(struct wd_hello_reply, status) + sizeof(rep->status) ||
+		 rep->magic != WD_REPLY_MAGIC)
+		ret = fail(-EBADMSG, "malformed hello reply from %s (%zd bytes, magic %#x)", path,
+			   n, rep->magic);
+	else if (rep->version != WD_ABI_VERSION)
+		ret = fail(-EPROTONOSUPPORT, "client ABI %u, daemon ABI %u", WD_ABI_VERSION,
+			   rep->version);
+	else if ((size_t)n != sizeof(*rep) || rep->reply_size != sizeof(*rep))
+		ret = fail(-EBADMSG, "hello reply of %zd bytes (reply_size %u), expected %zu", n,
+			   rep->reply_size, sizeof(*rep));
+	else if (rep->status < 0) {
+		copy_text(msg, sizeof(msg), rep->message, sizeof(rep->message));
+		ret = fail(rep->status >= -4095 ? rep->status : -EBADMSG, "%s: %s", path,
+			   msg[0] ? msg : strerror(-rep->status));
+	} else if (rep->status > 0 || rep->n_fds != 2 || nfds != 2) {
+		ret = fail(-EBADMSG, "hello reply with status %d carried %d descriptors (n_fds %u)",
+			   rep->status, nfds, rep->n_fds);
+	}
+	if (ret) {
+		for (int i = 0; i < nfds; i++)
+			close(got[i]);
+		return ret;
+	}
+	fds[0] = got[0];
+	fds[1] = got[1];
+	return 0;
+}
+
+static int map_segments(struct weightd *w, const struct wd_hello_reply *rep, int fds[2])
+{
+	int ret;
+
+	ret = shm_segment_map(fds[0], true, sizeof(struct wd_ring_seg_hdr), &w->ring_seg);
+	if (ret) {
+		close(fds[0]);
+		close(fds[1]);
+		return fail(ret, "cannot map the ring segment: %s", strerror(-ret));
+	}
+	ret = registry_attach(fds[1], &w->reg);
+	if (ret) {
+		memset(&w->reg, 0, sizeof(w->reg));
+		close(fds[1]);
+		return fail(ret, "cannot map the registry segment: %s", strerror(-ret));
+	}
+	if (w->ring_seg.size < rep->ring_seg_size)
+		return fail(-EBADMSG, "ring segment of %zu bytes, the reply announced %llu",
+			    w->ring_seg.size, (unsigned long long)rep->ring_seg_size);
+	ret = ring_seg_attach(w->ring_seg.base, w->ring_seg.size, &w->sq, &w->cq, &w->client_id);
+	if (ret)
+		return fail(ret, "invalid ring segment header: %s", strerror(-ret));
+	if (w->client_id != rep->client_id)
+		return fail(-EBADMSG, "ring segment of client %u, the reply says client %u",
+			    w->client_id, rep->client_id);
+	return 0;
+}
+
+int weightd_attach(const char *socket_path, const struct weightd_attach_opts *opts,
+		   struct weightd **out)
+{
+	struct weightd_attach_opts o = { .spin_us = DEFAULT_SPIN_US };
+	struct wd_hello_reply rep;
+	struct wd_hello hello;
+	struct weightd *w;
+	int fds[2] = { -1, -1 }, ret;
+
+	last_error[0] = '\0';
+	if (!out)
+		return fail(-EINVAL, "weightd_attach: NULL handle pointer");
+	*out = NULL;
+	if (opts)
+		o = *opts;
+	if (!ring_size_ok(o.sq_entries) || !ring_size_ok(o.cq_entries))
+		return fail(-EINVAL, "ring sizes must be powers of two in [%u, %u] (got %u, %u)",
+			    WD_RING_MIN, WD_RING_MAX, o.sq_entries, o.cq_entries);
+	if (!o.attach_timeout_ms)
+		o.attach_timeout_ms = DEFAULT_ATTACH_TIMEOUT_MS;
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return fail(-ENOMEM, "out of memory");
+	w->sock = -1;
+	w->ring_seg.fd = -1;
+	w->spin_ns = (uint64_t)o.spin_us * 1000;
+	pthread_mutex_init(&w->lock, NULL);
+	ret = attach_socket_path(socket_path, w->path, sizeof(w->path));
+	if (ret < 0) {
+		fail(ret, "cannot determine the daemon's socket path: %s", strerror(-ret));
+		goto err;
+	}
+	ret = connect_to(w->path, &w->sock);
+	if (ret)
+		goto err;
+	fill_hello(&hello, &o);
+	ret = attach_send(w->sock, &hello, sizeof(hello), NULL, 0);
+	if (ret < 0) {
+		fail(ret, "sending the hello to %s: %s", w->path, strerror(-ret));
+		goto err;
+	}
+	ret = recv_reply(w->sock, w->path, o.attach_timeout_ms, &rep, fds);
+	if (ret)
+		goto err;
+	ret = map_segments(w, &rep, fds);
+	if (ret)
+		goto err;
+	*out = w;
+	return 0;
+err:
+	weightd_detach(w);
+	return ret;
+}
+
+void weightd_detach(struct weightd *w)
+{
+	if (!w)
+		return;
+	if (w->sock >= 0)
+		close(w->sock);
+	if (w->reg.base)
+		registry_detach(&w->reg);
+	shm_segment_close(&w->ring_seg);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+}
+
+const char *weightd_socket_path(const struct weightd *w)
+{
+	return w ? w->path : "";
+}
+
+uint32_t weightd_client_id(const struct weightd *w)
+{
+	return w ? w->client_id : WD_ID_NONE;
+}
+
+int weightd_daemon_pid(const struct weightd *w)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	if (getsockopt(w->sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return fail(-errno, "SO_PEERCRED: %s", strerror(errno));
+	return (int)cr.pid;
+}
+
+int weightd_fd(const struct weightd *w)
+{
+	return w ? w->sock : -EINVAL;
+}
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+struct request {
+	struct wd_sqe sqe;		/* opcode, flags, tier, model, component, arg */
+	const void *payload;
+	size_t payload_len;
+	weightd_progress_fn progress;
+	void *arg;
+};
+
+struct reply {
+	int32_t res;
+	uint64_t aux0, aux1;
+	uint16_t data_len;
+	uint8_t data[WD_DATA_SLOT_SIZE];
+};
+
+/*
+ * Is the daemon still serving this ring? Looks at the ring status the daemon writes (an
+ * orderly shutdown, or a ring it declared broken) before the socket, so that a daemon that
+ * marks the ring and then closes the socket is reported as a shutdown, not a crash.
+ * Returns 0, -ESHUTDOWN, -ECONNRESET, or the ring's error (-EPROTO when it has none).
+ */
+static int daemon_state(struct weightd *w)
+{
+	struct pollfd p = { .fd = w->sock, .events = POLLIN | POLLRDHUP };
+	uint32_t status;
+	int err = 0;
+	char c;
+
+	status = ring_seg_status(w->ring_seg.base, &err);
+	if (status == WD_RING_SHUTDOWN)
+		return fail(-ESHUTDOWN, "the weightd daemon at %s shut down", w->path);
+	if (status != WD_RING_OK) {
+		err = err < 0 && err >= -4095 ? err : -EPROTO;
+		return fail(err, "the weightd daemon at %s stopped serving this client: %s",
+			    w->path, strerror(-err));
+	}
+	if (poll(&p, 1, 0) <= 0)
+		return 0;
+	if (!(p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+		/* Readable but not hung up: data from the daemon; EOF shows as a 0-byte peek. */
+		ssize_t n = recv(w->sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+
+		if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR)))
+			return 0;
+	}
+	return fail(-ECONNRESET, "the weightd daemon at %s went away (connection closed)",
+		    w->path);
+}
+
+/* Marks the handle dead with @err (sticky), keeping the message, and returns @err. */
+static int set_dead(struct weightd *w, int err)
+{
+	w->dead = err;
+	snprintf(w->dead_msg, sizeof(w->dead_msg), "%s", last_error);
+	return err;
+}
+
+/* Waits for a free SQ slot; only a stalled or dead daemon leaves the ring full. */
+static int wait_sq_space(struct weightd *w)
+{
+	const struct timespec nap = { .tv_nsec = 200 * 1000 };
+
+	for (;;) {
+		int ret = ring_prod_space(&w->sq);
+
+		if (ret > 0)
+			return 0;
+		if (ret < 0)
+			return set_dead(w, fail(ret, "the daemon broke the submission ring"));
+		ret = daemon_state(w);
+		if (ret)
+			return set_dead(w, ret);
+		nanosleep(&nap, NULL);
+	}
+}
+
+/*
+ * Takes every completion that is ready, up to and including the final one of request @ud.
+ * Returns 1 when that final completion was copied into @rp, 0 when it has not arrived yet,
+ * or -EPROTO. Completions of other requests can only be leftovers and are dropped.
+ */
+static int reap(struct weightd *w, uint64_t ud, const struct request *rq, struct reply *rp)
+{
+	int n = ring_cons_avail(&w->cq);
+
+	if (n < 0)
+		return fail(n, "the daemon broke the completion ring");
+	for (; n > 0; n--) {
+		struct wd_cqe c;
+
+		/* One copy: everything below looks at @c, never at the shared slot. */
+		memcpy(&c, ring_cons_slot(&w->cq, 0), sizeof(c));
+		if (c.user_data == ud && (c.flags & WD_CQE_F_PROGRESS)) {
+			if (rq->progress)
+				rq->progress(c.aux0, c.aux1, rq->arg);
+		} else if (c.user_data == ud) {
+			if (c.data_len > WD_DATA_SLOT_SIZE) {
+				ring_cons_release(&w->cq, 1);
+				return fail(-EPROTO, "completion with %u payload bytes",
+					    c.data_len);
+			}
+			rp->res = c.res;
+			rp->aux0 = c.aux0;
+			rp->aux1 = c.aux1;
+			rp->data_len = c.data_len;
+			/* The payload slot belongs to us until the release below. */
+			memcpy(rp->data, ring_cons_data(&w->cq, 0), c.data_len);
+			ring_cons_release(&w->cq, 1);
+			return 1;
+		}
+		ring_cons_release(&w->cq, 1);
+	}
+	return 0;
+}
+
+/*
+ * Submits @rq and waits for its final completion, passing progress completions to
+ * rq->progress. Returns 0 with the daemon's answer in @rp (rp->res may be negative), or a
+ * transport error: the handle's sticky error, -EPROTO, -ECONNRESET, -ESHUTDOWN.
+ */
+static int submit_wait(struct weightd *w, struct request *rq, struct reply *rp)
+{
+	struct wd_sqe *slot;
+	uint64_t ud;
+	bool first = true;
+	int ret;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->dead) {
+		ret = fail(w->dead, "%s", w->dead_msg);
+		goto out;
+	}
+	/* An orderly shutdown leaves the status behind; report it before queueing anything. */
+	if (ring_seg_status(w->ring_seg.base, NULL) != WD_RING_OK) {
+		ret = set_dead(w, daemon_state(w));
+		goto out;
+	}
+	ret = wait_sq_space(w);
+	if (ret)
+		goto out;
+	ud = ++w->seq;
+	slot = ring_prod_slot(&w->sq);
+	rq->sqe.user_data = ud;
+	rq->sqe.arg_len = (uint16_t)rq->payload_len;
+	if (rq->payload_len)
+		memcpy(ring_prod_data(&w->sq), rq->payload, rq->payload_len);
+	memcpy(slot, &rq->sqe, sizeof(*slot));
+	ring_prod_advance(&w->sq);
+	ring_prod_publish(&w->sq);
+	ring_notify(&w->sq);
+	for (;;) {
+		ret = reap(w, ud, rq, rp);
+		if (ret > 0) {
+			ret = 0;
+			break;
+		}
+		if (ret < 0) {
+			set_dead(w, ret);
+			break;
+		}
+		ret = ring_wait(&w->cq, first ? w->spin_ns : 0, PARK_SLICE_NS);
+		first = false;
+		if (ret > 0)
+			continue;
+		if (ret == -EPROTO) {
+			set_dead(w, fail(ret, "the daemon broke the completion ring"));
+			break;
+		}
+		/* -ETIMEDOUT, -EINTR or -EPIPE (status set): is the daemon still there? */
+		ret = daemon_state(w);
+		if (ret) {
+			/* A completion that raced with the shutdown still counts. */
+			if (reap(w, ud, rq, rp) > 0) {
+				ret = 0;
+				break;
+			}
+			set_dead(w, ret);
+			break;
+		}
+	}
+out:
+	pthread_mutex_unlock(&w->lock);
+	return ret;
+}
+
+/*
+ * Turns a final completion into the call's result: res >= 0 passes through; an error records
+ * the daemon's message (CQ payload) or strerror as the last error.
+ */
+static int result(const struct reply *rp, const char *what, const char *name)
+{
+	char msg[WD_DATA_SLOT_SIZE + 1];
+
+	if (rp->res >= 0)
+		return rp->res;
+	if (rp->data_len) {
+		/* The daemon's messages name the op and the target themselves. */
+		copy_text(msg, sizeof(msg), rp->data, rp->data_len);
+		return fail(rp->res, "%s", msg);
+	}
+	return fail(rp->res, "%s%s%s: %s", what, name ? " " : "", name ? name : "",
+		    strerror(-rp->res));
+}
+
+static int check_name(const char *s, const char *what)
+{
+	if (!s || !*s)
+		return fail(-EINVAL, "empty %s", what);
+	if (strlen(s) >= WD_NAME_MAX)
+		return fail(-ENAMETOOLONG, "%s longer than %u bytes", what, WD_NAME_MAX - 1);
+	return 0;
+}
+
+static int check_tier(unsigned int tier)
+{
+	if (tier >= WD_TIER_MAX)
+		return fail(-EINVAL, "tier %u out of range (0..%u)", tier, WD_TIER_MAX - 1);
+	return 0;
+}
+
+static int lookup_id(struct weightd *w, const char *model, uint32_t *id);
+
+/*
+ * Fills the target of a model/component request with registry ids: the model is resolved in
+ * the registry (or with a LOOKUP round trip when it is not published there yet), the
+ * component in the registry only. Requests always carry ids, never names, because the
+ * daemon's worker ops (VALIDATE, META_*) accept only ids.
+ */
+static int set_target(struct weightd *w, struct request *rq, const char *model,
+		      const char *component)
+{
+	uint32_t id;
+	int ret;
+
+	rq->sqe.model = WD_ID_NONE;
+	rq->sqe.component = WD_ID_NONE;
+	ret = lookup_id(w, model, &id);
+	if (ret)
+		return ret;
+	rq->sqe.model = id;
+	if (!component)
+		return 0;
+	ret = check_name(component, "component name");
+	if (ret)
+		return ret;
+	ret = registry_find_component(&w->reg, id, component, &rq->sqe.component, NULL);
+	if (ret)
+		return fail(ret, "model %s, component %s: %s", model, component,
+			    ret == -ENOENT ? "no such component" : strerror(-ret));
+	return 0;
+}
+
+/* Runs a request whose answer is just res; returns res or an error. */
+static int simple(struct weightd *w, struct request *rq, const char *what, const char *name)
+{
+	struct reply rp;
+	int ret = submit_wait(w, rq, &rp);
+
+	return ret ? ret : result(&rp, what, name);
+}
+
+static int target_op(struct weightd *w, uint8_t op, const char *model, const char *component,
+		     unsigned int tier, uint8_t flags, struct reply *rp)
+{
+	struct request rq = { .sqe = { .opcode = op, .tier = (uint16_t)tier, .flags = flags } };
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	ret = check_tier(tier);
+	if (ret)
+		return ret;
+	ret = set_target(w, &rq, model, component);
+	if (ret)
+		return ret;
+	return submit_wait(w, &rq, rp);
+}
+
+int weightd_ping(struct weightd *w)
+{
+	/* A per-thread cookie the daemon must echo; w->seq belongs to the lock holder. */
+	static __thread uint64_t cookie;
+	struct request rq = { .sqe = { .opcode = WD_OP_PING } };
+	struct reply rp;
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	rq.sqe.arg[0] = ++cookie;
+	ret = submit_wait(w, &rq, &rp);
+	if (ret)
+		return ret;
+	if (rp.res < 0)
+		return result(&rp, "ping", NULL);
+	if (rp.aux0 != rq.sqe.arg[0])
+		return fail(-EPROTO, "ping answered with %llu, sent %llu",
+			    (unsigned long long)rp.aux0, (unsigned long long)rq.sqe.arg[0]);
+	return 0;
+}
+
+static int lookup_id(struct weightd *w, const char *model, uint32_t *id)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_LOOKUP, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE } };
+	int ret;
+
+	ret = check_name(model, "model name");
+	if (ret)
+		return ret;
+	ret = registry_find_model(&w->reg, model, id, NULL);
+	if (ret != -ENOENT) {
+		if (ret)
+			return fail(ret, "registry lookup of model %s: %s", model, strerror(-ret));
+		return 0;
+	}
+	/* Not published in our view: the daemon may know it under a newer registry. */
+	rq.payload = model;
+	rq.payload_len = strlen(model);
+	ret = simple(w, &rq, "lookup", model);
+	if (ret < 0)
+		return ret;
+	*id = (uint32_t)ret;
+	return 0;
+}
+
+int weightd_lookup(struct weightd *w, const char *model, uint32_t *model_id)
+{
+	uint32_t id;
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	ret = lookup_id(w, model, &id);
+	if (ret)
+		return ret;
+	if (model_id)
+		*model_id = id;
+	return 0;
+}
+
+/* ---- registry reads ---------------------------------------------------------------------- */
+
+static void copy_name(char *dst, size_t size, const char *src, size_t src_size)
+{
+	size_t n = strnlen(src, src_size);
+
+	if (n >= size)
+		n = size - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static int registry_error(int ret, const char *what, uint32_t id)
+{
+	if (ret == -ENOENT)
+		return fail(ret, "no %s %u in the registry", what, id);
+	return fail(ret, "reading %s %u from the registry: %s", what, id, strerror(-ret));
+}
+
+int weightd_model(struct weightd *w, uint32_t id, struct weightd_model_info *out)
+{
+	struct wd_reg_model m;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	ret = registry_read_model(&w->reg, id, &m);
+	if (ret)
+		return registry_error(ret, "model", id);
+	*out = (struct weightd_model_info){
+		.id = id,
+		.n_components = m.n_components,
+		.n_tensors = m.n_tensors,
+		.flags = m.flags,
+		.pins = m.pins,
+		.nbytes = m.nbytes,
+		.fingerprint = m.fingerprint,
+	};
+	copy_name(out->name, sizeof(out->name), m.name, sizeof(m.name));
+	copy_name(out->arch, sizeof(out->arch), m.arch, sizeof(m.arch));
+	return 0;
+}
+
+int weightd_component(struct weightd *w, uint32_t id, struct weightd_component_info *out)
+{
+	struct wd_reg_component c;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	ret = registry_read_component(&w->reg, id, &c);
+	if (ret)
+		return registry_error(ret, "component", id);
+	*out = (struct weightd_component_info){
+		.id = id,
+		.model = c.model,
+		.n_tensors = c.n_tensors,
+		.nbytes = c.nbytes,
+		.fingerprint = c.fingerprint,
+	};
+	copy_name(out->name, sizeof(out->name), c.name, sizeof(c.name));
+	for (unsigned int t = 0; t < WD_TIER_MAX; t++) {
+		out->tiers[t].state = c.tiers[t].state;
+		out->tiers[t].error = c.tiers[t].error;
+		out->tiers[t].done = c.tiers[t].done;
+		out->tiers[t].total = c.tiers[t].total;
+	}
+	return 0;
+}
+
+int weightd_tensor(struct weightd *w, const char *model, const char *component,
+		   const char *name, struct weightd_tensor_info *out)
+{
+	struct wd_reg_component c;
+	struct wd_reg_tensor t;
+	uint32_t mid, cid = WD_ID_NONE, tid;
+	const struct st_dtype_info *dt;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = check_name(model, "model name")) || (ret = check_name(name, "tensor name")))
+		return ret;
+	ret = registry_find_model(&w->reg, model, &mid, NULL);
+	if (ret)
+		return fail(ret, "model %s: %s", model,
+			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
+	if (component) {
+		if ((ret = check_name(component, "component name")))
+			return ret;
+		ret = registry_find_component(&w->reg, mid, component, &cid, NULL);
+		if (ret)
+			return fail(ret, "model %s, component %s: %s", model, component,
+				    ret == -ENOENT ? "no such component" : strerror(-ret));
+	}
+	ret = registry_find_tensor(&w->reg, mid, cid, name, &tid, &t);
+	if (ret == -ENOTUNIQ)
+		return fail(ret, "model %s: tensor %s exists in several components; name one",
+			    model, name);
+	if (ret)
+		return fail(ret, "model %s: tensor %s: %s", model, name,
+			    ret == -ENOENT ? "no such tensor" : strerror(-ret));
+	if (t.rank > WD_SHAPE_MAX || t.dtype >= ST_DTYPE_COUNT)
+		return fail(-EBADMSG, "registry tensor %u has rank %u, dtype %u", tid, t.rank,
+			    t.dtype);
+	*out = (struct weightd_tensor_info){
+		.id = tid,
+		.model = t.model,
+		.component = t.component,
+		.dtype = t.dtype,
+		.rank = t.rank,
+		.nbytes = t.nbytes,
+		.resident = t.resident,
+		.host_offset = t.host_offset,
+	};
+	memcpy(out->shape, t.shape, sizeof(uint64_t) * t.rank);
+	dt = st_dtype_info((enum st_dtype)t.dtype);
+	copy_name(out->dtype_name, sizeof(out->dtype_name), dt ? dt->name : "?", 16);
+	ret = registry_read_component(&w->reg, t.component, &c);
+	out->host_state = ret ? WEIGHTD_ABSENT : c.tiers[WD_TIER_HOST].state;
+	return 0;
+}
+
+/* ---- operations -------------------------------------------------------------------------- */
+
+int weightd_load(struct weightd *w, const char *model, const char *component, unsigned int tier,
+		 unsigned int flags, weightd_progress_fn progress, void *arg)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_LOAD, .tier = (uint16_t)tier },
+			      .progress = progress, .arg = arg };
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	if (flags & ~(WEIGHTD_LOAD_PIN | WEIGHTD_LOAD_NO_PROGRESS))
+		return fail(-EINVAL, "unknown load flags %#x", flags);
+	if ((ret = check_tier(tier)) || (ret = set_target(w, &rq, model, component)))
+		return ret;
+	rq.sqe.flags = (uint8_t)((flags & WEIGHTD_LOAD_PIN ? WD_SQE_F_PIN : 0) |
+				 (flags & WEIGHTD_LOAD_NO_PROGRESS ? WD_SQE_F_NO_PROGRESS : 0));
+	ret = simple(w, &rq, "load", model);
+	return ret < 0 ? ret : 0;
+}
+
+static int target_simple(struct weightd *w, uint8_t op, const char *what, const char *model,
+			 const char *component, unsigned int tier)
+{
+	struct reply rp;
+	int ret = target_op(w, op, model, component, tier, 0, &rp);
+
+	if (ret)
+		return ret;
+	ret = result(&rp, what, model);
+	return ret < 0 ? ret : 0;
+}
+
+int weightd_unload(struct weightd *w, const char *model, const char *component,
+		   unsigned int tier)
+{
+	return target_simple(w, WD_OP_UNLOAD, "unload", model, component, tier);
+}
+
+int weightd_pin(struct weightd *w, const char *model, const char *component, unsigned int tier)
+{
+	return target_simple(w, WD_OP_PIN, "pin", model, component, tier);
+}
+
+int weightd_unpin(struct weightd *w, const char *model, const char *component,
+		  unsigned int tier)
+{
+	return target_simple(w, WD_OP_UNPIN, "unpin", model, component, tier);
+}
+
+int weightd_status(struct weightd *w, const char *model, const char *component,
+		   unsigned int tier, struct weightd_status *out)
+{
+	struct reply rp;
+	int ret = target_op(w, WD_OP_STATUS, model, component, tier, 0, &rp);
+
+	if (ret)
+		return ret;
+	ret = result(&rp, "status", model);
+	if (ret >= 0 && out)
+		*out = (struct weightd_status){ .state = (uint32_t)ret, .done = rp.aux0,
+						.total = rp.aux1 };
+	return ret;
+}
+
+int weightd_scan(struct weightd *w, const char *dir, weightd_progress_fn progress, void *arg)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_SCAN, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE },
+			      .progress = progress, .arg = arg };
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	if (dir && (ret = check_name(dir, "directory")))
+		return ret;
+	rq.payload = dir;
+	rq.payload_len = dir ? strlen(dir) : 0;
+	return simple(w, &rq, "scan", dir);
+}
+
+int weightd_validate(struct weightd *w, const char *model, const char *component,
+		     unsigned int flags, weightd_progress_fn progress, void *arg)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_VALIDATE }, .progress = progress,
+			      .arg = arg };
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	if (flags & ~WEIGHTD_VALIDATE_DEEP)
+		return fail(-EINVAL, "unknown validate flags %#x", flags);
+	rq.sqe.arg[0] = flags & WEIGHTD_VALIDATE_DEEP ? WD_VALIDATE_DEEP : 0;
+	if ((ret = set_target(w, &rq, model, component)))
+		return ret;
+	ret = simple(w, &rq, "validate", model);
+	return ret < 0 ? ret : 0;
+}
+
+/* META_GET and META_SET name the model by id: resolve it locally or with LOOKUP. */
+static int meta_model(struct weightd *w, const char *model, const char *key, uint32_t *id)
+{
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	if ((ret = check_name(key, "metadata key")))
+		return ret;
+	return weightd_lookup(w, model, id);
+}
+
+int weightd_meta_get(struct weightd *w, const char *model, const char *key, char *buf,
+		     size_t size)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_META_GET, .component = WD_ID_NONE } };
+	struct reply rp;
+	int ret;
+
+	if (!buf && size)
+		return fail(-EINVAL, "NULL buffer");
+	if ((ret = meta_model(w, model, key, &rq.sqe.model)))
+		return ret;
+	rq.payload = key;
+	rq.payload_len = strlen(key);
+	if ((ret = submit_wait(w, &rq, &rp)))
+		return ret;
+	ret = result(&rp, "meta get", key);
+	if (ret < 0)
+		return ret;
+	if (ret > rp.data_len)
+		return fail(-EOVERFLOW, "meta get %s: the value has %d bytes, more than a reply "
+			    "carries (%u)", key, ret, WD_DATA_SLOT_SIZE);
+	if (ret < rp.data_len)
+		return fail(-EPROTO, "meta get %s: value of %d bytes, %u in the payload", key, ret,
+			    rp.data_len);
+	if ((size_t)ret >= size)
+		return fail(-ERANGE, "meta get %s: value of %d bytes does not fit in %zu", key,
+			    ret, size);
+	memcpy(buf, rp.data, (size_t)ret);
+	buf[ret] = '\0';
+	return ret;
+}
+
+int weightd_meta_set(struct weightd *w, const char *model, const char *key, const char *value)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_META_SET, .component = WD_ID_NONE } };
+	char payload[WD_DATA_SLOT_SIZE];
+	size_t klen, vlen;
+	int ret;
+
+	if (!value)
+		return fail(-EINVAL, "NULL value");
+	if ((ret = meta_model(w, model, key, &rq.sqe.model)))
+		return ret;
+	klen = strlen(key);
+	vlen = strlen(value);
+	if (klen + 1 + vlen > sizeof(payload))
+		return fail(-ENAMETOOLONG, "meta set %s: key and value take %zu bytes, at most %zu",
+			    key, klen + 1 + vlen, sizeof(payload));
+	memcpy(payload, key, klen);
+	payload[klen] = '\0';
+	memcpy(payload + klen + 1, value, vlen);
+	rq.payload = payload;
+	rq.payload_len = klen + 1 + vlen;
+	ret = simple(w, &rq, "meta set", key);
+	return ret < 0 ? ret : 0;
+}
+
+int weightd_stats(struct weightd *w, struct weightd_stats *out)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_STATS, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE } };
+	uint64_t v[WD_STAT_COUNT] = { 0 };
+	struct reply rp;
+	size_t n;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = submit_wait(w, &rq, &rp)))
+		return ret;
+	if ((ret = result(&rp, "stats", NULL)) < 0)
+		return ret;
+	/* res counts the entries; a newer daemon may send more than this library knows. */
+	n = rp.data_len / sizeof(uint64_t);
+	if ((size_t)ret < n)
+		n = (size_t)ret;
+	memcpy(v, rp.data, (n < WD_STAT_COUNT ? n : WD_STAT_COUNT) * sizeof(uint64_t));
+	*out = (struct weightd_stats){
+		.requests = v[WD_STAT_MY_REQUESTS],
+		.errors = v[WD_STAT_MY_ERRORS],
+		.pins = v[WD_STAT_MY_PINS],
+		.clients = v[WD_STAT_CLIENTS],
+		.ring_segments = v[WD_STAT_RING_SEGS],
+		.pins_total = v[WD_STAT_PINS],
+		.models = v[WD_STAT_MODELS],
+		.uptime_ns = v[WD_STAT_UPTIME_NS],
+		.host_budget = v[WD_STAT_HOST_BUDGET],
+		.requests_total = v[WD_STAT_REQUESTS],
+		.errors_total = v[WD_STAT_ERRORS],
+		.host_bytes = registry_counter(&w->reg, WD_CTR_HOST_BYTES),
+		.loads = registry_counter(&w->reg, WD_CTR_LOADS),
+		.load_bytes = registry_counter(&w->reg, WD_CTR_LOAD_BYTES),
+		.evictions = registry_counter(&w->reg, WD_CTR_EVICTIONS),
+		.evict_bytes = registry_counter(&w->reg, WD_CTR_EVICT_BYTES),
+		.hits = registry_counter(&w->reg, WD_CTR_HITS),
+		.misses = registry_counter(&w->reg, WD_CTR_MISSES),
+		.n_values = (uint32_t)n,
+	};
+	return 0;
+}
+
+int weightd_shutdown(struct weightd *w)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_SHUTDOWN } };
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL handle");
+	rq.sqe.model = rq.sqe.component = WD_ID_NONE;
+	ret = simple(w, &rq, "shutdown", NULL);
+	return ret < 0 ? ret : 0;
+}
+
+const char *weightd_state_name(unsigned int state)
+{
+	static const char *const names[] = { "absent", "loading", "resident", "evicting",
+					     "failed" };
+
+	return state < ARRAY_SIZE(names) ? names[state] : "?";
+}
+
+const char *weightd_tier_name(unsigned int tier, char *buf, size_t size)
+{
+	if (tier == WD_TIER_HOST)
+		snprintf(buf, size, "host");
+	else
+		snprintf(buf, size, "cuda:%u", tier - 1);
+	return buf;
+}

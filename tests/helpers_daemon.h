@@ -1,0 +1,61 @@
+/*
+ * Test helper: runs a real build/weightd as a child process with its own temporary socket,
+ * state directory and generated model set, for the tests that talk to the daemon
+ * (tests/test_client.c, tests/test_stress.c).
+ *
+ * The binaries come from $WD_BUILD (set by tests/run.sh to build/ or build-san/), or from
+ * the build directory this test program lives in.
+ */
+#ifndef WD_TESTS_HELPERS_DAEMON_H
+#define WD_TESTS_HELPERS_DAEMON_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* Models in the demo preset (sd-tiny, llama-tiny, vae-tiny). */
+#define TD_DEMO_MODELS 3
+
+struct td_daemon {
+	pid_t pid;		/* 0 when not running */
+	char root[96];		/* temporary directory holding everything below */
+	char socket[108];
+	char state_dir[300];
+	char models[300];	/* the "demo" preset: sd-tiny, llama-tiny, vae-tiny */
+	char log[300];		/* the daemon's stderr, appended across restarts */
+};
+
+/* The build directory holding weightd and weightctl (no trailing slash). */
+const char *td_build_dir(void);
+
+/* True when the daemon binary exists; otherwise prints "SKIP: ..." with the reason. */
+bool td_have_daemon(void);
+
+/*
+ * Creates a temporary root under $TMPDIR, generates the demo models into it and starts the
+ * daemon. Returns 0 once a client can attach and the registry lists the demo models (within
+ * 10 s), or a negative errno; on failure it prints the daemon's log.
+ */
+int td_daemon_setup(struct td_daemon *d);
+
+/* Starts the daemon again with the same socket, state and models (after a kill). */
+int td_daemon_start(struct td_daemon *d);
+
+/*
+ * Sends @sig to the daemon and reaps it, waiting at most @timeout_ms (then SIGKILL).
+ * Returns the wait status, or -1 when it was not running.
+ */
+int td_daemon_kill(struct td_daemon *d, int sig, int timeout_ms);
+
+/* Stops the daemon (SIGTERM, then SIGKILL) and removes the temporary root. */
+void td_daemon_teardown(struct td_daemon *d);
+
+/* Prints the last lines of the daemon's log on stderr (for failure messages). */
+void td_daemon_dump_log(const struct td_daemon *d);
+
+/*
+ * Runs a command with a timeout, capturing stdout and stderr (each up to @size - 1 bytes,
+ * NUL-terminated). @argv[0] is a path. Returns the exit status (0..255), 128 + signal, or -1.
+ */
+int td_run(char *const argv[], int timeout_ms, char *out, char *err, size_t size);
+
+#endif

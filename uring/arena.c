@@ -1,0 +1,252 @@
+/* The host cache arena: a sealed memfd, its pages, its NUMA binding and its extents. */
+#include <errno.h>
+#include <fcntl.h>
+#include <numaif.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "uring/arena.h"
+
+#define HUGE_2M (2u << 20)
+
+/* Free huge pages of the default size, in bytes, from /proc/meminfo (0 when unknown). */
+static uint64_t free_huge_bytes(uint64_t *page)
+{
+	uint64_t nfree = 0, kb = 0;
+	char line[256];
+	FILE *f = fopen("/proc/meminfo", "re");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		sscanf(line, "HugePages_Free: %lu", &nfree);
+		sscanf(line, "Hugepagesize: %lu kB", &kb);
+	}
+	fclose(f);
+	*page = kb * 1024;
+	return nfree * kb * 1024;
+}
+
+/* Whether shmem THP is on for a MADV_HUGEPAGE mapping (shmem_enabled is not never/deny). */
+static bool shmem_thp_enabled(void)
+{
+	char buf[256] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+	bool on;
+
+	if (!f)
+		return false;
+	on = fgets(buf, sizeof(buf), f) && !strstr(buf, "[never]") && !strstr(buf, "[deny]");
+	fclose(f);
+	return on;
+}
+
+/*
+ * Makes the memfd and its writable mapping: hugetlb when @huge, else shmem. mmap(2) of a
+ * hugetlb file reserves its pages, so a shortage shows up here and not as SIGBUS later.
+ */
+static int make_segment(const char *name, uint64_t size, bool huge, struct shm_segment *seg)
+{
+	unsigned int mfd = MFD_ALLOW_SEALING | MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0);
+	void *base;
+	int fd, rc;
+
+	fd = memfd_create(name, mfd);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0)
+		goto fail;
+	base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (base == MAP_FAILED)
+		goto fail;
+	seg->fd = fd;
+	seg->base = base;
+	seg->size = size;
+	seg->writable = true;
+	return 0;
+fail:
+	rc = -errno;
+	close(fd);
+	return rc;
+}
+
+int arena_create(const struct arena_options *opt, struct arena **out)
+{
+	uint64_t hpage = 0, hfree, size;
+	int seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+	const char *name = opt->name ? opt->name : "weightd-host";
+	struct arena *a;
+	int rc = -EINVAL;
+
+	*out = NULL;
+	if (!opt->budget || (opt->flags & ~(ARENA_F_NO_HUGETLB | ARENA_F_RELEASE)) ||
+	    opt->budget > (UINT64_MAX >> 2))
+		return -EINVAL;
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->seg.fd = -1;
+	a->flags = opt->flags;
+	hfree = free_huge_bytes(&hpage);
+	if (!(opt->flags & ARENA_F_NO_HUGETLB) && hpage) {
+		size = (opt->budget + hpage - 1) / hpage * hpage;
+		if (hfree >= size) {
+			rc = make_segment(name, size, true, &a->seg);
+			if (rc == 0) {
+				a->pages = ARENA_PAGES_HUGETLB;
+				a->page_size = hpage;
+			} else {
+				log_info("arena", "\"hugetlb memfd failed, using shmem\" rc=%d", rc);
+			}
+		} else {
+			log_info("arena", "\"not enough free huge pages, using shmem\" "
+				 "free_bytes=%lu need=%lu", hfree, size);
+		}
+	}
+	if (a->seg.fd < 0) {
+		size = (opt->budget + 4095) & ~(uint64_t)4095;
+		rc = make_segment(name, size, false, &a->seg);
+		if (rc)
+			goto fail;
+		a->page_size = 4096;
+		/* Advice only: without shmem THP the kernel keeps 4 KiB pages and says nothing. */
+		if (madvise(a->seg.base, size, MADV_HUGEPAGE) == 0 && shmem_thp_enabled())
+			a->pages = ARENA_PAGES_THP;
+		else
+			a->pages = ARENA_PAGES_SMALL;
+	}
+	if (opt->flags & ARENA_F_RELEASE) {
+		if (fchmod(a->seg.fd, 0444) < 0) {
+			rc = -errno;
+			goto fail;
+		}
+	} else {
+		seals |= F_SEAL_FUTURE_WRITE;
+	}
+	if (fcntl(a->seg.fd, F_ADD_SEALS, seals) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = extent_init(&a->ext, a->seg.size, ARENA_EXTENT_ALIGN);
+	if (rc)
+		goto fail;
+	pthread_mutex_init(&a->lock, NULL);
+	log_info("arena", "\"host cache arena\" bytes=%zu pages=%s release=%d", a->seg.size,
+		 arena_pages_name(a->pages), !!(opt->flags & ARENA_F_RELEASE));
+	*out = a;
+	return 0;
+fail:
+	shm_segment_close(&a->seg);
+	free(a);
+	return rc;
+}
+
+void arena_destroy(struct arena *a)
+{
+	if (!a)
+		return;
+	extent_destroy(&a->ext);
+	pthread_mutex_destroy(&a->lock);
+	shm_segment_close(&a->seg);
+	free(a);
+}
+
+int arena_alloc(struct arena *a, uint64_t size, uint64_t *off)
+{
+	int rc;
+
+	pthread_mutex_lock(&a->lock);
+	rc = extent_alloc(&a->ext, size, off);
+	pthread_mutex_unlock(&a->lock);
+	return rc;
+}
+
+int arena_free(struct arena *a, uint64_t off, uint64_t size)
+{
+	uint64_t len, lo, hi;
+	int rc;
+
+	pthread_mutex_lock(&a->lock);
+	len = extent_round(&a->ext, size);
+	rc = extent_free(&a->ext, off, size);
+	pthread_mutex_unlock(&a->lock);
+	if (rc || !(a->flags & ARENA_F_RELEASE))
+		return rc;
+	/*
+	 * Only whole pages that lie inside the freed extent can go: a huge page shared with a
+	 * neighbouring extent still holds that neighbour's data.
+	 */
+	lo = (off + a->page_size - 1) / a->page_size * a->page_size;
+	hi = (off + len) / a->page_size * a->page_size;
+	if (hi > lo && fallocate(a->seg.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				 (off_t)lo, (off_t)(hi - lo)) < 0)
+		log_warn("arena", "\"cannot release freed pages\" off=%lu len=%lu errno=%d", lo,
+			 hi - lo, errno);
+	return 0;
+}
+
+int arena_bind_node(struct arena *a, uint64_t off, uint64_t len, int node)
+{
+	unsigned long mask[16] = { 0 };
+	const unsigned long bits = sizeof(unsigned long) * 8;
+	uint64_t lo, hi;
+
+	if (node < 0 || (unsigned long)node >= bits * ARRAY_SIZE(mask) || off > a->seg.size ||
+	    len > a->seg.size - off || !len)
+		return -EINVAL;
+	mask[node / bits] |= 1ul << (node % bits);
+	lo = off / a->page_size * a->page_size;
+	hi = (off + len + a->page_size - 1) / a->page_size * a->page_size;
+	/* maxnode counts one more than the mask's bits: the kernel drops the last one. */
+	if (mbind((char *)a->seg.base + lo, hi - lo, MPOL_BIND, mask, bits * ARRAY_SIZE(mask) + 1,
+		  MPOL_MF_MOVE) < 0)
+		return -errno;
+	return 0;
+}
+
+int arena_page_node(struct arena *a, uint64_t off)
+{
+	volatile char *p = (char *)a->seg.base + off;
+	int node = -1;
+
+	(void)*p;
+	if (get_mempolicy(&node, NULL, 0, (void *)p, MPOL_F_NODE | MPOL_F_ADDR) < 0)
+		return -errno;
+	return node;
+}
+
+int arena_ro_fd(const struct arena *a)
+{
+	return shm_segment_ro_fd(&a->seg);
+}
+
+void arena_get_stats(struct arena *a, struct arena_stats *st)
+{
+	struct stat sb;
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&a->lock);
+	extent_get_stats(&a->ext, &st->ext);
+	pthread_mutex_unlock(&a->lock);
+	st->pages = a->pages;
+	if (fstat(a->seg.fd, &sb) == 0)
+		st->resident = (uint64_t)sb.st_blocks * 512;
+}
+
+const char *arena_pages_name(enum arena_pages p)
+{
+	switch (p) {
+	case ARENA_PAGES_HUGETLB:
+		return "hugetlb";
+	case ARENA_PAGES_THP:
+		return "thp";
+	case ARENA_PAGES_SMALL:
+		return "4k";
+	}
+	return "unknown";
+}
