@@ -51,7 +51,7 @@ CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c sh
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
-	bench-ring bench-load clean help
+	bench-ring bench-load bench-python clean help
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
@@ -63,6 +63,7 @@ help:
 	@echo "make bench-scan  discovery benchmark (10,000 files)"
 	@echo "make bench-ring  ring round-trip latency and throughput vs. baselines"
 	@echo "make bench-load  disk -> host cache load vs. raw io_uring/O_DIRECT/mmap (SIZE=1G)"
+	@echo "make bench-python  new Python process: 1,000 resident tensors vs. file read"
 	@echo "make test-tsan   ring tests under ThreadSanitizer (clang)"
 	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
 
@@ -178,6 +179,10 @@ bench-ring: $(BUILD)/bench/bench_ring $(BINS)
 SIZE ?= 1G
 bench-load: $(BUILD)/bench/bench_load
 	$(BUILD)/bench/bench_load -s $(SIZE)
+
+# A fresh Python process gets 1,000 resident tensors as numpy views vs. reading the file.
+bench-python: $(BINS) $(CLIENT_LIB)
+	/usr/bin/python3 bench/bench_python.py --build $(BUILD)
 
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz

@@ -65,5 +65,6 @@ int ctl_load(struct ctl *c, int argc, char **argv);
 int ctl_unload(struct ctl *c, int argc, char **argv);
 int ctl_pin(struct ctl *c, int argc, char **argv);
 int ctl_stats(struct ctl *c, int argc, char **argv);
+int ctl_cat(struct ctl *c, int argc, char **argv);
 
 #endif

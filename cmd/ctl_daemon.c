@@ -1,15 +1,18 @@
 /*
  * weightctl verbs that talk to a running daemon through libweightd: status, ps, load,
- * unload, pin, stats. Each accepts --socket PATH (else $WEIGHTD_SOCKET, else the per-user
+ * unload, pin, cat, stats. Each accepts --socket PATH (else $WEIGHTD_SOCKET, else the per-user
  * default), --json (one JSON object on stdout) and --help.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <poll.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "weightd.h"
 
@@ -24,9 +27,13 @@ struct dopts {
 	bool json;
 	bool hold;
 	bool all;
+	bool pin;
+	unsigned int dtype;
+	const char *prefix;
 };
 
-enum { OPT_SOCKET = 0x100, OPT_TIER, OPT_COMPONENT, OPT_HOLD, OPT_ALL };
+enum { OPT_SOCKET = 0x100, OPT_TIER, OPT_COMPONENT, OPT_HOLD, OPT_ALL, OPT_PIN, OPT_DTYPE,
+       OPT_PREFIX };
 
 static void print_json(json_t *j)
 {
@@ -73,6 +80,9 @@ static int parse(int argc, char **argv, struct dopts *o, const char *extra,
 		{ "component", required_argument, NULL, OPT_COMPONENT },
 		{ "hold", no_argument, NULL, OPT_HOLD },
 		{ "all", no_argument, NULL, OPT_ALL },
+		{ "pin", no_argument, NULL, OPT_PIN },
+		{ "dtype", required_argument, NULL, OPT_DTYPE },
+		{ "prefix", required_argument, NULL, OPT_PREFIX },
 		{ 0 },
 	};
 	int opt;
@@ -90,6 +100,9 @@ static int parse(int argc, char **argv, struct dopts *o, const char *extra,
 		case OPT_COMPONENT: name = "component"; break;
 		case OPT_HOLD: name = "hold"; break;
 		case OPT_ALL: name = "all"; break;
+		case OPT_PIN: name = "pin"; break;
+		case OPT_DTYPE: name = "dtype"; break;
+		case OPT_PREFIX: name = "prefix"; break;
 		default: usage(stderr); return CTL_USAGE;
 		}
 		if (!strstr(extra, name)) {
@@ -102,8 +115,21 @@ static int parse(int argc, char **argv, struct dopts *o, const char *extra,
 				WEIGHTD_TIER_MAX - 1, optarg);
 			return CTL_USAGE;
 		}
+		if (opt == OPT_DTYPE) {
+			if (!strcmp(optarg, "F16")) {
+				o->dtype = WEIGHTD_DTYPE_F16;
+			} else if (!strcmp(optarg, "BF16")) {
+				o->dtype = WEIGHTD_DTYPE_BF16;
+			} else {
+				ctl_err(argv[0], "--dtype wants F16 or BF16, not '%s'", optarg);
+				return CTL_USAGE;
+			}
+		}
 		if (opt == OPT_COMPONENT)
 			o->component = optarg;
+		if (opt == OPT_PREFIX)
+			o->prefix = optarg;
+		o->pin |= opt == OPT_PIN;
 		o->hold |= opt == OPT_HOLD;
 		o->all |= opt == OPT_ALL;
 	}
@@ -241,23 +267,47 @@ static void ps_usage(FILE *out)
 {
 	fprintf(out,
 		"usage: weightctl ps [--socket PATH] [--all] [--json]\n\n"
-		"Shows what is resident where: one line per component and tier that is loading,\n"
-		"resident, evicting or failed, read from the daemon's registry, with the pins\n"
-		"all clients hold on its model (PINS). Pinned models are listed even when\n"
-		"nothing of them is resident. --all also lists components on disk only.\n\n"
+		"Shows what is resident: one line per host cache entry (a component in one form:\n"
+		"as stored or converted, all tensors or a subset), with its size, the client pins\n"
+		"that cover it and how long ago it was last requested; then the components that\n"
+		"are loading or failed on any tier, and pinned models with nothing resident.\n"
+		"--all also lists components on disk only.\n\n"
 		"Exit status: 0, 1 no daemon or it failed, 2 usage error.\n");
+}
+
+static const char *form_of(const struct weightd_cache_entry *e, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s%s", e->dtype == WEIGHTD_DTYPE_F16 ? "F16" :
+		 e->dtype == WEIGHTD_DTYPE_BF16 ? "BF16" : "stored",
+		 e->flags & WEIGHTD_CACHE_SUBSET ? "/subset" : "");
+	return buf;
+}
+
+static const char *ago(uint64_t ns, char *buf, size_t size)
+{
+	double s = (double)ns / 1e9;
+
+	if (s < 60)
+		snprintf(buf, size, "%.1fs ago", s);
+	else if (s < 3600)
+		snprintf(buf, size, "%.0fm ago", s / 60);
+	else
+		snprintf(buf, size, "%.1fh ago", s / 3600);
+	return buf;
 }
 
 int ctl_ps(struct ctl *c, int argc, char **argv)
 {
 	struct weightd_component_info ci;
 	struct weightd_model_info mi;
+	struct weightd_cache_entry ce[64];
 	struct weightd_stats st;
 	json_t *rows = json_array();
 	struct dopts o;
 	struct weightd *w;
-	char tier[16], size[32];
-	int ret, shown = 0;
+	char tier[16], size[32], form[32], when[32];
+	uint32_t n = 0, start = 0;
+	int ret, total, shown = 0;
 
 	(void)c;
 	if ((ret = parse(argc, argv, &o, "all", ps_usage)) >= 0 || optind != argc) {
@@ -278,8 +328,44 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 		goto out;
 	}
 	if (!o.json)
-		printf("%-24s %-14s %-7s %-9s %12s %5s  %s\n", "MODEL", "COMPONENT", "TIER",
-		       "STATE", "SIZE", "PINS", "PROGRESS");
+		printf("%-24s %-14s %-7s %-9s %-12s %12s %5s  %s\n", "MODEL", "COMPONENT", "TIER",
+		       "STATE", "FORM", "SIZE", "PINS", "LAST USE");
+	/* The host cache, entry by entry. */
+	do {
+		total = weightd_cache_list(w, start, ce, (uint32_t)(sizeof(ce) / sizeof(ce[0])), &n);
+		if (total < 0) {
+			json_decref(rows);
+			ret = failed("ps", &o, total);
+			goto out;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			const struct weightd_cache_entry *e = &ce[i];
+			const char *state = e->flags & WEIGHTD_CACHE_LOADING ? "loading" : "resident";
+
+			shown++;
+			form_of(e, form, sizeof(form));
+			if (o.json) {
+				json_array_append_new(rows, json_pack(
+					"{s:s, s:s, s:s, s:s, s:s, s:I, s:i, s:f, s:i, s:b, s:b}",
+					"model", e->model_name, "component", e->component_name,
+					"tier", "host", "state", state, "form", form,
+					"bytes", (json_int_t)e->bytes, "pins", (int)e->pins,
+					"idle_s", (double)e->idle_ns / 1e9, "tensors",
+					(int)e->n_tensors, "shared",
+					(e->flags & WEIGHTD_CACHE_SHARED) != 0, "prefetched",
+					(e->flags & WEIGHTD_CACHE_PREFETCHED) != 0));
+				continue;
+			}
+			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s%s%s\n", e->model_name,
+			       e->component_name[0] ? e->component_name : "-", "host", state, form,
+			       ctl_human_bytes(e->bytes, size, sizeof(size)), e->pins,
+			       ago(e->idle_ns, when, sizeof(when)),
+			       e->flags & WEIGHTD_CACHE_SHARED ? " (shared)" : "",
+			       e->flags & WEIGHTD_CACHE_PREFETCHED ? " (prefetched)" : "");
+		}
+		start += n;
+	} while (n && start < (uint32_t)total);
+	/* Everything else the registry knows: other tiers, failures, pins on absent models. */
 	for (uint32_t id = 0; weightd_component(w, id, &ci) == 0; id++) {
 		bool any = false;
 
@@ -289,33 +375,30 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 		}
 		for (unsigned int t = 0; t <= WEIGHTD_TIER_MAX; t++) {
 			const char *state;
-			uint64_t done = 0, total = 0;
 
-			/*
-			 * Tier WEIGHTD_TIER_MAX stands for "on disk only": shown with --all, and
-			 * for a pinned model, whose pin matters even when nothing is resident.
-			 */
 			if (t == WEIGHTD_TIER_MAX) {
-				if (any || (!o.all && !mi.pins))
+				if (any || (!o.all && !mi.pins) ||
+				    ci.tiers[WEIGHTD_TIER_HOST].state == WEIGHTD_RESIDENT)
 					continue;
 				snprintf(tier, sizeof(tier), "disk");
 				state = "absent";
 			} else {
-				if (ci.tiers[t].state == WEIGHTD_ABSENT)
+				/* Resident and loading host components are listed above. */
+				if (ci.tiers[t].state == WEIGHTD_ABSENT ||
+				    (t == WEIGHTD_TIER_HOST &&
+				     ci.tiers[t].state != WEIGHTD_FAILED)) {
+					any |= ci.tiers[t].state != WEIGHTD_ABSENT;
 					continue;
+				}
 				weightd_tier_name(t, tier, sizeof(tier));
 				state = weightd_state_name(ci.tiers[t].state);
-				done = ci.tiers[t].done;
-				total = ci.tiers[t].total;
 			}
 			any = true;
 			shown++;
 			if (o.json) {
-				json_t *r = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:i}",
-						      "model", mi.name, "component", ci.name,
-						      "tier", tier, "state", state, "bytes",
-						      (json_int_t)ci.nbytes, "done",
-						      (json_int_t)done, "total", (json_int_t)total,
+				json_t *r = json_pack("{s:s, s:s, s:s, s:s, s:I, s:i}", "model",
+						      mi.name, "component", ci.name, "tier", tier,
+						      "state", state, "bytes", (json_int_t)ci.nbytes,
 						      "model_pins", (int)mi.pins);
 				int err = t < WEIGHTD_TIER_MAX ? ci.tiers[t].error : 0;
 
@@ -325,14 +408,11 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 				json_array_append_new(rows, r);
 				continue;
 			}
-			printf("%-24s %-14s %-7s %-9s %12s %5u  ", mi.name,
-			       ci.name[0] ? ci.name : "-", tier, state,
-			       ctl_human_bytes(ci.nbytes, size, sizeof(size)), mi.pins);
-			if (t < WEIGHTD_TIER_MAX && ci.tiers[t].state == WEIGHTD_LOADING && total)
-				printf("%.0f%%", 100.0 * (double)done / (double)total);
-			else if (t < WEIGHTD_TIER_MAX && ci.tiers[t].state == WEIGHTD_FAILED)
-				printf("%s", strerror(-ci.tiers[t].error));
-			putchar('\n');
+			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s\n", mi.name,
+			       ci.name[0] ? ci.name : "-", tier, state, "-",
+			       ctl_human_bytes(ci.nbytes, size, sizeof(size)), mi.pins,
+			       t < WEIGHTD_TIER_MAX && ci.tiers[t].state == WEIGHTD_FAILED ?
+			       strerror(-ci.tiers[t].error) : "-");
 		}
 	}
 	if (o.json) {
@@ -359,10 +439,17 @@ static void load_usage(FILE *out)
 {
 	fprintf(out,
 		"usage: weightctl load [--socket PATH] [--tier host|cuda:N] [--component NAME]\n"
-		"                      [--json] MODEL\n\n"
+		"                      [--dtype F16|BF16] [--prefix P] [--pin [--hold]] [--json]\n"
+		"                      MODEL\n\n"
 		"Asks the daemon to make MODEL (or one component) resident on a tier (default\n"
-		"host), with a progress bar on a terminal. The model stays resident after the\n"
-		"command ends (until evicted or unloaded).\n\n"
+		"host), with a progress bar (bytes, GB/s, ETA) on a terminal, and prints a summary:\n"
+		"bytes, seconds, GB/s, and whether it was a hit (already resident). MODEL is a\n"
+		"model name or a path; a path the daemon does not know yet is scanned first.\n"
+		"  --dtype F16|BF16  store F32 tensors converted (a separate cache entry)\n"
+		"  --prefix P        only the tensors whose name starts with P\n"
+		"  --pin             pin it (never evicted) while this command's connection lives;\n"
+		"                    with --hold the command keeps it until Ctrl-C\n"
+		"The model stays resident after the command ends (until evicted or unloaded).\n\n"
 		"Exit status: 0 resident, 1 the daemon refused or failed (the reason is printed),\n"
 		"2 usage error.\n");
 }
@@ -401,46 +488,114 @@ static json_t *target_json(const char *verb, const char *model, const struct dop
 			 weightd_tier_name(o->tier, tier, sizeof(tier)));
 }
 
+static bool hold(struct weightd *w);
+static void on_stop(int sig);
+
+/*
+ * A MODEL that is an existing path and that the daemon does not know: has the daemon scan
+ * it (a file, or a model directory), so that LOAD can name it by path. Returns 0, or the
+ * error of the lookup or the scan.
+ */
+static int register_path(struct weightd *w, const char *arg, char *abs, size_t size)
+{
+	struct stat sb;
+	uint32_t id;
+	int ret;
+
+	if (stat(arg, &sb) < 0 || !realpath(arg, abs) || strlen(abs) >= size)
+		return -ENOENT;
+	ret = weightd_lookup(w, abs, &id);
+	if (ret != -ENOENT)
+		return ret;
+	ret = weightd_scan(w, abs, NULL, NULL);
+	if (ret < 0)
+		return ret;
+	return weightd_lookup(w, abs, &id);
+}
+
 int ctl_load(struct ctl *c, int argc, char **argv)
 {
-	struct weightd_status st = { 0 };
+	struct sigaction sa = { .sa_handler = on_stop };
+	struct weightd_load_result res = { 0 };
+	struct weightd_load_opts lo = { 0 };
 	struct ctl_progress prog;
 	struct dopts o;
 	struct weightd *w;
 	const char *model;
-	char label[300];
+	char label[300], abs[PATH_MAX], b1[32], b2[32];
+	double secs, gbps;
 	int ret;
 
 	(void)c;
-	if ((ret = parse(argc, argv, &o, "tier component", load_usage)) >= 0 ||
+	if ((ret = parse(argc, argv, &o, "tier component pin hold dtype prefix", load_usage)) >= 0 ||
 	    (ret = one_model(argc, argv, load_usage)) >= 0)
 		return ret;
+	if (o.hold && !o.pin) {
+		ctl_err("load", "--hold needs --pin");
+		return CTL_USAGE;
+	}
 	model = argv[optind];
 	w = open_daemon("load", &o);
 	if (!w)
 		return CTL_FAIL;
-	snprintf(label, sizeof(label), "load %s", model);
+	/* A name the registry has wins; otherwise an existing path is registered. */
+	if (weightd_lookup(w, model, NULL) == -ENOENT && strchr(model, '/')) {
+		ret = register_path(w, model, abs, sizeof(abs));
+		if (ret) {
+			ret = failed("load", &o, ret);
+			goto out;
+		}
+		model = abs;
+	}
+	lo.dtype = o.dtype;
+	lo.prefix = o.prefix;
+	snprintf(label, sizeof(label), "load %s", argv[optind]);
 	ctl_progress_begin(&prog, label, true);
-	ret = weightd_load(w, model, o.component, o.tier, 0, load_progress, &prog);
+	ret = weightd_load_ex(w, model, o.component, o.tier, o.pin ? WEIGHTD_LOAD_PIN : 0, &lo,
+			      load_progress, &prog, &res);
 	if (ret) {
 		if (prog.last_ns)
 			fputc('\n', stderr);
 		ret = failed("load", &o, ret);
 		goto out;
 	}
-	weightd_status(w, model, o.component, o.tier, &st);
-	ctl_progress_end(&prog, st.total, st.total);
+	ctl_progress_end(&prog, res.read_bytes ? res.read_bytes : res.bytes,
+			 res.read_bytes ? res.read_bytes : res.bytes);
+	secs = (double)res.elapsed_ns / 1e9;
+	gbps = secs > 0 ? (double)(res.read_bytes ? res.read_bytes : res.bytes) / secs / 1e9 : 0;
 	if (o.json) {
-		json_t *j = target_json("load", model, &o);
+		json_t *j = target_json("load", argv[optind], &o);
 
-		json_object_set_new(j, "state", json_string(weightd_state_name(st.state)));
-		json_object_set_new(j, "bytes", json_integer((json_int_t)st.total));
+		json_object_set_new(j, "bytes", json_integer((json_int_t)res.bytes));
+		json_object_set_new(j, "read_bytes", json_integer((json_int_t)res.read_bytes));
+		json_object_set_new(j, "seconds", json_real(secs));
+		json_object_set_new(j, "gbps", json_real(gbps));
+		json_object_set_new(j, "hit", json_boolean(res.hit));
+		json_object_set_new(j, "pinned", json_boolean(o.pin));
 		print_json(j);
 	} else {
-		printf("%s%s%s: %s\n", model, o.component ? "/" : "",
-		       o.component ? o.component : "", weightd_state_name(st.state));
+		printf("%s%s%s: %s resident in %.3f s, %.2f GB/s, %s\n", argv[optind],
+		       o.component ? "/" : "", o.component ? o.component : "",
+		       ctl_human_bytes(res.bytes, b1, sizeof(b1)), secs, gbps,
+		       res.hit ? "hit (already resident)" : "miss");
+		if (res.read_bytes)
+			printf("read %s from disk\n", ctl_human_bytes(res.read_bytes, b2,
+								      sizeof(b2)));
 	}
+	fflush(stdout);
 	ret = CTL_OK;
+	if (o.pin && o.hold) {
+		if (!o.json)
+			printf("pinned; holding the pin until Ctrl-C\n");
+		fflush(stdout);
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+		if (!hold(w)) {
+			ctl_err("load", "the daemon at %s went away; the pin is gone",
+				weightd_socket_path(w));
+			ret = CTL_FAIL;
+		}
+	}
 out:
 	weightd_detach(w);
 	return ret;
@@ -592,6 +747,74 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* cat                                                                                */
+
+static void cat_usage(FILE *out)
+{
+	fprintf(out,
+		"usage: weightctl cat [--socket PATH] [--component NAME] MODEL TENSOR\n\n"
+		"Writes the raw bytes of TENSOR, as the shared host cache holds them (not read\n"
+		"from the file), to stdout. The tensor must be resident: `weightctl load MODEL`\n"
+		"first. A converted load (--dtype) shows the converted bytes.\n\n"
+		"Exit status: 0, 1 not resident, unknown or failed, 2 usage error.\n");
+}
+
+int ctl_cat(struct ctl *c, int argc, char **argv)
+{
+	struct weightd_tensor_info ti;
+	struct dopts o;
+	struct weightd *w;
+	const char *model, *tensor;
+	const char *p;
+	size_t done = 0;
+	int ret;
+
+	(void)c;
+	if ((ret = parse(argc, argv, &o, "component", cat_usage)) >= 0)
+		return ret;
+	if (optind + 2 != argc) {
+		ctl_err("cat", "wants MODEL and TENSOR");
+		cat_usage(stderr);
+		return CTL_USAGE;
+	}
+	model = argv[optind];
+	tensor = argv[optind + 1];
+	w = open_daemon("cat", &o);
+	if (!w)
+		return CTL_FAIL;
+	ret = weightd_tensor(w, model, o.component, tensor, &ti);
+	if (ret) {
+		ret = failed("cat", &o, ret);
+		goto out;
+	}
+	p = weightd_tensor_data(w, &ti);
+	if (!p) {
+		if (errno == ENODATA)
+			ctl_err("cat", "%s: tensor %s is not resident in the host cache; run "
+				"`weightctl load %s%s%s` first", model, tensor, model,
+				o.component ? " --component " : "", o.component ? o.component : "");
+		else
+			ctl_err("cat", "%s", weightd_last_error());
+		ret = CTL_FAIL;
+		goto out;
+	}
+	while (done < ti.nbytes) {
+		size_t n = fwrite(p + done, 1, ti.nbytes - done, stdout);
+
+		if (!n) {
+			ctl_err("cat", "writing to stdout: %s", strerror(errno));
+			ret = CTL_FAIL;
+			goto out;
+		}
+		done += n;
+	}
+	ret = fflush(stdout) ? CTL_FAIL : CTL_OK;
+out:
+	weightd_detach(w);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* stats                                                                              */
 
 static void stats_usage(FILE *out)
@@ -599,12 +822,15 @@ static void stats_usage(FILE *out)
 	fprintf(out,
 		"usage: weightctl stats [--socket PATH] [--json]\n\n"
 		"Prints the daemon's counters: clients, ring segments, pins, requests, loads,\n"
-		"evictions, cache hits and bytes.\n\n"
+		"evictions, cache hits and bytes, and the host cache's (host_*: hits, misses,\n"
+		"evictions, prefetches, loads and bytes read from disk, coalesced requests,\n"
+		"deduplicated bytes) and the GPU tiers' bytes (cuda_bytes).\n\n"
 		"Exit status: 0, 1 no daemon or it failed, 2 usage error.\n");
 }
 
 int ctl_stats(struct ctl *c, int argc, char **argv)
 {
+	struct weightd_cache_stats cs;
 	struct weightd_stats st;
 	struct dopts o;
 	struct weightd *w;
@@ -621,6 +847,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
 	if (!w)
 		return CTL_FAIL;
 	ret = weightd_stats(w, &st);
+	if (!ret)
+		ret = weightd_cache_stats(w, &cs);
 	if (ret) {
 		ret = failed("stats", &o, ret);
 		goto out;
@@ -641,8 +869,22 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
 		{ "evict_bytes", st.evict_bytes },
 		{ "hits", st.hits },
 		{ "misses", st.misses },
-		{ "host_bytes", st.host_bytes },
-		{ "host_budget", st.host_budget },
+		{ "host_bytes", cs.bytes },
+		{ "host_budget", cs.budget },
+		{ "host_entries", cs.entries },
+		{ "host_hits", cs.hits },
+		{ "host_misses", cs.misses },
+		{ "host_evictions", cs.evictions },
+		{ "host_evict_bytes", cs.evict_bytes },
+		{ "host_prefetches", cs.prefetches },
+		{ "host_prefetch_hits", cs.prefetch_hits },
+		{ "host_loads", cs.loads },
+		{ "host_read_bytes", cs.read_bytes },
+		{ "host_coalesced", cs.coalesced },
+		{ "host_dedup_bytes", cs.dedup_bytes },
+		{ "host_refused", cs.refused },
+		{ "host_failed", cs.failed },
+		{ "cuda_bytes", cs.cuda_bytes },
 		{ "uptime_ns", st.uptime_ns },
 	};
 	json_t *j = json_object();
@@ -651,7 +893,7 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
 		if (o.json)
 			json_object_set_new(j, rows[i].name, json_integer((json_int_t)rows[i].v));
 		else
-			printf("%-14s %llu\n", rows[i].name, (unsigned long long)rows[i].v);
+			printf("%-18s %llu\n", rows[i].name, (unsigned long long)rows[i].v);
 	}
 	if (o.json)
 		print_json(j);

@@ -17,6 +17,7 @@ static const struct ctl_verb verbs[] = {
 	{ "load", ctl_load, "make a model resident on a tier (daemon)" },
 	{ "unload", ctl_unload, "drop a model from a tier (daemon)" },
 	{ "pin", ctl_pin, "pin a model on a tier (--hold keeps it until Ctrl-C)" },
+	{ "cat", ctl_cat, "write a resident tensor's bytes from the host cache to stdout" },
 	{ "stats", ctl_stats, "the daemon's counters" },
 };
 

@@ -10,7 +10,8 @@
 #include "core/log.h"
 
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
-       OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN };
+       OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
+       OPT_VERIFY, OPT_KEEP_ALIVE };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -24,6 +25,8 @@ static const struct option options[] = {
 	{ "allow-group", required_argument, NULL, OPT_ALLOW_GROUP },
 	{ "admin-user", optional_argument, NULL, OPT_ADMIN },
 	{ "no-scan", no_argument, NULL, OPT_NO_SCAN },
+	{ "verify", no_argument, NULL, OPT_VERIFY },
+	{ "keep-alive", required_argument, NULL, OPT_KEEP_ALIVE },
 	{ "help", no_argument, NULL, 'h' },
 	{ 0 }
 };
@@ -36,7 +39,12 @@ static void usage(FILE *out)
 		"  --models DIR            model root (repeatable); default $WEIGHTD_MODELS,\n"
 		"                          else STATE_DIR/models; scanned at start and by SCAN\n"
 		"  --no-scan               do not scan the roots at start\n"
-		"  --host-budget BYTES     host cache budget (K/M/G/T suffixes)\n"
+		"  --host-budget BYTES     host cache budget (K/M/G/T suffixes); default a\n"
+		"                          quarter of the RAM\n"
+		"  --keep-alive SECONDS    a loaded component is not evicted for this long after\n"
+		"                          its last request (default 0)\n"
+		"  --verify                hash every loaded tensor (XXH3) and check each file's\n"
+		"                          header against the catalog's content hash at load time\n"
 		"  --state-dir DIR         catalog and runtime files; default $WEIGHTD_STATE_DIR,\n"
 		"                          else $XDG_STATE_HOME/weightd, else ~/.local/state/weightd\n"
 		"  --socket PATH           attach socket; default $WEIGHTD_SOCKET, else\n"
@@ -130,6 +138,14 @@ int main(int argc, char **argv)
 			break;
 		case OPT_NO_SCAN:
 			cfg.scan_at_start = false;
+			break;
+		case OPT_VERIFY:
+			cfg.verify = true;
+			break;
+		case OPT_KEEP_ALIVE:
+			if (daemon_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
+				return bad("--keep-alive", optarg, "expected seconds");
+			cfg.host_ttl_ns = v * 1000000000ull;
 			break;
 		case OPT_BUDGET:
 			if (daemon_parse_bytes(optarg, &cfg.host_budget))

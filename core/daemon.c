@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/hostcache.h"
 #include "core/log.h"
 #include "core/ops.h"
 #include "core/statedir.h"
@@ -742,7 +743,9 @@ static void *worker_main(void *arg)
 			d->job_tail = NULL;
 		pthread_mutex_unlock(&d->job_lock);
 		ops_run_job(d, j);
-		daemon_client_put(d, j->c);
+		/* A job with no client is the daemon's own (a prefetch). */
+		if (j->c)
+			daemon_client_put(d, j->c);
 		free(j->spare);
 		free(j);
 	}
@@ -809,11 +812,11 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	struct wd_hello h = { 0 };
 	struct ring_seg_params p = { 0 };
 	struct wd_hello_reply r = { .magic = WD_REPLY_MAGIC, .version = WD_ABI_VERSION,
-				    .reply_size = sizeof(r), .n_fds = 2 };
+				    .reply_size = sizeof(r), .n_fds = 3 };
 	struct client *c;
 	struct shard *s;
 	int64_t size;
-	int fds[2], ret;
+	int fds[3], ret;
 
 	memcpy(&h, buf, (size_t)n < sizeof(h) ? (size_t)n : sizeof(h));
 	if (!peer_allowed(d, cn)) {
@@ -888,16 +891,24 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 		refuse(cn, fds[1], "cannot open the registry: %s", strerror(-fds[1]));
 		goto fail;
 	}
+	fds[2] = hostcache_client_fd(d);
+	if (fds[2] < 0) {
+		close(fds[1]);
+		refuse(cn, fds[2], "cannot open the host cache: %s", strerror(-fds[2]));
+		goto fail;
+	}
 	r.client_id = c->id;
 	r.ring_seg_size = c->seg.size;
 	r.registry_seg_size = registry_segment(d->reg)->size;
+	r.host_seg_size = hostcache_size(d);
 	/* Counted before the reply, so the client's first look at the registry includes it. */
 	pthread_mutex_lock(&d->state_lock);
 	registry_counter_add(d->reg, WD_CTR_CLIENTS, 1);
 	registry_counter_add(d->reg, WD_CTR_RING_SEGS, 1);
 	pthread_mutex_unlock(&d->state_lock);
-	ret = attach_send(cn->fd, &r, sizeof(r), fds, 2);
+	ret = attach_send(cn->fd, &r, sizeof(r), fds, 3);
 	close(fds[1]);
+	close(fds[2]);
 	if (ret) {
 		log_warn(MOD, "\"attach reply failed\" pid=%d err=%d", (int)c->pid, ret);
 		pthread_mutex_lock(&d->state_lock);
@@ -987,6 +998,7 @@ static void detach(struct daemon *d, struct conn *cn, const char *why)
 	pthread_mutex_unlock(&d->state_lock);
 	pthread_mutex_unlock(&d->clients_lock);
 	shard_wake(s);
+	hostcache_client_gone(d, c);
 	log_info(MOD, "\"detach\" client=%u pid=%d name=\"%s\" reason=%s pins_released=%zu "
 		 "requests=%" PRIu64, c->id, (int)c->pid, c->name, why, pins, c->requests);
 	daemon_client_put(d, c);
@@ -1254,6 +1266,9 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		log_error(MOD, "\"cannot build the registry\" err=%d", ret);
 		goto fail;
 	}
+	ret = hostcache_create(d);
+	if (ret)
+		goto fail;
 	ret = open_listener(d);
 	if (ret) {
 		log_error(MOD, "\"cannot listen\" path=%s err=%d", d->sock_path, ret);
@@ -1327,8 +1342,10 @@ static void shutdown_all(struct daemon *d)
 		struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = -ECANCELED };
 
 		jobs = j->next;
-		daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
-		daemon_client_put(d, j->c);
+		if (j->c) {
+			daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
+			daemon_client_put(d, j->c);
+		}
 		free(j->spare);
 		free(j);
 	}
@@ -1336,6 +1353,8 @@ static void shutdown_all(struct daemon *d)
 		pthread_join(d->worker, NULL);
 		d->worker_started = false;
 	}
+	/* Loads in flight end now (cancelled); their requesters' completions are queued. */
+	hostcache_stop(d);
 
 	/* The shards are gone: this thread is now the only producer on every CQ. */
 	while (d->conns) {
@@ -1448,6 +1467,7 @@ void daemon_destroy(struct daemon *d)
 		close(d->sig_fd);
 	if (d->stop_efd >= 0)
 		close(d->stop_efd);
+	hostcache_destroy(d);
 	registry_destroy(d->reg);
 	catalog_close(d->cat);
 	lease_table_free(&d->leases);

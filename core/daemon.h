@@ -42,7 +42,9 @@ struct daemon_config {
 	const char *roots[DAEMON_MAX_ROOTS];	/* model roots; none: $WEIGHTD_MODELS or
 						 * STATE_DIR/models */
 	size_t n_roots;
-	uint64_t host_budget;		/* bytes; 0 = unset. Reported by STATS. */
+	uint64_t host_budget;		/* bytes of host cache; 0: a quarter of the RAM */
+	uint64_t host_ttl_ns;		/* keep-alive of host cache entries; 0: none */
+	bool verify;			/* hash every loaded tensor, check file headers */
 	uint32_t spin_us;		/* shard spin budget before parking */
 	uid_t allow_uids[DAEMON_MAX_IDS];	/* none of either: the daemon's own uid only */
 	size_t n_allow_uids;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/hostcache.h"
 #include "core/log.h"
 #include "core/scan.h"
 #include "core/st.h"
@@ -102,40 +103,64 @@ static void op_ping(const struct wd_sqe *sqe, struct wd_cqe *cqe)
 	cqe->aux0 = sqe->arg[0];
 }
 
-static void op_lookup(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
-		      struct wd_cqe *cqe, char *out)
+/*
+ * LOOKUP: a name is resolved here; an absolute path that names no published model goes to
+ * the worker, which asks the catalog which model the path (or a file of it) belongs to.
+ */
+static enum ops_outcome op_lookup(struct daemon *d, const struct wd_sqe *sqe, const char *arg,
+				  uint16_t len, struct wd_cqe *cqe, char *out)
 {
 	struct wd_reg_model m;
 	uint32_t id;
 	int ret = resolve(d, sqe, arg, len, &id, &m);
 
+	if (ret == -ENOENT && sqe->model == WD_ID_NONE && len && arg[0] == '/')
+		return OPS_ASYNC;
 	if (ret) {
 		resolve_failed(cqe, out, "lookup", sqe, arg, len, ret);
-		return;
+		return OPS_DONE;
 	}
 	cqe->res = (int32_t)id;
 	cqe->aux0 = registry_generation(&d->view);
 	cqe->aux1 = m.flags;
+	return OPS_DONE;
 }
 
-static void op_load(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
-		    struct wd_cqe *cqe, char *out)
+/*
+ * LOAD: the target is resolved here; the host tier answers a hit inline or has the request
+ * queued for the worker (*@job then holds the request with the model index filled in).
+ */
+static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+				const char *arg, uint16_t len, struct wd_cqe *cqe, char *out,
+				struct wd_sqe *job)
 {
 	struct wd_reg_model m;
 	uint32_t id;
-	int ret = resolve(d, sqe, arg, len, &id, &m);
+	bool sel = sqe->arg[0] & (WD_LOAD_PREFIX | WD_LOAD_NAMES);
+	/* With a selection the payload is the selection, never a name. */
+	int ret = sel && sqe->model == WD_ID_NONE ? 0 : resolve(d, sqe, arg, len, &id, &m);
 
+	if (sel && sqe->model == WD_ID_NONE)
+		id = WD_ID_NONE;
 	if (ret) {
 		resolve_failed(cqe, out, "load", sqe, arg, len, ret);
-		return;
+		return OPS_DONE;
 	}
-	/*
-	 * The host-tier loader (io_uring, registered buffers) is a separate piece of work; until
-	 * it exists a load must fail loudly rather than pretend the bytes are resident.
-	 */
-	cqe->data_len = msg(out, "load: host-tier loader not available in this build "
-			    "(issue: io_uring loader)");
-	fail(cqe, -ENOTSUP);
+	if (hostcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE)
+		return OPS_DONE;
+	*job = *sqe;
+	job->model = id;
+	return OPS_ASYNC;
+}
+
+static void op_cache(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe *cqe, char *out)
+{
+	uint16_t n = 0;
+	uint32_t total = hostcache_list(d, sqe->arg[0] > UINT32_MAX ? UINT32_MAX :
+					(uint32_t)sqe->arg[0], out, &n);
+
+	cqe->res = (int32_t)(total > INT32_MAX ? INT32_MAX : total);
+	cqe->data_len = (uint16_t)(n * sizeof(struct wd_cache_entry));
 }
 
 /* The aggregate state of model @id (all components, or @comp) on @tier. */
@@ -222,16 +247,22 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 		return;
 	}
 	state = model_state(d, id, sqe->component, sqe->tier, &done, &total);
-	if (state == WD_STATE_ABSENT && done == 0) {
-		/* Nothing to drop: success, zero bytes released, and say so. */
-		cqe->aux0 = 0;
-		cqe->data_len = msg(out, "unload: %s is not resident on %s", m.name,
-				    tier_name(sqe->tier, tn, sizeof(tn)));
-		return;
+	if (sqe->tier == WD_TIER_HOST) {
+		int64_t freed = hostcache_unload(d, id, sqe->component, out, &cqe->data_len);
+
+		if (freed < 0) {
+			fail(cqe, (int)freed);
+			return;
+		}
+		if (freed > 0 || state != WD_STATE_ABSENT) {
+			cqe->aux0 = (uint64_t)freed;
+			return;
+		}
 	}
-	cqe->data_len = msg(out, "unload: eviction not available in this build "
-			    "(issue: io_uring loader)");
-	fail(cqe, -ENOTSUP);
+	/* Nothing to drop (no GPU tier holds anything yet): success, zero bytes released. */
+	cqe->aux0 = 0;
+	cqe->data_len = msg(out, "unload: %s is not resident on %s", m.name,
+			    tier_name(sqe->tier, tn, sizeof(tn)));
 }
 
 static void set_pins(struct daemon *d, uint32_t model)
@@ -290,6 +321,7 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 	pthread_mutex_unlock(&d->state_lock);
 	v[WD_STAT_MY_REQUESTS] = c->requests;
 	v[WD_STAT_MY_ERRORS] = c->errors;
+	hostcache_stats(d, v);
 	memcpy(out, v, sizeof(v));
 	cqe->data_len = sizeof(v);
 	cqe->res = WD_STAT_COUNT;
@@ -320,6 +352,7 @@ static void op_shutdown(struct daemon *d, struct client *c, struct wd_cqe *cqe, 
 enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
 			      const char *arg, uint16_t arg_len, struct wd_cqe *cqe, char *out)
 {
+	struct wd_sqe job_sqe;
 	struct job *j;
 
 	switch (sqe->opcode) {
@@ -327,10 +360,16 @@ enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct w
 		op_ping(sqe, cqe);
 		return OPS_DONE;
 	case WD_OP_LOOKUP:
-		op_lookup(d, sqe, arg, arg_len, cqe, out);
-		return OPS_DONE;
+		if (op_lookup(d, sqe, arg, arg_len, cqe, out) == OPS_DONE)
+			return OPS_DONE;
+		break;
 	case WD_OP_LOAD:
-		op_load(d, sqe, arg, arg_len, cqe, out);
+		if (op_load(d, c, sqe, arg, arg_len, cqe, out, &job_sqe) == OPS_DONE)
+			return OPS_DONE;
+		sqe = &job_sqe;
+		break;
+	case WD_OP_CACHE:
+		op_cache(d, sqe, cqe, out);
 		return OPS_DONE;
 	case WD_OP_UNLOAD:
 		op_unload(d, c, sqe, arg, arg_len, cqe, out);
@@ -645,6 +684,29 @@ static void job_meta(struct daemon *d, struct job *j)
 		finish(d, j, 0, 0, 0, NULL);
 }
 
+/* LOOKUP of a path: the catalog knows which model a path or one of its files belongs to. */
+static void job_lookup(struct daemon *d, struct job *j)
+{
+	char name[WD_NAME_MAX];
+	struct wd_reg_model m;
+	int64_t cid;
+	uint32_t id;
+	int ret;
+
+	if (strlen(j->arg) != j->arg_len) {
+		finish(d, j, -EINVAL, 0, 0, "lookup: the path contains a NUL byte");
+		return;
+	}
+	ret = catalog_resolve(d->cat, j->arg, &cid, name, sizeof(name));
+	if (!ret)
+		ret = registry_find_model(&d->view, name, &id, &m);
+	if (ret) {
+		finish(d, j, ret, 0, 0, "lookup: model \"%.200s\": %s", j->arg, strerror(-ret));
+		return;
+	}
+	finish(d, j, (int)id, registry_generation(&d->view), m.flags, NULL);
+}
+
 void ops_run_job(struct daemon *d, struct job *j)
 {
 	switch (j->sqe.opcode) {
@@ -657,6 +719,12 @@ void ops_run_job(struct daemon *d, struct job *j)
 	case WD_OP_META_GET:
 	case WD_OP_META_SET:
 		job_meta(d, j);
+		break;
+	case WD_OP_LOAD:
+		hostcache_load_job(d, j);
+		break;
+	case WD_OP_LOOKUP:
+		job_lookup(d, j);
 		break;
 	default:
 		finish(d, j, -EOPNOTSUPP, 0, 0, NULL);

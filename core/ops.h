@@ -5,14 +5,16 @@
  * one function per op code. They share the structures below, which no other module sees.
  *
  * Where each op runs:
- *   on the shard (inline, answered in the same batch): PING, LOOKUP, LOAD, UNLOAD, PIN,
- *   UNPIN, STATUS, STATS, SHUTDOWN. They read the registry through the daemon's own
+ *   on the shard (inline, answered in the same batch): PING, LOOKUP (by name), LOAD when
+ *   every target is resident (a hit), UNLOAD, PIN, UNPIN, STATUS, STATS, CACHE, SHUTDOWN. They read the registry through the daemon's own
  *   read-only view and take the state lock only to change pins.
  *   on the worker (queued as a struct job, answered later): SCAN, VALIDATE, META_GET,
- *   META_SET. They use the catalog, which only the worker touches once the daemon runs, and
+ *   META_SET, and a LOAD that is not a hit (core/hostcache.h: it plans and submits the load;
+ *   the loader thread posts the final completion). They use the catalog, which only the worker touches once the daemon runs, and
  *   post progress and final completions back with daemon_post().
  *
- * Locks, always taken in this order: clients_lock (client table, shard membership),
+ * Locks, always taken in this order: clients_lock (client table, shard membership), the
+ * host cache's lock (core/hostcache.h: cache entries, loads, the eviction policy),
  * state_lock (registry writes, lease table, model table), a client's pend_lock, a shard's
  * wake_lock. job_lock is never held with another.
  */
@@ -147,6 +149,8 @@ struct daemon {
 	pthread_cond_t job_cond;
 	struct job *job_head, *job_tail;
 	bool worker_stop;
+
+	struct hostcache *hc;		/* the host tier (core/hostcache.h) */
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

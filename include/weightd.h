@@ -1,9 +1,10 @@
 /*
  * libweightd: the client library of weightd, the per-host model residency manager.
  *
- * A process attaches to the daemon over its Unix socket and receives two shared-memory
- * segments: its own request/completion ring pair and the read-only registry of models,
- * components and tensors. Name lookups (weightd_lookup(), weightd_tensor(), weightd_model())
+ * A process attaches to the daemon over its Unix socket and receives three shared-memory
+ * segments: its own request/completion ring pair, the read-only registry of models,
+ * components and tensors, and the read-only host cache that holds the resident tensors'
+ * bytes (weightd_tensor_data() points into it). Name lookups (weightd_lookup(), weightd_tensor(), weightd_model())
  * read the registry directly and cost no round trip; every other call submits one request on
  * the ring and waits for its final completion. docs/protocol.md is the wire contract.
  *
@@ -144,7 +145,8 @@ int weightd_fd(const struct weightd *w);
 int weightd_ping(struct weightd *w);
 
 /*
- * Resolves @model (a model name) to its registry id. Reads the registry first, with no round
+ * Resolves @model (a model name, or an absolute path of a model or of one of its files, which
+ * the daemon resolves through its catalog) to its registry id. Reads the registry first, with no round
  * trip; asks the daemon (LOOKUP) only when the name is not published there.
  * Returns 0 and stores the id in @model_id (may be NULL); -ENOENT when the daemon knows no
  * such model; -EBADMSG when the registry is corrupt; -EAGAIN when its record stayed under
@@ -221,13 +223,124 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
  * Makes @model (or one @component of it; NULL for every component) resident on @tier.
  * @flags: WEIGHTD_LOAD_*. @progress (may be NULL) is called with bytes done and total as the
  * daemon streams progress; @arg is passed through.
+ * @model may also be an absolute path of a model the daemon has scanned.
  * Returns 0 once resident (and pinned, with WEIGHTD_LOAD_PIN); -ENOENT for an unknown model
- * or component; -ENOSPC when it can never fit the tier's budget; -ENOTSUP/-EOPNOTSUPP when
+ * or component; -EFBIG when a component can never fit the tier's budget; -ENOSPC when pinned
+ * entries leave no room; -ESTALE when a file changed since it was scanned; -ENOTSUP when
  * this daemon cannot load to that tier (the message says why); -EBADMSG for a corrupt file;
- * or a request error.
+ * or a request error. weightd_load_ex() takes a form and reports what the load did.
  */
 int weightd_load(struct weightd *w, const char *model, const char *component, unsigned int tier,
 		 unsigned int flags, weightd_progress_fn progress, void *arg);
+
+/* Dtypes a load can convert F32 tensors to (the safetensors dtype numbering of protocol.md). */
+#define WEIGHTD_DTYPE_F16 9u
+#define WEIGHTD_DTYPE_BF16 10u
+
+/* What to load of each component, and in which form (weightd_load_ex()). */
+struct weightd_load_opts {
+	/*
+	 * Store F32 tensors as WEIGHTD_DTYPE_F16 or WEIGHTD_DTYPE_BF16 (round to nearest even);
+	 * other dtypes stay as stored. 0: everything as stored. A converted copy is a separate
+	 * cache entry; the registry describes the copy loaded last (weightd_tensor() shows its
+	 * dtype and size).
+	 */
+	unsigned int dtype;
+	/* Only the tensors whose name starts with @prefix, or only those in @names (their
+	 * names separated by one byte each must fit in 256 bytes). NULL: every tensor. */
+	const char *prefix;
+	const char *const *names;
+	size_t n_names;
+};
+
+/* What a load did. */
+struct weightd_load_result {
+	uint64_t bytes;			/* tensor bytes resident for the target */
+	uint64_t read_bytes;		/* bytes the loads it started or joined read from disk */
+	int hit;			/* 1: everything was resident already (read_bytes 0) */
+	uint64_t elapsed_ns;		/* from submission to the final completion */
+};
+
+/*
+ * weightd_load() with a form (@opts, may be NULL: all tensors as stored) and a report
+ * (@res, may be NULL). A selection needs a component or a model with a single component in
+ * practice, since it applies to each target component (one that has no matching tensor is
+ * an error). Several requesters of the same component share one load (one disk read).
+ * Returns 0 once resident (and pinned with WEIGHTD_LOAD_PIN); -ENOENT (unknown model,
+ * component, or a name in @opts->names no file has); -EFBIG when a component can never fit
+ * the host budget ("component X needs N bytes, host budget is B"); -ENOSPC when pinned or
+ * kept-alive entries leave no room; -ESTALE when a file changed since the daemon scanned it
+ * (rescan, then load); -EBADMSG when a file is corrupt (or fails --verify); -ENOTSUP for a GPU
+ * tier (the message says why); -ECANCELED when the daemon shut down during the load;
+ * -EINVAL for bad @opts; or a request error.
+ */
+int weightd_load_ex(struct weightd *w, const char *model, const char *component,
+		    unsigned int tier, unsigned int flags, const struct weightd_load_opts *opts,
+		    weightd_progress_fn progress, void *arg, struct weightd_load_result *res);
+
+/*
+ * The bytes of tensor @t in the shared host cache, mapped read-only in this process (a
+ * write faults with SIGSEGV). @t comes from weightd_tensor(), which reads the registry at
+ * one instant: call it again after a load.
+ * The pointer stays valid while the handle is attached, but the bytes it shows are @t's only
+ * while its component stays resident: pin the component (weightd_pin(), WEIGHTD_LOAD_PIN)
+ * for as long as you use them, or an eviction may reuse the memory for another component.
+ * The address is aligned as the load laid the tensor out (64 bytes), an empty tensor gets a
+ * valid address.
+ * Returns the address, or NULL with errno (and weightd_last_error()) set: ENODATA when bit 0
+ * (host) of t->resident is clear; EFAULT when t->host_offset + t->nbytes lies outside the
+ * mapping (the registry is semi-trusted); EINVAL for a NULL argument.
+ */
+const void *weightd_tensor_data(struct weightd *w, const struct weightd_tensor_info *t);
+
+/* weightd_cache_entry.flags */
+#define WEIGHTD_CACHE_LOADING 0x1u	/* being loaded; bytes are reserved */
+#define WEIGHTD_CACHE_SUBSET 0x2u	/* a selection of the component's tensors */
+#define WEIGHTD_CACHE_PREFETCHED 0x4u	/* prefetched (co-access) and not requested since */
+#define WEIGHTD_CACHE_SHARED 0x8u	/* one copy shared by several components (dedup) */
+
+/* One entry of the host cache. */
+struct weightd_cache_entry {
+	uint32_t model;			/* a model and component it serves (the first bound) */
+	uint32_t component;
+	uint64_t bytes;			/* bytes of the host cache it occupies */
+	uint64_t idle_ns;		/* since it was last requested */
+	uint32_t pins;			/* client pins covering it */
+	uint32_t dtype;			/* converted to this dtype; 0: as stored */
+	uint32_t flags;			/* WEIGHTD_CACHE_* */
+	uint32_t n_tensors;
+	char model_name[256];		/* from the registry; "" if unknown */
+	char component_name[256];
+};
+
+/*
+ * Lists host cache entries from index @start, up to @max of them, into @out; *@n_out gets
+ * how many were written. Returns the number of entries in the cache (>= 0) or a request
+ * error.
+ */
+int weightd_cache_list(struct weightd *w, uint32_t start, struct weightd_cache_entry *out,
+		       uint32_t max, uint32_t *n_out);
+
+/* The host tier's counters. */
+struct weightd_cache_stats {
+	uint64_t budget;		/* bytes the host cache may hold */
+	uint64_t bytes;			/* bytes held now */
+	uint64_t entries;
+	uint64_t hits, misses;		/* component requests found resident / not */
+	uint64_t evictions, evict_bytes;
+	uint64_t prefetches, prefetch_hits;
+	uint64_t loads;			/* loads started: each read its files from disk once */
+	uint64_t read_bytes;		/* bytes those loads read */
+	uint64_t coalesced;		/* requests that joined a load already running */
+	uint64_t dedup_bytes;		/* bytes stored once instead of twice (identical content) */
+	uint64_t refused;		/* admissions refused */
+	uint64_t failed;		/* loads failed or cancelled */
+	uint64_t cuda_bytes;		/* bytes on GPU tiers (0 in this build) */
+	uint64_t mapped_bytes;		/* the host cache this client maps */
+};
+
+/* Fills @out from a STATS request. Returns 0 or a request error. */
+int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out);
 
 /*
  * Drops @model (or @component; NULL for all) from @tier.

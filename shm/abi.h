@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WD_ABI_VERSION 1u
+#define WD_ABI_VERSION 2u	/* 2: the attach reply carries the host cache (3 fds) */
 
 /* Magics, stored little-endian, spell "WDHL", "WDRP", "WDRG" and "WDRY" in a hex dump. */
 #define WD_HELLO_MAGIC 0x4c484457u
@@ -66,9 +66,11 @@ struct wd_hello {
 };
 
 /*
- * The daemon's answer. On status == 0 the same message carries two descriptors with
+ * The daemon's answer. On status == 0 the same message carries three descriptors with
  * SCM_RIGHTS, in this order: the client's ring segment (read-write, sealed against shrink and
- * grow) and the registry segment (opened read-only, sealed against future writes).
+ * grow), the registry segment (opened read-only, sealed against future writes) and the host
+ * cache arena (opened read-only, sealed against shrink and grow): every tensor resident on
+ * the host tier lies at its registry host_offset inside that arena.
  */
 struct wd_hello_reply {
 	uint32_t magic;		/* WD_REPLY_MAGIC */
@@ -76,9 +78,10 @@ struct wd_hello_reply {
 	uint32_t reply_size;	/* sizeof(struct wd_hello_reply) */
 	int32_t status;		/* 0, or a negative errno (see docs/protocol.md) */
 	uint32_t client_id;	/* daemon-assigned, also in the ring segment header */
-	uint32_t n_fds;		/* 2 on success, 0 on failure */
+	uint32_t n_fds;		/* 3 on success, 0 on failure */
 	uint64_t ring_seg_size;
 	uint64_t registry_seg_size;
+	uint64_t host_seg_size;	/* bytes of the host cache arena */
 	char message[96];	/* NUL-terminated reason when status < 0 */
 };
 
@@ -175,8 +178,43 @@ enum wd_op {
 	WD_OP_META_SET = 11,	/* payload "key\0value" */
 	WD_OP_STATS = 12,	/* daemon and client counters (enum wd_stat) in the CQ payload */
 	WD_OP_SHUTDOWN = 13,	/* stop the daemon (privileged clients only) */
+	WD_OP_CACHE = 14,	/* list host cache entries (struct wd_cache_entry) from arg[0] */
 	WD_OP_COUNT
 };
+
+/*
+ * LOAD arg[0]: what to load of each target component, and in which form.
+ *   WD_LOAD_CONVERT  store F32 tensors as the dtype in bits 0..7 (enum st_dtype: F16 or BF16);
+ *                    other dtypes are stored as they are. A separate cache entry.
+ *   WD_LOAD_PREFIX   only the tensors whose name starts with the payload (arg_len bytes)
+ *   WD_LOAD_NAMES    only the tensors named in the payload: names separated by NUL bytes
+ * A selection (PREFIX or NAMES) needs the model by index: the payload is the selection.
+ */
+#define WD_LOAD_DTYPE_MASK 0xffu
+#define WD_LOAD_CONVERT 0x100u
+#define WD_LOAD_PREFIX 0x200u
+#define WD_LOAD_NAMES 0x400u
+#define WD_LOAD_ARG_ALL (WD_LOAD_DTYPE_MASK | WD_LOAD_CONVERT | WD_LOAD_PREFIX | WD_LOAD_NAMES)
+
+/*
+ * CACHE: one host cache entry, 32 bytes; the CQ payload carries up to 8 of them, from index
+ * arg[0] on, and res is the number of entries in the cache.
+ */
+struct wd_cache_entry {
+	uint32_t model;		/* a registry model the entry is bound to (the first) */
+	uint32_t component;	/* and its component */
+	uint64_t bytes;		/* extent bytes in the arena (reserved while loading) */
+	uint64_t idle_ns;	/* since the last request for it (or since it was loaded) */
+	uint16_t pins;		/* client pins covering it on the host tier */
+	uint8_t dtype;		/* converted to this enum st_dtype; 0xff: as stored */
+	uint8_t flags;		/* WD_CACHE_F_* */
+	uint32_t n_tensors;
+};
+#define WD_CACHE_F_LOADING 0x1u		/* not resident yet (bytes reserved) */
+#define WD_CACHE_F_SUBSET 0x2u		/* a selection of the component's tensors */
+#define WD_CACHE_F_PREFETCHED 0x4u	/* loaded as a prefetch and not requested since */
+#define WD_CACHE_F_SHARED 0x8u		/* bound to several components (deduplicated) */
+#define WD_CACHE_PER_REPLY (WD_DATA_SLOT_SIZE / 32u)
 
 /* VALIDATE arg[0] bits. */
 #define WD_VALIDATE_DEEP 0x1u	/* also read every tensor's bytes; progress in bytes */
@@ -197,6 +235,21 @@ enum wd_stat {
 	WD_STAT_MY_PINS,	/* pins the asking client holds */
 	WD_STAT_MY_REQUESTS,	/* requests the asking client sent (this one included) */
 	WD_STAT_MY_ERRORS,
+	WD_STAT_HOST_BYTES,	/* bytes resident in the host cache (extents) */
+	WD_STAT_HOST_ENTRIES,	/* host cache entries, loading ones included */
+	WD_STAT_HOST_HITS,	/* component requests answered from the host cache */
+	WD_STAT_HOST_MISSES,	/* component requests that had to wait for a load */
+	WD_STAT_HOST_EVICTIONS,
+	WD_STAT_HOST_EVICT_BYTES,
+	WD_STAT_HOST_PREFETCHES,	/* entries loaded because of co-access statistics */
+	WD_STAT_HOST_PREFETCH_HITS,	/* of those, requested afterwards */
+	WD_STAT_HOST_LOADS,	/* loads started (each one reads its files once) */
+	WD_STAT_HOST_READ_BYTES,	/* bytes read from disk by those loads */
+	WD_STAT_HOST_COALESCED,	/* requests that joined a load already running */
+	WD_STAT_HOST_DEDUP_BYTES,	/* bytes not stored twice: identical content shared */
+	WD_STAT_HOST_REFUSED,	/* admissions refused (-EFBIG, -ENOSPC) */
+	WD_STAT_HOST_FAILED,	/* loads that failed or were cancelled */
+	WD_STAT_CUDA_BYTES,	/* bytes resident on the GPU tiers (0: no GPU tier yet) */
 	WD_STAT_COUNT
 };
 
@@ -252,7 +305,7 @@ static_assert(offsetof(struct wd_hello, cq_entries) == 24, "wd_hello.cq_entries"
 static_assert(offsetof(struct wd_hello, flags) == 28, "wd_hello.flags");
 static_assert(offsetof(struct wd_hello, client_name) == 32, "wd_hello.client_name");
 
-static_assert(sizeof(struct wd_hello_reply) == 136, "wd_hello_reply size");
+static_assert(sizeof(struct wd_hello_reply) == 144, "wd_hello_reply size");
 static_assert(offsetof(struct wd_hello_reply, version) == 4, "wd_hello_reply.version");
 static_assert(offsetof(struct wd_hello_reply, reply_size) == 8, "wd_hello_reply.reply_size");
 static_assert(offsetof(struct wd_hello_reply, status) == 12, "wd_hello_reply.status");
@@ -260,7 +313,16 @@ static_assert(offsetof(struct wd_hello_reply, client_id) == 16, "wd_hello_reply.
 static_assert(offsetof(struct wd_hello_reply, n_fds) == 20, "wd_hello_reply.n_fds");
 static_assert(offsetof(struct wd_hello_reply, ring_seg_size) == 24, "reply.ring_seg_size");
 static_assert(offsetof(struct wd_hello_reply, registry_seg_size) == 32, "reply.registry_size");
-static_assert(offsetof(struct wd_hello_reply, message) == 40, "wd_hello_reply.message");
+static_assert(offsetof(struct wd_hello_reply, host_seg_size) == 40, "reply.host_seg_size");
+static_assert(offsetof(struct wd_hello_reply, message) == 48, "wd_hello_reply.message");
+
+static_assert(sizeof(struct wd_cache_entry) == 32, "wd_cache_entry size");
+static_assert(offsetof(struct wd_cache_entry, bytes) == 8, "cache.bytes");
+static_assert(offsetof(struct wd_cache_entry, idle_ns) == 16, "cache.idle_ns");
+static_assert(offsetof(struct wd_cache_entry, pins) == 24, "cache.pins");
+static_assert(offsetof(struct wd_cache_entry, dtype) == 26, "cache.dtype");
+static_assert(offsetof(struct wd_cache_entry, flags) == 27, "cache.flags");
+static_assert(offsetof(struct wd_cache_entry, n_tensors) == 28, "cache.n_tensors");
 
 static_assert(sizeof(struct wd_ring_seg_hdr) == 128, "wd_ring_seg_hdr size");
 static_assert(offsetof(struct wd_ring_seg_hdr, version) == 4, "seg.version");

@@ -56,6 +56,11 @@ static_assert((int)WEIGHTD_ABSENT == (int)WD_STATE_ABSENT &&
 		      (int)WEIGHTD_FAILED == (int)WD_STATE_FAILED,
 	      "state numbering");
 static_assert(WEIGHTD_MODEL_STALE == WD_REG_MODEL_F_STALE, "model flags");
+static_assert(WEIGHTD_DTYPE_F16 == ST_F16 && WEIGHTD_DTYPE_BF16 == ST_BF16, "dtype numbering");
+static_assert(WEIGHTD_CACHE_LOADING == WD_CACHE_F_LOADING &&
+		      WEIGHTD_CACHE_SUBSET == WD_CACHE_F_SUBSET &&
+		      WEIGHTD_CACHE_PREFETCHED == WD_CACHE_F_PREFETCHED &&
+		      WEIGHTD_CACHE_SHARED == WD_CACHE_F_SHARED, "cache entry flags");
 static_assert(sizeof(((struct weightd_tensor_info *)0)->shape) ==
 		      WD_SHAPE_MAX * sizeof(uint64_t), "tensor rank");
 
@@ -68,6 +73,7 @@ struct weightd {
 	char dead_msg[256];	/* and the message that came with it */
 	uint64_t seq;		/* user_data of the last request */
 	struct shm_segment ring_seg;
+	struct shm_segment host_seg;	/* the host cache arena, mapped read-only */
 	struct registry_view reg;
 	struct ring sq;		/* producer view of the submission ring */
 	struct ring cq;		/* consumer view of the completion ring */
@@ -143,10 +149,11 @@ static void copy_text(char *dst, size_t size, const void *src, size_t len)
 
 /*
  * Receives the hello reply and its descriptors, waiting at most @timeout_ms. On success
- * fds[0] and fds[1] are the ring and registry descriptors, owned by the caller.
+ * fds[0], fds[1] and fds[2] are the ring, registry and host cache descriptors, owned by the
+ * caller.
  */
 static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
-		      struct wd_hello_reply *rep, int fds[2])
+		      struct wd_hello_reply *rep, int fds[3])
 {
 	struct pollfd p = { .fd = sock, .events = POLLIN };
 	int got[4], nfds = ARRAY_SIZE(got), ret;
@@ -184,7 +191,7 @@ static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
 		copy_text(msg, sizeof(msg), rep->message, sizeof(rep->message));
 		ret = fail(rep->status >= -4095 ? rep->status : -EBADMSG, "%s: %s", path,
 			   msg[0] ? msg : strerror(-rep->status));
-	} else if (rep->status > 0 || rep->n_fds != 2 || nfds != 2) {
+	} else if (rep->status > 0 || rep->n_fds != 3 || nfds != 3) {
 		ret = fail(-EBADMSG, "hello reply with status %d carried %d descriptors (n_fds %u)",
 			   rep->status, nfds, rep->n_fds);
 	}
@@ -195,10 +202,11 @@ static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
 	}
 	fds[0] = got[0];
 	fds[1] = got[1];
+	fds[2] = got[2];
 	return 0;
 }
 
-static int map_segments(struct weightd *w, const struct wd_hello_reply *rep, int fds[2])
+static int map_segments(struct weightd *w, const struct wd_hello_reply *rep, int fds[3])
 {
 	int ret;
 
@@ -206,13 +214,25 @@ static int map_segments(struct weightd *w, const struct wd_hello_reply *rep, int
 	if (ret) {
 		close(fds[0]);
 		close(fds[1]);
+		close(fds[2]);
 		return fail(ret, "cannot map the ring segment: %s", strerror(-ret));
 	}
 	ret = registry_attach(fds[1], &w->reg);
 	if (ret) {
 		memset(&w->reg, 0, sizeof(w->reg));
 		close(fds[1]);
+		close(fds[2]);
 		return fail(ret, "cannot map the registry segment: %s", strerror(-ret));
+	}
+	/*
+	 * The host cache is mapped read-only (the descriptor is O_RDONLY as well): tensors are
+	 * shared with every other client, and a stray write must fault here, not corrupt them.
+	 */
+	ret = shm_segment_map(fds[2], false, rep->host_seg_size, &w->host_seg);
+	if (ret) {
+		close(fds[2]);
+		return fail(ret, "cannot map the host cache (%llu bytes): %s",
+			    (unsigned long long)rep->host_seg_size, strerror(-ret));
 	}
 	if (w->ring_seg.size < rep->ring_seg_size)
 		return fail(-EBADMSG, "ring segment of %zu bytes, the reply announced %llu",
@@ -233,7 +253,7 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 	struct wd_hello_reply rep;
 	struct wd_hello hello;
 	struct weightd *w;
-	int fds[2] = { -1, -1 }, ret;
+	int fds[3] = { -1, -1, -1 }, ret;
 
 	last_error[0] = '\0';
 	if (!out)
@@ -251,6 +271,7 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 		return fail(-ENOMEM, "out of memory");
 	w->sock = -1;
 	w->ring_seg.fd = -1;
+	w->host_seg.fd = -1;
 	w->spin_ns = (uint64_t)o.spin_us * 1000;
 	pthread_mutex_init(&w->lock, NULL);
 	ret = attach_socket_path(socket_path, w->path, sizeof(w->path));
@@ -289,6 +310,7 @@ void weightd_detach(struct weightd *w)
 	if (w->reg.base)
 		registry_detach(&w->reg);
 	shm_segment_close(&w->ring_seg);
+	shm_segment_close(&w->host_seg);
 	pthread_mutex_destroy(&w->lock);
 	free(w);
 }
@@ -790,8 +812,54 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
 int weightd_load(struct weightd *w, const char *model, const char *component, unsigned int tier,
 		 unsigned int flags, weightd_progress_fn progress, void *arg)
 {
+	return weightd_load_ex(w, model, component, tier, flags, NULL, progress, arg, NULL);
+}
+
+/* Packs a selection (prefix, or NUL-separated names) into @buf; returns its length or -errno. */
+static int pack_selection(const struct weightd_load_opts *o, char *buf, uint64_t *arg0)
+{
+	size_t len = 0;
+
+	if (o->prefix && o->names)
+		return fail(-EINVAL, "load: a prefix and a list of names together");
+	if (o->prefix) {
+		len = strlen(o->prefix);
+		if (!len || len > WD_DATA_SLOT_SIZE)
+			return fail(len ? -ENAMETOOLONG : -EINVAL, "load: prefix of %zu bytes "
+				    "(1..%u)", len, WD_DATA_SLOT_SIZE);
+		memcpy(buf, o->prefix, len);
+		*arg0 |= WD_LOAD_PREFIX;
+	} else if (o->names) {
+		if (!o->n_names)
+			return fail(-EINVAL, "load: an empty list of tensor names");
+		for (size_t i = 0; i < o->n_names; i++) {
+			size_t l = o->names[i] ? strlen(o->names[i]) : 0;
+
+			if (!l)
+				return fail(-EINVAL, "load: empty tensor name in the list");
+			if (len + l + (i ? 1 : 0) > WD_DATA_SLOT_SIZE)
+				return fail(-ENAMETOOLONG, "load: the tensor names take more than %u "
+					    "bytes (load a prefix, or in several calls)",
+					    WD_DATA_SLOT_SIZE);
+			if (i)
+				buf[len++] = '\0';
+			memcpy(buf + len, o->names[i], l);
+			len += l;
+		}
+		*arg0 |= WD_LOAD_NAMES;
+	}
+	return (int)len;
+}
+
+int weightd_load_ex(struct weightd *w, const char *model, const char *component,
+		    unsigned int tier, unsigned int flags, const struct weightd_load_opts *opts,
+		    weightd_progress_fn progress, void *arg, struct weightd_load_result *res)
+{
 	struct request rq = { .sqe = { .opcode = WD_OP_LOAD, .tier = (uint16_t)tier },
 			      .progress = progress, .arg = arg };
+	char sel[WD_DATA_SLOT_SIZE];
+	struct reply rp;
+	uint64_t t0 = wd_now_ns();
 	int ret;
 
 	if (!w)
@@ -800,10 +868,146 @@ int weightd_load(struct weightd *w, const char *model, const char *component, un
 		return fail(-EINVAL, "unknown load flags %#x", flags);
 	if ((ret = check_tier(tier)) || (ret = set_target(w, &rq, model, component)))
 		return ret;
+	if (opts && opts->dtype) {
+		if (opts->dtype != WEIGHTD_DTYPE_F16 && opts->dtype != WEIGHTD_DTYPE_BF16)
+			return fail(-EINVAL, "load: conversion to dtype %u is not supported "
+				    "(WEIGHTD_DTYPE_F16 or WEIGHTD_DTYPE_BF16)", opts->dtype);
+		rq.sqe.arg[0] = WD_LOAD_CONVERT | opts->dtype;
+	}
+	if (opts && (opts->prefix || opts->names)) {
+		ret = pack_selection(opts, sel, &rq.sqe.arg[0]);
+		if (ret < 0)
+			return ret;
+		rq.payload = sel;
+		rq.payload_len = (size_t)ret;
+	}
 	rq.sqe.flags = (uint8_t)((flags & WEIGHTD_LOAD_PIN ? WD_SQE_F_PIN : 0) |
 				 (flags & WEIGHTD_LOAD_NO_PROGRESS ? WD_SQE_F_NO_PROGRESS : 0));
-	ret = simple(w, &rq, "load", model);
-	return ret < 0 ? ret : 0;
+	if ((ret = submit_wait(w, &rq, &rp)))
+		return ret;
+	ret = result(&rp, "load", model);
+	if (ret < 0)
+		return ret;
+	if (res)
+		*res = (struct weightd_load_result){ .bytes = rp.aux0, .read_bytes = rp.aux1,
+						     .hit = rp.aux1 == 0,
+						     .elapsed_ns = wd_now_ns() - t0 };
+	return 0;
+}
+
+const void *weightd_tensor_data(struct weightd *w, const struct weightd_tensor_info *t)
+{
+	if (!w || !t) {
+		fail(-EINVAL, "NULL argument");
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!(t->resident & (1u << WD_TIER_HOST))) {
+		fail(-ENODATA, "tensor %u is not resident in the host cache (load it first)", t->id);
+		errno = ENODATA;
+		return NULL;
+	}
+	/* The registry is semi-trusted: the whole tensor must lie inside our mapping. */
+	if (!w->host_seg.base || t->host_offset > w->host_seg.size ||
+	    t->nbytes > w->host_seg.size - t->host_offset) {
+		fail(-EFAULT, "tensor %u: host offset %llu + %llu bytes lies outside the host cache "
+		     "(%zu bytes)", t->id, (unsigned long long)t->host_offset,
+		     (unsigned long long)t->nbytes, w->host_seg.size);
+		errno = EFAULT;
+		return NULL;
+	}
+	return (const char *)w->host_seg.base + t->host_offset;
+}
+
+int weightd_cache_list(struct weightd *w, uint32_t start, struct weightd_cache_entry *out,
+		       uint32_t max, uint32_t *n_out)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_CACHE, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE } };
+	struct weightd_model_info mi;
+	struct weightd_component_info ci;
+	struct reply rp;
+	uint32_t n = 0;
+	int ret;
+
+	if (!w || (!out && max) || !n_out)
+		return fail(-EINVAL, "NULL argument");
+	*n_out = 0;
+	for (;;) {
+		struct wd_cache_entry e[WD_CACHE_PER_REPLY];
+		uint32_t got;
+
+		rq.sqe.arg[0] = start + n;
+		if ((ret = submit_wait(w, &rq, &rp)))
+			return ret;
+		if ((ret = result(&rp, "cache", NULL)) < 0)
+			return ret;
+		got = rp.data_len / sizeof(e[0]);
+		if (got > WD_CACHE_PER_REPLY)
+			return fail(-EPROTO, "cache: %u payload bytes", rp.data_len);
+		memcpy(e, rp.data, got * sizeof(e[0]));
+		for (uint32_t i = 0; i < got && n < max; i++, n++) {
+			struct weightd_cache_entry *o = &out[n];
+
+			*o = (struct weightd_cache_entry){
+				.model = e[i].model, .component = e[i].component,
+				.bytes = e[i].bytes, .idle_ns = e[i].idle_ns, .pins = e[i].pins,
+				.dtype = e[i].dtype == 0xff ? 0 : e[i].dtype, .flags = e[i].flags,
+				.n_tensors = e[i].n_tensors,
+			};
+			if (weightd_model(w, e[i].model, &mi) == 0)
+				snprintf(o->model_name, sizeof(o->model_name), "%s", mi.name);
+			if (weightd_component(w, e[i].component, &ci) == 0)
+				snprintf(o->component_name, sizeof(o->component_name), "%s",
+					 ci.name);
+		}
+		if (!got || n >= max || start + n >= (uint32_t)ret)
+			break;
+	}
+	*n_out = n;
+	last_error[0] = '\0';
+	return ret;
+}
+
+int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_STATS, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE } };
+	uint64_t v[WD_STAT_COUNT] = { 0 };
+	struct reply rp;
+	size_t n;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = submit_wait(w, &rq, &rp)))
+		return ret;
+	if ((ret = result(&rp, "stats", NULL)) < 0)
+		return ret;
+	n = rp.data_len / sizeof(uint64_t);
+	if ((size_t)ret < n)
+		n = (size_t)ret;
+	memcpy(v, rp.data, (n < WD_STAT_COUNT ? n : WD_STAT_COUNT) * sizeof(uint64_t));
+	*out = (struct weightd_cache_stats){
+		.budget = v[WD_STAT_HOST_BUDGET],
+		.bytes = v[WD_STAT_HOST_BYTES],
+		.entries = v[WD_STAT_HOST_ENTRIES],
+		.hits = v[WD_STAT_HOST_HITS],
+		.misses = v[WD_STAT_HOST_MISSES],
+		.evictions = v[WD_STAT_HOST_EVICTIONS],
+		.evict_bytes = v[WD_STAT_HOST_EVICT_BYTES],
+		.prefetches = v[WD_STAT_HOST_PREFETCHES],
+		.prefetch_hits = v[WD_STAT_HOST_PREFETCH_HITS],
+		.loads = v[WD_STAT_HOST_LOADS],
+		.read_bytes = v[WD_STAT_HOST_READ_BYTES],
+		.coalesced = v[WD_STAT_HOST_COALESCED],
+		.dedup_bytes = v[WD_STAT_HOST_DEDUP_BYTES],
+		.refused = v[WD_STAT_HOST_REFUSED],
+		.failed = v[WD_STAT_HOST_FAILED],
+		.cuda_bytes = v[WD_STAT_CUDA_BYTES],
+		.mapped_bytes = w->host_seg.size,
+	};
+	return 0;
 }
 
 static int target_simple(struct weightd *w, uint8_t op, const char *what, const char *model,

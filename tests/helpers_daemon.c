@@ -95,8 +95,14 @@ int td_daemon_start(struct td_daemon *d)
 			dup2(fd, STDERR_FILENO);
 			dup2(fd, STDOUT_FILENO);
 		}
-		execl(bin, bin, "--foreground", "--socket", d->socket, "--state-dir",
-		      d->state_dir, "--models", d->models, (char *)NULL);
+		const char *argv[20] = { bin, "--foreground", "--socket", d->socket, "--state-dir",
+					 d->state_dir, "--models", d->models };
+		size_t n = 8;
+
+		for (size_t i = 0; i < ARRAY_SIZE(d->extra) && d->extra[i]; i++)
+			argv[n++] = d->extra[i];
+		argv[n] = NULL;
+		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
 	for (;;) {
@@ -138,11 +144,18 @@ int td_daemon_start(struct td_daemon *d)
 
 int td_daemon_setup(struct td_daemon *d)
 {
+	return td_daemon_setup_args(d, NULL);
+}
+
+int td_daemon_setup_args(struct td_daemon *d, const char *const *extra)
+{
 	const char *tmp = getenv("TMPDIR");
 	struct gen_options go = { .size = 1u << 20 };
 	int ret;
 
 	memset(d, 0, sizeof(*d));
+	for (size_t i = 0; extra && extra[i] && i + 1 < ARRAY_SIZE(d->extra); i++)
+		d->extra[i] = extra[i];
 	snprintf(d->root, sizeof(d->root), "%s/wdtest.XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(d->root))
 		return -errno;

@@ -22,6 +22,7 @@ struct td_daemon {
 	char state_dir[300];
 	char models[300];	/* the "demo" preset: sd-tiny, llama-tiny, vae-tiny */
 	char log[300];		/* the daemon's stderr, appended across restarts */
+	const char *extra[8];	/* more daemon options (NULL-terminated), e.g. --host-budget */
 };
 
 /* The build directory holding weightd and weightctl (no trailing slash). */
@@ -36,6 +37,9 @@ bool td_have_daemon(void);
  * 10 s), or a negative errno; on failure it prints the daemon's log.
  */
 int td_daemon_setup(struct td_daemon *d);
+
+/* td_daemon_setup() with extra daemon options @extra (NULL-terminated, at most 7). */
+int td_daemon_setup_args(struct td_daemon *d, const char *const *extra);
 
 /* Starts the daemon again with the same socket, state and models (after a kill). */
 int td_daemon_start(struct td_daemon *d);

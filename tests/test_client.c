@@ -106,14 +106,14 @@ static void test_attach_no_daemon(void **state)
 /* ---- attach failures against a fake daemon ----------------------------------------------- */
 
 enum fake_mode {
-	FAKE_VERSION,		/* a reply from an ABI 2 daemon */
+	FAKE_VERSION,		/* a reply from a daemon of the next ABI version */
 	FAKE_MAGIC,
 	FAKE_REFUSED,		/* status -EACCES with a message */
 	FAKE_NO_FDS,		/* status 0 but no descriptors */
 	FAKE_SHORT,		/* 8 bytes */
 	FAKE_CLOSE,		/* hang up without a reply */
 	FAKE_SILENT,		/* never answer */
-	FAKE_NOT_MEMFD,		/* status 0 with two pipe descriptors */
+	FAKE_NOT_MEMFD,		/* status 0 with three pipe descriptors */
 };
 
 struct fake {
@@ -135,15 +135,15 @@ static void *fake_daemon(void *arg)
 		return NULL;
 	f->hello_len = attach_recv(c, &f->hello, sizeof(f->hello), NULL, &nfds);
 	switch (f->mode) {
-	case FAKE_VERSION: rep.version = 2; break;
+	case FAKE_VERSION: rep.version = WD_ABI_VERSION + 1; break;
 	case FAKE_MAGIC: rep.magic = 0x12345678; break;
 	case FAKE_REFUSED:
 		rep.status = -EACCES;
 		snprintf(rep.message, sizeof(rep.message), "uid 4242 is not in the allow-list");
 		break;
-	case FAKE_NO_FDS: rep.n_fds = 2; break;
+	case FAKE_NO_FDS: rep.n_fds = 3; break;
 	case FAKE_NOT_MEMFD:
-		rep.n_fds = 2;
+		rep.n_fds = 3;
 		if (pipe(pfd))
 			return NULL;
 		break;
@@ -152,7 +152,7 @@ static void *fake_daemon(void *arg)
 	if (f->mode == FAKE_SHORT)
 		attach_send(c, &rep, 8, NULL, 0);
 	else if (f->mode == FAKE_NOT_MEMFD)
-		attach_send(c, &rep, sizeof(rep), pfd, 2);
+		attach_send(c, &rep, sizeof(rep), (int[]){ pfd[0], pfd[1], pfd[0] }, 3);
 	else if (f->mode != FAKE_CLOSE && f->mode != FAKE_SILENT)
 		attach_send(c, &rep, sizeof(rep), NULL, 0);
 	if (f->mode == FAKE_SILENT)
@@ -173,7 +173,7 @@ static void test_attach_bad_reply(void **state)
 		int want;
 		const char *msg;
 	} rows[] = {
-		{ FAKE_VERSION, -EPROTONOSUPPORT, "client ABI 1, daemon ABI 2" },
+		{ FAKE_VERSION, -EPROTONOSUPPORT, "client ABI 2, daemon ABI 3" },
 		{ FAKE_MAGIC, -EBADMSG, "malformed hello reply" },
 		{ FAKE_REFUSED, -EACCES, "uid 4242 is not in the allow-list" },
 		{ FAKE_NO_FDS, -EBADMSG, "carried 0 descriptors" },

@@ -229,7 +229,8 @@ static int attach_raw(const char *sock, const void *h, size_t len, struct tclien
 		CHECK(nfds == 0, "a refusal carried %d descriptors", nfds);
 		return c->reply.status;
 	}
-	CHECK(nfds == 2 && c->reply.n_fds == 2, "success with %d descriptors", nfds);
+	CHECK(nfds == 3 && c->reply.n_fds == 3, "success with %d descriptors", nfds);
+	close(fds[2]);
 	ret = shm_segment_map(fds[0], true, c->reply.ring_seg_size, &c->seg);
 	CHECK(ret == 0, "map ring segment: %s", strerror(-ret));
 	ret = ring_seg_attach(c->seg.base, c->seg.size, &c->sq, &c->cq, NULL);
@@ -369,7 +370,7 @@ struct hello_case {
 	const char *message;	/* substring of the reply's message */
 };
 
-static void m_version(struct wd_hello *h, size_t *len) { h->version = 2; }
+static void m_version(struct wd_hello *h, size_t *len) { h->version = WD_ABI_VERSION + 1; }
 static void m_magic(struct wd_hello *h, size_t *len) { h->magic = 0x12345678; }
 static void m_sqe(struct wd_hello *h, size_t *len) { h->sqe_size = 128; }
 static void m_short(struct wd_hello *h, size_t *len) { *len = 32; }
@@ -378,7 +379,7 @@ static void m_entries(struct wd_hello *h, size_t *len) { h->sq_entries = 3; }
 static void m_huge(struct wd_hello *h, size_t *len) { h->cq_entries = 1u << 20; }
 
 static const struct hello_case hello_cases[] = {
-	{ "ABI version 2", m_version, -EPROTONOSUPPORT, "client ABI 2, daemon ABI 1" },
+	{ "next ABI version", m_version, -EPROTONOSUPPORT, "client ABI 3, daemon ABI 2" },
 	{ "bad magic", m_magic, -EBADMSG, "magic 0x12345678" },
 	{ "sqe size 128", m_sqe, -EBADMSG, "sqe 128" },
 	{ "short hello", m_short, -EBADMSG, "32 bytes" },
@@ -524,13 +525,6 @@ static void test_ops(void **state)
 	ret = call(&c, sqe_of(WD_OP_LOOKUP, WD_ID_NONE), "nope", 4, &r);
 	CHECK(ret == -ENOENT && strstr(r.data, "nope"), "lookup nope: %d \"%s\"", ret, r.data);
 
-	/* The loader is a later issue: load says so instead of pretending. */
-	ret = call(&c, sqe_of(WD_OP_LOAD, llama), NULL, 0, &r);
-	CHECK(ret == -ENOTSUP && strstr(r.data, "loader not available"), "load: %d \"%s\"", ret,
-	      r.data);
-	ret = call(&c, sqe_of(WD_OP_LOAD, WD_ID_NONE), "llama-tiny", 10, &r);
-	CHECK(ret == -ENOTSUP, "load by name: %d", ret);
-
 	struct wd_sqe st = sqe_of(WD_OP_STATUS, llama);
 
 	ret = call(&c, st, NULL, 0, &r);
@@ -539,6 +533,29 @@ static void test_ops(void **state)
 	      (unsigned long long)r.cqe.aux1, (unsigned long long)m.nbytes);
 	ret = call(&c, sqe_of(WD_OP_UNLOAD, llama), NULL, 0, &r);
 	CHECK(ret == 0 && strstr(r.data, "not resident"), "unload: %d \"%s\"", ret, r.data);
+
+	/* Load: progress, then the bytes resident and read; again: a hit; then unload. */
+	ret = call(&c, sqe_of(WD_OP_LOAD, llama), NULL, 0, &r);
+	CHECK(ret == 0 && r.cqe.aux0 == m.nbytes && r.cqe.aux1 >= m.nbytes && r.progress >= 1,
+	      "load: %d bytes %llu read %llu (model %llu), %u progress \"%s\"", ret,
+	      (unsigned long long)r.cqe.aux0, (unsigned long long)r.cqe.aux1,
+	      (unsigned long long)m.nbytes, r.progress, r.data);
+	ret = call(&c, sqe_of(WD_OP_LOAD, WD_ID_NONE), "llama-tiny", 10, &r);
+	CHECK(ret == 0 && r.cqe.aux1 == 0 && r.progress == 0, "load by name, a hit: %d read %llu",
+	      ret, (unsigned long long)r.cqe.aux1);
+	ret = call(&c, st, NULL, 0, &r);
+	CHECK(ret == WD_STATE_RESIDENT, "status after load: %d", ret);
+	struct wd_sqe gpu = sqe_of(WD_OP_LOAD, llama);
+
+	gpu.tier = WD_TIER_CUDA(0);
+	ret = call(&c, gpu, NULL, 0, &r);
+	CHECK(ret == -ENOTSUP && strstr(r.data, "GPU tier not available"), "load on cuda:0: %d "
+	      "\"%s\"", ret, r.data);
+	ret = call(&c, sqe_of(WD_OP_UNLOAD, llama), NULL, 0, &r);
+	CHECK(ret == 0 && r.cqe.aux0 > 0, "unload: %d, %llu bytes released \"%s\"", ret,
+	      (unsigned long long)r.cqe.aux0, r.data);
+	ret = call(&c, st, NULL, 0, &r);
+	CHECK(ret == WD_STATE_ABSENT, "status after unload: %d", ret);
 
 	ret = call(&c, sqe_of(WD_OP_VALIDATE, llama), NULL, 0, &r);
 	CHECK(ret == 0 && r.cqe.aux0 == 2, "validate: %d files %llu \"%s\"", ret,

@@ -1,0 +1,697 @@
+"""The weightd client: a handle on the daemon, pins, and zero-copy tensor views.
+
+Lifetime rules (README.md, "Pins and views", states them for users):
+
+* A Client owns one libweightd handle (one lease). Pins live on it; the daemon drops them
+  all when the handle is detached (close(), garbage collection of the Client, process exit).
+* A Pin is this process's claim on (model, component, tier). The daemon holds a given target
+  at most once per client, so Pins of the same target share one daemon pin, which is taken
+  by the first and released by the last (a per-client reference count).
+* A view (ndarray from Pin.tensor()) keeps its Pin, and so its Client, alive: memory a view
+  points at is never unpinned or unmapped while the view exists, and so never recycled.
+* Pin.release() (and leaving its `with` block) releases the pin at once when no view of it is
+  alive, and raises BusyError, changing nothing, when views are still alive: the caller deletes
+  them and calls release() again. A released Pin gives out no views (ReleasedError).
+  Client.close() likewise refuses while any view of any of its pins is alive.
+* Garbage collection releases a Pin that was not released explicitly; a finalizer that runs
+  while this client is in the middle of a call (another thread, or a progress callback)
+  leaves the unpin to the end of that call instead of blocking.
+"""
+
+import ctypes
+import errno
+import os
+import threading
+
+from . import _native as N
+from . import dtypes
+from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, BusyError,
+                     WeightdError, error_from_code)
+from .views import ViewCounter, make_view
+
+__all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
+
+
+def _b(s):
+    if s is None:
+        return None
+    if isinstance(s, bytes):
+        return s
+    return str(s).encode("utf-8")
+
+
+def _s(b):
+    return b.decode("utf-8", "replace")
+
+
+class Component:
+    """A component as the registry shows it: id, model id, name, n_tensors, nbytes,
+    fingerprint and per-tier state ({"host": ("resident", done, total), ...} for tiers that
+    are not absent)."""
+
+    __slots__ = ("id", "model", "name", "n_tensors", "nbytes", "fingerprint", "tiers")
+
+    def __init__(self, ci):
+        self.id = ci.id
+        self.model = ci.model
+        self.name = _s(ci.name)
+        self.n_tensors = ci.n_tensors
+        self.nbytes = ci.nbytes
+        self.fingerprint = ci.fingerprint
+        self.tiers = {}
+        for t in range(N.TIER_MAX):
+            ts = ci.tiers[t]
+            if ts.state:
+                name = N.STATE_NAMES[ts.state] if ts.state < len(N.STATE_NAMES) else "?"
+                self.tiers[N.tier_name(t)] = (name, ts.done, ts.total)
+
+    def __repr__(self):
+        return "Component(%r, %d tensors, %d bytes)" % (self.name, self.n_tensors, self.nbytes)
+
+
+class Model:
+    """A model as the registry shows it: id, name, arch, n_tensors, nbytes, fingerprint,
+    pins (all clients), stale, and its components (list of Component)."""
+
+    __slots__ = ("id", "name", "arch", "n_tensors", "nbytes", "fingerprint", "pins", "stale",
+                 "components")
+
+    def __init__(self, mi, components):
+        self.id = mi.id
+        self.name = _s(mi.name)
+        self.arch = _s(mi.arch)
+        self.n_tensors = mi.n_tensors
+        self.nbytes = mi.nbytes
+        self.fingerprint = mi.fingerprint
+        self.pins = mi.pins
+        self.stale = bool(mi.flags & N.MODEL_STALE)
+        self.components = components
+
+    def __repr__(self):
+        return "Model(%r, %d components, %d tensors, %d bytes)" % (
+            self.name, len(self.components), self.n_tensors, self.nbytes)
+
+
+class TensorMeta:
+    """What the registry says about one tensor: name, dtype (safetensors name), shape,
+    nbytes, resident tiers (set of names) and host_offset (None when not on the host)."""
+
+    __slots__ = ("name", "dtype", "shape", "nbytes", "tiers", "host_offset", "_info")
+
+    def __init__(self, name, ti):
+        self.name = name
+        self.dtype = _s(ti.dtype_name)
+        self.shape = tuple(ti.shape[i] for i in range(ti.rank))
+        self.nbytes = ti.nbytes
+        self.tiers = {N.tier_name(t) for t in range(N.TIER_MAX) if ti.resident >> t & 1}
+        self.host_offset = ti.host_offset if ti.resident & 1 else None
+        self._info = ti
+
+    def __repr__(self):
+        return "TensorMeta(%r, %s, %s)" % (self.name, self.dtype, list(self.shape))
+
+
+def _gpu_unavailable(what):
+    return GPUTierUnavailableError(
+        errno.ENOTSUP,
+        "%s: CUDA tensors come from the daemon's GPU tier through a client-side import of its "
+        "VRAM descriptor, and neither is in this build of weightd/libweightd; use tier "
+        "\"host\" (and copy to the GPU yourself) until the GPU tier lands" % what, "tensor")
+
+
+class _Lease:
+    __slots__ = ("key", "count")
+
+    def __init__(self, key):
+        self.key = key
+        self.count = 0
+
+
+class Client:
+    """A connection to the daemon (see connect())."""
+
+    def __init__(self, socket=None, spin_us=20, client_name="python", timeout_ms=0):
+        lib = N.lib()
+        self._lib = lib
+        self._lock = threading.Lock()
+        self._owner = None
+        self._leases = {}
+        self._pending = []
+        self._closed = False
+        self._h = None
+        self._pins_views = []
+        opts = N.AttachOpts(spin_us=spin_us, client_name=_b(client_name),
+                            attach_timeout_ms=timeout_ms)
+        h = ctypes.c_void_p()
+        path = _b(os.fspath(socket)) if socket is not None else None
+        ret = lib.weightd_attach(path, ctypes.byref(opts), ctypes.byref(h))
+        if ret < 0:
+            raise error_from_code(ret, N.last_error(), "connect", attach=True)
+        self._h = h
+        self.socket = _s(lib.weightd_socket_path(h))
+        self.client_id = lib.weightd_client_id(h)
+
+    # ---- plumbing ----
+
+    def _enter(self):
+        if self._owner == threading.get_ident():
+            raise WeightdError(errno.EDEADLK, "a progress callback or finalizer called back "
+                               "into the client whose call it runs in", "client")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        if self._closed:
+            self._leave()
+            raise ReleasedError(errno.EBADF, "the client is closed", "client")
+
+    def _leave(self):
+        # Unpins that finalizers deferred while this call held the handle run now.
+        try:
+            while self._pending and not self._closed:
+                key = self._pending.pop()
+                self._lib.weightd_unpin(self._h, _b(key[0]), _b(key[1] or None), key[2])
+        finally:
+            self._owner = None
+            self._lock.release()
+
+    def _call(self, op, fn, *args):
+        self._enter()
+        try:
+            ret = fn(self._h, *args)
+            if ret < 0:
+                raise error_from_code(ret, N.last_error(), op)
+            return ret
+        finally:
+            self._leave()
+
+    # ---- registry (no round trip) ----
+
+    def models(self):
+        """Every model the registry publishes, with its components (list of Model)."""
+        comps = {}
+        cid = 0
+        ci = N.ComponentInfo()
+        self._enter()
+        try:
+            while True:
+                ret = self._lib.weightd_component(self._h, cid, ctypes.byref(ci))
+                if ret == -errno.ENOENT:
+                    break
+                if ret < 0:
+                    raise error_from_code(ret, N.last_error(), "models")
+                comps.setdefault(ci.model, []).append(Component(ci))
+                cid += 1
+            out = []
+            mi = N.ModelInfo()
+            mid = 0
+            while True:
+                ret = self._lib.weightd_model(self._h, mid, ctypes.byref(mi))
+                if ret == -errno.ENOENT:
+                    break
+                if ret < 0:
+                    raise error_from_code(ret, N.last_error(), "models")
+                out.append(Model(mi, comps.get(mi.id, [])))
+                mid += 1
+            return out
+        finally:
+            self._leave()
+
+    def model(self, name):
+        """The Model called @name; NotFoundError when the daemon knows none."""
+        mid = ctypes.c_uint32()
+        self._call("lookup", self._lib.weightd_lookup, _b(name), ctypes.byref(mid))
+        for m in self.models():
+            if m.id == mid.value:
+                return m
+        raise error_from_code(-errno.ENOENT, "model %s vanished from the registry" % name,
+                              "lookup")
+
+    def tensor_meta(self, model, name, component=None):
+        """The registry's record of tensor @name of @model (TensorMeta); NotFoundError,
+        or a WeightdError with ENOTUNIQ when @component is None and several have it."""
+        ti = N.TensorInfo()
+        self._call("tensor", self._lib.weightd_tensor, _b(model), _b(component), _b(name),
+                   ctypes.byref(ti))
+        return TensorMeta(name, ti)
+
+    # ---- requests ----
+
+    def ping(self):
+        self._call("ping", self._lib.weightd_ping)
+
+    def status(self, model, component=None, tier="host"):
+        """The daemon's state of @model (or @component) on @tier: a dict with state
+        ("absent", "loading", "resident", "evicting", "failed"), done and total bytes."""
+        st = N.Status()
+        ret = self._call("status", self._lib.weightd_status, _b(model), _b(component),
+                         N.tier_number(tier), ctypes.byref(st))
+        name = N.STATE_NAMES[ret] if ret < len(N.STATE_NAMES) else "?"
+        return {"state": name, "done": st.done, "total": st.total}
+
+    def _component_name(self, model, meta):
+        cid = meta._info.component
+        for m in self.models():
+            for c in m.components:
+                if c.id == cid:
+                    return c.name
+        raise error_from_code(-errno.ENOENT, "component %d of %s is not published"
+                              % (cid, model), "load")
+
+    def load(self, model, tier="host", tensors=None, dtype=None, progress=None, component=None,
+             pin=True):
+        """Makes @model resident on @tier and returns a Pin on it (None with pin=False).
+
+        @component: one component ("unet"); None for all of them. @tensors: names of the
+        tensors needed: with a daemon that loads selections (weightd_load_ex) only those are
+        loaded, otherwise their whole components; either way only the components holding
+        them are loaded and the Pin covers those. @dtype: "F16"/"BF16" (or numpy float16)
+        has the daemon store F32 tensors converted (a separate shared copy, still zero-copy
+        views); any other numpy dtype converts each tensor on access, a private copy (see
+        Pin.tensor()). @progress: called as progress(done_bytes, total_bytes) in this thread;
+        it must not call this client. The Pin's load_result says what the load did (hit,
+        bytes, read_bytes, elapsed_ns) when the daemon reports it.
+        Raises NotFoundError, BudgetExceededError (the target can never fit the tier's
+        budget, or pinned data leaves no room), NotSupportedError (this daemon cannot load to
+        that tier; GPUTierUnavailableError for cuda:N), MalformedFileError,
+        DaemonUnavailableError, or a WeightdError with the daemon's code (ESTALE: a file
+        changed since the daemon scanned it).
+        """
+        t = N.tier_number(tier)
+        ex = getattr(self._lib, "weightd_load_ex", None)
+        if tensors is not None:
+            tensors = list(tensors)
+            groups = {}
+            for n in tensors:
+                meta = self.tensor_meta(model, n, component)
+                groups.setdefault(self._component_name(model, meta), []).append(n)
+            pins = []
+            for comp, names in sorted(groups.items()):
+                p = self._load_one(model, t, comp or None, names if ex else None, dtype,
+                                   progress, pin)
+                if p is not None:
+                    pins.append(p)
+            if not pin:
+                return None
+            return pins[0] if len(pins) == 1 else _MultiPin(pins)
+        return self._load_one(model, t, component, None, dtype, progress, pin)
+
+    def _load_one(self, model, t, component, names, dtype, progress, pin):
+        ex = getattr(self._lib, "weightd_load_ex", None)
+        daemon_dtype = 0
+        view_dtype = None
+        if dtype is not None:
+            import numpy as np
+            if isinstance(dtype, str) and dtype.upper() in ("F16", "BF16"):
+                daemon_dtype = N.DTYPE_F16 if dtype.upper() == "F16" else N.DTYPE_BF16
+            elif np.dtype(dtype) == np.float16:
+                daemon_dtype = N.DTYPE_F16
+            else:
+                view_dtype = np.dtype(dtype)
+            if daemon_dtype and ex is None:
+                if dtype in ("BF16", "bf16"):
+                    raise NotSupportedError(errno.ENOTSUP, "this libweightd cannot have the "
+                                            "daemon convert to BF16 (no weightd_load_ex)",
+                                            "load")
+                view_dtype, daemon_dtype = np.dtype(np.float16), 0
+        if (names or daemon_dtype) and ex is None:
+            names = None
+        errbox = []
+
+        def trampoline(done, total, _arg):
+            try:
+                progress(done, total)
+            except BaseException as e:  # re-raised after the call; C cannot unwind
+                if not errbox:
+                    errbox.append(e)
+
+        cb = N.PROGRESS_FN(trampoline) if progress else N.PROGRESS_FN()
+        flags = N.LOAD_PIN if pin else 0
+        if not progress:
+            flags |= N.LOAD_NO_PROGRESS
+        key = (str(model), component or "", t)
+        res = N.LoadResult()
+        opts = None
+        if ex is not None and (names or daemon_dtype):
+            opts = N.LoadOpts(dtype=daemon_dtype)
+            if names:
+                arr = (ctypes.c_char_p * len(names))(*[_b(n) for n in names])
+                opts.names = ctypes.cast(arr, ctypes.POINTER(ctypes.c_char_p))
+                opts.n_names = len(names)
+        self._enter()
+        try:
+            if ex is not None:
+                ret = ex(self._h, _b(model), _b(component or None), t, flags,
+                         ctypes.byref(opts) if opts is not None else None, cb, None,
+                         ctypes.byref(res))
+            else:
+                ret = self._lib.weightd_load(self._h, _b(model), _b(component or None), t,
+                                             flags, cb, None)
+            if ret < 0:
+                err = error_from_code(ret, N.last_error(), "load")
+                if t != N.TIER_HOST and isinstance(err, NotSupportedError):
+                    err = GPUTierUnavailableError(
+                        err.errno, "the GPU tier (%s) is not available in this build of "
+                        "weightd; the daemon says: %s" % (N.tier_name(t), err.message), "load")
+                raise err
+            if pin:
+                lease = self._leases.setdefault(key, _Lease(key))
+                lease.count += 1
+        finally:
+            self._leave()
+        if errbox:
+            raise errbox[0]
+        if not pin:
+            return None
+        p = Pin(self, key, view_dtype)
+        if ex is not None:
+            p.load_result = {"bytes": res.bytes, "read_bytes": res.read_bytes,
+                             "hit": bool(res.hit), "elapsed_ns": res.elapsed_ns}
+        return p
+
+    def unload(self, model, component=None, tier="host"):
+        """Drops @model (or @component) from @tier. BusyError when another client pins it."""
+        self._call("unload", self._lib.weightd_unload, _b(model), _b(component),
+                   N.tier_number(tier))
+
+    def pin(self, model, component=None, tier="host"):
+        """Pins @model (or @component) on @tier so the daemon never evicts it, and returns
+        the Pin; views of its tensors come from Pin.tensor(). NotFoundError for an unknown
+        target."""
+        t = N.tier_number(tier)
+        key = (str(model), component or "", t)
+        self._enter()
+        try:
+            lease = self._leases.get(key)
+            if lease is None or lease.count == 0:
+                ret = self._lib.weightd_pin(self._h, _b(model), _b(component or None), t)
+                if ret < 0:
+                    raise error_from_code(ret, N.last_error(), "pin")
+                lease = self._leases.setdefault(key, _Lease(key))
+            lease.count += 1
+        finally:
+            self._leave()
+        return Pin(self, key, None)
+
+    def cache_stats(self):
+        """The host tier's counters (dict: budget, bytes, entries, hits, misses, evictions,
+        loads, read_bytes, coalesced, dedup_bytes, mapped_bytes, ...). NotSupportedError
+        with a libweightd that has no host tier."""
+        fn = getattr(self._lib, "weightd_cache_stats", None)
+        if fn is None:
+            raise NotSupportedError(errno.ENOTSUP, "this libweightd has no host-tier counters "
+                                    "(weightd_cache_stats)", "cache_stats")
+        st = N.CacheStats()
+        self._call("cache_stats", fn, ctypes.byref(st))
+        return {n: getattr(st, n) for n in N.CACHE_STATS_FIELDS}
+
+    def stats(self):
+        """The daemon's counters and this client's (dict: requests, errors, pins, clients,
+        pins_total, models, host_budget, host_bytes, loads, evictions, ...)."""
+        st = N.Stats()
+        self._call("stats", self._lib.weightd_stats, ctypes.byref(st))
+        return {n: getattr(st, n) for n in N.STATS_FIELDS}
+
+    def scan(self, directory=None):
+        """Has the daemon discover models under @directory (absolute; None: its roots).
+        Returns the number of models found."""
+        d = os.path.abspath(directory) if directory is not None else None
+        return self._call("scan", self._lib.weightd_scan, _b(d), N.PROGRESS_FN(), None)
+
+    def validate(self, model, component=None, deep=False):
+        """Has the daemon re-check @model's files; MalformedFileError names what is wrong."""
+        self._call("validate", self._lib.weightd_validate, _b(model), _b(component),
+                   N.VALIDATE_DEEP if deep else 0, N.PROGRESS_FN(), None)
+
+    def daemon_pid(self):
+        return self._call("daemon_pid", self._lib.weightd_daemon_pid)
+
+    # ---- pins (called by Pin) ----
+
+    def _release_key(self, key, deferred_ok):
+        """Drops one reference to the lease @key; unpins at the daemon when it was the last.
+        @deferred_ok: from a finalizer, which must never block or raise."""
+        if deferred_ok:
+            if self._closed:
+                return
+            if not self._lock.acquire(blocking=False):
+                lease = self._leases.get(key)
+                if lease is not None:
+                    lease.count -= 1
+                    if lease.count == 0:
+                        del self._leases[key]
+                        self._pending.append(key)
+                return
+            self._owner = threading.get_ident()
+            try:
+                self._drop(key, raise_errors=False)
+            finally:
+                self._leave()
+            return
+        self._enter()
+        try:
+            self._drop(key, raise_errors=True)
+        finally:
+            self._leave()
+
+    def _drop(self, key, raise_errors):
+        lease = self._leases.get(key)
+        if lease is None:
+            return
+        lease.count -= 1
+        if lease.count > 0:
+            return
+        del self._leases[key]
+        ret = self._lib.weightd_unpin(self._h, _b(key[0]), _b(key[1] or None), key[2])
+        if ret < 0 and raise_errors and ret != -errno.ENOENT:
+            raise error_from_code(ret, N.last_error(), "unpin")
+
+    def _register_pin(self, pin):
+        if len(self._pins_views) > 64:
+            self._pins_views = [v for v in self._pins_views if len(v)]
+        self._pins_views.append(pin._views)
+
+    def live_views(self):
+        """Views of this client's pins that are still alive."""
+        self._pins_views = [v for v in self._pins_views if len(v)]
+        return sum(len(v) for v in self._pins_views)
+
+    # ---- lifetime ----
+
+    def close(self):
+        """Detaches: the daemon drops every pin of this client. BusyError when views of its
+        pins are still alive (delete them first); closing twice is allowed."""
+        if self._closed or self._h is None:
+            return
+        n = self.live_views()
+        if n:
+            raise BusyError(errno.EBUSY, "%d views of this client's pins are still alive; "
+                            "delete them before closing" % n, "close")
+        self._lock.acquire()
+        try:
+            self._closed = True
+            self._leases.clear()
+            self._pending.clear()
+            self._lib.weightd_detach(self._h)
+            self._h = None
+        finally:
+            self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # Views keep their Pin and the Pin keeps this Client: no view is alive here.
+        h = getattr(self, "_h", None)
+        if h is not None and not self._closed:
+            self._closed = True
+            self._lib.weightd_detach(h)
+            self._h = None
+
+
+_TENSOR_DATA = []
+
+
+def _tensor_data_fn(lib):
+    if not _TENSOR_DATA:
+        _TENSOR_DATA.append(getattr(lib, "weightd_tensor_data", None))
+    return _TENSOR_DATA[0]
+
+
+def _check_dtype(dtype):
+    import numpy as np
+    return np.dtype(dtype)
+
+
+def _convert(arr, st_dtype, target):
+    """A copy of @arr (safetensors dtype @st_dtype) converted to numpy dtype @target."""
+    import numpy as np
+    if st_dtype == "BF16":
+        wide = arr.astype(np.uint32) << 16
+        return wide.view(np.float32).astype(target)
+    if st_dtype in dtypes.RAW:
+        raise NotSupportedError(errno.ENOTSUP, "no numpy conversion from %s to %s: numpy has "
+                                "no %s type; read the raw view without dtype="
+                                % (st_dtype, target, st_dtype), "tensor")
+    return arr.astype(target)
+
+
+class Pin:
+    """A pin on (model, component, tier) and the source of zero-copy views of its tensors.
+
+    Attributes: model, component ("" for the whole model), tier ("host", "cuda:N").
+    See the module comment for the release semantics.
+    """
+
+    def __init__(self, client, key, dtype):
+        self._client = client
+        self._key = key
+        self._dtype = dtype
+        self._views = ViewCounter()
+        self._released = False
+        self.load_result = None
+        self.model, self.component, self._tier = key
+        self.tier = N.tier_name(self._tier)
+        client._register_pin(self)
+
+    def tensor(self, name, component=None):
+        """Tensor @name as a read-only numpy array viewing the shared host cache (no copy).
+
+        BF16 and the F8 types are raw uint16/uint8 arrays; weightd.tensor_dtype(array) or
+        tensor_with_dtype() gives the safetensors dtype. With a dtype= given to load(), the
+        result is a converted copy instead. Raises ReleasedError after release(),
+        NotFoundError (no such tensor), WeightdError(ENODATA) when it is not resident on
+        the host, GPUTierUnavailableError for a cuda tier.
+        """
+        return self.tensor_with_dtype(name, component)[0]
+
+    def tensor_with_dtype(self, name, component=None):
+        """(array, safetensors dtype name) for tensor @name; see tensor()."""
+        if self._released:
+            raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
+                                % self._target(), "tensor")
+        if self._tier != N.TIER_HOST:
+            raise _gpu_unavailable("%s on %s" % (name, self.tier))
+        c = self._client
+        comp = component if component is not None else (self.component or None)
+        ti = N.TensorInfo()
+        c._enter()
+        try:
+            lib = c._lib
+            ret = lib.weightd_tensor(c._h, _b(self.model), _b(comp), _b(name), ctypes.byref(ti))
+            if ret < 0:
+                raise error_from_code(ret, N.last_error(), "tensor")
+            fn = _tensor_data_fn(lib)
+            if fn is None:
+                raise NotSupportedError(errno.ENOTSUP, "this libweightd (%s) has no "
+                                        "weightd_tensor_data(): it cannot map the host cache"
+                                        % N.lib_path(), "tensor")
+            addr = fn(c._h, ctypes.byref(ti)) if ti.nbytes else 0
+            if addr is None or (addr == 0 and ti.nbytes):
+                raise error_from_code(-ctypes.get_errno() or -errno.ENODATA,
+                                      "%s of %s is not resident in the host cache (%s)"
+                                      % (name, self.model, N.last_error()), "tensor")
+        finally:
+            c._leave()
+        dt = _s(ti.dtype_name)
+        shape = tuple(ti.shape[i] for i in range(ti.rank))
+        arr = make_view(addr or 0, dt, shape, self, self._views)
+        if self._dtype is not None:
+            arr = _convert(arr, dt, self._dtype)
+        return arr, dt
+
+    def live_views(self):
+        """How many views of this pin (arrays and their slices, via their base) are alive."""
+        return len(self._views)
+
+    @property
+    def released(self):
+        return self._released
+
+    def _target(self):
+        t = self.model + ("/" + self.component if self.component else "")
+        return "%s on %s" % (t, self.tier)
+
+    def release(self):
+        """Releases the pin now. BusyError (nothing changes) while views are alive;
+        releasing twice is allowed."""
+        if self._released:
+            return
+        n = len(self._views)
+        if n:
+            raise BusyError(errno.EBUSY, "pin on %s still has %d live views; delete them "
+                            "(and their slices) before releasing it" % (self._target(), n),
+                            "release")
+        self._released = True
+        self._client._release_key(self._key, deferred_ok=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        if getattr(self, "_released", True):
+            return
+        self._released = True
+        try:
+            self._client._release_key(self._key, deferred_ok=True)
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "Pin(%s%s)" % (self._target(), ", released" if self._released else "")
+
+
+class _MultiPin(Pin):
+    """Pins on several components of one model (load(tensors=...)): tensor() finds the
+    component by itself, release() releases them all."""
+
+    def __init__(self, pins):
+        self._pins = pins
+        self._released = False
+        p0 = pins[0]
+        self._client = p0._client
+        self.model = p0.model
+        self.component = ""
+        self._tier = p0._tier
+        self.tier = p0.tier
+
+    def tensor_with_dtype(self, name, component=None):
+        if self._released:
+            raise ReleasedError(errno.EBADF, "pin on %s was released" % self._target(),
+                                "tensor")
+        comp = component or self._client._component_name(
+            self.model, self._client.tensor_meta(self.model, name))
+        for p in self._pins:
+            if p.component == comp:
+                return p.tensor_with_dtype(name, comp)
+        raise error_from_code(-errno.ENOENT, "%s is in component %s, which this pin does not "
+                              "cover" % (name, comp), "tensor")
+
+    def live_views(self):
+        return sum(p.live_views() for p in self._pins)
+
+    def release(self):
+        if self._released:
+            return
+        n = self.live_views()
+        if n:
+            raise BusyError(errno.EBUSY, "pins on %s still have %d live views"
+                            % (self.model, n), "release")
+        self._released = True
+        for p in self._pins:
+            p.release()
+
+    def __del__(self):
+        self._released = True
+
+
+def connect(socket=None, **kwargs):
+    """Attaches to the daemon at @socket (None: $WEIGHTD_SOCKET, else the per-user default)
+    and returns a Client. Keyword arguments: spin_us, client_name, timeout_ms.
+    Raises DaemonUnavailableError when no daemon listens there, LibraryUnavailableError when
+    libweightd cannot be loaded, or a WeightdError with the attach error."""
+    return Client(socket, **kwargs)

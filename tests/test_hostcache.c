@@ -1,0 +1,739 @@
+/*
+ * test_hostcache: the host tier end to end, through a real build/weightd child process and
+ * libweightd in this (client) process: every tensor of every file of the reference corpus and
+ * of generated models (misaligned offsets, empty tensors, scalars, a tensor larger than the
+ * loader's chunk) read through weightd_tensor_data() equals the file's bytes; two clients
+ * loading one model at once cause one read from disk; a component larger than the budget is
+ * refused with -EFBIG; load/evict churn under a small budget never evicts a pinned model, and
+ * a keep-alive TTL is honoured; a file rewritten or truncated after the scan is caught
+ * (-ESTALE naming it); subsets and F32 -> BF16 conversion; the client's mapping is read-only
+ * (a forked client's write dies with SIGSEGV, the daemon and other clients carry on); and
+ * weightctl load / cat.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "weightd.h"
+
+#include "core/common.h"
+#include "core/convert.h"
+#include "core/st.h"
+#include "core/st_write.h"
+#include "tests/helpers_daemon.h"
+
+#define CHECK(cond, ...)                                                                   \
+	do {                                                                               \
+		if (!(cond)) {                                                             \
+			print_message(__VA_ARGS__);                                        \
+			print_message("\n");                                               \
+			td_daemon_dump_log(&dm);                                           \
+			fail();                                                            \
+		}                                                                          \
+	} while (0)
+
+static struct td_daemon dm;
+static bool have_daemon;
+
+static struct weightd *attach(void)
+{
+	struct weightd *w = NULL;
+	int ret = weightd_attach(dm.socket, NULL, &w);
+
+	CHECK(ret == 0, "attach %s: %d %s", dm.socket, ret, weightd_last_error());
+	return w;
+}
+
+static int setup_args(void **state, const char *const *extra)
+{
+	(void)state;
+	if (!have_daemon)
+		skip();
+	if (td_daemon_setup_args(&dm, extra)) {
+		td_daemon_teardown(&dm);
+		return -1;
+	}
+	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_args(state, NULL);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	td_daemon_teardown(&dm);
+	return 0;
+}
+
+/* ---- files ------------------------------------------------------------------------------ */
+
+static char files[128][PATH_MAX];
+static size_t n_files;
+
+static int collect(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	size_t n = strlen(path);
+
+	(void)sb;
+	(void)ftw;
+	if (flag == FTW_F && n > 12 && !strcmp(path + n - 12, ".safetensors") &&
+	    n_files < ARRAY_SIZE(files))
+		snprintf(files[n_files++], PATH_MAX, "%s", path);
+	return 0;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ssize_t n;
+
+	CHECK(in >= 0 && out >= 0, "copy %s -> %s: %s", from, to, strerror(errno));
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		CHECK(write(out, buf, (size_t)n) == n, "write %s", to);
+	close(in);
+	close(out);
+}
+
+/* The extra generated files: edge cases of layout the loader must get right. */
+static void write_extras(const char *dir)
+{
+	static float f32[37];
+	char path[PATH_MAX];
+	const struct {
+		const char *file;
+		struct st_write_tensor t[4];
+		size_t n;
+	} rows[] = {
+		{ "misaligned", { { "a", ST_U8, 1, { 3 } }, { "b", ST_F32, 1, { 5 } },
+				  { "c", ST_I16, 2, { 7, 1 } }, { "d", ST_F64, 1, { 3 } } }, 4 },
+		{ "zero_scalar", { { "empty", ST_F32, 2, { 0, 4 } }, { "scalar", ST_F64, 0 },
+				   { "x", ST_BF16, 1, { 9 } } }, 3 },
+		{ "big", { { "big", ST_U8, 1, { (5u << 20) + 13 } }, { "tail", ST_F32, 1, { 3 } } },
+		  2 },
+		{ "f32", { { "w", ST_F32, 1, { 37 }, f32 }, { "ids", ST_I32, 1, { 5 } } }, 2 },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(f32); i++)
+		f32[i] = (float)i * 0.3141f - 5.0f;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		int ret;
+
+		snprintf(path, sizeof(path), "%s/%s.safetensors", dir, rows[i].file);
+		ret = st_write_file(path, rows[i].t, rows[i].n, NULL, 0, 42 + i);
+		CHECK(ret == 0, "write %s: %s", path, strerror(-ret));
+	}
+}
+
+/* Model name and component of @path: the daemon resolves the path through its catalog. */
+static void target_of(struct weightd *w, const char *path, struct weightd_model_info *mi,
+		      char *comp, size_t size)
+{
+	char dir[PATH_MAX], *slash;
+	uint32_t id;
+	int ret = weightd_lookup(w, path, &id);
+
+	CHECK(ret == 0, "lookup by path %s: %d %s", path, ret, weightd_last_error());
+	CHECK(weightd_model(w, id, mi) == 0, "model %u", id);
+	comp[0] = '\0';
+	if (mi->n_components > 1) {
+		snprintf(dir, sizeof(dir), "%s", path);
+		slash = strrchr(dir, '/');
+		*slash = '\0';
+		slash = strrchr(dir, '/');
+		snprintf(comp, size, "%s", slash + 1);
+	}
+}
+
+/*
+ * Compares every tensor of @path as the host cache shows it with the file's bytes. Returns
+ * the number of tensors compared.
+ */
+static size_t compare_file(struct weightd *w, const char *path, const char *model,
+			   const char *comp)
+{
+	struct st_error err;
+	struct st_file f;
+	size_t n = 0;
+	int fd = open(path, O_RDONLY), ret;
+
+	CHECK(fd >= 0, "open %s", path);
+	ret = st_open_fd(fd, path, &f, &err);
+	CHECK(ret == 0, "%s: %s", path, err.message);
+	for (uint32_t i = 0; i < f.n_tensors; i++) {
+		const struct st_tensor *t = &f.tensors[i];
+		struct weightd_tensor_info ti;
+		uint64_t len = t->end - t->begin;
+		unsigned char *want = malloc(len ? len : 1);
+		const unsigned char *got;
+
+		ret = weightd_tensor(w, model, comp[0] ? comp : NULL, t->name, &ti);
+		CHECK(ret == 0, "%s: tensor %s of %s/%s: %d %s", path, t->name, model, comp, ret,
+		      weightd_last_error());
+		got = weightd_tensor_data(w, &ti);
+		CHECK(got && ti.nbytes == len, "%s: tensor %s: data %p (errno %d, %s), %llu bytes, "
+		      "file has %llu", path, t->name, (const void *)got, errno, weightd_last_error(),
+		      (unsigned long long)ti.nbytes, (unsigned long long)len);
+		CHECK(pread(fd, want, len, (off_t)(f.data_start + t->begin)) == (ssize_t)len,
+		      "pread %s", path);
+		for (uint64_t k = 0; k < len; k++)
+			CHECK(got[k] == want[k], "%s: tensor %s (%s/%s) differs at byte %llu of %llu: "
+			      "cache %02x, file %02x (host offset %llu)", path, t->name, model, comp,
+			      (unsigned long long)k, (unsigned long long)len, got[k], want[k],
+			      (unsigned long long)ti.host_offset);
+		free(want);
+		n++;
+	}
+	st_file_free(&f);
+	close(fd);
+	return n;
+}
+
+static void test_bytes_match(void **state)
+{
+	const char *corpus = getenv("WD_CORPUS");
+	struct weightd *w;
+	char path[PATH_MAX], loaded[64][WEIGHTD_TIER_MAX * 16];
+	size_t n_loaded = 0, tensors = 0, corpus_files = 0;
+	DIR *dir;
+	int ret;
+
+	(void)state;
+	write_extras(dm.models);
+	dir = corpus ? opendir(corpus) : NULL;
+	for (struct dirent *de; dir && (de = readdir(dir));) {
+		size_t n = strlen(de->d_name);
+
+		if (n < 13 || strcmp(de->d_name + n - 12, ".safetensors"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", corpus, de->d_name);
+		char to[PATH_MAX];
+
+		snprintf(to, sizeof(to), "%s/corpus-%s", dm.models, de->d_name);
+		copy_file(path, to);
+		corpus_files++;
+	}
+	if (dir)
+		closedir(dir);
+	else
+		print_message("note: no reference corpus at %s; generated files only\n",
+			      corpus ? corpus : "$WD_CORPUS");
+	w = attach();
+	ret = weightd_scan(w, dm.models, NULL, NULL);
+	CHECK(ret >= 3 + 4, "scan found %d models: %s", ret, weightd_last_error());
+	n_files = 0;
+	nftw(dm.models, collect, 16, FTW_PHYS);
+	CHECK(n_files >= 4 + 5 + corpus_files, "%zu files", n_files);
+	for (size_t i = 0; i < n_files; i++) {
+		struct weightd_model_info mi;
+		struct weightd_load_result res;
+		char comp[256];
+		size_t k;
+
+		target_of(w, files[i], &mi, comp, sizeof(comp));
+		for (k = 0; k < n_loaded && strcmp(loaded[k], mi.name); k++)
+			;
+		if (k == n_loaded) {
+			ret = weightd_load_ex(w, mi.name, NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL,
+					      NULL, &res);
+			CHECK(ret == 0 && res.bytes == mi.nbytes, "load %s: %d %s; %llu bytes of "
+			      "%llu", mi.name, ret, weightd_last_error(),
+			      (unsigned long long)res.bytes, (unsigned long long)mi.nbytes);
+			snprintf(loaded[n_loaded++], sizeof(loaded[0]), "%s", mi.name);
+		}
+		tensors += compare_file(w, files[i], mi.name, comp);
+	}
+	print_message("compared %zu tensors of %zu files (%zu from the corpus)\n", tensors,
+		      n_files, corpus_files);
+	weightd_detach(w);
+}
+
+/* A selection and a conversion are entries of their own, and the registry says so. */
+static void test_subset_convert(void **state)
+{
+	struct weightd *w;
+	struct weightd_tensor_info ti;
+	struct weightd_load_opts bf = { .dtype = WEIGHTD_DTYPE_BF16 };
+	struct weightd_load_opts pre = { .prefix = "model.layers.0." };
+	struct weightd_load_result res;
+	char path[PATH_MAX];
+	const uint16_t *got;
+	float f32[37];
+	int fd, ret;
+
+	(void)state;
+	write_extras(dm.models);
+	w = attach();
+	CHECK(weightd_scan(w, dm.models, NULL, NULL) >= 7, "scan: %s", weightd_last_error());
+	ret = weightd_load_ex(w, "f32", NULL, WEIGHTD_TIER_HOST, 0, &bf, NULL, NULL, &res);
+	CHECK(ret == 0, "load f32 as BF16: %d %s", ret, weightd_last_error());
+	ret = weightd_tensor(w, "f32", NULL, "w", &ti);
+	CHECK(ret == 0 && ti.dtype == WEIGHTD_DTYPE_BF16 && ti.nbytes == 37 * 2 &&
+	      !strcmp(ti.dtype_name, "BF16"), "converted tensor: %d dtype %u (%s) %llu bytes",
+	      ret, ti.dtype, ti.dtype_name, (unsigned long long)ti.nbytes);
+	got = weightd_tensor_data(w, &ti);
+	snprintf(path, sizeof(path), "%s/f32.safetensors", dm.models);
+	fd = open(path, O_RDONLY);
+	CHECK(got && fd >= 0 && pread(fd, f32, sizeof(f32), 8 + 8 * 0) >= 0, "data %p", got);
+	{
+		struct st_file f;
+		struct st_error err;
+
+		CHECK(st_open_fd(fd, path, &f, &err) == 0, "%s", err.message);
+		const struct st_tensor *t = st_find(&f, "w");
+
+		CHECK(t && pread(fd, f32, sizeof(f32), (off_t)(f.data_start + t->begin)) ==
+		      sizeof(f32), "read w");
+		for (int i = 0; i < 37; i++) {
+			uint32_t bits;
+
+			memcpy(&bits, &f32[i], 4);
+			CHECK(got[i] == convert_f32_to_bf16(bits), "element %d: %04x, want %04x", i,
+			      got[i], convert_f32_to_bf16(bits));
+		}
+		st_file_free(&f);
+	}
+	close(fd);
+	/* The I32 tensor of the same entry is stored as it is. */
+	ret = weightd_tensor(w, "f32", NULL, "ids", &ti);
+	CHECK(ret == 0 && ti.dtype == ST_I32 && weightd_tensor_data(w, &ti), "ids: %d", ret);
+	/* Unloading the converted copy gives the registry the file's dtype back. */
+	CHECK(weightd_unload(w, "f32", NULL, WEIGHTD_TIER_HOST) == 0, "unload f32");
+	ret = weightd_tensor(w, "f32", NULL, "w", &ti);
+	CHECK(ret == 0 && ti.dtype == ST_F32 && ti.nbytes == 37 * 4 && !ti.resident &&
+	      !weightd_tensor_data(w, &ti) && errno == ENODATA, "after unload: dtype %u, %llu "
+	      "bytes, resident %u", ti.dtype, (unsigned long long)ti.nbytes, ti.resident);
+
+	/* A prefix: the selected tensors are resident, the others are not. */
+	ret = weightd_load_ex(w, "llama-tiny", NULL, WEIGHTD_TIER_HOST, 0, &pre, NULL, NULL, &res);
+	CHECK(ret == 0 && res.bytes > 0, "load llama-tiny prefix: %d %s", ret, weightd_last_error());
+	ret = weightd_tensor(w, "llama-tiny", NULL, "model.layers.0.self_attn.q_proj.weight", &ti);
+	CHECK(ret == 0 && weightd_tensor_data(w, &ti), "selected tensor: %d %s", ret,
+	      weightd_last_error());
+	ret = weightd_tensor(w, "llama-tiny", NULL, "model.norm.weight", &ti);
+	CHECK(ret == 0 && !weightd_tensor_data(w, &ti) && errno == ENODATA,
+	      "unselected tensor resident (%u)", ti.resident);
+	{
+		const char *const names[] = { "model.norm.weight", "no.such.tensor" };
+		struct weightd_load_opts byname = { .names = names, .n_names = 2 };
+
+		ret = weightd_load_ex(w, "llama-tiny", NULL, WEIGHTD_TIER_HOST, 0, &byname, NULL,
+				      NULL, &res);
+		CHECK(ret == -ENOENT && strstr(weightd_last_error(), "no.such.tensor"),
+		      "a name no file has: %d %s", ret, weightd_last_error());
+		byname.n_names = 1;
+		ret = weightd_load_ex(w, "llama-tiny", NULL, WEIGHTD_TIER_HOST, 0, &byname, NULL,
+				      NULL, &res);
+		CHECK(ret == 0, "load by names: %d %s", ret, weightd_last_error());
+		ret = weightd_tensor(w, "llama-tiny", NULL, "model.norm.weight", &ti);
+		CHECK(ret == 0 && weightd_tensor_data(w, &ti), "named tensor resident");
+	}
+	weightd_detach(w);
+}
+
+/* Two processes load the same model at once: one disk read, both see the bytes. */
+static void test_coalesce(void **state)
+{
+	struct weightd_cache_stats cs;
+	struct weightd_model_info mi;
+	struct weightd *w;
+	int go[2], status;
+	pid_t pid[2];
+	char vae[PATH_MAX];
+	uint32_t id;
+
+	(void)state;
+	snprintf(vae, sizeof(vae), "%s/sd-tiny/vae/diffusion_pytorch_model.safetensors",
+		 dm.models);
+	CHECK(pipe(go) == 0, "pipe");
+	for (int i = 0; i < 2; i++) {
+		pid[i] = fork();
+		CHECK(pid[i] >= 0, "fork");
+		if (pid[i] == 0) {
+			struct weightd *cw = NULL;
+			char c;
+
+			close(go[1]);
+			if (weightd_attach(dm.socket, NULL, &cw))
+				_exit(10);
+			if (read(go[0], &c, 1) != 0)
+				_exit(11);
+			if (weightd_load(cw, "sd-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL))
+				_exit(12);
+			compare_file(cw, vae, "sd-tiny", "vae");
+			weightd_detach(cw);
+			_exit(0);
+		}
+	}
+	close(go[0]);
+	usleep(100 * 1000);
+	close(go[1]);	/* both children read EOF at once */
+	for (int i = 0; i < 2; i++) {
+		CHECK(waitpid(pid[i], &status, 0) == pid[i], "waitpid");
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %#x", i,
+		      status);
+	}
+	w = attach();
+	CHECK(weightd_lookup(w, "sd-tiny", &id) == 0 && weightd_model(w, id, &mi) == 0, "sd-tiny");
+	CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+	CHECK(cs.loads == mi.n_components && cs.read_bytes >= mi.nbytes &&
+	      cs.read_bytes < 2 * mi.nbytes && cs.hits + cs.coalesced >= mi.n_components,
+	      "loads %llu (components %u), read %llu (model %llu), hits %llu, coalesced %llu",
+	      (unsigned long long)cs.loads, mi.n_components, (unsigned long long)cs.read_bytes,
+	      (unsigned long long)mi.nbytes, (unsigned long long)cs.hits,
+	      (unsigned long long)cs.coalesced);
+	weightd_detach(w);
+}
+
+static int setup_tiny(void **state)
+{
+	static const char *const extra[] = { "--host-budget", "64K", NULL };
+
+	return setup_args(state, extra);
+}
+
+static void test_too_big(void **state)
+{
+	struct weightd_cache_stats cs;
+	struct weightd *w = attach();
+	int ret;
+
+	(void)state;
+	ret = weightd_load(w, "sd-tiny", "unet", WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == -EFBIG && strstr(weightd_last_error(), "needs") &&
+	      strstr(weightd_last_error(), "host budget is 65536"), "load unet with a 64 KiB budget: "
+	      "%d \"%s\"", ret, weightd_last_error());
+	CHECK(weightd_cache_stats(w, &cs) == 0 && cs.refused >= 1 && cs.bytes == 0 &&
+	      cs.budget == 65536, "refused %llu, bytes %llu, budget %llu",
+	      (unsigned long long)cs.refused, (unsigned long long)cs.bytes,
+	      (unsigned long long)cs.budget);
+	weightd_detach(w);
+}
+
+/* The host cache bytes of a component as the daemon lays it out (64-byte tensor slots). */
+static uint64_t entry_size(struct weightd *w, const char *model, const char *comp)
+{
+	struct weightd_component_info ci;
+	uint32_t id;
+
+	CHECK(weightd_lookup(w, model, &id) == 0, "lookup %s", model);
+	for (uint32_t c = 0; weightd_component(w, c, &ci) == 0; c++)
+		if (ci.model == id && (!comp || !strcmp(ci.name, comp)))
+			return (ci.nbytes + 64ull * ci.n_tensors + 4095) & ~4095ull;
+	CHECK(false, "no component %s of %s", comp ? comp : "-", model);
+	return 0;
+}
+
+static bool resident(struct weightd *w, const char *model, const char *comp)
+{
+	struct weightd_component_info ci;
+	uint32_t id;
+
+	weightd_lookup(w, model, &id);
+	for (uint32_t c = 0; weightd_component(w, c, &ci) == 0; c++)
+		if (ci.model == id && (!comp || !strcmp(ci.name, comp)))
+			return ci.tiers[WEIGHTD_TIER_HOST].state == WEIGHTD_RESIDENT;
+	return false;
+}
+
+static void restart_with(const char *budget, const char *ttl)
+{
+	char log[300];
+	int i = 0;
+
+	td_daemon_kill(&dm, SIGTERM, 5000);
+	memset(dm.extra, 0, sizeof(dm.extra));
+	dm.extra[i++] = "--host-budget";
+	dm.extra[i++] = budget;
+	if (ttl) {
+		dm.extra[i++] = "--keep-alive";
+		dm.extra[i++] = ttl;
+	}
+	snprintf(log, sizeof(log), "%s", dm.log);
+	CHECK(td_daemon_start(&dm) == 0, "restart with budget %s", budget);
+}
+
+static void test_churn_pins_ttl(void **state)
+{
+	static const struct {
+		const char *model, *comp;
+	} rows[] = {
+		{ "llama-tiny", NULL }, { "sd-tiny", "unet" }, { "sd-tiny", "text_encoder" },
+		{ "llama-tiny", NULL }, { "sd-tiny", "unet" }, { "sd-tiny", "text_encoder" },
+		{ "sd-tiny", "unet" }, { "llama-tiny", NULL },
+	};
+	struct weightd_cache_stats cs;
+	struct weightd *a, *b;
+	char vae[PATH_MAX], budget[32];
+	uint64_t pinned, big = 0;
+	int ret;
+
+	(void)state;
+	snprintf(vae, sizeof(vae), "%s/vae-tiny.safetensors", dm.models);
+	a = attach();
+	pinned = entry_size(a, "vae-tiny", NULL);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		uint64_t s = entry_size(a, rows[i].model, rows[i].comp);
+
+		big = s > big ? s : big;
+	}
+	weightd_detach(a);
+	/* Room for the pinned model and the largest other one, never for two others. */
+	snprintf(budget, sizeof(budget), "%llu", (unsigned long long)(pinned + big + 8192));
+	restart_with(budget, NULL);
+	a = attach();
+	b = attach();
+	ret = weightd_load(a, "vae-tiny", NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_PIN, NULL, NULL);
+	CHECK(ret == 0, "pin-load vae-tiny: %d %s", ret, weightd_last_error());
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		ret = weightd_load(b, rows[i].model, rows[i].comp, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+		CHECK(ret == 0, "row %zu: load %s/%s with budget %s: %d %s", i, rows[i].model,
+		      rows[i].comp ? rows[i].comp : "-", budget, ret, weightd_last_error());
+		CHECK(resident(b, "vae-tiny", NULL), "row %zu: the pinned vae-tiny was evicted", i);
+	}
+	compare_file(b, vae, "vae-tiny", "");
+	CHECK(weightd_cache_stats(b, &cs) == 0 && cs.evictions >= ARRAY_SIZE(rows) - 1,
+	      "evictions %llu after %zu loads", (unsigned long long)cs.evictions,
+	      ARRAY_SIZE(rows));
+	ret = weightd_unload(b, "vae-tiny", NULL, WEIGHTD_TIER_HOST);
+	CHECK(ret == -EBUSY, "unload of a model another client pinned: %d", ret);
+	weightd_detach(a);
+	weightd_detach(b);
+
+	/* A keep-alive TTL: the first load may not be evicted for the second. */
+	snprintf(budget, sizeof(budget), "%llu", (unsigned long long)(big + 8192));
+	restart_with(budget, "3600");
+	b = attach();
+	ret = weightd_load(b, "llama-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == 0, "load llama-tiny: %d %s", ret, weightd_last_error());
+	ret = weightd_load(b, "sd-tiny", "unet", WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == -ENOSPC && strstr(weightd_last_error(), "kept alive"),
+	      "load with the budget held by a kept-alive entry: %d %s", ret, weightd_last_error());
+	CHECK(resident(b, "llama-tiny", NULL), "the kept-alive entry stays");
+	weightd_detach(b);
+}
+
+/* A file that changed after the scan is caught before its bytes are used. */
+static void test_stale(void **state)
+{
+	static const char *const how[] = { "rewritten", "truncated" };
+	struct weightd *w = attach();
+	char path[PATH_MAX];
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(how); i++) {
+		struct st_write_tensor t[] = { { "x", ST_F32, 1, { 1000 } } };
+		char name[64];
+		int ret;
+
+		snprintf(name, sizeof(name), "stale-%s", how[i]);
+		snprintf(path, sizeof(path), "%s/%s.safetensors", dm.models, name);
+		CHECK(st_write_file(path, t, 1, NULL, 0, 1) == 0, "write %s", path);
+		CHECK(weightd_scan(w, dm.models, NULL, NULL) >= 4, "scan: %s", weightd_last_error());
+		if (i == 0) {
+			t[0].shape[0] = 999;
+			CHECK(st_write_file(path, t, 1, NULL, 0, 2) == 0, "rewrite %s", path);
+		} else {
+			struct stat sb;
+
+			CHECK(stat(path, &sb) == 0 && truncate(path, sb.st_size - 100) == 0,
+			      "truncate %s", path);
+		}
+		ret = weightd_load(w, name, NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+		CHECK(ret == -ESTALE && strstr(weightd_last_error(), path), "%s: load %d \"%s\"",
+		      how[i], ret, weightd_last_error());
+	}
+	weightd_detach(w);
+}
+
+/* The mapping is read-only: a forked client's write dies; the daemon and others go on. */
+static void test_read_only(void **state)
+{
+	struct weightd *w = attach();
+	struct weightd_tensor_info ti;
+	char vae[PATH_MAX];
+	int status;
+	pid_t pid;
+
+	(void)state;
+	snprintf(vae, sizeof(vae), "%s/vae-tiny.safetensors", dm.models);
+	CHECK(weightd_load(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL) == 0, "load");
+	CHECK(weightd_tensor(w, "vae-tiny", NULL, "decoder.conv_in.weight", &ti) == 0, "tensor");
+	pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		struct weightd *cw = NULL;
+		volatile unsigned char *p;
+
+		signal(SIGSEGV, SIG_DFL);
+		if (weightd_attach(dm.socket, NULL, &cw) ||
+		    weightd_tensor(cw, "vae-tiny", NULL, "decoder.conv_in.weight", &ti))
+			_exit(10);
+		p = (volatile unsigned char *)weightd_tensor_data(cw, &ti);
+		if (!p)
+			_exit(11);
+		p[0] = (unsigned char)(p[0] + 1);
+		_exit(12);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, "child: exited %d code %d, "
+	      "signal %d; want SIGSEGV", WIFEXITED(status), WIFEXITED(status) ?
+	      WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+	CHECK(weightd_ping(w) == 0, "the daemon answers after the client died");
+	compare_file(w, vae, "vae-tiny", "");
+	/* A registry record pointing outside the mapping is refused, not followed. */
+	ti.host_offset = UINT64_MAX - 8;
+	CHECK(!weightd_tensor_data(w, &ti) && errno == EFAULT, "offset outside: errno %d", errno);
+	weightd_detach(w);
+}
+
+/* Runs weightctl with stdout into @out_path; returns its exit status. */
+static int ctl(const char *out_path, char *err, size_t err_size, ...)
+{
+	char bin[PATH_MAX];
+	const char *argv[16];
+	int n = 0, status, efd[2];
+	va_list ap;
+	pid_t pid;
+	ssize_t got = 0, k;
+
+	snprintf(bin, sizeof(bin), "%s/weightctl", td_build_dir());
+	argv[n++] = bin;
+	va_start(ap, err_size);
+	for (const char *a; (a = va_arg(ap, const char *)) && n < 14;)
+		argv[n++] = a;
+	va_end(ap);
+	argv[n] = NULL;
+	CHECK(pipe(efd) == 0, "pipe");
+	pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(fd, STDOUT_FILENO);
+		dup2(efd[1], STDERR_FILENO);
+		setenv("WEIGHTD_SOCKET", dm.socket, 1);
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	close(efd[1]);
+	while (got + 1 < (ssize_t)err_size && (k = read(efd[0], err + got, err_size - 1 -
+							(size_t)got)) > 0)
+		got += k;
+	err[got] = '\0';
+	close(efd[0]);
+	CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+	struct stat sb;
+	char *buf;
+	int fd = open(path, O_RDONLY);
+
+	CHECK(fd >= 0 && fstat(fd, &sb) == 0, "open %s", path);
+	buf = malloc((size_t)sb.st_size + 1);
+	CHECK(buf && read(fd, buf, (size_t)sb.st_size) == sb.st_size, "read %s", path);
+	buf[sb.st_size] = '\0';
+	*len = (size_t)sb.st_size;
+	close(fd);
+	return buf;
+}
+
+static void test_cli(void **state)
+{
+	static const struct {
+		const char *args[6];
+		int rc;
+		const char *out, *err;
+	} rows[] = {
+		{ { "load", "llama-tiny" }, 0, "resident in", NULL },
+		{ { "load", "llama-tiny" }, 0, "hit (already resident)", NULL },
+		{ { "load", "--component", "vae", "sd-tiny" }, 0, "miss", NULL },
+		{ { "load", "--json", "--pin", "vae-tiny" }, 0, "\"hit\":", NULL },
+		{ { "load", "no-such-model" }, 1, NULL, "no-such-model" },
+		{ { "load", "--tier", "cuda:0", "vae-tiny" }, 1, NULL, "GPU tier not available" },
+		{ { "load", "--dtype", "F8", "vae-tiny" }, 2, NULL, "--dtype wants" },
+		{ { "cat", "sd-tiny", "text_model.final_layer_norm.weight" }, 1, NULL,
+		  "weightctl load sd-tiny" },
+		{ { "ps" }, 0, "llama-tiny", NULL },
+	};
+	char out[PATH_MAX], err[4096], file[PATH_MAX];
+	struct st_file f;
+	struct st_error se;
+	size_t len;
+	char *buf;
+	int rc;
+
+	(void)state;
+	snprintf(out, sizeof(out), "%s/ctl.out", dm.root);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		const char *const *a = rows[i].args;
+
+		rc = ctl(out, err, sizeof(err), a[0], a[1], a[2], a[3], a[4], a[5], NULL);
+		buf = slurp(out, &len);
+		CHECK(rc == rows[i].rc && (!rows[i].out || strstr(buf, rows[i].out)) &&
+		      (!rows[i].err || strstr(err, rows[i].err)), "row %zu (%s %s): exit %d (want "
+		      "%d)\nstdout: %s\nstderr: %s", i, a[0], a[1], rc, rows[i].rc, buf, err);
+		free(buf);
+	}
+	/* cat: the bytes of every tensor of a file, from the cache, equal the file's. */
+	snprintf(file, sizeof(file), "%s/llama-tiny/model-00001-of-00002.safetensors", dm.models);
+	CHECK(st_open(file, &f, &se) == 0, "%s: %s", file, se.message);
+	int fd = open(file, O_RDONLY);
+
+	for (uint32_t i = 0; i < f.n_tensors; i++) {
+		const struct st_tensor *t = &f.tensors[i];
+		size_t n = t->end - t->begin;
+		char *want = malloc(n ? n : 1);
+
+		rc = ctl(out, err, sizeof(err), "cat", "llama-tiny", t->name, NULL);
+		buf = slurp(out, &len);
+		CHECK(rc == 0 && len == n && pread(fd, want, n, (off_t)(f.data_start + t->begin)) ==
+		      (ssize_t)n && !memcmp(buf, want, n), "cat %s: exit %d, %zu bytes (file %zu) %s",
+		      t->name, rc, len, n, err);
+		free(want);
+		free(buf);
+	}
+	close(fd);
+	st_file_free(&f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_bytes_match, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_subset_convert, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_coalesce, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_too_big, setup_tiny, teardown),
+		cmocka_unit_test_setup_teardown(test_churn_pins_ttl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cli, setup, teardown),
+	};
+
+	have_daemon = td_have_daemon();
+	if (!have_daemon)
+		return 77;
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
