@@ -57,7 +57,7 @@ CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weig
 all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
 
 help:
-	@echo "make run         install missing packages, build, run the demo job"
+	@echo "make run         install missing packages, build, run the daemon on demo models"
 	@echo "make test        build and run every test (unit, integration, ASan+UBSan, fuzz)"
 	@echo "make test-unit   run the test suite on the release build only"
 	@echo "make bench-scan  discovery benchmark (10,000 files)"
@@ -104,13 +104,15 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(INTERNAL_LIB)
 deps:
 	@scripts/install-deps.sh
 
-# The demo job: a small generated model set under .run/, scanned and listed.
+# The demo: a small generated model set under .run/ and the daemon serving it in the
+# foreground (it scans --models at start); Ctrl-C stops it.
 RUN_DIR := .run
 run: deps
 	@$(MAKE) --no-print-directory all
 	@test -d $(RUN_DIR)/models || $(BUILD)/weightctl gen --preset demo $(RUN_DIR)/models
-	$(BUILD)/weightctl --state-dir $(RUN_DIR)/state scan $(RUN_DIR)/models
-	$(BUILD)/weightctl --state-dir $(RUN_DIR)/state ls
+	@echo "weightd: talk to it from another shell: WEIGHTD_SOCKET=$(RUN_DIR)/weightd.sock $(BUILD)/weightctl ps"
+	exec $(BUILD)/weightd --foreground --state-dir $(RUN_DIR)/state \
+		--socket $(RUN_DIR)/weightd.sock --models $(RUN_DIR)/models --host-budget 1G
 
 # `make test` is what CI runs: the release suite, the sanitizer suite, and the fuzzers.
 # The sanitizer suite runs last so that its summary line closes the output.

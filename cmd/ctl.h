@@ -66,5 +66,7 @@ int ctl_unload(struct ctl *c, int argc, char **argv);
 int ctl_pin(struct ctl *c, int argc, char **argv);
 int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_cat(struct ctl *c, int argc, char **argv);
+/* The live view (cmd/ctl_top.c). */
+int ctl_top(struct ctl *c, int argc, char **argv);
 
 #endif

@@ -19,6 +19,7 @@ static const struct ctl_verb verbs[] = {
 	{ "pin", ctl_pin, "pin a model on a tier (--hold keeps it until Ctrl-C)" },
 	{ "cat", ctl_cat, "write a resident tensor's bytes from the host cache to stdout" },
 	{ "stats", ctl_stats, "the daemon's counters" },
+	{ "top", ctl_top, "live view: tiers, budgets, resident models, loads and rates" },
 };
 
 static void usage(FILE *out)

@@ -6,12 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/config.h"
 #include "core/daemon.h"
 #include "core/log.h"
 
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
-       OPT_VERIFY, OPT_KEEP_ALIVE };
+       OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -27,6 +28,7 @@ static const struct option options[] = {
 	{ "no-scan", no_argument, NULL, OPT_NO_SCAN },
 	{ "verify", no_argument, NULL, OPT_VERIFY },
 	{ "keep-alive", required_argument, NULL, OPT_KEEP_ALIVE },
+	{ "config", required_argument, NULL, OPT_CONFIG },
 	{ "help", no_argument, NULL, 'h' },
 	{ 0 }
 };
@@ -36,6 +38,10 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: weightd [--foreground] [options]\n\n"
 		"  -f, --foreground        stay in the foreground (otherwise detach once ready)\n"
+		"  --config FILE           settings file (docs/config.md); default\n"
+		"                          $WEIGHTD_CONFIG, else none. The command line overrides\n"
+		"                          the file; a list option (--models, --allow-user, ...)\n"
+		"                          replaces the file's list\n"
 		"  --models DIR            model root (repeatable); default $WEIGHTD_MODELS,\n"
 		"                          else STATE_DIR/models; scanned at start and by SCAN\n"
 		"  --no-scan               do not scan the roots at start\n"
@@ -113,80 +119,149 @@ static int detach_and_wait(int *report)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* What the command line and the configuration file settle, besides struct daemon_config. */
+struct settings {
+	enum log_level level;
+	bool foreground;
+};
+
+/*
+ * Finds --config (and --help) before the other options are applied, since the file must
+ * come first for the command line to override it. Errors are left to the second pass.
+ */
+static const char *find_config(int argc, char **argv, bool *help)
 {
-	struct daemon_config cfg;
-	enum log_level level = LOG_INFO;
-	bool foreground = false;
-	struct daemon *d;
-	int opt, ret, report = -1;
+	const char *path = NULL;
+	int opt;
+
+	opterr = 0;
+	optind = 0;
+	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+		if (opt == OPT_CONFIG)
+			path = optarg;
+		*help |= opt == 'h';
+	}
+	opterr = 1;
+	return path;
+}
+
+/*
+ * Settles the configuration: defaults, then the file (--config, else $WEIGHTD_CONFIG), then
+ * the command line. @cf receives the file's storage, which @cfg's strings point into; it must
+ * outlive the daemon. The process environment is read, never changed, so this can run again
+ * (to reload) with the same arguments. Returns -1 to go on, else the exit status (messages
+ * printed).
+ */
+static int build_config(int argc, char **argv, struct daemon_config *cfg, struct config_file *cf,
+			struct settings *set)
+{
+	bool help = false;
+	const char *conf = config_path(find_config(argc, argv, &help));
+	uint32_t replaced = 0;
+	char err[512];
+	int opt, ret;
 	uint64_t v;
 
-	daemon_config_init(&cfg);
-	cfg.handle_signals = true;
+	daemon_config_init(cfg);
+	cfg->handle_signals = true;
+	*set = (struct settings){ .level = LOG_INFO };
+	*cf = (struct config_file){ 0 };
 	if (getenv("WEIGHTD_LOG"))
-		level = log_get_level();
+		set->level = log_get_level();
+	if (help) {
+		usage(stdout);
+		return 0;
+	}
+	if (conf && (ret = config_load(conf, cfg, cf, err, sizeof(err)))) {
+		fprintf(stderr, "weightd: %s\n", err);
+		return 2;
+	}
+	if (config_has(cf, CONFIG_LOG_LEVEL))
+		set->level = cf->log_level;
+	optind = 0;
 	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+		/* A list on the command line replaces the file's: empty it at the first entry. */
+		static const struct {
+			int opt;
+			enum config_key key;
+		} lists[] = {
+			{ OPT_MODELS, CONFIG_MODELS }, { OPT_ALLOW_USER, CONFIG_ALLOW_USER },
+			{ OPT_ALLOW_GROUP, CONFIG_ALLOW_GROUP }, { OPT_ADMIN, CONFIG_ADMIN_USER },
+		};
+
+		for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+			if (opt != lists[i].opt || !config_has(cf, lists[i].key) ||
+			    (replaced & (1u << lists[i].key)))
+				continue;
+			replaced |= 1u << lists[i].key;
+			if (opt == OPT_MODELS)
+				cfg->n_roots = 0;
+			else if (opt == OPT_ALLOW_USER)
+				cfg->n_allow_uids = 0;
+			else if (opt == OPT_ALLOW_GROUP)
+				cfg->n_allow_gids = 0;
+			else
+				cfg->n_admin_uids = 0;
+		}
 		switch (opt) {
 		case 'f':
-			foreground = true;
+			set->foreground = true;
+			break;
+		case OPT_CONFIG:
 			break;
 		case OPT_MODELS:
-			if (cfg.n_roots == DAEMON_MAX_ROOTS)
+			if (cfg->n_roots == DAEMON_MAX_ROOTS)
 				return bad("--models", optarg, "too many roots");
-			cfg.roots[cfg.n_roots++] = optarg;
+			cfg->roots[cfg->n_roots++] = optarg;
 			break;
 		case OPT_NO_SCAN:
-			cfg.scan_at_start = false;
+			cfg->scan_at_start = false;
 			break;
 		case OPT_VERIFY:
-			cfg.verify = true;
+			cfg->verify = true;
 			break;
 		case OPT_KEEP_ALIVE:
 			if (daemon_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
 				return bad("--keep-alive", optarg, "expected seconds");
-			cfg.host_ttl_ns = v * 1000000000ull;
+			cfg->host_ttl_ns = v * 1000000000ull;
 			break;
 		case OPT_BUDGET:
-			if (daemon_parse_bytes(optarg, &cfg.host_budget))
+			if (daemon_parse_bytes(optarg, &cfg->host_budget))
 				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
 			break;
 		case OPT_STATE:
-			cfg.state_dir = optarg;
+			cfg->state_dir = optarg;
 			break;
 		case OPT_SOCKET:
-			cfg.socket_path = optarg;
+			cfg->socket_path = optarg;
 			break;
 		case OPT_SPIN:
 			if (daemon_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
 				return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
-			cfg.spin_us = (uint32_t)v;
+			cfg->spin_us = (uint32_t)v;
 			break;
 		case OPT_LOG:
-			if (parse_level(optarg, &level))
+			if (parse_level(optarg, &set->level))
 				return bad("--log-level", optarg, "expected debug|info|warn|error|off");
 			break;
 		case OPT_ALLOW_USER:
-			if (cfg.n_allow_uids == DAEMON_MAX_IDS ||
-			    daemon_parse_user(optarg, &cfg.allow_uids[cfg.n_allow_uids++]))
+			if (cfg->n_allow_uids == DAEMON_MAX_IDS ||
+			    daemon_parse_user(optarg, &cfg->allow_uids[cfg->n_allow_uids++]))
 				return bad("--allow-user", optarg, "unknown user (or too many)");
 			break;
 		case OPT_ALLOW_GROUP:
-			if (cfg.n_allow_gids == DAEMON_MAX_IDS ||
-			    daemon_parse_group(optarg, &cfg.allow_gids[cfg.n_allow_gids++]))
+			if (cfg->n_allow_gids == DAEMON_MAX_IDS ||
+			    daemon_parse_group(optarg, &cfg->allow_gids[cfg->n_allow_gids++]))
 				return bad("--allow-group", optarg, "unknown group (or too many)");
 			break;
 		case OPT_ADMIN:
-			if (cfg.n_admin_uids == DAEMON_MAX_IDS)
+			if (cfg->n_admin_uids == DAEMON_MAX_IDS)
 				return bad("--admin-user", optarg ? optarg : "", "too many");
 			if (!optarg)
-				cfg.admin_uids[cfg.n_admin_uids++] = geteuid();
-			else if (daemon_parse_user(optarg, &cfg.admin_uids[cfg.n_admin_uids++]))
+				cfg->admin_uids[cfg->n_admin_uids++] = geteuid();
+			else if (daemon_parse_user(optarg, &cfg->admin_uids[cfg->n_admin_uids++]))
 				return bad("--admin-user", optarg, "unknown user");
 			break;
-		case 'h':
-			usage(stdout);
-			return 0;
 		default:
 			usage(stderr);
 			return 2;
@@ -196,8 +271,24 @@ int main(int argc, char **argv)
 		fprintf(stderr, "weightd: unexpected argument \"%s\"\n", argv[optind]);
 		return 2;
 	}
-	log_set_level(level);
-	if (!foreground && (ret = detach_and_wait(&report))) {
+	return -1;
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon_config cfg;
+	struct config_file cf;
+	struct settings set;
+	struct daemon *d;
+	int ret, report = -1;
+
+	ret = build_config(argc, argv, &cfg, &cf, &set);
+	if (ret >= 0) {
+		config_file_free(&cf);
+		return ret;
+	}
+	log_set_level(set.level);
+	if (!set.foreground && (ret = detach_and_wait(&report))) {
 		fprintf(stderr, "weightd: cannot detach: %s\n", strerror(-ret));
 		return 1;
 	}
@@ -213,9 +304,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "weightd: cannot start: %s\n", ret == -EADDRINUSE ?
 			"another weightd is running on this socket (see the log line above)" :
 			strerror(-ret));
+		config_file_free(&cf);
 		return 1;
 	}
 	ret = daemon_run(d);
 	daemon_destroy(d);
+	config_file_free(&cf);
 	return ret ? 1 : 0;
 }

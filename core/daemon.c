@@ -1266,9 +1266,6 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		log_error(MOD, "\"cannot build the registry\" err=%d", ret);
 		goto fail;
 	}
-	ret = hostcache_create(d);
-	if (ret)
-		goto fail;
 	ret = open_listener(d);
 	if (ret) {
 		log_error(MOD, "\"cannot listen\" path=%s err=%d", d->sock_path, ret);
@@ -1298,6 +1295,10 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		if (ret)
 			goto fail;
 	}
+	/* After the signal mask: the loader thread must not take SIGTERM's default action. */
+	ret = hostcache_create(d);
+	if (ret)
+		goto fail;
 	ret = watch(d, d->listen_fd, &listen_watch);
 	if (!ret)
 		ret = watch(d, d->stop_efd, &stop_watch);

@@ -17,7 +17,6 @@
 #include "core/convert.h"
 #include "core/evict.h"
 #include "core/log.h"
-#include "core/placement.h"
 #include "gpu/cuda.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
@@ -113,7 +112,6 @@ struct hostcache {
 	pthread_mutex_t lock;
 	struct arena *arena;
 	struct loader *loader;
-	struct placement *pl;
 	struct evict_policy *pol;
 	uint64_t budget;
 	char gpu_why[160];
@@ -1414,8 +1412,6 @@ int hostcache_create(struct daemon *d)
 			   &hc->pol);
 	if (ret)
 		return ret;
-	if (placement_open(NULL, NULL, &hc->pl))
-		hc->pl = NULL;
 	ret = gpu_driver_open(&drv, why, sizeof(why));
 	if (ret) {
 		if (ret == -ENODEV && !strstr(why, "no CUDA driver"))
@@ -1429,8 +1425,8 @@ int hostcache_create(struct daemon *d)
 		gpu_driver_close(&drv);
 	}
 	log_info(MOD, "\"host cache ready\" budget=%" PRIu64 " pages=%s ttl_ns=%" PRIu64
-		 " verify=%d numa_nodes=%d", hc->budget, arena_pages_name(hc->arena->pages),
-		 d->cfg.host_ttl_ns, d->cfg.verify, hc->pl ? placement_node_count(hc->pl) : 1);
+		 " verify=%d", hc->budget, arena_pages_name(hc->arena->pages), d->cfg.host_ttl_ns,
+		 d->cfg.verify);
 	return 0;
 }
 
@@ -1458,7 +1454,6 @@ void hostcache_destroy(struct daemon *d)
 		free_entry(e);
 	}
 	evict_destroy(hc->pol);
-	placement_close(hc->pl);
 	arena_destroy(hc->arena);
 	free(hc->known);
 	pthread_mutex_destroy(&hc->lock);

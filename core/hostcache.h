@@ -42,7 +42,7 @@ struct hostcache;
 
 /*
  * Creates the host tier of @d: an arena of d->cfg.host_budget bytes (a quarter of the
- * machine's memory when unset), the loader thread, the topology and the eviction policy. It
+ * machine's memory when unset), the loader thread and the eviction policy. It
  * also probes the CUDA driver once, to say why the GPU tier refuses loads.
  * Returns 0 and sets d->hc; -ENOMEM; or the error of arena_create(), loader_create() or
  * evict_create().

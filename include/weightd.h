@@ -219,6 +219,23 @@ struct weightd_tensor_info {
 int weightd_tensor(struct weightd *w, const char *model, const char *component,
 		   const char *name, struct weightd_tensor_info *out);
 
+/* The size of a name field: names are up to WEIGHTD_NAME_MAX - 1 bytes. */
+#define WEIGHTD_NAME_MAX 256u
+
+/*
+ * Lists the tensors of @model (or of one @component; NULL for every component) with no round
+ * trip, in registry order, as weightd_tensor() describes each: fills up to @max records into
+ * @out and, when @names is not NULL, record i's NUL-terminated tensor name into
+ * @names + i * WEIGHTD_NAME_MAX (so @names holds @max * WEIGHTD_NAME_MAX bytes). One call
+ * replaces a name lookup per tensor, for a binding that wants every tensor of a pin.
+ * Returns the number of tensors the target has; when that is more than @max only @max were
+ * filled (call again with room for all). Errors: -ENOENT (no such model or component);
+ * -ENAMETOOLONG; -EAGAIN; -EBADMSG (a corrupt record); -EOVERFLOW; -EINVAL (NULL @w, or NULL
+ * @out with @max > 0).
+ */
+int weightd_tensor_list(struct weightd *w, const char *model, const char *component,
+			struct weightd_tensor_info *out, char *names, uint32_t max);
+
 /*
  * Makes @model (or one @component of it; NULL for every component) resident on @tier.
  * @flags: WEIGHTD_LOAD_*. @progress (may be NULL) is called with bytes done and total as the

@@ -754,13 +754,37 @@ int weightd_component(struct weightd *w, uint32_t id, struct weightd_component_i
 	return 0;
 }
 
+/* Copies registry record @t (index @id) into @out, host_state aside. -EBADMSG if corrupt. */
+static int fill_tensor_info(uint32_t id, const struct wd_reg_tensor *t,
+			    struct weightd_tensor_info *out)
+{
+	const struct st_dtype_info *dt;
+
+	if (t->rank > WD_SHAPE_MAX || t->dtype >= ST_DTYPE_COUNT)
+		return fail(-EBADMSG, "registry tensor %u has rank %u, dtype %u", id, t->rank,
+			    t->dtype);
+	*out = (struct weightd_tensor_info){
+		.id = id,
+		.model = t->model,
+		.component = t->component,
+		.dtype = t->dtype,
+		.rank = t->rank,
+		.nbytes = t->nbytes,
+		.resident = t->resident,
+		.host_offset = t->host_offset,
+	};
+	memcpy(out->shape, t->shape, sizeof(uint64_t) * t->rank);
+	dt = st_dtype_info((enum st_dtype)t->dtype);
+	copy_name(out->dtype_name, sizeof(out->dtype_name), dt ? dt->name : "?", 16);
+	return 0;
+}
+
 int weightd_tensor(struct weightd *w, const char *model, const char *component,
 		   const char *name, struct weightd_tensor_info *out)
 {
 	struct wd_reg_component c;
 	struct wd_reg_tensor t;
 	uint32_t mid, cid = WD_ID_NONE, tid;
-	const struct st_dtype_info *dt;
 	int ret;
 
 	if (!w || !out)
@@ -786,25 +810,72 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
 	if (ret)
 		return fail(ret, "model %s: tensor %s: %s", model, name,
 			    ret == -ENOENT ? "no such tensor" : strerror(-ret));
-	if (t.rank > WD_SHAPE_MAX || t.dtype >= ST_DTYPE_COUNT)
-		return fail(-EBADMSG, "registry tensor %u has rank %u, dtype %u", tid, t.rank,
-			    t.dtype);
-	*out = (struct weightd_tensor_info){
-		.id = tid,
-		.model = t.model,
-		.component = t.component,
-		.dtype = t.dtype,
-		.rank = t.rank,
-		.nbytes = t.nbytes,
-		.resident = t.resident,
-		.host_offset = t.host_offset,
-	};
-	memcpy(out->shape, t.shape, sizeof(uint64_t) * t.rank);
-	dt = st_dtype_info((enum st_dtype)t.dtype);
-	copy_name(out->dtype_name, sizeof(out->dtype_name), dt ? dt->name : "?", 16);
+	if ((ret = fill_tensor_info(tid, &t, out)))
+		return ret;
 	ret = registry_read_component(&w->reg, t.component, &c);
 	out->host_state = ret ? WEIGHTD_ABSENT : c.tiers[WD_TIER_HOST].state;
 	return 0;
+}
+
+int weightd_tensor_list(struct weightd *w, const char *model, const char *component,
+			struct weightd_tensor_info *out, char *names, uint32_t max)
+{
+	struct wd_reg_component c;
+	struct wd_reg_tensor t;
+	uint32_t mid, cid = WD_ID_NONE, state_cid = WD_ID_NONE, state = WEIGHTD_ABSENT;
+	uint32_t n = 0;
+	int ret;
+
+	if (!w || (!out && max))
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = check_name(model, "model name")))
+		return ret;
+	ret = registry_find_model(&w->reg, model, &mid, NULL);
+	if (ret)
+		return fail(ret, "model %s: %s", model,
+			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
+	if (component) {
+		if ((ret = check_name(component, "component name")))
+			return ret;
+		ret = registry_find_component(&w->reg, mid, component, &cid, NULL);
+		if (ret)
+			return fail(ret, "model %s, component %s: %s", model, component,
+				    ret == -ENOENT ? "no such component" : strerror(-ret));
+	}
+	/*
+	 * The registry has no per-component list: one pass over the published tensor records
+	 * (each a consistent seqlock copy) finds the target's, where a name lookup per tensor
+	 * would cost a hash probe and a library call each.
+	 */
+	for (uint32_t id = 0;; id++) {
+		ret = registry_read_tensor(&w->reg, id, &t);
+		if (ret == -ENOENT)
+			break;
+		if (ret)
+			return fail(ret, "reading tensor %u from the registry: %s", id,
+				    strerror(-ret));
+		if (t.model != mid || (cid != WD_ID_NONE && t.component != cid))
+			continue;
+		if (n < max) {
+			if ((ret = fill_tensor_info(id, &t, &out[n])))
+				return ret;
+			/* Tensors of one component are adjacent: read its state once per run. */
+			if (t.component != state_cid) {
+				state_cid = t.component;
+				ret = registry_read_component(&w->reg, t.component, &c);
+				state = ret ? WEIGHTD_ABSENT : c.tiers[WD_TIER_HOST].state;
+			}
+			out[n].host_state = state;
+			if (names)
+				copy_name(names + (size_t)n * WEIGHTD_NAME_MAX, WEIGHTD_NAME_MAX,
+					  t.name, sizeof(t.name));
+		}
+		if (n == INT32_MAX)
+			return fail(-EOVERFLOW, "model %s lists more than %d tensors", model,
+				    INT32_MAX);
+		n++;
+	}
+	return (int)n;
 }
 
 /* ---- operations -------------------------------------------------------------------------- */

@@ -123,13 +123,15 @@ static void write_extras(const char *dir)
 		struct st_write_tensor t[4];
 		size_t n;
 	} rows[] = {
-		{ "misaligned", { { "a", ST_U8, 1, { 3 } }, { "b", ST_F32, 1, { 5 } },
-				  { "c", ST_I16, 2, { 7, 1 } }, { "d", ST_F64, 1, { 3 } } }, 4 },
-		{ "zero_scalar", { { "empty", ST_F32, 2, { 0, 4 } }, { "scalar", ST_F64, 0 },
-				   { "x", ST_BF16, 1, { 9 } } }, 3 },
-		{ "big", { { "big", ST_U8, 1, { (5u << 20) + 13 } }, { "tail", ST_F32, 1, { 3 } } },
-		  2 },
-		{ "f32", { { "w", ST_F32, 1, { 37 }, f32 }, { "ids", ST_I32, 1, { 5 } } }, 2 },
+		{ "misaligned", { { "a", ST_U8, 1, { 3 }, NULL }, { "b", ST_F32, 1, { 5 }, NULL },
+				  { "c", ST_I16, 2, { 7, 1 }, NULL },
+				  { "d", ST_F64, 1, { 3 }, NULL } }, 4 },
+		{ "zero_scalar", { { "empty", ST_F32, 2, { 0, 4 }, NULL },
+				   { "scalar", ST_F64, 0, { 0 }, NULL },
+				   { "x", ST_BF16, 1, { 9 }, NULL } }, 3 },
+		{ "big", { { "big", ST_U8, 1, { (5u << 20) + 13 }, NULL },
+			   { "tail", ST_F32, 1, { 3 }, NULL } }, 2 },
+		{ "f32", { { "w", ST_F32, 1, { 37 }, f32 }, { "ids", ST_I32, 1, { 5 }, NULL } }, 2 },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(f32); i++)
@@ -510,7 +512,7 @@ static void test_churn_pins_ttl(void **state)
 		CHECK(resident(b, "vae-tiny", NULL), "row %zu: the pinned vae-tiny was evicted", i);
 	}
 	compare_file(b, vae, "vae-tiny", "");
-	CHECK(weightd_cache_stats(b, &cs) == 0 && cs.evictions >= ARRAY_SIZE(rows) - 1,
+	CHECK(weightd_cache_stats(b, &cs) == 0 && cs.evictions >= 3,
 	      "evictions %llu after %zu loads", (unsigned long long)cs.evictions,
 	      ARRAY_SIZE(rows));
 	ret = weightd_unload(b, "vae-tiny", NULL, WEIGHTD_TIER_HOST);
@@ -540,7 +542,7 @@ static void test_stale(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < ARRAY_SIZE(how); i++) {
-		struct st_write_tensor t[] = { { "x", ST_F32, 1, { 1000 } } };
+		struct st_write_tensor t[] = { { "x", ST_F32, 1, { 1000 }, NULL } };
 		char name[64];
 		int ret;
 

@@ -27,6 +27,7 @@ LOAD_PIN = 0x01
 LOAD_NO_PROGRESS = 0x02
 VALIDATE_DEEP = 0x1
 MODEL_STALE = 0x1
+NAME_MAX = 256  # WEIGHTD_NAME_MAX: bytes per name in weightd_tensor_list()
 
 STATE_NAMES = ["absent", "loading", "resident", "evicting", "failed"]
 
@@ -170,6 +171,7 @@ _PROTOS = {
 # in this process's read-only mapping of the host cache.
 _OPTIONAL = {
     "weightd_tensor_data": (ctypes.c_void_p, [_P, ctypes.POINTER(TensorInfo)]),
+    "weightd_tensor_list": (ctypes.c_int, [_P, _S, _S, ctypes.c_void_p, ctypes.c_void_p, c_u32]),
     "weightd_load_ex": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint, ctypes.c_uint,
                                        ctypes.POINTER(LoadOpts), PROGRESS_FN, ctypes.c_void_p,
                                        ctypes.POINTER(LoadResult)]),

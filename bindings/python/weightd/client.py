@@ -22,12 +22,15 @@ import ctypes
 import errno
 import os
 import threading
+import weakref
+
+import numpy as np
 
 from . import _native as N
 from . import dtypes
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, BusyError,
                      WeightdError, error_from_code)
-from .views import ViewCounter, make_view
+from .views import ViewSet, make_base, make_view
 
 __all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
 
@@ -139,7 +142,13 @@ class Client:
         self._pending = []
         self._closed = False
         self._h = None
-        self._pins_views = []
+        # Every Pin of this client, weakly: a Pin with a live view is alive (the view holds it).
+        self._pins = weakref.WeakSet()
+        # Bumped by every load, pin and unload this client makes: a Pin's table of tensor
+        # locations (Pin._table) is rebuilt when it was read at another epoch.
+        self._epoch = 0
+        # Room for this many records in the next weightd_tensor_list() (grows to fit).
+        self._list_cap = 1024
         opts = N.AttachOpts(spin_us=spin_us, client_name=_b(client_name),
                             attach_timeout_ms=timeout_ms)
         h = ctypes.c_void_p()
@@ -338,6 +347,7 @@ class Client:
                 opts.n_names = len(names)
         self._enter()
         try:
+            self._epoch += 1
             if ex is not None:
                 ret = ex(self._h, _b(model), _b(component or None), t, flags,
                          ctypes.byref(opts) if opts is not None else None, cb, None,
@@ -369,6 +379,7 @@ class Client:
 
     def unload(self, model, component=None, tier="host"):
         """Drops @model (or @component) from @tier. BusyError when another client pins it."""
+        self._epoch += 1
         self._call("unload", self._lib.weightd_unload, _b(model), _b(component),
                    N.tier_number(tier))
 
@@ -380,6 +391,7 @@ class Client:
         key = (str(model), component or "", t)
         self._enter()
         try:
+            self._epoch += 1
             lease = self._leases.get(key)
             if lease is None or lease.count == 0:
                 ret = self._lib.weightd_pin(self._h, _b(model), _b(component or None), t)
@@ -465,14 +477,11 @@ class Client:
             raise error_from_code(ret, N.last_error(), "unpin")
 
     def _register_pin(self, pin):
-        if len(self._pins_views) > 64:
-            self._pins_views = [v for v in self._pins_views if len(v)]
-        self._pins_views.append(pin._views)
+        self._pins.add(pin)
 
     def live_views(self):
         """Views of this client's pins that are still alive."""
-        self._pins_views = [v for v in self._pins_views if len(v)]
-        return sum(len(v) for v in self._pins_views)
+        return sum(len(p._views) for p in list(self._pins))
 
     # ---- lifetime ----
 
@@ -537,18 +546,128 @@ def _convert(arr, st_dtype, target):
     return arr.astype(target)
 
 
+_TI_NP = []
+
+
+def _tensor_info_dtype():
+    """numpy's structured dtype with TensorInfo's layout (taken from the ctypes mirror), so a
+    whole weightd_tensor_list() result converts to Python lists column by column."""
+    if not _TI_NP:
+        import numpy as np
+        names, formats, offsets = [], [], []
+        for name, np_fmt in (("dtype", "<u4"), ("rank", "<u4"), ("shape", ("<u8", 16)),
+                             ("nbytes", "<u8"), ("resident", "<u4"),
+                             ("host_offset", "<u8")):
+            names.append(name)
+            formats.append(np_fmt)
+            offsets.append(getattr(N.TensorInfo, name).offset)
+        _TI_NP.append(np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                                "itemsize": ctypes.sizeof(N.TensorInfo)}))
+    return _TI_NP[0]
+
+
+class _Table:
+    """Where every host-resident tensor of a pin lies, read from the registry in one
+    weightd_tensor_list() call: name -> (safetensors dtype, numpy dtype, array shape, offset
+    in the extent). The extent is the span of host-cache bytes from the first tensor to the
+    end of the last, checked against the mapping by weightd_tensor_data() once."""
+
+    __slots__ = ("epoch", "where", "address", "size")
+
+    def __init__(self, epoch, where, address, size):
+        self.epoch = epoch
+        self.where = where
+        self.address = address
+        self.size = size
+
+
+def _read_table(c, model, component):
+    """A _Table of @model/@component as the registry shows it now, or None when this
+    libweightd cannot list tensors or the extent is not mapped (callers then resolve each
+    tensor by name, which reports the error precisely). Called with the client entered.
+    Column-wise numpy work and C-level zips: a per-tensor Python loop would cost more than
+    the views themselves."""
+    lib = c._lib
+    fn = getattr(lib, "weightd_tensor_list", None)
+    data_fn = _tensor_data_fn(lib)
+    if fn is None or data_fn is None:
+        return None
+    tidt = _tensor_info_dtype()
+    cap = c._list_cap
+    while True:
+        # The library fills every record it reports; a name only up to its NUL, so the
+        # names start zeroed (calloc: fresh zero pages, no memset) for tolist() to strip.
+        infos = np.empty(cap, dtype=tidt)
+        names = np.zeros(cap, dtype="S%d" % N.NAME_MAX)
+        n = fn(c._h, _b(model), _b(component), infos.ctypes.data, names.ctypes.data, cap)
+        if n < 0:
+            return None
+        if n <= cap:
+            break
+        cap = c._list_cap = n
+    if n == 0:
+        return None
+    rec = infos[:n]
+    # Names hold no NUL byte (the registry stores them NUL-terminated): one decode for all.
+    keys = b"\0".join(names[:n].tolist()).decode("utf-8", "replace").split("\0")
+    nbytes = rec["nbytes"]
+    resident = ((rec["resident"] & 1) != 0) & (nbytes > 0)
+    nres = int(np.count_nonzero(resident))
+    if not nres:
+        return None
+    offs = rec["host_offset"]
+    lo = int(offs[resident].min())
+    hi = int((offs + nbytes)[resident].max())
+    probe = N.TensorInfo(resident=1, host_offset=lo, nbytes=hi - lo)
+    addr = data_fn(c._h, ctypes.byref(probe))
+    if not addr:
+        return None
+    dups = ()
+    if component is None and len(set(keys)) != n:
+        # The same name in two components of the model: tensor() must say ENOTUNIQ, as
+        # weightd_tensor() does, so such a name is left to the lookup by name.
+        seen = set()
+        dups = {k for k in keys if k in seen or seen.add(k)}
+    if nres != n:
+        idx = np.flatnonzero(resident)
+        rec = rec[idx]
+        keys = [keys[i] for i in idx.tolist()]
+    dnames, npdt = dtypes.NAMES, dtypes.NUMPY
+    dts = [dnames[d] for d in rec["dtype"].tolist()]
+    nps = [npdt[d] for d in dts]
+    ranks = rec["rank"]
+    maxr = int(ranks.max())
+    shapes = rec["shape"][:, :maxr].tolist()
+    if int(ranks.min()) != maxr:
+        shapes = [sh[:r] for sh, r in zip(shapes, ranks.tolist())]
+    if not dtypes.SUBBYTE.isdisjoint(dts):
+        shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
+                  for d, sh in zip(dts, shapes)]
+    where = dict(zip(keys, zip(dts, nps, shapes, (rec["host_offset"] - lo).tolist())))
+    for k in dups:
+        where.pop(k, None)
+    return _Table(c._epoch, where, addr, hi - lo)
+
+
 class Pin:
     """A pin on (model, component, tier) and the source of zero-copy views of its tensors.
 
     Attributes: model, component ("" for the whole model), tier ("host", "cuda:N").
     See the module comment for the release semantics.
+
+    Views come from a table of the pin's tensor locations read once per load epoch (one
+    registry pass, see _read_table) and one read-only base array per dtype over the pin's
+    extent (views.make_base): a view then costs a dict lookup and one numpy constructor.
+    Tensors the table does not hold (empty ones, names several components share, tensors
+    not resident) are resolved one by one with weightd_tensor(), which reports why.
     """
 
     def __init__(self, client, key, dtype):
         self._client = client
         self._key = key
         self._dtype = dtype
-        self._views = ViewCounter()
+        self._views = ViewSet()
+        self._table = None
         self._released = False
         self.load_result = None
         self.model, self.component, self._tier = key
@@ -566,18 +685,94 @@ class Pin:
         """
         return self.tensor_with_dtype(name, component)[0]
 
-    def tensor_with_dtype(self, name, component=None):
-        """(array, safetensors dtype name) for tensor @name; see tensor()."""
+    def tensors(self, names=None):
+        """A dict name -> array (as tensor() gives them) of @names, or of every tensor of
+        this pin that is resident on the host. Errors as tensor()."""
         if self._released:
             raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
                                 % self._target(), "tensor")
         if self._tier != N.TIER_HOST:
-            raise _gpu_unavailable("%s on %s" % (name, self.tier))
+            raise _gpu_unavailable("tensors on %s" % self.tier)
+        tab = self._current_table()
+        if names is None and self._dtype is None and tab.where:
+            # Every tensor of the table: the loop tensor_with_dtype() runs, inlined.
+            bases = {}
+            for dt in set(v[0] for v in tab.where.values()):
+                ref = self._views.bases.get(dt)
+                base = ref() if ref is not None else None
+                if base is None:
+                    base = make_base(tab.address, tab.size, dt, self)
+                    self._views.bases[dt] = weakref.ref(base)
+                bases[dt] = base
+            nd = np.ndarray
+            out = {name: nd(shape, npdt, bases[dt], off)
+                   for name, (dt, npdt, shape, off) in tab.where.items()}
+            del bases
+            if self._released:
+                # release() ran meanwhile (see tensor_with_dtype()): it decides, locked.
+                del out
+                return self.tensors(names)
+            return out
+        if names is None:
+            names = list(tab.where)
+        tw = self.tensor_with_dtype
+        return {n: tw(n)[0] for n in names}
+
+    def _current_table(self):
+        c = self._client
+        tab = self._table
+        if tab is None or tab.epoch != c._epoch:
+            tab = None
+            if self._tier == N.TIER_HOST and not self._released:
+                c._enter()
+                try:
+                    tab = _read_table(c, self.model, self.component or None)
+                finally:
+                    c._leave()
+            if tab is None:
+                tab = _Table(c._epoch, {}, 0, 0)
+            self._table = tab
+        return tab
+
+    def tensor_with_dtype(self, name, component=None):
+        """(array, safetensors dtype name) for tensor @name; see tensor()."""
+        tab = self._table
+        if (tab is None or tab.epoch != self._client._epoch) and not self._released:
+            tab = self._current_table()
+        where = tab.where.get(name) if tab is not None else None
+        if where is None or self._released or (component is not None
+                                               and component != self.component):
+            return self._tensor_by_name(name, component)
+        dt, npdt, shape, off = where
+        ref = self._views.bases.get(dt)
+        base = ref() if ref is not None else None
+        if base is None:
+            base = make_base(tab.address, tab.size, dt, self)
+            self._views.bases[dt] = weakref.ref(base)
+        arr = np.ndarray(shape, npdt, base, off)
+        # release() marks the pin released before it counts the views: if it did so since the
+        # check above, this view may have been missed, so it is dropped and the locked path
+        # decides (ReleasedError when the release went through).
+        if self._released:
+            del arr, base
+            return self._tensor_by_name(name, component)
+        if self._dtype is not None:
+            arr = _convert(arr, dt, self._dtype)
+        return arr, dt
+
+    def _tensor_by_name(self, name, component):
+        """tensor_with_dtype() through weightd_tensor(): one registry lookup and one
+        ctypes array for this view."""
         c = self._client
         comp = component if component is not None else (self.component or None)
         ti = N.TensorInfo()
         c._enter()
         try:
+            if self._released:
+                raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
+                                    % self._target(), "tensor")
+            if self._tier != N.TIER_HOST:
+                raise _gpu_unavailable("%s on %s" % (name, self.tier))
             lib = c._lib
             ret = lib.weightd_tensor(c._h, _b(self.model), _b(comp), _b(name), ctypes.byref(ti))
             if ret < 0:
@@ -592,17 +787,19 @@ class Pin:
                 raise error_from_code(-ctypes.get_errno() or -errno.ENODATA,
                                       "%s of %s is not resident in the host cache (%s)"
                                       % (name, self.model, N.last_error()), "tensor")
+            dt = _s(ti.dtype_name)
+            shape = tuple(ti.shape[i] for i in range(ti.rank))
+            # Made under the lock: release() counts views under it too.
+            arr = make_view(addr or 0, dt, shape, self, self._views)
         finally:
             c._leave()
-        dt = _s(ti.dtype_name)
-        shape = tuple(ti.shape[i] for i in range(ti.rank))
-        arr = make_view(addr or 0, dt, shape, self, self._views)
         if self._dtype is not None:
             arr = _convert(arr, dt, self._dtype)
         return arr, dt
 
     def live_views(self):
-        """How many views of this pin (arrays and their slices, via their base) are alive."""
+        """How many views of this pin are alive: arrays it returned and their slices and
+        numpy views (each counts, through its base)."""
         return len(self._views)
 
     @property
@@ -618,13 +815,24 @@ class Pin:
         releasing twice is allowed."""
         if self._released:
             return
-        n = len(self._views)
-        if n:
-            raise BusyError(errno.EBUSY, "pin on %s still has %d live views; delete them "
-                            "(and their slices) before releasing it" % (self._target(), n),
-                            "release")
-        self._released = True
-        self._client._release_key(self._key, deferred_ok=False)
+        c = self._client
+        c._enter()
+        try:
+            if self._released:
+                return
+            # Marked before counting: a view made concurrently without the lock either is
+            # counted here or sees the mark and is dropped (tensor_with_dtype()).
+            self._released = True
+            n = len(self._views)
+            if n:
+                self._released = False
+                raise BusyError(errno.EBUSY, "pin on %s still has %d live views; delete them "
+                                "(and their slices) before releasing it" % (self._target(), n),
+                                "release")
+            self._table = None
+            c._drop(self._key, raise_errors=True)
+        finally:
+            c._leave()
 
     def __enter__(self):
         return self
@@ -670,6 +878,14 @@ class _MultiPin(Pin):
                 return p.tensor_with_dtype(name, comp)
         raise error_from_code(-errno.ENOENT, "%s is in component %s, which this pin does not "
                               "cover" % (name, comp), "tensor")
+
+    def tensors(self, names=None):
+        if names is not None:
+            return Pin.tensors(self, names)
+        out = {}
+        for p in self._pins:
+            out.update(p.tensors())
+        return out
 
     def live_views(self):
         return sum(p.live_views() for p in self._pins)

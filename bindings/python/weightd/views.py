@@ -9,16 +9,25 @@ mapping), and the array's base chain holds the ctypes array, so:
   * as long as any array, slice or view of it is alive, the mapping and the pin are alive;
   * the keeper can count its live views exactly (a WeakSet of owners) and refuse to release
     the memory while one exists.
+
+A pin that hands out many views (every tensor of a model) pays for one such ctypes array per
+dtype instead of one per view: make_base() places a read-only uint8 array over the pin's
+whole extent, and each view is np.ndarray(shape, dtype, buffer=base, offset) — one numpy
+constructor. numpy makes `base` the .base of each such view and of every slice or numpy view
+of it, so the views of a base are exactly the references to it that the ViewSet does not
+hold (it keeps only a weak reference): sys.getrefcount counts them with no per-view
+bookkeeping, and the base, its owner and so the pin live exactly as long as one view does.
 """
 
 import ctypes
+import sys
 import weakref
 
 import numpy as np
 
 from . import dtypes
 
-__all__ = ["make_view", "tensor_dtype", "ViewCounter"]
+__all__ = ["make_view", "make_base", "tensor_dtype", "ViewCounter", "ViewSet"]
 
 
 class _ViewOwner:
@@ -42,6 +51,37 @@ class ViewCounter:
 
     def __len__(self):
         return len(self._owners)
+
+
+class ViewSet(ViewCounter):
+    """Counts the live views of one pin: views made by make_view() (their owners, as
+    ViewCounter does) plus views over the bases of make_base(), one base per dtype, held
+    weakly: every reference to a base beyond the weak one is a view (module comment)."""
+
+    __slots__ = ("bases",)
+
+    def __init__(self):
+        ViewCounter.__init__(self)
+        self.bases = {}
+
+    def __len__(self):
+        n = len(self._owners)
+        for ref in list(self.bases.values()):
+            b = ref()
+            if b is not None:
+                # getrefcount's own argument and the local `b` are the two to discount.
+                n += sys.getrefcount(b) - 2
+        return n
+
+
+def make_base(address, nbytes, dtype_name, keeper):
+    """A read-only uint8 array of @nbytes (>= 1) over the memory at @address, whose owner keeps
+    @keeper alive and names safetensors dtype @dtype_name (for tensor_dtype() of the views
+    built over it)."""
+    owner = _ViewOwner(keeper, dtype_name)
+    carr = (ctypes.c_char * nbytes).from_address(address)
+    carr._wd_owner = owner
+    return np.frombuffer(memoryview(carr).toreadonly(), dtype=np.uint8)
 
 
 def make_view(address, dtype_name, shape, keeper, counter):
