@@ -51,7 +51,7 @@ CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c sh
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
-	bench-ring bench-load bench-python clean help
+	bench-ring bench-load bench-hit bench-python clean help
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
@@ -60,9 +60,11 @@ help:
 	@echo "make run         install missing packages, build, run the daemon on demo models"
 	@echo "make test        build and run every test (unit, integration, ASan+UBSan, fuzz)"
 	@echo "make test-unit   run the test suite on the release build only"
+	@echo "make install     install into DESTDIR/PREFIX (default /usr/local); also uninstall"
 	@echo "make bench-scan  discovery benchmark (10,000 files)"
 	@echo "make bench-ring  ring round-trip latency and throughput vs. baselines"
 	@echo "make bench-load  disk -> host cache load vs. raw io_uring/O_DIRECT/mmap (SIZE=1G)"
+	@echo "make bench-hit   new process: attach + resolve 1,000 resident tensors"
 	@echo "make bench-python  new Python process: 1,000 resident tensors vs. file read"
 	@echo "make test-tsan   ring tests under ThreadSanitizer (clang)"
 	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
@@ -183,8 +185,58 @@ bench-load: $(BUILD)/bench/bench_load
 	$(BUILD)/bench/bench_load -s $(SIZE)
 
 # A fresh Python process gets 1,000 resident tensors as numpy views vs. reading the file.
+# A new process attaching and resolving every tensor of a resident 1,000-tensor model.
+bench-hit: $(BUILD)/bench/bench_hit $(BINS)
+	$(BUILD)/bench/bench_hit
+
 bench-python: $(BINS) $(CLIENT_LIB)
 	/usr/bin/python3 bench/bench_python.py --build $(BUILD)
+
+# make install [DESTDIR=/staging] [PREFIX=/usr/local] [SYSCONFDIR=/etc]: the daemon, the CLI,
+# libweightd (header, .so.1 and its .so link, pkg-config file), the Python package when the
+# tree has it, the man pages, the systemd unit with its sysusers.d entry, and a starting
+# configuration in SYSCONFDIR/weightd (never overwritten). Installs what $(BUILD) holds, so
+# `make SAN=1 install` installs the sanitizer build.
+.PHONY: install uninstall
+SYSCONFDIR ?= /etc
+BINDIR := $(PREFIX)/bin
+LIBDIR := $(PREFIX)/lib
+INCLUDEDIR := $(PREFIX)/include
+MANDIR := $(PREFIX)/share/man
+DOCDIR := $(PREFIX)/share/doc/weightd
+UNITDIR := $(PREFIX)/lib/systemd/system
+SYSUSERSDIR := $(PREFIX)/lib/sysusers.d
+PYTHONDIR := $(PREFIX)/lib/python3/dist-packages
+PY_FILES := $(wildcard bindings/python/weightd/*.py)
+install: $(BINS) $(CLIENT_LIB)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/weightd
+	install -m 755 $(BUILD)/weightd $(BUILD)/weightctl $(DESTDIR)$(BINDIR)/
+	install -m 755 $(BUILD)/libweightd.so $(DESTDIR)$(LIBDIR)/libweightd.so.$(WD_SOVERSION)
+	ln -sf libweightd.so.$(WD_SOVERSION) $(DESTDIR)$(LIBDIR)/libweightd.so
+	install -m 644 include/weightd.h $(DESTDIR)$(INCLUDEDIR)/
+	sed 's|^prefix=.*|prefix=$(PREFIX)|' $(BUILD)/weightd.pc \
+		>$(DESTDIR)$(LIBDIR)/pkgconfig/weightd.pc
+	install -m 644 docs/man/weightctl.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 docs/man/weightd.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 docs/config.md deploy/weightd.conf $(DESTDIR)$(DOCDIR)/
+	sed -e 's|/usr/local/|$(PREFIX)/|g' -e 's|/etc/weightd/|$(SYSCONFDIR)/weightd/|g' \
+		deploy/weightd.service >$(DESTDIR)$(UNITDIR)/weightd.service
+	install -m 644 deploy/weightd.sysusers $(DESTDIR)$(SYSUSERSDIR)/weightd.conf
+	test -e $(DESTDIR)$(SYSCONFDIR)/weightd/weightd.conf || \
+		install -m 644 deploy/weightd.conf $(DESTDIR)$(SYSCONFDIR)/weightd/weightd.conf
+	$(if $(PY_FILES),install -d $(DESTDIR)$(PYTHONDIR)/weightd)
+	$(if $(PY_FILES),install -m 644 $(PY_FILES) $(DESTDIR)$(PYTHONDIR)/weightd/)
+
+# Removes what install put in place, except the configuration in SYSCONFDIR.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/weightd $(DESTDIR)$(BINDIR)/weightctl \
+		$(DESTDIR)$(LIBDIR)/libweightd.so.$(WD_SOVERSION) $(DESTDIR)$(LIBDIR)/libweightd.so \
+		$(DESTDIR)$(INCLUDEDIR)/weightd.h $(DESTDIR)$(LIBDIR)/pkgconfig/weightd.pc \
+		$(DESTDIR)$(MANDIR)/man1/weightctl.1 $(DESTDIR)$(MANDIR)/man8/weightd.8 \
+		$(DESTDIR)$(UNITDIR)/weightd.service $(DESTDIR)$(SYSUSERSDIR)/weightd.conf
+	rm -rf $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PYTHONDIR)/weightd
 
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz

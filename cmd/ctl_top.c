@@ -360,7 +360,11 @@ static void WD_PRINTF(2, 3) put(struct screen *s, const char *fmt, ...)
 	va_list ap;
 	size_t n;
 
-	if (s->rows && s->line >= s->rows - 1) {
+	/*
+	 * Every line ends with a newline, so a frame may use rows - 1 lines without scrolling the
+	 * screen: rows - 2 of content and the "more lines" note.
+	 */
+	if (s->rows && s->line >= s->rows - 2) {
 		s->hidden++;
 		return;
 	}
@@ -390,11 +394,12 @@ static void render_text(const struct frame *f, const struct topts *o, const char
 
 	for (size_t i = 0; i < f->n_models; i++)
 		stale += !!(f->models[i].flags & WEIGHTD_MODEL_STALE);
-	put(s, "%sweightd%s pid %d  up %s  socket %s  every %.2gs%s", s->ansi ? "\033[1m" : "",
-	    s->ansi ? "\033[0m" : "", f->pid, duration_str((double)f->st.uptime_ns / 1e9, b1,
-							   sizeof(b1)),
-	    sock, o->interval_s, s->ansi ? "  (q quits)" : "");
-	snprintf(b1, sizeof(b1), isnan(f->req_rate) ? "" : " (%.0f/s)", f->req_rate);
+	put(s, "weightd pid %d  up %s  socket %s  every %.2gs%s", f->pid,
+	    duration_str((double)f->st.uptime_ns / 1e9, b1, sizeof(b1)), sock, o->interval_s,
+	    s->ansi ? "  (q quits)" : "");
+	b1[0] = '\0';
+	if (!isnan(f->req_rate))
+		snprintf(b1, sizeof(b1), " (%.0f/s)", f->req_rate);
 	put(s, "clients %llu  rings %llu  pins %llu  models %zu (%u stale)  requests %llu%s  "
 	    "errors %llu", (unsigned long long)f->st.clients,
 	    (unsigned long long)f->st.ring_segments, (unsigned long long)f->st.pins_total,
@@ -499,8 +504,7 @@ static json_t *render_json(const struct frame *f, const char *sock)
 			(json_int_t)(t == WEIGHTD_TIER_HOST ? st->host_budget : 0), "used",
 			(json_int_t)(t == WEIGHTD_TIER_HOST ? st->host_bytes : ts->bytes),
 			"resident", (int)ts->resident, "loading", (int)ts->loading, "failed",
-			(int)ts->failed, "load_rate", ts->loading ? json_real(ts->rate) :
-			json_real(0)));
+			(int)ts->failed, "load_rate", json_real(ts->rate)));
 	}
 	for (size_t i = 0; i < f->n_models; i++) {
 		const struct weightd_model_info *m = &f->models[i];

@@ -4,7 +4,8 @@
 set -eu
 PKGS="gcc make pkg-config clang libclang-rt-14-dev liburing-dev libjansson-dev
 libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libnuma-dev
-python3 python3-numpy python3-pytest gnuplot-nox"
+python3 python3-numpy python3-pytest gnuplot-nox
+tmux groff-base man-db python3-yaml"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -104,7 +104,8 @@ assert f["counters"]["loads"] >= 1, f["counters"]
 PY
 
 # A stream of frames (stdout is not a terminal): one JSON object per line, rates from the second.
-timeout --preserve-status -s INT 2 "$W" top --json --interval 0.2 --socket "$S" >"$T/stream" 2>"$T/err"
+timeout --preserve-status -s INT 2 "$W" top --json --interval 0.2 --socket "$S" \
+	>"$T/stream" 2>"$T/err"
 rc=$?
 [ "$rc" -eq 0 ] || { cat "$T/err"; fail "top --json stream: exit $rc, want 0 after SIGINT"; }
 python3 - "$T/stream" <<'PY' || fail "top --json stream content"

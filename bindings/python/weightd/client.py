@@ -572,13 +572,14 @@ class _Table:
     in the extent). The extent is the span of host-cache bytes from the first tensor to the
     end of the last, checked against the mapping by weightd_tensor_data() once."""
 
-    __slots__ = ("epoch", "where", "address", "size")
+    __slots__ = ("epoch", "where", "address", "size", "dtypes")
 
-    def __init__(self, epoch, where, address, size):
+    def __init__(self, epoch, where, address, size, dtype_names=()):
         self.epoch = epoch
         self.where = where
         self.address = address
         self.size = size
+        self.dtypes = dtype_names
 
 
 def _read_table(c, model, component):
@@ -611,13 +612,16 @@ def _read_table(c, model, component):
     # Names hold no NUL byte (the registry stores them NUL-terminated): one decode for all.
     keys = b"\0".join(names[:n].tolist()).decode("utf-8", "replace").split("\0")
     nbytes = rec["nbytes"]
-    resident = ((rec["resident"] & 1) != 0) & (nbytes > 0)
+    resident = (rec["resident"] & 1) != 0
     nres = int(np.count_nonzero(resident))
-    if not nres:
+    # The extent spans the tensors with bytes; an empty tensor gets offset 0 in it.
+    full = resident & (nbytes > 0)
+    if not full.any():
         return None
-    offs = rec["host_offset"]
-    lo = int(offs[resident].min())
-    hi = int((offs + nbytes)[resident].max())
+    offs = np.where(full, rec["host_offset"], 0)
+    lo = int(offs[full].min())
+    hi = int((offs + nbytes)[full].max())
+    rel = np.where(full, offs - lo, 0)
     probe = N.TensorInfo(resident=1, host_offset=lo, nbytes=hi - lo)
     addr = data_fn(c._h, ctypes.byref(probe))
     if not addr:
@@ -631,6 +635,7 @@ def _read_table(c, model, component):
     if nres != n:
         idx = np.flatnonzero(resident)
         rec = rec[idx]
+        rel = rel[idx]
         keys = [keys[i] for i in idx.tolist()]
     dnames, npdt = dtypes.NAMES, dtypes.NUMPY
     dts = [dnames[d] for d in rec["dtype"].tolist()]
@@ -643,10 +648,10 @@ def _read_table(c, model, component):
     if not dtypes.SUBBYTE.isdisjoint(dts):
         shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
                   for d, sh in zip(dts, shapes)]
-    where = dict(zip(keys, zip(dts, nps, shapes, (rec["host_offset"] - lo).tolist())))
+    where = dict(zip(keys, zip(dts, nps, shapes, rel.tolist())))
     for k in dups:
         where.pop(k, None)
-    return _Table(c._epoch, where, addr, hi - lo)
+    return _Table(c._epoch, where, addr, hi - lo, set(dts))
 
 
 class Pin:
@@ -687,7 +692,9 @@ class Pin:
 
     def tensors(self, names=None):
         """A dict name -> array (as tensor() gives them) of @names, or of every tensor of
-        this pin that is resident on the host. Errors as tensor()."""
+        this pin that is resident on the host (on a whole-model pin, leaving out names that
+        several components share: take those with tensor(name, component)). One call for
+        all is cheaper than tensor() per name. Errors as tensor()."""
         if self._released:
             raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
                                 % self._target(), "tensor")
@@ -697,7 +704,7 @@ class Pin:
         if names is None and self._dtype is None and tab.where:
             # Every tensor of the table: the loop tensor_with_dtype() runs, inlined.
             bases = {}
-            for dt in set(v[0] for v in tab.where.values()):
+            for dt in tab.dtypes:
                 ref = self._views.bases.get(dt)
                 base = ref() if ref is not None else None
                 if base is None:
