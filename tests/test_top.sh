@@ -71,7 +71,8 @@ check "load vae-tiny" 0 "$W" load --socket "$S" vae-tiny
 # One frame as text: no escape codes, the models, the tier with the file's budget.
 check "top --once" 0 "$W" top --once --socket "$S"
 cp "$T/out" "$T/screen"
-for want in "weightd pid $DPID" "sd-tiny" "llama-tiny" "vae-tiny" "48.00 MiB" "clients 1" \
+# (The load's client may still be counted: the daemon notices its hang-up asynchronously.)
+for want in "weightd pid $DPID" "sd-tiny" "llama-tiny" "vae-tiny" "48.00 MiB" "clients [12] " \
 	"pins 0" "models 3" "TIER" "resident"; do
 	has "$want" "$T/out"
 done
@@ -137,12 +138,13 @@ if ! command -v tmux >/dev/null 2>&1; then
 	exit 77
 fi
 
-# live NAME CMD: runs CMD under sh in a detached 160x50 tmux window; stty settings are saved
-# before and after, and the exit status of top goes to $T/NAME.rc.
+# live NAME: runs top under sh in a detached 160x50 tmux window; stty settings are saved
+# before and after, then the exit status of top goes to $T/NAME.rc (renamed into place, so
+# that the file appearing means everything before it is written).
 live() {
 	$TM new-session -d -s "$1" -x 160 -y 50 "trap '' INT; stty -a >$T/$1.before; \
-		$W top --interval 0.2 --socket $S 2>$T/$1.err; echo \$? >$T/$1.rc; \
-		stty -a >$T/$1.after; sleep 30"
+		$W top --interval 0.2 --socket $S 2>$T/$1.err; rc=\$?; stty -a >$T/$1.after; \
+		echo \$rc >$T/$1.rc.tmp; mv $T/$1.rc.tmp $T/$1.rc; sleep 30"
 }
 screen() { $TM capture-pane -p -t "$1" >"$T/screen"; }
 shows() { screen "$1" && grep -q -- "$2" "$T/screen"; }
