@@ -1283,6 +1283,10 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		sigemptyset(&set);
 		sigaddset(&set, SIGTERM);
 		sigaddset(&set, SIGINT);
+		/* SIGHUP would end the daemon by default (a closed terminal, a stray
+		 * `systemctl reload`); configuration reload is not supported, so it is taken
+		 * here and logged instead. */
+		sigaddset(&set, SIGHUP);
 		/* Blocked before any thread starts, so every thread inherits the mask. */
 		pthread_sigmask(SIG_BLOCK, &set, NULL);
 		signal(SIGPIPE, SIG_IGN);
@@ -1417,10 +1421,15 @@ int daemon_run(struct daemon *d)
 			case CONN_SIGNAL: {
 				struct signalfd_siginfo si;
 
-				if (read(d->sig_fd, &si, sizeof(si)) == sizeof(si)) {
-					log_info(MOD, "\"signal, shutting down\" signo=%u", si.ssi_signo);
-					stop = true;
+				if (read(d->sig_fd, &si, sizeof(si)) != sizeof(si))
+					break;
+				if (si.ssi_signo == SIGHUP) {
+					log_warn(MOD, "\"SIGHUP ignored: configuration reload is not "
+						      "supported; restart weightd to apply changes\"");
+					break;
 				}
+				log_info(MOD, "\"signal, shutting down\" signo=%u", si.ssi_signo);
+				stop = true;
 				break;
 			}
 			case CONN_STOP:

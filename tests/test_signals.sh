@@ -1,0 +1,23 @@
+#!/bin/sh
+# weightd and signals: SIGHUP is logged and ignored (no reload, no exit); SIGTERM shuts
+# down cleanly with exit 0 and removes the socket.
+set -u
+T=$(mktemp -d)
+trap 'kill -9 $P 2>/dev/null; rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; cat "$T/log"; exit 1; }
+"$WD_BUILD/weightd" --foreground --state-dir "$T" --socket "$T/sock" --no-scan 2>"$T/log" &
+P=$!
+i=0
+while [ ! -S "$T/sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+[ -S "$T/sock" ] || fail "the daemon did not create its socket"
+kill -HUP $P
+sleep 0.3
+kill -0 $P 2>/dev/null || fail "SIGHUP ended the daemon"
+grep -q "SIGHUP ignored" "$T/log" || fail "SIGHUP not logged"
+WEIGHTD_SOCKET="$T/sock" "$WD_BUILD/weightctl" status >/dev/null || fail "no answer after SIGHUP"
+kill -TERM $P
+wait $P
+rc=$?
+[ $rc -eq 0 ] || fail "SIGTERM exit status $rc"
+[ ! -e "$T/sock" ] || fail "socket left behind"
+echo "signals: SIGHUP ignored and logged, SIGTERM clean"
