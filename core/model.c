@@ -237,22 +237,14 @@ int model_fail(struct model *m, const char *fmt, ...)
 static int read_all(int fd, uint64_t size, char **out)
 {
 	char *buf = malloc(size ? size : 1);
-	uint64_t done = 0;
+	ssize_t r;
 
 	if (!buf)
 		return -ENOMEM;
-	while (done < size) {
-		ssize_t r = pread(fd, buf + done, size - done, (off_t)done);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			int e = r < 0 ? -errno : -EIO; /* a short file: it shrank under us */
-
-			free(buf);
-			return e;
-		}
-		done += (uint64_t)r;
+	r = st_pread_full(fd, buf, size, 0);
+	if (r < 0 || (uint64_t)r < size) {
+		free(buf);
+		return r < 0 ? (int)r : -EIO; /* a short file: it shrank under us */
 	}
 	*out = buf;
 	return 0;

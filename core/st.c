@@ -765,8 +765,7 @@ int st_parse_header(const char *path, const void *buf, size_t len, uint64_t file
 	return 0;
 }
 
-/* pread() until @len bytes or end of file; returns the bytes read or a negative errno. */
-static ssize_t read_full(int fd, void *buf, size_t len, uint64_t off)
+ssize_t st_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	size_t got = 0;
 
@@ -815,7 +814,7 @@ int st_open_fd(int fd, const char *path, struct st_file *out, struct st_error *e
 				    "not a regular file");
 	size = (uint64_t)sb.st_size;
 
-	got = read_full(fd, head, size < 8 ? size : 8, 0);
+	got = st_pread_full(fd, head, size < 8 ? size : 8, 0);
 	if (got < 0)
 		return io_error(err, path, (int)got, "read");
 	/* A short read means the file shrank since fstat; check_length() reports it. */
@@ -828,7 +827,7 @@ int st_open_fd(int fd, const char *path, struct st_file *out, struct st_error *e
 		return st_error_set(err, -ENOMEM, ST_ERR_NOMEM, path, NULL, 8, "header",
 				    "out of memory for a %llu-byte header", (unsigned long long)n);
 	memcpy(buf, head, 8);
-	got = read_full(fd, buf + 8, n, 8);
+	got = st_pread_full(fd, buf + 8, n, 8);
 	if (got < 0) {
 		free(buf);
 		return io_error(err, path, (int)got, "read");

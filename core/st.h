@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #define ST_MAX_HEADER 100000000ull /* N above this is refused */
 #define ST_MAX_RANK 16		   /* ranks above this are refused (ST_ERR_RANK) */
@@ -190,6 +191,12 @@ int st_open(const char *path, struct st_file *out, struct st_error *err);
 
 /* Same as st_open() on an already open file descriptor (not closed, not moved). */
 int st_open_fd(int fd, const char *path, struct st_file *out, struct st_error *err);
+
+/*
+ * pread() of @len bytes at @off, looping over short reads and EINTR. Returns the bytes read
+ * (fewer than @len only at end of file) or a negative errno.
+ */
+ssize_t st_pread_full(int fd, void *buf, size_t len, uint64_t off);
 
 /* Releases what st_open()/st_parse_header() allocated; @f may be zeroed or NULL. */
 void st_file_free(struct st_file *f);

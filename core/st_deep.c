@@ -258,26 +258,6 @@ static void count_bytes(enum st_dtype dt, const uint8_t *p, size_t len, struct c
 	memcpy(c->bytes, p + whole * vs, c->len);
 }
 
-/* pread() until @len bytes or end of file; returns the bytes read or a negative errno. */
-static ssize_t read_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
 /* What one st_deep_check() call is walking: the tensor being read and its hash state. */
 struct walk {
 	const struct st_file *f;
@@ -362,7 +342,7 @@ int st_deep_check_progress(int fd, const struct st_file *f, struct st_deep_tenso
 
 	while (pos < total) {
 		size_t len = total - pos < cap ? (size_t)(total - pos) : cap;
-		ssize_t got = read_full(fd, buf, len, f->data_start + pos);
+		ssize_t got = st_pread_full(fd, buf, len, f->data_start + pos);
 
 		if (got < 0) {
 			rc = st_error_set(err, (int)got, ST_ERR_IO, path, NULL, f->data_start + pos,
