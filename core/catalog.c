@@ -103,7 +103,20 @@ static const char schema_sql[] =
 	"  model TEXT NOT NULL,"
 	"  key TEXT NOT NULL,"
 	"  value TEXT NOT NULL,"
-	"  PRIMARY KEY(model, key)) WITHOUT ROWID;";
+	"  PRIMARY KEY(model, key)) WITHOUT ROWID;"
+	"CREATE TABLE co_access("
+	"  a TEXT NOT NULL,"
+	"  b TEXT NOT NULL,"
+	"  count INTEGER NOT NULL,"
+	"  PRIMARY KEY(a, b)) WITHOUT ROWID;";
+
+/* Version 1 to 2: co-access statistics (components requested together). */
+static const char migrate_v2_sql[] =
+	"CREATE TABLE IF NOT EXISTS co_access("
+	"  a TEXT NOT NULL,"
+	"  b TEXT NOT NULL,"
+	"  count INTEGER NOT NULL,"
+	"  PRIMARY KEY(a, b)) WITHOUT ROWID;";
 
 /* Maps a failed SQLite call to a negative errno, logging SQLite's own message once. */
 static int sql_fail(struct catalog *cat, int rc, const char *what)
@@ -217,6 +230,18 @@ static int create_schema(struct catalog *cat)
 		}
 		if (rc)
 			goto rollback;
+	} else if (version < CATALOG_SCHEMA_VERSION) {
+		char sql[64];
+
+		/* Version 1 lacks only the co-access table; its data stays as it is. */
+		rc = exec(cat, migrate_v2_sql);
+		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
+		if (!rc)
+			rc = exec(cat, sql);
+		if (rc)
+			goto rollback;
+		log_info("catalog", "\"catalog schema migrated\" db=%s from=%d to=%d", cat->path,
+			 version, CATALOG_SCHEMA_VERSION);
 	}
 	return exec(cat, "COMMIT");
 rollback:
@@ -1578,4 +1603,53 @@ int catalog_tag_remove(struct catalog *cat, const char *model, const char *tag)
 int catalog_note_set(struct catalog *cat, const char *model, const char *note)
 {
 	return catalog_meta_set(cat, model, CATALOG_NOTE_KEY, note);
+}
+
+/* ---- co-access statistics ---- */
+
+int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n)
+{
+	const char *lo = a, *hi = b;
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!a[0] || !b[0] || !strcmp(a, b) || !n || n > INT64_MAX)
+		return -EINVAL;
+	/* One row per unordered pair: the smaller key first. */
+	if (strcmp(a, b) > 0) {
+		lo = b;
+		hi = a;
+	}
+	rc = prepare(cat, "INSERT INTO co_access(a, b, count) VALUES(?1, ?2, ?3)"
+		     " ON CONFLICT(a, b) DO UPDATE SET count = count + excluded.count", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC);
+	bind_u64(st, 3, n);
+	rc = step_done(cat, st, "add co-access");
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int catalog_coaccess_load(struct catalog *cat,
+			  int (*cb)(const char *a, const char *b, uint64_t count, void *arg),
+			  void *arg)
+{
+	sqlite3_stmt *st;
+	int rc, s;
+
+	rc = prepare(cat, "SELECT a, b, count FROM co_access ORDER BY count DESC, a, b", &st);
+	if (rc)
+		return rc;
+	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+		rc = cb((const char *)sqlite3_column_text(st, 0),
+			(const char *)sqlite3_column_text(st, 1), col_u64(st, 2), arg);
+		if (rc)
+			break;
+	}
+	if (!rc && s != SQLITE_DONE)
+		rc = sql_fail(cat, s, "load co-access");
+	sqlite3_finalize(st);
+	return rc;
 }

@@ -39,7 +39,7 @@
 #include "core/model.h"
 #include "core/st.h"
 
-#define CATALOG_SCHEMA_VERSION 1
+#define CATALOG_SCHEMA_VERSION 2
 #define CATALOG_FILE "catalog.db"
 
 /* User metadata conventions: a tag is the key "tag:NAME" with an empty value. */
@@ -275,5 +275,21 @@ struct catalog_changes {
  * SQLite error (-EBUSY when another writer held the lock past the busy timeout).
  */
 int catalog_apply(struct catalog *cat, const struct catalog_changes *ch);
+
+/* ---- co-access statistics (components requested together, keyed "model/component") ---- */
+
+/*
+ * Adds @n to the count of the unordered pair (@a, @b), creating it. Returns 0, -EINVAL (an
+ * empty key, @a equal to @b, or @n zero or above INT64_MAX), or a mapped SQLite error.
+ */
+int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n);
+
+/*
+ * Calls @cb for every pair (a < b by strcmp), most frequent first, stopping at and returning
+ * the first nonzero value it returns. Returns 0 or a mapped SQLite error.
+ */
+int catalog_coaccess_load(struct catalog *cat,
+			  int (*cb)(const char *a, const char *b, uint64_t count, void *arg),
+			  void *arg);
 
 #endif

@@ -21,6 +21,7 @@ struct entry {
 struct pair {
 	uint32_t a, b;		/* interned key ids, a < b */
 	uint32_t count;
+	uint32_t unsaved;	/* co-accesses not yet handed to evict_coaccess_drain() */
 };
 
 struct recent {
@@ -404,13 +405,17 @@ static int intern(struct evict_policy *p, const char *key, bool add)
 	return (int)p->n_names++;
 }
 
-static int bump(struct evict_policy *p, uint32_t a, uint32_t b)
+static int bump(struct evict_policy *p, uint32_t a, uint32_t b, uint32_t n, bool saved)
 {
 	uint32_t lo = a < b ? a : b, hi = a < b ? b : a, weakest = 0;
+	uint32_t unsaved = saved ? 0 : n;
 
 	for (uint32_t i = 0; i < p->n_pairs; i++) {
 		if (p->pairs[i].a == lo && p->pairs[i].b == hi) {
-			p->pairs[i].count++;
+			p->pairs[i].count = n > UINT32_MAX - p->pairs[i].count ?
+					    UINT32_MAX : p->pairs[i].count + n;
+			if (!saved)
+				p->pairs[i].unsaved += n;
 			return 0;
 		}
 		if (p->pairs[i].count < p->pairs[weakest].count)
@@ -418,20 +423,54 @@ static int bump(struct evict_policy *p, uint32_t a, uint32_t b)
 	}
 	/* Full: the least-seen pair makes room, so new patterns can still be learnt. */
 	if (p->n_pairs == EVICT_COACCESS_MAX_PAIRS) {
-		p->pairs[weakest] = (struct pair){ lo, hi, 1 };
+		p->pairs[weakest] = (struct pair){ lo, hi, n, unsaved };
 		return 0;
 	}
 	if (p->n_pairs == p->cap_pairs) {
 		uint32_t cap = p->cap_pairs ? p->cap_pairs * 2 : 64;
-		struct pair *n = realloc(p->pairs, cap * sizeof(*n));
+		struct pair *np = realloc(p->pairs, cap * sizeof(*np));
 
-		if (!n)
+		if (!np)
 			return -ENOMEM;
-		p->pairs = n;
+		p->pairs = np;
 		p->cap_pairs = cap;
 	}
-	p->pairs[p->n_pairs++] = (struct pair){ lo, hi, 1 };
+	p->pairs[p->n_pairs++] = (struct pair){ lo, hi, n, unsaved };
 	return 0;
+}
+
+int evict_coaccess_seed(struct evict_policy *p, const char *a, const char *b, uint64_t count)
+{
+	int ia, ib;
+
+	if (strlen(a) >= EVICT_KEY_MAX || strlen(b) >= EVICT_KEY_MAX)
+		return -ENAMETOOLONG;
+	if (!strcmp(a, b) || !count)
+		return -EINVAL;
+	ia = intern(p, a, true);
+	if (ia < 0)
+		return ia;
+	ib = intern(p, b, true);
+	if (ib < 0)
+		return ib;
+	return bump(p, (uint32_t)ia, (uint32_t)ib,
+		    count > UINT32_MAX ? UINT32_MAX : (uint32_t)count, true);
+}
+
+size_t evict_coaccess_drain(struct evict_policy *p, struct evict_coaccess_delta *out, size_t max)
+{
+	size_t n = 0;
+
+	for (uint32_t i = 0; i < p->n_pairs && n < max; i++) {
+		if (!p->pairs[i].unsaved)
+			continue;
+		out[n].a = p->names[p->pairs[i].a];
+		out[n].b = p->names[p->pairs[i].b];
+		out[n].n = p->pairs[i].unsaved;
+		p->pairs[i].unsaved = 0;
+		n++;
+	}
+	return n;
 }
 
 int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_ns)
@@ -464,7 +503,7 @@ int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_
 		if (dup)
 			continue;
 		seen[k] = true;
-		rc = bump(p, (uint32_t)id, r->id);
+		rc = bump(p, (uint32_t)id, r->id, 1, false);
 		if (rc)
 			return rc;
 	}

@@ -25,8 +25,9 @@
  *
  * Co-access: evict_coaccess_record() remembers which keys were requested within a time window
  * of each other and evict_coaccess_suggest() returns the keys most often requested with a
- * given one, as prefetch candidates. The statistics live in memory; persisting them in the
- * catalog is a later step.
+ * given one, as prefetch candidates. The statistics live in memory; the owner persists them:
+ * evict_coaccess_seed() loads saved counts and evict_coaccess_drain() hands over the counts
+ * recorded since the last drain.
  *
  * Not thread-safe: the daemon's state thread owns a policy. Operations are linear in the
  * number of entries (resident components: hundreds).
@@ -152,5 +153,23 @@ int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_
  */
 size_t evict_coaccess_suggest(const struct evict_policy *p, const char *key, uint32_t min_count,
 			      char (*out)[EVICT_KEY_MAX], size_t max);
+
+/* A pair's co-accesses recorded since the last drain. */
+struct evict_coaccess_delta {
+	const char *a, *b;	/* the policy's copies: valid until the policy is destroyed */
+	uint32_t n;
+};
+
+/*
+ * Adds @count saved co-accesses of @a with @b (not handed out by evict_coaccess_drain()).
+ * Returns 0, -ENAMETOOLONG, -EINVAL (@a equal to @b, or @count zero) or -ENOMEM.
+ */
+int evict_coaccess_seed(struct evict_policy *p, const char *a, const char *b, uint64_t count);
+
+/*
+ * Copies up to @max pairs with co-accesses recorded since the last drain into @out and
+ * clears them. Returns how many; a full @out means more may remain.
+ */
+size_t evict_coaccess_drain(struct evict_policy *p, struct evict_coaccess_delta *out, size_t max);
 
 #endif

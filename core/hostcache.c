@@ -26,7 +26,7 @@
 #define NO_TID UINT32_MAX
 #define PREFETCH_MIN_COUNT 2u		/* co-accesses before a component is prefetched */
 #define PREFETCH_MAX 4u
-#define KNOWN_MAX 1024u			/* components remembered for prefetching */
+#define SAVE_BATCH 64u			/* co-access pairs written to the catalog per drain */
 
 enum sel_kind { SEL_ALL = 0, SEL_PREFIX = 1, SEL_NAMES = 2 };
 
@@ -58,6 +58,7 @@ struct entry {
 	uint64_t id;		/* identity: files' fingerprints + form */
 	uint64_t seq;		/* creation order: later entries win publication */
 	char key[EVICT_KEY_MAX];
+	char ckey[EVICT_KEY_MAX];	/* "model/component": the stable co-access key */
 	bool resident;
 	bool cancelled;		/* its load was cancelled: not joinable */
 	bool prefetched;
@@ -101,13 +102,6 @@ struct load {
 	uint64_t done, total, last_pub_ns;
 };
 
-/* A component loaded once in full, as stored: what co-access prefetching can load again. */
-struct known {
-	char key[EVICT_KEY_MAX];
-	uint32_t model, comp;
-	uint64_t size;
-};
-
 struct hostcache {
 	pthread_mutex_t lock;
 	struct arena *arena;
@@ -117,8 +111,6 @@ struct hostcache {
 	char gpu_why[160];
 	struct entry *entries;
 	uint64_t next_seq;
-	struct known *known;
-	uint32_t n_known;
 	/* Counters the policy does not keep. */
 	uint64_t loads, read_bytes, coalesced, dedup_bytes, failed, prefetch_started;
 };
@@ -626,6 +618,7 @@ static struct entry *find_twin(struct hostcache *hc, struct entry *e)
 }
 
 static void queue_prefetch(struct daemon *d, const char *key);
+static void save_coaccess(struct daemon *d);
 
 static void on_done(void *arg, struct load_handle *h)
 {
@@ -676,7 +669,7 @@ static void on_done(void *arg, struct load_handle *h)
 				 " ms=%.1f gbps=%.2f", e->key, e->size, ld->total, (double)ns / 1e6,
 				 ns ? (double)ld->total / (double)ns : 0.0);
 			if (!e->prefetched && e->sel == SEL_ALL && !e->convert)
-				snprintf(key, sizeof(key), "%s", e->key);
+				snprintf(key, sizeof(key), "%s", e->ckey);
 		}
 		for (uint32_t i = 0; i < ld->n_reqs; i++)
 			ld->reqs[i]->bytes += (twin ? twin : e)->tensor_bytes;
@@ -855,7 +848,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 		if (!ret && r) {
 			if (e->resident) {
 				evict_lookup(hc->pol, e->key, now);
-				evict_coaccess_record(hc->pol, e->key, now);
+				evict_coaccess_record(hc->pol, e->ckey, now);
 				e->last_use_ns = now;
 				e->prefetched = false;
 				r->bytes += e->tensor_bytes;
@@ -918,9 +911,10 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	snprintf(e->key, sizeof(e->key) - 18, "%.280s@%s%s", name, form_name(f->convert),
 		 f->sel == SEL_PREFIX ? "[prefix]" : f->sel == SEL_NAMES ? "[names]" : "");
 	snprintf(e->key + strlen(e->key), 18, "#%016" PRIx64, id);
+	snprintf(e->ckey, sizeof(e->ckey), "%.*s", (int)sizeof(e->ckey) - 1, name);
 	if (r) {
 		evict_lookup(hc->pol, e->key, now);
-		evict_coaccess_record(hc->pol, e->key, now);
+		evict_coaccess_record(hc->pol, e->ckey, now);
 	}
 	ret = make_room(d, name, bytes, &off, msg);
 	if (ret) {
@@ -1095,9 +1089,87 @@ void hostcache_load_job(struct daemon *d, struct job *j)
 		req_done_one(d, r);
 		pthread_mutex_unlock(&hc->lock);
 	}
+	save_coaccess(d);
 }
 
 /* ---- prefetch --------------------------------------------------------------------------- */
+
+/*
+ * The registry model and component that co-access key @ckey ("model/component", or the
+ * model's name for a single-component model) names, and at most the extent a full load of
+ * it needs.
+ * Returns 0 or -ENOENT.
+ */
+static int resolve(struct daemon *d, const char *ckey, uint32_t *model, uint32_t *comp,
+		   uint64_t *size)
+{
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&d->state_lock);
+	for (uint32_t m = 0; m < d->n_models && ret; m++) {
+		const struct model_ent *me = &d->models[m];
+		struct wd_reg_model rm;
+		size_t len;
+
+		if (me->stale || registry_read_model(&d->view, m, &rm))
+			continue;
+		len = strlen(rm.name);
+		if (strncmp(ckey, rm.name, len) || (ckey[len] != '/' && ckey[len] != '\0'))
+			continue;
+		for (uint32_t c = me->first_comp; c < me->first_comp + me->n_comps; c++) {
+			struct wd_reg_component rc;
+			const char *want = ckey[len] ? ckey + len + 1 : "";
+
+			if (registry_read_component(&d->view, c, &rc) || strcmp(rc.name, want))
+				continue;
+			*model = m;
+			*comp = c;
+			/* At most one alignment gap per tensor: an upper bound of the extent. */
+			*size = round_extent(rc.nbytes + (uint64_t)rc.n_tensors * ARENA_TENSOR_ALIGN);
+			ret = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&d->state_lock);
+	return ret;
+}
+
+static int seed_pair(const char *a, const char *b, uint64_t count, void *arg)
+{
+	struct hostcache *hc = arg;
+	int ret = evict_coaccess_seed(hc->pol, a, b, count);
+
+	/* A key too long for the policy is skipped: the others still count. */
+	return ret == -ENAMETOOLONG || ret == -EINVAL ? 0 : ret;
+}
+
+/*
+ * Writes the co-accesses recorded since the last call to the catalog, so that they survive a
+ * restart. Runs on the thread that owns the catalog handle: the worker, after each load
+ * job, or the daemon's thread at the end, once the worker has stopped. A failed write is logged and those counts are lost: they are
+ * statistics, and the requests that made them succeeded.
+ */
+static void save_coaccess(struct daemon *d)
+{
+	struct hostcache *hc = d->hc;
+	struct evict_coaccess_delta dl[SAVE_BATCH];
+	size_t n;
+
+	if (!hc->pol || !d->cat)
+		return;
+	do {
+		pthread_mutex_lock(&hc->lock);
+		n = evict_coaccess_drain(hc->pol, dl, SAVE_BATCH);
+		pthread_mutex_unlock(&hc->lock);
+		for (size_t i = 0; i < n; i++) {
+			int ret = catalog_coaccess_add(d->cat, dl[i].a, dl[i].b, dl[i].n);
+
+			if (ret)
+				log_warn(MOD, "\"co-access not saved\" a=\"%s\" b=\"%s\" n=%u err=%d",
+					 dl[i].a, dl[i].b, dl[i].n, ret);
+		}
+	} while (n == SAVE_BATCH);
+}
 
 /*
  * After a requested full load of @key: components requested together with it at least
@@ -1112,50 +1184,27 @@ static void queue_prefetch(struct daemon *d, const char *key)
 	size_t n, k = 0;
 
 	pthread_mutex_lock(&hc->lock);
-	/* Remember the key as loadable again, for later suggestions. */
-	struct entry *e = find_key(hc, key);
-
-	if (e && e->n_binds) {
-		uint32_t i;
-
-		for (i = 0; i < hc->n_known; i++)
-			if (!strcmp(hc->known[i].key, key))
-				break;
-		if (i == hc->n_known && i < KNOWN_MAX) {
-			struct known *nk = realloc(hc->known, (i + 1) * sizeof(*nk));
-
-			if (nk) {
-				hc->known = nk;
-				snprintf(nk[i].key, sizeof(nk[i].key), "%s", key);
-				nk[i].model = e->binds[0].model;
-				nk[i].comp = e->binds[0].comp;
-				nk[i].size = e->size;
-				hc->n_known++;
-			}
-		}
-	}
 	n = evict_coaccess_suggest(hc->pol, key, PREFETCH_MIN_COUNT, sugg, PREFETCH_MAX);
-	for (size_t i = 0; i < n; i++) {
-		uint64_t room = hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol);
-
-		if (find_key(hc, sugg[i]))
-			continue;
-		for (uint32_t q = 0; q < hc->n_known; q++) {
-			bool busy = false;
-
-			if (strcmp(hc->known[q].key, sugg[i]) || hc->known[q].size > room)
-				continue;
-			for (struct entry *x = hc->entries; x; x = x->next)
-				busy |= !x->resident && find_bind(x, hc->known[q].comp);
-			if (!busy) {
-				todo[k][0] = hc->known[q].model;
-				todo[k][1] = hc->known[q].comp;
-				k++;
-			}
-			break;
-		}
-	}
 	pthread_mutex_unlock(&hc->lock);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t model, comp;
+		uint64_t size, room;
+		bool busy = false;
+
+		if (resolve(d, sugg[i], &model, &comp, &size))
+			continue;
+		pthread_mutex_lock(&hc->lock);
+		room = hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol);
+		for (struct entry *x = hc->entries; x; x = x->next)
+			busy |= find_bind(x, comp) && (!x->resident || (x->sel == SEL_ALL &&
+								    !x->convert));
+		if (!busy && size <= room) {
+			todo[k][0] = model;
+			todo[k][1] = comp;
+			k++;
+		}
+		pthread_mutex_unlock(&hc->lock);
+	}
 	for (size_t i = 0; i < k; i++) {
 		struct job *j = calloc(1, sizeof(*j));
 
@@ -1221,7 +1270,7 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	for (uint32_t i = 0; i < hits; i++) {
 		/* A component listed twice (dedup) is one entry: count its bytes per component. */
 		evict_lookup(hc->pol, hit[i]->key, now);
-		evict_coaccess_record(hc->pol, hit[i]->key, now);
+		evict_coaccess_record(hc->pol, hit[i]->ckey, now);
 		hit[i]->last_use_ns = now;
 		hit[i]->prefetched = false;
 		bytes += hit[i]->tensor_bytes;
@@ -1412,6 +1461,9 @@ int hostcache_create(struct daemon *d)
 			   &hc->pol);
 	if (ret)
 		return ret;
+	ret = catalog_coaccess_load(d->cat, seed_pair, hc);
+	if (ret)
+		log_warn(MOD, "\"co-access statistics not loaded\" err=%d", ret);
 	ret = gpu_driver_open(&drv, why, sizeof(why));
 	if (ret) {
 		if (ret == -ENODEV && !strstr(why, "no CUDA driver"))
@@ -1447,6 +1499,7 @@ void hostcache_destroy(struct daemon *d)
 	if (!hc)
 		return;
 	hostcache_stop(d);
+	save_coaccess(d);
 	while (hc->entries) {
 		struct entry *e = hc->entries;
 
@@ -1455,7 +1508,6 @@ void hostcache_destroy(struct daemon *d)
 	}
 	evict_destroy(hc->pol);
 	arena_destroy(hc->arena);
-	free(hc->known);
 	pthread_mutex_destroy(&hc->lock);
 	free(hc);
 	d->hc = NULL;

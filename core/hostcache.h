@@ -13,6 +13,12 @@
  * resident one: byte-identical copies are stored once even when they are different files.
  * Every component bound to an entry gets the entry's offsets in its tensor records.
  *
+ * Co-access: every requested component is recorded under its stable key "model/component"
+ * (core/evict.h); the worker writes the new counts to the catalog after each load job and the
+ * daemon's thread writes the rest at the end, and hostcache_create() loads them back, so the
+ * statistics survive a restart. After a requested full load, the components most often
+ * requested with it are prefetched when the budget has room for them without evicting.
+ *
  * Where things run:
  *   shard   hostcache_try_hit(): a LOAD whose every component is resident in the requested
  *           form is answered inline (a hit), without the worker or the catalog;

@@ -569,6 +569,93 @@ static void test_concurrent_scans(void **state)
 	}
 }
 
+struct pair_row {
+	const char *a, *b;
+	uint64_t n;
+};
+
+struct pair_seen {
+	char got[1024];
+	size_t len;
+};
+
+static int collect_pair(const char *a, const char *b, uint64_t count, void *arg)
+{
+	struct pair_seen *ps = arg;
+
+	ps->len += (size_t)snprintf(ps->got + ps->len, sizeof(ps->got) - ps->len,
+				    "%s|%s=%llu;", a, b, (unsigned long long)count);
+	return 0;
+}
+
+static void exec_sql(const char *db, const char *sql)
+{
+	sqlite3 *h;
+	char *err = NULL;
+
+	if (sqlite3_open(db, &h) != SQLITE_OK)
+		fail_msg("open %s: %s", db, sqlite3_errmsg(h));
+	if (sqlite3_exec(h, sql, NULL, NULL, &err) != SQLITE_OK)
+		fail_msg("%s: %s", sql, err);
+	sqlite3_close(h);
+}
+
+/* Co-access pairs: unordered, accumulated, refused when malformed, and kept on reopen. */
+static void test_coaccess(void **state)
+{
+	static const struct {
+		struct pair_row add;
+		int ret;
+	} rows[] = {
+		{ { "m/unet", "m/vae", 1 }, 0 },
+		{ { "m/vae", "m/unet", 2 }, 0 },	/* the same pair, reversed */
+		{ { "m/text", "m/unet", 5 }, 0 },
+		{ { "x", "x", 1 }, -EINVAL },		/* a key with itself */
+		{ { "", "x", 1 }, -EINVAL },
+		{ { "a", "b", 0 }, -EINVAL },
+	};
+	const char *want = "m/text|m/unet=5;m/unet|m/vae=3;";
+	char st[4096], db[4200], v[64];
+	struct pair_seen ps = { .len = 0 };
+	struct catalog *cat;
+
+	(void)state;
+	fmt(st, sizeof(st), "%s/coaccess/state", tmp_root);
+	fmt(db, sizeof(db), "%s/catalog.db", st);
+	assert_int_equal(catalog_open(st, &cat), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		int ret = catalog_coaccess_add(cat, rows[i].add.a, rows[i].add.b, rows[i].add.n);
+
+		if (ret != rows[i].ret)
+			fail_msg("row %zu: add(%s, %s, %llu) = %d, want %d", i, rows[i].add.a,
+				 rows[i].add.b, (unsigned long long)rows[i].add.n, ret, rows[i].ret);
+	}
+	catalog_close(cat);
+	assert_int_equal(catalog_open(st, &cat), 0);
+	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	if (strcmp(ps.got, want))
+		fail_msg("after reopen: pairs %s, want %s", ps.got, want);
+	catalog_close(cat);
+
+	/* A version 1 catalog (no co_access table) is migrated in place, its data kept. */
+	exec_sql(db, "DROP TABLE co_access; CREATE TABLE keep(x TEXT); "
+		     "INSERT INTO keep VALUES('kept'); PRAGMA user_version=1;");
+	assert_int_equal(catalog_open(st, &cat), 0);
+	query1(db, "PRAGMA user_version", v, sizeof(v));
+	assert_int_equal(atoi(v), CATALOG_SCHEMA_VERSION);
+	query1(db, "SELECT x FROM keep", v, sizeof(v));
+	assert_string_equal(v, "kept");
+	ps.len = 0;
+	ps.got[0] = '\0';
+	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	if (ps.len)
+		fail_msg("migrated catalog: pairs %s, want none", ps.got);
+	assert_int_equal(catalog_coaccess_add(cat, "m/a", "m/b", 2), 0);
+	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	assert_string_equal(ps.got, "m/a|m/b=2;");
+	catalog_close(cat);
+}
+
 static int setup(void **state)
 {
 	const char *t = getenv("TMPDIR");
@@ -599,6 +686,7 @@ int main(void)
 		cmocka_unit_test(test_resolve),
 		cmocka_unit_test(test_kill9_mid_scan),
 		cmocka_unit_test(test_concurrent_scans),
+		cmocka_unit_test(test_coaccess),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -273,6 +273,50 @@ static void test_coaccess(void **state)
 	evict_destroy(p);
 }
 
+/* Saved counts seed suggestions and are not handed out again; new ones are, once. */
+static void test_coaccess_seed_drain(void **state)
+{
+	static const struct {
+		const char *a, *b;
+		uint64_t count;
+		int ret;
+	} seeds[] = {
+		{ "m/a", "m/b", 2, 0 },
+		{ "m/b", "m/a", 1, 0 },		/* the same pair: counts add */
+		{ "m/a", "m/a", 1, -EINVAL },
+		{ "m/a", "m/c", 0, -EINVAL },
+	};
+	struct evict_coaccess_delta dl[4];
+	char out[4][EVICT_KEY_MAX];
+	struct evict_policy *p = mk(MB, 0);
+	size_t n;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(seeds); i++) {
+		int ret = evict_coaccess_seed(p, seeds[i].a, seeds[i].b, seeds[i].count);
+
+		if (ret != seeds[i].ret)
+			fail_msg("seed row %zu (%s, %s, %llu): %d, want %d", i, seeds[i].a,
+				 seeds[i].b, (unsigned long long)seeds[i].count, ret, seeds[i].ret);
+	}
+	assert_int_equal(evict_coaccess_suggest(p, "m/a", 3, out, 4), 1);
+	assert_string_equal(out[0], "m/b");
+	assert_int_equal(evict_coaccess_drain(p, dl, 4), 0);
+	assert_int_equal(evict_coaccess_record(p, "m/a", 10 * S), 0);
+	assert_int_equal(evict_coaccess_record(p, "m/c", 11 * S), 0);
+	assert_int_equal(evict_coaccess_record(p, "m/b", 12 * S), 0);
+	n = evict_coaccess_drain(p, dl, 4);
+	if (n != 3)
+		fail_msg("drained %zu pairs after a, c, b within the window, want 3", n);
+	for (size_t i = 0; i < n; i++)
+		if (dl[i].n != 1)
+			fail_msg("pair %s|%s: %u new co-accesses, want 1", dl[i].a, dl[i].b,
+				 dl[i].n);
+	assert_int_equal(evict_coaccess_drain(p, dl, 4), 0);
+	assert_int_equal(evict_coaccess_suggest(p, "m/a", 4, out, 4), 1);
+	evict_destroy(p);
+}
+
 static uint64_t rnd(uint64_t *s)
 {
 	*s ^= *s << 13;
@@ -429,6 +473,7 @@ int main(void)
 		cmocka_unit_test(test_pins_and_victims),
 		cmocka_unit_test(test_counters),
 		cmocka_unit_test(test_coaccess),
+		cmocka_unit_test(test_coaccess_seed_drain),
 		cmocka_unit_test(test_churn_with_arena),
 	};
 

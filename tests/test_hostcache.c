@@ -31,6 +31,7 @@
 
 #include "weightd.h"
 
+#include "core/catalog.h"
 #include "core/common.h"
 #include "core/convert.h"
 #include "core/st.h"
@@ -720,6 +721,71 @@ static void test_cli(void **state)
 	st_file_free(&f);
 }
 
+struct pair_find {
+	const char *a, *b;
+	uint64_t count;
+};
+
+static int find_pair(const char *a, const char *b, uint64_t count, void *arg)
+{
+	struct pair_find *pf = arg;
+
+	if ((!strcmp(a, pf->a) && !strcmp(b, pf->b)) || (!strcmp(a, pf->b) && !strcmp(b, pf->a)))
+		pf->count = count;
+	return 0;
+}
+
+/*
+ * Components requested together are remembered in the catalog across a restart, and a load
+ * of one then prefetches the other while the budget has room.
+ */
+static void test_coaccess_restart(void **state)
+{
+	static const struct {
+		const char *model, *comp;
+	} rows[] = {
+		{ "sd-tiny", "unet" }, { "vae-tiny", NULL },	/* the first pair: loads */
+		{ "sd-tiny", "unet" }, { "vae-tiny", NULL },	/* the second: cache hits */
+	};
+	struct pair_find pf = { "sd-tiny/unet", "vae-tiny", 0 };
+	struct weightd_cache_stats cs;
+	struct catalog *cat;
+	struct weightd *w = attach();
+	int ret, waited;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		ret = weightd_load(w, rows[i].model, rows[i].comp, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+		CHECK(ret == 0, "row %zu: load %s/%s: %d %s", i, rows[i].model,
+		      rows[i].comp ? rows[i].comp : "-", ret, weightd_last_error());
+	}
+	weightd_detach(w);
+	CHECK(td_daemon_kill(&dm, SIGTERM, 5000) == 0, "stop the daemon");
+	ret = catalog_open(dm.state_dir, &cat);
+	CHECK(ret == 0, "open the catalog in %s: %d", dm.state_dir, ret);
+	ret = catalog_coaccess_load(cat, find_pair, &pf);
+	catalog_close(cat);
+	CHECK(ret == 0 && pf.count >= 2, "catalog co-access of %s with %s after %zu loads: %llu "
+	      "(ret %d)", pf.a, pf.b, ARRAY_SIZE(rows), (unsigned long long)pf.count, ret);
+
+	CHECK(td_daemon_start(&dm) == 0, "restart");
+	w = attach();
+	CHECK(!resident(w, "vae-tiny", NULL), "vae-tiny resident right after a restart");
+	ret = weightd_load(w, "sd-tiny", "unet", WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == 0, "load sd-tiny/unet after the restart: %d %s", ret, weightd_last_error());
+	for (waited = 0; waited < 5000 && !resident(w, "vae-tiny", NULL); waited += 10)
+		usleep(10000);
+	CHECK(resident(w, "vae-tiny", NULL), "vae-tiny not prefetched %d ms after sd-tiny/unet",
+	      waited);
+	CHECK(weightd_cache_stats(w, &cs) == 0 && cs.prefetches == 1,
+	      "prefetches %llu after the restart, want 1", (unsigned long long)cs.prefetches);
+	ret = weightd_load(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == 0 && weightd_cache_stats(w, &cs) == 0 && cs.prefetch_hits == 1 &&
+	      cs.loads == 2, "load of the prefetched vae-tiny: %d, prefetch hits %llu, loads %llu",
+	      ret, (unsigned long long)cs.prefetch_hits, (unsigned long long)cs.loads);
+	weightd_detach(w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -731,6 +797,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cli, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_coaccess_restart, setup, teardown),
 	};
 
 	have_daemon = td_have_daemon();
