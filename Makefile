@@ -93,6 +93,8 @@ $(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) shm/libweightd.map
 
 WD_SOVERSION := 1
 WD_VERSION := 0.1.0
+# The /metrics build_info label (core/metrics.c).
+$(BUILD)/core/metrics.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 PREFIX ?= /usr/local
 $(BUILD)/weightd.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: weightd\nDescription: weightd client library (shared-memory model residency)\nVersion: %s\nLibs: -L$${libdir} -lweightd\nCflags: -I$${includedir}\n' '$(PREFIX)' '$(WD_VERSION)' > $@

@@ -9,10 +9,11 @@
 #include "core/config.h"
 #include "core/daemon.h"
 #include "core/log.h"
+#include "core/metrics.h"
 
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
-       OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG };
+       OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -29,6 +30,7 @@ static const struct option options[] = {
 	{ "verify", no_argument, NULL, OPT_VERIFY },
 	{ "keep-alive", required_argument, NULL, OPT_KEEP_ALIVE },
 	{ "config", required_argument, NULL, OPT_CONFIG },
+	{ "metrics-listen", required_argument, NULL, OPT_METRICS },
 	{ "help", no_argument, NULL, 'h' },
 	{ 0 }
 };
@@ -63,6 +65,9 @@ static void usage(FILE *out)
 		"  --allow-group GID|NAME  members may attach (repeatable)\n"
 		"  --admin-user[=UID|NAME] may send SHUTDOWN (repeatable); without a value, the\n"
 		"                          daemon's own user; uid 0 always may\n"
+		"  --metrics-listen ADDR:PORT\n"
+		"                          serve Prometheus metrics at http://ADDR:PORT/metrics;\n"
+		"                          PORT alone is 127.0.0.1:PORT; [IPV6]:PORT works too\n"
 		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
 		"  -h, --help              this text\n\n"
 		"SIGTERM or SIGINT shuts down cleanly: every client ring is marked shut down and\n"
@@ -240,6 +245,16 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 				return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
 			cfg->spin_us = (uint32_t)v;
 			break;
+		case OPT_METRICS: {
+			struct sockaddr_storage ss;
+			socklen_t len;
+
+			if (metrics_parse_listen(optarg, &ss, &len))
+				return bad("--metrics-listen", optarg,
+					   "expected PORT, A.B.C.D:PORT or [IPV6]:PORT");
+			cfg->metrics_listen = optarg;
+			break;
+		}
 		case OPT_LOG:
 			if (parse_level(optarg, &set->level))
 				return bad("--log-level", optarg, "expected debug|info|warn|error|off");

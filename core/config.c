@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "core/metrics.h"
 
 /* How a key's value is parsed. */
 enum kind {
@@ -33,6 +34,7 @@ enum kind {
 	K_LEVEL,	/* debug, info, warn, error, off */
 	K_USER,		/* a user name or uid */
 	K_GROUP,	/* a group name or gid */
+	K_LISTEN,	/* PORT, A.B.C.D:PORT or [IPV6]:PORT: metrics_parse_listen() */
 };
 
 struct keydef {
@@ -54,6 +56,7 @@ static const struct keydef keys[CONFIG_KEY_COUNT] = {
 	[CONFIG_ALLOW_GROUP] = { "allow_group", K_GROUP, true },
 	[CONFIG_ADMIN_USER] = { "admin_user", K_USER, true },
 	[CONFIG_LOG_LEVEL] = { "log_level", K_LEVEL, false },
+	[CONFIG_METRICS_LISTEN] = { "metrics_listen", K_LISTEN, false },
 };
 
 /* The same bound as weightd --spin-us: ten seconds of spinning is already absurd. */
@@ -326,6 +329,16 @@ static int apply(struct parser *p, enum config_key k, char *v)
 		if (daemon_parse_group(v, &gid))
 			return fail(p, -EINVAL, "unknown group \"%s\"", v);
 		return append_id(p, c->allow_gids, &c->n_allow_gids, gid);
+	case K_LISTEN: {
+		struct sockaddr_storage ss;
+		socklen_t len;
+
+		if (metrics_parse_listen(v, &ss, &len))
+			return fail(p, -EINVAL, "\"%s\" is not a listen address (PORT, "
+				    "A.B.C.D:PORT or [IPV6]:PORT, port 1..65535)", v);
+		c->metrics_listen = v;
+		return 0;
+	}
 	}
 	return fail(p, -EINVAL, "internal error: key without a kind");
 }

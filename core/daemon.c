@@ -27,6 +27,7 @@
 
 #include "core/hostcache.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/ops.h"
 #include "core/statedir.h"
 #include "shm/attach.h"
@@ -1306,6 +1307,8 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 	ret = watch(d, d->listen_fd, &listen_watch);
 	if (!ret)
 		ret = watch(d, d->stop_efd, &stop_watch);
+	if (!ret && cfg->metrics_listen)
+		ret = metrics_start(d, cfg->metrics_listen, &d->metrics);
 	if (ret)
 		goto fail;
 	log_info(MOD, "\"ready\" socket=%s state_dir=%s models=%zu roots=%zu spin_us=%u "
@@ -1446,6 +1449,8 @@ int daemon_run(struct daemon *d)
 		sweep_pending(d);
 	}
 	log_info(MOD, "\"shutting down\" clients=%u", d->n_clients);
+	metrics_stop(d->metrics);
+	d->metrics = NULL;
 	shutdown_all(d);
 	if (unlink(d->sock_path) < 0 && errno != ENOENT)
 		log_warn(MOD, "\"cannot remove socket\" path=%s err=%d", d->sock_path, -errno);
@@ -1458,6 +1463,9 @@ void daemon_destroy(struct daemon *d)
 {
 	if (!d)
 		return;
+	/* Its thread reads the registry and the host tier: it goes before them. */
+	metrics_stop(d->metrics);
+	d->metrics = NULL;
 	shutdown_all(d);
 	for (unsigned int i = 0; i < d->n_shards; i++) {
 		struct ring_seg_params p = { .sq_entries = WAKE_ENTRIES,

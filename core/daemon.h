@@ -54,6 +54,8 @@ struct daemon_config {
 	size_t n_admin_uids;
 	bool handle_signals;		/* block SIGTERM/SIGINT/SIGPIPE and watch a signalfd */
 	bool scan_at_start;		/* scan the roots (on the worker) once started */
+	const char *metrics_listen;	/* NULL: no /metrics server; else ADDR:PORT or PORT
+					 * (core/metrics.h) */
 };
 
 struct daemon;
@@ -76,7 +78,8 @@ int daemon_parse_group(const char *s, gid_t *gid);
  * directories it created.
  * Returns 0; -EADDRINUSE when another daemon holds the lock (it logs the holder's pid);
  * -ENAMETOOLONG; -ENOMEM; or the negative errno of the step that failed (statedir, open,
- * flock, catalog_open, registry_create, socket, bind, listen, signalfd, eventfd, epoll).
+ * flock, catalog_open, registry_create, socket, bind, listen, signalfd, eventfd, epoll,
+ * metrics_start()).
  */
 int daemon_create(const struct daemon_config *cfg, struct daemon **out);
 

@@ -151,6 +151,7 @@ struct daemon {
 	bool worker_stop;
 
 	struct hostcache *hc;		/* the host tier (core/hostcache.h) */
+	struct metrics_server *metrics;	/* the /metrics server (core/metrics.h), or NULL */
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

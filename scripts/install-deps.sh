@@ -3,9 +3,9 @@
 # those that are missing, so that `make run` and `make test` are cheap when all is there.
 set -eu
 PKGS="gcc make pkg-config clang libclang-rt-14-dev liburing-dev libjansson-dev
-libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libnuma-dev
+libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libnuma-dev libmicrohttpd-dev
 python3 python3-numpy python3-pytest gnuplot-nox
-tmux groff-base man-db python3-yaml"
+tmux groff-base man-db python3-yaml prometheus"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

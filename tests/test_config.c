@@ -99,6 +99,8 @@ static void dump(const struct daemon_config *c, const struct config_file *cf, ch
 	add_ids(buf, size, "admin_user", c->admin_uids, c->n_admin_uids);
 	if (config_has(cf, CONFIG_LOG_LEVEL))
 		add(buf, size, " log_level=%d", (int)cf->log_level);
+	if (c->metrics_listen)
+		add(buf, size, " metrics_listen=%s", c->metrics_listen);
 	if (buf[0] == ' ')
 		memmove(buf, buf + 1, strlen(buf));
 }
@@ -145,8 +147,10 @@ static const struct row rows[] = {
 	{ "keys are lower case", "MODELS = /a\n", 0, -EINVAL, NULL, ":1: MODELS: unknown key" },
 	{ "overlong key", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa = 1\n", 0, -EINVAL, NULL,
 	  ":1: unknown key (names are at most 32 bytes)" },
-	{ "placeholder key that does not exist", "metrics_listen = :9464\n", 0, -EINVAL, NULL,
-	  ":1: metrics_listen: unknown key" },
+	{ "placeholder key that does not exist", "metrics_path = /metrics\n", 0, -EINVAL, NULL,
+	  ":1: metrics_path: unknown key" },
+	{ "metrics_listen without a host before the colon", "metrics_listen = :9464\n", 0,
+	  -EINVAL, NULL, ":1: metrics_listen: \":9464\" is not a listen address" },
 	{ "NUL byte", NUL_TEXT, sizeof(NUL_TEXT) - 1, -EINVAL, NULL, ":2: NUL byte" },
 	{ "error after valid lines names its line", "spin_us = 1\n\n# x\nverify = maybe\n", 0,
 	  -EINVAL, NULL, ":4: verify: \"maybe\" is not a boolean" },
@@ -248,6 +252,20 @@ static const struct row rows[] = {
 	{ "log_level off", "log_level = off\n", 0, 0, "log_level=4", NULL },
 	{ "log_level bad", "log_level = verbose\n", 0, -EINVAL, NULL,
 	  ":1: log_level: \"verbose\" is not a level" },
+	{ "metrics_listen port only", "metrics_listen = 9464\n", 0, 0, "metrics_listen=9464",
+	  NULL },
+	{ "metrics_listen IPv4", "metrics_listen = 127.0.0.1:9464\n", 0, 0,
+	  "metrics_listen=127.0.0.1:9464", NULL },
+	{ "metrics_listen IPv6", "metrics-listen = [::1]:9464\n", 0, 0,
+	  "metrics_listen=[::1]:9464", NULL },
+	{ "metrics_listen port 0", "metrics_listen = 0\n", 0, -EINVAL, NULL,
+	  ":1: metrics_listen: \"0\" is not a listen address" },
+	{ "metrics_listen port too big", "metrics_listen = 127.0.0.1:65536\n", 0, -EINVAL, NULL,
+	  ":1: metrics_listen: \"127.0.0.1:65536\" is not a listen address" },
+	{ "metrics_listen host name", "metrics_listen = localhost:9464\n", 0, -EINVAL, NULL,
+	  ":1: metrics_listen: \"localhost:9464\" is not a listen address" },
+	{ "metrics_listen IPv6 without brackets", "metrics_listen = ::1:9464\n", 0, -EINVAL, NULL,
+	  ":1: metrics_listen: \"::1:9464\" is not a listen address" },
 
 	/* Duplicates: scalars once, lists repeatable. */
 	{ "duplicate scalar", "socket = /a\n\nsocket = /b\n", 0, -EINVAL, NULL,
@@ -429,6 +447,7 @@ static void test_path_and_names(void **state)
 	static const char *const names[CONFIG_KEY_COUNT] = {
 		"models", "scan_at_start", "state_dir", "socket", "host_budget", "keep_alive",
 		"verify", "spin_us", "allow_user", "allow_group", "admin_user", "log_level",
+		"metrics_listen",
 	};
 
 	(void)state;

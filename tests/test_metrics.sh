@@ -1,0 +1,158 @@
+#!/bin/sh
+# The /metrics endpoint end to end: weightd with --metrics-listen on a free loopback port,
+# one model loaded, then every row of the table below must match the exposition (metric
+# present with HELP/TYPE lines, value in range); other paths answer 404, POST 405; a taken
+# port and a bad address make the daemon refuse to start; a bare port (from the config file)
+# listens on 127.0.0.1, and [::1]:PORT on IPv6 loopback when the machine has one.
+set -u
+T=$(mktemp -d)
+P=
+trap '[ -n "$P" ] && kill -9 $P 2>/dev/null; rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; echo "--- daemon log"; cat "$T/log"; exit 1; }
+
+# A free port: bound by the kernel, released, then given to the daemon (a tiny race only).
+# free_port [ADDR]: the port; fails when ADDR (default 127.0.0.1) cannot be bound here.
+free_port() {
+	python3 -c 'import socket, sys
+a = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET)
+s.bind((a, 0))
+print(s.getsockname()[1])' "${1:-127.0.0.1}" 2>/dev/null
+}
+port=$(free_port)
+"$WD_BUILD/weightctl" gen --preset demo "$T/models" >/dev/null 2>&1 || fail "gen failed"
+"$WD_BUILD/weightd" --foreground --state-dir "$T" --socket "$T/sock" --models "$T/models" \
+	--host-budget 256M --metrics-listen "127.0.0.1:$port" 2>"$T/log" &
+P=$!
+i=0
+while [ ! -S "$T/sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+[ -S "$T/sock" ] || fail "the daemon did not create its socket"
+export WEIGHTD_SOCKET="$T/sock"
+# The scan at start runs on the daemon's worker: wait (5 s at most) until it published the model.
+i=0
+until "$WD_BUILD/weightctl" load llama-tiny >"$T/load.out" 2>&1; do
+	i=$((i + 1))
+	[ $i -lt 50 ] || { cat "$T/load.out"; fail "load failed"; }
+	sleep 0.1
+done
+"$WD_BUILD/weightctl" load llama-tiny >>"$T/load.out" 2>&1 || fail "second load failed"
+
+# get PATH [METHOD]: prints "STATUS CONTENT-TYPE" on the first line, then the body.
+get() {
+	python3 - "http://127.0.0.1:$port$1" "${2:-GET}" <<'PY'
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], method=sys.argv[2])
+try:
+    r = urllib.request.urlopen(req, timeout=5)
+    print(r.status, r.headers.get("Content-Type")); sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.headers.get("Content-Type")); sys.stdout.write(e.read().decode())
+PY
+}
+get /metrics >"$T/m" || fail "GET /metrics failed"
+head -n1 "$T/m" | grep -q '^200 text/plain; version=0.0.4' || fail "status/type: $(head -n1 "$T/m")"
+
+# name  type  min  max: the value must lie in [min, max] (max "-" for unbounded). Errors are
+# unbounded: each lookup retried while the start scan runs counts as one.
+rows='weightd_up gauge 1 1
+weightd_build_info gauge 1 1
+weightd_uptime_seconds gauge 0 3600
+weightd_clients gauge 0 1
+weightd_ring_segments gauge 0 2
+weightd_requests_total counter 2 -
+weightd_request_errors_total counter 0 -
+weightd_pins gauge 0 0
+weightd_models gauge 3 3
+weightd_host_budget_bytes gauge 268435456 268435456
+weightd_host_bytes_used gauge 1 268435456
+weightd_host_entries gauge 1 -
+weightd_host_hits_total counter 1 -
+weightd_host_misses_total counter 1 -
+weightd_host_evictions_total counter 0 0
+weightd_host_evicted_bytes_total counter 0 0
+weightd_host_prefetches_total counter 0 -
+weightd_host_prefetch_hits_total counter 0 -
+weightd_host_loads_total counter 1 -
+weightd_host_disk_read_bytes_total counter 1 -
+weightd_host_coalesced_total counter 0 -
+weightd_host_dedup_bytes gauge 0 -
+weightd_host_refused_total counter 0 0
+weightd_host_failed_loads_total counter 0 0
+weightd_component_loads_total counter 1 -
+weightd_loaded_bytes_total counter 1 -'
+echo "$rows" | while read -r name type min max; do
+	grep -q "^# HELP $name " "$T/m" || { echo "$name: no HELP line"; exit 1; }
+	grep -q "^# TYPE $name $type\$" "$T/m" || { echo "$name: no TYPE $type line"; exit 1; }
+	v=$(grep -E "^$name(\{[^}]*\})? " "$T/m" | awk '{print $NF}')
+	[ -n "$v" ] || { echo "$name: no sample"; exit 1; }
+	ok=$(awk -v v="$v" -v lo="$min" -v hi="$max" \
+		'BEGIN { print (v + 0 >= lo + 0 && (hi == "-" || v + 0 <= hi + 0)) ? 1 : 0 }')
+	[ "$ok" = 1 ] || { echo "$name = $v, expected [$min, $max]"; exit 1; }
+done >"$T/rows" 2>&1 || { cat "$T/rows"; echo "--- exposition"; cat "$T/m"; fail "metric rows"; }
+used=$(grep '^weightd_host_bytes_used ' "$T/m" | awk '{print $2}')
+grep -q '^weightd_build_info{version="[^"]*",microhttpd="[^"]*"} 1$' "$T/m" ||
+	fail "build_info labels: $(grep '^weightd_build_info' "$T/m")"
+# Every sample line belongs to a metric with a TYPE line: no stray or unnamed values.
+n_samples=$(grep -vc '^#' "$T/m")
+n_types=$(grep -c '^# TYPE ' "$T/m")
+[ $((n_samples - 1)) -eq "$n_types" ] || fail "$((n_samples - 1)) samples vs $n_types TYPE lines"
+
+# Other paths and methods.
+for path in / /metric /metrics/ /metrics.json; do
+	get "$path" >"$T/r" || fail "GET $path failed"
+	head -n1 "$T/r" | grep -q '^404 ' || fail "GET $path: $(head -n1 "$T/r")"
+done
+get /metrics POST >"$T/r" || fail "POST /metrics failed"
+head -n1 "$T/r" | grep -q '^405 ' || fail "POST /metrics: $(head -n1 "$T/r")"
+
+# The other address forms, each on a daemon of its own: a bare port from the configuration
+# file (loopback), and [::1]:PORT when this machine has IPv6 loopback.
+# other NAME LISTEN URL_HOST: starts a daemon listening on LISTEN (from a config file) and
+# checks weightd_up on http://URL_HOST:PORT/metrics, then stops it.
+other() {
+	printf 'metrics_listen = %s\n' "$2" >"$T/$1.conf"
+	"$WD_BUILD/weightd" --foreground --config "$T/$1.conf" --state-dir "$T/$1" \
+		--socket "$T/$1.sock" --no-scan 2>"$T/$1.log" &
+	op=$!
+	i=0
+	while [ ! -S "$T/$1.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+	body=$(python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://$3/metrics" 2>&1)
+	kill -TERM $op
+	wait $op
+	orc=$?
+	echo "$body" | grep -q '^weightd_up 1$' || { cat "$T/$1.log"; fail "$1 ($2): $body"; }
+	[ $orc -eq 0 ] || { cat "$T/$1.log"; fail "$1 ($2): exit status $orc"; }
+}
+p2=$(free_port)
+other portonly "$p2" "127.0.0.1:$p2"
+if p6=$(free_port ::1); then
+	other ipv6 "[::1]:$p6" "[::1]:$p6"
+	v6=checked
+else
+	v6="skipped (no IPv6 loopback)"
+fi
+
+# Bad addresses and a taken port: the daemon refuses to start, saying why.
+for bad in 0 70000 localhost:9 '::1:9' 127.0.0.1: '[::1]'; do
+	if "$WD_BUILD/weightd" --foreground --state-dir "$T/b" --socket "$T/b.sock" --no-scan \
+		--metrics-listen "$bad" 2>"$T/bad.log"; then
+		fail "--metrics-listen $bad accepted"
+	fi
+	grep -q "metrics-listen" "$T/bad.log" || { cat "$T/bad.log"; fail "no message for $bad"; }
+done
+if "$WD_BUILD/weightd" --foreground --state-dir "$T/c" --socket "$T/c.sock" --no-scan \
+	--metrics-listen "127.0.0.1:$port" 2>"$T/taken.log"; then
+	fail "a second daemon started on a taken metrics port"
+fi
+grep -q 'cannot start the metrics server.*err=-98' "$T/taken.log" ||
+	{ cat "$T/taken.log"; fail "taken port not reported as EADDRINUSE"; }
+[ ! -e "$T/c.sock" ] || fail "the refused daemon left its socket"
+
+kill -TERM $P
+wait $P
+rc=$?
+P=
+[ $rc -eq 0 ] || fail "SIGTERM exit status $rc"
+echo "metrics: $n_types metrics, host_bytes_used=$used, 404/405 and bad addresses checked," \
+	"bare port from the config file checked, [::1] $v6"
