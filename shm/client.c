@@ -1040,25 +1040,40 @@ int weightd_cache_list(struct weightd *w, uint32_t start, struct weightd_cache_e
 	return ret;
 }
 
-int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+/*
+ * Sends STATS and copies the reply's counters into @v (enum wd_stat order; entries the
+ * daemon did not send stay 0). Returns how many values the daemon sent (possibly more than
+ * WD_STAT_COUNT) or the request's error.
+ */
+static int fetch_stats(struct weightd *w, uint64_t v[WD_STAT_COUNT])
 {
 	struct request rq = { .sqe = { .opcode = WD_OP_STATS, .model = WD_ID_NONE,
 				       .component = WD_ID_NONE } };
-	uint64_t v[WD_STAT_COUNT] = { 0 };
 	struct reply rp;
 	size_t n;
 	int ret;
 
-	if (!w || !out)
-		return fail(-EINVAL, "NULL argument");
 	if ((ret = submit_wait(w, &rq, &rp)))
 		return ret;
 	if ((ret = result(&rp, "stats", NULL)) < 0)
 		return ret;
+	/* res counts the entries; a newer daemon may send more than this library knows. */
 	n = rp.data_len / sizeof(uint64_t);
 	if ((size_t)ret < n)
 		n = (size_t)ret;
 	memcpy(v, rp.data, (n < WD_STAT_COUNT ? n : WD_STAT_COUNT) * sizeof(uint64_t));
+	return (int)n;
+}
+
+int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+{
+	uint64_t v[WD_STAT_COUNT] = { 0 };
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = fetch_stats(w, v)) < 0)
+		return ret;
 	*out = (struct weightd_cache_stats){
 		.budget = v[WD_STAT_HOST_BUDGET],
 		.bytes = v[WD_STAT_HOST_BYTES],
@@ -1230,24 +1245,13 @@ int weightd_meta_set(struct weightd *w, const char *model, const char *key, cons
 
 int weightd_stats(struct weightd *w, struct weightd_stats *out)
 {
-	struct request rq = { .sqe = { .opcode = WD_OP_STATS, .model = WD_ID_NONE,
-				       .component = WD_ID_NONE } };
 	uint64_t v[WD_STAT_COUNT] = { 0 };
-	struct reply rp;
-	size_t n;
 	int ret;
 
 	if (!w || !out)
 		return fail(-EINVAL, "NULL argument");
-	if ((ret = submit_wait(w, &rq, &rp)))
+	if ((ret = fetch_stats(w, v)) < 0)
 		return ret;
-	if ((ret = result(&rp, "stats", NULL)) < 0)
-		return ret;
-	/* res counts the entries; a newer daemon may send more than this library knows. */
-	n = rp.data_len / sizeof(uint64_t);
-	if ((size_t)ret < n)
-		n = (size_t)ret;
-	memcpy(v, rp.data, (n < WD_STAT_COUNT ? n : WD_STAT_COUNT) * sizeof(uint64_t));
 	*out = (struct weightd_stats){
 		.requests = v[WD_STAT_MY_REQUESTS],
 		.errors = v[WD_STAT_MY_ERRORS],
@@ -1267,7 +1271,7 @@ int weightd_stats(struct weightd *w, struct weightd_stats *out)
 		.evict_bytes = registry_counter(&w->reg, WD_CTR_EVICT_BYTES),
 		.hits = registry_counter(&w->reg, WD_CTR_HITS),
 		.misses = registry_counter(&w->reg, WD_CTR_MISSES),
-		.n_values = (uint32_t)n,
+		.n_values = (uint32_t)ret,
 	};
 	return 0;
 }
