@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "tests/helpers_tmp.h"
 #include "core/catalog.h"
 #include "core/common.h"
 #include "core/gen.h"
@@ -658,23 +659,14 @@ static void test_coaccess(void **state)
 
 static int setup(void **state)
 {
-	const char *t = getenv("TMPDIR");
-	int n;
-
 	(void)state;
-	n = snprintf(tmp_root, sizeof(tmp_root), "%s/test_catalog.XXXXXX", t && *t ? t : "/tmp");
-	if (n < 0 || (size_t)n >= sizeof(tmp_root))
-		return -1;
-	return mkdtemp(tmp_root) ? 0 : -1;
+	return td_tmpdir(tmp_root, sizeof(tmp_root), "test_catalog");
 }
 
 static int teardown(void **state)
 {
-	char cmd[1200];
-
 	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
-	return system(cmd) == 0 ? 0 : -1;
+	return td_rmtree(tmp_root);
 }
 
 int main(void)

@@ -7,7 +7,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "tests/helpers_tmp.h"
 #include "core/arch.h"
 #include "core/common.h"
 #include "core/gen.h"
@@ -30,27 +30,16 @@
 
 static char root[1024];
 
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int setup(void **state)
 {
-	const char *tmp = getenv("TMPDIR");
-
 	(void)state;
-	snprintf(root, sizeof(root), "%s/test_gen.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	return mkdtemp(root) ? 0 : -1;
+	return td_tmpdir(root, sizeof(root), "test_gen");
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	return nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	return td_rmtree(root);
 }
 
 static const char *path_in(char *buf, const char *fmt, ...) WD_PRINTF(2, 3);

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "tests/helpers_tmp.h"
 #include "core/common.h"
 #include "core/model.h"
 #include "core/st_write.h"
@@ -515,20 +516,14 @@ static void test_open_errors(void **state)
 
 static int setup(void **state)
 {
-	const char *t = getenv("TMPDIR");
-
 	(void)state;
-	snprintf(tmp_root, sizeof(tmp_root), "%s/test_model.XXXXXX", t && *t ? t : "/tmp");
-	return mkdtemp(tmp_root) ? 0 : -1;
+	return td_tmpdir(tmp_root, sizeof(tmp_root), "test_model");
 }
 
 static int teardown(void **state)
 {
-	char cmd[4200];
-
 	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
-	return system(cmd) == 0 ? 0 : -1;
+	return td_rmtree(tmp_root);
 }
 
 int main(void)

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "tests/helpers_tmp.h"
 #include "core/catalog.h"
 #include "core/common.h"
 #include "core/gen.h"
@@ -769,23 +770,14 @@ static void test_roots_table(void **state)
 
 static int setup(void **state)
 {
-	const char *t = getenv("TMPDIR");
-	int n;
-
 	(void)state;
-	n = snprintf(tmp_root, sizeof(tmp_root), "%s/test_scan.XXXXXX", t && *t ? t : "/tmp");
-	if (n < 0 || (size_t)n >= sizeof(tmp_root))
-		return -1;
-	return mkdtemp(tmp_root) ? 0 : -1;
+	return td_tmpdir(tmp_root, sizeof(tmp_root), "test_scan");
 }
 
 static int teardown(void **state)
 {
-	char cmd[1200];
-
 	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
-	return system(cmd) == 0 ? 0 : -1;
+	return td_rmtree(tmp_root);
 }
 
 int main(void)
