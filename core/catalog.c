@@ -172,6 +172,19 @@ static int step_done(struct catalog *cat, sqlite3_stmt *st, const char *what)
 	return rc == SQLITE_DONE ? 0 : sql_fail(cat, rc, what);
 }
 
+/*
+ * Ends a row loop over @st: finalizes it and maps the loop's outcome (@step, the last
+ * sqlite3_step() result; @nomem, a failed copy of a row) to 0, -ENOMEM or sql_fail().
+ */
+static int rows_done(struct catalog *cat, sqlite3_stmt *st, int step, bool nomem,
+		     const char *what)
+{
+	int rc = nomem ? -ENOMEM : step == SQLITE_DONE ? 0 : sql_fail(cat, step, what);
+
+	sqlite3_finalize(st);
+	return rc;
+}
+
 static char *col_strdup(sqlite3_stmt *st, int i, bool *nomem)
 {
 	const unsigned char *s = sqlite3_column_text(st, i);
@@ -427,14 +440,7 @@ static int load_scope_files(struct catalog *cat, const struct scope_keys *k,
 		r->valid = sqlite3_column_int(st, 7);
 		r->json_info = col_strdup(st, 8, &nomem);
 	}
-	if (nomem)
-		rc = -ENOMEM;
-	else if (rc != SQLITE_DONE)
-		rc = sql_fail(cat, rc, "load files");
-	else
-		rc = 0;
-	sqlite3_finalize(st);
-	return rc;
+	return rows_done(cat, st, rc, nomem, "load files");
 }
 
 static int load_scope_models(struct catalog *cat, const struct scope_keys *k,
@@ -466,14 +472,7 @@ static int load_scope_models(struct catalog *cat, const struct scope_keys *k,
 		r->sig = col_u64(st, 3);
 		r->valid = sqlite3_column_int(st, 4);
 	}
-	if (nomem)
-		rc = -ENOMEM;
-	else if (rc != SQLITE_DONE)
-		rc = sql_fail(cat, rc, "load models");
-	else
-		rc = 0;
-	sqlite3_finalize(st);
-	return rc;
+	return rows_done(cat, st, rc, nomem, "load models");
 }
 
 int catalog_scope_load(struct catalog *cat, const char *root, struct catalog_scope *out)
@@ -1316,12 +1315,7 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 									     : col_u64(st, 16);
 		f->error_tensor = col_strdup(st, 17, &nomem);
 	}
-	if (nomem)
-		rc = -ENOMEM;
-	else
-		rc = rc == SQLITE_DONE ? 0 : sql_fail(cat, rc, "load component files");
-	sqlite3_finalize(st);
-	return rc;
+	return rows_done(cat, st, rc, nomem, "load component files");
 }
 
 static int get_model(struct catalog *cat, int64_t id, struct catalog_model *out)
