@@ -1,0 +1,127 @@
+/*
+ * A GPU as the device tier drives it. Everything the daemon and the client library do with
+ * a GPU goes through one table of operations, struct gpu_ops, with two implementations:
+ *
+ *   gpu/cuda_dev.c  the CUDA driver API (gpu/cuda.h, dlopen'ed): VMM allocations made with
+ *                   cuMemCreate for POSIX file-descriptor handles, mapped with cuMemMap and
+ *                   cuMemSetAccess; copies with cuMemcpyHtoDAsync on several streams (copy
+ *                   engines, never kernels); events to know when a staging buffer is free.
+ *   gpu/emu_dev.c   an emulated device for machines with no GPU (CI, development): "VRAM" is
+ *                   a memfd, a device address is an address in the daemon's mapping of it,
+ *                   a stream is a thread that copies in submission order, and the shareable
+ *                   handle is the memfd itself. It is chosen only when $WEIGHTD_GPU_EMULATE
+ *                   names a device count ("1", "2:8G" for two devices of 8 GiB), and the
+ *                   daemon logs, reports in STATUS and says in `weightctl status` that the
+ *                   GPU tier is emulated. Its purpose is to run the device tier's own logic
+ *                   (admission, staging ring, fd export, client import, reference counts,
+ *                   eviction and demotion) through the same interface as the GPU path, in
+ *                   tests that can run everywhere. Figures measured on it are never GPU
+ *                   figures.
+ *
+ * All functions return 0 or a negative errno and, on failure, write a one-line reason into
+ * the caller's @why buffer (for CUDA: gpu_cu_err()'s "<what>: <CUDA_ERROR_NAME>: <text>").
+ * A struct gpu_dev is used by one thread at a time, except that streams and events may be
+ * used from the thread that created them while another thread allocates.
+ */
+#ifndef WD_GPU_DEVICE_H
+#define WD_GPU_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gpu/cuda.h"
+
+struct gpu_dev;		/* one opened GPU (a CUDA primary context, or an emulated device) */
+struct gpu_stream;	/* an in-order copy queue */
+struct gpu_event;	/* a point in a stream's order */
+
+/* One VRAM allocation, in the process that made or imported it. */
+struct gpu_vram {
+	uint64_t size;		/* bytes, a multiple of the device's granularity */
+	uint64_t dptr;		/* device address in this process (CUdeviceptr; emulated: a
+				 * host address) */
+	int fd;			/* the shareable POSIX handle, owned by this struct; -1 once
+				 * handed away or for an import */
+	void *priv;		/* the implementation's handle (CUmemGenericAllocationHandle) */
+};
+
+struct gpu_ops {
+	const char *kind;	/* "cuda" or "emulated" */
+
+	/* Number of devices this implementation can open (>= 0) or a negative errno. */
+	int (*count)(char *why, size_t why_size);
+
+	/* Opens device @ordinal: makes its context current for the calling thread. */
+	int (*open)(int ordinal, struct gpu_dev **out, char *why, size_t why_size);
+	void (*close)(struct gpu_dev *dev);
+
+	/* Name, PCI bus id and total memory. */
+	int (*info)(struct gpu_dev *dev, struct gpu_device *info, char *why, size_t why_size);
+
+	/* Free and total device memory now (cuMemGetInfo). Frees land late: re-read it after
+	 * an eviction before the next admission. */
+	int (*mem_info)(struct gpu_dev *dev, uint64_t *free_b, uint64_t *total_b, char *why,
+			size_t why_size);
+
+	/* Allocation granularity for gpu_ops.vram_alloc (recommended granularity). */
+	uint64_t (*granularity)(struct gpu_dev *dev);
+
+	/* Allocates @size bytes (rounded up to the granularity) of VRAM that can be exported
+	 * as a POSIX fd, maps it in this process with read-write access for the device. */
+	int (*vram_alloc)(struct gpu_dev *dev, uint64_t size, struct gpu_vram *out, char *why,
+			  size_t why_size);
+
+	/* Imports an allocation from @fd (the caller keeps @fd) of @size bytes, maps it in this
+	 * process (read-write for the device), and fills @out (out->fd = -1). */
+	int (*vram_import)(struct gpu_dev *dev, int fd, uint64_t size, struct gpu_vram *out,
+			   char *why, size_t why_size);
+
+	/* Unmaps and releases; closes out->fd when it is still owned. */
+	void (*vram_free)(struct gpu_dev *dev, struct gpu_vram *v);
+
+	/* Page-locks existing host memory (the host cache arena) so that copies from it run at
+	 * pinned speed (cuMemHostRegister), and undoes it. */
+	int (*host_register)(struct gpu_dev *dev, void *p, size_t n, char *why, size_t why_size);
+	void (*host_unregister)(struct gpu_dev *dev, void *p);
+
+	/* Pinned host memory for a staging ring (cuMemHostAlloc), and its release. */
+	int (*host_alloc)(struct gpu_dev *dev, size_t n, void **p, char *why, size_t why_size);
+	void (*host_free)(struct gpu_dev *dev, void *p);
+
+	int (*stream_create)(struct gpu_dev *dev, struct gpu_stream **s, char *why,
+			     size_t why_size);
+	void (*stream_destroy)(struct gpu_dev *dev, struct gpu_stream *s);
+
+	/* Queues a copy of @n bytes from host @src to device address @dst on @s. @src must
+	 * stay unchanged until an event recorded after it has completed. */
+	int (*copy_h2d)(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst, const void *src,
+			size_t n, char *why, size_t why_size);
+
+	/* Synchronous device-to-host copy (verification, tests, the read-back of `cat`). */
+	int (*copy_d2h)(struct gpu_dev *dev, void *dst, uint64_t src, size_t n, char *why,
+			size_t why_size);
+
+	/* Records an event after everything queued on @s so far. */
+	int (*event_record)(struct gpu_dev *dev, struct gpu_stream *s, struct gpu_event **ev,
+			    char *why, size_t why_size);
+	/* 0: complete; -EAGAIN: not yet; other negative errno: the stream failed. */
+	int (*event_query)(struct gpu_dev *dev, struct gpu_event *ev, char *why,
+			   size_t why_size);
+	/* Waits for the event; 0 or the stream's error. */
+	int (*event_wait)(struct gpu_dev *dev, struct gpu_event *ev, char *why,
+			  size_t why_size);
+	void (*event_destroy)(struct gpu_dev *dev, struct gpu_event *ev);
+};
+
+/*
+ * The implementation to use in this process: the emulated device when $WEIGHTD_GPU_EMULATE
+ * is set (and valid), else CUDA when the driver loads. Returns the table, or NULL with @why
+ * saying why there is no GPU tier ("no CUDA driver: ...", "built without CUDA headers").
+ */
+const struct gpu_ops *gpu_ops_pick(char *why, size_t why_size);
+
+extern const struct gpu_ops gpu_cuda_ops;
+extern const struct gpu_ops gpu_emu_ops;
+
+#endif
