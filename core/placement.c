@@ -14,7 +14,8 @@ struct placement {
 	bool this_system;
 };
 
-int placement_open(const char *xml_path, const char *synthetic, struct placement **out)
+static int open_topology(const char *xml_path, const char *synthetic, bool with_io,
+			 struct placement **out)
 {
 	struct placement *p;
 	int rc = 0;
@@ -27,8 +28,9 @@ int placement_open(const char *xml_path, const char *synthetic, struct placement
 		free(p);
 		return -ENOMEM;
 	}
-	hwloc_topology_set_io_types_filter(p->topo, xml_path ? HWLOC_TYPE_FILTER_KEEP_ALL
-							      : HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+	hwloc_topology_set_io_types_filter(p->topo, !with_io ? HWLOC_TYPE_FILTER_KEEP_NONE
+						    : xml_path ? HWLOC_TYPE_FILTER_KEEP_ALL
+						    : HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
 	/* hwloc leaves errno unspecified on a bad XML file or description: say -EINVAL. */
 	if (xml_path && hwloc_topology_set_xml(p->topo, xml_path) < 0)
 		rc = errno == ENOENT ? -ENOENT : -EINVAL;
@@ -46,6 +48,16 @@ int placement_open(const char *xml_path, const char *synthetic, struct placement
 	p->this_system = hwloc_topology_is_thissystem(p->topo);
 	*out = p;
 	return 0;
+}
+
+int placement_open(const char *xml_path, const char *synthetic, struct placement **out)
+{
+	return open_topology(xml_path, synthetic, true, out);
+}
+
+int placement_open_this_system(bool with_io, struct placement **out)
+{
+	return open_topology(NULL, NULL, with_io, out);
 }
 
 void placement_close(struct placement *p)

@@ -42,6 +42,13 @@ struct placement_choice {
  */
 int placement_open(const char *xml_path, const char *synthetic, struct placement **out);
 
+/*
+ * This machine's topology, with I/O devices only when @with_io: PCI discovery is what finds
+ * GPUs, and it is skipped when there is no GPU to find (it is also the slow part, and hwloc's
+ * PCI plugin leaks a little per load). Returns as placement_open().
+ */
+int placement_open_this_system(bool with_io, struct placement **out);
+
 /* Frees the topology; NULL is ignored. */
 void placement_close(struct placement *p);
 

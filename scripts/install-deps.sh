@@ -3,7 +3,8 @@
 # those that are missing, so that `make run` and `make test` are cheap when all is there.
 set -eu
 PKGS="gcc make pkg-config clang libclang-rt-14-dev liburing-dev libjansson-dev
-libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libnuma-dev libmicrohttpd-dev
+libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libhwloc-plugins libnuma-dev
+libmicrohttpd-dev
 python3 python3-numpy python3-pytest gnuplot-nox
 tmux groff-base man-db python3-yaml prometheus"
 missing=""

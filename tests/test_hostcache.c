@@ -210,6 +210,38 @@ static size_t compare_file(struct weightd *w, const char *path, const char *mode
 	return n;
 }
 
+/*
+ * Bytes of the daemon's arena mapping that carry an MPOL_BIND policy ("bind:N" ranges of the
+ * weightd-host memfd in /proc/PID/numa_maps).
+ */
+static uint64_t bound_bytes(pid_t pid)
+{
+	char path[64], line[1024];
+	unsigned long long start, prev = 0;
+	uint64_t bound = 0;
+	bool prev_bound = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/numa_maps", (int)pid);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	/* A range's size is the distance to the next line's start; the arena's ranges are
+	 * consecutive lines, and the last one (the tail of the arena) is unbound here. */
+	while (fgets(line, sizeof(line), f)) {
+		bool arena = strstr(line, "weightd-host");
+
+		if (sscanf(line, "%llx", &start) != 1)
+			continue;
+		if (prev_bound)
+			bound += start - prev;
+		prev = start;
+		prev_bound = arena && strstr(line, " bind:");
+	}
+	fclose(f);
+	assert_false(prev_bound);
+	return bound;
+}
+
 static void test_bytes_match(void **state)
 {
 	const char *corpus = getenv("WD_CORPUS");
@@ -266,6 +298,14 @@ static void test_bytes_match(void **state)
 	}
 	print_message("compared %zu tensors of %zu files (%zu from the corpus)\n", tensors,
 		      n_files, corpus_files);
+	/* Placement: every extent was bound (MPOL_BIND) to the loader thread's NUMA node before
+	 * the loader touched it, and the kernel shows the policy ranges in numa_maps. */
+	struct weightd_stats st;
+	uint64_t bound = bound_bytes(dm.pid);
+
+	assert_int_equal(weightd_stats(w, &st), 0);
+	CHECK(bound >= st.host_bytes && st.host_bytes > 0, "%llu bytes bound to a NUMA node of "
+	      "%llu resident", (unsigned long long)bound, (unsigned long long)st.host_bytes);
 	weightd_detach(w);
 }
 

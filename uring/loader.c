@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -106,6 +107,7 @@ struct loader {
 	struct load_handle *pending, **pending_tail;
 	bool stop;
 	struct load_handle *active;	/* thread only */
+	int cpu;			/* where the thread last woke up; atomic */
 };
 
 static void setmsg(char *msg, size_t len, const char *fmt, ...) WD_PRINTF(3, 4);
@@ -882,6 +884,7 @@ static void *loader_main(void *arg)
 		pthread_mutex_lock(&l->lock);
 		while (!l->stop && !l->pending && !l->active)
 			pthread_cond_wait(&l->cond, &l->lock);
+		__atomic_store_n(&l->cpu, sched_getcpu(), __ATOMIC_RELAXED);
 		while ((h = l->pending)) {
 			l->pending = h->next;
 			h->next = l->active;
@@ -949,6 +952,7 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 	if (!l)
 		return -ENOMEM;
 	l->arena = arena;
+	l->cpu = -1;
 	l->qd = o.qd;
 	l->chunk = o.chunk;
 	l->n_staging = o.n_staging;
@@ -1029,6 +1033,11 @@ void loader_destroy(struct loader *l)
 	free(l->reqs);
 	free(l->free_bufs);
 	free(l);
+}
+
+int loader_cpu(const struct loader *l)
+{
+	return __atomic_load_n(&l->cpu, __ATOMIC_RELAXED);
 }
 
 uint32_t loader_chunk(const struct loader *l)

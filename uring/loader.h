@@ -155,6 +155,13 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 /* Cancels every queued and running load, waits for their I/O, stops the thread. */
 void loader_destroy(struct loader *l);
 
+/*
+ * The CPU the loader thread last woke up on (it records sched_getcpu() each time it takes
+ * new loads), or -1 before its first wake-up: placement puts a component's pages on that
+ * CPU's NUMA node when no GPU claims them (core/placement.h).
+ */
+int loader_cpu(const struct loader *l);
+
 /* The read size the loader was created with. */
 uint32_t loader_chunk(const struct loader *l);
 
