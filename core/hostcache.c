@@ -17,6 +17,7 @@
 #include "core/convert.h"
 #include "core/evict.h"
 #include "core/log.h"
+#include "core/placement.h"
 #include "gpu/cuda.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
@@ -66,6 +67,7 @@ struct entry {
 	uint8_t convert, sel;
 	uint64_t sel_hash;
 	uint64_t off, size;	/* the extent */
+	int node;		/* NUMA node its pages are bound to; -1: not bound */
 	uint64_t tensor_bytes;
 	uint64_t last_use_ns;
 	uint32_t pins;		/* evict_pin() calls applied */
@@ -107,6 +109,7 @@ struct hostcache {
 	struct arena *arena;
 	struct loader *loader;
 	struct evict_policy *pol;
+	struct placement *pl;	/* this machine's topology; NULL: pages are not bound */
 	uint64_t budget;
 	char gpu_why[160];
 	struct entry *entries;
@@ -116,6 +119,33 @@ struct hostcache {
 };
 
 /* ---- small helpers --------------------------------------------------------------------- */
+
+/*
+ * Binds a fresh extent to the NUMA node placement chooses (core/placement.h): the loader
+ * thread's node, since the loader's reads are the pages' first touch. The bind comes before
+ * the loader writes, so first touch allocates there. Returns the node, or -1 when nothing was
+ * bound (no topology, an unknown CPU, or mbind refused: the pages then follow the default
+ * policy, which is logged, and the load goes on).
+ */
+static int place_extent(struct hostcache *hc, const char *name, uint64_t off, uint64_t len)
+{
+	struct placement_choice c;
+	int cpu = loader_cpu(hc->loader), ret;
+
+	if (!hc->pl)
+		return -1;
+	ret = placement_choose(hc->pl, NULL, cpu >= 0 ? cpu : -1, &c);
+	if (!ret)
+		ret = arena_bind_node(hc->arena, off, len, c.node);
+	if (ret) {
+		log_warn(MOD, "\"host cache pages not bound to a NUMA node\" component=%s err=%d",
+			 name, ret);
+		return -1;
+	}
+	log_debug(MOD, "\"placed\" component=%s node=%d reason=%s", name, c.node,
+		  placement_reason_name(c.reason));
+	return c.node;
+}
 
 static uint16_t WD_PRINTF(2, 3) setmsg(char *out, const char *fmt, ...)
 {
@@ -923,6 +953,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	}
 	e->off = off;
 	e->size = bytes;
+	e->node = place_extent(hc, name, off, bytes);
 	e->seq = hc->next_seq++;
 	e->ld = ld;
 	ld->d = d;
@@ -1461,6 +1492,14 @@ int hostcache_create(struct daemon *d)
 			   &hc->pol);
 	if (ret)
 		return ret;
+	/* PCI discovery only finds GPUs for the NVIDIA driver; without it, skip the slow part. */
+	ret = placement_open_this_system(access("/sys/bus/pci/drivers/nvidia", F_OK) == 0,
+					 &hc->pl);
+	if (ret)
+		log_warn(MOD, "\"no topology: host cache pages follow the default NUMA policy\" "
+			 "err=%d", ret);
+	else
+		log_info(MOD, "\"NUMA placement\" nodes=%d", placement_node_count(hc->pl));
 	ret = catalog_coaccess_load(d->cat, seed_pair, hc);
 	if (ret)
 		log_warn(MOD, "\"co-access statistics not loaded\" err=%d", ret);
@@ -1507,6 +1546,7 @@ void hostcache_destroy(struct daemon *d)
 		free_entry(e);
 	}
 	evict_destroy(hc->pol);
+	placement_close(hc->pl);
 	arena_destroy(hc->arena);
 	pthread_mutex_destroy(&hc->lock);
 	free(hc);
