@@ -34,6 +34,7 @@
 #include "core/catalog.h"
 #include "core/common.h"
 #include "core/convert.h"
+#include "core/gen.h"
 #include "core/st.h"
 #include "core/st_write.h"
 #include "tests/helpers_daemon.h"
@@ -389,6 +390,81 @@ static void test_subset_convert(void **state)
 		ret = weightd_tensor(w, "llama-tiny", NULL, "model.norm.weight", &ti);
 		CHECK(ret == 0 && weightd_tensor_data(w, &ti), "named tensor resident");
 	}
+	weightd_detach(w);
+}
+
+/* A forked client's progress callback: tell the parent the load runs, then die at once. */
+static void die_on_progress(uint64_t done, uint64_t total, void *arg)
+{
+	int fd = *(int *)arg;
+
+	(void)done;
+	(void)total;
+	if (write(fd, "p", 1) == 1)
+		_exit(0);
+	_exit(13);
+}
+
+/*
+ * The only requester of a load disconnects while it runs: the load is cancelled, its
+ * extent released, nothing of it is ever resident, and a later load of the same model
+ * reads it whole and right.
+ */
+static void test_cancel_on_disconnect(void **state)
+{
+	struct weightd_cache_stats cs = { 0 };
+	char dir[PATH_MAX], c;
+	struct weightd *w;
+	int p[2], status, ret;
+	pid_t pid;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/big", dm.models);
+	ret = gen_preset("llama", dir, &(struct gen_options){ .size = 768ull << 20 });
+	CHECK(ret == 0, "gen: %d", ret);
+	w = attach();
+	CHECK(weightd_scan(w, dm.models, NULL, NULL) >= 1, "scan: %s", weightd_last_error());
+	/* Out of the page cache, so the load takes long enough to be interrupted. */
+	n_files = 0;
+	nftw(dir, collect, 16, FTW_PHYS);
+	for (size_t i = 0; i < n_files; i++) {
+		int fd = open(files[i], O_RDONLY);
+
+		CHECK(fd >= 0 && posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0, "%s", files[i]);
+		close(fd);
+	}
+	CHECK(pipe(p) == 0, "pipe");
+	pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		struct weightd *cw = NULL;
+
+		close(p[0]);
+		if (weightd_attach(dm.socket, NULL, &cw))
+			_exit(10);
+		weightd_load(cw, "big", NULL, WEIGHTD_TIER_HOST, 0, die_on_progress, &p[1]);
+		_exit(11);	/* finished before its first progress report */
+	}
+	close(p[1]);
+	CHECK(read(p[0], &c, 1) == 1, "the child saw no progress");
+	close(p[0]);
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && !WEXITSTATUS(status),
+	      "child status %#x", status);
+	for (int i = 0; i < 500; i++) {
+		CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+		if (cs.failed && !cs.bytes)
+			break;
+		usleep(10 * 1000);
+	}
+	CHECK(cs.failed == cs.loads && cs.loads >= 1 && !cs.bytes && !cs.entries,
+	      "after the disconnect: %llu loads, %llu failed, %llu bytes in %llu entries",
+	      (unsigned long long)cs.loads, (unsigned long long)cs.failed,
+	      (unsigned long long)cs.bytes, (unsigned long long)cs.entries);
+	ret = weightd_load(w, "big", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == 0, "load after the cancel: %d %s", ret, weightd_last_error());
+	for (size_t i = 0; i < n_files; i++)
+		if (strstr(files[i], ".safetensors"))
+			compare_file(w, files[i], "big", "");
 	weightd_detach(w);
 }
 
@@ -832,6 +908,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bytes_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_subset_convert, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_coalesce, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_on_disconnect, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_too_big, setup_tiny, teardown),
 		cmocka_unit_test_setup_teardown(test_churn_pins_ttl, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
