@@ -48,9 +48,13 @@ BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
 CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c) \
 	core/log.c core/time.c core/st_dtype.c
+# The GPU tier's import side (weightd_device_map): the device layer, and from the internal
+# library only the members it needs: the emulated device's size parser (core/gen.c) brings
+# jansson (--as-needed keeps unused libraries out of DT_NEEDED).
+CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c)
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
-.PHONY: all deps run test check test-unit test-san test-tsan fuzz fuzz-ci bench-scan \
+.PHONY: all deps run test check test-unit test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
 	bench-ring bench-load bench-hit bench-python clean help
 .DEFAULT_GOAL := all
 
@@ -66,8 +70,10 @@ help:
 	@echo "make bench-load  disk -> host cache load vs. raw io_uring/O_DIRECT/mmap (SIZE=1G)"
 	@echo "make bench-hit   new process: attach + resolve 1,000 resident tensors"
 	@echo "make bench-python  new Python process: 1,000 resident tensors vs. file read"
+	@echo "make bench-gpu   disk/host -> VRAM vs. pinned H2D, storage, safetensors (SIZE=1G)"
 	@echo "make test-tsan   ring tests under ThreadSanitizer (clang)"
 	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
+	@echo "make test-gpu    device-tier tests on the real CUDA driver (SKIP, exit 77, without)"
 
 $(BUILD)/config.mk $(BUILD)/config-host.h: configure
 	./configure --builddir=$(BUILD) --cc=$(CC) $(CONFIGURE_FLAGS)
@@ -86,9 +92,11 @@ $(BUILD)/weightctl: $(BUILD)/cmd/weightctl.o $(CTL_OBJS) $(INTERNAL_LIB)
 $(BUILD)/weightd: $(BUILD)/cmd/weightd.o $(INTERNAL_LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
 
-$(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) shm/libweightd.map
+$(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) $(CLIENT_GPU_SRCS:%.c=$(BUILD)/%.o) \
+		$(INTERNAL_LIB) shm/libweightd.map
 	$(CC) $(ALL_LDFLAGS) -shared -Wl,-soname,libweightd.so.$(WD_SOVERSION) \
-		-Wl,--version-script=shm/libweightd.map -o $@ $(filter %.o,$^) -lxxhash -lpthread
+		-Wl,--version-script=shm/libweightd.map -o $@ $(filter %.o,$^) \
+		-Wl,--as-needed $(INTERNAL_LIB) -ljansson -lxxhash -lm -ldl -lpthread -Wl,--no-as-needed
 	ln -sf libweightd.so $@.$(WD_SOVERSION)
 
 WD_SOVERSION := 1
@@ -128,6 +136,18 @@ test: deps
 
 test-unit check: all
 	@tests/run.sh $(BUILD)
+
+# The device tier on the real CUDA driver (GPU.md): tests/test_devcache.c without
+# $WEIGHTD_GPU_EMULATE; every corpus file is loaded to cuda:0 and read back. It runs what is
+# built and never rebuilds (on a GPU machine, bring a STATIC=1 build). Exit 77: no driver or
+# no GPU, with the reason printed.
+test-gpu:
+	@test -x $(BUILD)/tests/test_devcache -a -x $(BUILD)/weightd || \
+		{ echo "test-gpu: build $(BUILD)/ first (make all, or make STATIC=1 all)"; exit 1; }
+	@env -u WEIGHTD_GPU_EMULATE WD_DEVCACHE_REAL=1 WD_BUILD=$(CURDIR)/$(BUILD) \
+		WD_ROOT=$(CURDIR) WD_CORPUS=$${WD_CORPUS:-$(CURDIR)/../shared/corpus} \
+		$(BUILD)/tests/test_devcache; rc=$$?; \
+		[ $$rc -eq 77 ] && echo "test-gpu: SKIP (see the reason above)"; exit $$rc
 
 test-san:
 	@$(MAKE) --no-print-directory SAN=1 check
@@ -195,6 +215,15 @@ bench-hit: $(BUILD)/bench/bench_hit $(BINS)
 
 bench-python: $(BINS) $(CLIENT_LIB)
 	/usr/bin/python3 bench/bench_python.py --build $(BUILD)
+
+# disk -> VRAM and host -> VRAM vs. pinned H2D, O_DIRECT storage and safetensors (GPU.md).
+# No driver: prints why and {"skipped": ...}. WEIGHTD_GPU_EMULATE=1 runs it emulated (labelled).
+# Runs what is built: on a GPU machine, bring a STATIC=1 build and `make STATIC=1 bench-gpu`.
+.PHONY: bench-gpu
+bench-gpu:
+	@test -x $(BUILD)/bench/bench_gpu || \
+		{ echo "bench-gpu: build $(BUILD)/bench/bench_gpu first (make all)"; exit 1; }
+	$(BUILD)/bench/bench_gpu -s $(SIZE)
 
 # make install [DESTDIR=/staging] [PREFIX=/usr/local] [SYSCONFDIR=/etc]: the daemon, the CLI,
 # libweightd (header, .so.1 and its .so link, pkg-config file), the Python package when the

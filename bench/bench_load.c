@@ -19,7 +19,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <liburing.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +31,8 @@
 #include "core/log.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
+#include "uring/rawread.h"
 
-#define QD 32
 #define CHUNK (4u << 20)
 #define MAXF 64
 
@@ -50,78 +49,33 @@ static double now_s(void)
 /* Drops the page cache for our files: globally when allowed, else per file. */
 static void drop_caches(void)
 {
-	int fd;
+	const char *p[MAXF];
 
-	sync();
-	fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
-	if (fd >= 0 && write(fd, "1", 1) == 1) {
-		close(fd);
-		cold_method = "drop_caches";
-		return;
-	}
-	if (fd >= 0)
-		close(fd);
-	for (int i = 0; i < nfiles; i++) {
-		int f = open(paths[i], O_RDONLY);
-
-		if (f >= 0) {
-			posix_fadvise(f, 0, 0, POSIX_FADV_DONTNEED);
-			close(f);
-		}
-	}
-	cold_method = "fadvise_dontneed";
+	for (int i = 0; i < nfiles; i++)
+		p[i] = paths[i];
+	cold_method = rawread_drop_name(rawread_drop_cache(p, (unsigned int)nfiles, true));
 }
 
-/* Reads every file whole into @buf (file i at bases[i]) with io_uring; returns seconds. */
+/*
+ * Reads every file whole into @buf (file i at bases[i]) with io_uring (uring/rawread.h, the
+ * same baseline `weightctl bench` measures); returns seconds, or -1 when it cannot start.
+ */
 static double raw_uring(char *buf, bool direct)
 {
-	struct io_uring ring;
-	int fds[MAXF], inflight = 0, fi = 0;
-	uint64_t off = 0;
-	double t0;
+	const char *p[MAXF];
+	double secs;
+	int ret;
 
-	if (io_uring_queue_init(QD, &ring, 0) < 0)
-		return -1;
-	t0 = now_s();
-	for (int i = 0; i < nfiles; i++) {
-		fds[i] = open(paths[i], O_RDONLY | (direct ? O_DIRECT : 0));
-		if (fds[i] < 0)
-			return -1;
-	}
-	for (;;) {
-		struct io_uring_cqe *cqe;
-
-		while (inflight < QD && fi < nfiles) {
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-			uint64_t len = sizes[fi] - off < CHUNK ? sizes[fi] - off : CHUNK;
-
-			if (direct)
-				len = (len + 4095) & ~4095ull;
-			io_uring_prep_read(sqe, fds[fi], buf + bases[fi] + off, (unsigned int)len, off);
-			inflight++;
-			off += CHUNK;
-			if (off >= sizes[fi]) {
-				fi++;
-				off = 0;
-			}
-		}
-		if (!inflight)
-			break;
-		io_uring_submit_and_wait(&ring, 1);
-		while (io_uring_peek_cqe(&ring, &cqe) == 0) {
-			if (cqe->res < 0) {
-				fprintf(stderr, "read failed: %s\n", strerror(-cqe->res));
-				exit(1);
-			}
-			io_uring_cqe_seen(&ring, cqe);
-			inflight--;
-		}
-	}
-	t0 = now_s() - t0;
 	for (int i = 0; i < nfiles; i++)
-		close(fds[i]);
-	io_uring_queue_exit(&ring);
-	return t0;
+		p[i] = paths[i];
+	ret = rawread_files(p, sizes, bases, (unsigned int)nfiles, buf, direct, &secs);
+	if (ret == -EINVAL || ret == -ENOMEM)
+		return -1;
+	if (ret) {
+		fprintf(stderr, "read failed: %s\n", strerror(-ret));
+		exit(1);
+	}
+	return secs;
 }
 
 static double mmap_touch(void)

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Python time-to-tensors with an already-resident model, against reading the file.
 
-    /usr/bin/python3 bench/bench_python.py [--build DIR] [--tensors 1000] [--size 512M]
-                                           [--runs 5] [--keep DIR]
+    /usr/bin/python3 bench/bench_python.py [--build DIR] [--tensors 1000] [--size 2G]
+                                           [--compare-size 512M] [--runs 5] [--keep DIR]
 
-Writes one safetensors file of --tensors F16 tensors (--size bytes in all) with a small
-Python writer, starts a private build/weightd on it, makes it resident with a pin held by
-this process, then measures, each in a fresh python process (median of --runs):
+For each model size (--size, default 2 GiB -- an SDXL UNet is ~1,680 tensors and 5 GB -- and
+--compare-size, default 512 MiB, so that the ratio is shown at both), writes one safetensors
+file of --tensors F16 tensors with a small Python writer, starts a private build/weightd on
+it, makes it resident with a pin held by this process, then measures, each in a fresh python
+process (median of --runs):
 
   weightd   connect, load (a hit: already resident) with a pin, and get every tensor as a
-            read-only numpy view of the shared host cache (Pin.tensors(), one call);
+            read-only numpy view of the shared host cache (Pin.tensors(), one call); the
+            phases (connect, load, tensors) are printed too;
   weightd_each  the same with one Pin.tensor(name) call per tensor (the names come from the
             file's header, parsed before the clock starts);
   fromfile  numpy.fromfile of the data (warm page cache) and one array per tensor;
@@ -18,9 +21,11 @@ and, for the two zero-copy paths, the same plus touching one byte of every page 
 the arrays costs at least). Times are measured inside the child from before the first call
 (libweightd is loaded by connect(), inside the clock) to after the last array; python
 start-up and imports (numpy, weightd) are excluded for every mode alike (reported apart).
-The last line is one JSON object. Target (README): weightd >= 100x faster than fromfile.
-When the daemon cannot load to the host tier, that is said in the JSON ("skipped") and the
-baselines are still measured.
+weightd's time does not depend on the model's size (the mapping is O(1)); fromfile's grows
+with it, so the ratio is printed for each size. The last line is one JSON object (the
+default size's figures, the other size's under "at_SIZE"). Target (README): weightd >= 100x
+faster than fromfile. When the daemon cannot load to the host tier, that is said in the
+JSON ("skipped") and the baselines are still measured.
 """
 
 import argparse
@@ -84,14 +89,20 @@ def touch_all(arrs):
         s += int(b[::PAGE].sum())
     return s
 
+phases = {}
 if mode == "weightd":
     t0 = time.perf_counter()
     c = weightd.connect(sock)
+    ta = time.perf_counter()
     pin = c.load("bench1k")
+    tb = time.perf_counter()
     arrs = list(pin.tensors().values())
+    tc = time.perf_counter()
     if touch:
         touch_all(arrs)
     t1 = time.perf_counter()
+    phases = {"connect_ms": (ta - t0) * 1e3, "load_ms": (tb - ta) * 1e3,
+              "tensors_ms": (tc - tb) * 1e3}
     assert pin.load_result is None or pin.load_result["hit"], pin.load_result
 elif mode == "weightd_each":
     stf = STFile(path)
@@ -118,8 +129,8 @@ elif mode == "mmap":
     if touch:
         touch_all(arrs)
     t1 = time.perf_counter()
-print(json.dumps({"ms": (t1 - t0) * 1e3, "import_ms": (t_import - t_start) * 1e3,
-                  "n": len(arrs), "bytes": int(sum(a.nbytes for a in arrs))}))
+print(json.dumps(dict({"ms": (t1 - t0) * 1e3, "import_ms": (t_import - t_start) * 1e3,
+                       "n": len(arrs), "bytes": int(sum(a.nbytes for a in arrs))}, **phases)))
 """
 
 
@@ -136,30 +147,21 @@ def run_child(mode, path, sock, touch, runs):
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r["wall_ms"] = wall
         res.append(r)
-    return {"ms": statistics.median(r["ms"] for r in res),
+    phases = {k: statistics.median(r[k] for r in res) for k in res[0] if k.endswith("_ms")
+              and k not in ("ms", "wall_ms", "import_ms")}
+    return {"ms": statistics.median(r["ms"] for r in res), "phases": phases,
             "wall_ms": statistics.median(r["wall_ms"] for r in res),
             "import_ms": statistics.median(r["import_ms"] for r in res),
             "n": res[0]["n"], "bytes": res[0]["bytes"]}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--build", default=os.environ.get("WD_BUILD", os.path.join(ROOT, "build")))
-    ap.add_argument("--tensors", type=int, default=1000)
-    ap.add_argument("--size", default="512M")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--keep", default=None, help="work directory to use and keep")
-    a = ap.parse_args()
+def measure(a, size, work, keep, weightd):
+    """Runs every mode on a model of @size ("512M", "2G") in @work; returns the result."""
     build = os.path.abspath(a.build)
-    os.environ["WD_BUILD"] = build
-    sys.path.insert(0, PKG)
-    import weightd
-
-    work = a.keep or tempfile.mkdtemp(prefix="bench_python.")
     models = os.path.join(work, "models")
     os.makedirs(models, exist_ok=True)
     path = os.path.join(models, "bench1k.safetensors")
-    total = parse_size(a.size)
+    total = parse_size(size)
     if not os.path.exists(path):
         write_model(path, a.tensors, total)
     sock = os.path.join(work, "sock")
@@ -168,8 +170,10 @@ def main():
                                "--state-dir", os.path.join(work, "state"), "--models", models,
                                "--host-budget", str(2 * os.path.getsize(path) + (64 << 20))],
                               stdout=log, stderr=log)
-    result = {"bench": "python", "tensors": a.tensors, "file_bytes": os.path.getsize(path),
-              "runs": a.runs, "python": sys.version.split()[0]}
+    result = {"size": size, "tensors": a.tensors, "file_bytes": os.path.getsize(path),
+              "runs": a.runs}
+    print("model: %d F16 tensors, %s bytes (%.2f GiB), median of %d fresh processes"
+          % (a.tensors, result["file_bytes"], result["file_bytes"] / (1 << 30), a.runs))
     try:
         c = None
         deadline = time.monotonic() + 15
@@ -209,6 +213,12 @@ def main():
             result["import_ms"] = round(r["import_ms"], 1)
             print("%-14s %9.3f ms  (process wall %7.1f ms, imports %5.1f ms, %d arrays, "
                   "%d bytes)" % (key, r["ms"], r["wall_ms"], r["import_ms"], r["n"], r["bytes"]))
+            if r["phases"] and not touch:
+                # Medians of each phase (they need not add up to the median of the sums).
+                print("%-14s %s" % ("", ", ".join("%s %.3f ms" % (k[:-3], v)
+                                                  for k, v in r["phases"].items())))
+                for k, v in r["phases"].items():
+                    result[key + "_" + k] = round(v, 3)
         if "weightd_ms" in result:
             result["speedup_vs_fromfile"] = round(result["fromfile_ms"] / result["weightd_ms"], 1)
             result["speedup_vs_mmap"] = round(result["mmap_ms"] / result["weightd_ms"], 2)
@@ -217,9 +227,9 @@ def main():
             result["speedup_touch_vs_mmap_touch"] = round(result["mmap_touch_ms"]
                                                           / result["weightd_touch_ms"], 2)
             result["target_met"] = result["speedup_vs_fromfile"] >= 100
-            print("weightd vs fromfile %.1fx (target >= 100x: %s), vs mmap %.2fx; "
+            print("%s: weightd vs fromfile %.1fx (target >= 100x: %s), vs mmap %.2fx; "
                   "tensor() per name vs fromfile %.1fx; touched vs mmap touched %.2fx"
-                  % (result["speedup_vs_fromfile"],
+                  % (size, result["speedup_vs_fromfile"],
                      "met" if result["target_met"] else "NOT met", result["speedup_vs_mmap"],
                      result["speedup_each_vs_fromfile"],
                      result["speedup_touch_vs_mmap_touch"]))
@@ -233,9 +243,43 @@ def main():
             daemon.kill()
             daemon.wait()
         log.close()
-        if not a.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.environ.get("WD_BUILD", os.path.join(ROOT, "build")))
+    ap.add_argument("--tensors", type=int, default=1000)
+    ap.add_argument("--size", default="2G", help="model size (default 2G)")
+    ap.add_argument("--compare-size", default="512M",
+                    help="a second model size measured too, so both ratios are shown "
+                         "(default 512M; \"\" for none)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--keep", default=None, help="work directory to use and keep")
+    a = ap.parse_args()
+    os.environ["WD_BUILD"] = os.path.abspath(a.build)
+    sys.path.insert(0, PKG)
+    import weightd
+
+    sizes = [a.size] + ([a.compare_size] if a.compare_size and
+                        parse_size(a.compare_size) != parse_size(a.size) else [])
+    out = {"bench": "python", "tensors": a.tensors, "runs": a.runs,
+           "python": sys.version.split()[0]}
+    for i, size in enumerate(sizes):
+        work = os.path.join(a.keep, size) if a.keep else tempfile.mkdtemp(prefix="bench_python.")
+        r = measure(a, size, work, bool(a.keep), weightd)
+        if i == 0:
+            out.update(r)
+        else:
+            out["at_" + size] = r
+        print()
+    if len(sizes) > 1 and "speedup_vs_fromfile" in out:
+        print("weightd vs fromfile: %.1fx at %s (default), %.1fx at %s" % (
+            out["speedup_vs_fromfile"], sizes[0],
+            out["at_" + sizes[1]].get("speedup_vs_fromfile", 0), sizes[1]))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

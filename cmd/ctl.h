@@ -68,5 +68,8 @@ int ctl_stats(struct ctl *c, int argc, char **argv);
 int ctl_cat(struct ctl *c, int argc, char **argv);
 /* The live view (cmd/ctl_top.c). */
 int ctl_top(struct ctl *c, int argc, char **argv);
+/* Load benchmark and its recorded runs (cmd/ctl_bench.c). */
+int ctl_bench(struct ctl *c, int argc, char **argv);
+int ctl_history(struct ctl *c, int argc, char **argv);
 
 #endif

@@ -208,8 +208,48 @@ static void status_usage(FILE *out)
 		"Exit status: 0 the daemon answers, 1 no daemon or it failed, 2 usage error.\n");
 }
 
+#define GPU_LIST_MAX 16
+
+static const char *gpu_kind(const struct weightd_device_info *g)
+{
+	return g->kind == WEIGHTD_DEVICE_EMULATED ? "emulated" : "cuda";
+}
+
+/* "cuda:0     cuda "NVIDIA H100" numa 0, 1.2 GiB in use of 70 GiB (80 GiB), 3 entries" */
+static void print_gpu(const struct weightd_device_info *g)
+{
+	char tier[16], b1[32], b2[32], b3[32], numa[16];
+
+	snprintf(tier, sizeof(tier), "cuda:%u", g->ordinal);
+	if (g->numa_node >= 0)
+		snprintf(numa, sizeof(numa), "numa %d", g->numa_node);
+	else
+		snprintf(numa, sizeof(numa), "numa none");
+	printf("%-10s %s \"%s\" %s, %s in use of %s (device %s), %u entries, %llu hits, "
+	       "%llu misses, %llu evictions\n", tier, gpu_kind(g), g->name, numa,
+	       ctl_human_bytes(g->used, b1, 32), ctl_human_bytes(g->budget, b2, 32),
+	       ctl_human_bytes(g->total_bytes, b3, 32), g->entries,
+	       (unsigned long long)g->hits, (unsigned long long)g->misses,
+	       (unsigned long long)g->evictions);
+}
+
+static json_t *gpu_json(const struct weightd_device_info *g)
+{
+	return json_pack("{s:i, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I}",
+			 "ordinal", (int)g->ordinal, "kind", gpu_kind(g), "name", g->name,
+			 "numa_node", (int)g->numa_node, "total_bytes", (json_int_t)g->total_bytes,
+			 "budget", (json_int_t)g->budget, "used", (json_int_t)g->used,
+			 "entries", (int)g->entries, "hits", (json_int_t)g->hits,
+			 "misses", (json_int_t)g->misses, "evictions", (json_int_t)g->evictions,
+			 "evict_bytes", (json_int_t)g->evict_bytes,
+			 "load_bytes", (json_int_t)g->load_bytes);
+}
+
 int ctl_status(struct ctl *c, int argc, char **argv)
 {
+	struct weightd_device_info gpus[GPU_LIST_MAX];
+	char gpu_why[256] = "";
+	int n_gpus;
 	struct weightd_stats st;
 	struct dopts o;
 	struct weightd *w;
@@ -233,15 +273,22 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 	}
 	models = count_models(w);
 	pid = weightd_daemon_pid(w);
+	n_gpus = weightd_devices(w, gpus, GPU_LIST_MAX, gpu_why, sizeof(gpu_why));
 	if (o.json) {
-		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:f}",
+		json_t *ga = json_array();
+
+		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
+			json_array_append_new(ga, gpu_json(&gpus[i]));
+		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:f, s:o, s:s}",
 				     "daemon", 1, "socket", weightd_socket_path(w), "pid", pid,
 				     "clients", (json_int_t)st.clients, "pins",
 				     (json_int_t)st.pins_total, "models", models, "host_budget",
 				     (json_int_t)st.host_budget, "host_bytes",
 				     (json_int_t)st.host_bytes, "requests",
 				     (json_int_t)st.requests_total, "uptime_s",
-				     (double)st.uptime_ns / 1e9));
+				     (double)st.uptime_ns / 1e9, "gpus", ga, "gpu_tier",
+				     n_gpus > 0 ? "available" : n_gpus == 0 ? gpu_why :
+				     weightd_last_error()));
 	} else {
 		printf("daemon     running, pid %d, up %.0f s\n", pid, (double)st.uptime_ns / 1e9);
 		printf("socket     %s\n", weightd_socket_path(w));
@@ -253,6 +300,12 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		       st.host_budget ? ctl_human_bytes(st.host_budget, b2, 32) : "no budget set");
 		printf("requests   %llu served, %llu failed\n",
 		       (unsigned long long)st.requests_total, (unsigned long long)st.errors_total);
+		if (n_gpus == 0)
+			printf("GPU tier   not available: %s\n", gpu_why);
+		else if (n_gpus < 0)
+			printf("GPU tier   unknown: %s\n", weightd_last_error());
+		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
+			print_gpu(&gpus[i]);
 	}
 	ret = CTL_OK;
 out:
@@ -298,6 +351,8 @@ static const char *ago(uint64_t ns, char *buf, size_t size)
 
 int ctl_ps(struct ctl *c, int argc, char **argv)
 {
+	struct weightd_device_info gpus[GPU_LIST_MAX];
+	int n_gpus;
 	struct weightd_component_info ci;
 	struct weightd_model_info mi;
 	struct weightd_cache_entry ce[64];
@@ -392,6 +447,11 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 				}
 				weightd_tier_name(t, tier, sizeof(tier));
 				state = weightd_state_name(ci.tiers[t].state);
+				/* The daemon marks a quarantined component failed with
+				 * -ENOTRECOVERABLE (core/recovery.h). */
+				if (ci.tiers[t].state == WEIGHTD_FAILED &&
+				    ci.tiers[t].error == -ENOTRECOVERABLE)
+					state = "quarantined";
 			}
 			any = true;
 			shown++;
@@ -412,7 +472,9 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 			       ci.name[0] ? ci.name : "-", tier, state, "-",
 			       ctl_human_bytes(ci.nbytes, size, sizeof(size)), mi.pins,
 			       t < WEIGHTD_TIER_MAX && ci.tiers[t].state == WEIGHTD_FAILED ?
-			       strerror(-ci.tiers[t].error) : "-");
+			       (ci.tiers[t].error == -ENOTRECOVERABLE ? "load refused until its "
+				"files change or `weightctl unload`" :
+				strerror(-ci.tiers[t].error)) : "-");
 		}
 	}
 	if (o.json) {
@@ -423,6 +485,12 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 		if (!shown)
 			printf("(nothing resident or pinned%s)\n",
 			       o.all ? ", no models published" : "");
+		n_gpus = weightd_devices(w, gpus, GPU_LIST_MAX, NULL, 0);
+		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
+			printf("cuda:%u %s in use of %s budget, %u entries\n", gpus[i].ordinal,
+			       ctl_human_bytes(gpus[i].used, size, sizeof(size)),
+			       ctl_human_bytes(gpus[i].budget, form, sizeof(form)),
+			       gpus[i].entries);
 		printf("%llu pins held by %llu clients (this one included)\n",
 		       (unsigned long long)st.pins_total, (unsigned long long)st.clients);
 	}
@@ -752,11 +820,44 @@ out:
 static void cat_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: weightctl cat [--socket PATH] [--component NAME] MODEL TENSOR\n\n"
+		"usage: weightctl cat [--socket PATH] [--component NAME] [--tier host|cuda:N]\n"
+		"                     MODEL TENSOR\n\n"
 		"Writes the raw bytes of TENSOR, as the shared host cache holds them (not read\n"
 		"from the file), to stdout. The tensor must be resident: `weightctl load MODEL`\n"
-		"first. A converted load (--dtype) shows the converted bytes.\n\n"
+		"first. A converted load (--dtype) shows the converted bytes. With --tier cuda:N\n"
+		"the bytes are read back from that GPU's copy (the command maps the component's\n"
+		"VRAM allocation, as a client would, and copies device to host).\n\n"
 		"Exit status: 0, 1 not resident, unknown or failed, 2 usage error.\n");
+}
+
+/* cat --tier cuda:N: maps the tensor's component on that GPU and copies it back. */
+static int cat_device(struct weightd *w, const char *model, const struct dopts *o,
+		      const struct weightd_tensor_info *ti)
+{
+	struct weightd_component_info ci;
+	struct weightd_device_map *m;
+	char *buf = NULL;
+	int ret;
+
+	ret = weightd_component(w, ti->component, &ci);
+	if (!ret)
+		ret = weightd_device_map(w, model, ci.name[0] ? ci.name : NULL, o->tier - 1, &m);
+	if (ret)
+		return failed("cat", o, ret);
+	buf = malloc(ti->nbytes ? ti->nbytes : 1);
+	ret = buf ? weightd_device_read(m, ti, buf, ti->nbytes) : -ENOMEM;
+	if (ret) {
+		ctl_err("cat", "%s", ret == -ENOMEM ? "out of memory" : weightd_last_error());
+		ret = CTL_FAIL;
+	} else if (ti->nbytes && fwrite(buf, 1, ti->nbytes, stdout) != ti->nbytes) {
+		ctl_err("cat", "writing to stdout: %s", strerror(errno));
+		ret = CTL_FAIL;
+	} else {
+		ret = fflush(stdout) ? CTL_FAIL : CTL_OK;
+	}
+	free(buf);
+	weightd_device_unmap(w, m);
+	return ret;
 }
 
 int ctl_cat(struct ctl *c, int argc, char **argv)
@@ -770,7 +871,7 @@ int ctl_cat(struct ctl *c, int argc, char **argv)
 	int ret;
 
 	(void)c;
-	if ((ret = parse(argc, argv, &o, "component", cat_usage)) >= 0)
+	if ((ret = parse(argc, argv, &o, "component tier", cat_usage)) >= 0)
 		return ret;
 	if (optind + 2 != argc) {
 		ctl_err("cat", "wants MODEL and TENSOR");
@@ -785,6 +886,10 @@ int ctl_cat(struct ctl *c, int argc, char **argv)
 	ret = weightd_tensor(w, model, o.component, tensor, &ti);
 	if (ret) {
 		ret = failed("cat", &o, ret);
+		goto out;
+	}
+	if (o.tier != WEIGHTD_TIER_HOST) {
+		ret = cat_device(w, model, &o, &ti);
 		goto out;
 	}
 	p = weightd_tensor_data(w, &ti);

@@ -34,6 +34,7 @@
 #include "shm/attach.h"
 
 #define MAX_INTERVAL_S 3600.0
+#define TOP_EVENTS 8		/* recent events shown (the registry keeps 64) */
 
 struct topts {
 	const char *socket;
@@ -72,6 +73,10 @@ struct frame {
 	size_t n_ents, cap_ents;
 	struct tier_sum tiers[WEIGHTD_TIER_MAX];
 	double req_rate, load_rate;	/* NAN for the first frame */
+	bool have_metrics;		/* the registry has a metrics block: met, events */
+	struct weightd_metrics met;
+	struct weightd_event events[TOP_EVENTS];
+	size_t n_events;
 };
 
 static volatile sig_atomic_t stop_sig, winch;
@@ -90,9 +95,11 @@ static void usage(FILE *out)
 		"usage: weightctl top [--socket PATH] [--interval SECONDS] [--once] [--json]\n\n"
 		"A live view of the daemon, refreshed in place: the tiers with their budgets and\n"
 		"use, the models, the components resident or loading on each tier with the load\n"
-		"rates (bytes per second between two refreshes) and ETA, and the clients,\n"
-		"pins and request counters. It reads the daemon's shared registry and makes one\n"
-		"STATS request per refresh. q or Ctrl-C quits.\n\n"
+		"rates (bytes per second between two refreshes) and ETA, the clients, pins and\n"
+		"request counters, latency percentiles (ring round trip, host loads), errors by\n"
+		"class, host cache fragmentation and NUMA placement, alert counts and the recent\n"
+		"alert events. It reads the daemon's shared registry (metrics and events included)\n"
+		"and makes one STATS request per refresh. q or Ctrl-C quits.\n\n"
 		"  --socket PATH       the daemon's socket (default $WEIGHTD_SOCKET, else the\n"
 		"                      per-user runtime directory)\n"
 		"  --interval SECONDS  time between refreshes, may be fractional (default 1)\n"
@@ -206,6 +213,13 @@ static int read_frame(struct weightd *w, const struct frame *prev, struct frame 
 	f->req_rate = delta_rate(f->st.requests_total, prev->st.requests_total, f->dt);
 	f->load_rate = delta_rate(f->st.load_bytes, prev->st.load_bytes, f->dt);
 	f->tiers[WEIGHTD_TIER_HOST].seen = true;
+	/* Metrics and events come from the registry mapping itself: no request. */
+	f->have_metrics = weightd_metrics(w, &f->met) == 0;
+	f->n_events = 0;
+	if (f->have_metrics) {
+		ret = weightd_events(w, f->events, TOP_EVENTS);
+		f->n_events = ret > 0 ? (size_t)ret : 0;
+	}
 
 	for (;;) {
 		if (!reserve(&f->models, &f->cap_models, f->n_models, sizeof(*f->models)))
@@ -386,6 +400,114 @@ static void WD_PRINTF(2, 3) put(struct screen *s, const char *fmt, ...)
 	s->line++;
 }
 
+/*
+ * The upper bound in seconds of the bucket holding quantile @q of @h (NAN when empty;
+ * INFINITY for the overflow bucket): histograms keep buckets, not samples.
+ */
+static double hist_quantile(const struct weightd_hist *h, double q)
+{
+	uint64_t total = 0, cum = 0;
+
+	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++)
+		total += h->bucket[i];
+	if (!total)
+		return NAN;
+	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++) {
+		cum += h->bucket[i];
+		if ((double)cum >= q * (double)total)
+			return i == WEIGHTD_HIST_BUCKETS - 1 ? INFINITY : 1e-6 * (double)(1ull << i);
+	}
+	return INFINITY;
+}
+
+static const char *secs_str(double s, char *buf, size_t size)
+{
+	if (isnan(s))
+		snprintf(buf, size, "-");
+	else if (isinf(s))
+		snprintf(buf, size, ">67s");
+	else if (s < 1e-3)
+		snprintf(buf, size, "%.0fus", s * 1e6);
+	else if (s < 1)
+		snprintf(buf, size, "%.0fms", s * 1e3);
+	else
+		snprintf(buf, size, "%.1fs", s);
+	return buf;
+}
+
+static uint64_t hist_total(const struct weightd_hist *h)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++)
+		n += h->bucket[i];
+	return n;
+}
+
+/* The metrics block's lines: latencies, errors by class, fragmentation, NUMA, alerts. */
+static void render_metrics(const struct frame *f, struct screen *s)
+{
+	const struct weightd_metrics *m = &f->met;
+	char b1[16], b2[16], b3[16], b4[16], line[256];
+	size_t o = 0;
+
+	put(s, "latency  ring p50 %s p99 %s (%llu)  host load p50 %s p99 %s (%llu)",
+	    secs_str(hist_quantile(&m->rtt, 0.5), b1, sizeof(b1)),
+	    secs_str(hist_quantile(&m->rtt, 0.99), b2, sizeof(b2)),
+	    (unsigned long long)hist_total(&m->rtt),
+	    secs_str(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.5), b3, sizeof(b3)),
+	    secs_str(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.99), b4, sizeof(b4)),
+	    (unsigned long long)hist_total(&m->load[WEIGHTD_TIER_HOST]));
+	line[0] = '\0';
+	for (unsigned int i = 0; i < WEIGHTD_ERR_CLASSES && o < sizeof(line); i++)
+		o += (size_t)snprintf(line + o, sizeof(line) - o, " %s %llu",
+				      weightd_error_class_name(i),
+				      (unsigned long long)m->errors[i]);
+	put(s, "errors  %s", line);
+	o = 0;
+	line[0] = '\0';
+	for (unsigned int i = 0; i < WEIGHTD_NUMA_SLOTS && o < sizeof(line); i++) {
+		if (!m->numa_bytes[i])
+			continue;
+		if (i == WEIGHTD_NUMA_SLOTS - 1)
+			o += (size_t)snprintf(line + o, sizeof(line) - o, " unbound %s",
+					      ctl_human_bytes(m->numa_bytes[i], b1, sizeof(b1)));
+		else
+			o += (size_t)snprintf(line + o, sizeof(line) - o, " node%u %s", i,
+					      ctl_human_bytes(m->numa_bytes[i], b1, sizeof(b1)));
+	}
+	put(s, "host cache  free extents %llu  largest free %s  numa%s",
+	    (unsigned long long)m->free_extents,
+	    ctl_human_bytes(m->largest_free, b2, sizeof(b2)), o ? line : " -");
+	o = 0;
+	line[0] = '\0';
+	for (unsigned int i = 0; i < WEIGHTD_ALERT_KINDS && o < sizeof(line); i++)
+		o += (size_t)snprintf(line + o, sizeof(line) - o, " %s %llu/%llu",
+				      weightd_alert_name(i),
+				      (unsigned long long)m->alerts_active[i],
+				      (unsigned long long)m->alerts_total[i]);
+	put(s, "alerts (active/total)%s", line);
+}
+
+/* The recent-events area: the newest events last, as the daemon wrote them. */
+static void render_events(const struct frame *f, struct screen *s)
+{
+	put(s, "%-19s %-12s %-8s %s", "EVENT TIME", "ALERT", "STATE", "WHAT");
+	for (size_t i = 0; i < f->n_events; i++) {
+		const struct weightd_event *e = &f->events[i];
+		time_t t = (time_t)(e->wall_ns / 1000000000);
+		struct tm tm;
+		char when[32];
+
+		localtime_r(&t, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+		put(s, "%-19s %-12s %-8s %s", when, weightd_alert_name(e->kind),
+		    e->flags & 1 ? "RAISED" : "cleared", e->text);
+	}
+	if (!f->n_events)
+		put(s, "(no events)");
+}
+
 static void render_text(const struct frame *f, const struct topts *o, const char *sock,
 			struct screen *s)
 {
@@ -410,6 +532,8 @@ static void render_text(const struct frame *f, const struct topts *o, const char
 	    rate_str(f->load_rate, b3, sizeof(b3)), (unsigned long long)f->st.evictions,
 	    ctl_human_bytes(f->st.evict_bytes, b4, sizeof(b4)), (unsigned long long)f->st.hits,
 	    (unsigned long long)f->st.misses);
+	if (f->have_metrics)
+		render_metrics(f, s);
 	put(s, "%s", "");
 
 	put(s, "%-8s %12s %12s %5s %9s %8s %7s %12s", "TIER", "BUDGET", "USED", "USE%",
@@ -474,6 +598,10 @@ static void render_text(const struct frame *f, const struct topts *o, const char
 	}
 	if (!f->n_ents)
 		put(s, "(nothing resident or loading)");
+	if (f->have_metrics) {
+		put(s, "%s", "");
+		render_events(f, s);
+	}
 	if (s->hidden) {
 		s->rows = 0;
 		put(s, "... %zu more lines (a taller window shows them)", s->hidden);
@@ -485,6 +613,57 @@ static void render_text(const struct frame *f, const struct topts *o, const char
 static json_t *num_or_null(double v)
 {
 	return isnan(v) ? json_null() : json_real(v);
+}
+
+/* JSON has no infinity: the overflow bucket is reported as null too. */
+static json_t *num_or_inf(double v)
+{
+	return isnan(v) || isinf(v) ? json_null() : json_real(v);
+}
+
+/* Adds "metrics" and "events" to frame object @j. */
+static void add_metrics_json(json_t *j, const struct frame *f)
+{
+	const struct weightd_metrics *m = &f->met;
+	json_t *errors = json_object(), *alerts = json_object(), *events = json_array();
+	json_t *numa = json_object();
+	char name[16];
+
+	for (unsigned int i = 0; i < WEIGHTD_ERR_CLASSES; i++)
+		json_object_set_new(errors, weightd_error_class_name(i),
+				    json_integer((json_int_t)m->errors[i]));
+	for (unsigned int i = 0; i < WEIGHTD_ALERT_KINDS; i++)
+		json_object_set_new(alerts, weightd_alert_name(i),
+				    json_pack("{s:I, s:I}", "active", (json_int_t)m->alerts_active[i],
+					      "total", (json_int_t)m->alerts_total[i]));
+	for (unsigned int i = 0; i < WEIGHTD_NUMA_SLOTS; i++) {
+		if (i == WEIGHTD_NUMA_SLOTS - 1)
+			snprintf(name, sizeof(name), "unbound");
+		else
+			snprintf(name, sizeof(name), "%u", i);
+		json_object_set_new(numa, name, json_integer((json_int_t)m->numa_bytes[i]));
+	}
+	for (size_t i = 0; i < f->n_events; i++) {
+		const struct weightd_event *e = &f->events[i];
+
+		json_array_append_new(events, json_pack(
+			"{s:I, s:f, s:s, s:s, s:I, s:I, s:s}", "index", (json_int_t)e->index,
+			"time", (double)e->wall_ns / 1e9, "kind", weightd_alert_name(e->kind),
+			"state", e->flags & 1 ? "raised" : "cleared", "value", (json_int_t)e->value,
+			"limit", (json_int_t)e->limit, "text", e->text));
+	}
+	json_object_set_new(j, "metrics", json_pack(
+		"{s:I, s:o, s:o, s:I, s:o, s:o, s:o, s:I, s:I, s:o, s:o}",
+		"ring_roundtrips", (json_int_t)hist_total(&m->rtt),
+		"ring_p50_s", num_or_inf(hist_quantile(&m->rtt, 0.5)),
+		"ring_p99_s", num_or_inf(hist_quantile(&m->rtt, 0.99)),
+		"host_loads", (json_int_t)hist_total(&m->load[WEIGHTD_TIER_HOST]),
+		"host_load_p50_s", num_or_inf(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.5)),
+		"host_load_p99_s", num_or_inf(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.99)),
+		"errors", errors, "free_extents", (json_int_t)m->free_extents,
+		"largest_free", (json_int_t)m->largest_free, "numa_bytes", numa,
+		"alerts", alerts));
+	json_object_set_new(j, "events", events);
 }
 
 static json_t *render_json(const struct frame *f, const char *sock)
@@ -528,7 +707,7 @@ static json_t *render_json(const struct frame *f, const char *sock)
 			json_object_set_new(r, "error", json_string(strerror(-e->error)));
 		json_array_append_new(comps, r);
 	}
-	return json_pack("{s:f, s:{s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}, "
+	json_t *j = json_pack("{s:f, s:{s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}, "
 			 "s:{s:I, s:I, s:I, s:I, s:I, s:I}, s:o, s:o, s:o}",
 			 "time", (double)wd_wall_ns() / 1e9,
 			 "daemon", "pid", f->pid, "socket", sock, "uptime_s",
@@ -543,6 +722,10 @@ static json_t *render_json(const struct frame *f, const char *sock)
 			 "evict_bytes", (json_int_t)st->evict_bytes, "hits", (json_int_t)st->hits,
 			 "misses", (json_int_t)st->misses,
 			 "tiers", tiers, "models", models, "components", comps);
+
+	if (j && f->have_metrics)
+		add_metrics_json(j, f);
+	return j;
 }
 
 /* ---- the loop ---------------------------------------------------------------------- */

@@ -20,6 +20,8 @@ static const struct ctl_verb verbs[] = {
 	{ "cat", ctl_cat, "write a resident tensor's bytes from the host cache to stdout" },
 	{ "stats", ctl_stats, "the daemon's counters" },
 	{ "top", ctl_top, "live view: tiers, budgets, resident models, loads and rates" },
+	{ "bench", ctl_bench, "measure a model's loads against storage, memcpy and H2D limits" },
+	{ "history", ctl_history, "past `weightctl bench` runs from the catalog" },
 };
 
 static void usage(FILE *out)

@@ -8,12 +8,15 @@
 
 #include "core/config.h"
 #include "core/daemon.h"
+#include "core/devcache.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/recovery.h"
 
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
-       OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS };
+       OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS, OPT_DEVICE_BUDGET,
+       OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -31,6 +34,10 @@ static const struct option options[] = {
 	{ "keep-alive", required_argument, NULL, OPT_KEEP_ALIVE },
 	{ "config", required_argument, NULL, OPT_CONFIG },
 	{ "metrics-listen", required_argument, NULL, OPT_METRICS },
+	{ "device-budget", required_argument, NULL, OPT_DEVICE_BUDGET },
+	{ "quarantine-after", required_argument, NULL, OPT_QUARANTINE },
+	{ "memory-pressure", required_argument, NULL, OPT_PRESSURE },
+	{ "memory-pressure-target", required_argument, NULL, OPT_PRESSURE_TARGET },
 	{ "help", no_argument, NULL, 'h' },
 	{ 0 }
 };
@@ -49,6 +56,8 @@ static void usage(FILE *out)
 		"  --no-scan               do not scan the roots at start\n"
 		"  --host-budget BYTES     host cache budget (K/M/G/T suffixes); default a\n"
 		"                          quarter of the RAM\n"
+		"  --device-budget B|P%%    cache budget of each GPU: bytes, or a percentage of its\n"
+		"                          memory; default 90%% (10%% headroom for other processes)\n"
 		"  --keep-alive SECONDS    a loaded component is not evicted for this long after\n"
 		"                          its last request (default 0)\n"
 		"  --verify                hash every loaded tensor (XXH3) and check each file's\n"
@@ -68,10 +77,19 @@ static void usage(FILE *out)
 		"  --metrics-listen ADDR:PORT\n"
 		"                          serve Prometheus metrics at http://ADDR:PORT/metrics;\n"
 		"                          PORT alone is 127.0.0.1:PORT; [IPV6]:PORT works too\n"
+		"  --quarantine-after N    refuse a component after N load failures in a row\n"
+		"                          until its files change (default %u; 0: never)\n"
+		"  --memory-pressure PCT   shed the host cache when PSI memory \"some avg10\" reaches\n"
+		"                          PCT (default %u; 0: off)\n"
+		"  --memory-pressure-target PCT\n"
+		"                          ... down to PCT%% of the host budget (default %u)\n"
 		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
 		"  -h, --help              this text\n\n"
 		"SIGTERM or SIGINT shuts down cleanly: every client ring is marked shut down and\n"
-		"the socket is removed.\n", DAEMON_DEFAULT_SPIN_US);
+		"the socket is removed. SIGHUP reloads the configuration file and the command\n"
+		"line (docs/config.md says what can change without a restart).\n",
+		RECOVERY_QUARANTINE_AFTER, DAEMON_DEFAULT_PRESSURE_PCT,
+		DAEMON_DEFAULT_PRESSURE_TARGET_PCT, DAEMON_DEFAULT_SPIN_US);
 }
 
 static int bad(const char *opt, const char *val, const char *why)
@@ -230,6 +248,33 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 				return bad("--keep-alive", optarg, "expected seconds");
 			cfg->host_ttl_ns = v * 1000000000ull;
 			break;
+		case OPT_DEVICE_BUDGET:
+			if (devcache_parse_budget(optarg, &cfg->device_budget,
+						  &cfg->device_budget_pct))
+				return bad("--device-budget", optarg,
+					   "expected BYTES[K|M|G|T] or a percentage (1%..100%)");
+			break;
+		case OPT_QUARANTINE:
+		case OPT_PRESSURE:
+		case OPT_PRESSURE_TARGET: {
+			uint64_t max = opt == OPT_QUARANTINE ? 1000 : 100;
+			uint64_t min = opt == OPT_PRESSURE_TARGET ? 1 : 0;
+			const char *name = opt == OPT_QUARANTINE ? "--quarantine-after" :
+					   opt == OPT_PRESSURE ? "--memory-pressure" :
+					   "--memory-pressure-target";
+
+			if (daemon_parse_bytes(optarg, &v) || strpbrk(optarg, "KMGTkmgt") || v < min ||
+			    v > max)
+				return bad(name, optarg, opt == OPT_QUARANTINE ? "expected 0..1000" :
+					   opt == OPT_PRESSURE ? "expected 0..100" : "expected 1..100");
+			if (opt == OPT_QUARANTINE)
+				cfg->quarantine_after = (uint32_t)v;
+			else if (opt == OPT_PRESSURE)
+				cfg->pressure_pct = (uint32_t)v;
+			else
+				cfg->pressure_target_pct = (uint32_t)v;
+			break;
+		}
 		case OPT_BUDGET:
 			if (daemon_parse_bytes(optarg, &cfg->host_budget))
 				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
@@ -289,8 +334,39 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 	return -1;
 }
 
+/* The command line, kept for a reload. */
+struct reload_args {
+	int argc;
+	char **argv;
+};
+
+/*
+ * SIGHUP, on the daemon's control thread: settles the configuration again exactly as at start
+ * (defaults, the file, the command line) and hands it to daemon_reload(). A file or option
+ * with an error changes nothing: build_config() printed why (stderr is the log).
+ */
+static void reload(struct daemon *d, void *arg)
+{
+	struct reload_args *ra = arg;
+	struct daemon_config cfg;
+	struct config_file cf;
+	struct settings set;
+
+	if (build_config(ra->argc, ra->argv, &cfg, &cf, &set) >= 0) {
+		log_warn("weightd", "\"reload rejected: the configuration has an error (above); "
+			 "the running configuration stays\"");
+		config_file_free(&cf);
+		return;
+	}
+	log_set_level(set.level);
+	daemon_reload(d, &cfg);
+	/* daemon_reload() copied what it keeps. */
+	config_file_free(&cf);
+}
+
 int main(int argc, char **argv)
 {
+	struct reload_args ra = { argc, argv };
 	struct daemon_config cfg;
 	struct config_file cf;
 	struct settings set;
@@ -307,6 +383,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "weightd: cannot detach: %s\n", strerror(-ret));
 		return 1;
 	}
+	cfg.reload = reload;
+	cfg.reload_arg = &ra;
 	ret = daemon_create(&cfg, &d);
 	if (report >= 0) {
 		char rc = ret ? 1 : 0;

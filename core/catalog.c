@@ -29,6 +29,23 @@ struct catalog {
 	char path[PATH_MAX];
 };
 
+/* Version 3: completed loads (for the slow-load alert) and `weightctl bench` results. */
+#define LOAD_HISTORY_SQL \
+	"CREATE TABLE IF NOT EXISTS load_history(" \
+	"  id INTEGER PRIMARY KEY," \
+	"  key TEXT NOT NULL," \
+	"  at_ns INTEGER NOT NULL," \
+	"  bytes INTEGER NOT NULL," \
+	"  ns INTEGER NOT NULL);" \
+	"CREATE INDEX IF NOT EXISTS load_history_key ON load_history(key, id);"
+#define BENCH_RUNS_SQL \
+	"CREATE TABLE IF NOT EXISTS bench_runs(" \
+	"  id INTEGER PRIMARY KEY," \
+	"  model TEXT NOT NULL," \
+	"  at_ns INTEGER NOT NULL," \
+	"  figures TEXT NOT NULL);" \
+	"CREATE INDEX IF NOT EXISTS bench_runs_model ON bench_runs(model, id);"
+
 static const char schema_sql[] =
 	"CREATE TABLE roots("
 	"  id INTEGER PRIMARY KEY,"
@@ -108,7 +125,11 @@ static const char schema_sql[] =
 	"  a TEXT NOT NULL,"
 	"  b TEXT NOT NULL,"
 	"  count INTEGER NOT NULL,"
-	"  PRIMARY KEY(a, b)) WITHOUT ROWID;";
+	"  PRIMARY KEY(a, b)) WITHOUT ROWID;"
+	LOAD_HISTORY_SQL BENCH_RUNS_SQL;
+
+/* Version 2 to 3: the two tables above; nothing else changes. */
+static const char migrate_v3_sql[] = LOAD_HISTORY_SQL BENCH_RUNS_SQL;
 
 /* Version 1 to 2: co-access statistics (components requested together). */
 static const char migrate_v2_sql[] =
@@ -246,8 +267,14 @@ static int create_schema(struct catalog *cat)
 	} else if (version < CATALOG_SCHEMA_VERSION) {
 		char sql[64];
 
-		/* Version 1 lacks only the co-access table; its data stays as it is. */
+		/*
+		 * Version 1 lacks the co-access table and version 2 the load history and bench
+		 * tables; every step is CREATE ... IF NOT EXISTS, so each older version runs all
+		 * of them and its data stays as it is.
+		 */
 		rc = exec(cat, migrate_v2_sql);
+		if (!rc)
+			rc = exec(cat, migrate_v3_sql);
 		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
 		if (!rc)
 			rc = exec(cat, sql);
@@ -1646,4 +1673,107 @@ int catalog_coaccess_load(struct catalog *cat,
 		rc = sql_fail(cat, s, "load co-access");
 	sqlite3_finalize(st);
 	return rc;
+}
+
+/* ---- load history and bench runs --------------------------------------------------------- */
+
+int catalog_load_add(struct catalog *cat, const char *key, uint64_t at_ns, uint64_t bytes,
+		     uint64_t ns, unsigned int keep)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!key || !key[0] || !ns || bytes > INT64_MAX || ns > INT64_MAX || at_ns > INT64_MAX ||
+	    !keep)
+		return -EINVAL;
+	rc = prepare(cat, "INSERT INTO load_history(key, at_ns, bytes, ns) VALUES(?1, ?2, ?3, ?4)",
+		     &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	bind_u64(st, 2, at_ns);
+	bind_u64(st, 3, bytes);
+	bind_u64(st, 4, ns);
+	rc = step_done(cat, st, "add load");
+	sqlite3_finalize(st);
+	if (rc)
+		return rc;
+	/* Only the last @keep loads of a key are ever asked for: drop the older ones. */
+	rc = prepare(cat, "DELETE FROM load_history WHERE key = ?1 AND id <= (SELECT id FROM "
+		     "load_history WHERE key = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, keep);
+	rc = step_done(cat, st, "prune loads");
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int catalog_load_rates(struct catalog *cat, const char *key, unsigned int n, double *rates,
+		       unsigned int *n_out)
+{
+	sqlite3_stmt *st;
+	int rc, s;
+
+	*n_out = 0;
+	rc = prepare(cat, "SELECT bytes, ns FROM load_history WHERE key = ?1 ORDER BY id DESC "
+		     "LIMIT ?2", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, n);
+	while ((s = sqlite3_step(st)) == SQLITE_ROW && *n_out < n) {
+		uint64_t ns = col_u64(st, 1);
+
+		if (ns)
+			rates[(*n_out)++] = (double)col_u64(st, 0) * 1e9 / (double)ns;
+	}
+	return rows_done(cat, st, s == SQLITE_ROW ? SQLITE_DONE : s, false, "load rates");
+}
+
+int catalog_bench_add(struct catalog *cat, const char *model, uint64_t at_ns,
+		      const char *figures)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!model || !model[0] || !figures || at_ns > INT64_MAX)
+		return -EINVAL;
+	rc = prepare(cat, "INSERT INTO bench_runs(model, at_ns, figures) VALUES(?1, ?2, ?3)", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+	bind_u64(st, 2, at_ns);
+	sqlite3_bind_text(st, 3, figures, -1, SQLITE_STATIC);
+	rc = step_done(cat, st, "add bench run");
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int catalog_bench_list(struct catalog *cat, const char *model,
+		       int (*cb)(int64_t id, const char *model, uint64_t at_ns,
+				 const char *figures, void *arg),
+		       void *arg)
+{
+	sqlite3_stmt *st;
+	int rc = 0, s;
+
+	rc = prepare(cat, "SELECT id, model, at_ns, figures FROM bench_runs "
+		     "WHERE ?1 IS NULL OR model = ?1 ORDER BY id", &st);
+	if (rc)
+		return rc;
+	if (model)
+		sqlite3_bind_text(st, 1, model, -1, SQLITE_STATIC);
+	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+		rc = cb(sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+			col_u64(st, 2), (const char *)sqlite3_column_text(st, 3), arg);
+		if (rc)
+			break;
+	}
+	if (rc) {
+		sqlite3_finalize(st);
+		return rc;
+	}
+	return rows_done(cat, st, s, false, "bench runs");
 }

@@ -15,6 +15,10 @@
  *   component_files  which files make a component, in order
  *   model_meta       user metadata (tags, notes) keyed by model NAME, so that it outlives
  *                    rescans, restarts and even a model that disappears for a while
+ *   co_access        components requested together (v2)
+ *   load_history     completed host loads by "model/component": when, bytes, duration; the
+ *                    last few per key, for the slow-load alert (core/alert.h) (v3)
+ *   bench_runs       `weightctl bench` results: model, when, the figures as JSON (v3)
  *
  * One scan's results are applied by catalog_apply() in a single BEGIN IMMEDIATE ...
  * COMMIT, so a process killed mid-scan leaves the previous catalog intact.
@@ -39,7 +43,7 @@
 #include "core/model.h"
 #include "core/st.h"
 
-#define CATALOG_SCHEMA_VERSION 2
+#define CATALOG_SCHEMA_VERSION 3
 #define CATALOG_FILE "catalog.db"
 
 /* User metadata conventions: a tag is the key "tag:NAME" with an empty value. */
@@ -291,5 +295,38 @@ int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint
 int catalog_coaccess_load(struct catalog *cat,
 			  int (*cb)(const char *a, const char *b, uint64_t count, void *arg),
 			  void *arg);
+
+/* ---- load history and bench runs (schema version 3) --------------------------------------- */
+
+/*
+ * Records a completed load of @key ("model/component"): @bytes in @ns nanoseconds, finished
+ * at @at_ns (CLOCK_REALTIME), then drops all but the key's last @keep loads. Returns 0,
+ * -EINVAL (empty key, zero @ns or @keep, a value above INT64_MAX), or a mapped SQLite error.
+ */
+int catalog_load_add(struct catalog *cat, const char *key, uint64_t at_ns, uint64_t bytes,
+		     uint64_t ns, unsigned int keep);
+
+/*
+ * The rates (bytes per second) of the last @n loads of @key, newest first, into @rates;
+ * *@n_out receives how many there were. Returns 0 or a mapped SQLite error.
+ */
+int catalog_load_rates(struct catalog *cat, const char *key, unsigned int n, double *rates,
+		       unsigned int *n_out);
+
+/*
+ * Stores one `weightctl bench` run of @model at @at_ns with its @figures (a JSON text).
+ * Returns 0, -EINVAL, or a mapped SQLite error.
+ */
+int catalog_bench_add(struct catalog *cat, const char *model, uint64_t at_ns,
+		      const char *figures);
+
+/*
+ * Calls @cb for every bench run of @model (every model when NULL), oldest first, stopping at
+ * and returning the first nonzero value it returns. Returns 0 or a mapped SQLite error.
+ */
+int catalog_bench_list(struct catalog *cat, const char *model,
+		       int (*cb)(int64_t id, const char *model, uint64_t at_ns,
+				 const char *figures, void *arg),
+		       void *arg);
 
 #endif

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "core/devcache.h"
 #include "core/metrics.h"
 
 /* How a key's value is parsed. */
@@ -35,6 +36,10 @@ enum kind {
 	K_USER,		/* a user name or uid */
 	K_GROUP,	/* a group name or gid */
 	K_LISTEN,	/* PORT, A.B.C.D:PORT or [IPV6]:PORT: metrics_parse_listen() */
+	K_BUDGET,	/* K_BYTES, or a percentage "90%": devcache_parse_budget() */
+	K_ALERT_NUM,	/* a decimal count; bounds per key in alert_num() */
+	K_ALERT_DUR,	/* a duration as K_DURATION; bounds per key in alert_dur() */
+	K_RECOVERY_NUM,	/* a decimal count; bounds per key in recovery_num() */
 };
 
 struct keydef {
@@ -57,6 +62,17 @@ static const struct keydef keys[CONFIG_KEY_COUNT] = {
 	[CONFIG_ADMIN_USER] = { "admin_user", K_USER, true },
 	[CONFIG_LOG_LEVEL] = { "log_level", K_LEVEL, false },
 	[CONFIG_METRICS_LISTEN] = { "metrics_listen", K_LISTEN, false },
+	[CONFIG_DEVICE_BUDGET] = { "device_budget", K_BUDGET, false },
+	[CONFIG_ALERT_BUDGET_PCT] = { "alert_budget_pct", K_ALERT_NUM, false },
+	[CONFIG_ALERT_SLOW_LOAD_PCT] = { "alert_slow_load_pct", K_ALERT_NUM, false },
+	[CONFIG_ALERT_SLOW_LOAD_HISTORY] = { "alert_slow_load_history", K_ALERT_NUM, false },
+	[CONFIG_ALERT_ERROR_COUNT] = { "alert_error_count", K_ALERT_NUM, false },
+	[CONFIG_ALERT_ERROR_WINDOW] = { "alert_error_window", K_ALERT_DUR, false },
+	[CONFIG_ALERT_PIN_TTL] = { "alert_pin_ttl", K_ALERT_DUR, false },
+	[CONFIG_ALERT_INTERVAL] = { "alert_interval", K_ALERT_DUR, false },
+	[CONFIG_QUARANTINE_AFTER] = { "quarantine_after", K_RECOVERY_NUM, false },
+	[CONFIG_MEMORY_PRESSURE] = { "memory_pressure", K_RECOVERY_NUM, false },
+	[CONFIG_MEMORY_PRESSURE_TARGET] = { "memory_pressure_target", K_RECOVERY_NUM, false },
 };
 
 /* The same bound as weightd --spin-us: ten seconds of spinning is already absurd. */
@@ -247,6 +263,79 @@ static int append_id(struct parser *p, unsigned int *list, size_t *n, unsigned i
 	return 0;
 }
 
+/* An alert_* count: percentages 0..100 (0 turns the alert off), a history 1..1000. */
+static int alert_num(struct parser *p, enum config_key k, const char *v)
+{
+	struct alert_config *a = &p->cfg.alerts;
+	uint64_t max = k == CONFIG_ALERT_SLOW_LOAD_HISTORY ? ALERT_HISTORY_MAX :
+		       k == CONFIG_ALERT_ERROR_COUNT ? UINT32_MAX : 100;
+	uint64_t min = k == CONFIG_ALERT_SLOW_LOAD_HISTORY ? 1 : 0;
+	const char *end;
+	uint64_t u;
+	int ret = parse_u64(v, &end, &u);
+
+	if (ret || *end || u < min || u > max)
+		return fail(p, -EINVAL, "\"%s\" is not a number in %llu..%llu", v,
+			    (unsigned long long)min, (unsigned long long)max);
+	if (k == CONFIG_ALERT_BUDGET_PCT)
+		a->budget_pct = (uint32_t)u;
+	else if (k == CONFIG_ALERT_SLOW_LOAD_PCT)
+		a->slow_load_pct = (uint32_t)u;
+	else if (k == CONFIG_ALERT_SLOW_LOAD_HISTORY)
+		a->slow_load_history = (uint32_t)u;
+	else
+		a->error_count = (uint32_t)u;
+	return 0;
+}
+
+/* An alert_* duration: the interval at least 10ms, the pin TTL 0 (off) or more. */
+static int alert_dur(struct parser *p, enum config_key k, const char *v)
+{
+	struct alert_config *a = &p->cfg.alerts;
+	uint64_t u;
+	int ret = parse_duration(v, &u);
+
+	if (ret == -ERANGE || (!ret && u > MAX_KEEP_ALIVE_NS))
+		return fail(p, -EINVAL, "\"%s\" is out of range (at most 365d)", v);
+	if (ret)
+		return fail(p, -EINVAL, "\"%s\" is not a duration (N[ms|s|m|h|d])", v);
+	if ((k == CONFIG_ALERT_INTERVAL && u < ALERT_MIN_INTERVAL_NS) ||
+	    (k == CONFIG_ALERT_ERROR_WINDOW && !u))
+		return fail(p, -EINVAL, "\"%s\" is too short (at least %s)", v,
+			    k == CONFIG_ALERT_INTERVAL ? "10ms" : "1ms");
+	if (k == CONFIG_ALERT_INTERVAL)
+		a->interval_ns = u;
+	else if (k == CONFIG_ALERT_ERROR_WINDOW)
+		a->error_window_ns = u;
+	else
+		a->pin_ttl_ns = u;
+	return 0;
+}
+
+/*
+ * A recovery count: quarantine_after 0 (never) to 1000 failures; memory_pressure 0 (off) to
+ * 100 percent of PSI "some avg10"; memory_pressure_target 1 to 100 percent of the budget.
+ */
+static int recovery_num(struct parser *p, enum config_key k, const char *v)
+{
+	uint64_t max = k == CONFIG_QUARANTINE_AFTER ? 1000 : 100;
+	uint64_t min = k == CONFIG_MEMORY_PRESSURE_TARGET ? 1 : 0;
+	const char *end;
+	uint64_t u;
+	int ret = parse_u64(v, &end, &u);
+
+	if (ret || *end || u < min || u > max)
+		return fail(p, -EINVAL, "\"%s\" is not a number in %llu..%llu", v,
+			    (unsigned long long)min, (unsigned long long)max);
+	if (k == CONFIG_QUARANTINE_AFTER)
+		p->cfg.quarantine_after = (uint32_t)u;
+	else if (k == CONFIG_MEMORY_PRESSURE)
+		p->cfg.pressure_pct = (uint32_t)u;
+	else
+		p->cfg.pressure_target_pct = (uint32_t)u;
+	return 0;
+}
+
 /* Parses one value @v of key @k and stores it in the working copy. */
 static int apply(struct parser *p, enum config_key k, char *v)
 {
@@ -298,6 +387,17 @@ static int apply(struct parser *p, enum config_key k, char *v)
 			return fail(p, -EINVAL, "\"%s\" is not a byte count (BYTES[K|M|G|T])", v);
 		c->host_budget = u;
 		return 0;
+	case K_BUDGET: {
+		unsigned int pct;
+
+		ret = devcache_parse_budget(v, &u, &pct);
+		if (ret)
+			return fail(p, -EINVAL, "\"%s\" is neither a byte count (BYTES[K|M|G|T]) nor "
+				    "a percentage (1%%..100%%)", v);
+		c->device_budget = u;
+		c->device_budget_pct = pct;
+		return 0;
+	}
 	case K_DURATION:
 		ret = parse_duration(v, &u);
 		if (ret == -ERANGE || (!ret && u > MAX_KEEP_ALIVE_NS))
@@ -339,6 +439,12 @@ static int apply(struct parser *p, enum config_key k, char *v)
 		c->metrics_listen = v;
 		return 0;
 	}
+	case K_ALERT_NUM:
+		return alert_num(p, k, v);
+	case K_RECOVERY_NUM:
+		return recovery_num(p, k, v);
+	case K_ALERT_DUR:
+		return alert_dur(p, k, v);
 	}
 	return fail(p, -EINVAL, "internal error: key without a kind");
 }

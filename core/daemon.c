@@ -25,10 +25,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/devcache.h"
+#include "core/alert.h"
 #include "core/hostcache.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/ops.h"
+#include "core/recovery.h"
+#include "core/reload.h"
 #include "core/statedir.h"
 #include "shm/attach.h"
 
@@ -43,7 +47,8 @@
 #define REG_MIN_COMPS 16384u
 #define REG_MIN_TENSORS 262144u
 
-enum conn_kind { CONN_LISTEN, CONN_SIGNAL, CONN_STOP, CONN_PENDING, CONN_CLIENT };
+enum conn_kind { CONN_LISTEN, CONN_SIGNAL, CONN_STOP, CONN_PENDING, CONN_CLIENT, CONN_ALERT,
+		CONN_PSI };
 
 /* One epoll registration of the control thread. */
 struct conn {
@@ -60,6 +65,8 @@ struct conn {
 static struct conn listen_watch = { .kind = CONN_LISTEN };
 static struct conn signal_watch = { .kind = CONN_SIGNAL };
 static struct conn stop_watch = { .kind = CONN_STOP };
+static struct conn alert_watch = { .kind = CONN_ALERT };
+static struct conn psi_watch = { .kind = CONN_PSI };
 
 /* ---- small parsers -------------------------------------------------------------------- */
 
@@ -68,6 +75,10 @@ void daemon_config_init(struct daemon_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->spin_us = DAEMON_DEFAULT_SPIN_US;
 	cfg->scan_at_start = true;
+	cfg->quarantine_after = RECOVERY_QUARANTINE_AFTER;
+	cfg->pressure_pct = DAEMON_DEFAULT_PRESSURE_PCT;
+	cfg->pressure_target_pct = DAEMON_DEFAULT_PRESSURE_TARGET_PCT;
+	alert_config_init(&cfg->alerts);
 }
 
 static int parse_id(const char *s, unsigned long *out)
@@ -284,6 +295,7 @@ static int deliver_pending(struct client *c, int *space, uint64_t *errors)
 				if (p->cqe.res < 0) {
 					c->errors++;
 					(*errors)++;
+					metrics_note_error(p->cqe.res);
 				}
 			}
 		}
@@ -303,12 +315,14 @@ static void break_client(struct client *c, int err, const char *what)
 	log_warn(MOD, "\"broken ring, disconnecting\" client=%u pid=%d name=\"%s\" ring=%s err=%d",
 		 c->id, (int)c->pid, c->name, what, err);
 	ring_seg_set_status(c->seg.base, &c->cq, WD_RING_BROKEN, err);
+	metrics_note_error(-EPROTO);
 	atomic_store(&c->broken, true);
 	shutdown(c->fd, SHUT_RDWR);
 }
 
 void daemon_flush_counters(struct shard *s)
 {
+	metrics_flush_local(s->d->reg);
 	if (!s->flush_requests && !s->flush_errors)
 		return;
 	pthread_mutex_lock(&s->d->state_lock);
@@ -328,7 +342,8 @@ void daemon_flush_counters(struct shard *s)
 static bool serve_client(struct shard *s, struct client *c)
 {
 	char arg[WD_DATA_SLOT_SIZE];
-	int space, avail, take = 0, produced;
+	int space, avail, take = 0, produced, answered = 0;
+	uint64_t t0 = 0;
 	bool more;
 
 	space = ring_prod_space(&c->cq);
@@ -342,6 +357,9 @@ static bool serve_client(struct shard *s, struct client *c)
 		break_client(c, avail, "sq");
 		return false;
 	}
+	/* One clock read per batch, not per request: the round-trip histogram's start. */
+	if (avail > 0)
+		t0 = wd_now_ns();
 	while (take < avail && space - (int)c->inflight > 0) {
 		struct wd_cqe cqe;
 		struct wd_sqe sqe;
@@ -368,7 +386,9 @@ static bool serve_client(struct shard *s, struct client *c)
 		if (cqe.res < 0) {
 			c->errors++;
 			s->flush_errors++;
+			metrics_note_error(cqe.res);
 		}
+		answered++;
 		memcpy(ring_prod_slot(&c->cq), &cqe, sizeof(cqe));
 		ring_prod_advance(&c->cq);
 		space--;
@@ -380,6 +400,8 @@ static bool serve_client(struct shard *s, struct client *c)
 		ring_prod_publish(&c->cq);
 		ring_notify(&c->cq);
 	}
+	if (answered)
+		metrics_note_rtt(wd_now_ns() - t0, (uint32_t)answered);
 	more = take < avail || atomic_load(&c->npending);
 	return more;
 }
@@ -398,6 +420,9 @@ static void *shard_main(void *arg)
 		unsigned int nw = 0;
 		bool stalled = false;
 		int ret, k;
+
+		/* A reload may change spin_us (relaxed: any recent value will do). */
+		spin_ns = (uint64_t)__atomic_load_n(&d->cfg.spin_us, __ATOMIC_RELAXED) * 1000;
 
 		if (atomic_load(&s->gen) != gen) {
 			pthread_mutex_lock(&d->clients_lock);
@@ -732,8 +757,15 @@ static void *worker_main(void *arg)
 		struct job *j;
 
 		pthread_mutex_lock(&d->job_lock);
-		while (!d->job_head && !d->worker_stop)
+		while (!d->job_head && !d->worker_stop && !d->rescan)
 			pthread_cond_wait(&d->job_cond, &d->job_lock);
+		if (d->rescan && !d->worker_stop) {
+			/* A reload changed the model roots (core/reload.h). */
+			pthread_mutex_unlock(&d->job_lock);
+			reload_take_roots(d);
+			ops_scan_roots(d);
+			continue;
+		}
 		j = d->job_head;
 		if (!j) {
 			pthread_mutex_unlock(&d->job_lock);
@@ -1284,9 +1316,8 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		sigemptyset(&set);
 		sigaddset(&set, SIGTERM);
 		sigaddset(&set, SIGINT);
-		/* SIGHUP would end the daemon by default (a closed terminal, a stray
-		 * `systemctl reload`); configuration reload is not supported, so it is taken
-		 * here and logged instead. */
+		/* SIGHUP reloads the configuration (cfg->reload, docs/config.md); taken here
+		 * so that it never ends the daemon (its default action). */
 		sigaddset(&set, SIGHUP);
 		/* Blocked before any thread starts, so every thread inherits the mask. */
 		pthread_sigmask(SIG_BLOCK, &set, NULL);
@@ -1304,9 +1335,18 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 	ret = hostcache_create(d);
 	if (ret)
 		goto fail;
+	reload_psi_start(d, &psi_watch);	/* unavailable PSI is logged, not an error */
+	/* After the host tier: the GPUs page-lock its arena. */
+	ret = devcache_create(d);
+	if (ret)
+		goto fail;
 	ret = watch(d, d->listen_fd, &listen_watch);
 	if (!ret)
 		ret = watch(d, d->stop_efd, &stop_watch);
+	if (!ret)
+		ret = alert_create(d, &d->alerts);
+	if (!ret)
+		ret = watch(d, alert_fd(d->alerts), &alert_watch);
 	if (!ret && cfg->metrics_listen)
 		ret = metrics_start(d, cfg->metrics_listen, &d->metrics);
 	if (ret)
@@ -1363,6 +1403,8 @@ static void shutdown_all(struct daemon *d)
 	}
 	/* Loads in flight end now (cancelled); their requesters' completions are queued. */
 	hostcache_stop(d);
+	/* After the loader: device loads waiting for cancelled host loads complete here. */
+	devcache_stop(d);
 
 	/* The shards are gone: this thread is now the only producer on every CQ. */
 	while (d->conns) {
@@ -1427,8 +1469,13 @@ int daemon_run(struct daemon *d)
 				if (read(d->sig_fd, &si, sizeof(si)) != sizeof(si))
 					break;
 				if (si.ssi_signo == SIGHUP) {
-					log_warn(MOD, "\"SIGHUP ignored: configuration reload is not "
-						      "supported; restart weightd to apply changes\"");
+					if (d->cfg.reload) {
+						log_info(MOD, "\"SIGHUP: reloading the configuration\"");
+						d->cfg.reload(d, d->cfg.reload_arg);
+					} else {
+						log_warn(MOD, "\"SIGHUP ignored: no configuration to "
+							      "reload\"");
+					}
 					break;
 				}
 				log_info(MOD, "\"signal, shutting down\" signo=%u", si.ssi_signo);
@@ -1443,6 +1490,12 @@ int daemon_run(struct daemon *d)
 				break;
 			case CONN_CLIENT:
 				on_client(d, cn, ev[i].events);
+				break;
+			case CONN_PSI:
+				reload_psi_event(d);
+				break;
+			case CONN_ALERT:
+				alert_on_timer(d);
 				break;
 			}
 		}
@@ -1485,6 +1538,9 @@ void daemon_destroy(struct daemon *d)
 		close(d->sig_fd);
 	if (d->stop_efd >= 0)
 		close(d->stop_efd);
+	reload_cleanup(d);
+	devcache_destroy(d);
+	alert_destroy(d->alerts);
 	hostcache_destroy(d);
 	registry_destroy(d->reg);
 	catalog_close(d->cat);

@@ -3,9 +3,11 @@
  *
  * Threads:
  *   control   the thread that calls daemon_run(): one epoll set over the listening socket,
- *             every client socket (the lease), a signalfd for SIGTERM/SIGINT (when asked
- *             for) and an eventfd that daemon_stop() writes. It accepts, checks SO_PEERCRED,
- *             answers the handshake, and tears a client down when its socket closes.
+ *             every client socket (the lease), a signalfd for SIGTERM/SIGINT and SIGHUP
+ *             (reload; when asked for), the memory-pressure (PSI) descriptor (core/psi.h)
+ *             and an eventfd that daemon_stop() writes. It accepts, checks SO_PEERCRED,
+ *             answers the handshake, tears a client down when its socket closes, applies
+ *             reloads (daemon_reload()) and sheds the host cache under memory pressure.
  *   shards    serving threads. Each serves the rings of up to DAEMON_SHARD_CLIENTS clients
  *             (futex_waitv parks on at most 128 words, and each shard keeps one for its own
  *             wake-up ring, which the control and worker threads use to tell it that the
@@ -28,6 +30,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "core/alert.h"
+
 #define DAEMON_MAX_ROOTS 32
 #define DAEMON_MAX_IDS 32		/* allow-list and admin entries of each kind */
 #define DAEMON_SHARD_CLIENTS 127u	/* RING_WAIT_MANY_MAX minus the shard's wake ring */
@@ -35,6 +39,8 @@
 #define DAEMON_DEFAULT_SPIN_US 50u
 #define DAEMON_DEFAULT_SQ_ENTRIES 64u
 #define DAEMON_HELLO_TIMEOUT_MS 5000u	/* a connection that sends no hello is dropped */
+#define DAEMON_DEFAULT_PRESSURE_PCT 10u	/* PSI memory "some avg10" that sheds the cache */
+#define DAEMON_DEFAULT_PRESSURE_TARGET_PCT 75u	/* ... down to this share of the budget */
 
 struct daemon_config {
 	const char *state_dir;		/* NULL: core/statedir.h rules */
@@ -56,6 +62,23 @@ struct daemon_config {
 	bool scan_at_start;		/* scan the roots (on the worker) once started */
 	const char *metrics_listen;	/* NULL: no /metrics server; else ADDR:PORT or PORT
 					 * (core/metrics.h) */
+	/* Recovery (core/recovery.h, core/psi.h). */
+	uint32_t quarantine_after;	/* load failures in a row that quarantine a component;
+					 * 0: never (default RECOVERY_QUARANTINE_AFTER) */
+	uint32_t pressure_pct;		/* PSI "some avg10" percent that sheds the host cache;
+					 * 0: off (default DAEMON_DEFAULT_PRESSURE_PCT) */
+	uint32_t pressure_target_pct;	/* shed down to this percent of the host budget */
+	const char *psi_path;		/* NULL: $WEIGHTD_PSI_PATH, else /proc/pressure/memory */
+	/*
+	 * SIGHUP (with handle_signals): the control thread calls @reload, which builds the new
+	 * configuration and applies it with daemon_reload(). NULL: SIGHUP is logged and ignored.
+	 */
+	void (*reload)(struct daemon *d, void *arg);
+	void *reload_arg;
+	struct alert_config alerts;	/* thresholds (core/alert.h) */
+	uint64_t device_budget;		/* bytes of each GPU's cache; 0: device_budget_pct */
+	unsigned int device_budget_pct;	/* percent of each GPU's memory; 0 with device_budget
+					 * 0: 100 - DEVCACHE_DEFAULT_HEADROOM_PCT (core/devcache.h) */
 };
 
 struct daemon;
@@ -95,6 +118,20 @@ int daemon_run(struct daemon *d);
 
 /* Asks a running daemon_run() to shut down; async-signal-safe and thread-safe. */
 void daemon_stop(struct daemon *d);
+
+/*
+ * Applies a new configuration to a running daemon (the SIGHUP reload; docs/config.md). Call
+ * it on the control thread (from the reload callback). What can change live is applied:
+ * allow_user, allow_group and admin_user (new connections are checked against them; attached
+ * clients stay), host_budget (shrinking evicts unpinned entries; when what is pinned does not
+ * fit, or the arena would have to grow, the budget stays as it was and that is logged),
+ * keep_alive, verify, spin_us, the quarantine and memory-pressure settings, and the model
+ * roots (copied; the worker rescans them). socket, state_dir and metrics_listen need a
+ * restart: a change is logged with the key's name and ignored. Strings in @cfg need not
+ * outlive the call. Returns 0 when everything asked for was applied, else -EAGAIN (some
+ * part was refused and logged; the rest applied).
+ */
+int daemon_reload(struct daemon *d, const struct daemon_config *cfg);
 
 /* Releases everything daemon_create() made (after daemon_run() returned, or instead of it). */
 void daemon_destroy(struct daemon *d);

@@ -16,8 +16,12 @@
 
 #include "core/convert.h"
 #include "core/evict.h"
+#include "core/fault.h"
+#include "core/alert.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/placement.h"
+#include "core/recovery.h"
 #include "gpu/cuda.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
@@ -69,8 +73,10 @@ struct entry {
 	uint64_t off, size;	/* the extent */
 	int node;		/* NUMA node its pages are bound to; -1: not bound */
 	uint64_t tensor_bytes;
+	uint64_t qfp;		/* its files' fingerprints, for the quarantine (core/recovery.h) */
 	uint64_t last_use_ns;
 	uint32_t pins;		/* evict_pin() calls applied */
+	uint32_t holds;		/* hostcache_hold(): the device tier copies from it */
 	uint32_t n_t;
 	struct tinfo *t;
 	uint32_t n_files;
@@ -91,6 +97,8 @@ struct req {
 	char msg[WD_DATA_SLOT_SIZE];
 	uint64_t bytes, read_bytes, done, total, last_post_ns;
 	bool orphan;		/* its client disconnected */
+	hostcache_then_fn then;	/* hostcache_load_for(): called instead of the completion */
+	void *then_arg;
 };
 
 struct load {
@@ -111,6 +119,11 @@ struct hostcache {
 	struct evict_policy *pol;
 	struct placement *pl;	/* this machine's topology; NULL: pages are not bound */
 	uint64_t budget;
+	/* Recovery (core/recovery.h): repeated failures, and a budget shrunk by a reload, held
+	 * as a standing reservation of the policy (the arena cannot change size). */
+	struct quarantine *q;
+	uint64_t shrink;
+	uint64_t ttl_ns;
 	char gpu_why[160];
 	struct entry *entries;
 	uint64_t next_seq;
@@ -462,22 +475,77 @@ static void sync_pins(struct daemon *d)
 	pthread_mutex_unlock(&d->state_lock);
 }
 
+/* What recovery_alloc_retry() works on for one extent (make_room, populate_extent). */
+struct alloc_ctx {
+	struct daemon *d;
+	uint64_t bytes, off, now;
+};
+
+static int try_extent(void *arg)
+{
+	struct alloc_ctx *a = arg;
+	int err = fault_take(FAULT_ALLOC);
+
+	return err ? -err : arena_alloc(a->d->hc->arena, a->bytes, &a->off);
+}
+
+static int try_populate(void *arg)
+{
+	struct alloc_ctx *a = arg;
+
+	return recovery_populate(arena_ptr(a->d->hc->arena, a->off), a->bytes);
+}
+
+/*
+ * Evicts unpinned entries, highest eviction score first, until an extent of @bytes is free
+ * (after -ENOSPC: fragmentation) or @bytes were freed (after -ENOMEM). Under the cache lock.
+ * Returns the bytes evicted.
+ */
+static int64_t evict_for(void *arg, uint64_t bytes, int err)
+{
+	struct alloc_ctx *a = arg;
+	struct hostcache *hc = a->d->hc;
+	char key[EVICT_KEY_MAX];
+	int64_t freed = 0;
+
+	for (;;) {
+		if (freed) {
+			struct arena_stats st;
+
+			arena_get_stats(hc->arena, &st);
+			if (err == -ENOMEM ? (uint64_t)freed >= bytes : st.ext.largest_free >= bytes)
+				break;
+		}
+		if (evict_next_victim(hc->pol, a->now, key))
+			break;
+		struct entry *e = find_key(hc, key);
+
+		if (e) {
+			freed += (int64_t)e->size;
+			drop_entry(a->d, e, true);
+		} else {
+			evict_remove(hc->pol, key, true);
+		}
+	}
+	return freed;
+}
+
 /*
  * Makes room for @bytes and allocates the extent: admission (which may pick victims), the
- * victims dropped, then the allocation, evicting one more entry each time fragmentation
- * leaves no extent large enough. Returns 0 with *@off set, or -EFBIG/-ENOSPC with @msg.
+ * victims dropped, then the allocation under the recovery policy (core/recovery.h: when no
+ * extent is large enough, evict more and retry once). Returns 0 with *@off set, or
+ * -EFBIG/-ENOSPC with @msg.
  */
 static int make_room(struct daemon *d, const char *name, uint64_t bytes, uint64_t *off,
 		     char *msg)
 {
 	struct hostcache *hc = d->hc;
 	struct evict_victims v;
-	char key[EVICT_KEY_MAX];
-	uint64_t now = wd_now_ns();
+	struct alloc_ctx a = { .d = d, .bytes = bytes, .now = wd_now_ns() };
 	int ret;
 
 	sync_pins(d);
-	ret = evict_admit(hc->pol, name, bytes, now, &v, msg, WD_DATA_SLOT_SIZE);
+	ret = evict_admit(hc->pol, name, bytes, a.now, &v, msg, WD_DATA_SLOT_SIZE);
 	if (ret)
 		return ret;
 	for (size_t i = 0; i < v.n; i++) {
@@ -489,26 +557,42 @@ static int make_room(struct daemon *d, const char *name, uint64_t bytes, uint64_
 			evict_remove(hc->pol, v.keys[i], true);
 	}
 	evict_victims_free(&v);
-	for (;;) {
-		ret = arena_alloc(hc->arena, bytes, off);
-		if (ret != -ENOSPC)
-			break;
-		if (evict_next_victim(hc->pol, now, key)) {
-			snprintf(msg, WD_DATA_SLOT_SIZE, "component %.100s needs %" PRIu64 " contiguous "
-				 "bytes: the host cache is fragmented and what is left is pinned",
-				 name, bytes);
-			break;
-		}
-		struct entry *e = find_key(hc, key);
-
-		if (e)
-			drop_entry(d, e, true);
-		else
-			evict_remove(hc->pol, key, true);
-	}
+	ret = recovery_alloc_retry(&(struct recovery_alloc){
+		.tier = "host", .name = name, .what = "an extent", .bytes = bytes,
+		.try_alloc = try_extent, .evict = evict_for, .arg = &a }, msg, WD_DATA_SLOT_SIZE);
 	if (ret)
 		evict_unreserve(hc->pol, bytes);
+	else
+		*off = a.off;
 	return ret;
+}
+
+/*
+ * When memory is tight (recovery_populate_needed()), faults in the pages of a fresh extent
+ * (after it was bound to its NUMA node), so that a lack of memory is an error now rather than
+ * the OOM killer or SIGBUS in the loader; on -ENOMEM unpinned entries are evicted and it is
+ * tried once more. Under the cache lock. Returns 0 or -errno with @msg.
+ */
+static int populate_extent(struct daemon *d, const char *name, uint64_t off, uint64_t bytes,
+			   char *msg)
+{
+	struct alloc_ctx a = { .d = d, .bytes = bytes, .off = off, .now = wd_now_ns() };
+
+	if (!recovery_populate_needed(bytes))
+		return 0;
+	return recovery_alloc_retry(&(struct recovery_alloc){
+		.tier = "host", .name = name, .what = "pages", .bytes = bytes,
+		.try_alloc = try_populate, .evict = evict_for, .arg = &a }, msg, WD_DATA_SLOT_SIZE);
+}
+
+/* A hash of the fingerprints (dev, ino, size, mtime) of @cc's files: the quarantine's. */
+static uint64_t files_fp(const struct catalog_component *cc)
+{
+	uint64_t h = 0;
+
+	for (size_t k = 0; k < cc->n_files; k++)
+		h = XXH3_64bits_withSeed(&cc->files[k].fp, sizeof(cc->files[k].fp), h);
+	return h;
 }
 
 /* ---- requests -------------------------------------------------------------------------- */
@@ -525,6 +609,8 @@ static void take_pin(struct daemon *d, struct client *c, uint32_t model, uint32_
 	pthread_mutex_unlock(&d->state_lock);
 }
 
+static int hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out);
+
 /* Posts @r's final completion and frees it. Under the cache lock. */
 static void finish_req(struct daemon *d, struct req *r)
 {
@@ -532,6 +618,20 @@ static void finish_req(struct daemon *d, struct req *r)
 			      .aux1 = r->read_bytes };
 	size_t len = r->err ? strnlen(r->msg, sizeof(r->msg) - 1) : 0;
 
+	if (r->then) {
+		struct hostcache_layout l;
+		int err = r->err;
+
+		/* Held now, under the lock that made it resident: no eviction can come between. */
+		if (!err && (err = hold_locked(d->hc, r->comp, &l)))
+			snprintf(r->msg, sizeof(r->msg), "load: component %u went from the host cache "
+				 "before it could be held (%s)", r->comp, strerror(-err));
+		r->then(d, r->then_arg, err, r->msg, r->read_bytes, err ? NULL : &l);
+		daemon_client_put(d, r->c);
+		free(r->spare);
+		free(r);
+		return;
+	}
 	if (!r->err && (r->flags & WD_SQE_F_PIN))
 		take_pin(d, r->c, r->model, r->comp);
 	daemon_post(d, r->c, &cqe, &r->spare, r->msg, len);
@@ -684,6 +784,9 @@ static void on_done(void *arg, struct load_handle *h)
 			e->resident = true;
 			e->last_use_ns = now;
 			evict_insert(hc->pol, e->key, e->size, now, e->prefetched);
+			/* The keep-alive in force now (a reload may have changed it). */
+			evict_set_ttl(hc->pol, e->key, hc->ttl_ns);
+			quarantine_ok(hc->q, e->ckey);
 			if (ns)
 				evict_set_rate(hc->pol, e->key, (double)ld->total * 1e9 / (double)ns);
 			pthread_mutex_lock(&d->state_lock);
@@ -694,7 +797,13 @@ static void on_done(void *arg, struct load_handle *h)
 			registry_counter_add(d->reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
 			registry_counter_add(d->reg, WD_CTR_LOADS, 1);
 			registry_counter_add(d->reg, WD_CTR_LOAD_BYTES, (int64_t)ld->total);
+			metrics_note_load(d->reg, WD_TIER_HOST, ns);
+			for (uint32_t i = 0; i < e->n_binds; i++)
+				registry_set_last_load(d->reg, e->binds[i].comp, WD_TIER_HOST,
+						       ld->total, ns, wd_wall_ns());
 			pthread_mutex_unlock(&d->state_lock);
+			if (e->sel == SEL_ALL && !e->convert)
+				alert_note_load(d, e->ckey, ld->total, ns);
 			log_info(MOD, "\"loaded\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64
 				 " ms=%.1f gbps=%.2f", e->key, e->size, ld->total, (double)ns / 1e6,
 				 ns ? (double)ld->total / (double)ns : 0.0);
@@ -705,7 +814,11 @@ static void on_done(void *arg, struct load_handle *h)
 			ld->reqs[i]->bytes += (twin ? twin : e)->tensor_bytes;
 	} else {
 		const char *why = load_error(h);
+		int st_err = rc;
 
+		if (recovery_counts_toward_quarantine(rc) &&
+		    quarantine_fail(hc->q, e->ckey, e->qfp, rc, why))
+			st_err = -ENOTRECOVERABLE;
 		hc->failed++;
 		unlink_entry(hc, e);
 		arena_free(hc->arena, e->off, e->size);
@@ -716,7 +829,7 @@ static void on_done(void *arg, struct load_handle *h)
 			if (rc != -ECANCELED && e->sel == SEL_ALL &&
 			    !has_resident(hc, e->binds[i].comp))
 				registry_set_state(d->reg, e->binds[i].comp, WD_TIER_HOST,
-						   WD_STATE_FAILED, rc);
+						   WD_STATE_FAILED, st_err);
 		}
 		pthread_mutex_unlock(&d->state_lock);
 		for (uint32_t i = 0; i < ld->n_reqs; i++)
@@ -868,7 +981,8 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	struct load *ld = NULL;
 	uint32_t n_files;
 	size_t n_names = 0;
-	int ret;
+	uint64_t qfp = files_fp(cc);
+	int ret, st_err;
 
 	snprintf(name, sizeof(name), "%s%s%s", model_name, cc->name[0] ? "/" : "", cc->name);
 	pthread_mutex_lock(&hc->lock);
@@ -895,6 +1009,10 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	}
 	pthread_mutex_unlock(&hc->lock);
 
+	/* A component that keeps failing is refused at once until its files change. */
+	ret = quarantine_check(hc->q, name, qfp, msg, sizeof(msg));
+	if (ret)
+		goto fail;
 	ret = spec_files(cc, &files, &n_files);
 	if (ret)
 		goto fail;
@@ -954,6 +1072,14 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	e->off = off;
 	e->size = bytes;
 	e->node = place_extent(hc, name, off, bytes);
+	ret = populate_extent(d, name, off, bytes, msg);
+	if (ret) {
+		arena_free(hc->arena, off, bytes);
+		evict_unreserve(hc->pol, bytes);
+		pthread_mutex_unlock(&hc->lock);
+		goto fail;
+	}
+	e->qfp = qfp;
 	e->seq = hc->next_seq++;
 	e->ld = ld;
 	ld->d = d;
@@ -995,19 +1121,24 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 		registry_set_progress(d->reg, comp, WD_TIER_HOST, 0, plan->read_bytes);
 	}
 	pthread_mutex_unlock(&d->state_lock);
-	pthread_mutex_unlock(&hc->lock);
+	/* Under the lock: once it is dropped the load may end and free @e and @plan. */
 	log_info(MOD, "\"load started\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64 " files=%u "
 		 "direct=%u tensors=%u%s", e->key, bytes, plan->read_bytes, plan->n_files,
 		 plan->n_direct, plan->n_tensors, r ? "" : " prefetch=1");
+	pthread_mutex_unlock(&hc->lock);
 	free(files);
 	free(names);
 	return 0;
 fail:
+	/* The registry shows a quarantined component as failed with -ENOTRECOVERABLE. */
+	st_err = recovery_counts_toward_quarantine(ret) &&
+		 quarantine_fail(hc->q, name, qfp, ret, msg[0] ? msg : strerror(-ret)) ?
+		 -ENOTRECOVERABLE : ret;
 	if (f->sel == SEL_ALL && ret != -EFBIG && ret != -ENOSPC && ret != -ENOMEM) {
 		pthread_mutex_lock(&hc->lock);
 		if (!has_resident(hc, comp)) {
 			pthread_mutex_lock(&d->state_lock);
-			registry_set_state(d->reg, comp, WD_TIER_HOST, WD_STATE_FAILED, ret);
+			registry_set_state(d->reg, comp, WD_TIER_HOST, WD_STATE_FAILED, st_err);
 			pthread_mutex_unlock(&d->state_lock);
 		}
 		pthread_mutex_unlock(&hc->lock);
@@ -1315,6 +1446,26 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	return OPS_DONE;
 }
 
+/* An operator's UNLOAD clears the quarantine of registry components [@first, @first + @n). */
+static void unquarantine(struct daemon *d, uint32_t first, uint32_t n)
+{
+	for (uint32_t cid = first; cid < first + n; cid++) {
+		struct wd_reg_component rc;
+		struct wd_reg_model rm;
+		char key[WD_NAME_MAX * 2 + 2];	/* as start_component() names it */
+
+		if (registry_read_component(&d->view, cid, &rc) ||
+		    registry_read_model(&d->view, rc.model, &rm))
+			continue;
+		snprintf(key, sizeof(key), "%s%s%s", rm.name, rc.name[0] ? "/" : "", rc.name);
+		if (quarantine_clear(d->hc->q, key)) {
+			pthread_mutex_lock(&d->state_lock);
+			registry_set_state(d->reg, cid, WD_TIER_HOST, WD_STATE_ABSENT, 0);
+			pthread_mutex_unlock(&d->state_lock);
+		}
+	}
+}
+
 int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *out,
 			 uint16_t *out_len)
 {
@@ -1332,13 +1483,14 @@ int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *
 		first = comp;
 		n = 1;
 	}
+	unquarantine(d, first, n);
 	pthread_mutex_lock(&hc->lock);
 	for (struct entry *e = hc->entries; e; e = e->next) {
 		for (uint32_t cid = first; cid < first + n; cid++) {
-			if (!e->resident && !e->cancelled && find_bind(e, cid)) {
+			if (((!e->resident && !e->cancelled) || e->holds) && find_bind(e, cid)) {
 				pthread_mutex_unlock(&hc->lock);
-				*out_len = setmsg(out, "unload: %s is loading; retry when the load "
-						  "ends", e->key);
+				*out_len = setmsg(out, "unload: %s is %s; retry when it ends", e->key,
+						  e->holds ? "being copied to a GPU" : "loading");
 				return -EBUSY;
 			}
 		}
@@ -1424,6 +1576,10 @@ void hostcache_stats(struct daemon *d, uint64_t *v)
 	v[WD_STAT_HOST_DEDUP_BYTES] = hc->dedup_bytes;
 	v[WD_STAT_HOST_REFUSED] = ec.refused;
 	v[WD_STAT_HOST_FAILED] = hc->failed;
+	v[WD_STAT_IO_RETRIES] = recovery_counter(RECOVERY_IO_RETRIES);
+	v[WD_STAT_ALLOC_RETRIES] = recovery_counter(RECOVERY_ALLOC_RETRIES);
+	v[WD_STAT_PRESSURE_SHEDS] = recovery_counter(RECOVERY_PRESSURE_SHEDS);
+	v[WD_STAT_QUARANTINED] = recovery_counter(RECOVERY_QUARANTINED);
 	v[WD_STAT_CUDA_BYTES] = 0;
 	v[WD_STAT_HOST_BUDGET] = hc->budget;
 	pthread_mutex_unlock(&hc->lock);
@@ -1492,6 +1648,10 @@ int hostcache_create(struct daemon *d)
 			   &hc->pol);
 	if (ret)
 		return ret;
+	hc->ttl_ns = d->cfg.host_ttl_ns;
+	ret = quarantine_create(d->cfg.quarantine_after, &hc->q);
+	if (ret)
+		return ret;
 	/* PCI discovery only finds GPUs for the NVIDIA driver; without it, skip the slow part. */
 	ret = placement_open_this_system(access("/sys/bus/pci/drivers/nvidia", F_OK) == 0,
 					 &hc->pl);
@@ -1546,6 +1706,7 @@ void hostcache_destroy(struct daemon *d)
 		free_entry(e);
 	}
 	evict_destroy(hc->pol);
+	quarantine_destroy(hc->q);
 	placement_close(hc->pl);
 	arena_destroy(hc->arena);
 	pthread_mutex_destroy(&hc->lock);
@@ -1561,4 +1722,444 @@ int hostcache_client_fd(struct daemon *d)
 uint64_t hostcache_size(struct daemon *d)
 {
 	return d->hc->arena->seg.size;
+}
+
+/* ---- the device tier's use of the host tier (core/devcache.c) ---------------------------- */
+
+int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
+		       uint32_t model, uint32_t comp, hostcache_then_fn then, void *arg)
+{
+	struct hostcache *hc = d->hc;
+	struct wd_reg_model rm;
+	struct catalog_model m;
+	const struct catalog_component *cc;
+	struct form f = { 0 };
+	struct req *r = calloc(1, sizeof(*r));
+	char out[WD_DATA_SLOT_SIZE];
+	int ret;
+
+	if (!r)
+		return -ENOMEM;
+	daemon_client_get(c);
+	r->c = c;
+	r->user_data = user_data;
+	r->flags = flags & WD_SQE_F_NO_PROGRESS;
+	r->model = model;
+	r->comp = comp;
+	r->pending = 1;
+	r->then = then;
+	r->then_arg = arg;
+	ret = registry_read_model(&d->view, model, &rm);
+	if (!ret)
+		ret = catalog_get_model(d->cat, rm.name, &m);
+	if (ret) {
+		snprintf(out, sizeof(out), "load: model %u: %s", model, strerror(-ret));
+		pthread_mutex_lock(&hc->lock);
+		req_fail(r, ret, out);
+		req_done_one(d, r);
+		pthread_mutex_unlock(&hc->lock);
+		return 0;
+	}
+	cc = cat_comp(d, &m, comp);
+	if (!cc) {
+		snprintf(out, sizeof(out), "load: %.150s: component %u is no longer in the catalog "
+			 "(rescan)", rm.name, comp);
+		pthread_mutex_lock(&hc->lock);
+		req_fail(r, -ESTALE, out);
+		pthread_mutex_unlock(&hc->lock);
+	} else {
+		start_component(d, r, model, comp, rm.name, cc, &f);
+	}
+	catalog_model_free(&m);
+	pthread_mutex_lock(&hc->lock);
+	req_done_one(d, r);
+	pthread_mutex_unlock(&hc->lock);
+	save_coaccess(d);
+	return 0;
+}
+
+/* hostcache_hold() under the cache lock. */
+static int hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
+{
+	struct form f = { 0 };
+	struct entry *e = NULL;
+	struct bind *b;
+	int ret = 0;
+
+	memset(out, 0, sizeof(*out));
+	/* The resident one: a reload of the same component may be queued next to it. */
+	for (struct entry *x = hc->entries; x; x = x->next)
+		if (!x->cancelled && x->resident && form_equal(x, &f) && find_bind(x, comp))
+			e = x;
+	if (!e || !e->resident || !(b = find_bind(e, comp))) {
+		ret = -ENODATA;
+		goto out;
+	}
+	out->t = calloc(e->n_t ? e->n_t : 1, sizeof(*out->t));
+	if (!out->t) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < e->n_t; i++)
+		out->t[i] = (struct hostcache_tensor){ .tid = b->tids[i], .off = e->t[i].off,
+						       .nbytes = e->t[i].nbytes };
+	out->n_t = e->n_t;
+	out->off = e->off;
+	out->size = e->size;
+	out->tensor_bytes = e->tensor_bytes;
+	out->base = arena_ptr(hc->arena, e->off);
+	snprintf(out->key, sizeof(out->key), "%s", e->key);
+	snprintf(out->ckey, sizeof(out->ckey), "%s", e->ckey);
+	out->id = e->id;
+	e->holds++;
+	evict_pin(hc->pol, e->key);
+out:
+	return ret;
+}
+
+int hostcache_hold(struct daemon *d, uint32_t comp, struct hostcache_layout *out)
+{
+	int ret;
+
+	pthread_mutex_lock(&d->hc->lock);
+	ret = hold_locked(d->hc, comp, out);
+	pthread_mutex_unlock(&d->hc->lock);
+	return ret;
+}
+
+void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l)
+{
+	struct hostcache *hc = d->hc;
+
+	if (l->key[0]) {
+		pthread_mutex_lock(&hc->lock);
+		for (struct entry *e = hc->entries; e; e = e->next) {
+			if (e->resident && e->holds && !strcmp(e->key, l->key)) {
+				e->holds--;
+				evict_unpin(hc->pol, e->key);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&hc->lock);
+	}
+}
+
+int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+		    uint32_t comp, const void *bytes)
+{
+	struct hostcache *hc = d->hc;
+	struct evict_victims v = { 0 };
+	uint64_t now = wd_now_ns(), off = 0;
+	char msg[WD_DATA_SLOT_SIZE];
+	struct entry *e;
+	int ret;
+
+	pthread_mutex_lock(&hc->lock);
+	if (find_id(hc, l->id)) {
+		pthread_mutex_unlock(&hc->lock);
+		return 0;
+	}
+	/* Demotion never evicts: it only keeps bytes that would otherwise be read again. */
+	if (l->size > hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol)) {
+		pthread_mutex_unlock(&hc->lock);
+		return -ENOSPC;
+	}
+	ret = evict_admit(hc->pol, l->key, l->size, now, &v, msg, sizeof(msg));
+	/* With the room checked above there are no victims; were there any, they go as in
+	 * make_room(), so that the policy and the entries agree. */
+	for (size_t i = 0; !ret && i < v.n; i++) {
+		struct entry *x = find_key(hc, v.keys[i]);
+
+		if (x)
+			drop_entry(d, x, true);
+		else
+			evict_remove(hc->pol, v.keys[i], true);
+	}
+	evict_victims_free(&v);
+	if (ret) {
+		pthread_mutex_unlock(&hc->lock);
+		return ret;
+	}
+	ret = arena_alloc(hc->arena, l->size, &off);
+	e = ret ? NULL : calloc(1, sizeof(*e));
+	if (e)
+		e->t = calloc(l->n_t ? l->n_t : 1, sizeof(*e->t));
+	if (!e || !e->t) {
+		if (!ret)
+			arena_free(hc->arena, off, l->size);
+		if (e)
+			free(e);
+		evict_unreserve(hc->pol, l->size);
+		pthread_mutex_unlock(&hc->lock);
+		return ret ? ret : -ENOMEM;
+	}
+	memcpy(arena_ptr(hc->arena, off), bytes, l->size);
+	for (uint32_t i = 0; i < l->n_t; i++) {
+		struct wd_reg_tensor rt;
+
+		if (l->t[i].tid == NO_TID || registry_read_tensor(&d->view, l->t[i].tid, &rt))
+			continue;
+		e->t[e->n_t] = (struct tinfo){ .off = l->t[i].off, .nbytes = l->t[i].nbytes,
+					       .src_bytes = l->t[i].nbytes, .dtype = rt.dtype,
+					       .src_dtype = rt.dtype, .name = strdup(rt.name) };
+		if (!e->t[e->n_t].name)
+			break;
+		e->n_t++;
+	}
+	e->id = l->id;
+	e->seq = hc->next_seq++;
+	snprintf(e->key, sizeof(e->key), "%s", l->key);
+	snprintf(e->ckey, sizeof(e->ckey), "%s", l->ckey);
+	e->off = off;
+	e->size = l->size;
+	e->tensor_bytes = l->tensor_bytes;
+	e->last_use_ns = now;
+	e->resident = true;
+	evict_insert(hc->pol, e->key, e->size, now, false);
+	e->next = hc->entries;
+	hc->entries = e;
+	bind_comp(d, e, model, comp);
+	pthread_mutex_lock(&d->state_lock);
+	registry_counter_add(d->reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
+	pthread_mutex_unlock(&d->state_lock);
+	log_info(MOD, "\"adopted from a GPU\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
+	pthread_mutex_unlock(&hc->lock);
+	return 0;
+}
+
+bool hostcache_has(struct daemon *d, uint32_t comp)
+{
+	struct hostcache *hc = d->hc;
+	struct form f = { 0 };
+	struct entry *e;
+	bool yes;
+
+	pthread_mutex_lock(&hc->lock);
+	e = find_form(hc, comp, &f);
+	yes = e && e->resident;
+	pthread_mutex_unlock(&hc->lock);
+	return yes;
+}
+
+void hostcache_arena(struct daemon *d, void **base, uint64_t *size)
+{
+	*base = arena_ptr(d->hc->arena, 0);
+	*size = d->hc->arena->seg.size;
+}
+
+void hostcache_publish_metrics(struct daemon *d)
+{
+	struct wd_reg_metrics *m = registry_metrics(d->reg);
+	uint64_t numa[WD_METRICS_NUMA + 1] = { 0 };
+	struct hostcache *hc = d->hc;
+	struct arena_stats st;
+
+	if (!hc)
+		return;
+	pthread_mutex_lock(&hc->lock);
+	for (struct entry *e = hc->entries; e; e = e->next)
+		if (e->resident)
+			numa[e->node >= 0 && e->node < (int)WD_METRICS_NUMA ?
+			     (unsigned int)e->node : WD_METRICS_NUMA] += e->size;
+	arena_get_stats(hc->arena, &st);
+	pthread_mutex_unlock(&hc->lock);
+	/* The control thread is these words' only writer: relaxed stores (shm/regmetrics.h). */
+	for (unsigned int i = 0; i <= WD_METRICS_NUMA; i++)
+		WRITE_ONCE(m->numa_bytes[i], numa[i]);
+	WRITE_ONCE(m->host_budget, hc->budget);
+	WRITE_ONCE(m->host_used, st.ext.used);
+	WRITE_ONCE(m->free_bytes, st.ext.free);
+	WRITE_ONCE(m->free_extents, (uint64_t)st.ext.n_free);
+	WRITE_ONCE(m->largest_free, st.ext.largest_free);
+	WRITE_ONCE(m->updated_wall_ns, wd_wall_ns());
+}
+
+/* ---- recovery and reload (core/recovery.h, core/psi.h) ---------------------------------- */
+
+uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes)
+{
+	struct hostcache *hc = d->hc;
+	char key[EVICT_KEY_MAX];
+	uint64_t now = wd_now_ns(), n = 0;
+
+	*bytes = 0;
+	pthread_mutex_lock(&hc->lock);
+	sync_pins(d);
+	while (evict_used(hc->pol) > target && !evict_next_victim(hc->pol, now, key)) {
+		struct entry *e = find_key(hc, key);
+
+		if (e) {
+			*bytes += e->size;
+			n++;
+			drop_entry(d, e, true);
+		} else {
+			evict_remove(hc->pol, key, true);
+		}
+	}
+	pthread_mutex_unlock(&hc->lock);
+	recovery_count(RECOVERY_PRESSURE_SHEDS, n);
+	return n;
+}
+
+uint64_t hostcache_budget(struct daemon *d)
+{
+	struct hostcache *hc = d->hc;
+	uint64_t b;
+
+	pthread_mutex_lock(&hc->lock);
+	b = hc->budget;
+	pthread_mutex_unlock(&hc->lock);
+	return b;
+}
+
+int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len)
+{
+	struct hostcache *hc = d->hc;
+	uint64_t size = hc->arena->seg.size, now = wd_now_ns(), want;
+	struct evict_victims v;
+	char why[WD_DATA_SLOT_SIZE];
+	int ret = 0;
+
+	budget = round_extent(budget);
+	if (budget > size || !budget) {
+		snprintf(msg, msg_len, "host_budget: %" PRIu64 " bytes is more than the host cache "
+			 "arena the daemon started with (%" PRIu64 " bytes): growing it needs a "
+			 "restart", budget, size);
+		return -EFBIG;
+	}
+	pthread_mutex_lock(&hc->lock);
+	want = size - budget;
+	if (want > hc->shrink) {
+		/* Shrinking: reserve the difference, evicting unpinned entries to make room. */
+		sync_pins(d);
+		ret = evict_admit(hc->pol, "(host budget shrink)", want - hc->shrink, now, &v, why,
+				  sizeof(why));
+		if (ret) {
+			snprintf(msg, msg_len, "host_budget: cannot shrink to %" PRIu64 " bytes: %"
+				 PRIu64 " bytes are in use and what is not evictable (pinned, loading "
+				 "or within its keep-alive) does not fit", budget,
+				 evict_used(hc->pol) + evict_reserved(hc->pol) - hc->shrink);
+			pthread_mutex_unlock(&hc->lock);
+			return -EBUSY;
+		}
+		for (size_t i = 0; i < v.n; i++) {
+			struct entry *e = find_key(hc, v.keys[i]);
+
+			if (e)
+				drop_entry(d, e, true);
+			else
+				evict_remove(hc->pol, v.keys[i], true);
+		}
+		evict_victims_free(&v);
+	} else if (want < hc->shrink) {
+		evict_unreserve(hc->pol, hc->shrink - want);
+	}
+	hc->shrink = want;
+	hc->budget = budget;
+	d->cfg.host_budget = budget;
+	pthread_mutex_unlock(&hc->lock);
+	return 0;
+}
+
+void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns)
+{
+	struct hostcache *hc = d->hc;
+
+	pthread_mutex_lock(&hc->lock);
+	hc->ttl_ns = ttl_ns;
+	for (struct entry *e = hc->entries; e; e = e->next)
+		if (e->resident)
+			evict_set_ttl(hc->pol, e->key, ttl_ns);
+	pthread_mutex_unlock(&hc->lock);
+}
+
+void hostcache_set_quarantine(struct daemon *d, uint32_t after)
+{
+	quarantine_set_after(d->hc->q, after);
+}
+
+int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
+			  struct hostcache_layout *out, struct hostcache_src **srcs, char *msg)
+{
+	struct hostcache *hc = d->hc;
+	struct form f = { 0 };
+	struct wd_reg_model rm;
+	struct catalog_model m;
+	const struct catalog_component *cc;
+	struct load_file_spec *files = NULL;
+	struct load_plan *plan = NULL;
+	struct hostcache_src *src = NULL;
+	char name[WD_NAME_MAX * 2 + 2];
+	uint32_t n_files;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	*srcs = NULL;
+	ret = registry_read_model(&d->view, model, &rm);
+	if (!ret)
+		ret = catalog_get_model(d->cat, rm.name, &m);
+	if (ret) {
+		snprintf(msg, WD_DATA_SLOT_SIZE, "load: model %u: %s", model, strerror(-ret));
+		return ret;
+	}
+	cc = cat_comp(d, &m, comp);
+	if (!cc) {
+		snprintf(msg, WD_DATA_SLOT_SIZE, "load: %.150s: component %u is no longer in the "
+			 "catalog (rescan)", rm.name, comp);
+		ret = -ESTALE;
+		goto out;
+	}
+	snprintf(name, sizeof(name), "%s%s%s", rm.name, cc->name[0] ? "/" : "", cc->name);
+	ret = spec_files(cc, &files, &n_files);
+	if (!ret)
+		ret = loader_plan(&(struct load_spec){ .name = name, .files = files,
+						       .n_files = n_files },
+				  loader_chunk(hc->loader), &plan, msg, WD_DATA_SLOT_SIZE);
+	if (ret)
+		goto out;
+	out->t = calloc(plan->n_tensors ? plan->n_tensors : 1, sizeof(*out->t));
+	src = calloc(plan->n_tensors ? plan->n_tensors : 1, sizeof(*src));
+	if (!out->t || !src) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < plan->n_tensors; i++) {
+		const struct load_tensor *T = &plan->tensors[i];
+
+		out->t[i] = (struct hostcache_tensor){ .off = T->off, .nbytes = T->nbytes };
+		if (registry_find_tensor(&d->view, model, comp, T->name, &out->t[i].tid, NULL))
+			out->t[i].tid = NO_TID;
+		src[i] = (struct hostcache_src){ .path = strdup(files[T->file].path),
+						 .off = T->src_off, .len = T->src_bytes };
+		out->n_t++;
+		if (!src[i].path) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	out->id = identity(cc, &f);
+	snprintf(out->key, sizeof(out->key) - 18, "%.280s@%s", name, form_name(0));
+	snprintf(out->key + strlen(out->key), 18, "#%016" PRIx64, out->id);
+	snprintf(out->ckey, sizeof(out->ckey), "%.*s", (int)sizeof(out->ckey) - 1, name);
+	out->size = round_extent(plan->bytes);
+	out->tensor_bytes = plan->tensor_bytes;
+out:
+	if (ret) {
+		hostcache_src_free(src, out->n_t);
+		src = NULL;
+		free(out->t);
+		memset(out, 0, sizeof(*out));
+	}
+	*srcs = src;
+	loader_plan_free(plan);
+	free(files);
+	catalog_model_free(&m);
+	return ret;
+}
+
+void hostcache_src_free(struct hostcache_src *src, uint32_t n)
+{
+	for (uint32_t i = 0; src && i < n; i++)
+		free(src[i].path);
+	free(src);
 }

@@ -40,6 +40,7 @@
 #define WD_CORE_HOSTCACHE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/ops.h"
@@ -103,7 +104,115 @@ uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n
 /* Fills the WD_STAT_HOST_* and WD_STAT_CUDA_* entries of @v (WD_STAT_COUNT values). */
 void hostcache_stats(struct daemon *d, uint64_t *v);
 
+/*
+ * Stores the host cache's state into the registry's metrics block (shm/regmetrics.h): budget,
+ * bytes used, free extents and the largest one (arena_get_stats()), and resident bytes per
+ * NUMA node as placement bound each entry (its placement decision, not a page walk). Takes
+ * the cache lock; the control thread calls it once per alert interval.
+ */
+void hostcache_publish_metrics(struct daemon *d);
+
 /* Client @c disconnected: cancels the loads that only it was waiting for. */
 void hostcache_client_gone(struct daemon *d, struct client *c);
+
+/*
+ * Recovery and reload (core/recovery.h, core/psi.h, docs/config.md).
+ *
+ * hostcache_shed() evicts unpinned entries, highest eviction score first, until at most
+ * @target bytes are in use (memory pressure); returns how many it evicted and their bytes in
+ * *@bytes (counted in RECOVERY_PRESSURE_SHEDS).
+ *
+ * hostcache_set_budget() changes the budget live. The arena keeps the size it started with
+ * (its memfd is sealed against growing), so the budget can grow back up to that size only
+ * (-EFBIG beyond it: needs a restart). Shrinking reserves the difference in the policy,
+ * evicting unpinned entries; when what is pinned, loading or within its keep-alive does not
+ * fit, nothing changes and it returns -EBUSY. @msg (@msg_len bytes) says why on failure.
+ * hostcache_budget() is the budget in force.
+ *
+ * hostcache_set_ttl() sets the keep-alive of every resident and future entry;
+ * hostcache_set_quarantine() the failures in a row that quarantine a component (0: never).
+ */
+uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes);
+uint64_t hostcache_budget(struct daemon *d);
+int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len);
+void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns);
+void hostcache_set_quarantine(struct daemon *d, uint32_t after);
+
+/* ---- what the device tier (core/devcache.h) uses ------------------------------------------ */
+
+struct hostcache_tensor {
+	uint32_t tid;		/* registry tensor index (UINT32_MAX: not in this component) */
+	uint64_t off, nbytes;	/* in the extent */
+};
+
+/* A resident host entry's extent and tensor layout, held by hostcache_hold(). */
+struct hostcache_layout {
+	char key[320];		/* the host entry's policy key */
+	char ckey[320];		/* and its co-access key */
+	uint64_t id;		/* its identity (files' fingerprints and form) */
+	const void *base;	/* the extent in the daemon's mapping */
+	uint64_t off, size, tensor_bytes;
+	uint32_t n_t;
+	struct hostcache_tensor *t;
+};
+
+/* Called, under the cache lock, when a hostcache_load_for() load ends: @err 0 or -errno with
+ * @msg, and the bytes read from disk for it (0: it was resident). On success @held is the
+ * entry, already held as by hostcache_hold() (the callee owns it: hostcache_unhold() and
+ * free(held->t) when done). It must not block or take the cache lock: hand the work to another thread. */
+typedef void (*hostcache_then_fn)(struct daemon *d, void *arg, int err, const char *msg,
+				  uint64_t read_bytes, struct hostcache_layout *held);
+
+/*
+ * Worker thread: makes component @comp of @model resident on the host tier as stored (all
+ * tensors, no conversion), starting, joining (coalescing) or finding its load like a LOAD of
+ * client @c, whose progress completions carry @user_data (none with WD_SQE_F_NO_PROGRESS in
+ * @flags). @then(@arg) runs exactly once, when the component is resident or its load failed
+ * (-EFBIG/-ENOSPC when the host budget cannot take it). Returns 0, or -ENOMEM when nothing
+ * was started (@then is then not called).
+ */
+int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
+		       uint32_t model, uint32_t comp, hostcache_then_fn then, void *arg);
+
+/*
+ * Holds the resident stored-form entry of @comp so that it is neither evicted nor unloaded
+ * (-EBUSY) while the device tier copies from it, and describes it in @out. Returns 0,
+ * -ENODATA when no such entry is resident, or -ENOMEM. Release with hostcache_unhold().
+ */
+int hostcache_hold(struct daemon *d, uint32_t comp, struct hostcache_layout *out);
+/* Ends the hold of @l (its tensor table stays: free(l->t) when done with it). */
+void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l);
+
+/*
+ * Demotion from a GPU: makes @l's entry resident again from @bytes (l->size bytes, the
+ * layout of @l) for @comp of @model, when the host budget has room for it without evicting
+ * anything. Returns 0 (also when the entry is resident already), -ENOSPC, or -ENOMEM.
+ */
+int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+		    uint32_t comp, const void *bytes);
+
+/* Whether the stored-form entry of @comp is resident on the host tier. */
+bool hostcache_has(struct daemon *d, uint32_t comp);
+
+/* Where a tensor's bytes are in its file (hostcache_plan_layout()). */
+struct hostcache_src {
+	char *path;
+	uint64_t off, len;
+};
+
+/*
+ * Worker thread: plans component @comp of @model as a stored-form host load would, without
+ * admitting or reading anything: @out gets the layout a host entry would have (its id, keys,
+ * size and tensor offsets; base NULL) and *@srcs, for each of its tensors, where the bytes
+ * are in which file. For the device tier's disk -> VRAM path when the host budget cannot
+ * take the component. Returns 0, or loader_plan()'s error with @msg (WD_DATA_SLOT_SIZE
+ * bytes). Free with free(out->t) and hostcache_src_free(*srcs, out->n_t).
+ */
+int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
+			  struct hostcache_layout *out, struct hostcache_src **srcs, char *msg);
+void hostcache_src_free(struct hostcache_src *src, uint32_t n);
+
+/* The arena in the daemon's mapping (for cuMemHostRegister). */
+void hostcache_arena(struct daemon *d, void **base, uint64_t *size);
 
 #endif

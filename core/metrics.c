@@ -20,9 +20,11 @@
 #include "core/log.h"
 #include "core/ops.h"
 #include "shm/barrier.h"
+#include "shm/regmetrics.h"
 
 #define MOD "metrics"
-#define RENDER_CAP 16384	/* the whole exposition is about 5 KiB */
+#define RENDER_CAP 65536	/* enough for the host tier; doubled while it does not fit */
+#define RENDER_MAX (64u << 20)
 
 #ifndef WD_VERSION
 #define WD_VERSION "unknown"
@@ -89,7 +91,103 @@ static const struct metric metrics[] = {
 	  "Component loads completed, any tier." },
 	{ "weightd_loaded_bytes_total", true, SRC_CTR, WD_CTR_LOAD_BYTES,
 	  "Bytes loaded into any tier." },
+	/* Recovery (core/recovery.h). */
+	{ "weightd_io_retries_total", true, SRC_STAT, WD_STAT_IO_RETRIES,
+	  "Reads retried after EINTR, EAGAIN or a short read." },
+	{ "weightd_alloc_retries_total", true, SRC_STAT, WD_STAT_ALLOC_RETRIES,
+	  "Cache allocations retried after evicting unpinned entries." },
+	{ "weightd_pressure_sheds_total", true, SRC_STAT, WD_STAT_PRESSURE_SHEDS,
+	  "Host cache entries shed under memory pressure (PSI)." },
+	{ "weightd_quarantined_total", true, SRC_STAT, WD_STAT_QUARANTINED,
+	  "Components quarantined after repeated load failures." },
 };
+
+/* ---- recording ------------------------------------------------------------------------ */
+
+unsigned int metrics_error_class(int err)
+{
+	switch (-err) {
+	case EBADMSG:
+	case EILSEQ:
+	case EOVERFLOW:
+		return WD_ERRC_VALIDATION;
+	case EIO:
+	case ENOENT:
+	case ESTALE:
+	case ENODATA:
+	case EISDIR:
+	case ENOTDIR:
+	case EACCES:
+	case ETIMEDOUT:
+		return WD_ERRC_IO;
+	case EFBIG:
+	case ENOSPC:
+	case EDQUOT:
+	case EBUSY:
+		return WD_ERRC_ADMISSION;
+	case EINVAL:
+	case EPROTO:
+	case ENAMETOOLONG:
+	case ENOTUNIQ:
+	case EBADR:
+	case E2BIG:
+	case EBADRQC:
+		return WD_ERRC_PROTOCOL;
+	case ENODEV:
+	case ENOTSUP:
+	case ENXIO:
+		return WD_ERRC_DEVICE;
+	default:
+		return WD_ERRC_OTHER;
+	}
+}
+
+/*
+ * A shard's private sums between two flushes. Thread-local so that the hot path writes only
+ * memory no other thread touches; metrics_flush_local() runs on the same thread.
+ */
+struct local_sums {
+	bool dirty;
+	struct wd_hist rtt;
+	uint64_t errors[WD_ERRC_COUNT];
+};
+static __thread struct local_sums local;
+
+void metrics_note_rtt(uint64_t ns, uint32_t n)
+{
+	local.rtt.bucket[wd_hist_bucket(ns)] += n;
+	local.rtt.sum_ns += ns * n;
+	local.rtt.count += n;
+	local.dirty = true;
+}
+
+void metrics_note_error(int err)
+{
+	local.errors[metrics_error_class(err)]++;
+	local.dirty = true;
+}
+
+void metrics_flush_local(struct registry *reg)
+{
+	struct wd_reg_metrics *m;
+
+	if (!local.dirty)
+		return;
+	m = registry_metrics(reg);
+	regm_hist_merge(&m->rtt, &local.rtt);
+	for (unsigned int i = 0; i < WD_ERRC_COUNT; i++)
+		if (local.errors[i])
+			regm_add(&m->errors[i], local.errors[i]);
+	memset(&local, 0, sizeof(local));
+}
+
+void metrics_note_load(struct registry *reg, uint32_t tier, uint64_t ns)
+{
+	if (tier < WD_TIER_MAX)
+		regm_observe(&registry_metrics(reg)->load[tier], ns);
+}
+
+/* ---- the endpoint -------------------------------------------------------------------- */
 
 int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -147,6 +245,59 @@ int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *
 	return 0;
 }
 
+/* The metrics block and the components' last loads, read like any client reads them. */
+static void snapshot_block(struct daemon *d, struct metrics_snapshot *s)
+{
+	const struct wd_reg_metrics *m = registry_view_metrics(&d->view);
+	/* Pairs with the store_release of the counts in registry_publish(). */
+	uint32_t n_comps = load_acquire(&((const struct wd_reg_hdr *)d->view.base)->comp_count);
+	size_t cap = 0;
+
+	if (!m)
+		return;
+	s->have_block = true;
+	regm_hist_read(&m->rtt, &s->rtt);
+	for (unsigned int t = 0; t < WD_TIER_MAX; t++)
+		regm_hist_read(&m->load[t], &s->load[t]);
+	for (unsigned int i = 0; i < WD_ERRC_COUNT; i++)
+		s->errors[i] = READ_ONCE(m->errors[i]);
+	for (unsigned int i = 0; i < WD_ALERT_COUNT; i++) {
+		s->alerts_total[i] = READ_ONCE(m->alerts_total[i]);
+		s->alerts_active[i] = READ_ONCE(m->alerts_active[i]);
+	}
+	for (unsigned int i = 0; i <= WD_METRICS_NUMA; i++)
+		s->numa_bytes[i] = READ_ONCE(m->numa_bytes[i]);
+	s->free_extents = READ_ONCE(m->free_extents);
+	s->largest_free = READ_ONCE(m->largest_free);
+	s->free_bytes = READ_ONCE(m->free_bytes);
+	for (uint32_t id = 0; id < n_comps; id++) {
+		struct wd_reg_component c;
+		struct wd_reg_model mo;
+		struct metrics_comp_load *l;
+
+		if (registry_read_component(&d->view, id, &c) || !c.last_load_bytes ||
+		    registry_read_model(&d->view, c.model, &mo))
+			continue;
+		if (s->n_loads == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct metrics_comp_load *n = realloc(s->loads, ncap * sizeof(*n));
+
+			if (!n)
+				break;
+			s->loads = n;
+			cap = ncap;
+		}
+		l = &s->loads[s->n_loads++];
+		memcpy(l->model, mo.name, sizeof(l->model));
+		l->model[sizeof(l->model) - 1] = '\0';
+		memcpy(l->component, c.name, sizeof(l->component));
+		l->component[sizeof(l->component) - 1] = '\0';
+		l->tier = c.last_load_tier;
+		l->bytes = c.last_load_bytes;
+		l->ns = c.last_load_ns;
+	}
+}
+
 void metrics_snapshot(struct daemon *d, struct metrics_snapshot *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -166,6 +317,14 @@ void metrics_snapshot(struct daemon *d, struct metrics_snapshot *s)
 	s->stat[WD_STAT_UPTIME_NS] = s->uptime_ns;
 	/* The host tier's counters, consistent with each other: taken under the cache lock. */
 	hostcache_stats(d, s->stat);
+	snapshot_block(d, s);
+}
+
+void metrics_snapshot_free(struct metrics_snapshot *s)
+{
+	free(s->loads);
+	s->loads = NULL;
+	s->n_loads = 0;
 }
 
 /* Appends to @buf at *@off; false once @cap is exhausted. */
@@ -181,6 +340,156 @@ static bool put(char *buf, size_t cap, size_t *off, const char *fmt, ...)
 		return false;
 	*off += (size_t)n;
 	return true;
+}
+
+static const char *const err_class_names[WD_ERRC_COUNT] = {
+	"validation", "io", "admission", "protocol", "device", "other",
+};
+static const char *const alert_names[WD_ALERT_COUNT] = {
+	"budget", "slow_load", "error_burst", "pin_ttl",
+};
+
+/* "host" or "cuda:N" for a tier label. */
+static const char *tier_label(uint32_t t, char *b, size_t n)
+{
+	if (t == WD_TIER_HOST)
+		snprintf(b, n, "host");
+	else
+		snprintf(b, n, "cuda:%u", t - 1);
+	return b;
+}
+
+/*
+ * One histogram's samples. The buckets are made cumulative here and _count is the +Inf
+ * bucket, so the output is consistent even when the words were read mid-update.
+ */
+static bool put_hist(char *buf, size_t cap, size_t *off, const char *name, const char *labels,
+		     const struct wd_hist *h)
+{
+	uint64_t cum = 0;
+	bool ok = true;
+
+	for (unsigned int i = 0; ok && i < WD_HIST_BUCKETS; i++) {
+		cum += h->bucket[i];
+		if (i == WD_HIST_BUCKETS - 1)
+			ok = put(buf, cap, off, "%s_bucket{%s%sle=\"+Inf\"} %" PRIu64 "\n", name,
+				 labels, *labels ? "," : "", cum);
+		else
+			ok = put(buf, cap, off, "%s_bucket{%s%sle=\"%.6g\"} %" PRIu64 "\n", name,
+				 labels, *labels ? "," : "",
+				 (double)((uint64_t)WD_HIST_BASE_NS << i) / 1e9, cum);
+	}
+	return ok && put(buf, cap, off, "%s_sum%s%s%s %.9f\n%s_count%s%s%s %" PRIu64 "\n", name,
+			 *labels ? "{" : "", labels, *labels ? "}" : "",
+			 (double)h->sum_ns / 1e9, name, *labels ? "{" : "", labels,
+			 *labels ? "}" : "", cum);
+}
+
+/* Writes @in as a Prometheus label value (backslash, quote and newline escaped). */
+static const char *label_esc(const char *in, char *b, size_t n)
+{
+	size_t o = 0;
+
+	for (; *in && o + 3 < n; in++) {
+		if (*in == '\\' || *in == '"') {
+			b[o++] = '\\';
+			b[o++] = *in;
+		} else if (*in == '\n') {
+			b[o++] = '\\';
+			b[o++] = 'n';
+		} else {
+			b[o++] = *in;
+		}
+	}
+	b[o] = '\0';
+	return b;
+}
+
+/* The metrics block: histograms, error classes, alerts, NUMA bytes, fragmentation, loads. */
+static bool render_block(const struct metrics_snapshot *s, char *buf, size_t cap, size_t *off)
+{
+	char tl[16], lab[64], e1[2 * WD_NAME_MAX], e2[2 * WD_NAME_MAX];
+	bool ok;
+
+	ok = put(buf, cap, off, "# HELP weightd_load_duration_seconds Completed loads' durations "
+		 "(start of the first read to resident), by tier.\n"
+		 "# TYPE weightd_load_duration_seconds histogram\n");
+	for (uint32_t t = 0; ok && t < WD_TIER_MAX; t++) {
+		uint64_t n = 0;
+
+		/* The host tier always; a GPU tier once it has completed a load. */
+		for (unsigned int i = 0; i < WD_HIST_BUCKETS; i++)
+			n += s->load[t].bucket[i];
+		if (t != WD_TIER_HOST && !n)
+			continue;
+		snprintf(lab, sizeof(lab), "tier=\"%s\"", tier_label(t, tl, sizeof(tl)));
+		ok = put_hist(buf, cap, off, "weightd_load_duration_seconds", lab, &s->load[t]);
+	}
+	ok = ok && put(buf, cap, off, "# HELP weightd_ring_roundtrip_seconds Requests answered "
+		       "inline by a shard: from the shard reading its batch's first entry to "
+		       "publishing the completions.\n"
+		       "# TYPE weightd_ring_roundtrip_seconds histogram\n") &&
+	     put_hist(buf, cap, off, "weightd_ring_roundtrip_seconds", "", &s->rtt) &&
+	     put(buf, cap, off, "# HELP weightd_errors_total Failed completions by class.\n"
+		 "# TYPE weightd_errors_total counter\n");
+	for (unsigned int i = 0; ok && i < WD_ERRC_COUNT; i++)
+		ok = put(buf, cap, off, "weightd_errors_total{class=\"%s\"} %" PRIu64 "\n",
+			 err_class_names[i], s->errors[i]);
+	ok = ok && put(buf, cap, off, "# HELP weightd_alerts_total Alerts raised, by kind.\n"
+		       "# TYPE weightd_alerts_total counter\n");
+	for (unsigned int i = 0; ok && i < WD_ALERT_COUNT; i++)
+		ok = put(buf, cap, off, "weightd_alerts_total{kind=\"%s\"} %" PRIu64 "\n",
+			 alert_names[i], s->alerts_total[i]);
+	ok = ok && put(buf, cap, off, "# HELP weightd_alerts_active Alerts active now, by kind.\n"
+		       "# TYPE weightd_alerts_active gauge\n");
+	for (unsigned int i = 0; ok && i < WD_ALERT_COUNT; i++)
+		ok = put(buf, cap, off, "weightd_alerts_active{kind=\"%s\"} %" PRIu64 "\n",
+			 alert_names[i], s->alerts_active[i]);
+	ok = ok && put(buf, cap, off, "# HELP weightd_host_numa_bytes Host cache bytes by the NUMA "
+		       "node placement bound them to (unbound: no binding).\n"
+		       "# TYPE weightd_host_numa_bytes gauge\n");
+	for (unsigned int i = 0; ok && i <= WD_METRICS_NUMA; i++) {
+		if (i < WD_METRICS_NUMA && !s->numa_bytes[i] && i)
+			continue;
+		if (i == WD_METRICS_NUMA)
+			ok = put(buf, cap, off, "weightd_host_numa_bytes{node=\"unbound\"} %" PRIu64
+				 "\n", s->numa_bytes[i]);
+		else
+			ok = put(buf, cap, off, "weightd_host_numa_bytes{node=\"%u\"} %" PRIu64 "\n",
+				 i, s->numa_bytes[i]);
+	}
+	ok = ok && put(buf, cap, off, "# HELP weightd_host_free_extents Free extents in the host "
+		       "cache arena.\n# TYPE weightd_host_free_extents gauge\n"
+		       "weightd_host_free_extents %" PRIu64 "\n"
+		       "# HELP weightd_host_largest_free_extent_bytes The largest free extent.\n"
+		       "# TYPE weightd_host_largest_free_extent_bytes gauge\n"
+		       "weightd_host_largest_free_extent_bytes %" PRIu64 "\n"
+		       "# HELP weightd_host_budget_use_ratio Host cache bytes used over the budget.\n"
+		       "# TYPE weightd_host_budget_use_ratio gauge\n"
+		       "weightd_host_budget_use_ratio %.6f\n", s->free_extents, s->largest_free,
+		       s->stat[WD_STAT_HOST_BUDGET] ? (double)s->stat[WD_STAT_HOST_BYTES] /
+		       (double)s->stat[WD_STAT_HOST_BUDGET] : 0.0);
+	if (!ok || !s->n_loads)
+		return ok;
+	ok = put(buf, cap, off, "# HELP weightd_component_last_load_bytes Bytes the component's "
+		 "last completed load read.\n# TYPE weightd_component_last_load_bytes gauge\n");
+	for (size_t i = 0; ok && i < s->n_loads; i++)
+		ok = put(buf, cap, off, "weightd_component_last_load_bytes{model=\"%s\","
+			 "component=\"%s\",tier=\"%s\"} %" PRIu64 "\n",
+			 label_esc(s->loads[i].model, e1, sizeof(e1)),
+			 label_esc(s->loads[i].component, e2, sizeof(e2)),
+			 tier_label(s->loads[i].tier, tl, sizeof(tl)), s->loads[i].bytes);
+	ok = ok && put(buf, cap, off, "# HELP weightd_component_last_load_seconds Duration of the "
+		       "component's last completed load.\n"
+		       "# TYPE weightd_component_last_load_seconds gauge\n");
+	for (size_t i = 0; ok && i < s->n_loads; i++)
+		ok = put(buf, cap, off, "weightd_component_last_load_seconds{model=\"%s\","
+			 "component=\"%s\",tier=\"%s\"} %.6f\n",
+			 label_esc(s->loads[i].model, e1, sizeof(e1)),
+			 label_esc(s->loads[i].component, e2, sizeof(e2)),
+			 tier_label(s->loads[i].tier, tl, sizeof(tl)),
+			 (double)s->loads[i].ns / 1e9);
+	return ok;
 }
 
 int metrics_render(const struct metrics_snapshot *s, char *buf, size_t cap)
@@ -206,6 +515,8 @@ int metrics_render(const struct metrics_snapshot *s, char *buf, size_t cap)
 		ok = put(buf, cap, &off, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", m->name,
 			 m->help, m->name, m->counter ? "counter" : "gauge", m->name, v);
 	}
+	if (ok && s->have_block)
+		ok = render_block(s, buf, cap, &off);
 	return ok ? (int)off : -ENOSPC;
 }
 
@@ -248,16 +559,25 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	if (strcmp(url, "/metrics"))
 		return reply(conn, MHD_HTTP_NOT_FOUND, not_found, sizeof(not_found) - 1,
 			     MHD_RESPMEM_PERSISTENT, "text/plain");
-	buf = malloc(RENDER_CAP);
-	if (!buf)
-		return MHD_NO;
 	metrics_snapshot(m->d, &s);
-	n = metrics_render(&s, buf, RENDER_CAP);
-	if (n < 0) {
+	/* The per-component lines grow with the models loaded: retry with a doubled buffer. */
+	for (size_t cap = RENDER_CAP;; cap *= 2) {
+		buf = malloc(cap);
+		if (!buf) {
+			metrics_snapshot_free(&s);
+			return MHD_NO;
+		}
+		n = metrics_render(&s, buf, cap);
+		if (n >= 0)
+			break;
 		free(buf);
-		log_error(MOD, "\"exposition larger than the buffer\" cap=%d", RENDER_CAP);
-		return MHD_NO;
+		if (cap >= RENDER_MAX) {
+			metrics_snapshot_free(&s);
+			log_error(MOD, "\"exposition larger than the buffer\" cap=%zu", cap);
+			return MHD_NO;
+		}
 	}
+	metrics_snapshot_free(&s);
 	return reply(conn, MHD_HTTP_OK, buf, (size_t)n, MHD_RESPMEM_MUST_FREE,
 		     METRICS_CONTENT_TYPE);
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/devcache.h"
 #include "core/hostcache.h"
 #include "core/log.h"
 #include "core/scan.h"
@@ -146,8 +147,13 @@ static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct
 		resolve_failed(cqe, out, "load", sqe, arg, len, ret);
 		return OPS_DONE;
 	}
-	if (hostcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE)
+	if (sqe->tier != WD_TIER_HOST && d->dc) {
+		/* The device tier (core/devcache.h) loads through the host tier itself. */
+		if (devcache_load(d, c, sqe, id, cqe, out) == OPS_DONE)
+			return OPS_DONE;
+	} else if (hostcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE) {
 		return OPS_DONE;
+	}
 	*job = *sqe;
 	job->model = id;
 	return OPS_ASYNC;
@@ -161,6 +167,51 @@ static void op_cache(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe *
 
 	cqe->res = (int32_t)(total > INT32_MAX ? INT32_MAX : total);
 	cqe->data_len = (uint16_t)(n * sizeof(struct wd_cache_entry));
+}
+
+/* DEVICE_MAP: the component's VRAM allocation for this client (core/devcache.h). */
+static void op_device_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+			  const char *arg, uint16_t len, struct wd_cqe *cqe, char *out)
+{
+	struct wd_reg_model m;
+	uint32_t id;
+	int ret = resolve(d, sqe, arg, len, &id, &m);
+
+	if (ret) {
+		resolve_failed(cqe, out, "device_map", sqe, arg, len, ret);
+		return;
+	}
+	if (!d->dc) {
+		cqe->data_len = msg(out, "device_map: GPU tier not available");
+		fail(cqe, -ENOTSUP);
+		return;
+	}
+	devcache_map(d, c, sqe, id, cqe, out);
+}
+
+/* DEVICES: the GPU tiers from arg[0]; with none, res 0 and the reason as text. */
+static void op_devices(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe *cqe,
+		       char *out)
+{
+	uint16_t n = 0, text = 0;
+	uint32_t total;
+
+	if (sqe->model != WD_ID_NONE || sqe->component != WD_ID_NONE || sqe->tier ||
+	    sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || sqe->flags) {
+		cqe->data_len = msg(out, "devices: only arg[0] (the first index) may be set");
+		fail(cqe, -EINVAL);
+		return;
+	}
+	if (!d->dc) {
+		cqe->data_len = msg(out, "GPU tier not available");
+		cqe->res = 0;
+		return;
+	}
+	total = devcache_list(d, sqe->arg[0] > UINT32_MAX ? UINT32_MAX : (uint32_t)sqe->arg[0],
+			      out, &n, &text);
+	cqe->res = (int32_t)total;
+	cqe->aux0 = n;
+	cqe->data_len = text ? text : (uint16_t)(n * sizeof(struct wd_device_info));
 }
 
 /* The aggregate state of model @id (all components, or @comp) on @tier. */
@@ -247,6 +298,19 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 		return;
 	}
 	state = model_state(d, id, sqe->component, sqe->tier, &done, &total);
+	if (sqe->tier != WD_TIER_HOST && d->dc && devcache_count(d)) {
+		int64_t freed = devcache_unload(d, sqe->tier, id, sqe->component, out,
+						&cqe->data_len);
+
+		if (freed < 0) {
+			fail(cqe, (int)freed);
+			return;
+		}
+		if (freed > 0) {
+			cqe->aux0 = (uint64_t)freed;
+			return;
+		}
+	}
 	if (sqe->tier == WD_TIER_HOST) {
 		int64_t freed = hostcache_unload(d, id, sqe->component, out, &cqe->data_len);
 
@@ -322,6 +386,7 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 	v[WD_STAT_MY_REQUESTS] = c->requests;
 	v[WD_STAT_MY_ERRORS] = c->errors;
 	hostcache_stats(d, v);
+	v[WD_STAT_CUDA_BYTES] = devcache_bytes(d);
 	memcpy(out, v, sizeof(v));
 	cqe->data_len = sizeof(v);
 	cqe->res = WD_STAT_COUNT;
@@ -370,6 +435,12 @@ enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct w
 		break;
 	case WD_OP_CACHE:
 		op_cache(d, sqe, cqe, out);
+		return OPS_DONE;
+	case WD_OP_DEVICE_MAP:
+		op_device_map(d, c, sqe, arg, arg_len, cqe, out);
+		return OPS_DONE;
+	case WD_OP_DEVICES:
+		op_devices(d, sqe, cqe, out);
 		return OPS_DONE;
 	case WD_OP_UNLOAD:
 		op_unload(d, c, sqe, arg, arg_len, cqe, out);
@@ -721,7 +792,10 @@ void ops_run_job(struct daemon *d, struct job *j)
 		job_meta(d, j);
 		break;
 	case WD_OP_LOAD:
-		hostcache_load_job(d, j);
+		if (j->sqe.tier != WD_TIER_HOST && d->dc)
+			devcache_load_job(d, j);
+		else
+			hostcache_load_job(d, j);
 		break;
 	case WD_OP_LOOKUP:
 		job_lookup(d, j);

@@ -151,7 +151,15 @@ struct daemon {
 	bool worker_stop;
 
 	struct hostcache *hc;		/* the host tier (core/hostcache.h) */
+	/* Recovery and reload (core/daemon.c): the PSI monitor (NULL: off), the model roots a
+	 * reload gave (owned copies, handed to the worker under job_lock with @rescan). */
+	struct psi *psi;
+	char *new_roots[DAEMON_MAX_ROOTS], *roots_owned[DAEMON_MAX_ROOTS];
+	size_t n_new_roots;
+	bool rescan;
 	struct metrics_server *metrics;	/* the /metrics server (core/metrics.h), or NULL */
+	struct alerts *alerts;		/* alert timer and state (core/alert.h) */
+	struct devcache *dc;		/* the GPU tiers (core/devcache.h) */
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

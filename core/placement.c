@@ -183,3 +183,22 @@ const char *placement_reason_name(enum placement_reason r)
 	}
 	return "unknown";
 }
+
+int placement_node_cpus(const struct placement *p, int node, int *cpus, int max)
+{
+	hwloc_obj_t obj = NULL;
+	int n = 0, cpu;
+
+	while ((obj = hwloc_get_next_obj_by_type(p->topo, HWLOC_OBJ_NUMANODE, obj)))
+		if (obj->os_index == (unsigned int)node)
+			break;
+	if (!obj || !obj->cpuset)
+		return -ENOENT;
+	hwloc_bitmap_foreach_begin(cpu, obj->cpuset) {
+		if (n < max)
+			cpus[n] = cpu;
+		n++;
+	}
+	hwloc_bitmap_foreach_end();
+	return n;
+}

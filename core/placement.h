@@ -89,6 +89,12 @@ int placement_choose(const struct placement *p, const char *gpu_busid, int loade
  */
 int placement_bind_thread(const struct placement *p, int node);
 
+/*
+ * The CPUs (PU OS indexes, ascending) of NUMA node @node: stores up to @max of them in @cpus
+ * and returns how many the node has (which may exceed @max); -ENOENT for an unknown node.
+ */
+int placement_node_cpus(const struct placement *p, int node, int *cpus, int max);
+
 /* "gpu-local", "gpu-spans-nodes", "loader-thread". */
 const char *placement_reason_name(enum placement_reason r);
 

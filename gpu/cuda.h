@@ -37,6 +37,49 @@ struct gpu_driver {
 	CUresult (*cuDeviceGetName)(char *name, int len, CUdevice dev);
 	CUresult (*cuDeviceTotalMem)(size_t *bytes, CUdevice dev);
 	CUresult (*cuDeviceGetPCIBusId)(char *bus_id, int len, CUdevice dev);
+#ifdef CONFIG_HAVE_CUDA_H
+	/*
+	 * What the device tier (gpu/cuda_dev.c) calls. Where cuda.h maps a name to a versioned
+	 * entry point (cuMemGetInfo -> cuMemGetInfo_v2), the member name is mapped the same way
+	 * and the _v2 symbol is what gpu_driver_open() looks up.
+	 */
+	CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *ctx, CUdevice dev);
+	CUresult (*cuDevicePrimaryCtxRelease)(CUdevice dev);
+	CUresult (*cuCtxSetCurrent)(CUcontext ctx);
+	CUresult (*cuMemGetInfo)(size_t *free_b, size_t *total_b);
+	CUresult (*cuMemGetAllocationGranularity)(size_t *gran, const CUmemAllocationProp *prop,
+						  CUmemAllocationGranularity_flags option);
+	CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *h, size_t size,
+				const CUmemAllocationProp *prop, unsigned long long flags);
+	CUresult (*cuMemRelease)(CUmemGenericAllocationHandle h);
+	CUresult (*cuMemAddressReserve)(CUdeviceptr *ptr, size_t size, size_t align,
+					CUdeviceptr addr, unsigned long long flags);
+	CUresult (*cuMemAddressFree)(CUdeviceptr ptr, size_t size);
+	CUresult (*cuMemMap)(CUdeviceptr ptr, size_t size, size_t offset,
+			     CUmemGenericAllocationHandle h, unsigned long long flags);
+	CUresult (*cuMemUnmap)(CUdeviceptr ptr, size_t size);
+	CUresult (*cuMemSetAccess)(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+				   size_t count);
+	CUresult (*cuMemExportToShareableHandle)(void *shareable, CUmemGenericAllocationHandle h,
+						 CUmemAllocationHandleType type,
+						 unsigned long long flags);
+	CUresult (*cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *h, void *os_handle,
+						   CUmemAllocationHandleType type);
+	CUresult (*cuMemHostRegister)(void *p, size_t n, unsigned int flags);
+	CUresult (*cuMemHostUnregister)(void *p);
+	CUresult (*cuMemHostAlloc)(void **p, size_t n, unsigned int flags);
+	CUresult (*cuMemFreeHost)(void *p);
+	CUresult (*cuStreamCreate)(CUstream *s, unsigned int flags);
+	CUresult (*cuStreamDestroy)(CUstream s);
+	CUresult (*cuStreamSynchronize)(CUstream s);
+	CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr dst, const void *src, size_t n, CUstream s);
+	CUresult (*cuMemcpyDtoH)(void *dst, CUdeviceptr src, size_t n);
+	CUresult (*cuEventCreate)(CUevent *ev, unsigned int flags);
+	CUresult (*cuEventRecord)(CUevent ev, CUstream s);
+	CUresult (*cuEventQuery)(CUevent ev);
+	CUresult (*cuEventSynchronize)(CUevent ev);
+	CUresult (*cuEventDestroy)(CUevent ev);
+#endif
 };
 
 struct gpu_device {

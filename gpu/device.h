@@ -116,12 +116,57 @@ struct gpu_ops {
 
 /*
  * The implementation to use in this process: the emulated device when $WEIGHTD_GPU_EMULATE
- * is set (and valid), else CUDA when the driver loads. Returns the table, or NULL with @why
- * saying why there is no GPU tier ("no CUDA driver: ...", "built without CUDA headers").
+ * is set (and valid), else CUDA when the driver loads and reports at least one GPU. Returns
+ * the table, or NULL with @why saying why there is no GPU tier ("no CUDA driver (...)",
+ * "built without CUDA headers", "no CUDA device: ...", or the reason a set
+ * $WEIGHTD_GPU_EMULATE is malformed: a malformed value never falls through to CUDA).
+ * The CUDA driver, once loaded, stays loaded for the life of the process.
  */
 const struct gpu_ops *gpu_ops_pick(char *why, size_t why_size);
 
 extern const struct gpu_ops gpu_cuda_ops;
 extern const struct gpu_ops gpu_emu_ops;
+
+/*
+ * The emulated device in detail (gpu_emu_ops):
+ *   - $WEIGHTD_GPU_EMULATE is "N" or "N:SIZE" (1 <= N <= GPU_MAX_DEVICES; SIZE as "8G",
+ *     "512M", at least 2M, rounded up to the granularity; default 4G per device). A malformed
+ *     value makes count()/open() fail with -EINVAL and the reason; unset gives -ENODEV.
+ *   - info(): name "weightd emulated GPU N"; pci_bus_id is empty (no PCI device: placement
+ *     falls back to the loader thread's node) unless $WEIGHTD_GPU_EMULATE_PCI lists bus ids,
+ *     comma-separated, one per ordinal (to exercise GPU-local placement in tests).
+ *   - Granularity 2 MiB. vram_alloc: a sealed memfd (MFD_CLOEXEC, F_SEAL_SHRINK|GROW) of
+ *     the rounded size, mapped read-write; dptr is that mapping's address and fd the memfd,
+ *     which can be dup'ed and sent with SCM_RIGHTS. vram_import mmaps the fd (size must be a
+ *     granule multiple, at most the file's size).
+ *   - mem_info: the per-device budget minus the bytes this process allocated (imports do not
+ *     count). An emulated device does not see other processes' allocations.
+ *   - Every copy must fall inside one live allocation or import of the same ordinal in this
+ *     process: copy_h2d/copy_d2h return -EFAULT with the address otherwise, and a queued copy
+ *     whose allocation was freed before it ran fails its stream with -EFAULT (sticky; later
+ *     events report it, later copies are skipped).
+ *   - A stream is a thread that executes copies (memcpy) in submission order; an event
+ *     completes when the stream passes it. stream_destroy runs what is queued, then stops.
+ *   - host_register is a no-op (validated only); host_alloc is page-aligned heap memory.
+ */
+
+/* Counters of one emulated struct gpu_dev (copies executed by its streams). */
+struct gpu_emu_stats {
+	uint64_t copies;	/* copies executed */
+	uint64_t bytes;		/* bytes copied host -> device */
+	uint64_t src_changed;	/* copies whose source changed between copy_h2d and execution
+				 * (only counted while check_src is on) */
+	uint64_t max_queued;	/* deepest any of its streams' queues has been */
+};
+
+/*
+ * Test instrumentation of an emulated device: every executed copy first sleeps
+ * @copy_delay_us (to make copies slow enough for overlap and reuse bugs to show), and with
+ * @check_src each copy hashes its source when queued and again when executed, counting a
+ * difference in gpu_emu_stats.src_changed: a staging buffer reused before the event after
+ * its copy completed. Returns 0, or -EINVAL when @dev is not an emulated device.
+ */
+int gpu_emu_debug(struct gpu_dev *dev, unsigned int copy_delay_us, bool check_src);
+int gpu_emu_stats(struct gpu_dev *dev, struct gpu_emu_stats *st);
 
 #endif

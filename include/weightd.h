@@ -310,6 +310,74 @@ int weightd_load_ex(struct weightd *w, const char *model, const char *component,
  */
 const void *weightd_tensor_data(struct weightd *w, const struct weightd_tensor_info *t);
 
+/* ---- the GPU tier ---------------------------------------------------------------------- */
+
+/* A component's VRAM allocation on one GPU, imported into this process. */
+struct weightd_device_map;
+
+/*
+ * Maps component @component of @model (NULL: the model's only component), resident on GPU
+ * @device (tier cuda:@device; LOAD it there first), into this process: the daemon sends the
+ * allocation's file descriptor on the attach socket and this call imports it with the same
+ * device layer the daemon uses (the CUDA driver, or the emulated device when the daemon runs
+ * one: the client then needs the same $WEIGHTD_GPU_EMULATE). The mapping holds a reference:
+ * the daemon neither evicts nor frees the allocation until weightd_device_unmap(), or until
+ * this client's connection closes (exit or crash). Mapping a component twice from one handle
+ * holds one reference, which the first unmap drops.
+ * Returns 0 and sets *@out; -ENOTSUP (no such GPU, or no GPU tier: the message says why);
+ * -ENODATA (not resident there); -EINVAL; -ENOENT; -EPROTO (a malformed message on the
+ * socket); -ETIMEDOUT; the import's error (-ENODEV: this process cannot open the device).
+ */
+int weightd_device_map(struct weightd *w, const char *model, const char *component,
+		       unsigned int device, struct weightd_device_map **out);
+
+/* The allocation: device address in this process (emulated: a host address), and bytes. */
+uint64_t weightd_device_base(const struct weightd_device_map *m);
+uint64_t weightd_device_size(const struct weightd_device_map *m);
+
+/*
+ * Device address of tensor @t (from weightd_tensor()) inside mapping @m: the allocation's
+ * base plus the tensor's offset. Returns 0 and sets *@dptr; -ENOENT when @t is not a tensor
+ * of the mapped component; -EINVAL for a NULL argument.
+ */
+int weightd_tensor_device_ptr(const struct weightd_device_map *m,
+			      const struct weightd_tensor_info *t, uint64_t *dptr);
+
+/*
+ * Copies tensor @t's bytes from the GPU into @dst (@size bytes, at least t->nbytes), with the
+ * device layer's device-to-host copy. Returns 0, -ENOENT, -EINVAL (@size too small), or the
+ * copy's error.
+ */
+int weightd_device_read(const struct weightd_device_map *m, const struct weightd_tensor_info *t,
+			void *dst, size_t size);
+
+/* Unmaps @m and drops its reference (UNPIN of the component on that GPU). NULL is ignored. */
+void weightd_device_unmap(struct weightd *w, struct weightd_device_map *m);
+
+#define WEIGHTD_DEVICE_CUDA 0u
+#define WEIGHTD_DEVICE_EMULATED 1u
+
+/* One GPU of the daemon's device tier. */
+struct weightd_device_info {
+	uint32_t ordinal;		/* cuda:ordinal */
+	uint32_t kind;			/* WEIGHTD_DEVICE_* */
+	int32_t numa_node;		/* local NUMA node; -1: unknown or emulated */
+	uint32_t entries;		/* components cached on it */
+	uint64_t total_bytes;
+	uint64_t budget;		/* the daemon's --device-budget for it */
+	uint64_t used;
+	uint64_t hits, misses, evictions, evict_bytes;
+	uint64_t load_bytes;		/* bytes copied into it */
+	char name[48];
+};
+
+/*
+ * The daemon's GPUs: up to @max into @out. Returns how many the daemon has (0: host-only,
+ * with the reason in @why, @why_size bytes, when not NULL), or a negative errno.
+ */
+int weightd_devices(struct weightd *w, struct weightd_device_info *out, unsigned int max,
+		    char *why, size_t why_size);
+
 /* weightd_cache_entry.flags */
 #define WEIGHTD_CACHE_LOADING 0x1u	/* being loaded; bytes are reserved */
 #define WEIGHTD_CACHE_SUBSET 0x2u	/* a selection of the component's tensors */
@@ -473,6 +541,116 @@ const char *weightd_state_name(unsigned int state);
 
 /* "host", "cuda:0", ... into @buf (@size bytes); returns @buf. */
 const char *weightd_tier_name(unsigned int tier, char *buf, size_t size);
+
+/* ---- bulk tensor table (bindings that want every tensor of a pin in one call) ---------- */
+
+/* One host-resident tensor in a weightd_tensor_table() result. */
+struct weightd_tensor_loc {
+	uint64_t offset;		/* of its first byte from the table's base (0 when empty) */
+	uint64_t nbytes;
+	uint32_t dtype;			/* safetensors dtype, numbered as in protocol.md */
+	uint32_t rank;			/* shape[rank..15] are 0 */
+	uint32_t name_off;		/* its name is names[name_off], name_len bytes and a NUL */
+	uint32_t name_len;
+	uint64_t shape[16];
+};
+
+/* What a weightd_tensor_table() call found. */
+struct weightd_tensor_table {
+	const void *base;	/* the extent's start in this process's read-only mapping of the
+				   host cache: page-aligned, at or below the lowest listed tensor;
+				   NULL when no listed tensor has a byte */
+	uint64_t nbytes;	/* bytes from base to the end of the highest listed tensor */
+	uint64_t host_offset;	/* base's offset in the host cache (a multiple of the page size) */
+	int32_t host_fd;	/* the host cache's read-only descriptor, owned by the handle
+				   (valid until weightd_detach()): a binding may mmap the extent
+				   itself, at host_offset, rather than use base */
+	uint32_t n;		/* tensors listed (host-resident ones of the target) */
+	uint32_t absent;	/* tensors of the target not listed: not resident on the host (or
+				   not yet published) */
+	uint32_t n_components;	/* components the listed tensors belong to */
+	uint64_t names_len;	/* bytes of @names used (each name and its NUL) */
+};
+
+/*
+ * Lists, with no round trip and in registry order, every tensor of @model (or of one
+ * @component; NULL for every component) that is resident on the host tier: record i goes to
+ * @out[i] (up to @max records) and its name, NUL-terminated, to @names + out[i].name_off (up
+ * to @names_size bytes; names follow each other, so @names is one NUL-separated blob). Every
+ * listed tensor lies inside the read-only host-cache mapping (checked here, as
+ * weightd_tensor_data() does, against hostile registry contents), and @tab->base .. + nbytes is
+ * the one extent that holds them all: tensor i is at base + out[i].offset (host-cache offset
+ * host_offset + out[i].offset). The bytes stay
+ * valid while the caller holds a pin on the target (WEIGHTD_LOAD_PIN, weightd_pin()); without
+ * one the daemon may evict and reuse them.
+ * Returns 0 and fills @tab; -ENOBUFS when @max records or @names_size bytes are too few:
+ * @tab->n and @tab->names_len then say how many are needed (call again with that room);
+ * -ENOENT (no such model or component); -EFAULT (the registry places a tensor outside the
+ * host cache: the message names it and its offset); -ENAMETOOLONG; -EAGAIN; -EBADMSG (a
+ * corrupt record); -EINVAL (NULL @w or @tab, or NULL @out or @names with room given).
+ */
+int weightd_tensor_table(struct weightd *w, const char *model, const char *component,
+			 struct weightd_tensor_loc *out, uint32_t max, char *names,
+			 size_t names_size, struct weightd_tensor_table *tab);
+
+/* ---- metrics and events from the registry mapping (no round trip) -------------------- */
+
+#define WEIGHTD_HIST_BUCKETS 28u	/* bucket i <= 1 us << i; the last: everything above */
+#define WEIGHTD_ERR_CLASSES 6u		/* validation, io, admission, protocol, device, other */
+#define WEIGHTD_ALERT_KINDS 4u		/* budget, slow_load, error_burst, pin_ttl */
+#define WEIGHTD_NUMA_SLOTS 9u		/* nodes 0..7, then unbound */
+#define WEIGHTD_EVENT_TEXT 88u
+
+/* A latency histogram: non-cumulative bucket counts, and the sum of the values. */
+struct weightd_hist {
+	uint64_t count;
+	uint64_t sum_ns;
+	uint64_t bucket[WEIGHTD_HIST_BUCKETS];
+};
+
+/* The daemon's metrics block (docs/protocol.md, registry section). */
+struct weightd_metrics {
+	struct weightd_hist rtt;	/* shard pick-up to CQE publish, inline requests */
+	struct weightd_hist load[WEIGHTD_TIER_MAX];	/* completed loads by tier */
+	uint64_t errors[WEIGHTD_ERR_CLASSES];
+	uint64_t alerts_total[WEIGHTD_ALERT_KINDS];
+	uint64_t alerts_active[WEIGHTD_ALERT_KINDS];
+	uint64_t numa_bytes[WEIGHTD_NUMA_SLOTS];	/* host cache bytes by placement node */
+	uint64_t host_budget, host_used;
+	uint64_t free_extents, largest_free;	/* host cache arena fragmentation */
+	uint64_t updated_wall_ns;	/* when the host cache words were refreshed */
+	uint64_t events;		/* events written so far (see weightd_events()) */
+};
+
+/*
+ * Copies the metrics block from the registry this handle maps: relaxed reads of words that
+ * only grow, so two histograms (or a count and its buckets) may be one update apart.
+ * Returns 0; -ENODATA when the daemon's registry has no metrics block; -EINVAL.
+ */
+int weightd_metrics(struct weightd *w, struct weightd_metrics *out);
+
+/* One alert event. */
+struct weightd_event {
+	uint64_t index;			/* 0-based, in the order the daemon wrote them */
+	uint64_t wall_ns;		/* CLOCK_REALTIME */
+	uint64_t value, limit;		/* measured and threshold, in the kind's unit */
+	uint32_t kind;			/* weightd_alert_name() */
+	uint32_t flags;			/* 1: raised, 2: cleared */
+	char text[WEIGHTD_EVENT_TEXT];
+};
+
+/*
+ * Copies up to @max of the most recent events (the registry keeps the last 64), oldest
+ * first, into @out. Returns how many were copied (>= 0); -ENODATA without a metrics block;
+ * -EBADMSG for a corrupt event record; -EINVAL.
+ */
+int weightd_events(struct weightd *w, struct weightd_event *out, size_t max);
+
+/* "budget", "slow_load", "error_burst", "pin_ttl", or "unknown". */
+const char *weightd_alert_name(unsigned int kind);
+
+/* "validation", "io", "admission", "protocol", "device", "other", or "unknown". */
+const char *weightd_error_class_name(unsigned int cls);
 
 #ifdef __cplusplus
 }

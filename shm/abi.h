@@ -179,6 +179,8 @@ enum wd_op {
 	WD_OP_STATS = 12,	/* daemon and client counters (enum wd_stat) in the CQ payload */
 	WD_OP_SHUTDOWN = 13,	/* stop the daemon (privileged clients only) */
 	WD_OP_CACHE = 14,	/* list host cache entries (struct wd_cache_entry) from arg[0] */
+	WD_OP_DEVICE_MAP = 15,	/* share component's VRAM allocation on tier: fd on the socket */
+	WD_OP_DEVICES = 16,	/* GPU tiers (struct wd_device_info) from arg[0] */
 	WD_OP_COUNT
 };
 
@@ -216,6 +218,64 @@ struct wd_cache_entry {
 #define WD_CACHE_F_SHARED 0x8u		/* bound to several components (deduplicated) */
 #define WD_CACHE_PER_REPLY (WD_DATA_SLOT_SIZE / 32u)
 
+/*
+ * DEVICE_MAP. Before the final completion the daemon sends, on the client's attach socket,
+ * one or more messages of a struct wd_devmap_msg followed by n struct wd_devmap_tensor; the
+ * first carries the allocation's POSIX fd (SCM_RIGHTS). The completion has aux0 = allocation
+ * bytes, aux1 = the token the messages carry, and a struct wd_devmap_reply in its payload.
+ * The mapping holds a reference (a lease pin on model/component/tier) until UNPIN of the same
+ * triple or the end of the lease; while any is held the allocation is never freed or evicted.
+ */
+#define WD_DEVMAP_MAGIC 0x4d444457u	/* "WDDM" */
+#define WD_DEVMAP_PER_MSG 2048u		/* tensor entries per socket message, at most */
+
+struct wd_devmap_msg {
+	uint32_t magic;		/* WD_DEVMAP_MAGIC */
+	uint32_t n;		/* struct wd_devmap_tensor entries following this header */
+	uint64_t token;		/* the completion's aux1 */
+	uint64_t size;		/* allocation bytes (a multiple of the device granularity) */
+	uint32_t first;		/* index of this message's first entry among all of them */
+	uint32_t total;		/* entries in all messages of this token */
+};
+
+struct wd_devmap_tensor {
+	uint32_t tensor;	/* registry tensor index */
+	uint32_t reserved;	/* 0 */
+	uint64_t offset;	/* of its bytes in the allocation */
+	uint64_t nbytes;
+};
+
+#define WD_DEVICE_KIND_CUDA 0u
+#define WD_DEVICE_KIND_EMULATED 1u
+
+struct wd_devmap_reply {
+	uint32_t ordinal;	/* the device (tier - 1) */
+	uint32_t kind;		/* WD_DEVICE_KIND_*: which gpu_ops the client imports with */
+	uint32_t n_tensors;	/* entries sent on the socket */
+	uint32_t n_msgs;	/* socket messages sent */
+	uint32_t component;	/* the registry component mapped (UNPIN it to unmap) */
+	uint32_t reserved;	/* 0 */
+};
+
+/*
+ * DEVICES: one GPU tier, 128 bytes; the CQ payload carries up to 2 from index arg[0] on,
+ * res is the number of GPUs (0 with a reason in aux0 = 0 when there is no GPU tier: the
+ * payload then holds the reason as text).
+ */
+struct wd_device_info {
+	uint32_t ordinal;
+	uint32_t kind;		/* WD_DEVICE_KIND_* */
+	int32_t numa_node;	/* local NUMA node of its PCI bus; -1: unknown or emulated */
+	uint32_t entries;	/* device cache entries, loading ones included */
+	uint64_t total_bytes;	/* device memory */
+	uint64_t budget;	/* --device-budget for it */
+	uint64_t used;		/* bytes of entries (and reservations) */
+	uint64_t hits, misses, evictions, evict_bytes;
+	uint64_t load_bytes;	/* bytes copied into it */
+	char name[48];		/* truncated device name, NUL-terminated */
+};
+#define WD_DEVICES_PER_REPLY (WD_DATA_SLOT_SIZE / 128u)
+
 /* VALIDATE arg[0] bits. */
 #define WD_VALIDATE_DEEP 0x1u	/* also read every tensor's bytes; progress in bytes */
 
@@ -250,6 +310,10 @@ enum wd_stat {
 	WD_STAT_HOST_REFUSED,	/* admissions refused (-EFBIG, -ENOSPC) */
 	WD_STAT_HOST_FAILED,	/* loads that failed or were cancelled */
 	WD_STAT_CUDA_BYTES,	/* bytes resident on the GPU tiers (0: no GPU tier yet) */
+	WD_STAT_IO_RETRIES,	/* reads retried after EINTR, EAGAIN or a short read */
+	WD_STAT_ALLOC_RETRIES,	/* allocations retried after evicting (core/recovery.h) */
+	WD_STAT_PRESSURE_SHEDS,	/* cache entries shed under memory pressure (PSI) */
+	WD_STAT_QUARANTINED,	/* components quarantined after repeated load failures */
 	WD_STAT_COUNT
 };
 
@@ -323,6 +387,20 @@ static_assert(offsetof(struct wd_cache_entry, pins) == 24, "cache.pins");
 static_assert(offsetof(struct wd_cache_entry, dtype) == 26, "cache.dtype");
 static_assert(offsetof(struct wd_cache_entry, flags) == 27, "cache.flags");
 static_assert(offsetof(struct wd_cache_entry, n_tensors) == 28, "cache.n_tensors");
+
+static_assert(sizeof(struct wd_devmap_msg) == 32, "wd_devmap_msg size");
+static_assert(offsetof(struct wd_devmap_msg, token) == 8, "devmap.token");
+static_assert(offsetof(struct wd_devmap_msg, size) == 16, "devmap.size");
+static_assert(offsetof(struct wd_devmap_msg, first) == 24, "devmap.first");
+static_assert(sizeof(struct wd_devmap_tensor) == 24, "wd_devmap_tensor size");
+static_assert(offsetof(struct wd_devmap_tensor, offset) == 8, "devmap_tensor.offset");
+static_assert(sizeof(struct wd_devmap_reply) == 24, "wd_devmap_reply size");
+static_assert(offsetof(struct wd_devmap_reply, component) == 16, "devmap_reply.component");
+static_assert(sizeof(struct wd_device_info) == 128, "wd_device_info size");
+static_assert(offsetof(struct wd_device_info, total_bytes) == 16, "device.total_bytes");
+static_assert(offsetof(struct wd_device_info, hits) == 40, "device.hits");
+static_assert(offsetof(struct wd_device_info, load_bytes) == 72, "device.load_bytes");
+static_assert(offsetof(struct wd_device_info, name) == 80, "device.name");
 
 static_assert(sizeof(struct wd_ring_seg_hdr) == 128, "wd_ring_seg_hdr size");
 static_assert(offsetof(struct wd_ring_seg_hdr, version) == 4, "seg.version");

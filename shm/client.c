@@ -15,6 +15,7 @@
  * slice. The error is sticky: a handle whose daemon is gone stays failed until detached.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -33,9 +34,11 @@
 #include "core/st.h"
 #include "shm/abi.h"
 #include "shm/attach.h"
+#include "shm/barrier.h"
 #include "shm/registry.h"
 #include "shm/ring.h"
 #include "shm/segment.h"
+#include "gpu/device.h"
 
 /*
  * The longest a waiting call sleeps before it looks at the socket again. It bounds how late
@@ -1303,4 +1306,560 @@ const char *weightd_tier_name(unsigned int tier, char *buf, size_t size)
 	else
 		snprintf(buf, size, "cuda:%u", tier - 1);
 	return buf;
+}
+
+/* ---- bulk tensor table ------------------------------------------------------------------- */
+
+static_assert(sizeof(((struct weightd_tensor_loc *)0)->shape) == WD_SHAPE_MAX * sizeof(uint64_t),
+	      "tensor_loc rank");
+
+/*
+ * The model and component fields of published tensor record @id, read without the seqlock:
+ * a record never changes owner once published (records are never removed or renamed, only
+ * their location and form are rewritten, with the same owner words), so a relaxed read of
+ * the two words is exact for a stable segment. It only filters: a record it selects is then
+ * copied consistently and checked, so a hostile segment can at worst hide tensors here.
+ */
+static void peek_owner(const struct registry_view *v, uint32_t id, uint32_t *model,
+		       uint32_t *component)
+{
+	const struct wd_reg_tensor *t = (const struct wd_reg_tensor *)(v->base + v->tensor_off) + id;
+
+	*model = READ_ONCE(t->model);
+	*component = READ_ONCE(t->component);
+}
+
+/* The bytes @t's shape and dtype make (dtype < ST_DTYPE_COUNT); UINT64_MAX on overflow or a
+ * fraction of a byte, which no nbytes equals. */
+static uint64_t shape_bytes(const struct wd_reg_tensor *t)
+{
+	uint64_t bits = st_dtype_info((enum st_dtype)t->dtype)->bits;
+
+	for (unsigned int d = 0; d < t->rank; d++)
+		if (__builtin_mul_overflow(bits, t->shape[d], &bits))
+			return UINT64_MAX;
+	return bits % 8 ? UINT64_MAX : bits / 8;
+}
+
+int weightd_tensor_table(struct weightd *w, const char *model, const char *component,
+			 struct weightd_tensor_loc *out, uint32_t max, char *names,
+			 size_t names_size, struct weightd_tensor_table *tab)
+{
+	const struct wd_reg_hdr *h;
+	struct wd_reg_model m;
+	struct wd_reg_component c;
+	struct wd_reg_tensor t;
+	uint64_t lo = UINT64_MAX, hi = 0, names_len = 0;
+	uint32_t mid, cid = WD_ID_NONE, want, count, seen = 0, n = 0, absent = 0;
+	uint32_t last_comp = WD_ID_NONE, n_comps = 0;
+	int ret;
+
+	if (!w || !tab || (!out && max) || (!names && names_size))
+		return fail(-EINVAL, "NULL argument");
+	memset(tab, 0, sizeof(*tab));
+	if ((ret = check_name(model, "model name")))
+		return ret;
+	ret = registry_find_model(&w->reg, model, &mid, &m);
+	if (ret)
+		return fail(ret, "model %s: %s", model,
+			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
+	want = m.n_tensors;
+	if (component) {
+		if ((ret = check_name(component, "component name")))
+			return ret;
+		ret = registry_find_component(&w->reg, mid, component, &cid, &c);
+		if (ret)
+			return fail(ret, "model %s, component %s: %s", model, component,
+				    ret == -ENOENT ? "no such component" : strerror(-ret));
+		want = c.n_tensors;
+	}
+	/*
+	 * One pass over the published tensor records, as weightd_tensor_list() makes, but only
+	 * the target's are copied (the owner words filter the rest), and the pass ends once the
+	 * target's count is reached: the daemon adds a component's tensors together, so a model
+	 * early in the registry costs no scan of the models after it.
+	 */
+	h = (const struct wd_reg_hdr *)w->reg.base;
+	/* Pairs with store_release() of the counts in registry_publish(). */
+	count = load_acquire(&h->tensor_count);
+	if (count > w->reg.tensor_cap)
+		return fail(-EBADMSG, "the registry publishes %u tensors, it has room for %u", count,
+			    w->reg.tensor_cap);
+	for (uint32_t id = 0; id < count && seen < want; id++) {
+		uint32_t tm, tc;
+		uint64_t end;
+
+		peek_owner(&w->reg, id, &tm, &tc);
+		if (tm != mid || (cid != WD_ID_NONE && tc != cid))
+			continue;
+		ret = registry_read_tensor(&w->reg, id, &t);
+		if (ret)
+			return fail(ret, "reading tensor %u from the registry: %s", id,
+				    strerror(-ret));
+		if (t.model != mid || (cid != WD_ID_NONE && t.component != cid))
+			continue;
+		seen++;
+		if (!(t.resident & (1u << WD_TIER_HOST))) {
+			absent++;
+			continue;
+		}
+		if (t.rank > WD_SHAPE_MAX || t.dtype >= ST_DTYPE_COUNT)
+			return fail(-EBADMSG, "registry tensor %u (%.64s) has rank %u, dtype %u", id,
+				    t.name, t.rank, t.dtype);
+		/* A view is shaped from shape and dtype: they must account for nbytes exactly. */
+		uint64_t need = shape_bytes(&t);
+
+		if (need != t.nbytes)
+			return fail(-EBADMSG, "model %s: tensor %s: shape and dtype %u make %llu bytes, "
+				    "the registry says %llu", model, t.name, t.dtype,
+				    (unsigned long long)need, (unsigned long long)t.nbytes);
+		/* The registry is semi-trusted: every byte listed must lie inside our mapping. */
+		if (!w->host_seg.base || t.host_offset > w->host_seg.size ||
+		    t.nbytes > w->host_seg.size - t.host_offset)
+			return fail(-EFAULT, "model %s: tensor %s: host offset %llu + %llu bytes lies "
+				    "outside the host cache (%zu bytes)", model, t.name,
+				    (unsigned long long)t.host_offset,
+				    (unsigned long long)t.nbytes, w->host_seg.size);
+		if (t.nbytes) {
+			end = t.host_offset + t.nbytes;
+			lo = t.host_offset < lo ? t.host_offset : lo;
+			hi = end > hi ? end : hi;
+		}
+		if (t.component != last_comp) {
+			/* Tensors of one component are adjacent: this counts components exactly
+			 * unless the registry interleaves them, where it over-counts (safe). */
+			last_comp = t.component;
+			n_comps++;
+		}
+		size_t len = strnlen(t.name, sizeof(t.name));
+
+		if (n < max && names_len + len + 1 <= names_size) {
+			out[n] = (struct weightd_tensor_loc){
+				.offset = t.host_offset,	/* made relative below */
+				.nbytes = t.nbytes,
+				.dtype = t.dtype,
+				.rank = t.rank,
+				.name_off = (uint32_t)names_len,
+				.name_len = (uint32_t)len,
+			};
+			memcpy(out[n].shape, t.shape, sizeof(uint64_t) * t.rank);
+			memcpy(names + names_len, t.name, len);
+			names[names_len + len] = '\0';
+		}
+		names_len += len + 1;
+		if (names_len > UINT32_MAX)
+			return fail(-EOVERFLOW, "model %s: the tensor names take more than 4 GiB",
+				    model);
+		n++;
+	}
+	tab->n = n;
+	tab->absent = absent + (want > seen ? want - seen : 0);
+	tab->n_components = n_comps;
+	tab->names_len = names_len;
+	if (n > max || names_len > names_size)
+		return fail(-ENOBUFS, "model %s: %u tensors and %llu name bytes need listing, room "
+			    "for %u and %zu", model, n, (unsigned long long)names_len, max,
+			    names_size);
+	tab->host_fd = w->host_seg.fd;
+	if (hi) {
+		/* Page-aligned, so that a binding can map the extent at host_offset itself. */
+		lo &= ~((uint64_t)sysconf(_SC_PAGESIZE) - 1);
+		tab->base = (const char *)w->host_seg.base + lo;
+		tab->nbytes = hi - lo;
+		tab->host_offset = lo;
+	} else {
+		lo = 0;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		out[i].offset = out[i].nbytes ? out[i].offset - lo : 0;
+	return 0;
+}
+
+/* ---- the GPU tier ------------------------------------------------------------------------ */
+
+static_assert(sizeof(struct weightd_device_info) == sizeof(struct wd_device_info),
+	      "weightd_device_info mirrors wd_device_info");
+static_assert(WEIGHTD_DEVICE_EMULATED == WD_DEVICE_KIND_EMULATED, "device kinds");
+
+#define DEVMAP_TIMEOUT_MS 5000
+
+struct weightd_device_map {
+	const struct gpu_ops *ops;
+	struct gpu_dev *dev;
+	struct gpu_vram v;
+	uint32_t ordinal, model, component;
+	uint32_t n;
+	struct wd_devmap_tensor *t;	/* sorted by tensor index */
+};
+
+/*
+ * The daemon's messages for one DEVICE_MAP arrive on the socket before its completion; one
+ * map at a time per process keeps two threads from taking each other's messages.
+ */
+static pthread_mutex_t devmap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int cmp_tensor(const void *a, const void *b)
+{
+	const struct wd_devmap_tensor *x = a, *y = b;
+
+	return x->tensor < y->tensor ? -1 : x->tensor > y->tensor;
+}
+
+/*
+ * Receives the table and the fd of @token (@total entries, allocation @size) into @m and
+ * *@fd. Messages of another token (a map whose completion was lost) are dropped.
+ */
+static int recv_table(struct weightd *w, uint64_t token, uint32_t total, uint64_t size,
+		      struct weightd_device_map *m, int *fd)
+{
+	size_t cap = sizeof(struct wd_devmap_msg) + WD_DEVMAP_PER_MSG *
+		     sizeof(struct wd_devmap_tensor);
+	uint8_t *buf = malloc(cap);
+	uint32_t got = 0;
+	bool have_fd = false;
+	int ret = 0;
+
+	*fd = -1;
+	m->t = calloc(total ? total : 1, sizeof(*m->t));
+	if (!buf || !m->t) {
+		free(buf);
+		return fail(-ENOMEM, "device map: out of memory");
+	}
+	while (!have_fd || got < total) {
+		struct pollfd p = { .fd = w->sock, .events = POLLIN };
+		struct wd_devmap_msg h;
+		int fds[ATTACH_MAX_FDS], nfds = ATTACH_MAX_FDS;
+		ssize_t n;
+
+		if (poll(&p, 1, DEVMAP_TIMEOUT_MS) <= 0) {
+			ret = fail(-ETIMEDOUT, "device map: no allocation from the daemon on the "
+				   "socket within %d ms", DEVMAP_TIMEOUT_MS);
+			break;
+		}
+		n = attach_recv(w->sock, buf, cap, fds, &nfds);
+		if (n <= 0) {
+			ret = fail(n ? (int)n : -ECONNRESET, "device map: socket: %s",
+				   n ? strerror((int)-n) : "closed by the daemon");
+			break;
+		}
+		memcpy(&h, buf, (size_t)n < sizeof(h) ? (size_t)n : sizeof(h));
+		if ((size_t)n < sizeof(h) || h.magic != WD_DEVMAP_MAGIC || h.token != token) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			continue;
+		}
+		if (h.n > WD_DEVMAP_PER_MSG || (size_t)n != sizeof(h) + h.n * sizeof(*m->t) ||
+		    h.first != got || h.total != total || h.size != size ||
+		    h.n > total - got || nfds != (have_fd ? 0 : 1)) {
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]);
+			ret = fail(-EPROTO, "device map: malformed message from the daemon (%zd "
+				   "bytes, %u entries from %u of %u, %d fds)", n, h.n, h.first,
+				   h.total, nfds);
+			break;
+		}
+		if (nfds) {
+			*fd = fds[0];
+			have_fd = true;
+		}
+		memcpy(m->t + got, buf + sizeof(h), h.n * sizeof(*m->t));
+		got += h.n;
+	}
+	free(buf);
+	if (ret) {
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		return ret;
+	}
+	m->n = total;
+	qsort(m->t, m->n, sizeof(*m->t), cmp_tensor);
+	for (uint32_t i = 0; i < m->n; i++)
+		if (m->t[i].offset > size || m->t[i].nbytes > size - m->t[i].offset)
+			return fail(-EPROTO, "device map: tensor %u lies outside the allocation",
+				    m->t[i].tensor);
+	return 0;
+}
+
+static void unpin_ids(struct weightd *w, uint32_t model, uint32_t comp, uint32_t ordinal)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_UNPIN, .tier = (uint16_t)WD_TIER_CUDA(ordinal),
+				       .model = model, .component = comp } };
+	struct reply rp;
+
+	submit_wait(w, &rq, &rp);
+}
+
+int weightd_device_map(struct weightd *w, const char *model, const char *component,
+		       unsigned int device, struct weightd_device_map **out)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_DEVICE_MAP,
+				       .tier = (uint16_t)WD_TIER_CUDA(device) } };
+	struct weightd_device_map *m;
+	struct wd_devmap_reply rep;
+	struct reply rp;
+	char why[160] = "";
+	int ret, fd = -1;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	*out = NULL;
+	if (device >= WD_TIER_MAX - 1)
+		return fail(-EINVAL, "device %u out of range (0..%u)", device, WD_TIER_MAX - 2);
+	ret = set_target(w, &rq, model, component);
+	if (ret)
+		return ret;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return fail(-ENOMEM, "out of memory");
+	m->v.fd = -1;
+	pthread_mutex_lock(&devmap_lock);
+	ret = submit_wait(w, &rq, &rp);
+	if (!ret)
+		ret = result(&rp, "device map", model);
+	if (ret < 0)
+		goto out;
+	if (rp.data_len != sizeof(rep)) {
+		ret = fail(-EPROTO, "device map: a %u-byte reply", rp.data_len);
+		goto out;
+	}
+	memcpy(&rep, rp.data, sizeof(rep));
+	m->ordinal = rep.ordinal;
+	m->model = rq.sqe.model;
+	m->component = rep.component;
+	ret = recv_table(w, rp.aux1, rep.n_tensors, rp.aux0, m, &fd);
+	if (ret)
+		goto unpin;
+	m->ops = rep.kind == WD_DEVICE_KIND_EMULATED ? &gpu_emu_ops : &gpu_cuda_ops;
+	ret = m->ops->open((int)rep.ordinal, &m->dev, why, sizeof(why));
+	if (ret) {
+		m->dev = NULL;
+		ret = fail(ret, "device map: cannot open %s device %u in this process: %s",
+			   m->ops->kind, rep.ordinal, why);
+		goto unpin;
+	}
+	ret = m->ops->vram_import(m->dev, fd, rp.aux0, &m->v, why, sizeof(why));
+	if (ret) {
+		m->v.fd = -1;
+		ret = fail(ret, "device map: cannot import the allocation: %s", why);
+		goto unpin;
+	}
+	close(fd);
+	pthread_mutex_unlock(&devmap_lock);
+	*out = m;
+	return 0;
+unpin:
+	unpin_ids(w, m->model, m->component, m->ordinal);
+out:
+	pthread_mutex_unlock(&devmap_lock);
+	if (fd >= 0)
+		close(fd);
+	if (m->dev)
+		m->ops->close(m->dev);
+	free(m->t);
+	free(m);
+	return ret < 0 ? ret : -EPROTO;
+}
+
+uint64_t weightd_device_base(const struct weightd_device_map *m)
+{
+	return m ? m->v.dptr : 0;
+}
+
+uint64_t weightd_device_size(const struct weightd_device_map *m)
+{
+	return m ? m->v.size : 0;
+}
+
+static const struct wd_devmap_tensor *find_entry(const struct weightd_device_map *m,
+						 const struct weightd_tensor_info *t)
+{
+	struct wd_devmap_tensor key = { .tensor = t->id };
+
+	if (t->component != m->component)
+		return NULL;
+	return bsearch(&key, m->t, m->n, sizeof(*m->t), cmp_tensor);
+}
+
+int weightd_tensor_device_ptr(const struct weightd_device_map *m,
+			      const struct weightd_tensor_info *t, uint64_t *dptr)
+{
+	const struct wd_devmap_tensor *e;
+
+	if (!m || !t || !dptr)
+		return fail(-EINVAL, "NULL argument");
+	e = find_entry(m, t);
+	if (!e)
+		return fail(-ENOENT, "tensor %u is not in the mapped component %u", t->id,
+			    m->component);
+	*dptr = m->v.dptr + e->offset;
+	return 0;
+}
+
+int weightd_device_read(const struct weightd_device_map *m, const struct weightd_tensor_info *t,
+			void *dst, size_t size)
+{
+	const struct wd_devmap_tensor *e;
+	char why[160] = "";
+	int ret;
+
+	if (!m || !t || (!dst && size))
+		return fail(-EINVAL, "NULL argument");
+	e = find_entry(m, t);
+	if (!e)
+		return fail(-ENOENT, "tensor %u is not in the mapped component %u", t->id,
+			    m->component);
+	if (size < e->nbytes)
+		return fail(-EINVAL, "buffer of %zu bytes for a tensor of %" PRIu64, size,
+			    (uint64_t)e->nbytes);
+	if (!e->nbytes)
+		return 0;
+	ret = m->ops->copy_d2h(m->dev, dst, m->v.dptr + e->offset, e->nbytes, why, sizeof(why));
+	return ret ? fail(ret, "device read: %s", why) : 0;
+}
+
+void weightd_device_unmap(struct weightd *w, struct weightd_device_map *m)
+{
+	if (!m)
+		return;
+	m->ops->vram_free(m->dev, &m->v);
+	m->ops->close(m->dev);
+	if (w)
+		unpin_ids(w, m->model, m->component, m->ordinal);
+	free(m->t);
+	free(m);
+}
+
+int weightd_devices(struct weightd *w, struct weightd_device_info *out, unsigned int max,
+		    char *why, size_t why_size)
+{
+	uint32_t total = 0, got = 0;
+
+	if (!w || (!out && max))
+		return fail(-EINVAL, "NULL argument");
+	if (why && why_size)
+		why[0] = '\0';
+	do {
+		struct request rq = { .sqe = { .opcode = WD_OP_DEVICES, .model = WD_ID_NONE,
+					       .component = WD_ID_NONE, .arg = { got } } };
+		struct reply rp;
+		int ret = submit_wait(w, &rq, &rp);
+		uint32_t n;
+
+		if (!ret)
+			ret = result(&rp, "devices", NULL);
+		if (ret < 0)
+			return ret;
+		total = (uint32_t)ret;
+		if (!total) {
+			if (why && why_size)
+				copy_text(why, why_size, rp.data, rp.data_len);
+			return 0;
+		}
+		n = (uint32_t)(rp.aux0 <= WD_DEVICES_PER_REPLY ? rp.aux0 : 0);
+		if (rp.data_len != n * sizeof(struct wd_device_info) || !n)
+			return fail(-EPROTO, "devices: a reply of %u bytes for %u entries",
+				    rp.data_len, n);
+		for (uint32_t i = 0; i < n && got + i < max; i++) {
+			memcpy(&out[got + i], rp.data + i * sizeof(struct wd_device_info),
+			       sizeof(*out));
+			out[got + i].name[sizeof(out->name) - 1] = '\0';
+		}
+		got += n;
+	} while (got < total && got < max);
+	return (int)total;
+}
+
+/* ---- metrics and events ----------------------------------------------------------------- */
+
+static_assert(WEIGHTD_HIST_BUCKETS == WD_HIST_BUCKETS, "histogram buckets");
+static_assert(WEIGHTD_ERR_CLASSES == WD_ERRC_COUNT, "error classes");
+static_assert(WEIGHTD_ALERT_KINDS == WD_ALERT_COUNT, "alert kinds");
+static_assert(WEIGHTD_NUMA_SLOTS == WD_METRICS_NUMA + 1, "NUMA slots");
+static_assert(WEIGHTD_EVENT_TEXT == WD_EVENT_TEXT, "event text");
+static_assert(sizeof(struct weightd_hist) == sizeof(struct wd_hist), "histogram layout");
+
+int weightd_metrics(struct weightd *w, struct weightd_metrics *out)
+{
+	const struct wd_reg_metrics *m;
+
+	if (!w || !out)
+		return fail(-EINVAL, "weightd_metrics: NULL argument");
+	m = registry_view_metrics(&w->reg);
+	if (!m)
+		return fail(-ENODATA, "the daemon's registry has no metrics block");
+	memset(out, 0, sizeof(*out));
+	regm_hist_read(&m->rtt, (struct wd_hist *)&out->rtt);
+	for (unsigned int t = 0; t < WEIGHTD_TIER_MAX; t++)
+		regm_hist_read(&m->load[t], (struct wd_hist *)&out->load[t]);
+	for (unsigned int i = 0; i < WEIGHTD_ERR_CLASSES; i++)
+		out->errors[i] = READ_ONCE(m->errors[i]);
+	for (unsigned int i = 0; i < WEIGHTD_ALERT_KINDS; i++) {
+		out->alerts_total[i] = READ_ONCE(m->alerts_total[i]);
+		out->alerts_active[i] = READ_ONCE(m->alerts_active[i]);
+	}
+	for (unsigned int i = 0; i < WEIGHTD_NUMA_SLOTS; i++)
+		out->numa_bytes[i] = READ_ONCE(m->numa_bytes[i]);
+	out->host_budget = READ_ONCE(m->host_budget);
+	out->host_used = READ_ONCE(m->host_used);
+	out->free_extents = READ_ONCE(m->free_extents);
+	out->largest_free = READ_ONCE(m->largest_free);
+	out->updated_wall_ns = READ_ONCE(m->updated_wall_ns);
+	/* Pairs with the daemon's store_release(event_head) after it wrote the event. */
+	out->events = load_acquire(&m->event_head);
+	return 0;
+}
+
+int weightd_events(struct weightd *w, struct weightd_event *out, size_t max)
+{
+	const struct wd_reg_metrics *m;
+	uint64_t head, first;
+	size_t n = 0;
+
+	if (!w || (!out && max))
+		return fail(-EINVAL, "weightd_events: NULL argument");
+	m = registry_view_metrics(&w->reg);
+	if (!m)
+		return fail(-ENODATA, "the daemon's registry has no metrics block");
+	/* Pairs with the daemon's store_release(event_head) after it wrote the event. */
+	head = load_acquire(&m->event_head);
+	first = head > WD_EVENTS ? head - WD_EVENTS : 0;
+	if (head - first > max)
+		first = head - max;
+	for (uint64_t i = first; i < head; i++) {
+		struct wd_event ev = { 0 };
+		int ret = -EAGAIN;
+
+		/* A record rewritten under us is retried a few times, then skipped (overtaken). */
+		for (int tries = 0; tries < 100 && ret == -EAGAIN; tries++)
+			ret = regm_event_read(m, i, &ev);
+		if (ret == -EBADMSG)
+			return fail(ret, "registry event %llu is corrupt", (unsigned long long)i);
+		if (ret)
+			continue;
+		out[n] = (struct weightd_event){ .index = i, .wall_ns = ev.wall_ns,
+						 .value = ev.value, .limit = ev.limit,
+						 .kind = ev.kind, .flags = ev.flags };
+		memcpy(out[n].text, ev.text, sizeof(out[n].text));
+		n++;
+	}
+	return (int)n;
+}
+
+const char *weightd_alert_name(unsigned int kind)
+{
+	static const char *const names[WEIGHTD_ALERT_KINDS] = {
+		"budget", "slow_load", "error_burst", "pin_ttl",
+	};
+
+	return kind < WEIGHTD_ALERT_KINDS ? names[kind] : "unknown";
+}
+
+const char *weightd_error_class_name(unsigned int cls)
+{
+	static const char *const names[WEIGHTD_ERR_CLASSES] = {
+		"validation", "io", "admission", "protocol", "device", "other",
+	};
+
+	return cls < WEIGHTD_ERR_CLASSES ? names[cls] : "unknown";
 }

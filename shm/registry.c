@@ -34,6 +34,7 @@ struct registry {
 	uint8_t *comps;
 	uint8_t *tensors;
 	uint64_t *index;
+	struct wd_reg_metrics *metrics;
 	/* Private copies: the writer never trusts sizes read back from shared memory. */
 	uint32_t model_cap, comp_cap, tensor_cap, index_cap;
 	uint32_t n_models, n_comps, n_tensors;	/* added, published or not */
@@ -201,6 +202,11 @@ int registry_create(const struct registry_limits *lim, struct registry **out)
 	off += (uint64_t)h.tensor_cap * sizeof(struct wd_reg_tensor);
 	h.index_off = off;
 	off += 8ull * h.index_cap;
+	/* Appended last, so every region before it keeps the offset it always had. */
+	off = align_up(off, WD_CACHELINE);
+	h.metrics_off = off;
+	h.metrics_size = sizeof(struct wd_reg_metrics);
+	off += h.metrics_size;
 	h.seg_size = align_up(off, PAGE);
 
 	reg = calloc(1, sizeof(*reg));
@@ -220,6 +226,12 @@ int registry_create(const struct registry_limits *lim, struct registry **out)
 	reg->comps = (uint8_t *)reg->seg.base + h.comp_off;
 	reg->tensors = (uint8_t *)reg->seg.base + h.tensor_off;
 	reg->index = (uint64_t *)((uint8_t *)reg->seg.base + h.index_off);
+	reg->metrics = (struct wd_reg_metrics *)((uint8_t *)reg->seg.base + h.metrics_off);
+	reg->metrics->size = sizeof(struct wd_reg_metrics);
+	reg->metrics->hist_buckets = WD_HIST_BUCKETS;
+	reg->metrics->n_tiers = WD_TIER_MAX;
+	reg->metrics->n_events = WD_EVENTS;
+	reg->metrics->hist_base_ns = WD_HIST_BASE_NS;
 	reg->model_cap = h.model_cap;
 	reg->comp_cap = h.comp_cap;
 	reg->tensor_cap = h.tensor_cap;
@@ -488,6 +500,24 @@ int registry_set_progress(struct registry *reg, uint32_t component, uint32_t tie
 	return 0;
 }
 
+int registry_set_last_load(struct registry *reg, uint32_t component, uint32_t tier,
+			   uint64_t bytes, uint64_t ns, uint64_t wall_ns)
+{
+	struct wd_reg_component c;
+
+	if (component >= reg->n_comps)
+		return -ENOENT;
+	if (tier >= WD_TIER_MAX)
+		return -EINVAL;
+	rec_fetch(&c, w_comp(reg, component), sizeof(c));
+	c.last_load_bytes = bytes;
+	c.last_load_ns = ns;
+	c.last_load_wall_ns = wall_ns;
+	c.last_load_tier = tier;
+	rec_store(w_comp(reg, component), &c, sizeof(c));
+	return 0;
+}
+
 int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t resident,
 				 uint64_t host_offset)
 {
@@ -538,6 +568,11 @@ int registry_set_model_pins(struct registry *reg, uint32_t model, uint32_t pins)
 	m.pins = pins;
 	rec_store(w_model(reg, model), &m, sizeof(m));
 	return 0;
+}
+
+struct wd_reg_metrics *registry_metrics(struct registry *reg)
+{
+	return reg->metrics;
 }
 
 void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta)
@@ -604,6 +639,18 @@ int registry_view_init(struct registry_view *v, const void *base, uint64_t size)
 	ret = shm_check_regions(rg, ARRAY_SIZE(rg), h.seg_size);
 	if (ret)
 		return ret;
+	if (h.metrics_off) {
+		const struct shm_region all[] = {
+			rg[0], rg[1], rg[2], rg[3], rg[4], rg[5],
+			{ h.metrics_off, h.metrics_size, WD_CACHELINE },
+		};
+
+		if (h.metrics_size != sizeof(struct wd_reg_metrics))
+			return -EBADMSG;
+		ret = shm_check_regions(all, ARRAY_SIZE(all), h.seg_size);
+		if (ret)
+			return ret;
+	}
 	v->base = base;
 	v->size = size;
 	v->model_cap = h.model_cap;
@@ -616,6 +663,7 @@ int registry_view_init(struct registry_view *v, const void *base, uint64_t size)
 	v->comp_off = h.comp_off;
 	v->tensor_off = h.tensor_off;
 	v->index_off = h.index_off;
+	v->metrics_off = h.metrics_off;
 	return 0;
 }
 
@@ -658,6 +706,11 @@ uint64_t registry_generation(const struct registry_view *v)
 bool registry_retired(const struct registry_view *v)
 {
 	return load_acquire(&vhdr(v)->flags) & WD_REG_F_RETIRED;
+}
+
+const struct wd_reg_metrics *registry_view_metrics(const struct registry_view *v)
+{
+	return v->metrics_off ? (const struct wd_reg_metrics *)(v->base + v->metrics_off) : NULL;
 }
 
 uint64_t registry_counter(const struct registry_view *v, unsigned int ctr)

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "shm/abi.h"
+#include "shm/regmetrics.h"
 #include "shm/segment.h"
 
 #define WD_NAME_MAX 256u	/* name fields, NUL-terminated: names up to 255 bytes */
@@ -97,7 +98,9 @@ struct wd_reg_hdr {
 	uint64_t comp_off;
 	uint64_t tensor_off;
 	uint64_t index_off;
-	uint8_t reserved1[136];
+	uint64_t metrics_off;	/* struct wd_reg_metrics (shm/regmetrics.h); 0: none */
+	uint64_t metrics_size;	/* sizeof(struct wd_reg_metrics) */
+	uint8_t reserved1[120];
 };
 
 /* Every record starts with seq and check; check is XXH3-64 of the bytes after it. */
@@ -133,7 +136,13 @@ struct wd_reg_component {
 	uint8_t reserved0[24];
 	char name[WD_NAME_MAX];	/* "unet", "vae", or "" for a single-component model */
 	struct wd_reg_tier tiers[WD_TIER_MAX];
-	uint8_t reserved1[64];
+	/* The last completed load of the component, on any tier (0 bytes: none yet). */
+	uint64_t last_load_bytes;	/* bytes that load read */
+	uint64_t last_load_ns;		/* how long it took (load start to completion) */
+	uint64_t last_load_wall_ns;	/* CLOCK_REALTIME when it completed */
+	uint32_t last_load_tier;	/* WD_TIER_* */
+	uint32_t reserved2;
+	uint8_t reserved1[32];
 };
 
 struct wd_reg_tensor {
@@ -171,6 +180,8 @@ static_assert(offsetof(struct wd_reg_hdr, model_off) == 88, "reg.model_off");
 static_assert(offsetof(struct wd_reg_hdr, comp_off) == 96, "reg.comp_off");
 static_assert(offsetof(struct wd_reg_hdr, tensor_off) == 104, "reg.tensor_off");
 static_assert(offsetof(struct wd_reg_hdr, index_off) == 112, "reg.index_off");
+static_assert(offsetof(struct wd_reg_hdr, metrics_off) == 120, "reg.metrics_off");
+static_assert(offsetof(struct wd_reg_hdr, metrics_size) == 128, "reg.metrics_size");
 
 static_assert(sizeof(struct wd_reg_model) == 384, "wd_reg_model size");
 static_assert(offsetof(struct wd_reg_model, check) == 8, "model.check");
@@ -196,6 +207,8 @@ static_assert(offsetof(struct wd_reg_component, nbytes) == 24, "comp.nbytes");
 static_assert(offsetof(struct wd_reg_component, fingerprint) == 32, "comp.fingerprint");
 static_assert(offsetof(struct wd_reg_component, name) == 64, "comp.name");
 static_assert(offsetof(struct wd_reg_component, tiers) == 320, "comp.tiers");
+static_assert(offsetof(struct wd_reg_component, last_load_bytes) == 704, "comp.last_load_bytes");
+static_assert(offsetof(struct wd_reg_component, last_load_tier) == 728, "comp.last_load_tier");
 
 static_assert(sizeof(struct wd_reg_tensor) == 512, "wd_reg_tensor size");
 static_assert(offsetof(struct wd_reg_tensor, check) == 8, "tensor.check");
@@ -312,6 +325,18 @@ int registry_set_tensor_form(struct registry *reg, uint32_t tensor, uint8_t dtyp
 int registry_set_model_flags(struct registry *reg, uint32_t model, uint32_t flags);
 int registry_set_model_pins(struct registry *reg, uint32_t model, uint32_t pins);
 
+/*
+ * Records the last completed load of @component: @bytes read on @tier in @ns nanoseconds,
+ * completed at @wall_ns (CLOCK_REALTIME). Returns 0, -ENOENT or -EINVAL (bad tier).
+ */
+int registry_set_last_load(struct registry *reg, uint32_t component, uint32_t tier,
+			   uint64_t bytes, uint64_t ns, uint64_t wall_ns);
+
+/*
+ * The metrics block (shm/regmetrics.h) for the daemon's writers; it lives as long as @reg.
+ */
+struct wd_reg_metrics *registry_metrics(struct registry *reg);
+
 /* Adds @delta to counter @ctr (enum wd_counter); unknown counters are ignored. */
 void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta);
 
@@ -333,6 +358,7 @@ struct registry_view {
 	struct shm_segment seg;		/* the mapping when attached by descriptor */
 	uint32_t model_cap, comp_cap, tensor_cap, index_cap, n_counters;
 	uint64_t counters_off, model_off, comp_off, tensor_off, index_off;
+	uint64_t metrics_off;		/* 0: the segment has no metrics block */
 };
 
 /*
@@ -358,6 +384,13 @@ uint64_t registry_generation(const struct registry_view *v);
 
 /* True when the daemon has replaced this registry with a newer one. */
 bool registry_retired(const struct registry_view *v);
+
+/*
+ * The segment's metrics block (shm/regmetrics.h), validated at attach: in bounds, aligned and
+ * of this build's size. NULL when the segment has none. Read it only with the accessors of
+ * shm/regmetrics.h (relaxed loads, seqlocked events).
+ */
+const struct wd_reg_metrics *registry_view_metrics(const struct registry_view *v);
 
 /* Value of counter @ctr, 0 for a counter outside the segment's counter area. */
 uint64_t registry_counter(const struct registry_view *v, unsigned int ctr);

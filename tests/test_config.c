@@ -101,6 +101,16 @@ static void dump(const struct daemon_config *c, const struct config_file *cf, ch
 		add(buf, size, " log_level=%d", (int)cf->log_level);
 	if (c->metrics_listen)
 		add(buf, size, " metrics_listen=%s", c->metrics_listen);
+	if (c->device_budget)
+		add(buf, size, " device_budget=%llu", (unsigned long long)c->device_budget);
+	if (c->device_budget_pct)
+		add(buf, size, " device_budget_pct=%u", c->device_budget_pct);
+	if (c->quarantine_after != d.quarantine_after)
+		add(buf, size, " quarantine_after=%u", c->quarantine_after);
+	if (c->pressure_pct != d.pressure_pct)
+		add(buf, size, " memory_pressure=%u", c->pressure_pct);
+	if (c->pressure_target_pct != d.pressure_target_pct)
+		add(buf, size, " memory_pressure_target=%u", c->pressure_target_pct);
 	if (buf[0] == ' ')
 		memmove(buf, buf + 1, strlen(buf));
 }
@@ -194,6 +204,30 @@ static const struct row rows[] = {
 	{ "socket relative", "socket = weightd.sock\n", 0, -EINVAL, NULL,
 	  ":1: socket: \"weightd.sock\" is not an absolute path" },
 	{ "host_budget G", "host_budget = 64G\n", 0, 0, "host_budget=68719476736", NULL },
+	{ "device_budget bytes", "device_budget = 70G\n", 0, 0, "device_budget=75161927680",
+	  NULL },
+	{ "device_budget percent", "device_budget = 85%\n", 0, 0, "device_budget_pct=85", NULL },
+	{ "device_budget 100%", "device-budget = 100%\n", 0, 0, "device_budget_pct=100", NULL },
+	{ "device_budget 0%", "device_budget = 0%\n", 0, -EINVAL, NULL,
+	  ":1: device_budget: \"0%\" is neither a byte count" },
+	{ "device_budget 101%", "device_budget = 101%\n", 0, -EINVAL, NULL,
+	  ":1: device_budget: \"101%\" is neither" },
+	{ "device_budget junk", "device_budget = 9x%\n", 0, -EINVAL, NULL,
+	  ":1: device_budget: \"9x%\" is neither" },
+	{ "quarantine_after 5", "quarantine_after = 5\n", 0, 0, "quarantine_after=5", NULL },
+	{ "quarantine_after 0 is never", "quarantine-after = 0\n", 0, 0, "quarantine_after=0",
+	  NULL },
+	{ "quarantine_after 1001", "quarantine_after = 1001\n", 0, -EINVAL, NULL,
+	  ":1: quarantine_after: \"1001\" is not a number in 0..1000" },
+	{ "memory_pressure off", "memory_pressure = 0\n", 0, 0, "memory_pressure=0", NULL },
+	{ "memory_pressure 101", "memory_pressure = 101\n", 0, -EINVAL, NULL,
+	  ":1: memory_pressure: \"101\" is not a number in 0..100" },
+	{ "memory_pressure_target", "memory_pressure_target = 50\n", 0, 0,
+	  "memory_pressure_target=50", NULL },
+	{ "memory_pressure_target 0", "memory_pressure_target = 0\n", 0, -EINVAL, NULL,
+	  ":1: memory_pressure_target: \"0\" is not a number in 1..100" },
+	{ "memory_pressure junk", "memory_pressure = 5%\n", 0, -EINVAL, NULL,
+	  ":1: memory_pressure: \"5%\" is not a number" },
 	{ "host_budget m", "host_budget = 512m\n", 0, 0, "host_budget=536870912", NULL },
 	{ "host_budget KiB", "host_budget = 1KiB\n", 0, 0, "host_budget=1024", NULL },
 	{ "host_budget plain", "host_budget = 1048576\n", 0, 0, "host_budget=1048576", NULL },
@@ -447,7 +481,10 @@ static void test_path_and_names(void **state)
 	static const char *const names[CONFIG_KEY_COUNT] = {
 		"models", "scan_at_start", "state_dir", "socket", "host_budget", "keep_alive",
 		"verify", "spin_us", "allow_user", "allow_group", "admin_user", "log_level",
-		"metrics_listen",
+		"metrics_listen", "device_budget", "alert_budget_pct", "alert_slow_load_pct",
+		"alert_slow_load_history", "alert_error_count", "alert_error_window",
+		"alert_pin_ttl", "alert_interval", "quarantine_after", "memory_pressure",
+		"memory_pressure_target",
 	};
 
 	(void)state;

@@ -1,8 +1,13 @@
 /*
  * GPU driver access: CUresult conversion (needs no driver), a missing driver reported as
- * "no CUDA driver", and, where a driver and a GPU exist, device enumeration. Exits 77
- * (SKIP, with the reason) when the machine has no CUDA driver, after the driver-less
- * cases ran.
+ * "no CUDA driver", and, where a driver and a GPU exist, device enumeration and the CUDA
+ * device tier (gpu/cuda_dev.c): VRAM round trip through a stream and events, copies from
+ * registered host memory, the staging ring from a file, and a VMM allocation exported as
+ * an fd and imported by another process. Exits 77 (SKIP, with the reason) when the machine
+ * has no CUDA driver, after the driver-less cases ran.
+ *
+ * The importing process is forked at the start of main(), before this process touches
+ * CUDA: a child forked after cuInit cannot use the driver. It waits on a socket for the fd.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -12,9 +17,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "gpu/cuda.h"
+#include "gpu/device.h"
+#include "gpu/staging.h"
 
 static char skip_reason[256];
 
@@ -87,15 +97,288 @@ static void test_enumerate(void **state)
 	gpu_driver_close(&drv);
 }
 
+/* ---- the CUDA device tier, with an importer process ---------------------------------- */
+
+struct import_req {
+	uint64_t size;		/* 0: quit */
+	uint64_t n_check;	/* bytes to read back and compare with pattern(seed) */
+	uint32_t seed;
+	uint32_t pad;
+};
+
+static int imp_sock = -1;
+static pid_t imp_pid = -1;
+
+static unsigned char pattern(uint32_t seed, size_t i)
+{
+	return (unsigned char)(i * 131 + seed + (i >> 11));
+}
+
+static int send_req(int sock, const struct import_req *r, int fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec iov = { (void *)r, sizeof(*r) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (fd >= 0) {
+		struct cmsghdr *cm;
+
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	return sendmsg(sock, &mh, 0) == (ssize_t)sizeof(*r) ? 0 : -1;
+}
+
+/* The child: imports each allocation it is sent, reads it back, answers 0 or an error. */
+static void importer(int sock)
+{
+	for (;;) {
+		char cbuf[CMSG_SPACE(sizeof(int))];
+		struct import_req r;
+		struct iovec iov = { &r, sizeof(r) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm;
+		struct gpu_dev *dev = NULL;
+		struct gpu_vram v;
+		unsigned char *back;
+		char why[256] = "";
+		int fd = -1, result = 0;
+
+		if (recvmsg(sock, &mh, 0) != (ssize_t)sizeof(r) || !r.size)
+			_exit(0);
+		cm = CMSG_FIRSTHDR(&mh);
+		if (cm && cm->cmsg_type == SCM_RIGHTS)
+			memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+		back = malloc(r.n_check);
+		if (fd < 0 || !back) {
+			result = -EBADF;
+		} else if ((result = gpu_cuda_ops.open(0, &dev, why, sizeof(why))) == 0) {
+			result = gpu_cuda_ops.vram_import(dev, fd, r.size, &v, why, sizeof(why));
+			if (!result) {
+				result = gpu_cuda_ops.copy_d2h(dev, back, v.dptr, r.n_check, why,
+							       sizeof(why));
+				for (size_t i = 0; !result && i < r.n_check; i++)
+					if (back[i] != pattern(r.seed, i))
+						result = -EILSEQ;
+				gpu_cuda_ops.vram_free(dev, &v);
+			}
+			gpu_cuda_ops.close(dev);
+		}
+		if (result)
+			fprintf(stderr, "importer: %d %s\n", result, why);
+		free(back);
+		if (fd >= 0)
+			close(fd);
+		if (write(sock, &result, sizeof(result)) != sizeof(result))
+			_exit(1);
+	}
+}
+
+static void start_importer(void)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return;
+	imp_pid = fork();
+	if (imp_pid == 0) {
+		close(sv[0]);
+		importer(sv[1]);
+		_exit(0);
+	}
+	close(sv[1]);
+	if (imp_pid < 0)
+		close(sv[0]);
+	else
+		imp_sock = sv[0];
+}
+
+static void stop_importer(void)
+{
+	struct import_req quit = { 0 };
+
+	if (imp_pid <= 0)
+		return;
+	send_req(imp_sock, &quit, -1);
+	close(imp_sock);
+	waitpid(imp_pid, NULL, 0);
+	imp_pid = -1;
+}
+
+/* The CUDA implementation of gpu/device.h, or a skip with the reason. */
+static struct gpu_dev *open_cuda(void)
+{
+	struct gpu_dev *dev = NULL;
+	char why[256] = "";
+	int n = gpu_cuda_ops.count(why, sizeof(why));
+
+	if (n == -ENODEV || n == -ENOSYS || n == 0) {
+		snprintf(skip_reason, sizeof(skip_reason), "%s", n ? why : "no CUDA device");
+		skip();
+	}
+	if (n < 0)
+		fail_msg("gpu_cuda_ops.count: %d %s", n, why);
+	if (gpu_cuda_ops.open(0, &dev, why, sizeof(why)))
+		fail_msg("open cuda:0: %s", why);
+	return dev;
+}
+
+static void test_device_roundtrip(void **state)
+{
+	const struct gpu_ops *ops = &gpu_cuda_ops;
+	struct gpu_dev *dev = open_cuda();
+	struct gpu_device info;
+	struct gpu_stream *s;
+	struct gpu_event *ev;
+	struct gpu_vram v;
+	uint64_t free_b, total, free2;
+	size_t n = (5u << 20) + 1;
+	unsigned char *pinned, *back = malloc(n), *plain = malloc(n);
+	char why[256] = "";
+	int rc;
+
+	assert_non_null(back);
+	assert_non_null(plain);
+	assert_int_equal(ops->info(dev, &info, why, sizeof(why)), 0);
+	assert_int_equal(ops->mem_info(dev, &free_b, &total, why, sizeof(why)), 0);
+	printf("cuda:0 %s pci=%s granularity %llu free %llu MiB of %llu\n", info.name,
+	       info.pci_bus_id, (unsigned long long)ops->granularity(dev),
+	       (unsigned long long)(free_b >> 20), (unsigned long long)(total >> 20));
+	assert_true(ops->granularity(dev) > 0 && total >= free_b);
+
+	rc = ops->vram_alloc(dev, n, &v, why, sizeof(why));
+	if (rc)
+		fail_msg("vram_alloc: %d %s", rc, why);
+	assert_true(v.size >= n && v.size % ops->granularity(dev) == 0 && v.fd >= 0);
+	assert_int_equal(ops->mem_info(dev, &free2, &total, why, sizeof(why)), 0);
+	assert_true(free2 < free_b);
+
+	assert_int_equal(ops->host_alloc(dev, n, (void **)&pinned, why, sizeof(why)), 0);
+	for (size_t i = 0; i < n; i++)
+		pinned[i] = pattern(7, i);
+	assert_int_equal(ops->stream_create(dev, &s, why, sizeof(why)), 0);
+	assert_int_equal(ops->copy_h2d(dev, s, v.dptr, pinned, n, why, sizeof(why)), 0);
+	assert_int_equal(ops->event_record(dev, s, &ev, why, sizeof(why)), 0);
+	rc = ops->event_query(dev, ev, why, sizeof(why));
+	assert_true(rc == 0 || rc == -EAGAIN);
+	assert_int_equal(ops->event_wait(dev, ev, why, sizeof(why)), 0);
+	assert_int_equal(ops->event_query(dev, ev, why, sizeof(why)), 0);
+	ops->event_destroy(dev, ev);
+	assert_int_equal(ops->copy_d2h(dev, back, v.dptr, n, why, sizeof(why)), 0);
+	assert_memory_equal(back, pinned, n);
+
+	/* Registered (page-locked after the fact) host memory, at a misaligned offset. */
+	for (size_t i = 0; i < n; i++)
+		plain[i] = pattern(3, i);
+	assert_int_equal(ops->host_register(dev, plain, n, why, sizeof(why)), 0);
+	assert_int_equal(ops->copy_h2d(dev, s, v.dptr + 3, plain + 1, n - 4, why, sizeof(why)),
+			 0);
+	assert_int_equal(ops->event_record(dev, s, &ev, why, sizeof(why)), 0);
+	assert_int_equal(ops->event_wait(dev, ev, why, sizeof(why)), 0);
+	ops->event_destroy(dev, ev);
+	assert_int_equal(ops->copy_d2h(dev, back, v.dptr + 3, n - 4, why, sizeof(why)), 0);
+	assert_memory_equal(back, plain + 1, n - 4);
+	ops->host_unregister(dev, plain);
+
+	/* Export: another process imports the fd and reads the pattern back. */
+	assert_int_equal(ops->copy_h2d(dev, s, v.dptr, pinned, n, why, sizeof(why)), 0);
+	assert_int_equal(ops->event_record(dev, s, &ev, why, sizeof(why)), 0);
+	assert_int_equal(ops->event_wait(dev, ev, why, sizeof(why)), 0);
+	ops->event_destroy(dev, ev);
+	if (imp_pid > 0) {
+		struct import_req r = { .size = v.size, .n_check = n, .seed = 7 };
+		int result = -1;
+
+		assert_int_equal(send_req(imp_sock, &r, v.fd), 0);
+		assert_int_equal(read(imp_sock, &result, sizeof(result)), sizeof(result));
+		if (result)
+			fail_msg("the importing process failed: %d", result);
+	} else {
+		fail_msg("no importer process (fork failed)");
+	}
+
+	ops->stream_destroy(dev, s);
+	ops->host_free(dev, pinned);
+	ops->vram_free(dev, &v);
+	assert_int_equal(v.fd, -1);
+	ops->close(dev);
+	free(back);
+	free(plain);
+}
+
+static void test_staging_cuda(void **state)
+{
+	const struct gpu_ops *ops = &gpu_cuda_ops;
+	struct gpu_dev *dev = open_cuda();
+	struct staging_options o = { .n_slots = 3, .slot_bytes = 1u << 20, .node = -1 };
+	char path[] = "/tmp/wd-gpu-staging.XXXXXX", why[512] = "";
+	size_t n = (9u << 20) + 4321;
+	unsigned char *data = malloc(n), *back = malloc(n);
+	struct staging_transfer t[3];
+	struct staging_host_copy hc;
+	struct staging *st;
+	struct gpu_vram v;
+	int fd = mkstemp(path);
+
+	assert_true(fd >= 0);
+	assert_non_null(data);
+	assert_non_null(back);
+	for (size_t i = 0; i < n; i++)
+		data[i] = pattern(11, i);
+	assert_int_equal(write(fd, data, n), (ssize_t)n);
+	assert_int_equal(ops->vram_alloc(dev, 2 * n, &v, why, sizeof(why)), 0);
+	assert_int_equal(staging_create(ops, dev, &o, &st, why, sizeof(why)), 0);
+	t[0] = (struct staging_transfer){ fd, path, 5, n - 5, v.dptr + 5 };
+	t[1] = (struct staging_transfer){ fd, path, 0, 5, v.dptr };
+	t[2] = (struct staging_transfer){ fd, path, 100, 1000, v.dptr + n + 1 };
+	if (staging_load(st, t, 3, NULL, why, sizeof(why)))
+		fail_msg("staging_load: %s", why);
+	assert_int_equal(ops->copy_d2h(dev, back, v.dptr, n, why, sizeof(why)), 0);
+	assert_memory_equal(back, data, n);
+	assert_int_equal(ops->copy_d2h(dev, back, v.dptr + n + 1, 1000, why, sizeof(why)), 0);
+	assert_memory_equal(back, data + 100, 1000);
+
+	/* Host memory straight to VRAM. */
+	for (size_t i = 0; i < n; i++)
+		data[i] ^= 0x5a;
+	assert_int_equal(ops->host_register(dev, data, n, why, sizeof(why)), 0);
+	hc = (struct staging_host_copy){ data, n, v.dptr + n };
+	if (staging_copy_host(st, &hc, 1, NULL, why, sizeof(why)))
+		fail_msg("staging_copy_host: %s", why);
+	assert_int_equal(ops->copy_d2h(dev, back, v.dptr + n, n, why, sizeof(why)), 0);
+	assert_memory_equal(back, data, n);
+	ops->host_unregister(dev, data);
+
+	staging_destroy(st);
+	ops->vram_free(dev, &v);
+	ops->close(dev);
+	close(fd);
+	unlink(path);
+	free(data);
+	free(back);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_cu_err_table),
 		cmocka_unit_test(test_missing_driver),
 		cmocka_unit_test(test_enumerate),
+		cmocka_unit_test(test_device_roundtrip),
+		cmocka_unit_test(test_staging_cuda),
 	};
-	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+	int failed;
 
+	/* Before anything here loads the driver: see the header comment. */
+	start_importer();
+	failed = cmocka_run_group_tests(tests, NULL, NULL);
+	stop_importer();
 	if (failed)
 		return 1;
 	if (skip_reason[0]) {

@@ -2,7 +2,9 @@
  * core/metrics.c without a daemon: the listen-address parser (a table of accepted and
  * refused forms) and the exposition renderer (every sample has its HELP and TYPE lines,
  * counters end in _total, values come from the right snapshot slot, a small buffer is
- * refused). tests/test_metrics.sh and tests/test_prometheus.sh cover the HTTP server.
+ * refused), the registry metrics block's histogram buckets and error classes (tables), and
+ * the block's exposition (histograms cumulative with _count equal to the +Inf bucket, labels
+ * escaped). tests/test_metrics.sh and tests/test_prometheus.sh cover the HTTP server.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -215,11 +217,162 @@ static void test_render(void **state)
 	assert_int_equal(metrics_render(&s, buf, (size_t)n + 1), n);
 }
 
+/* One row per boundary: a value exactly on a bucket's upper bound belongs to it (le). */
+static void test_hist_bucket(void **state)
+{
+	static const struct {
+		uint64_t ns;
+		unsigned int bucket;
+	} rows[] = {
+		{ 0, 0 }, { 1, 0 }, { 1000, 0 }, { 1001, 1 }, { 2000, 1 }, { 2001, 2 },
+		{ 4000, 2 }, { 1000000, 10 }, { 1024000, 10 }, { 1024001, 11 },
+		{ 64000000000ull, 26 }, { 67108864000ull, 26 }, { 67108864001ull, 27 },
+		{ UINT64_MAX, WD_HIST_BUCKETS - 1 },
+	};
+	int failures = 0;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		unsigned int b = wd_hist_bucket(rows[i].ns);
+
+		if (b != rows[i].bucket) {
+			print_error("%" PRIu64 " ns: bucket %u, want %u\n", rows[i].ns, b,
+				    rows[i].bucket);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+static void test_error_class(void **state)
+{
+	static const struct {
+		int err;
+		unsigned int cls;
+	} rows[] = {
+		{ -EBADMSG, WD_ERRC_VALIDATION }, { -EILSEQ, WD_ERRC_VALIDATION },
+		{ -EIO, WD_ERRC_IO }, { -ENOENT, WD_ERRC_IO }, { -ESTALE, WD_ERRC_IO },
+		{ -EFBIG, WD_ERRC_ADMISSION }, { -ENOSPC, WD_ERRC_ADMISSION },
+		{ -EBUSY, WD_ERRC_ADMISSION }, { -EINVAL, WD_ERRC_PROTOCOL },
+		{ -EPROTO, WD_ERRC_PROTOCOL }, { -ENAMETOOLONG, WD_ERRC_PROTOCOL },
+		{ -ENODEV, WD_ERRC_DEVICE }, { -ENOTSUP, WD_ERRC_DEVICE },
+		{ -ECANCELED, WD_ERRC_OTHER }, { -ENOMEM, WD_ERRC_OTHER }, { -EPERM, WD_ERRC_OTHER },
+	};
+	int failures = 0;
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		unsigned int c = metrics_error_class(rows[i].err);
+
+		if (c != rows[i].cls) {
+			print_error("%s: class %u, want %u\n", strerror(-rows[i].err), c,
+				    rows[i].cls);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* The value of the sample line that starts with @prefix (labels included), or -1. */
+static double sample_f(const char *buf, const char *prefix)
+{
+	char want[256];
+	const char *p;
+
+	snprintf(want, sizeof(want), "\n%s ", prefix);
+	p = strstr(buf, want);
+	return p ? strtod(p + strlen(want), NULL) : -1;
+}
+
+static void test_render_block(void **state)
+{
+	static const struct {
+		const char *prefix;
+		double want;
+	} rows[] = {
+		{ "weightd_load_duration_seconds_bucket{tier=\"host\",le=\"1e-06\"}", 0 },
+		{ "weightd_load_duration_seconds_bucket{tier=\"host\",le=\"0.001024\"}", 2 },
+		{ "weightd_load_duration_seconds_bucket{tier=\"host\",le=\"0.002048\"}", 2 },
+		{ "weightd_load_duration_seconds_bucket{tier=\"host\",le=\"1.04858\"}", 3 },
+		{ "weightd_load_duration_seconds_bucket{tier=\"host\",le=\"+Inf\"}", 4 },
+		{ "weightd_load_duration_seconds_count{tier=\"host\"}", 4 },
+		{ "weightd_load_duration_seconds_sum{tier=\"host\"}", 100.5 },
+		{ "weightd_load_duration_seconds_count{tier=\"cuda:1\"}", 1 },
+		{ "weightd_ring_roundtrip_seconds_bucket{le=\"2e-06\"}", 5 },
+		{ "weightd_ring_roundtrip_seconds_count", 5 },
+		{ "weightd_errors_total{class=\"io\"}", 3 },
+		{ "weightd_errors_total{class=\"device\"}", 4 },
+		{ "weightd_alerts_total{kind=\"pin_ttl\"}", 2 },
+		{ "weightd_alerts_active{kind=\"budget\"}", 1 },
+		{ "weightd_host_numa_bytes{node=\"1\"}", 8192 },
+		{ "weightd_host_numa_bytes{node=\"unbound\"}", 4096 },
+		{ "weightd_host_free_extents", 3 },
+		{ "weightd_host_largest_free_extent_bytes", 65536 },
+		{ "weightd_host_budget_use_ratio", 0.25 },
+		{ "weightd_component_last_load_bytes{model=\"a\\\"b\",component=\"vae\","
+		  "tier=\"host\"}", 1000 },
+		{ "weightd_component_last_load_seconds{model=\"a\\\"b\",component=\"vae\","
+		  "tier=\"host\"}", 0.5 },
+	};
+	static struct metrics_snapshot s;
+	struct metrics_comp_load load = { .model = "a\"b", .component = "vae", .bytes = 1000,
+					  .ns = 500000000 };
+	static char buf[1 << 16];
+	int n, failures = 0;
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	s.stat[WD_STAT_HOST_BUDGET] = 4096;
+	s.stat[WD_STAT_HOST_BYTES] = 1024;
+	s.have_block = true;
+	s.load[WD_TIER_HOST].bucket[10] = 2;	/* <= 1.024 ms */
+	s.load[WD_TIER_HOST].bucket[20] = 1;	/* <= 1.048 s */
+	s.load[WD_TIER_HOST].bucket[WD_HIST_BUCKETS - 1] = 1;	/* above 67 s */
+	/* A count one ahead of the buckets (read mid-update): _count follows the buckets. */
+	s.load[WD_TIER_HOST].count = 5;
+	s.load[WD_TIER_HOST].sum_ns = 100500000000ull;
+	s.load[WD_TIER_CUDA(1)].bucket[3] = 1;
+	s.rtt.bucket[1] = 5;
+	s.errors[WD_ERRC_IO] = 3;
+	s.errors[WD_ERRC_DEVICE] = 4;
+	s.alerts_total[WD_ALERT_PIN_TTL] = 2;
+	s.alerts_active[WD_ALERT_BUDGET] = 1;
+	s.numa_bytes[1] = 8192;
+	s.numa_bytes[WD_METRICS_NUMA] = 4096;
+	s.free_extents = 3;
+	s.largest_free = 65536;
+	s.loads = &load;
+	s.n_loads = 1;
+	n = metrics_render(&s, buf, sizeof(buf));
+	assert_true(n > 0);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		double got = sample_f(buf, rows[i].prefix);
+
+		if (got < rows[i].want - 1e-9 || got > rows[i].want + 1e-9) {
+			print_error("%s: %g, want %g\n", rows[i].prefix, got, rows[i].want);
+			failures++;
+		}
+	}
+	/* Tiers with no loads are left out; each histogram has one TYPE line. */
+	if (strstr(buf, "tier=\"cuda:0\"") ||
+	    !strstr(buf, "\n# TYPE weightd_load_duration_seconds histogram\n") ||
+	    !strstr(buf, "\n# TYPE weightd_ring_roundtrip_seconds histogram\n"))
+		failures++, print_error("histogram TYPE lines or tiers wrong\n%s", buf);
+	if (failures)
+		print_error("%s", buf);
+	assert_int_equal(failures, 0);
+	/* A buffer one byte short is refused, as for the fixed part. */
+	assert_int_equal(metrics_render(&s, buf, (size_t)n), -ENOSPC);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse_listen),
 		cmocka_unit_test(test_render),
+		cmocka_unit_test(test_hist_bucket),
+		cmocka_unit_test(test_error_class),
+		cmocka_unit_test(test_render_block),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,9 @@
 #!/bin/sh
 # The /metrics endpoint end to end: weightd with --metrics-listen on a free loopback port,
 # one model loaded, then every row of the table below must match the exposition (metric
-# present with HELP/TYPE lines, value in range); other paths answer 404, POST 405; a taken
+# present with HELP/TYPE lines, value in range), every histogram is well formed, and the
+# registry metrics block's series move (one more load adds one to the host load histogram's
+# count, the ring round-trip count grows); other paths answer 404, POST 405; a taken
 # port and a bad address make the daemon refuse to start; a bare port (from the config file)
 # listens on 127.0.0.1, and [::1]:PORT on IPv6 loopback when the machine has one.
 set -u
@@ -79,11 +81,29 @@ weightd_host_dedup_bytes gauge 0 -
 weightd_host_refused_total counter 0 0
 weightd_host_failed_loads_total counter 0 0
 weightd_component_loads_total counter 1 -
-weightd_loaded_bytes_total counter 1 -'
+weightd_loaded_bytes_total counter 1 -
+weightd_load_duration_seconds_count histogram 1 -
+weightd_ring_roundtrip_seconds_count histogram 1 -
+weightd_errors_total counter 0 -
+weightd_alerts_total counter 0 0
+weightd_alerts_active gauge 0 0
+weightd_host_numa_bytes gauge 0 268435456
+weightd_host_free_extents gauge 1 -
+weightd_host_largest_free_extent_bytes gauge 1 268435456
+weightd_host_budget_use_ratio gauge 0 1
+weightd_component_last_load_bytes gauge 1 -
+weightd_component_last_load_seconds gauge 0 60'
+# A histogram row names its _count sample; labelled families are checked on every sample.
 echo "$rows" | while read -r name type min max; do
-	grep -q "^# HELP $name " "$T/m" || { echo "$name: no HELP line"; exit 1; }
-	grep -q "^# TYPE $name $type\$" "$T/m" || { echo "$name: no TYPE $type line"; exit 1; }
-	v=$(grep -E "^$name(\{[^}]*\})? " "$T/m" | awk '{print $NF}')
+	fam=${name%_count}
+	grep -q "^# HELP $fam " "$T/m" || { echo "$fam: no HELP line"; exit 1; }
+	grep -q "^# TYPE $fam $type\$" "$T/m" || { echo "$fam: no TYPE $type line"; exit 1; }
+	for v in $(grep -E "^$name(\{[^}]*\})? " "$T/m" | awk '{print $NF}'); do
+		ok=$(awk -v v="$v" -v lo="$min" -v hi="$max" \
+			'BEGIN { print (v + 0 >= lo + 0 && (hi == "-" || v + 0 <= hi + 0)) ? 1 : 0 }')
+		[ "$ok" = 1 ] || { echo "$name = $v, expected [$min, $max]"; exit 1; }
+	done
+	v=$(grep -E "^$name(\{[^}]*\})? " "$T/m" | head -n1 | awk '{print $NF}')
 	[ -n "$v" ] || { echo "$name: no sample"; exit 1; }
 	ok=$(awk -v v="$v" -v lo="$min" -v hi="$max" \
 		'BEGIN { print (v + 0 >= lo + 0 && (hi == "-" || v + 0 <= hi + 0)) ? 1 : 0 }')
@@ -92,10 +112,63 @@ done >"$T/rows" 2>&1 || { cat "$T/rows"; echo "--- exposition"; cat "$T/m"; fail
 used=$(grep '^weightd_host_bytes_used ' "$T/m" | awk '{print $2}')
 grep -q '^weightd_build_info{version="[^"]*",microhttpd="[^"]*"} 1$' "$T/m" ||
 	fail "build_info labels: $(grep '^weightd_build_info' "$T/m")"
-# Every sample line belongs to a metric with a TYPE line: no stray or unnamed values.
-n_samples=$(grep -vc '^#' "$T/m")
+# Every sample line belongs to a metric with a TYPE line (a histogram's _bucket, _sum and
+# _count samples to the histogram), every TYPE line has samples, and every histogram is
+# well formed: le ascending and ending in +Inf, buckets cumulative, _count equal to +Inf.
 n_types=$(grep -c '^# TYPE ' "$T/m")
-[ $((n_samples - 1)) -eq "$n_types" ] || fail "$((n_samples - 1)) samples vs $n_types TYPE lines"
+python3 - "$T/m" <<'PY' || fail "exposition structure"
+import re, sys
+types, seen, hist = {}, set(), {}
+for line in open(sys.argv[1]).read().split("\n")[1:]:
+    if not line:
+        continue
+    if line.startswith("# TYPE "):
+        _, _, name, kind = line.split(" ")
+        types[name] = kind
+        continue
+    if line.startswith("#"):
+        continue
+    m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
+    assert m, "unparsable sample: " + line
+    name, labels, value = m.group(1), m.group(3) or "", float(m.group(4))
+    fam = name
+    for suf in ("_bucket", "_sum", "_count"):
+        if name.endswith(suf) and types.get(name[: -len(suf)]) == "histogram":
+            fam = name[: -len(suf)]
+    assert fam in types, "sample without TYPE: " + line
+    seen.add(fam)
+    if fam != name:
+        key = (fam, re.sub(r',?le="[^"]*"', "", labels))
+        h = hist.setdefault(key, {"b": [], "count": None})
+        if name.endswith("_bucket"):
+            le = re.search(r'le="([^"]*)"', labels).group(1)
+            h["b"].append((float("inf") if le == "+Inf" else float(le), value))
+        elif name.endswith("_count"):
+            h["count"] = value
+assert set(types) == seen, "TYPE lines without samples: %s" % (set(types) - seen)
+assert hist, "no histogram"
+for key, h in hist.items():
+    les = [b[0] for b in h["b"]]
+    assert les == sorted(les) and les[-1] == float("inf"), key
+    vals = [b[1] for b in h["b"]]
+    assert vals == sorted(vals), ("buckets not cumulative", key, vals)
+    assert h["count"] == vals[-1], ("count != +Inf bucket", key)
+PY
+
+# The series move: one more load (unload, then load) adds one to the host load histogram's
+# count and sets llama-tiny's last-load gauge; the ring histogram counts the inline requests.
+count() { grep -E "^$1 " "$T/$2" | awk '{print $NF}'; }
+lc1=$(count 'weightd_load_duration_seconds_count\{tier="host"\}' m)
+rt1=$(count weightd_ring_roundtrip_seconds_count m)
+"$WD_BUILD/weightctl" unload llama-tiny >/dev/null 2>&1 || fail "unload failed"
+"$WD_BUILD/weightctl" load llama-tiny >/dev/null 2>&1 || fail "reload failed"
+get /metrics >"$T/m2" || fail "second GET /metrics failed"
+lc2=$(count 'weightd_load_duration_seconds_count\{tier="host"\}' m2)
+rt2=$(count weightd_ring_roundtrip_seconds_count m2)
+[ "$lc2" -eq $((lc1 + 1)) ] || fail "host load histogram count $lc1 -> $lc2 after one load"
+[ "$rt2" -gt "$rt1" ] || fail "ring round-trip count did not move ($rt1 -> $rt2)"
+grep -q '^weightd_component_last_load_bytes{model="llama-tiny",component="",tier="host"} [1-9]' \
+	"$T/m2" || fail "no last-load gauge for llama-tiny: $(grep last_load "$T/m2")"
 
 # Other paths and methods.
 for path in / /metric /metrics/ /metrics.json; do
@@ -154,5 +227,5 @@ wait $P
 rc=$?
 P=
 [ $rc -eq 0 ] || fail "SIGTERM exit status $rc"
-echo "metrics: $n_types metrics, host_bytes_used=$used, 404/405 and bad addresses checked," \
+echo "metrics: $n_types metrics, host_bytes_used=$used, load count $lc1 -> $lc2, 404/405 and bad addresses checked," \
 	"bare port from the config file checked, [::1] $v6"

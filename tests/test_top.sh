@@ -2,7 +2,9 @@
 # weightctl top against a real daemon started here (demo models, started with --config so the
 # file and its command-line override are exercised too): --once as text and as JSON (parsed
 # by python3), a JSON stream with rates, usage errors, no daemon; then the live view in tmux:
-# the screen shows the models, tiers and counters, follows a pin taken while it runs, quits
+# the screen shows the models, tiers and counters, the metrics block's lines and the events
+# area (a pin held past the configured 1 s TTL shows up as a pin_ttl event), follows a pin
+# taken while it runs, quits
 # on q and on Ctrl-C with the terminal settings restored and the alternate screen left, and
 # exits 1 when the daemon goes away. SKIP (77) when tmux is missing, after the other checks.
 set -u
@@ -58,6 +60,8 @@ models = $T/models
 host_budget = 48M
 socket = $T/not-this.sock
 log_level = info
+alert_interval = 200ms
+alert_pin_ttl = 1s
 EOF
 "$D" --foreground --config "$T/weightd.conf" --socket "$S" --state-dir "$T/state" \
 	2>"$T/daemon.log" &
@@ -78,6 +82,11 @@ for want in "weightd pid $DPID" "sd-tiny" "llama-tiny" "vae-tiny" "48.00 MiB" "c
 done
 grep -q "$(printf '\033')" "$T/out" && fail "--once output has escape codes"
 grep -E '^host +48.00 MiB' "$T/out" >/dev/null || fail "no host tier row with its budget"
+# The metrics block's lines and the (still empty) events area, read from the registry.
+for want in "latency  ring p50" "host load p50 [0-9]*ms" "errors   validation 0" \
+	"free extents 1" "alerts (active/total) budget 0/0" "EVENT TIME" "(no events)"; do
+	grep -q -- "$want" "$T/out" || { cat "$T/out"; fail "top --once lacks '$want'"; }
+done
 rm -f "$T/screen"
 
 # One frame as JSON, checked against the daemon's own status.
@@ -102,6 +111,12 @@ rows = [c for c in f["components"] if c["model"] == "vae-tiny"]
 assert rows and rows[0]["tier"] == "host" and rows[0]["state"] == "resident", f["components"]
 assert rows[0]["bytes"] > 0, rows
 assert f["counters"]["loads"] >= 1, f["counters"]
+m = f["metrics"]
+assert m["host_loads"] >= 1 and m["host_load_p50_s"] > 0, m
+assert m["ring_roundtrips"] >= 1 and m["free_extents"] == 1, m
+assert set(m["alerts"]) == {"budget", "slow_load", "error_burst", "pin_ttl"}, m["alerts"]
+assert set(m["errors"]) == {"validation", "io", "admission", "protocol", "device", "other"}
+assert f["events"] == [], f["events"]
 PY
 
 # A stream of frames (stdout is not a terminal): one JSON object per line, rates from the second.
@@ -169,6 +184,10 @@ done
 "$W" pin --hold --socket "$S" llama-tiny >/dev/null 2>&1 &
 HOLD=$!
 wait_for 10 shows quit "clients 2  rings 2  pins 1" || fail "live view did not follow the pin"
+# Held past the configured 1 s TTL, the pin raises an alert the events area shows.
+wait_for 10 shows quit "pin_ttl      RAISED   client [0-9]* (pid $HOLD) has pinned llama-tiny" ||
+	fail "live view did not show the pin_ttl event"
+grep -q "pin_ttl 1/1" "$T/screen" || fail "live view: pin_ttl not counted as active"
 kill "$HOLD"
 wait "$HOLD" 2>/dev/null
 HOLD=

@@ -20,7 +20,9 @@
 #include <xxhash.h>
 
 #include "core/convert.h"
+#include "core/fault.h"
 #include "core/log.h"
+#include "core/recovery.h"
 #include "uring/loader.h"
 
 #define DIO_ALIGN 4096u
@@ -86,6 +88,12 @@ struct req {
 	uint32_t done;
 	int buf;
 	struct req *next_free;
+	/* Transient failures (core/recovery.h): retries so far, short reads so far, and when
+	 * the next retry is due. */
+	uint32_t tries;
+	uint32_t shorts;
+	uint64_t due_ns;
+	struct req *next_retry;
 };
 
 struct loader {
@@ -107,6 +115,8 @@ struct loader {
 	struct load_handle *pending, **pending_tail;
 	bool stop;
 	struct load_handle *active;	/* thread only */
+	struct req *retry;		/* thread only: reads waiting out their backoff */
+	uint32_t n_retry;		/* of l->inflight, how many are in @retry */
 	int cpu;			/* where the thread last woke up; atomic */
 };
 
@@ -712,6 +722,8 @@ static bool start_one(struct loader *l, struct load_handle *h)
 	r->h = h;
 	r->op = h->next_op++;
 	r->done = 0;
+	r->tries = 0;
+	r->shorts = 0;
 	r->buf = op->kind == OP_STAGE ? (int)l->free_bufs[--l->n_free_bufs] : -1;
 	prep(l, r);
 	h->inflight++;
@@ -755,12 +767,102 @@ static void scatter(struct loader *l, struct load_handle *h, const struct load_o
 	}
 }
 
+/*
+ * A fault injected at this completion (core/fault.h): an errno replaces the result, SHORT
+ * cuts a positive one to 1 byte (DIO_ALIGN for O_DIRECT, where a read that is not aligned
+ * would mean the end of the file), so the rest must be read again.
+ */
+static int inject(const struct load_file *f, int res)
+{
+	int err = fault_take(FAULT_READ);
+	int least = f->direct ? (int)DIO_ALIGN : 1;
+
+	if (!err)
+		return res;
+	if (err != FAULT_SHORT)
+		return -err;
+	return res > least ? least : res;
+}
+
+/*
+ * A transient failure of @r (@res: -EINTR or -EAGAIN; 0 for a short read that did not reach
+ * the end of the file): the read of its missing bytes is queued again, after a backoff for an
+ * error and at once for a short read (bytes are flowing), or the load fails when it used up
+ * its retries (core/recovery.h).
+ */
+static void retry_later(struct loader *l, struct req *r, int res)
+{
+	struct load_handle *h = r->h;
+	struct load_op *op = &h->plan->ops[r->op];
+	struct load_file *f = &h->plan->files[op->file];
+	bool gave_up = res ? r->tries >= RECOVERY_IO_TRIES : r->shorts >= RECOVERY_SHORT_READS;
+
+	if (h->failed || atomic_load_explicit(&h->cancel, memory_order_relaxed)) {
+		release_req(l, r);
+		return;
+	}
+	if (gave_up) {
+		fail_load(h, res ? res : -EIO, "component %s: read of %s at byte %lu failed after "
+			  "%u retries: %s", h->plan->name, f->path, op->foff + r->done,
+			  res ? r->tries : r->shorts,
+			  res ? strerror(-res) : "the file keeps returning short reads");
+		release_req(l, r);
+		return;
+	}
+	recovery_count(RECOVERY_IO_RETRIES, 1);
+	if (!res) {
+		r->shorts++;
+		prep(l, r);
+		return;
+	}
+	r->tries++;
+	r->due_ns = wd_now_ns() + recovery_backoff_ns(r->tries);
+	r->next_retry = l->retry;
+	l->retry = r;
+	l->n_retry++;
+	log_debug("loader", "\"read retried\" component=\"%s\" file=%s offset=%lu try=%u err=%d",
+		  h->plan->name, f->path, op->foff + r->done, r->tries, res);
+}
+
+/*
+ * Resubmits the reads whose backoff has passed (and drops those whose load failed or was
+ * cancelled meanwhile). Returns the nanoseconds until the next one is due, 0 when none waits.
+ */
+static uint64_t resubmit_due(struct loader *l)
+{
+	uint64_t now = wd_now_ns(), next = 0;
+
+	for (struct req **pp = &l->retry, *r; (r = *pp);) {
+		struct load_handle *h = r->h;
+
+		if (h->failed || atomic_load_explicit(&h->cancel, memory_order_relaxed)) {
+			*pp = r->next_retry;
+			l->n_retry--;
+			release_req(l, r);
+		} else if (r->due_ns <= now) {
+			*pp = r->next_retry;
+			l->n_retry--;
+			prep(l, r);
+		} else {
+			if (!next || r->due_ns - now < next)
+				next = r->due_ns - now;
+			pp = &r->next_retry;
+		}
+	}
+	return next;
+}
+
 static void complete(struct loader *l, struct req *r, int res)
 {
 	struct load_handle *h = r->h;
 	struct load_op *op = &h->plan->ops[r->op];
 	struct load_file *f = &h->plan->files[op->file];
 
+	res = inject(f, res);
+	if (recovery_io_transient(res)) {
+		retry_later(l, r, res);
+		return;
+	}
 	if (res < 0) {
 		fail_load(h, res, "component %s: read of %s at byte %lu failed: %s",
 			  h->plan->name, f->path, op->foff + r->done, strerror(-res));
@@ -775,10 +877,9 @@ static void complete(struct loader *l, struct req *r, int res)
 				  "(read ended at byte %lu, expected %lu)", h->plan->name,
 				  f->path, op->foff + r->done, op->foff + op->valid);
 			release_req(l, r);
-		} else if (h->failed || atomic_load_explicit(&h->cancel, memory_order_relaxed)) {
-			release_req(l, r);
 		} else {
-			prep(l, r);
+			/* Not the end of the file: read the rest, after a backoff. */
+			retry_later(l, r, 0);
 		}
 		return;
 	}
@@ -907,8 +1008,21 @@ static void *loader_main(void *arg)
 				more |= start_one(l, h);
 		} while (more);
 		if (l->inflight) {
-			int rc = io_uring_submit_and_wait(&l->ring, 1);
+			uint64_t wait_ns = l->n_retry ? resubmit_due(l) : 0;
+			int rc;
 
+			if (wait_ns) {
+				/* Some reads wait out a backoff: wake up when the first is due. */
+				struct __kernel_timespec ts = { .tv_sec = (long long)(wait_ns / 1000000000),
+								.tv_nsec = (long long)(wait_ns % 1000000000) };
+				struct io_uring_cqe *unused;
+
+				rc = io_uring_submit_and_wait_timeout(&l->ring, &unused, 1, &ts, NULL);
+				if (rc == -ETIME)
+					rc = 0;
+			} else {
+				rc = l->inflight > l->n_retry ? io_uring_submit_and_wait(&l->ring, 1) : 0;
+			}
 			if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
 				log_error("loader", "\"io_uring_submit_and_wait failed\" rc=%d", rc);
 			io_uring_for_each_cqe(&l->ring, head, cqe) {

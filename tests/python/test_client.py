@@ -28,7 +28,8 @@ def test_abi_mirror_matches_header(lib, tmp_path):
         pytest.skip("no C compiler to check the ctypes layouts against weightd.h")
     structs = {"weightd_attach_opts": N.AttachOpts, "weightd_model_info": N.ModelInfo,
                "weightd_component_info": N.ComponentInfo, "weightd_tensor_info": N.TensorInfo,
-               "weightd_status": N.Status, "weightd_stats": N.Stats}
+               "weightd_status": N.Status, "weightd_stats": N.Stats,
+               "weightd_tensor_loc": N.TensorLoc, "weightd_tensor_table": N.TensorTable}
     lines = []
     for cname, py in structs.items():
         lines.append('printf("%s size %%zu\\n", sizeof(struct %s));' % (cname, cname))

@@ -15,8 +15,8 @@ to run python with LD_PRELOAD of libasan, rather than aborting the interpreter.
 """
 
 import ctypes
-import ctypes.util
 import os
+import struct
 import threading
 
 from .errors import LibraryUnavailableError
@@ -132,6 +132,31 @@ class CacheStats(ctypes.Structure):
     _fields_ = [(n, c_u64) for n in CACHE_STATS_FIELDS]
 
 
+class TensorLoc(ctypes.Structure):
+    _fields_ = [
+        ("offset", c_u64),
+        ("nbytes", c_u64),
+        ("dtype", c_u32),
+        ("rank", c_u32),
+        ("name_off", c_u32),
+        ("name_len", c_u32),
+        ("shape", c_u64 * 16),
+    ]
+
+
+class TensorTable(ctypes.Structure):
+    _fields_ = [
+        ("base", ctypes.c_void_p),
+        ("nbytes", c_u64),
+        ("host_offset", c_u64),
+        ("host_fd", c_i32),
+        ("n", c_u32),
+        ("absent", c_u32),
+        ("n_components", c_u32),
+        ("names_len", c_u64),
+    ]
+
+
 DTYPE_F16 = 9
 DTYPE_BF16 = 10
 
@@ -176,6 +201,9 @@ _OPTIONAL = {
                                        ctypes.POINTER(LoadOpts), PROGRESS_FN, ctypes.c_void_p,
                                        ctypes.POINTER(LoadResult)]),
     "weightd_cache_stats": (ctypes.c_int, [_P, ctypes.POINTER(CacheStats)]),
+    # Buffers are passed as addresses (numpy arrays' .ctypes.data): no ctypes array objects.
+    "weightd_tensor_table": (ctypes.c_int, [_P, _S, _S, ctypes.c_void_p, c_u32, ctypes.c_void_p,
+                                            ctypes.c_size_t, ctypes.POINTER(TensorTable)]),
 }
 
 _lock = threading.Lock()
@@ -199,52 +227,144 @@ def candidates():
     if build:
         yield os.path.join(build, "libweightd.so")
     yield os.path.join(_pkg_build_dir(), "libweightd.so")
+    import ctypes.util  # here, not at the top: it imports subprocess and shutil (~4 ms)
     yield ctypes.util.find_library("weightd") or "libweightd.so.1"
 
 
+_ELF_HDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_ELF_PHDR = struct.Struct("<IIQQQQQQ")
+_ELF_DYN = struct.Struct("<qQ")
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_STRSZ = 0, 1, 5, 10
+
+
+def _elf_needed(fd):
+    """The DT_NEEDED names of the 64-bit little-endian ELF shared object open as @fd, read
+    from its dynamic section (two or three small preads, not the whole file); None when it
+    is not such an object or its dynamic section does not parse."""
+    head = os.pread(fd, 16384, 0)
+
+    def read(off, n):
+        if off + n <= len(head):
+            return head[off:off + n]
+        return os.pread(fd, n, off)
+
+    if len(head) < _ELF_HDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    (_, _, _, _, _, phoff, _, _, _, phentsize, phnum, _, _, _) = _ELF_HDR.unpack_from(head)
+    if phentsize < _ELF_PHDR.size or not 0 < phnum <= 64:
+        return None
+    raw = read(phoff, phentsize * phnum)
+    if len(raw) != phentsize * phnum:
+        return None
+    loads, dyn = [], None
+    for i in range(phnum):
+        ptype, _, off, vaddr, _, filesz, _, _ = _ELF_PHDR.unpack_from(raw, i * phentsize)
+        if ptype == _PT_LOAD:
+            loads.append((vaddr, filesz, off))
+        elif ptype == _PT_DYNAMIC:
+            dyn = (off, filesz)
+    if dyn is None or not 0 < dyn[1] <= 1 << 20:
+        return None
+    raw = read(dyn[0], dyn[1])
+    needed, strtab, strsz = [], None, None
+    for tag, val in _ELF_DYN.iter_unpack(raw[:len(raw) // _ELF_DYN.size * _ELF_DYN.size]):
+        if tag == _DT_NULL:
+            break
+        if tag == _DT_NEEDED:
+            needed.append(val)
+        elif tag == _DT_STRTAB:
+            strtab = val
+        elif tag == _DT_STRSZ:
+            strsz = val
+    if strtab is None or strsz is None or not 0 < strsz <= 1 << 24:
+        return None
+    # DT_STRTAB is an address: the PT_LOAD segment that holds it gives its file offset.
+    for vaddr, filesz, off in loads:
+        if vaddr <= strtab and strtab + strsz <= vaddr + filesz:
+            strs = read(strtab - vaddr + off, strsz)
+            break
+    else:
+        return None
+    if len(strs) != strsz:
+        return None
+    return [strs[v:strs.find(b"\0", v)] for v in needed if v < strsz]
+
+
 def asan_instrumented(path):
-    """True when the shared object at @path needs the ASan runtime (built with make SAN=1)."""
+    """True when the shared object at @path needs the ASan runtime (built with make SAN=1):
+    libasan is among the libraries it was linked against. Reads the ELF dynamic section
+    only; a file that is not a 64-bit little-endian ELF object is searched whole instead."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        needed = _elf_needed(fd)
+        if needed is not None:
+            return any(n.startswith(b"libasan.so") for n in needed)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    except (OSError, struct.error, ValueError):
+        return False
+    finally:
+        os.close(fd)
     return b"libasan.so" in data or b"__asan_init" in data
 
 
 def _asan_loaded():
+    """True when the ASan runtime is already in this process (python started with it in
+    LD_PRELOAD): its __asan_init is then found by a dlsym over the loaded objects."""
     try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
+        return hasattr(ctypes.CDLL(None), "__asan_init")
     except OSError:
         return False
+
+
+class _Lib:
+    """libweightd with its prototypes set on first use, not at load: a process that calls
+    five functions pays for five (each a dlsym and a ctypes function object), and importing
+    the binding stays cheap. An optional function the library lacks reads as absent
+    (getattr(lib, name, None) is None); a required one raises LibraryUnavailableError."""
+
+    def __init__(self, cdll, path):
+        self._cdll = cdll
+        self._path = path
+
+    def __getattr__(self, name):
+        proto = _PROTOS.get(name) or _OPTIONAL.get(name)
+        if proto is None or name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            fn = getattr(self._cdll, name)
+        except AttributeError:
+            if name in _OPTIONAL:
+                raise
+            raise LibraryUnavailableError(0, "%s lacks %s: not a libweightd of this API"
+                                          % (self._path, name), "load libweightd") from None
+        fn.restype, fn.argtypes = proto
+        setattr(self, name, fn)
+        return fn
 
 
 def _open(path):
     if os.path.sep in path:
         if not os.path.exists(path):
             return None, "%s does not exist" % path
-        if asan_instrumented(path) and not _asan_loaded():
+        if not _asan_loaded() and asan_instrumented(path):
             return None, ("%s is built with AddressSanitizer: run python with "
                           "LD_PRELOAD=$(cc -print-file-name=libasan.so), or point "
                           "WEIGHTD_LIB at a release build" % path)
     try:
-        lib = ctypes.CDLL(path, use_errno=True)
+        cdll = ctypes.CDLL(path, use_errno=True)
     except OSError as e:
         return None, "%s: %s" % (path, e)
-    for name, (res, args) in _PROTOS.items():
-        try:
-            fn = getattr(lib, name)
-        except AttributeError:
+    # Two symbols every libweightd of this API has: anything else is refused here, at load.
+    # The other prototypes are checked when first used (_Lib).
+    for name in ("weightd_attach", "weightd_last_error"):
+        if not hasattr(cdll, name):
             return None, "%s lacks %s: not a libweightd of this API" % (path, name)
-        fn.restype = res
-        fn.argtypes = args
-    for name, (res, args) in _OPTIONAL.items():
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.restype = res
-            fn.argtypes = args
-    return lib, None
+    return _Lib(cdll, path), None
 
 
 def lib():

@@ -20,6 +20,9 @@ Lifetime rules (README.md, "Pins and views", states them for users):
 
 import ctypes
 import errno
+import gc
+import itertools
+import operator
 import os
 import threading
 import weakref
@@ -30,7 +33,7 @@ from . import _native as N
 from . import dtypes
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, BusyError,
                      WeightdError, error_from_code)
-from .views import ViewSet, make_base, make_view
+from .views import ViewSet, make_view, map_base
 
 __all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
 
@@ -149,6 +152,7 @@ class Client:
         self._epoch = 0
         # Room for this many records in the next weightd_tensor_list() (grows to fit).
         self._list_cap = 1024
+        self._names_cap = 64 * 1024
         opts = N.AttachOpts(spin_us=spin_us, client_name=_b(client_name),
                             attach_timeout_ms=timeout_ms)
         h = ctypes.c_void_p()
@@ -546,112 +550,128 @@ def _convert(arr, st_dtype, target):
     return arr.astype(target)
 
 
-_TI_NP = []
+# weightd_tensor_loc read as u64 words (offset 0, nbytes 1, shape 4 + r) and as u32 words
+# (dtype 4, rank 5): memoryview.cast() and strided slices turn each column into a list in C.
+_LOC_WORDS = ctypes.sizeof(N.TensorLoc) // 8
+assert ctypes.sizeof(N.TensorLoc) % 8 == 0 and N.TensorLoc.offset.offset == 0 and \
+    N.TensorLoc.dtype.offset == 16 and N.TensorLoc.rank.offset == 20 and \
+    N.TensorLoc.shape.offset == 32, "weightd_tensor_loc layout"
 
 
-def _tensor_info_dtype():
-    """numpy's structured dtype with TensorInfo's layout (taken from the ctypes mirror), so a
-    whole weightd_tensor_list() result converts to Python lists column by column."""
-    if not _TI_NP:
-        import numpy as np
-        names, formats, offsets = [], [], []
-        for name, np_fmt in (("dtype", "<u4"), ("rank", "<u4"), ("shape", ("<u8", 16)),
-                             ("nbytes", "<u8"), ("resident", "<u4"),
-                             ("host_offset", "<u8")):
-            names.append(name)
-            formats.append(np_fmt)
-            offsets.append(getattr(N.TensorInfo, name).offset)
-        _TI_NP.append(np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                                "itemsize": ctypes.sizeof(N.TensorInfo)}))
-    return _TI_NP[0]
+class _NoGC:
+    """Suspends the cyclic garbage collector around a bulk build (the table of a thousand
+    tensors, or a thousand arrays): those allocate a few thousand container objects, and the
+    collections they trigger scan every young object each time -- measured at more than the
+    build itself in a fresh process. Nothing built here is garbage, so nothing is missed; the
+    collector is re-enabled on the way out when it was enabled on the way in."""
+
+    __slots__ = ("was",)
+
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was:
+            gc.enable()
+
+
+# _SLICES[r] cuts a padded shape row to rank r (map(getitem, rows, slices): no Python loop).
+_SLICES = [slice(0, r) for r in range(17)]
 
 
 class _Table:
     """Where every host-resident tensor of a pin lies, read from the registry in one
-    weightd_tensor_list() call: name -> (safetensors dtype, numpy dtype, array shape, offset
-    in the extent). The extent is the span of host-cache bytes from the first tensor to the
-    end of the last, checked against the mapping by weightd_tensor_data() once."""
+    weightd_tensor_table() call, as parallel lists (tensor i: keys[i], safetensors dtype
+    dtnames[i], numpy dtype npdts[i], array shape shapes[i], offset offs[i] in the extent).
+    The extent, host-cache bytes host_offset .. host_offset + size, holds every listed
+    tensor (the library checks each against the host cache's size), mmap checks the extent
+    against the file, and numpy checks each view against its base, the mapping of the
+    extent (Pin._base). get(name) looks one tensor up (the dict is built on first use: Pin.tensors() needs
+    none)."""
 
-    __slots__ = ("epoch", "where", "address", "size", "dtypes")
+    __slots__ = ("epoch", "host_fd", "host_offset", "size", "keys", "dtnames", "npdts",
+                 "shapes", "offs", "dtypes", "_where")
 
-    def __init__(self, epoch, where, address, size, dtype_names=()):
+    def __init__(self, epoch, host_fd=-1, host_offset=0, size=0, cols=((), (), (), (), ())):
         self.epoch = epoch
-        self.where = where
-        self.address = address
+        self.host_fd = host_fd
+        self.host_offset = host_offset
         self.size = size
-        self.dtypes = dtype_names
+        self.keys, self.dtnames, self.npdts, self.shapes, self.offs = cols
+        self.dtypes = set(self.dtnames)
+        self._where = None
+
+    def get(self, name):
+        w = self._where
+        if w is None:
+            w = self._where = dict(zip(self.keys, zip(self.dtnames, self.npdts, self.shapes,
+                                                      self.offs)))
+        return w.get(name)
 
 
 def _read_table(c, model, component):
     """A _Table of @model/@component as the registry shows it now, or None when this
-    libweightd cannot list tensors or the extent is not mapped (callers then resolve each
-    tensor by name, which reports the error precisely). Called with the client entered.
-    Column-wise numpy work and C-level zips: a per-tensor Python loop would cost more than
-    the views themselves."""
-    lib = c._lib
-    fn = getattr(lib, "weightd_tensor_list", None)
-    data_fn = _tensor_data_fn(lib)
-    if fn is None or data_fn is None:
+    libweightd has no weightd_tensor_table() or no listed tensor has a byte (callers then
+    resolve each tensor by name, which reports errors precisely). Called with the client
+    entered. Column-wise numpy work and C-level map/zip: a per-tensor Python loop would cost
+    as much as the views themselves."""
+    fn = getattr(c._lib, "weightd_tensor_table", None)
+    if fn is None:
         return None
-    tidt = _tensor_info_dtype()
-    cap = c._list_cap
+    tab = N.TensorTable()
+    cap, ncap = c._list_cap, c._names_cap
+    W = _LOC_WORDS
     while True:
-        # The library fills every record it reports; a name only up to its NUL, so the
-        # names start zeroed (calloc: fresh zero pages, no memset) for tolist() to strip.
-        infos = np.empty(cap, dtype=tidt)
-        names = np.zeros(cap, dtype="S%d" % N.NAME_MAX)
-        n = fn(c._h, _b(model), _b(component), infos.ctypes.data, names.ctypes.data, cap)
-        if n < 0:
+        locs = np.empty(cap * W, dtype=np.uint64)
+        names = np.empty(ncap, dtype=np.uint8)
+        ret = fn(c._h, _b(model), _b(component), locs.ctypes.data, cap, names.ctypes.data,
+                 ncap, ctypes.byref(tab))
+        if ret == -errno.ENOBUFS and (tab.n > cap or tab.names_len > ncap):
+            cap = c._list_cap = max(cap, tab.n)
+            ncap = c._names_cap = max(ncap, tab.names_len)
+            continue
+        if ret < 0:
             return None
-        if n <= cap:
-            break
-        cap = c._list_cap = n
-    if n == 0:
+        break
+    n = tab.n
+    if not n or not tab.base:
         return None
-    rec = infos[:n]
     # Names hold no NUL byte (the registry stores them NUL-terminated): one decode for all.
-    keys = b"\0".join(names[:n].tolist()).decode("utf-8", "replace").split("\0")
-    nbytes = rec["nbytes"]
-    resident = (rec["resident"] & 1) != 0
-    nres = int(np.count_nonzero(resident))
-    # The extent spans the tensors with bytes; an empty tensor gets offset 0 in it.
-    full = resident & (nbytes > 0)
-    if not full.any():
+    keys = names[:tab.names_len - 1].tobytes().decode("utf-8", "replace").split("\0")
+    q = memoryview(locs)[:n * W]
+    q32 = q.cast("B").cast("I")
+    nums = q32[4::2 * W].tolist()
+    ranks = q32[5::2 * W].tolist()
+    lo_dt, hi_dt = min(nums), max(nums)
+    if len(keys) != n or hi_dt >= len(dtypes.NAMES):
         return None
-    offs = np.where(full, rec["host_offset"], 0)
-    lo = int(offs[full].min())
-    hi = int((offs + nbytes)[full].max())
-    rel = np.where(full, offs - lo, 0)
-    probe = N.TensorInfo(resident=1, host_offset=lo, nbytes=hi - lo)
-    addr = data_fn(c._h, ctypes.byref(probe))
-    if not addr:
-        return None
-    dups = ()
-    if component is None and len(set(keys)) != n:
+    if lo_dt == hi_dt:
+        # One dtype for the whole pin (the usual case): no per-tensor lookups.
+        dtnames = [dtypes.NAMES[lo_dt]] * n
+        npdts = [dtypes.NUMPY_BY_NUMBER[lo_dt]] * n
+    else:
+        dtnames = list(map(dtypes.NAMES.__getitem__, nums))
+        npdts = list(map(dtypes.NUMPY_BY_NUMBER.__getitem__, nums))
+    maxr = max(ranks)
+    # Shapes as tuples, one column per dimension zipped together; shorter ranks cut after.
+    shapes = list(zip(*[q[4 + r::W].tolist() for r in range(maxr)])) if maxr else [()] * n
+    if min(ranks) != maxr:
+        shapes = list(map(operator.getitem, shapes, map(_SLICES.__getitem__, ranks)))
+    if not dtypes.SUBBYTE.isdisjoint(dtnames):
+        shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
+                  for d, sh in zip(dtnames, shapes)]
+    offs = q[0::W].tolist()
+    cols = (keys, dtnames, npdts, shapes, offs)
+    if component is None and tab.n_components > 1 and len(set(keys)) != n:
         # The same name in two components of the model: tensor() must say ENOTUNIQ, as
         # weightd_tensor() does, so such a name is left to the lookup by name.
-        seen = set()
-        dups = {k for k in keys if k in seen or seen.add(k)}
-    if nres != n:
-        idx = np.flatnonzero(resident)
-        rec = rec[idx]
-        rel = rel[idx]
-        keys = [keys[i] for i in idx.tolist()]
-    dnames, npdt = dtypes.NAMES, dtypes.NUMPY
-    dts = [dnames[d] for d in rec["dtype"].tolist()]
-    nps = [npdt[d] for d in dts]
-    ranks = rec["rank"]
-    maxr = int(ranks.max())
-    shapes = rec["shape"][:, :maxr].tolist()
-    if int(ranks.min()) != maxr:
-        shapes = [sh[:r] for sh, r in zip(shapes, ranks.tolist())]
-    if not dtypes.SUBBYTE.isdisjoint(dts):
-        shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
-                  for d, sh in zip(dts, shapes)]
-    where = dict(zip(keys, zip(dts, nps, shapes, rel.tolist())))
-    for k in dups:
-        where.pop(k, None)
-    return _Table(c._epoch, where, addr, hi - lo, set(dts))
+        seen, dups = set(), set()
+        for k in keys:
+            (dups if k in seen else seen).add(k)
+        keep = [i for i, k in enumerate(keys) if k not in dups]
+        cols = tuple([col[i] for i in keep] for col in cols)
+    return _Table(c._epoch, tab.host_fd, tab.host_offset, tab.nbytes, cols)
 
 
 class Pin:
@@ -661,9 +681,9 @@ class Pin:
     See the module comment for the release semantics.
 
     Views come from a table of the pin's tensor locations read once per load epoch (one
-    registry pass, see _read_table) and one read-only base array per dtype over the pin's
-    extent (views.make_base): a view then costs a dict lookup and one numpy constructor.
-    Tensors the table does not hold (empty ones, names several components share, tensors
+    registry pass, see _read_table) and one read-only mapping of the pin's extent per dtype
+    (views.map_base, the views' base): a view then costs a dict lookup and one numpy
+    constructor. Tensors the table does not hold (names several components share, tensors
     not resident) are resolved one by one with weightd_tensor(), which reports why.
     """
 
@@ -701,27 +721,25 @@ class Pin:
         if self._tier != N.TIER_HOST:
             raise _gpu_unavailable("tensors on %s" % self.tier)
         tab = self._current_table()
-        if names is None and self._dtype is None and tab.where:
-            # Every tensor of the table: the loop tensor_with_dtype() runs, inlined.
-            bases = {}
-            for dt in tab.dtypes:
-                ref = self._views.bases.get(dt)
-                base = ref() if ref is not None else None
-                if base is None:
-                    base = make_base(tab.address, tab.size, dt, self)
-                    self._views.bases[dt] = weakref.ref(base)
-                bases[dt] = base
-            nd = np.ndarray
-            out = {name: nd(shape, npdt, bases[dt], off)
-                   for name, (dt, npdt, shape, off) in tab.where.items()}
-            del bases
+        if names is None and self._dtype is None and tab.keys:
+            # Every tensor of the table: the view tensor_with_dtype() makes, for all of them
+            # at once (np.ndarray mapped over the columns: no per-tensor Python code).
+            bases = {dt: self._base(tab, dt) for dt in tab.dtypes}
+            if len(bases) == 1:
+                per = itertools.repeat(next(iter(bases.values())), len(tab.keys))
+            else:
+                per = map(bases.__getitem__, tab.dtnames)
+            with _NoGC():
+                out = dict(zip(tab.keys, map(np.ndarray, tab.shapes, tab.npdts, per,
+                                             tab.offs)))
+            del bases, per
             if self._released:
                 # release() ran meanwhile (see tensor_with_dtype()): it decides, locked.
                 del out
                 return self.tensors(names)
             return out
         if names is None:
-            names = list(tab.where)
+            names = list(tab.keys)
         tw = self.tensor_with_dtype
         return {n: tw(n)[0] for n in names}
 
@@ -733,11 +751,12 @@ class Pin:
             if self._tier == N.TIER_HOST and not self._released:
                 c._enter()
                 try:
-                    tab = _read_table(c, self.model, self.component or None)
+                    with _NoGC():
+                        tab = _read_table(c, self.model, self.component or None)
                 finally:
                     c._leave()
             if tab is None:
-                tab = _Table(c._epoch, {}, 0, 0)
+                tab = _Table(c._epoch)
             self._table = tab
         return tab
 
@@ -746,16 +765,12 @@ class Pin:
         tab = self._table
         if (tab is None or tab.epoch != self._client._epoch) and not self._released:
             tab = self._current_table()
-        where = tab.where.get(name) if tab is not None else None
+        where = tab.get(name) if tab is not None else None
         if where is None or self._released or (component is not None
                                                and component != self.component):
             return self._tensor_by_name(name, component)
         dt, npdt, shape, off = where
-        ref = self._views.bases.get(dt)
-        base = ref() if ref is not None else None
-        if base is None:
-            base = make_base(tab.address, tab.size, dt, self)
-            self._views.bases[dt] = weakref.ref(base)
+        base = self._base(tab, dt)
         arr = np.ndarray(shape, npdt, base, off)
         # release() marks the pin released before it counts the views: if it did so since the
         # check above, this view may have been missed, so it is dropped and the locked path
@@ -766,6 +781,29 @@ class Pin:
         if self._dtype is not None:
             arr = _convert(arr, dt, self._dtype)
         return arr, dt
+
+    def _base(self, tab, dt):
+        """The base of this pin's views of dtype @dt over @tab's extent (views.map_base), or
+        the one alive from an earlier call. It is mapped with the client entered: that
+        proves the handle, and so tab.host_fd, still open (close() takes the same lock)."""
+        key = (dt, tab.host_offset, tab.size)
+        ref = self._views.bases.get(key)
+        base = ref() if ref is not None else None
+        if base is not None:
+            return base
+        c = self._client
+        c._enter()
+        try:
+            base = map_base(tab.host_fd, tab.host_offset, tab.size, dt, self)
+        except (OSError, ValueError) as e:
+            raise WeightdError(getattr(e, "errno", None) or errno.EFAULT,
+                               "mapping %d bytes of the host cache at offset %d for %s: %s"
+                               % (tab.size, tab.host_offset, self._target(), e),
+                               "tensor") from None
+        finally:
+            c._leave()
+        self._views.bases[key] = weakref.ref(base)
+        return base
 
     def _tensor_by_name(self, name, component):
         """tensor_with_dtype() through weightd_tensor(): one registry lookup and one

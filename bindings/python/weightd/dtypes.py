@@ -38,6 +38,9 @@ _TABLE = [
 NAMES = [row[0] for row in _TABLE]
 BITS = {row[0]: row[1] for row in _TABLE}
 NUMPY = {row[0]: np.dtype(row[2]) for row in _TABLE}
+# The numpy dtype objects by registry number (NUMPY_BY_NUMBER[n] is NUMPY[NAMES[n]]): a list
+# indexes faster than a name lookup, for tables of a thousand tensors.
+NUMPY_BY_NUMBER = [NUMPY[name] for name in NAMES]
 RAW = {row[0] for row in _TABLE if row[3]}
 SUBBYTE = {row[0] for row in _TABLE if row[1] % 8}
 

@@ -1,0 +1,762 @@
+/*
+ * weightctl bench MODEL: how fast this host loads one model, next to what its storage, memory
+ * and GPU can do, measured in the same run; and weightctl history MODEL: the runs recorded.
+ *
+ * Figures (each load is timed around the client call, submission to final completion):
+ *   host cold   the model unloaded from the host tier, its files' pages dropped
+ *               (uring/rawread.h: /proc/sys/vm/drop_caches when root may write it, else
+ *               posix_fadvise(DONTNEED) on each file, which is what "cold" means without
+ *               root), then loaded to the host tier
+ *   host warm   unloaded again and loaded with the page cache as the cold load left it
+ *   storage     a raw io_uring read of the same files into one buffer: cold (after the same
+ *               drop) with O_DIRECT when the file system takes it, and warm (buffered)
+ *   memcpy      copy bandwidth of a buffer the size of the model (at most 1 GiB)
+ *   GPU         when the daemon loads to cuda:0: unload from cuda:0, load from the host copy,
+ *               and the pinned host-to-device bandwidth of this process on device 0
+ *   attach      a fresh client in this process: attach, then resolve every tensor by name
+ *   memory      bytes of the model resident on each tier, and the host cache in use
+ * Each load is also reported as a ratio to its limit (storage for the host tier, pinned H2D
+ * for the GPU). The run is stored in the catalog (bench_runs) with its figures as JSON.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "weightd.h"
+
+#include "cmd/ctl.h"
+#include "core/catalog.h"
+#include "core/common.h"
+#include "gpu/device.h"
+#include "uring/rawread.h"
+
+#define MEMCPY_MAX (1ull << 30)
+#define H2D_BYTES (256ull << 20)
+
+struct bopts {
+	const char *socket;
+	const char *model;
+	const char *out;
+	const char *png;
+	bool json;
+	bool no_record;
+};
+
+/* The model's safetensors files, from the catalog. */
+struct files {
+	const char **paths;
+	uint64_t *sizes, *bases;
+	unsigned int n;
+	uint64_t total, span;	/* bytes, and buffer bytes (each file 4096-rounded) */
+};
+
+static void usage_bench(FILE *out)
+{
+	fprintf(out,
+		"usage: weightctl bench [--socket PATH] [--json] [--out FILE.json] [--png FILE.png]\n"
+		"                       [--no-record] MODEL\n\n"
+		"Measures how fast the running daemon loads MODEL, next to the limits measured in\n"
+		"the same run: cold and warm load to the host tier against a raw io_uring read of\n"
+		"the same files (O_DIRECT when possible), memcpy bandwidth, the load to cuda:0 and\n"
+		"pinned host-to-device bandwidth when the daemon has a GPU tier, the time a new\n"
+		"client takes to attach and resolve every tensor, and memory per tier.\n\n"
+		"Cold: the files' cached pages are dropped first, with /proc/sys/vm/drop_caches when\n"
+		"this user may write it (root), else posix_fadvise(DONTNEED) on each file.\n"
+		"The model must not be pinned by another client (it is unloaded between runs).\n\n"
+		"  --socket PATH     the daemon's socket (default $WEIGHTD_SOCKET, else the\n"
+		"                    per-user runtime directory)\n"
+		"  --json            write the report as JSON to stdout (progress stays on stderr)\n"
+		"  --out FILE.json   also write the JSON report to FILE.json\n"
+		"  --png FILE.png    a bar chart of the bandwidths (needs gnuplot)\n"
+		"  --no-record       do not store the run in the catalog (bench_runs)\n\n"
+		"The run is recorded in the catalog; `weightctl history MODEL` lists past runs.\n"
+		"Exit status: 0, 1 a step failed, 2 usage error.\n");
+}
+
+static void usage_history(FILE *out)
+{
+	fprintf(out,
+		"usage: weightctl history [--json] [MODEL]\n\n"
+		"Lists the `weightctl bench` runs recorded in the catalog, oldest first, for MODEL\n"
+		"(or every model): when, host cold and warm load rates, the storage limits, and the\n"
+		"GPU load rate when there was one.\n\n"
+		"  --json   one JSON object {\"runs\": [{\"id\", \"model\", \"time\", \"figures\"}]}\n\n"
+		"Exit status: 0, 1 the catalog cannot be read, 2 usage error.\n");
+}
+
+static void step(const struct bopts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void step(const struct bopts *o, const char *fmt, ...)
+{
+	va_list ap;
+
+	(void)o;
+	fputs("bench: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static json_t *num(double v)
+{
+	return isnan(v) || isinf(v) ? json_null() : json_real(v);
+}
+
+static double ratio(double a, double b)
+{
+	return a > 0 && b > 0 ? a / b : NAN;
+}
+
+static void files_free(struct files *f)
+{
+	for (unsigned int i = 0; i < f->n; i++)
+		free((char *)f->paths[i]);
+	free(f->paths);
+	free(f->sizes);
+	free(f->bases);
+	memset(f, 0, sizeof(*f));
+}
+
+/* The model's safetensors files from the catalog of @state_dir. */
+static int model_files(const char *state_dir, const char *model, struct files *f, char *name,
+		       size_t name_size)
+{
+	struct catalog *cat;
+	struct catalog_model m;
+	size_t cap = 0;
+	int ret;
+
+	memset(f, 0, sizeof(*f));
+	ret = catalog_open(state_dir, &cat);
+	if (ret)
+		return ret;
+	ret = catalog_get_model(cat, model, &m);
+	catalog_close(cat);
+	if (ret)
+		return ret;
+	snprintf(name, name_size, "%s", m.name);
+	for (size_t c = 0; c < m.n_components; c++)
+		cap += m.components[c].n_files;
+	f->paths = calloc(cap + 1, sizeof(*f->paths));
+	f->sizes = calloc(cap + 1, sizeof(*f->sizes));
+	f->bases = calloc(cap + 1, sizeof(*f->bases));
+	if (!f->paths || !f->sizes || !f->bases) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t c = 0; c < m.n_components; c++) {
+		const struct catalog_component *cc = &m.components[c];
+
+		for (size_t k = 0; k < cc->n_files; k++) {
+			if (cc->files[k].kind != MODEL_FILE_ST)
+				continue;
+			f->paths[f->n] = strdup(cc->files[k].path);
+			if (!f->paths[f->n]) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			f->sizes[f->n] = cc->files[k].fp.size;
+			f->bases[f->n] = f->span;
+			f->total += f->sizes[f->n];
+			f->span += (f->sizes[f->n] + 4095) & ~4095ull;
+			f->n++;
+		}
+	}
+out:
+	catalog_model_free(&m);
+	if (ret)
+		files_free(f);
+	return ret;
+}
+
+struct prog {
+	struct ctl_progress p;
+};
+
+static void on_progress(uint64_t done, uint64_t total, void *arg)
+{
+	ctl_progress_update(&((struct prog *)arg)->p, done, total);
+}
+
+/*
+ * Unloads @model from @tier (a missing copy is fine) and loads it again, timed.
+ * Returns 0 with *@secs set, or the failing call's error.
+ */
+static int timed_load(struct weightd *w, const char *model, unsigned int tier, const char *label,
+		      double *secs, uint64_t *bytes)
+{
+	struct weightd_load_result res = { 0 };
+	struct prog pr;
+	uint64_t t0;
+	int ret;
+
+	ret = weightd_unload(w, model, NULL, tier);
+	if (ret && ret != -ENOENT)
+		return ret;
+	ctl_progress_begin(&pr.p, label, true);
+	t0 = wd_now_ns();
+	ret = weightd_load_ex(w, model, NULL, tier, 0, NULL, on_progress, &pr, &res);
+	*secs = (double)(wd_now_ns() - t0) / 1e9;
+	ctl_progress_end(&pr.p, res.bytes, res.bytes);
+	if (ret)
+		return ret;
+	if (res.hit)
+		return -EALREADY;	/* still resident: the unload did not happen */
+	*bytes = res.bytes;
+	return 0;
+}
+
+/* Pinned host-to-device bandwidth on device 0 of this process; NAN with @why when none. */
+static double h2d_pinned_bps(char *why, size_t why_size)
+{
+	const struct gpu_ops *ops = gpu_ops_pick(why, why_size);
+	struct gpu_dev *dev = NULL;
+	struct gpu_stream *s = NULL;
+	struct gpu_vram v = { .fd = -1 };
+	void *host = NULL;
+	double best = NAN;
+
+	if (!ops || ops->open(0, &dev, why, why_size))
+		return NAN;
+	if (ops->host_alloc(dev, H2D_BYTES, &host, why, why_size) ||
+	    ops->vram_alloc(dev, H2D_BYTES, &v, why, why_size) ||
+	    ops->stream_create(dev, &s, why, why_size))
+		goto out;
+	memset(host, 1, H2D_BYTES);
+	for (int r = 0; r < 3; r++) {
+		struct gpu_event *ev = NULL;
+		uint64_t t0 = wd_now_ns(), dt;
+
+		if (ops->copy_h2d(dev, s, v.dptr, host, H2D_BYTES, why, why_size) ||
+		    ops->event_record(dev, s, &ev, why, why_size))
+			break;
+		if (ops->event_wait(dev, ev, why, why_size)) {
+			ops->event_destroy(dev, ev);
+			break;
+		}
+		ops->event_destroy(dev, ev);
+		dt = wd_now_ns() - t0;
+		if (dt && (isnan(best) || (double)H2D_BYTES * 1e9 / (double)dt > best))
+			best = (double)H2D_BYTES * 1e9 / (double)dt;
+	}
+out:
+	if (s)
+		ops->stream_destroy(dev, s);
+	if (v.size)
+		ops->vram_free(dev, &v);
+	if (host)
+		ops->host_free(dev, host);
+	ops->close(dev);
+	return best;
+}
+
+/* A fresh client: attach, then resolve every tensor of @model by component and name. */
+static int attach_resolve(const struct bopts *o, struct weightd *w, const char *model,
+			  double *secs, uint32_t *n_out)
+{
+	struct weightd_attach_opts ao = { .client_name = "weightctl-bench-attach" };
+	struct weightd_tensor_info *ti = NULL, one;
+	char *names = NULL, (*comp)[WEIGHTD_NAME_MAX] = NULL;
+	struct weightd *w2 = NULL;
+	int n, ret;
+	uint64_t t0;
+
+	n = weightd_tensor_list(w, model, NULL, NULL, NULL, 0);
+	if (n < 0)
+		return n;
+	ti = calloc((size_t)n + 1, sizeof(*ti));
+	names = calloc((size_t)n + 1, WEIGHTD_NAME_MAX);
+	comp = calloc((size_t)n + 1, sizeof(*comp));
+	if (!ti || !names || !comp) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = weightd_tensor_list(w, model, NULL, ti, names, (uint32_t)n);
+	if (ret < 0)
+		goto out;
+	for (int i = 0; i < n; i++) {
+		struct weightd_component_info ci;
+
+		ret = weightd_component(w, ti[i].component, &ci);
+		if (ret)
+			goto out;
+		snprintf(comp[i], WEIGHTD_NAME_MAX, "%s", ci.name);
+	}
+	t0 = wd_now_ns();
+	ret = weightd_attach(o->socket, &ao, &w2);
+	for (int i = 0; !ret && i < n; i++)
+		ret = weightd_tensor(w2, model, comp[i][0] ? comp[i] : NULL,
+				     names + (size_t)i * WEIGHTD_NAME_MAX, &one);
+	*secs = (double)(wd_now_ns() - t0) / 1e9;
+	*n_out = (uint32_t)n;
+out:
+	weightd_detach(w2);
+	free(ti);
+	free(names);
+	free(comp);
+	return ret < 0 ? ret : 0;
+}
+
+/* Bytes of @model resident on each tier, from the registry. */
+static json_t *memory_per_tier(struct weightd *w, uint32_t model_id, uint32_t n_comps,
+			       const struct weightd_stats *st)
+{
+	uint64_t per[WEIGHTD_TIER_MAX] = { 0 };
+	json_t *j = json_object();
+	char tn[16];
+
+	for (uint32_t id = 0;; id++) {
+		struct weightd_component_info ci;
+
+		if (weightd_component(w, id, &ci))
+			break;
+		if (ci.model != model_id)
+			continue;
+		for (unsigned int t = 0; t < WEIGHTD_TIER_MAX; t++)
+			if (ci.tiers[t].state == WEIGHTD_RESIDENT)
+				per[t] += ci.nbytes;
+	}
+	(void)n_comps;
+	for (unsigned int t = 0; t < WEIGHTD_TIER_MAX; t++)
+		if (per[t] || t == 0)
+			json_object_set_new(j, weightd_tier_name(t, tn, sizeof(tn)),
+					    json_integer((json_int_t)per[t]));
+	json_object_set_new(j, "host_cache_used", json_integer((json_int_t)st->host_bytes));
+	json_object_set_new(j, "host_cache_budget", json_integer((json_int_t)st->host_budget));
+	return j;
+}
+
+/* A bar chart of the bandwidths in @r with gnuplot; false when gnuplot failed. */
+static bool plot(const char *png, json_t *r)
+{
+	static const char *const keys[][3] = {
+		{ "storage", "cold_bps", "storage cold" }, { "host", "cold_bps", "host load cold" },
+		{ "storage", "warm_bps", "storage warm" }, { "host", "warm_bps", "host load warm" },
+		{ NULL, "memcpy_bps", "memcpy" }, { "gpu", "h2d_pinned_bps", "pinned H2D" },
+		{ "gpu", "load_bps", "GPU load" },
+	};
+	FILE *g = popen("gnuplot 2>/dev/null", "w");
+
+	if (!g)
+		return false;
+	fprintf(g, "set terminal pngcairo size 900,500\nset output '%s'\nset style data histograms\n"
+		   "set style fill solid\nset ylabel 'GB/s'\nset xtics rotate by -30\n"
+		   "set title 'weightctl bench %s'\nunset key\nplot '-' using 2:xtic(1)\n", png,
+		json_string_value(json_object_get(r, "model")));
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+		json_t *o = keys[i][0] ? json_object_get(r, keys[i][0]) : r;
+		json_t *v = o ? json_object_get(o, keys[i][1]) : NULL;
+
+		if (v && json_is_number(v))
+			fprintf(g, "\"%s\" %.3f\n", keys[i][2], json_number_value(v) / 1e9);
+	}
+	fprintf(g, "e\n");
+	return pclose(g) == 0;
+}
+
+static int parse_bench(int argc, char **argv, struct bopts *o)
+{
+	static const struct option longopts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "out", required_argument, NULL, 'o' },
+		{ "png", required_argument, NULL, 'p' },
+		{ "no-record", no_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int opt;
+
+	*o = (struct bopts){ 0 };
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "hj", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 's': o->socket = optarg; break;
+		case 'j': o->json = true; break;
+		case 'o': o->out = optarg; break;
+		case 'p': o->png = optarg; break;
+		case 'n': o->no_record = true; break;
+		case 'h': usage_bench(stdout); return CTL_OK;
+		default: usage_bench(stderr); return CTL_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		ctl_err("bench", "needs exactly one MODEL");
+		usage_bench(stderr);
+		return CTL_USAGE;
+	}
+	o->model = argv[optind];
+	return -1;
+}
+
+/* The measurements; fills @r. Returns 0 or the negative errno of the step that failed. */
+static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json_t *r)
+{
+	char name[WEIGHTD_NAME_MAX], why[256] = "", tn[16];
+	struct weightd_model_info mi;
+	struct weightd_stats st;
+	struct files f;
+	const char *sd = ctl_state_dir(c);
+	enum rawread_drop drop;
+	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, mbps, h2d = NAN;
+	uint64_t b_cold = 0, b_warm = 0;
+	uint32_t mid, n_t = 0;
+	void *buf = NULL;
+	bool direct = true;
+	int ret;
+
+	if (!sd)
+		return -ENOENT;
+	ret = model_files(sd, o->model, &f, name, sizeof(name));
+	if (ret) {
+		ctl_err("bench", "%s: not in the catalog at %s: %s", o->model, sd, strerror(-ret));
+		return ret;
+	}
+	ret = weightd_lookup(w, name, &mid);
+	if (!ret)
+		ret = weightd_model(w, mid, &mi);
+	if (ret) {
+		ctl_err("bench", "%s: the daemon does not know it: %s", name, weightd_last_error());
+		goto out;
+	}
+	step(o, "%s: %u components, %u files, %llu bytes of files", name, mi.n_components, f.n,
+	     (unsigned long long)f.total);
+	json_object_set_new(r, "model", json_string(name));
+	json_object_set_new(r, "time", json_real((double)wd_wall_ns() / 1e9));
+	json_object_set_new(r, "bytes", json_integer((json_int_t)mi.nbytes));
+	json_object_set_new(r, "files", json_integer(f.n));
+	json_object_set_new(r, "file_bytes", json_integer((json_int_t)f.total));
+
+	/* Host tier, cold then warm. */
+	drop = rawread_drop_cache(f.paths, f.n, geteuid() == 0);
+	json_object_set_new(r, "cold_method", json_string(rawread_drop_name(drop)));
+	step(o, "cold load to host (caches dropped with %s)", rawread_drop_name(drop));
+	ret = timed_load(w, name, 0, "bench: host cold", &t_cold, &b_cold);
+	if (ret) {
+		ctl_err("bench", "cold load of %s: %s", name, ret == -EALREADY ?
+			"still resident after unload (pinned by another client?)" :
+			weightd_last_error());
+		goto out;
+	}
+	step(o, "cold load: %.3f s, %.3f GB/s", t_cold, (double)b_cold / t_cold / 1e9);
+	ret = timed_load(w, name, 0, "bench: host warm", &t_warm, &b_warm);
+	if (ret) {
+		ctl_err("bench", "warm load of %s: %s", name, ret == -EALREADY ?
+			"still resident after unload (pinned by another client?)" :
+			weightd_last_error());
+		goto out;
+	}
+	step(o, "warm load: %.3f s, %.3f GB/s", t_warm, (double)b_warm / t_warm / 1e9);
+	json_object_set_new(r, "host", json_pack("{s:f, s:o, s:f, s:o, s:I}", "cold_s", t_cold,
+						 "cold_bps", num((double)b_cold / t_cold),
+						 "warm_s", t_warm,
+						 "warm_bps", num((double)b_warm / t_warm),
+						 "bytes", (json_int_t)b_warm));
+
+	/* Storage: the same files read raw, cold (O_DIRECT when possible) and warm. */
+	if (posix_memalign(&buf, 4096, f.span ? f.span : 4096)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memset(buf, 0, f.span);
+	rawread_drop_cache(f.paths, f.n, geteuid() == 0);
+	ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, true, &t_sc);
+	if (ret == -EINVAL) {
+		direct = false;
+		rawread_drop_cache(f.paths, f.n, geteuid() == 0);
+		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sc);
+	}
+	if (!ret)
+		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sw);
+	if (ret) {
+		ctl_err("bench", "raw read of %s's files: %s", name, strerror(-ret));
+		goto out;
+	}
+	step(o, "raw io_uring read: cold%s %.3f GB/s, warm %.3f GB/s", direct ? " O_DIRECT" : "",
+	     (double)f.total / t_sc / 1e9, (double)f.total / t_sw / 1e9);
+	json_object_set_new(r, "storage", json_pack("{s:b, s:o, s:o}", "direct", direct,
+						    "cold_bps", num((double)f.total / t_sc),
+						    "warm_bps", num((double)f.total / t_sw)));
+	free(buf);
+	buf = NULL;
+	mbps = rawread_memcpy_bps(f.total < MEMCPY_MAX ? (f.total ? f.total : 4096) :
+				  MEMCPY_MAX, 3);
+	step(o, "memcpy: %.3f GB/s", mbps / 1e9);
+	json_object_set_new(r, "memcpy_bps", num(mbps));
+
+	/* GPU tier 1 (cuda:0), when the daemon has one. */
+	{
+		double t_gpu = NAN;
+		uint64_t b_gpu = 0;
+
+		ret = timed_load(w, name, 1, "bench: cuda:0", &t_gpu, &b_gpu);
+		if (ret) {
+			snprintf(why, sizeof(why), "no GPU tier: %s", weightd_last_error());
+			step(o, "%s", why);
+			json_object_set_new(r, "gpu", json_null());
+			json_object_set_new(r, "gpu_reason", json_string(why));
+		} else {
+			h2d = h2d_pinned_bps(why, sizeof(why));
+			step(o, "load to %s: %.3f s, %.3f GB/s; pinned H2D %.3f GB/s",
+			     weightd_tier_name(1, tn, sizeof(tn)), t_gpu,
+			     (double)b_gpu / t_gpu / 1e9, h2d / 1e9);
+			json_object_set_new(r, "gpu", json_pack(
+				"{s:s, s:f, s:o, s:o, s:o}", "tier", "cuda:0", "load_s", t_gpu,
+				"load_bps", num((double)b_gpu / t_gpu), "h2d_pinned_bps", num(h2d),
+				"load_vs_h2d", num(ratio((double)b_gpu / t_gpu, h2d))));
+			if (isnan(h2d))
+				json_object_set_new(r, "h2d_reason", json_string(why));
+		}
+		ret = 0;
+	}
+	json_object_set_new(r, "ratios", json_pack(
+		"{s:o, s:o}", "host_cold_vs_storage_cold",
+		num(ratio((double)b_cold / t_cold, (double)f.total / t_sc)),
+		"host_warm_vs_storage_warm",
+		num(ratio((double)b_warm / t_warm, (double)f.total / t_sw))));
+
+	ret = attach_resolve(o, w, name, &t_ar, &n_t);
+	if (ret) {
+		ctl_err("bench", "attach and resolve: %s", weightd_last_error());
+		goto out;
+	}
+	step(o, "new client: attach + resolve %u tensors in %.3f ms", n_t, t_ar * 1e3);
+	json_object_set_new(r, "attach_resolve_s", json_real(t_ar));
+	json_object_set_new(r, "tensors", json_integer(n_t));
+	ret = weightd_stats(w, &st);
+	if (ret)
+		goto out;
+	json_object_set_new(r, "memory", memory_per_tier(w, mid, mi.n_components, &st));
+out:
+	free(buf);
+	files_free(&f);
+	return ret;
+}
+
+static int record(struct ctl *c, json_t *r)
+{
+	struct catalog *cat;
+	char *txt = json_dumps(r, JSON_COMPACT);
+	int ret = txt ? 0 : -ENOMEM;
+
+	if (!ret)
+		ret = catalog_open(ctl_state_dir(c), &cat);
+	if (!ret) {
+		ret = catalog_bench_add(cat, json_string_value(json_object_get(r, "model")),
+					wd_wall_ns(), txt);
+		catalog_close(cat);
+	}
+	free(txt);
+	return ret;
+}
+
+static void print_text(json_t *r)
+{
+	json_t *h = json_object_get(r, "host"), *s = json_object_get(r, "storage");
+	json_t *g = json_object_get(r, "gpu"), *ra = json_object_get(r, "ratios");
+
+	printf("model %s: %lld bytes\n", json_string_value(json_object_get(r, "model")),
+	       (long long)json_integer_value(json_object_get(r, "bytes")));
+	printf("  host load cold   %8.3f GB/s  (%.0f%% of raw %s read, caches dropped by %s)\n",
+	       json_number_value(json_object_get(h, "cold_bps")) / 1e9,
+	       100 * json_number_value(json_object_get(ra, "host_cold_vs_storage_cold")),
+	       json_is_true(json_object_get(s, "direct")) ? "O_DIRECT" : "buffered",
+	       json_string_value(json_object_get(r, "cold_method")));
+	printf("  host load warm   %8.3f GB/s  (%.0f%% of raw buffered read)\n",
+	       json_number_value(json_object_get(h, "warm_bps")) / 1e9,
+	       100 * json_number_value(json_object_get(ra, "host_warm_vs_storage_warm")));
+	printf("  storage cold     %8.3f GB/s\n  storage warm     %8.3f GB/s\n",
+	       json_number_value(json_object_get(s, "cold_bps")) / 1e9,
+	       json_number_value(json_object_get(s, "warm_bps")) / 1e9);
+	printf("  memcpy           %8.3f GB/s\n",
+	       json_number_value(json_object_get(r, "memcpy_bps")) / 1e9);
+	if (json_is_object(g))
+		printf("  load to cuda:0   %8.3f GB/s  (pinned H2D %.3f GB/s)\n",
+		       json_number_value(json_object_get(g, "load_bps")) / 1e9,
+		       json_number_value(json_object_get(g, "h2d_pinned_bps")) / 1e9);
+	else
+		printf("  %s\n", json_string_value(json_object_get(r, "gpu_reason")));
+	printf("  new client       attach + resolve %lld tensors in %.3f ms\n",
+	       (long long)json_integer_value(json_object_get(r, "tensors")),
+	       json_number_value(json_object_get(r, "attach_resolve_s")) * 1e3);
+}
+
+int ctl_bench(struct ctl *c, int argc, char **argv)
+{
+	struct weightd_attach_opts ao = { .client_name = "weightctl-bench" };
+	struct weightd *w = NULL;
+	struct bopts o;
+	json_t *r;
+	int ret;
+
+	if ((ret = parse_bench(argc, argv, &o)) >= 0)
+		return ret;
+	ret = weightd_attach(o.socket, &ao, &w);
+	if (ret) {
+		ctl_err("bench", "cannot attach to the daemon: %s", weightd_last_error());
+		return CTL_FAIL;
+	}
+	r = json_object();
+	ret = r ? measure(c, &o, w, r) : -ENOMEM;
+	weightd_detach(w);
+	if (ret) {
+		json_decref(r);
+		return CTL_FAIL;
+	}
+	if (!o.no_record) {
+		ret = record(c, r);
+		if (ret)
+			ctl_err("bench", "cannot record the run in the catalog: %s", strerror(-ret));
+		else
+			step(&o, "recorded in the catalog (weightctl history %s)",
+			     json_string_value(json_object_get(r, "model")));
+	}
+	if (o.out && json_dump_file(r, o.out, JSON_INDENT(2))) {
+		ctl_err("bench", "cannot write %s", o.out);
+		ret = -EIO;
+	}
+	if (o.png && !plot(o.png, r)) {
+		ctl_err("bench", "gnuplot could not draw %s (is gnuplot installed?)", o.png);
+		ret = -EIO;
+	}
+	if (o.json) {
+		char *txt = json_dumps(r, JSON_INDENT(2));
+
+		if (txt)
+			puts(txt);
+		free(txt);
+	} else {
+		print_text(r);
+	}
+	json_decref(r);
+	return ret ? CTL_FAIL : CTL_OK;
+}
+
+/* ---- history ---------------------------------------------------------------------------- */
+
+struct hist_ctx {
+	bool json;
+	json_t *runs;
+	unsigned int n;
+};
+
+static double fig(json_t *f, const char *obj, const char *key)
+{
+	json_t *o = obj ? json_object_get(f, obj) : f;
+	json_t *v = o ? json_object_get(o, key) : NULL;
+
+	return v && json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+/* @bps as GB/s with three decimals, or "-" for a figure the run does not have. */
+static const char *gbps(double bps, char *buf)
+{
+	if (isnan(bps))
+		return "-";
+	snprintf(buf, 16, "%.3f", bps / 1e9);
+	return buf;
+}
+
+static int on_run(int64_t id, const char *model, uint64_t at_ns, const char *figures, void *arg)
+{
+	struct hist_ctx *h = arg;
+	json_t *f = json_loads(figures, 0, NULL);
+	time_t t = (time_t)(at_ns / 1000000000);
+	char when[32], b[5][16];
+	struct tm tm;
+
+	h->n++;
+	if (h->json) {
+		json_array_append_new(h->runs, json_pack("{s:I, s:s, s:f, s:o}", "id",
+							 (json_int_t)id, "model", model, "time",
+							 (double)at_ns / 1e9,
+							 "figures", f ? f : json_null()));
+		return 0;
+	}
+	localtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	printf("%-5lld %-19s %-24s %9s %9s %9s %9s %9s\n", (long long)id, when, model,
+	       gbps(fig(f, "host", "cold_bps"), b[0]), gbps(fig(f, "host", "warm_bps"), b[1]),
+	       gbps(fig(f, "storage", "cold_bps"), b[2]),
+	       gbps(fig(f, "storage", "warm_bps"), b[3]), gbps(fig(f, "gpu", "load_bps"), b[4]));
+	json_decref(f);
+	return 0;
+}
+
+int ctl_history(struct ctl *c, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct hist_ctx h = { 0 };
+	struct catalog *cat;
+	const char *sd, *model = NULL;
+	char name[WEIGHTD_NAME_MAX];
+	int opt, ret;
+
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "hj", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'j': h.json = true; break;
+		case 'h': usage_history(stdout); return CTL_OK;
+		default: usage_history(stderr); return CTL_USAGE;
+		}
+	}
+	if (optind + 1 < argc) {
+		ctl_err("history", "takes at most one MODEL");
+		usage_history(stderr);
+		return CTL_USAGE;
+	}
+	sd = ctl_state_dir(c);
+	if (!sd)
+		return CTL_FAIL;
+	ret = catalog_open(sd, &cat);
+	if (ret) {
+		ctl_err("history", "cannot open the catalog in %s: %s", sd, strerror(-ret));
+		return CTL_FAIL;
+	}
+	if (optind < argc) {
+		struct catalog_model m;
+
+		/* A model is named as everywhere (name or path); runs are stored by its name. */
+		model = argv[optind];
+		if (catalog_get_model(cat, model, &m) == 0) {
+			snprintf(name, sizeof(name), "%s", m.name);
+			model = name;
+			catalog_model_free(&m);
+		}
+	}
+	if (h.json)
+		h.runs = json_array();
+	else
+		printf("%-5s %-19s %-24s %9s %9s %9s %9s %9s\n", "ID", "TIME", "MODEL", "COLD GB/s",
+		       "WARM GB/s", "DISK COLD", "DISK WARM", "GPU GB/s");
+	ret = catalog_bench_list(cat, model, on_run, &h);
+	catalog_close(cat);
+	if (ret) {
+		json_decref(h.runs);
+		ctl_err("history", "cannot read the bench runs: %s", strerror(-ret));
+		return CTL_FAIL;
+	}
+	if (h.json) {
+		json_t *j = json_pack("{s:o}", "runs", h.runs);
+		char *txt = json_dumps(j, JSON_INDENT(2));
+
+		if (txt)
+			puts(txt);
+		free(txt);
+		json_decref(j);
+	} else if (!h.n) {
+		printf("(no bench runs recorded%s%s)\n", model ? " for " : "", model ? model : "");
+	}
+	return CTL_OK;
+}

@@ -1,0 +1,1375 @@
+/*
+ * The device tier of the daemon: per-GPU caches of components in exported VRAM allocations.
+ * See core/devcache.h for the model, the threads and the locks.
+ */
+#include "core/devcache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/evict.h"
+#include "core/hostcache.h"
+#include "core/log.h"
+#include "core/placement.h"
+#include "gpu/device.h"
+#include "gpu/staging.h"
+
+#define MOD "devcache"
+#define COPY_CHUNK (64ull << 20)	/* bytes per copy between progress reports */
+#define MEMINFO_TRIES 100		/* mem_info re-reads after an eviction, 10 ms apart */
+#define NO_TID UINT32_MAX
+
+struct dgpu {
+	int ordinal;
+	struct gpu_dev *dev;
+	struct gpu_device info;
+	int numa;			/* -1: unknown or emulated */
+	uint64_t budget;
+	struct evict_policy *pol;
+	struct gpu_stream *stream;	/* copies when there is no staging ring */
+	struct staging *st;		/* the pinned staging ring (NULL: it could not be made) */
+	bool registered;		/* the host arena is page-locked for it */
+	uint64_t load_bytes;		/* bytes copied into it */
+};
+
+struct dreq {
+	struct client *c;
+	uint64_t user_data;
+	struct pending *spare;
+	uint8_t flags;
+	int pending;		/* device loads not finished, plus one while fanning out */
+	int err;
+	char msg[WD_DATA_SLOT_SIZE];
+	uint64_t bytes;
+	uint64_t read_bytes;	/* read from disk by the host loads it started or joined */
+	struct lease_pin pin;	/* taken on success with WD_SQE_F_PIN */
+};
+
+struct dentry {
+	struct dentry *next;
+	struct dgpu *g;
+	uint32_t model, comp;
+	char key[EVICT_KEY_MAX];	/* "cuda:N/model/component" */
+	bool resident;
+	struct gpu_vram v;		/* while resident (and while being filled, on the thread) */
+	uint64_t size, tensor_bytes;
+	struct hostcache_layout l;	/* the host entry it was copied from: the same tensor
+					 * offsets, and what demotion needs to rebuild it */
+	uint32_t pins;			/* evict_pin() calls applied (lease pins covering it) */
+	struct dreq **waiters;
+	uint32_t n_waiters, cap_waiters;
+};
+
+/* Work for the device thread: fill entry @e (host load ended with @err), or free @v. */
+struct dwork {
+	struct dwork *next;
+	struct dentry *e;
+	int err;
+	char msg[WD_DATA_SLOT_SIZE];
+	uint64_t read_bytes;
+	bool stream;			/* disk -> VRAM: @l and @src say what goes where */
+	bool held;			/* host -> VRAM: @l is the held host entry */
+	struct hostcache_layout l;
+	struct hostcache_src *src;
+	struct dgpu *g;			/* free_vram: the device of @v */
+	struct gpu_vram v;
+	bool free_vram;
+};
+
+struct devcache {
+	pthread_mutex_t lock;		/* entries, policies, pins */
+	const struct gpu_ops *ops;
+	char why[200];			/* why there is no GPU tier */
+	unsigned int n;
+	struct dgpu g[GPU_MAX_DEVICES];
+	struct dentry *entries;
+	uint64_t token;
+
+	pthread_t thread;
+	bool started;
+	pthread_mutex_t qlock;
+	pthread_cond_t qcond;
+	struct dwork *qhead, *qtail;
+	bool stop;
+	bool ready;			/* the thread finished opening the devices */
+};
+
+/* ---- small helpers --------------------------------------------------------------------- */
+
+static uint16_t WD_PRINTF(2, 3) setmsg(char *out, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out, WD_DATA_SLOT_SIZE, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return 0;
+	return (uint16_t)(n >= (int)WD_DATA_SLOT_SIZE ? (int)WD_DATA_SLOT_SIZE - 1 : n);
+}
+
+int devcache_parse_budget(const char *s, uint64_t *bytes, unsigned int *pct)
+{
+	size_t len = s ? strlen(s) : 0;
+
+	*bytes = 0;
+	*pct = 0;
+	if (!len)
+		return -EINVAL;
+	if (s[len - 1] == '%') {
+		char *end;
+		unsigned long v;
+
+		errno = 0;
+		v = strtoul(s, &end, 10);
+		if (end != s + len - 1 || end == s || errno || v < 1 || v > 100)
+			return -EINVAL;
+		*pct = (unsigned int)v;
+		return 0;
+	}
+	return daemon_parse_bytes(s, bytes);
+}
+
+static struct dgpu *gpu_of(struct devcache *dc, uint32_t tier)
+{
+	if (tier == WD_TIER_HOST || tier - 1 >= dc->n)
+		return NULL;
+	return &dc->g[tier - 1];
+}
+
+static struct dentry *find(struct devcache *dc, const struct dgpu *g, uint32_t comp)
+{
+	for (struct dentry *e = dc->entries; e; e = e->next)
+		if (e->g == g && e->comp == comp)
+			return e;
+	return NULL;
+}
+
+/* The components a request targets: @comp, or all of @model's. */
+static void targets(struct daemon *d, uint32_t model, uint32_t comp, uint32_t *first,
+		    uint32_t *n)
+{
+	*first = 0;
+	*n = 0;
+	if (comp != WD_ID_NONE) {
+		*first = comp;
+		*n = 1;
+		return;
+	}
+	pthread_mutex_lock(&d->state_lock);
+	if (model < d->n_models) {
+		*first = d->models[model].first_comp;
+		*n = d->models[model].n_comps;
+	}
+	pthread_mutex_unlock(&d->state_lock);
+}
+
+static void set_state(struct daemon *d, const struct dentry *e, uint32_t state, int err)
+{
+	pthread_mutex_lock(&d->state_lock);
+	registry_set_state(d->reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), state, err);
+	pthread_mutex_unlock(&d->state_lock);
+}
+
+/*
+ * Brings each entry's policy lease count in line with the client pins (DEVICE_MAP and PIN)
+ * on its GPU's tier that cover its component or its whole model. Under dc->lock.
+ */
+static void sync_pins(struct daemon *d)
+{
+	struct devcache *dc = d->dc;
+
+	pthread_mutex_lock(&d->state_lock);
+	for (struct dentry *e = dc->entries; e; e = e->next) {
+		uint32_t want = 0, tier = WD_TIER_CUDA((uint32_t)e->g->ordinal);
+
+		if (!e->resident)
+			continue;
+		for (const struct lease *l = d->leases.head; l; l = l->next)
+			for (size_t i = 0; i < l->n; i++)
+				if (l->pins[i].tier == tier && l->pins[i].model == e->model &&
+				    (l->pins[i].component == WD_ID_NONE ||
+				     l->pins[i].component == e->comp))
+					want++;
+		for (; e->pins < want; e->pins++)
+			evict_pin(e->g->pol, e->key);
+		for (; e->pins > want; e->pins--)
+			evict_unpin(e->g->pol, e->key);
+	}
+	pthread_mutex_unlock(&d->state_lock);
+}
+
+static void queue_work(struct devcache *dc, struct dwork *w)
+{
+	pthread_mutex_lock(&dc->qlock);
+	if (dc->qtail)
+		dc->qtail->next = w;
+	else
+		dc->qhead = w;
+	dc->qtail = w;
+	pthread_cond_signal(&dc->qcond);
+	pthread_mutex_unlock(&dc->qlock);
+}
+
+/* Hands @v to the device thread to be freed (only that thread calls gpu_ops). */
+static void free_later(struct devcache *dc, struct dgpu *g, struct gpu_vram *v)
+{
+	struct dwork *w = calloc(1, sizeof(*w));
+
+	if (!w) {
+		/* Leaking the allocation is better than freeing it on a foreign thread. */
+		log_error(MOD, "\"VRAM allocation leaked: out of memory\" bytes=%" PRIu64, v->size);
+		return;
+	}
+	w->free_vram = true;
+	w->g = g;
+	w->v = *v;
+	memset(v, 0, sizeof(*v));
+	v->fd = -1;
+	queue_work(dc, w);
+}
+
+static void free_dentry(struct dentry *e)
+{
+	free(e->l.t);
+	free(e->waiters);
+	free(e);
+}
+
+static void unlink_dentry(struct devcache *dc, struct dentry *e)
+{
+	for (struct dentry **pp = &dc->entries; *pp; pp = &(*pp)->next) {
+		if (*pp == e) {
+			*pp = e->next;
+			return;
+		}
+	}
+}
+
+/* ---- requests -------------------------------------------------------------------------- */
+
+static void req_fail(struct dreq *r, int err, const char *msg)
+{
+	if (r->err)
+		return;
+	r->err = err;
+	snprintf(r->msg, sizeof(r->msg), "%s", msg && *msg ? msg : strerror(-err));
+}
+
+/* A pin of a LOAD with WD_SQE_F_PIN, once resident (as the host tier's). Takes state_lock. */
+static void take_pin(struct daemon *d, struct client *c, const struct lease_pin *p)
+{
+	pthread_mutex_lock(&d->state_lock);
+	if (!c->gone && lease_pin(&d->leases, &c->lease, p) == 0) {
+		registry_set_model_pins(d->reg, p->model, lease_model_pins(&d->leases, p->model));
+		registry_counter_add(d->reg, WD_CTR_PINS, 1);
+	}
+	pthread_mutex_unlock(&d->state_lock);
+}
+
+/* Under dc->lock (or before the request is shared). */
+static void req_done_one(struct daemon *d, struct dreq *r)
+{
+	struct wd_cqe cqe;
+	size_t len;
+
+	if (--r->pending)
+		return;
+	if (!r->err && (r->flags & WD_SQE_F_PIN))
+		take_pin(d, r->c, &r->pin);
+	cqe = (struct wd_cqe){ .user_data = r->user_data, .res = r->err, .aux0 = r->bytes,
+			       .aux1 = r->read_bytes };
+	len = r->err ? strnlen(r->msg, sizeof(r->msg) - 1) : 0;
+	daemon_post(d, r->c, &cqe, &r->spare, r->msg, len);
+	daemon_client_put(d, r->c);
+	free(r->spare);
+	free(r);
+}
+
+static int add_waiter(struct dentry *e, struct dreq *r)
+{
+	if (e->n_waiters == e->cap_waiters) {
+		uint32_t cap = e->cap_waiters ? 2 * e->cap_waiters : 4;
+		struct dreq **n = realloc(e->waiters, cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		e->waiters = n;
+		e->cap_waiters = cap;
+	}
+	e->waiters[e->n_waiters++] = r;
+	r->pending++;
+	return 0;
+}
+
+/* The load of @e failed: its requesters get @err, the entry goes. Under dc->lock. */
+static void fail_entry(struct daemon *d, struct dentry *e, int err, const char *msg)
+{
+	log_info(MOD, "\"device load failed\" key=\"%s\" err=%d msg=\"%s\"", e->key, err,
+		 msg ? msg : "");
+	unlink_dentry(d->dc, e);
+	set_state(d, e, err == -ECANCELED ? WD_STATE_ABSENT : WD_STATE_FAILED, err);
+	for (uint32_t i = 0; i < e->n_waiters; i++) {
+		req_fail(e->waiters[i], err, msg);
+		req_done_one(d, e->waiters[i]);
+	}
+	free_dentry(e);
+}
+
+/* ---- eviction and demotion -------------------------------------------------------------- */
+
+/*
+ * Copies resident entry @e back into a new host cache entry when the host tier no longer
+ * holds the component. On the device thread (copy_d2h). Failure only costs a disk read later.
+ */
+static void demote(struct daemon *d, struct dentry *e)
+{
+	struct devcache *dc = d->dc;
+	char why[160] = "";
+	void *buf;
+	int ret;
+
+	if (hostcache_has(d, e->comp))
+		return;
+	buf = malloc(e->size);
+	if (!buf)
+		return;
+	ret = dc->ops->copy_d2h(e->g->dev, buf, e->v.dptr, e->size, why, sizeof(why));
+	if (!ret)
+		ret = hostcache_adopt(d, &e->l, e->model, e->comp, buf);
+	free(buf);
+	log_info(MOD, "\"demotion to the host\" key=\"%s\" bytes=%" PRIu64 " err=%d%s%s",
+		 e->key, e->size, ret, why[0] ? " why=" : "", why);
+}
+
+/* Drops resident @e (evicted: demoted first, counted). On the device thread, under dc->lock. */
+static void evict_entry(struct daemon *d, struct dentry *e, bool evicted)
+{
+	struct devcache *dc = d->dc;
+
+	if (evicted)
+		demote(d, e);
+	unlink_dentry(dc, e);
+	set_state(d, e, WD_STATE_ABSENT, 0);
+	evict_remove(e->g->pol, e->key, evicted);
+	log_info(MOD, "\"%s\" key=\"%s\" bytes=%" PRIu64, evicted ? "evicted" : "dropped", e->key,
+		 e->size);
+	dc->ops->vram_free(e->g->dev, &e->v);
+	free_dentry(e);
+}
+
+/*
+ * Admission of @bytes on @g for @e: refused at once when it can never fit (-EFBIG), else
+ * unpinned, unmapped entries are evicted by score until the policy has room, and the GPU's
+ * free memory is re-read (frees land late) until the allocation can be made. Device thread.
+ */
+static int admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes, char *msg)
+{
+	struct devcache *dc = d->dc;
+	struct evict_victims v;
+	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
+	char name[EVICT_KEY_MAX];
+	int ret;
+
+	snprintf(name, sizeof(name), "%s", strchr(e->key, '/') ? strchr(e->key, '/') + 1 : e->key);
+	pthread_mutex_lock(&dc->lock);
+	sync_pins(d);
+	ret = evict_admit(g->pol, name, bytes, now, &v, msg, WD_DATA_SLOT_SIZE);
+	if (ret) {
+		pthread_mutex_unlock(&dc->lock);
+		return ret;
+	}
+	for (size_t i = 0; i < v.n; i++) {
+		struct dentry *x = NULL;
+
+		for (struct dentry *y = dc->entries; y; y = y->next)
+			if (y->g == g && y->resident && !strcmp(y->key, v.keys[i]))
+				x = y;
+		if (x)
+			evict_entry(d, x, true);
+		else
+			evict_remove(g->pol, v.keys[i], true);
+	}
+	evict_victims_free(&v);
+	pthread_mutex_unlock(&dc->lock);
+	for (int i = 0; i < MEMINFO_TRIES; i++) {
+		char why[160];
+
+		ret = dc->ops->mem_info(g->dev, &free_b, &total_b, why, sizeof(why));
+		if (ret) {
+			snprintf(msg, WD_DATA_SLOT_SIZE, "cuda:%d: %s", g->ordinal, why);
+			break;
+		}
+		if (free_b >= bytes)
+			return 0;
+		usleep(10000);
+	}
+	if (!ret) {
+		ret = -ENOSPC;
+		snprintf(msg, WD_DATA_SLOT_SIZE, "component %.100s needs %" PRIu64 " bytes, cuda:%d "
+			 "has %" PRIu64 " free (other processes use the rest)", name, bytes,
+			 g->ordinal, free_b);
+	}
+	pthread_mutex_lock(&dc->lock);
+	evict_unreserve(g->pol, bytes);
+	pthread_mutex_unlock(&dc->lock);
+	return ret;
+}
+
+/* ---- the device thread ------------------------------------------------------------------ */
+
+static void post_progress(struct daemon *d, struct dentry *e, uint64_t done, uint64_t total)
+{
+	pthread_mutex_lock(&d->dc->lock);
+	for (uint32_t i = 0; i < e->n_waiters; i++) {
+		struct dreq *r = e->waiters[i];
+		struct wd_cqe cqe = { .user_data = r->user_data, .flags = WD_CQE_F_PROGRESS,
+				      .aux0 = done, .aux1 = total };
+
+		if (!(r->flags & WD_SQE_F_NO_PROGRESS))
+			daemon_post(d, r->c, &cqe, NULL, NULL, 0);
+	}
+	pthread_mutex_unlock(&d->dc->lock);
+	pthread_mutex_lock(&d->state_lock);
+	registry_set_progress(d->reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), done, total);
+	pthread_mutex_unlock(&d->state_lock);
+}
+
+struct progress_arg {
+	struct daemon *d;
+	struct dentry *e;
+};
+
+static void staging_progress(void *arg, uint64_t done, uint64_t total)
+{
+	struct progress_arg *pa = arg;
+
+	post_progress(pa->d, pa->e, done, total);
+}
+
+/*
+ * Host -> VRAM: @n bytes of @src (in the registered host cache arena) to @dptr, through the
+ * staging ring's streams, or in chunks on the device's own stream when it has no ring.
+ */
+static int copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t *src,
+		   uint64_t n, char *msg)
+{
+	const struct gpu_ops *ops = d->dc->ops;
+	struct dgpu *g = e->g;
+	char why[STAGING_MSG_MAX] = "";
+	int ret = 0;
+
+	if (g->st) {
+		struct progress_arg pa = { d, e };
+		struct staging_host_copy c = { .src = src, .len = n, .dst = dptr };
+
+		ret = staging_copy_host(g->st, &c, 1, &(struct staging_call){
+						.progress = staging_progress, .arg = &pa },
+					why, sizeof(why));
+		if (ret)
+			snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy to cuda:%d: %.150s", e->key,
+				 g->ordinal, why);
+		return ret;
+	}
+	for (uint64_t off = 0; off < n && !ret;) {
+		uint64_t len = n - off < COPY_CHUNK ? n - off : COPY_CHUNK;
+		struct gpu_event *ev = NULL;
+
+		ret = ops->copy_h2d(g->dev, g->stream, dptr + off, src + off, len, why, sizeof(why));
+		if (!ret)
+			ret = ops->event_record(g->dev, g->stream, &ev, why, sizeof(why));
+		if (!ret)
+			ret = ops->event_wait(g->dev, ev, why, sizeof(why));
+		if (ev)
+			ops->event_destroy(g->dev, ev);
+		off += len;
+		if (!ret)
+			post_progress(d, e, off, n);
+	}
+	if (ret)
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy to cuda:%d: %.150s", e->key,
+			 g->ordinal, why);
+	return ret;
+}
+
+static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_layout *l,
+			  const struct gpu_vram *v, uint64_t size, uint64_t t0, uint64_t read_bytes);
+
+/* The host load of @e ended with @err: copy it to the GPU and complete its requesters. */
+static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
+		 uint64_t read_bytes, struct hostcache_layout *held)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = e->g;
+	struct hostcache_layout l = { 0 };
+	struct gpu_vram v = { .fd = -1 };
+	char msg[WD_DATA_SLOT_SIZE] = "", why[160] = "";
+	uint64_t t0 = wd_now_ns(), gran, size;
+	int ret = err;
+
+	if (ret) {
+		snprintf(msg, sizeof(msg), "%s", hmsg);
+		goto fail;
+	}
+	if (held) {
+		l = *held;
+		memset(held, 0, sizeof(*held));
+	} else {
+		ret = hostcache_hold(d, e->comp, &l);
+	}
+	if (ret) {
+		snprintf(msg, sizeof(msg), "%.150s: the host copy went before the GPU copy could start "
+			 "(retry)", e->key);
+		ret = -EAGAIN;
+		goto fail;
+	}
+	gran = dc->ops->granularity(g->dev);
+	size = gran ? (l.size + gran - 1) / gran * gran : l.size;
+	ret = admit(d, g, e, size, msg);
+	if (!ret) {
+		ret = dc->ops->vram_alloc(g->dev, size, &v, why, sizeof(why));
+		if (ret) {
+			snprintf(msg, sizeof(msg), "%.60s: cuda:%d: %.150s", e->key, g->ordinal, why);
+			pthread_mutex_lock(&dc->lock);
+			evict_unreserve(g->pol, size);
+			pthread_mutex_unlock(&dc->lock);
+		}
+	}
+	if (!ret) {
+		ret = copy_in(d, e, v.dptr, l.base, l.size, msg);
+		if (ret) {
+			dc->ops->vram_free(g->dev, &v);
+			pthread_mutex_lock(&dc->lock);
+			evict_unreserve(g->pol, size);
+			pthread_mutex_unlock(&dc->lock);
+		}
+	}
+	hostcache_unhold(d, &l);
+	if (ret) {
+		free(l.t);
+		goto fail;
+	}
+	make_resident(d, e, &l, &v, size, t0, read_bytes);
+	return;
+fail:
+	pthread_mutex_lock(&dc->lock);
+	fail_entry(d, e, ret, msg);
+	pthread_mutex_unlock(&dc->lock);
+}
+
+/*
+ * The copy into @v (@size bytes, from layout @l, which @e takes over) is complete: @e becomes
+ * resident and its requesters are answered. Device thread.
+ */
+static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_layout *l,
+			  const struct gpu_vram *v, uint64_t size, uint64_t t0, uint64_t read_bytes)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = e->g;
+	uint64_t now;
+
+	/* The device copy has the host entry's layout: keep it for the tensor offsets. */
+	e->l = *l;
+	l->t = NULL;
+	e->tensor_bytes = e->l.tensor_bytes;
+	pthread_mutex_lock(&dc->lock);
+	now = wd_now_ns();
+	e->v = *v;
+	e->size = size;
+	e->resident = true;
+	g->load_bytes += size;
+	evict_insert(g->pol, e->key, size, now, false);
+	if (now > t0)
+		evict_set_rate(g->pol, e->key, (double)size * 1e9 / (double)(now - t0));
+	set_state(d, e, WD_STATE_RESIDENT, 0);
+	for (uint32_t i = 0; i < e->n_waiters; i++) {
+		e->waiters[i]->bytes += e->tensor_bytes;
+		e->waiters[i]->read_bytes += read_bytes;
+		req_done_one(d, e->waiters[i]);
+	}
+	e->n_waiters = 0;
+	pthread_mutex_unlock(&dc->lock);
+	log_info(MOD, "\"resident\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64 " ms=%.1f",
+		 e->key, size, read_bytes, (double)(now - t0) / 1e6);
+}
+
+/*
+ * Disk -> VRAM through the staging ring, for a component the host budget cannot take: the
+ * same layout a host entry would have, read from the files that w->src names. Device thread.
+ */
+static void stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = e->g;
+	struct gpu_vram v = { .fd = -1 };
+	struct staging_transfer *t = NULL;
+	int *fds = NULL;
+	char msg[WD_DATA_SLOT_SIZE] = "", why[STAGING_MSG_MAX] = "";
+	uint64_t t0 = wd_now_ns(), gran, size, total = 0;
+	uint32_t n = w->l.n_t;
+	int ret = 0;
+
+	if (!g->st) {
+		snprintf(msg, sizeof(msg), "%.100s does not fit the host budget and cuda:%d has no "
+			 "staging ring to stream it from disk", e->key, g->ordinal);
+		ret = -ENOSPC;
+		goto fail;
+	}
+	t = calloc(n ? n : 1, sizeof(*t));
+	fds = calloc(n ? n : 1, sizeof(*fds));
+	if (!t || !fds) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		fds[i] = -1;
+		/* Tensors of one file share its descriptor. */
+		for (uint32_t k = 0; k < i && fds[i] < 0; k++)
+			if (!strcmp(w->src[k].path, w->src[i].path))
+				fds[i] = dup(fds[k]);
+		if (fds[i] < 0)
+			fds[i] = open(w->src[i].path, O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0) {
+			ret = -errno;
+			snprintf(msg, sizeof(msg), "%.200s: %s", w->src[i].path, strerror(errno));
+			goto fail;
+		}
+	}
+	gran = dc->ops->granularity(g->dev);
+	size = gran ? (w->l.size + gran - 1) / gran * gran : w->l.size;
+	ret = admit(d, g, e, size, msg);
+	if (ret)
+		goto fail;
+	ret = dc->ops->vram_alloc(g->dev, size, &v, why, sizeof(why));
+	if (ret) {
+		snprintf(msg, sizeof(msg), "%.60s: cuda:%d: %.150s", e->key, g->ordinal, why);
+		pthread_mutex_lock(&dc->lock);
+		evict_unreserve(g->pol, size);
+		pthread_mutex_unlock(&dc->lock);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		t[i] = (struct staging_transfer){ .fd = fds[i], .name = w->src[i].path,
+						  .off = w->src[i].off, .len = w->src[i].len,
+						  .dst = v.dptr + w->l.t[i].off };
+		total += w->src[i].len;
+	}
+	{
+		struct progress_arg pa = { d, e };
+
+		ret = staging_load(g->st, t, n, &(struct staging_call){
+					   .progress = staging_progress, .arg = &pa },
+				   why, sizeof(why));
+	}
+	if (ret) {
+		snprintf(msg, sizeof(msg), "%.50s: disk -> cuda:%d: %.160s", e->key, g->ordinal,
+			 why);
+		dc->ops->vram_free(g->dev, &v);
+		pthread_mutex_lock(&dc->lock);
+		evict_unreserve(g->pol, size);
+		pthread_mutex_unlock(&dc->lock);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		close(fds[i]);
+	free(fds);
+	free(t);
+	log_info(MOD, "\"streamed from disk\" key=\"%s\" bytes=%" PRIu64, e->key, total);
+	make_resident(d, e, &w->l, &v, size, t0, total);
+	return;
+fail:
+	for (uint32_t i = 0; fds && i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(fds);
+	free(t);
+	pthread_mutex_lock(&dc->lock);
+	fail_entry(d, e, ret, msg);
+	pthread_mutex_unlock(&dc->lock);
+}
+
+static void open_devices(struct daemon *d)
+{
+	struct devcache *dc = d->dc;
+	struct placement *pl = NULL;
+	char why[160] = "";
+	void *arena;
+	uint64_t arena_size;
+	int n;
+
+	dc->ops = gpu_ops_pick(why, sizeof(why));
+	if (!dc->ops) {
+		snprintf(dc->why, sizeof(dc->why), "%s", why[0] ? why : "no GPU implementation");
+		return;
+	}
+	n = dc->ops->count(why, sizeof(why));
+	if (n <= 0) {
+		snprintf(dc->why, sizeof(dc->why), "%s", n < 0 ? why : "no GPU found");
+		return;
+	}
+	if (n > GPU_MAX_DEVICES || n > (int)WD_TIER_MAX - 1)
+		n = (int)WD_TIER_MAX - 1;
+	hostcache_arena(d, &arena, &arena_size);
+	if (strcmp(dc->ops->kind, "emulated"))
+		placement_open_this_system(true, &pl);
+	for (int i = 0; i < n; i++) {
+		struct dgpu *g = &dc->g[dc->n];
+		uint64_t pct = d->cfg.device_budget_pct ? d->cfg.device_budget_pct :
+			       100u - DEVCACHE_DEFAULT_HEADROOM_PCT;
+		char tier[16];
+		int ret;
+
+		memset(g, 0, sizeof(*g));
+		g->ordinal = i;
+		g->numa = -1;
+		ret = dc->ops->open(i, &g->dev, why, sizeof(why));
+		if (!ret)
+			ret = dc->ops->info(g->dev, &g->info, why, sizeof(why));
+		if (!ret)
+			ret = dc->ops->stream_create(g->dev, &g->stream, why, sizeof(why));
+		if (ret) {
+			log_warn(MOD, "\"GPU not used\" ordinal=%d err=%d why=\"%s\"", i, ret, why);
+			if (g->dev)
+				dc->ops->close(g->dev);
+			/* Ordinals are tier numbers: a device that fails to open ends the list. */
+			break;
+		}
+		g->budget = d->cfg.device_budget ? d->cfg.device_budget :
+			    g->info.total_bytes / 100 * pct;
+		if (g->budget > g->info.total_bytes)
+			g->budget = g->info.total_bytes;
+		snprintf(tier, sizeof(tier), "cuda:%d", i);
+		if (!g->budget || evict_create(&(struct evict_options){ .budget = g->budget,
+									.tier = tier }, &g->pol)) {
+			log_warn(MOD, "\"GPU not used: zero budget or no memory\" ordinal=%d", i);
+			dc->ops->stream_destroy(g->dev, g->stream);
+			dc->ops->close(g->dev);
+			break;
+		}
+		if (pl && g->info.pci_bus_id[0]) {
+			int node = placement_pci_node(pl, g->info.pci_bus_id, NULL);
+
+			g->numa = node >= 0 ? node : -1;
+		}
+		ret = staging_create(dc->ops, g->dev, &(struct staging_options){ .node = g->numa },
+				     &g->st, why, sizeof(why));
+		if (ret) {
+			g->st = NULL;
+			log_warn(MOD, "\"no staging ring: host copies use one stream, components "
+				 "larger than the host budget cannot be loaded\" ordinal=%d err=%d "
+				 "why=\"%s\"", i, ret, why);
+		}
+		ret = dc->ops->host_register(g->dev, arena, arena_size, why, sizeof(why));
+		if (ret)
+			log_warn(MOD, "\"host cache not page-locked: copies run at pageable speed\" "
+				 "ordinal=%d err=%d why=\"%s\"", i, ret, why);
+		g->registered = !ret;
+		dc->n++;
+		log_info(MOD, "\"GPU ready\" tier=%s kind=%s name=\"%s\" pci=\"%s\" numa=%d "
+			 "total=%" PRIu64 " budget=%" PRIu64, tier, dc->ops->kind, g->info.name,
+			 g->info.pci_bus_id, g->numa, g->info.total_bytes, g->budget);
+	}
+	placement_close(pl);
+	if (!dc->n)
+		snprintf(dc->why, sizeof(dc->why), "no GPU could be opened (%s)", why);
+}
+
+static void *thread_main(void *arg)
+{
+	struct daemon *d = arg;
+	struct devcache *dc = d->dc;
+
+	open_devices(d);
+	pthread_mutex_lock(&dc->qlock);
+	dc->ready = true;
+	pthread_cond_broadcast(&dc->qcond);
+	for (;;) {
+		struct dwork *w;
+
+		while (!dc->qhead && !dc->stop)
+			pthread_cond_wait(&dc->qcond, &dc->qlock);
+		w = dc->qhead;
+		if (!w)
+			break;
+		dc->qhead = w->next;
+		if (!dc->qhead)
+			dc->qtail = NULL;
+		pthread_mutex_unlock(&dc->qlock);
+		if (w->free_vram)
+			dc->ops->vram_free(w->g->dev, &w->v);
+		else if (w->stream && !dc->stop)
+			stream_fill(d, w->e, w);
+		else if (dc->stop || w->stream)
+			fill(d, w->e, -ECANCELED, "load: the daemon is shutting down", 0, NULL);
+		else
+			fill(d, w->e, w->err, w->msg, w->read_bytes, w->held ? &w->l : NULL);
+		if (w->held && w->l.key[0]) {
+			/* Not consumed (shutdown): give the hold back. */
+			hostcache_unhold(d, &w->l);
+		}
+		free(w->l.t);
+		hostcache_src_free(w->src, w->l.n_t);
+		free(w);
+		pthread_mutex_lock(&dc->qlock);
+	}
+	pthread_mutex_unlock(&dc->qlock);
+	return NULL;
+}
+
+/* hostcache_then_fn: runs under the host cache's lock, so it only queues. */
+static void host_ready(struct daemon *d, void *arg, int err, const char *msg,
+		       uint64_t read_bytes, struct hostcache_layout *held)
+{
+	struct dwork *w = calloc(1, sizeof(*w));
+
+	if (!w) {
+		/* Under the cache lock, so the hold cannot be given back here: the host entry
+		 * stays unevictable. 300 bytes failing means the daemon is going down anyway. */
+		if (held)
+			free(held->t);
+		/* Leaves the entry loading; its requesters see the daemon's -ENOMEM nowhere.
+		 * Allocation failure of 300 bytes here means the daemon is going down anyway. */
+		log_error(MOD, "\"device load lost: out of memory\"");
+		return;
+	}
+	w->e = arg;
+	w->err = err;
+	w->read_bytes = read_bytes;
+	if (held) {
+		w->l = *held;
+		w->held = true;
+	}
+	snprintf(w->msg, sizeof(w->msg), "%s", err && msg ? msg : "");
+	queue_work(d->dc, w);
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------- */
+
+int devcache_create(struct daemon *d)
+{
+	struct devcache *dc = calloc(1, sizeof(*dc));
+	int ret;
+
+	if (!dc)
+		return -ENOMEM;
+	pthread_mutex_init(&dc->lock, NULL);
+	pthread_mutex_init(&dc->qlock, NULL);
+	pthread_cond_init(&dc->qcond, NULL);
+	d->dc = dc;
+	ret = pthread_create(&dc->thread, NULL, thread_main, d);
+	if (ret)
+		return -ret;
+	dc->started = true;
+	pthread_mutex_lock(&dc->qlock);
+	while (!dc->ready)
+		pthread_cond_wait(&dc->qcond, &dc->qlock);
+	pthread_mutex_unlock(&dc->qlock);
+	if (!dc->n)
+		log_info(MOD, "\"GPU tier not available: host-only\" why=\"%s\"", dc->why);
+	return 0;
+}
+
+unsigned int devcache_count(struct daemon *d)
+{
+	return d->dc ? d->dc->n : 0;
+}
+
+void devcache_stop(struct daemon *d)
+{
+	struct devcache *dc = d->dc;
+
+	if (!dc || !dc->started)
+		return;
+	pthread_mutex_lock(&dc->qlock);
+	dc->stop = true;
+	pthread_cond_broadcast(&dc->qcond);
+	pthread_mutex_unlock(&dc->qlock);
+	pthread_join(dc->thread, NULL);
+	dc->started = false;
+}
+
+void devcache_destroy(struct daemon *d)
+{
+	struct devcache *dc = d->dc;
+	void *arena;
+	uint64_t arena_size;
+
+	if (!dc)
+		return;
+	devcache_stop(d);
+	while (dc->entries) {
+		struct dentry *e = dc->entries;
+
+		dc->entries = e->next;
+		if (e->resident)
+			dc->ops->vram_free(e->g->dev, &e->v);
+		free_dentry(e);
+	}
+	if (d->hc)
+		hostcache_arena(d, &arena, &arena_size);
+	for (unsigned int i = 0; i < dc->n; i++) {
+		struct dgpu *g = &dc->g[i];
+
+		if (g->registered && d->hc)
+			dc->ops->host_unregister(g->dev, arena);
+		staging_destroy(g->st);
+		dc->ops->stream_destroy(g->dev, g->stream);
+		evict_destroy(g->pol);
+		dc->ops->close(g->dev);
+	}
+	pthread_cond_destroy(&dc->qcond);
+	pthread_mutex_destroy(&dc->qlock);
+	pthread_mutex_destroy(&dc->lock);
+	free(dc);
+	d->dc = NULL;
+}
+
+/* ---- shard side ------------------------------------------------------------------------- */
+
+/* -ENOTSUP and the reason when @tier names no GPU of the tier. */
+static int no_gpu(struct devcache *dc, uint32_t tier, const char *op, struct wd_cqe *cqe,
+		  char *out)
+{
+	if (!dc->n)
+		cqe->data_len = setmsg(out, "%s: GPU tier not available: %s", op, dc->why);
+	else
+		cqe->data_len = setmsg(out, "%s: no GPU cuda:%u (this host has %u, %s)", op,
+				       tier - 1, dc->n, dc->ops->kind);
+	cqe->res = -ENOTSUP;
+	return -ENOTSUP;
+}
+
+enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+			       uint32_t model, struct wd_cqe *cqe, char *out)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = gpu_of(dc, sqe->tier);
+	uint32_t first, n, hits = 0;
+	uint64_t bytes = 0, now = wd_now_ns();
+
+	if (!g) {
+		no_gpu(dc, sqe->tier, "load", cqe, out);
+		return OPS_DONE;
+	}
+	if (sqe->arg[0] || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] ||
+	    model == WD_ID_NONE) {
+		cqe->data_len = setmsg(out, "load: a GPU tier holds components as stored: no "
+				       "conversion or tensor selection (arg[0..4] must be 0)");
+		cqe->res = -EINVAL;
+		return OPS_DONE;
+	}
+	targets(d, model, sqe->component, &first, &n);
+	if (!n)
+		return OPS_ASYNC;
+	pthread_mutex_lock(&dc->lock);
+	for (uint32_t cid = first; cid < first + n; cid++) {
+		struct dentry *e = find(dc, g, cid);
+
+		if (!e || !e->resident)
+			break;
+		hits++;
+	}
+	if (hits == n) {
+		for (uint32_t cid = first; cid < first + n; cid++) {
+			struct dentry *e = find(dc, g, cid);
+
+			evict_lookup(g->pol, e->key, now);
+			bytes += e->tensor_bytes;
+		}
+	}
+	pthread_mutex_unlock(&dc->lock);
+	if (hits != n)
+		return OPS_ASYNC;
+	if (sqe->flags & WD_SQE_F_PIN)
+		take_pin(d, c, &(struct lease_pin){ .model = model, .component = sqe->component,
+						    .tier = sqe->tier });
+	cqe->res = 0;
+	cqe->aux0 = bytes;
+	return OPS_DONE;
+}
+
+/*
+ * A component that can never fit the host budget is streamed disk -> VRAM instead of going
+ * through the host cache: plans it (worker thread: the catalog) and queues the device thread.
+ * Returns whether it took the component (failures are completed through the entry).
+ */
+static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
+			   uint32_t n_tensors)
+{
+	struct dwork *w;
+	int ret;
+
+	/* At most one alignment gap per tensor: the smallest extent it could need. */
+	if (nbytes + (uint64_t)n_tensors * 64 <= hostcache_budget(d))
+		return false;
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		pthread_mutex_lock(&d->dc->lock);
+		fail_entry(d, e, -ENOMEM, "load: out of memory");
+		pthread_mutex_unlock(&d->dc->lock);
+		return true;
+	}
+	ret = hostcache_plan_layout(d, e->model, e->comp, &w->l, &w->src, w->msg);
+	if (ret) {
+		pthread_mutex_lock(&d->dc->lock);
+		fail_entry(d, e, ret, w->msg);
+		pthread_mutex_unlock(&d->dc->lock);
+		free(w);
+		return true;
+	}
+	log_info(MOD, "\"larger than the host budget: streaming disk -> VRAM\" key=\"%s\" "
+		 "bytes=%" PRIu64, e->key, w->l.size);
+	w->e = e;
+	w->stream = true;
+	queue_work(d->dc, w);
+	return true;
+}
+
+void devcache_load_job(struct daemon *d, struct job *j)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = gpu_of(dc, j->sqe.tier);
+	struct dreq *r = calloc(1, sizeof(*r));
+	uint32_t first, n;
+	uint64_t now = wd_now_ns();
+
+	if (!r || !g) {
+		struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = r ? -ENOTSUP : -ENOMEM };
+
+		free(r);
+		daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
+		return;
+	}
+	daemon_client_get(j->c);
+	r->c = j->c;
+	r->user_data = j->sqe.user_data;
+	r->spare = j->spare;
+	j->spare = NULL;
+	r->flags = j->sqe.flags;
+	r->pending = 1;
+	r->pin = (struct lease_pin){ .model = j->sqe.model, .component = j->sqe.component,
+				     .tier = j->sqe.tier };
+	targets(d, j->sqe.model, j->sqe.component, &first, &n);
+	if (!n)
+		req_fail(r, -ENOENT, "load: the model has no component");
+	for (uint32_t cid = first; cid < first + n; cid++) {
+		struct dentry *e;
+		struct wd_reg_model rm;
+		struct wd_reg_component rc;
+		bool start = false;
+		int ret = 0;
+
+		pthread_mutex_lock(&dc->lock);
+		e = find(dc, g, cid);
+		if (e && e->resident) {
+			evict_lookup(g->pol, e->key, now);
+			r->bytes += e->tensor_bytes;
+		} else if (e) {
+			evict_lookup(g->pol, e->key, now);
+			ret = add_waiter(e, r);
+		} else if ((e = calloc(1, sizeof(*e)))) {
+			evict_lookup(g->pol, "", now);	/* a miss */
+			e->g = g;
+			e->model = j->sqe.model;
+			e->comp = cid;
+			e->v.fd = -1;
+			if (registry_read_model(&d->view, e->model, &rm) ||
+			    registry_read_component(&d->view, cid, &rc))
+				ret = -ENOENT;
+			snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s", g->ordinal,
+				 ret ? "?" : rm.name, !ret && rc.name[0] ? "/" : "",
+				 ret ? "" : rc.name);
+			if (!ret)
+				ret = add_waiter(e, r);
+			if (ret) {
+				free_dentry(e);
+			} else {
+				e->next = dc->entries;
+				dc->entries = e;
+				start = true;
+			}
+		} else {
+			ret = -ENOMEM;
+		}
+		pthread_mutex_unlock(&dc->lock);
+		if (ret) {
+			pthread_mutex_lock(&dc->lock);
+			req_fail(r, ret, NULL);
+			pthread_mutex_unlock(&dc->lock);
+			break;
+		}
+		if (!start)
+			continue;
+		set_state(d, e, WD_STATE_LOADING, 0);
+		log_info(MOD, "\"device load started\" key=\"%s\"", e->key);
+		if (stream_instead(d, e, rc.nbytes, rc.n_tensors))
+			continue;
+		ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, cid, host_ready,
+					 e);
+		if (ret) {
+			pthread_mutex_lock(&dc->lock);
+			fail_entry(d, e, ret, "load: out of memory");
+			pthread_mutex_unlock(&dc->lock);
+		}
+	}
+	pthread_mutex_lock(&dc->lock);
+	req_done_one(d, r);
+	pthread_mutex_unlock(&dc->lock);
+}
+
+/* sendmsg() that never blocks the shard: a client that does not read its socket fails. */
+static int send_nb(int sock, const void *buf, size_t len, int fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	if (fd >= 0) {
+		struct cmsghdr *cm;
+
+		memset(cbuf, 0, sizeof(cbuf));
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	do
+		n = sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return (size_t)n == len ? 0 : -EMSGSIZE;
+}
+
+/* Sends @e's fd and tensor table for @token. Returns the number of messages or -errno. */
+static int send_table(int sock, const struct dentry *e, uint64_t token, uint32_t *n_tensors)
+{
+	size_t cap = sizeof(struct wd_devmap_msg) + WD_DEVMAP_PER_MSG *
+		     sizeof(struct wd_devmap_tensor);
+	uint8_t *buf = malloc(cap);
+	uint32_t total = 0, sent = 0, i = 0;
+	int msgs = 0, ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (uint32_t k = 0; k < e->l.n_t; k++)
+		total += e->l.t[k].tid != NO_TID;
+	do {
+		struct wd_devmap_msg *h = (struct wd_devmap_msg *)buf;
+		struct wd_devmap_tensor *t = (struct wd_devmap_tensor *)(h + 1);
+		uint32_t n = 0;
+
+		for (; i < e->l.n_t && n < WD_DEVMAP_PER_MSG; i++) {
+			const struct hostcache_tensor *ht = &e->l.t[i];
+
+			if (ht->tid == NO_TID)
+				continue;
+			t[n++] = (struct wd_devmap_tensor){ .tensor = ht->tid, .offset = ht->off,
+							    .nbytes = ht->nbytes };
+		}
+		*h = (struct wd_devmap_msg){ .magic = WD_DEVMAP_MAGIC, .n = n, .token = token,
+					     .size = e->v.size, .first = sent, .total = total };
+		ret = send_nb(sock, buf, sizeof(*h) + n * sizeof(*t), msgs ? -1 : e->v.fd);
+		sent += n;
+		msgs++;
+	} while (!ret && sent < total);
+	free(buf);
+	*n_tensors = total;
+	return ret ? ret : msgs;
+}
+
+void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, uint32_t model,
+		  struct wd_cqe *cqe, char *out)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = gpu_of(dc, sqe->tier);
+	struct lease_pin p = { .model = model, .component = sqe->component, .tier = sqe->tier };
+	struct wd_devmap_reply rep = { 0 };
+	struct dentry *e;
+	uint32_t first, n;
+	int ret, msgs;
+
+	if (sqe->tier == WD_TIER_HOST) {
+		cqe->data_len = setmsg(out, "device_map: the host tier is mapped at attach; name a "
+				       "GPU tier");
+		cqe->res = -EINVAL;
+		return;
+	}
+	if (!g) {
+		no_gpu(dc, sqe->tier, "device_map", cqe, out);
+		return;
+	}
+	if (sqe->flags || sqe->arg[0] || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
+	    sqe->arg[4]) {
+		cqe->data_len = setmsg(out, "device_map: flags and arg[0..4] must be 0");
+		cqe->res = -EINVAL;
+		return;
+	}
+	targets(d, model, sqe->component, &first, &n);
+	if (n != 1) {
+		cqe->data_len = setmsg(out, "device_map: name one component (the model has %u)", n);
+		cqe->res = -EINVAL;
+		return;
+	}
+	p.component = first;
+	pthread_mutex_lock(&dc->lock);
+	e = find(dc, g, first);
+	if (!e || !e->resident) {
+		pthread_mutex_unlock(&dc->lock);
+		cqe->data_len = setmsg(out, "device_map: component %u is not resident on cuda:%d "
+				       "(LOAD it there first)", first, g->ordinal);
+		cqe->res = -ENODATA;
+		return;
+	}
+	pthread_mutex_lock(&d->state_lock);
+	ret = c->gone ? -ECONNRESET : lease_pin(&d->leases, &c->lease, &p);
+	if (ret == 0) {
+		registry_set_model_pins(d->reg, model, lease_model_pins(&d->leases, model));
+		registry_counter_add(d->reg, WD_CTR_PINS, 1);
+	}
+	pthread_mutex_unlock(&d->state_lock);
+	if (ret < 0) {
+		pthread_mutex_unlock(&dc->lock);
+		cqe->res = ret;
+		return;
+	}
+	msgs = send_table(c->fd, e, ++dc->token, &rep.n_tensors);
+	if (msgs < 0) {
+		if (ret == 0) {
+			pthread_mutex_lock(&d->state_lock);
+			if (!lease_unpin(&d->leases, &c->lease, &p)) {
+				registry_set_model_pins(d->reg, model,
+							lease_model_pins(&d->leases, model));
+				registry_counter_add(d->reg, WD_CTR_PINS, -1);
+			}
+			pthread_mutex_unlock(&d->state_lock);
+		}
+		pthread_mutex_unlock(&dc->lock);
+		cqe->data_len = setmsg(out, "device_map: cannot send the allocation on the socket: "
+				       "%s", strerror(-msgs));
+		cqe->res = msgs;
+		return;
+	}
+	sync_pins(d);
+	rep.ordinal = (uint32_t)g->ordinal;
+	rep.kind = strcmp(dc->ops->kind, "emulated") ? WD_DEVICE_KIND_CUDA :
+		   WD_DEVICE_KIND_EMULATED;
+	rep.n_msgs = (uint32_t)msgs;
+	rep.component = first;
+	cqe->aux0 = e->v.size;
+	cqe->aux1 = dc->token;
+	pthread_mutex_unlock(&dc->lock);
+	memcpy(out, &rep, sizeof(rep));
+	cqe->data_len = sizeof(rep);
+	cqe->res = 0;
+}
+
+int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_t comp,
+			char *out, uint16_t *out_len)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = gpu_of(dc, tier);
+	uint32_t first, n;
+	int64_t freed = 0;
+
+	if (!g)
+		return 0;
+	targets(d, model, comp, &first, &n);
+	pthread_mutex_lock(&dc->lock);
+	sync_pins(d);
+	for (struct dentry *e = dc->entries; e; e = e->next) {
+		if (e->g != g || e->comp < first || e->comp >= first + n)
+			continue;
+		if (!e->resident || e->pins) {
+			pthread_mutex_unlock(&dc->lock);
+			*out_len = setmsg(out, "unload: %s is %s; retry later", e->key,
+					  e->resident ? "mapped or pinned by a client" : "loading");
+			return -EBUSY;
+		}
+	}
+	for (struct dentry *e = dc->entries, *next; e; e = next) {
+		next = e->next;
+		if (e->g != g || e->comp < first || e->comp >= first + n)
+			continue;
+		freed += (int64_t)e->size;
+		unlink_dentry(dc, e);
+		set_state(d, e, WD_STATE_ABSENT, 0);
+		evict_remove(g->pol, e->key, false);
+		log_info(MOD, "\"unloaded\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
+		free_later(dc, g, &e->v);
+		free_dentry(e);
+	}
+	pthread_mutex_unlock(&dc->lock);
+	return freed;
+}
+
+uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out,
+		       uint16_t *text_len)
+{
+	struct devcache *dc = d->dc;
+	struct wd_device_info *v = out;
+	uint16_t k = 0;
+
+	*n_out = 0;
+	*text_len = 0;
+	if (!dc->n) {
+		*text_len = setmsg(out, "%s", dc->why);
+		return 0;
+	}
+	pthread_mutex_lock(&dc->lock);
+	sync_pins(d);
+	for (uint32_t i = start; i < dc->n && k < WD_DEVICES_PER_REPLY; i++) {
+		const struct dgpu *g = &dc->g[i];
+		struct evict_counters ec;
+		uint32_t entries = 0;
+
+		for (struct dentry *e = dc->entries; e; e = e->next)
+			entries += e->g == g;
+		evict_get_counters(g->pol, &ec);
+		memset(&v[k], 0, sizeof(v[k]));
+		v[k].ordinal = (uint32_t)g->ordinal;
+		v[k].kind = strcmp(dc->ops->kind, "emulated") ? WD_DEVICE_KIND_CUDA :
+			    WD_DEVICE_KIND_EMULATED;
+		v[k].numa_node = g->numa;
+		v[k].entries = entries;
+		v[k].total_bytes = g->info.total_bytes;
+		v[k].budget = g->budget;
+		v[k].used = evict_used(g->pol) + evict_reserved(g->pol);
+		v[k].hits = ec.hits;
+		v[k].misses = ec.misses;
+		v[k].evictions = ec.evictions;
+		v[k].evict_bytes = ec.evict_bytes;
+		v[k].load_bytes = g->load_bytes;
+		snprintf(v[k].name, sizeof(v[k].name), "%s", g->info.name);
+		k++;
+	}
+	pthread_mutex_unlock(&dc->lock);
+	*n_out = k;
+	return dc->n;
+}
+
+uint64_t devcache_bytes(struct daemon *d)
+{
+	struct devcache *dc = d->dc;
+	uint64_t n = 0;
+
+	if (!dc)
+		return 0;
+	pthread_mutex_lock(&dc->lock);
+	for (unsigned int i = 0; i < dc->n; i++)
+		n += evict_used(dc->g[i].pol);
+	pthread_mutex_unlock(&dc->lock);
+	return n;
+}

@@ -1,0 +1,591 @@
+/*
+ * The CUDA implementation of the device tier (gpu/device.h), through the dlopen'ed driver
+ * (gpu/cuda.h).
+ *
+ * The driver is loaded once per process, on first use, and never unloaded: a context, a
+ * stream or a mapping may outlive any one caller, and unloading libcuda under them would
+ * crash. A failed load is not remembered, so a later call can retry (tests that point
+ * $WEIGHTD_LIBCUDA elsewhere, a driver installed while the daemon runs).
+ *
+ * Contexts: each device uses its primary context (the one the CUDA runtime, hence PyTorch,
+ * uses too), retained at open and released at close. Every operation makes it current on
+ * the calling thread first; cuCtxSetCurrent is a thread-local store in the driver.
+ *
+ * VRAM: VMM allocations (cuMemCreate) requested with POSIX file-descriptor handles, so that
+ * the fd from cuMemExportToShareableHandle can be sent to a client, which imports and maps
+ * it in its own address space. The allocation handle lives in gpu_vram.priv.
+ */
+#include "gpu/device.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef CONFIG_HAVE_CUDA_H
+
+_Static_assert(sizeof(CUmemGenericAllocationHandle) <= sizeof(void *),
+	       "a VMM allocation handle must fit in gpu_vram.priv");
+_Static_assert(sizeof(CUstream) == sizeof(struct gpu_stream *) &&
+	       sizeof(CUevent) == sizeof(struct gpu_event *),
+	       "streams and events are passed as their CUDA handles");
+
+static struct gpu_driver drv;
+static bool drv_loaded;
+static pthread_mutex_t drv_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct gpu_dev {
+	int ordinal;
+	CUdevice dev;
+	CUcontext ctx;
+	uint64_t gran;
+	CUmemAllocationProp prop;
+};
+
+static int load_driver(char *why, size_t why_size)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&drv_lock);
+	if (!drv_loaded) {
+		rc = gpu_driver_open(&drv, why, why_size);
+		drv_loaded = rc == 0;
+	}
+	pthread_mutex_unlock(&drv_lock);
+	return rc;
+}
+
+#define CU(call, what)                                                              \
+	do {                                                                        \
+		CUresult res_ = (call);                                             \
+		if (res_ != CUDA_SUCCESS)                                           \
+			return gpu_cu_err(&drv, res_, what, why, why_size);         \
+	} while (0)
+
+static int make_current(struct gpu_dev *dev, char *why, size_t why_size)
+{
+	CU(drv.cuCtxSetCurrent(dev->ctx), "cuCtxSetCurrent");
+	return 0;
+}
+
+static int cuda_count(char *why, size_t why_size)
+{
+	int n = 0, rc = load_driver(why, why_size);
+
+	if (rc)
+		return rc;
+	CU(drv.cuDeviceGetCount(&n), "cuDeviceGetCount");
+	return n;
+}
+
+static int cuda_open(int ordinal, struct gpu_dev **out, char *why, size_t why_size)
+{
+	struct gpu_dev *dev;
+	size_t gran = 0;
+	CUresult res;
+	int rc = load_driver(why, why_size);
+
+	if (rc)
+		return rc;
+	dev = calloc(1, sizeof(*dev));
+	if (!dev) {
+		snprintf(why, why_size, "cuda:%d: out of memory", ordinal);
+		return -ENOMEM;
+	}
+	dev->ordinal = ordinal;
+	res = drv.cuDeviceGet(&dev->dev, ordinal);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuDeviceGet", why, why_size);
+		free(dev);
+		return rc;
+	}
+	res = drv.cuDevicePrimaryCtxRetain(&dev->ctx, dev->dev);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuDevicePrimaryCtxRetain", why, why_size);
+		free(dev);
+		return rc;
+	}
+	dev->prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	dev->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	dev->prop.location.id = ordinal;
+	dev->prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+	res = drv.cuCtxSetCurrent(dev->ctx);
+	if (res == CUDA_SUCCESS)
+		res = drv.cuMemGetAllocationGranularity(&gran, &dev->prop,
+							CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+	if (res != CUDA_SUCCESS || !gran) {
+		rc = res != CUDA_SUCCESS ?
+			gpu_cu_err(&drv, res, "cuMemGetAllocationGranularity", why, why_size) :
+			-EIO;
+		if (!gran && res == CUDA_SUCCESS)
+			snprintf(why, why_size, "cuda:%d reports allocation granularity 0", ordinal);
+		drv.cuDevicePrimaryCtxRelease(dev->dev);
+		free(dev);
+		return rc;
+	}
+	dev->gran = gran;
+	*out = dev;
+	return 0;
+}
+
+static void cuda_close(struct gpu_dev *dev)
+{
+	if (!dev)
+		return;
+	drv.cuDevicePrimaryCtxRelease(dev->dev);
+	free(dev);
+}
+
+static int cuda_info(struct gpu_dev *dev, struct gpu_device *info, char *why, size_t why_size)
+{
+	size_t total = 0;
+
+	memset(info, 0, sizeof(*info));
+	info->ordinal = dev->ordinal;
+	CU(drv.cuDeviceGetName(info->name, sizeof(info->name), dev->dev), "cuDeviceGetName");
+	CU(drv.cuDeviceTotalMem(&total, dev->dev), "cuDeviceTotalMem");
+	CU(drv.cuDeviceGetPCIBusId(info->pci_bus_id, sizeof(info->pci_bus_id), dev->dev),
+	   "cuDeviceGetPCIBusId");
+	info->total_bytes = total;
+	return 0;
+}
+
+static int cuda_mem_info(struct gpu_dev *dev, uint64_t *free_b, uint64_t *total_b, char *why,
+			 size_t why_size)
+{
+	size_t f = 0, t = 0;
+	int rc = make_current(dev, why, why_size);
+
+	if (rc)
+		return rc;
+	CU(drv.cuMemGetInfo(&f, &t), "cuMemGetInfo");
+	*free_b = f;
+	*total_b = t;
+	return 0;
+}
+
+static uint64_t cuda_granularity(struct gpu_dev *dev)
+{
+	return dev->gran;
+}
+
+/* Reserves a VA range for @h, maps it and grants this device read-write access. */
+static int map_handle(struct gpu_dev *dev, CUmemGenericAllocationHandle h, uint64_t size,
+		      CUdeviceptr *out, char *why, size_t why_size)
+{
+	CUmemAccessDesc access = {
+		.location = { .type = CU_MEM_LOCATION_TYPE_DEVICE, .id = dev->ordinal },
+		.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+	};
+	CUdeviceptr ptr = 0;
+	CUresult res;
+	int rc;
+
+	res = drv.cuMemAddressReserve(&ptr, size, dev->gran, 0, 0);
+	if (res != CUDA_SUCCESS)
+		return gpu_cu_err(&drv, res, "cuMemAddressReserve", why, why_size);
+	res = drv.cuMemMap(ptr, size, 0, h, 0);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuMemMap", why, why_size);
+		drv.cuMemAddressFree(ptr, size);
+		return rc;
+	}
+	res = drv.cuMemSetAccess(ptr, size, &access, 1);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuMemSetAccess", why, why_size);
+		drv.cuMemUnmap(ptr, size);
+		drv.cuMemAddressFree(ptr, size);
+		return rc;
+	}
+	*out = ptr;
+	return 0;
+}
+
+static int cuda_vram_alloc(struct gpu_dev *dev, uint64_t size, struct gpu_vram *out, char *why,
+			   size_t why_size)
+{
+	CUmemGenericAllocationHandle h;
+	CUdeviceptr ptr;
+	CUresult res;
+	uint64_t rounded;
+	int fd = -1, rc;
+
+	memset(out, 0, sizeof(*out));
+	out->fd = -1;
+	if (!size || size > UINT64_MAX - dev->gran) {
+		snprintf(why, why_size, "vram_alloc on cuda:%d: bad size %" PRIu64, dev->ordinal,
+			 size);
+		return -EINVAL;
+	}
+	rounded = (size + dev->gran - 1) / dev->gran * dev->gran;
+	rc = make_current(dev, why, why_size);
+	if (rc)
+		return rc;
+	res = drv.cuMemCreate(&h, rounded, &dev->prop, 0);
+	if (res != CUDA_SUCCESS)
+		return gpu_cu_err(&drv, res, "cuMemCreate", why, why_size);
+	res = drv.cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+					       0);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuMemExportToShareableHandle", why, why_size);
+		drv.cuMemRelease(h);
+		return rc;
+	}
+	rc = map_handle(dev, h, rounded, &ptr, why, why_size);
+	if (rc) {
+		close(fd);
+		drv.cuMemRelease(h);
+		return rc;
+	}
+	out->size = rounded;
+	out->dptr = ptr;
+	out->fd = fd;
+	out->priv = (void *)(uintptr_t)h;
+	return 0;
+}
+
+static int cuda_vram_import(struct gpu_dev *dev, int fd, uint64_t size, struct gpu_vram *out,
+			    char *why, size_t why_size)
+{
+	CUmemGenericAllocationHandle h;
+	CUdeviceptr ptr;
+	CUresult res;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	out->fd = -1;
+	if (fd < 0 || !size || size % dev->gran) {
+		snprintf(why, why_size, "vram_import of fd %d, %" PRIu64 " bytes on cuda:%d: the "
+			 "size must be a multiple of %" PRIu64, fd, size, dev->ordinal, dev->gran);
+		return fd < 0 ? -EBADF : -EINVAL;
+	}
+	rc = make_current(dev, why, why_size);
+	if (rc)
+		return rc;
+	/* The driver takes the fd by value, cast to a pointer, and does not close it. */
+	res = drv.cuMemImportFromShareableHandle(&h, (void *)(uintptr_t)fd,
+						 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+	if (res != CUDA_SUCCESS)
+		return gpu_cu_err(&drv, res, "cuMemImportFromShareableHandle", why, why_size);
+	rc = map_handle(dev, h, size, &ptr, why, why_size);
+	if (rc) {
+		drv.cuMemRelease(h);
+		return rc;
+	}
+	out->size = size;
+	out->dptr = ptr;
+	out->priv = (void *)(uintptr_t)h;
+	return 0;
+}
+
+static void cuda_vram_free(struct gpu_dev *dev, struct gpu_vram *v)
+{
+	if (v->dptr) {
+		drv.cuCtxSetCurrent(dev->ctx);
+		drv.cuMemUnmap(v->dptr, v->size);
+		drv.cuMemAddressFree(v->dptr, v->size);
+		drv.cuMemRelease((CUmemGenericAllocationHandle)(uintptr_t)v->priv);
+	}
+	if (v->fd >= 0)
+		close(v->fd);
+	memset(v, 0, sizeof(*v));
+	v->fd = -1;
+}
+
+static int cuda_host_register(struct gpu_dev *dev, void *p, size_t n, char *why,
+			      size_t why_size)
+{
+	int rc = make_current(dev, why, why_size);
+
+	if (rc)
+		return rc;
+	CU(drv.cuMemHostRegister(p, n, CU_MEMHOSTREGISTER_PORTABLE), "cuMemHostRegister");
+	return 0;
+}
+
+static void cuda_host_unregister(struct gpu_dev *dev, void *p)
+{
+	drv.cuCtxSetCurrent(dev->ctx);
+	drv.cuMemHostUnregister(p);
+}
+
+static int cuda_host_alloc(struct gpu_dev *dev, size_t n, void **p, char *why, size_t why_size)
+{
+	int rc = make_current(dev, why, why_size);
+
+	if (rc)
+		return rc;
+	CU(drv.cuMemHostAlloc(p, n, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
+	return 0;
+}
+
+static void cuda_host_free(struct gpu_dev *dev, void *p)
+{
+	drv.cuCtxSetCurrent(dev->ctx);
+	drv.cuMemFreeHost(p);
+}
+
+static int cuda_stream_create(struct gpu_dev *dev, struct gpu_stream **s, char *why,
+			      size_t why_size)
+{
+	CUstream cs;
+	int rc = make_current(dev, why, why_size);
+
+	if (rc)
+		return rc;
+	/* Non-blocking: no implicit ordering with the legacy default stream other code uses. */
+	CU(drv.cuStreamCreate(&cs, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
+	*s = (struct gpu_stream *)cs;
+	return 0;
+}
+
+static void cuda_stream_destroy(struct gpu_dev *dev, struct gpu_stream *s)
+{
+	if (!s)
+		return;
+	drv.cuCtxSetCurrent(dev->ctx);
+	/* The device tier's contract (and the emulator's): queued work runs before it goes. */
+	drv.cuStreamSynchronize((CUstream)s);
+	drv.cuStreamDestroy((CUstream)s);
+}
+
+static int cuda_copy_h2d(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
+			 const void *src, size_t n, char *why, size_t why_size)
+{
+	int rc;
+
+	if (!n)
+		return 0;
+	rc = make_current(dev, why, why_size);
+	if (rc)
+		return rc;
+	CU(drv.cuMemcpyHtoDAsync((CUdeviceptr)dst, src, n, (CUstream)s), "cuMemcpyHtoDAsync");
+	return 0;
+}
+
+static int cuda_copy_d2h(struct gpu_dev *dev, void *dst, uint64_t src, size_t n, char *why,
+			 size_t why_size)
+{
+	int rc;
+
+	if (!n)
+		return 0;
+	rc = make_current(dev, why, why_size);
+	if (rc)
+		return rc;
+	CU(drv.cuMemcpyDtoH(dst, (CUdeviceptr)src, n), "cuMemcpyDtoH");
+	return 0;
+}
+
+static int cuda_event_record(struct gpu_dev *dev, struct gpu_stream *s, struct gpu_event **ev,
+			     char *why, size_t why_size)
+{
+	CUevent e;
+	CUresult res;
+	int rc = make_current(dev, why, why_size);
+
+	if (rc)
+		return rc;
+	CU(drv.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+	res = drv.cuEventRecord(e, (CUstream)s);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuEventRecord", why, why_size);
+		drv.cuEventDestroy(e);
+		return rc;
+	}
+	*ev = (struct gpu_event *)e;
+	return 0;
+}
+
+static int cuda_event_query(struct gpu_dev *dev, struct gpu_event *ev, char *why,
+			    size_t why_size)
+{
+	CUresult res = drv.cuEventQuery((CUevent)ev);
+
+	if (res == CUDA_ERROR_NOT_READY)
+		return -EAGAIN;
+	return gpu_cu_err(&drv, res, "cuEventQuery", why, why_size);
+}
+
+static int cuda_event_wait(struct gpu_dev *dev, struct gpu_event *ev, char *why,
+			   size_t why_size)
+{
+	CU(drv.cuEventSynchronize((CUevent)ev), "cuEventSynchronize");
+	return 0;
+}
+
+static void cuda_event_destroy(struct gpu_dev *dev, struct gpu_event *ev)
+{
+	if (ev)
+		drv.cuEventDestroy((CUevent)ev);
+}
+
+const struct gpu_ops gpu_cuda_ops = {
+	.kind = "cuda",
+	.count = cuda_count,
+	.open = cuda_open,
+	.close = cuda_close,
+	.info = cuda_info,
+	.mem_info = cuda_mem_info,
+	.granularity = cuda_granularity,
+	.vram_alloc = cuda_vram_alloc,
+	.vram_import = cuda_vram_import,
+	.vram_free = cuda_vram_free,
+	.host_register = cuda_host_register,
+	.host_unregister = cuda_host_unregister,
+	.host_alloc = cuda_host_alloc,
+	.host_free = cuda_host_free,
+	.stream_create = cuda_stream_create,
+	.stream_destroy = cuda_stream_destroy,
+	.copy_h2d = cuda_copy_h2d,
+	.copy_d2h = cuda_copy_d2h,
+	.event_record = cuda_event_record,
+	.event_query = cuda_event_query,
+	.event_wait = cuda_event_wait,
+	.event_destroy = cuda_event_destroy,
+};
+
+#else /* !CONFIG_HAVE_CUDA_H */
+
+/*
+ * Without the toolkit headers there is no driver ABI to call: every entry point says so.
+ * count() and open() are the ones callers reach first; the rest cannot be reached without
+ * an open device, but answer the same way rather than crash.
+ */
+#define NOSYS(why, why_size) \
+	(snprintf(why, why_size, "built without CUDA headers"), -ENOSYS)
+
+static int nocuda_count(char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_open(int ordinal, struct gpu_dev **out, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_close(struct gpu_dev *dev)
+{
+}
+
+static int nocuda_info(struct gpu_dev *dev, struct gpu_device *info, char *why,
+		       size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_mem_info(struct gpu_dev *dev, uint64_t *free_b, uint64_t *total_b,
+			   char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static uint64_t nocuda_granularity(struct gpu_dev *dev)
+{
+	return 0;
+}
+
+static int nocuda_vram_alloc(struct gpu_dev *dev, uint64_t size, struct gpu_vram *out,
+			     char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_vram_import(struct gpu_dev *dev, int fd, uint64_t size, struct gpu_vram *out,
+			      char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_vram_free(struct gpu_dev *dev, struct gpu_vram *v)
+{
+}
+
+static int nocuda_host_register(struct gpu_dev *dev, void *p, size_t n, char *why,
+				size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_host_unregister(struct gpu_dev *dev, void *p)
+{
+}
+
+static int nocuda_host_alloc(struct gpu_dev *dev, size_t n, void **p, char *why,
+			     size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_host_free(struct gpu_dev *dev, void *p)
+{
+}
+
+static int nocuda_stream_create(struct gpu_dev *dev, struct gpu_stream **s, char *why,
+				size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_stream_destroy(struct gpu_dev *dev, struct gpu_stream *s)
+{
+}
+
+static int nocuda_copy_h2d(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
+			   const void *src, size_t n, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_copy_d2h(struct gpu_dev *dev, void *dst, uint64_t src, size_t n, char *why,
+			   size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_event_record(struct gpu_dev *dev, struct gpu_stream *s,
+			       struct gpu_event **ev, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_event_query(struct gpu_dev *dev, struct gpu_event *ev, char *why,
+			      size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_event_destroy(struct gpu_dev *dev, struct gpu_event *ev)
+{
+}
+
+const struct gpu_ops gpu_cuda_ops = {
+	.kind = "cuda",
+	.count = nocuda_count,
+	.open = nocuda_open,
+	.close = nocuda_close,
+	.info = nocuda_info,
+	.mem_info = nocuda_mem_info,
+	.granularity = nocuda_granularity,
+	.vram_alloc = nocuda_vram_alloc,
+	.vram_import = nocuda_vram_import,
+	.vram_free = nocuda_vram_free,
+	.host_register = nocuda_host_register,
+	.host_unregister = nocuda_host_unregister,
+	.host_alloc = nocuda_host_alloc,
+	.host_free = nocuda_host_free,
+	.stream_create = nocuda_stream_create,
+	.stream_destroy = nocuda_stream_destroy,
+	.copy_h2d = nocuda_copy_h2d,
+	.copy_d2h = nocuda_copy_d2h,
+	.event_record = nocuda_event_record,
+	.event_query = nocuda_event_query,
+	.event_wait = nocuda_event_query,
+	.event_destroy = nocuda_event_destroy,
+};
+
+#endif

@@ -1,0 +1,683 @@
+/*
+ * The device tier end to end (core/devcache.h): a real weightd with GPU tiers, clients that
+ * map components' VRAM allocations through libweightd and read tensors back.
+ *
+ * By default the GPU is the emulated device ($WEIGHTD_GPU_EMULATE=1:64M, set here for the
+ * daemon and for this process, which imports the allocations), so the tier's logic runs on
+ * every machine. With WD_DEVCACHE_REAL=1 (`make test-gpu`) the same cases run on the real
+ * CUDA driver, and the program SKIPs (77) with the reason when there is none.
+ *
+ * Cases:
+ *   corpus      every corpus file loaded to cuda:0 reads back byte-identical (FNV-1a of
+ *               each tensor against the reference's NAME.tensors.txt) through the imported
+ *               mapping;
+ *   two_maps    two processes map one component, one is killed with SIGKILL: the other still
+ *               reads correct bytes, the model's pin count drops from 2 to 1, and the entry
+ *               can be evicted only once both are gone;
+ *   too_big     a component larger than the device budget is refused with -EFBIG;
+ *   churn       eviction under churn demotes to the host tier (also when the host copy was
+ *               unloaded: it is copied back), and re-promotion reads nothing from disk;
+ *   stream      a component larger than the host budget streams disk -> VRAM through the
+ *               staging ring, bypassing the host cache, and reads back correct;
+ *   concurrent  four clients load a multi-component model at once: one disk read per
+ *               component, and every device copy equals its host copy;
+ *   hostile     malformed DEVICE_MAP/DEVICES requests on a raw ring get errors, a client
+ *               that never reads its socket cannot block the daemon, which keeps serving.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "weightd.h"
+
+#include "core/common.h"
+#include "gpu/device.h"
+#include "shm/abi.h"
+#include "shm/attach.h"
+#include "shm/registry.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+#include "tests/helpers_daemon.h"
+
+#define EMULATE "1:64M"
+#define WAIT_NS (10ull * 1000 * 1000 * 1000)
+
+#define CHECK(cond, ...)                                                                   \
+	do {                                                                               \
+		if (!(cond)) {                                                             \
+			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
+			fprintf(stderr, __VA_ARGS__);                                      \
+			fprintf(stderr, "\n");                                             \
+			if (cur)                                                           \
+				td_daemon_dump_log(cur);                                   \
+			fail();                                                            \
+		}                                                                          \
+	} while (0)
+
+static const char *corpus;
+static struct td_daemon *cur;	/* for failure messages */
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static uint64_t fnv1a(const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= b[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+/* Starts a daemon serving the demo models and the corpus, with @extra options. */
+static void start(struct td_daemon *d, const char *const *extra)
+{
+	const char *args[8] = { "--models", corpus };
+	size_t n = 2;
+	int ret;
+
+	for (size_t i = 0; extra && extra[i] && n + 1 < ARRAY_SIZE(args); i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	memset(d, 0, sizeof(*d));
+	ret = td_daemon_setup_args(d, args);
+	cur = d;
+	CHECK(ret == 0, "daemon start: %s", strerror(-ret));
+}
+
+static struct weightd *attach(const struct td_daemon *d)
+{
+	struct weightd *w = NULL;
+	int ret = weightd_attach(d->socket, NULL, &w);
+
+	CHECK(ret == 0, "attach: %s", weightd_last_error());
+	return w;
+}
+
+static int load_gpu(struct weightd *w, const char *model)
+{
+	return weightd_load(w, model, NULL, WEIGHTD_TIER_CUDA(0), WEIGHTD_LOAD_NO_PROGRESS, NULL,
+			    NULL);
+}
+
+static uint32_t model_pins(struct weightd *w, const char *model)
+{
+	struct weightd_model_info mi;
+	uint32_t id;
+
+	CHECK(weightd_lookup(w, model, &id) == 0, "lookup %s: %s", model, weightd_last_error());
+	CHECK(weightd_model(w, id, &mi) == 0, "model %s: %s", model, weightd_last_error());
+	return mi.pins;
+}
+
+static uint32_t gpu_state(struct weightd *w, const char *model)
+{
+	struct weightd_status st;
+	int ret = weightd_status(w, model, NULL, WEIGHTD_TIER_CUDA(0), &st);
+
+	CHECK(ret >= 0, "status %s: %s", model, weightd_last_error());
+	return st.state;
+}
+
+static uint32_t host_state(struct weightd *w, const char *model)
+{
+	int ret = weightd_status(w, model, NULL, WEIGHTD_TIER_HOST, NULL);
+
+	CHECK(ret >= 0, "status %s: %s", model, weightd_last_error());
+	return (uint32_t)ret;
+}
+
+static uint64_t host_read_bytes(struct weightd *w)
+{
+	struct weightd_cache_stats cs;
+
+	CHECK(weightd_cache_stats(w, &cs) == 0, "stats: %s", weightd_last_error());
+	return cs.read_bytes;
+}
+
+/*
+ * Reads every tensor of corpus model @model through mapping @m and compares it with the
+ * reference listing NAME.tensors.txt. Returns the number of tensors checked.
+ */
+static unsigned int verify_model(struct weightd *w, const struct weightd_device_map *m,
+				 const char *model)
+{
+	char path[4096], line[4096];
+	unsigned int n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s.tensors.txt", corpus, model);
+	f = fopen(path, "r");
+	CHECK(f, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		char *name = strtok(line, "\t"), *dtype = strtok(NULL, "\t"),
+		     *shape = strtok(NULL, "\t"), *size = strtok(NULL, "\t"),
+		     *hash = strtok(NULL, "\t\n");
+		struct weightd_tensor_info ti;
+		uint64_t want_size, want_hash, dptr = 0;
+		void *buf;
+		int ret;
+
+		if (!name || !hash)
+			continue;
+		(void)dtype;
+		(void)shape;
+		want_size = strtoull(size, NULL, 10);
+		want_hash = strtoull(hash, NULL, 16);
+		ret = weightd_tensor(w, model, NULL, name, &ti);
+		CHECK(ret == 0, "%s/%s: %s", model, name, weightd_last_error());
+		CHECK(ti.nbytes == want_size, "%s/%s: %" PRIu64 " bytes, reference %" PRIu64, model,
+		      name, ti.nbytes, want_size);
+		ret = weightd_tensor_device_ptr(m, &ti, &dptr);
+		CHECK(ret == 0 && dptr >= weightd_device_base(m) &&
+		      dptr + ti.nbytes <= weightd_device_base(m) + weightd_device_size(m),
+		      "%s/%s: device pointer %#" PRIx64 " (ret %d) outside [%#" PRIx64 ", +%" PRIu64
+		      ")", model, name, dptr, ret, weightd_device_base(m), weightd_device_size(m));
+		buf = malloc(ti.nbytes ? ti.nbytes : 1);
+		CHECK(buf, "malloc");
+		ret = weightd_device_read(m, &ti, buf, ti.nbytes);
+		CHECK(ret == 0, "%s/%s: read back: %s", model, name, weightd_last_error());
+		CHECK(fnv1a(buf, ti.nbytes) == want_hash, "%s/%s: FNV-1a %016" PRIx64 " read back "
+		      "from cuda:0, reference %016" PRIx64, model, name, fnv1a(buf, ti.nbytes),
+		      want_hash);
+		free(buf);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* ---- cases ------------------------------------------------------------------------------ */
+
+static void test_corpus(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	char path[4096];
+	FILE *ls;
+	unsigned int files = 0, tensors = 0;
+
+	(void)state;
+	start(&d, NULL);
+	w = attach(&d);
+	snprintf(path, sizeof(path), "ls %s/*.safetensors", corpus);
+	ls = popen(path, "r");
+	CHECK(ls, "popen");
+	while (fgets(path, sizeof(path), ls)) {
+		char *base = strrchr(path, '/'), *dot;
+		struct weightd_device_map *m = NULL;
+		int ret;
+
+		base = base ? base + 1 : path;
+		dot = strstr(base, ".safetensors");
+		if (!dot)
+			continue;
+		*dot = '\0';
+		ret = load_gpu(w, base);
+		CHECK(ret == 0, "load %s to cuda:0: %s", base, weightd_last_error());
+		CHECK(gpu_state(w, base) == WEIGHTD_RESIDENT, "%s not resident on cuda:0", base);
+		ret = weightd_device_map(w, base, NULL, 0, &m);
+		CHECK(ret == 0, "map %s: %s", base, weightd_last_error());
+		tensors += verify_model(w, m, base);
+		weightd_device_unmap(w, m);
+		files++;
+	}
+	pclose(ls);
+	CHECK(files >= 5, "only %u corpus files", files);
+	printf("corpus: %u files, %u tensors byte-identical from cuda:0\n", files, tensors);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static void test_two_maps(void **state)
+{
+	const char *extra[] = { "--device-budget", "7M", NULL };
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	int to_parent[2], status, ret;
+	pid_t child;
+	char c;
+
+	(void)state;
+	start(&d, extra);
+	w = attach(&d);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
+	CHECK(pipe(to_parent) == 0, "pipe");
+	child = fork();
+	CHECK(child >= 0, "fork");
+	if (child == 0) {
+		/* Process A: maps the component, says so, and waits to be killed. */
+		struct weightd *wa = NULL;
+		struct weightd_device_map *ma = NULL;
+
+		if (weightd_attach(d.socket, NULL, &wa) ||
+		    weightd_device_map(wa, "large_4MiB", NULL, 0, &ma))
+			_exit(3);
+		if (write(to_parent[1], "m", 1) != 1)
+			_exit(4);
+		pause();
+		_exit(0);
+	}
+	close(to_parent[1]);
+	CHECK(read(to_parent[0], &c, 1) == 1, "child did not map");
+	close(to_parent[0]);
+	ret = weightd_device_map(w, "large_4MiB", NULL, 0, &m);
+	CHECK(ret == 0, "map: %s", weightd_last_error());
+	CHECK(model_pins(w, "large_4MiB") == 2, "pins %u with two mappings",
+	      model_pins(w, "large_4MiB"));
+	/* Both map it: a load that needs its room is refused, nothing is evicted. */
+	ret = load_gpu(w, "transformer_block");
+	CHECK(ret == -ENOSPC, "load with both mapped: %d (%s), expected -ENOSPC", ret,
+	      weightd_last_error());
+	kill(child, SIGKILL);
+	CHECK(waitpid(child, &status, 0) == child && WIFSIGNALED(status), "child status %#x",
+	      status);
+	for (int i = 0; i < 200 && model_pins(w, "large_4MiB") != 1; i++)
+		usleep(10000);
+	CHECK(model_pins(w, "large_4MiB") == 1, "pins %u after the kill",
+	      model_pins(w, "large_4MiB"));
+	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
+	ret = load_gpu(w, "transformer_block");
+	CHECK(ret == -ENOSPC, "load with one mapping left: %d (%s)", ret, weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_RESIDENT, "evicted while mapped");
+	weightd_device_unmap(w, m);
+	CHECK(model_pins(w, "large_4MiB") == 0, "pins %u after unmap", model_pins(w, "large_4MiB"));
+	ret = load_gpu(w, "transformer_block");
+	CHECK(ret == 0, "load after both are gone: %s", weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_ABSENT, "large_4MiB still on cuda:0");
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static void test_too_big(void **state)
+{
+	const char *extra[] = { "--device-budget", "3M", NULL };
+	struct td_daemon d;
+	struct weightd *w;
+	int ret;
+
+	(void)state;
+	start(&d, extra);
+	w = attach(&d);
+	ret = load_gpu(w, "large_4MiB");
+	CHECK(ret == -EFBIG, "load of 4 MiB into a 3 MiB budget: %d (%s)", ret,
+	      weightd_last_error());
+	CHECK(strstr(weightd_last_error(), "cuda:0 budget is"), "message: %s",
+	      weightd_last_error());
+	CHECK(weightd_load(w, "transformer_block", NULL, WEIGHTD_TIER_CUDA(0),
+			   WEIGHTD_LOAD_PIN | WEIGHTD_LOAD_NO_PROGRESS, NULL, NULL) == 0,
+	      "a small model after the refusal: %s", weightd_last_error());
+	CHECK(model_pins(w, "transformer_block") == 1, "LOAD with the pin flag: %u pins",
+	      model_pins(w, "transformer_block"));
+	CHECK(weightd_unload(w, "transformer_block", NULL, WEIGHTD_TIER_CUDA(0)) == -EBUSY ||
+	      gpu_state(w, "transformer_block") == WEIGHTD_RESIDENT,
+	      "a pinned component left cuda:0");
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static void test_churn(void **state)
+{
+	const char *extra[] = { "--device-budget", "7M", NULL };
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	uint64_t before;
+	struct weightd_device_info gi;
+	char why[128];
+
+	(void)state;
+	start(&d, extra);
+	w = attach(&d);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
+	CHECK(load_gpu(w, "transformer_block") == 0, "load: %s", weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_ABSENT, "no eviction under churn");
+	/* Demoted: the host copy is still there, promotion is a host -> device copy. */
+	before = host_read_bytes(w);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "re-promotion: %s", weightd_last_error());
+	CHECK(host_read_bytes(w) == before, "re-promotion read %" PRIu64 " bytes from disk",
+	      host_read_bytes(w) - before);
+	/* Now without a host copy: unload it from the host, evict it from the GPU. */
+	CHECK(weightd_unload(w, "large_4MiB", NULL, WEIGHTD_TIER_HOST) >= 0, "unload: %s",
+	      weightd_last_error());
+	CHECK(host_state(w, "large_4MiB") == WEIGHTD_ABSENT, "still on the host after unload");
+	CHECK(load_gpu(w, "transformer_block") == 0, "load: %s", weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_ABSENT, "no eviction");
+	CHECK(host_state(w, "large_4MiB") == WEIGHTD_RESIDENT, "evicted from cuda:0 without a "
+	      "host copy, and not demoted to the host");
+	before = host_read_bytes(w);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "re-promotion: %s", weightd_last_error());
+	CHECK(host_read_bytes(w) == before, "re-promotion after demotion by copy read %" PRIu64
+	      " bytes from disk", host_read_bytes(w) - before);
+	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	      weightd_last_error());
+	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	CHECK(weightd_devices(w, &gi, 1, why, sizeof(why)) == 1, "devices: %s", why);
+	CHECK(gi.evictions >= 3 && gi.hits + gi.misses >= 5 && gi.budget == 7ull << 20,
+	      "per-GPU counters: evictions %" PRIu64 " hits %" PRIu64 " misses %" PRIu64
+	      " budget %" PRIu64, gi.evictions, gi.hits, gi.misses, gi.budget);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static void test_stream(void **state)
+{
+	const char *extra[] = { "--host-budget", "1M", NULL };
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	uint64_t before;
+
+	(void)state;
+	start(&d, extra);
+	w = attach(&d);
+	before = host_read_bytes(w);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "load of 4 MiB with a 1 MiB host budget: %s",
+	      weightd_last_error());
+	CHECK(host_state(w, "large_4MiB") == WEIGHTD_ABSENT, "it went through the host cache");
+	CHECK(host_read_bytes(w) == before, "the host tier read %" PRIu64 " bytes",
+	      host_read_bytes(w) - before);
+	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	      weightd_last_error());
+	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+struct loader_arg {
+	const struct td_daemon *d;
+	int ret;
+	char err[256];
+};
+
+static void *load_thread(void *p)
+{
+	struct loader_arg *a = p;
+	struct weightd *w = NULL;
+
+	a->ret = weightd_attach(a->d->socket, NULL, &w);
+	if (!a->ret)
+		a->ret = load_gpu(w, "sd-tiny");
+	snprintf(a->err, sizeof(a->err), "%s", weightd_last_error());
+	weightd_detach(w);
+	return NULL;
+}
+
+/*
+ * Four clients load the multi-component demo model to cuda:0 at once: every component is read
+ * from disk once (the host tier's coalescing, and device loads joined), and each component's
+ * device copy matches its host copy tensor by tensor.
+ */
+static void test_concurrent(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_model_info mi;
+	struct weightd_cache_stats cs;
+	struct loader_arg args[4];
+	pthread_t th[4];
+	uint32_t id;
+	unsigned int checked = 0;
+
+	(void)state;
+	start(&d, NULL);
+	w = attach(&d);
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct loader_arg){ .d = &d };
+		CHECK(pthread_create(&th[i], NULL, load_thread, &args[i]) == 0, "thread");
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(args[i].ret == 0, "client %d: %d %s", i, args[i].ret, args[i].err);
+	}
+	CHECK(weightd_lookup(w, "sd-tiny", &id) == 0 && weightd_model(w, id, &mi) == 0,
+	      "sd-tiny: %s", weightd_last_error());
+	CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+	CHECK(cs.loads == mi.n_components, "%" PRIu64 " host loads for %u components",
+	      cs.loads, mi.n_components);
+	for (uint32_t c = 0;; c++) {
+		struct weightd_component_info ci;
+		static struct weightd_tensor_info ti[1024];
+		struct weightd_device_map *m = NULL;
+		int n;
+
+		if (weightd_component(w, c, &ci))
+			break;
+		if (ci.model != id)
+			continue;
+		CHECK(ci.tiers[WEIGHTD_TIER_CUDA(0)].state == WEIGHTD_RESIDENT, "%s not on cuda:0",
+		      ci.name);
+		CHECK(weightd_device_map(w, "sd-tiny", ci.name, 0, &m) == 0, "map %s: %s",
+		      ci.name, weightd_last_error());
+		n = weightd_tensor_list(w, "sd-tiny", ci.name, ti, NULL, ARRAY_SIZE(ti));
+		CHECK(n > 0 && n <= (int)ARRAY_SIZE(ti), "%s: %d tensors", ci.name, n);
+		for (int k = 0; k < n; k++) {
+			const void *host = weightd_tensor_data(w, &ti[k]);
+			void *buf = malloc(ti[k].nbytes ? ti[k].nbytes : 1);
+
+			CHECK(host && buf, "%s tensor %u not on the host", ci.name, ti[k].id);
+			CHECK(weightd_device_read(m, &ti[k], buf, ti[k].nbytes) == 0, "read: %s",
+			      weightd_last_error());
+			CHECK(!memcmp(buf, host, ti[k].nbytes), "%s tensor %u: device bytes differ "
+			      "from the host cache's", ci.name, ti[k].id);
+			free(buf);
+			checked++;
+		}
+		weightd_device_unmap(w, m);
+	}
+	CHECK(checked > 0, "nothing checked");
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+/* ---- a hostile client on a raw ring ------------------------------------------------------ */
+
+struct raw {
+	int fd;
+	struct shm_segment seg;
+	struct ring sq, cq;
+	uint64_t ud;
+};
+
+static void raw_attach(const char *sock, struct raw *c)
+{
+	struct wd_hello h = { .magic = WD_HELLO_MAGIC, .version = WD_ABI_VERSION,
+			      .hello_size = sizeof(h), .sqe_size = sizeof(struct wd_sqe),
+			      .cqe_size = sizeof(struct wd_cqe), .sq_entries = 16 };
+	struct wd_hello_reply rep;
+	int fds[ATTACH_MAX_FDS], nfds = ATTACH_MAX_FDS, ret;
+	ssize_t n;
+
+	memset(c, 0, sizeof(*c));
+	c->fd = attach_connect(sock);
+	CHECK(c->fd >= 0, "connect: %s", strerror(-c->fd));
+	CHECK(attach_send(c->fd, &h, sizeof(h), NULL, 0) == 0, "hello");
+	n = attach_recv(c->fd, &rep, sizeof(rep), fds, &nfds);
+	CHECK(n == (ssize_t)sizeof(rep) && rep.status == 0 && nfds == 3, "reply %zd status %d",
+	      n, rep.status);
+	close(fds[1]);
+	close(fds[2]);
+	ret = shm_segment_map(fds[0], true, rep.ring_seg_size, &c->seg);
+	CHECK(ret == 0, "map: %s", strerror(-ret));
+	ret = ring_seg_attach(c->seg.base, c->seg.size, &c->sq, &c->cq, NULL);
+	CHECK(ret == 0, "ring_seg_attach: %s", strerror(-ret));
+}
+
+static int raw_call(struct raw *c, struct wd_sqe s, struct wd_cqe *out)
+{
+	void *slot;
+
+	s.user_data = ++c->ud;
+	slot = ring_prod_slot(&c->sq);
+	CHECK(slot, "SQ full");
+	memcpy(slot, &s, sizeof(s));
+	ring_prod_advance(&c->sq);
+	ring_prod_publish(&c->sq);
+	ring_notify(&c->sq);
+	for (;;) {
+		int ret = ring_wait(&c->cq, 20000, WAIT_NS);
+
+		CHECK(ret > 0, "wait: %d", ret);
+		memcpy(out, ring_cons_slot(&c->cq, 0), sizeof(*out));
+		ring_cons_release(&c->cq, 1);
+		if (!(out->flags & WD_CQE_F_PROGRESS) && out->user_data == s.user_data)
+			return out->res;
+	}
+}
+
+static void raw_close(struct raw *c)
+{
+	shm_segment_close(&c->seg);
+	close(c->fd);
+}
+
+struct hostile_case {
+	const char *what;
+	uint16_t tier;
+	uint8_t flags;
+	int model;		/* 0 large_4MiB, 1 sd-tiny (several components), 2 id 1000000 */
+	int comp;		/* -1 none, 0 the model's first, 1 a component of another model */
+	uint64_t arg0;
+	int want;
+};
+
+static const struct hostile_case hostile_cases[] = {
+	{ "host tier", 0, 0, 0, -1, 0, -EINVAL },
+	{ "no such GPU", 6, 0, 0, -1, 0, -ENOTSUP },
+	{ "unknown model id", 1, 0, 2, -1, 0, -ENOENT },
+	{ "component of another model", 1, 0, 0, 1, 0, -EINVAL },
+	{ "arg[0] set", 1, 0, 0, -1, 7, -EINVAL },
+	{ "PIN flag", 1, WD_SQE_F_PIN, 0, -1, 0, -EINVAL },
+	{ "several components, none named", 1, 0, 1, -1, 0, -EINVAL },
+	{ "not resident on the GPU", 1, 0, 1, 0, 0, -ENODATA },
+};
+
+static void test_hostile(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	struct raw c;
+	struct wd_cqe cqe;
+	uint32_t large, sd;
+	struct weightd_component_info ci;
+	uint32_t sd_first = WD_ID_NONE, large_comp = WD_ID_NONE;
+	int ok = 0, refused = 0, ret;
+
+	(void)state;
+	start(&d, NULL);
+	w = attach(&d);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
+	CHECK(weightd_lookup(w, "large_4MiB", &large) == 0 && weightd_lookup(w, "sd-tiny", &sd) == 0,
+	      "lookup: %s", weightd_last_error());
+	for (uint32_t id = 0; weightd_component(w, id, &ci) == 0; id++) {
+		if (ci.model == sd && sd_first == WD_ID_NONE)
+			sd_first = id;
+		if (ci.model == large)
+			large_comp = id;
+	}
+	CHECK(sd_first != WD_ID_NONE && large_comp != WD_ID_NONE, "components not found");
+	raw_attach(d.socket, &c);
+	for (size_t i = 0; i < ARRAY_SIZE(hostile_cases); i++) {
+		const struct hostile_case *hc = &hostile_cases[i];
+		struct wd_sqe s = { .opcode = WD_OP_DEVICE_MAP, .tier = hc->tier, .flags = hc->flags,
+				    .model = hc->model == 0 ? large : hc->model == 1 ? sd : 1000000,
+				    .component = WD_ID_NONE, .arg = { hc->arg0 } };
+
+		if (hc->comp == 0)
+			s.component = hc->model == 1 ? sd_first : large_comp;
+		else if (hc->comp == 1)
+			s.component = sd_first;
+		ret = raw_call(&c, s, &cqe);
+		CHECK(ret == hc->want, "case \"%s\": res %d, expected %d", hc->what, ret, hc->want);
+	}
+	/* DEVICES with fields it does not take. */
+	ret = raw_call(&c, (struct wd_sqe){ .opcode = WD_OP_DEVICES, .model = 3,
+					   .component = WD_ID_NONE }, &cqe);
+	CHECK(ret == -EINVAL, "DEVICES with a model: %d", ret);
+	/* Valid maps whose messages this client never reads: the daemon must not block. */
+	for (int i = 0; i < 2000; i++) {
+		struct wd_sqe s = { .opcode = WD_OP_DEVICE_MAP, .tier = 1, .model = large,
+				    .component = WD_ID_NONE };
+
+		ret = raw_call(&c, s, &cqe);
+		CHECK(ret == 0 || ret == -EAGAIN || ret == -ETOOMANYREFS || ret == -ENOBUFS,
+		      "unread map %d: %d", i, ret);
+		ok += ret == 0;
+		refused += ret != 0;
+		if (refused > 3)
+			break;
+	}
+	CHECK(ok > 0, "no map succeeded");
+	CHECK(weightd_ping(w) == 0, "daemon stopped serving: %s", weightd_last_error());
+	CHECK(load_gpu(w, "transformer_block") == 0, "another client's load: %s",
+	      weightd_last_error());
+	raw_close(&c);
+	/* The hostile client's reference went with its socket. */
+	for (int i = 0; i < 200 && model_pins(w, "large_4MiB"); i++)
+		usleep(10000);
+	CHECK(model_pins(w, "large_4MiB") == 0, "pins %u after the hostile client left",
+	      model_pins(w, "large_4MiB"));
+	printf("hostile: %d unread maps accepted, then %d refused; daemon still serving\n", ok,
+	       refused);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_corpus),
+		cmocka_unit_test(test_two_maps),
+		cmocka_unit_test(test_too_big),
+		cmocka_unit_test(test_churn),
+		cmocka_unit_test(test_stream),
+		cmocka_unit_test(test_concurrent),
+		cmocka_unit_test(test_hostile),
+	};
+	char why[256] = "";
+
+	if (!td_have_daemon())
+		return 77;
+	corpus = getenv("WD_CORPUS");
+	if (!corpus || access(corpus, R_OK)) {
+		printf("SKIP: no corpus ($WD_CORPUS unset or unreadable)\n");
+		return 77;
+	}
+	if (getenv("WD_DEVCACHE_REAL")) {
+		unsetenv("WEIGHTD_GPU_EMULATE");
+		if (!gpu_ops_pick(why, sizeof(why))) {
+			printf("SKIP: no GPU for the real device tier: %s\n", why);
+			return 77;
+		}
+		printf("device tier on the real driver (%s)\n", gpu_cuda_ops.kind);
+	} else {
+		setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

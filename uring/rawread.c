@@ -1,0 +1,168 @@
+/* Baseline reads for benchmarks (uring/rawread.h). */
+#include "uring/rawread.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/common.h"
+
+const char *rawread_drop_name(enum rawread_drop d)
+{
+	switch (d) {
+	case RAWREAD_DROP_CACHES:
+		return "drop_caches";
+	case RAWREAD_DROP_FADVISE:
+		return "fadvise_dontneed";
+	default:
+		return "none";
+	}
+}
+
+enum rawread_drop rawread_drop_cache(const char *const *paths, unsigned int n,
+				     bool allow_global)
+{
+	enum rawread_drop how = RAWREAD_DROP_NONE;
+
+	sync();
+	if (allow_global) {
+		int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+
+		if (fd >= 0) {
+			bool ok = write(fd, "1", 1) == 1;
+
+			close(fd);
+			if (ok)
+				return RAWREAD_DROP_CACHES;
+		}
+	}
+	for (unsigned int i = 0; i < n; i++) {
+		int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+
+		if (fd < 0)
+			continue;
+		if (posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+			how = RAWREAD_DROP_FADVISE;
+		close(fd);
+	}
+	return how;
+}
+
+int rawread_files(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+		  unsigned int n, void *buf, bool direct, double *secs)
+{
+	struct io_uring ring;
+	unsigned int fi = 0, inflight = 0, opened = 0;
+	uint64_t off = 0, t0;
+	int *fds, ret = 0;
+
+	*secs = 0;
+	fds = calloc(n ? n : 1, sizeof(*fds));
+	if (!fds)
+		return -ENOMEM;
+	ret = io_uring_queue_init(RAWREAD_QD, &ring, 0);
+	if (ret < 0) {
+		free(fds);
+		return ret;
+	}
+	t0 = wd_now_ns();
+	for (; opened < n; opened++) {
+		fds[opened] = open(paths[opened], O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (fds[opened] < 0) {
+			ret = -errno;
+			goto out;
+		}
+	}
+	while (fi < n && !sizes[fi])
+		fi++;
+	for (;;) {
+		struct io_uring_cqe *cqe;
+
+		while (inflight < RAWREAD_QD && fi < n) {
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+			uint64_t len = sizes[fi] - off < RAWREAD_CHUNK ? sizes[fi] - off : RAWREAD_CHUNK;
+
+			if (!sqe)
+				break;
+			if (direct)
+				len = (len + 4095) & ~4095ull;
+			io_uring_prep_read(sqe, fds[fi], (char *)buf + bases[fi] + off,
+					   (unsigned int)len, off);
+			/* A short read can only be the file's end: ask for exactly what is left. */
+			io_uring_sqe_set_data64(sqe, sizes[fi] - off < len ? sizes[fi] - off : len);
+			inflight++;
+			off += RAWREAD_CHUNK;
+			if (off >= sizes[fi]) {
+				do
+					fi++;
+				while (fi < n && !sizes[fi]);
+				off = 0;
+			}
+		}
+		if (!inflight)
+			break;
+		ret = io_uring_submit_and_wait(&ring, 1);
+		if (ret < 0)
+			goto drain;
+		ret = 0;
+		while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+			if (cqe->res < 0 && !ret)
+				ret = cqe->res;
+			else if (!ret && (uint64_t)cqe->res < io_uring_cqe_get_data64(cqe))
+				ret = -EIO;
+			io_uring_cqe_seen(&ring, cqe);
+			inflight--;
+		}
+		if (ret)
+			goto drain;
+	}
+	*secs = (double)(wd_now_ns() - t0) / 1e9;
+	goto out;
+drain:
+	/* The buffer must outlive every read in flight: wait for them before returning. */
+	while (inflight) {
+		struct io_uring_cqe *cqe;
+
+		if (io_uring_wait_cqe(&ring, &cqe) < 0)
+			break;
+		io_uring_cqe_seen(&ring, cqe);
+		inflight--;
+	}
+out:
+	for (unsigned int i = 0; i < opened; i++)
+		close(fds[i]);
+	io_uring_queue_exit(&ring);
+	free(fds);
+	return ret;
+}
+
+double rawread_memcpy_bps(uint64_t bytes, unsigned int runs)
+{
+	char *a = malloc(bytes), *b = malloc(bytes);
+	double best = 0;
+
+	if (!a || !b || !bytes) {
+		free(a);
+		free(b);
+		return -1;
+	}
+	/* Fault both in first: the copy measures memory bandwidth, not page faults. */
+	memset(a, 1, bytes);
+	memset(b, 2, bytes);
+	for (unsigned int r = 0; r < (runs ? runs : 1); r++) {
+		uint64_t t0 = wd_now_ns(), dt;
+
+		memcpy(b, a, bytes);
+		/* Keep the copy from being elided: its result is read. */
+		__asm__ __volatile__("" : : "r"(b) : "memory");
+		dt = wd_now_ns() - t0;
+		if (dt && (double)bytes * 1e9 / (double)dt > best)
+			best = (double)bytes * 1e9 / (double)dt;
+	}
+	free(a);
+	free(b);
+	return best;
+}

@@ -1,0 +1,55 @@
+/*
+ * Baseline reads for benchmarks: what reading a set of files costs with nothing of weightd in
+ * the way, so that a load can be reported as a fraction of it (bench/bench_load.c,
+ * `weightctl bench`).
+ *
+ * rawread_files() reads whole files into one caller buffer with io_uring, RAWREAD_QD reads of
+ * RAWREAD_CHUNK bytes in flight, buffered or O_DIRECT. rawread_drop_cache() makes the next
+ * read of the files cold: globally with /proc/sys/vm/drop_caches when that write is allowed
+ * (root), else per file with posix_fadvise(POSIX_FADV_DONTNEED), which drops the clean pages
+ * of files this user can open (pages another process keeps dirty or locked stay).
+ */
+#ifndef WD_URING_RAWREAD_H
+#define WD_URING_RAWREAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define RAWREAD_QD 32u
+#define RAWREAD_CHUNK (4u << 20)
+
+/* How the caches were dropped. */
+enum rawread_drop {
+	RAWREAD_DROP_NONE = 0,		/* nothing could be dropped */
+	RAWREAD_DROP_CACHES,		/* /proc/sys/vm/drop_caches (every file of the system) */
+	RAWREAD_DROP_FADVISE,		/* posix_fadvise(DONTNEED) on each file */
+};
+
+/* "none", "drop_caches", "fadvise_dontneed". */
+const char *rawread_drop_name(enum rawread_drop d);
+
+/*
+ * Drops the page cache of the @n files @paths (sync(2) first). @allow_global lets it write
+ * /proc/sys/vm/drop_caches. Returns what it did; RAWREAD_DROP_NONE when no file could be
+ * opened.
+ */
+enum rawread_drop rawread_drop_cache(const char *const *paths, unsigned int n,
+				     bool allow_global);
+
+/*
+ * Reads file i of @paths (@sizes[i] bytes) whole into @buf + @bases[i]. With @direct the files
+ * are opened O_DIRECT: @buf and every base must be 4096-aligned, and the buffer must have
+ * room for each size rounded up to 4096. Stores the wall time in *@secs.
+ * Returns 0; -EINVAL (O_DIRECT refused by the file system: EINVAL from open or a read); the
+ * negative errno of io_uring_queue_init(), open(2) or a failed read; -EIO on a short read.
+ */
+int rawread_files(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+		  unsigned int n, void *buf, bool direct, double *secs);
+
+/*
+ * memcpy bandwidth: the best of @runs copies of @bytes between two buffers faulted in first.
+ * Returns bytes per second, or a negative value when the buffers cannot be allocated.
+ */
+double rawread_memcpy_bps(uint64_t bytes, unsigned int runs);
+
+#endif
