@@ -1112,8 +1112,8 @@ void devcache_load_job(struct daemon *d, struct job *j)
 		log_info(MOD, "\"device load started\" key=\"%s\"", e->key);
 		if (stream_instead(d, e, rc.nbytes, rc.n_tensors))
 			continue;
-		ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, cid, host_ready,
-					 e);
+		ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, cid,
+					 e->g->numa, host_ready, e);
 		if (ret) {
 			pthread_mutex_lock(&dc->lock);
 			fail_entry(d, e, ret, "load: out of memory");

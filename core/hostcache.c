@@ -97,6 +97,7 @@ struct req {
 	char msg[WD_DATA_SLOT_SIZE];
 	uint64_t bytes, read_bytes, done, total, last_post_ns;
 	bool orphan;		/* its client disconnected */
+	int node;		/* NUMA node for new extents (a GPU's); -1: the loader's */
 	hostcache_then_fn then;	/* hostcache_load_for(): called instead of the completion */
 	void *then_arg;
 };
@@ -134,20 +135,23 @@ struct hostcache {
 /* ---- small helpers --------------------------------------------------------------------- */
 
 /*
- * Binds a fresh extent to the NUMA node placement chooses (core/placement.h): the loader
- * thread's node, since the loader's reads are the pages' first touch. The bind comes before
- * the loader writes, so first touch allocates there. Returns the node, or -1 when nothing was
- * bound (no topology, an unknown CPU, or mbind refused: the pages then follow the default
- * policy, which is logged, and the load goes on).
+ * Binds a fresh extent to its NUMA node (core/placement.h): @node, the node local to the GPU
+ * the component is meant for, when it is >= 0; else the loader thread's node, since the
+ * loader's reads are the pages' first touch. The bind comes before the loader writes, so
+ * first touch allocates there. Returns the node, or -1 when nothing was bound (no topology,
+ * or mbind refused: the pages then follow the default policy, which is logged, and the load
+ * goes on).
  */
-static int place_extent(struct hostcache *hc, const char *name, uint64_t off, uint64_t len)
+static int place_extent(struct hostcache *hc, const char *name, uint64_t off, uint64_t len,
+			int node)
 {
-	struct placement_choice c;
-	int cpu = loader_cpu(hc->loader), ret;
+	struct placement_choice c = { .node = node, .reason = PLACE_GPU_LOCAL };
+	int cpu = loader_cpu(hc->loader), ret = 0;
 
 	if (!hc->pl)
 		return -1;
-	ret = placement_choose(hc->pl, NULL, cpu >= 0 ? cpu : -1, &c);
+	if (node < 0)
+		ret = placement_choose(hc->pl, NULL, cpu >= 0 ? cpu : -1, &c);
 	if (!ret)
 		ret = arena_bind_node(hc->arena, off, len, c.node);
 	if (ret) {
@@ -1071,7 +1075,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	}
 	e->off = off;
 	e->size = bytes;
-	e->node = place_extent(hc, name, off, bytes);
+	e->node = place_extent(hc, name, off, bytes, r ? r->node : -1);
 	ret = populate_extent(d, name, off, bytes, msg);
 	if (ret) {
 		arena_free(hc->arena, off, bytes);
@@ -1196,6 +1200,7 @@ void hostcache_load_job(struct daemon *d, struct job *j)
 			daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
 			return;
 		}
+		r->node = -1;
 		daemon_client_get(j->c);
 		r->c = j->c;
 		r->user_data = j->sqe.user_data;
@@ -1727,7 +1732,7 @@ uint64_t hostcache_size(struct daemon *d)
 /* ---- the device tier's use of the host tier (core/devcache.c) ---------------------------- */
 
 int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
-		       uint32_t model, uint32_t comp, hostcache_then_fn then, void *arg)
+		       uint32_t model, uint32_t comp, int node, hostcache_then_fn then, void *arg)
 {
 	struct hostcache *hc = d->hc;
 	struct wd_reg_model rm;
@@ -1749,6 +1754,7 @@ int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, u
 	r->pending = 1;
 	r->then = then;
 	r->then_arg = arg;
+	r->node = node;
 	ret = registry_read_model(&d->view, model, &rm);
 	if (!ret)
 		ret = catalog_get_model(d->cat, rm.name, &m);

@@ -169,10 +169,12 @@ typedef void (*hostcache_then_fn)(struct daemon *d, void *arg, int err, const ch
  * client @c, whose progress completions carry @user_data (none with WD_SQE_F_NO_PROGRESS in
  * @flags). @then(@arg) runs exactly once, when the component is resident or its load failed
  * (-EFBIG/-ENOSPC when the host budget cannot take it). Returns 0, or -ENOMEM when nothing
- * was started (@then is then not called).
+ * was started (@then is then not called). A new extent is bound to NUMA node @node, the
+ * one local to the GPU the component is meant for (core/placement.h); -1: the loader
+ * thread's node.
  */
 int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
-		       uint32_t model, uint32_t comp, hostcache_then_fn then, void *arg);
+		       uint32_t model, uint32_t comp, int node, hostcache_then_fn then, void *arg);
 
 /*
  * Holds the resident stored-form entry of @comp so that it is neither evicted nor unloaded

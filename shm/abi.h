@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WD_ABI_VERSION 2u	/* 2: the attach reply carries the host cache (3 fds) */
+#define WD_ABI_VERSION 3u	/* 3: registry metrics block, last-load fields, DEVICE_MAP/DEVICES;
+				 * 2: the attach reply carries the host cache (3 fds) */
 
 /* Magics, stored little-endian, spell "WDHL", "WDRP", "WDRG" and "WDRY" in a hex dump. */
 #define WD_HELLO_MAGIC 0x4c484457u
