@@ -6,7 +6,9 @@
  * only for equality.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,9 +126,18 @@ static const char schema_sql[] =
 	"CREATE TABLE co_access("
 	"  a TEXT NOT NULL,"
 	"  b TEXT NOT NULL,"
-	"  count INTEGER NOT NULL,"
+	"  count REAL NOT NULL,"
+	"  at_ns INTEGER NOT NULL DEFAULT 0,"
 	"  PRIMARY KEY(a, b)) WITHOUT ROWID;"
 	LOAD_HISTORY_SQL BENCH_RUNS_SQL;
+
+/*
+ * Version 3 to 4: co-access counts carry the time they were last updated (they fade). The
+ * counts of older catalogs are taken as of the migration.
+ */
+#define MIGRATE_V4_FMT \
+	"ALTER TABLE co_access ADD COLUMN at_ns INTEGER NOT NULL DEFAULT 0;" \
+	"UPDATE co_access SET at_ns = %" PRIu64 ";"
 
 /* Version 2 to 3: the two tables above; nothing else changes. */
 static const char migrate_v3_sql[] = LOAD_HISTORY_SQL BENCH_RUNS_SQL;
@@ -229,6 +240,27 @@ static void bind_u64(sqlite3_stmt *st, int i, uint64_t v)
 	sqlite3_bind_int64(st, i, (sqlite3_int64)v);
 }
 
+static int migrate_v4(struct catalog *cat)
+{
+	char sql[sizeof(MIGRATE_V4_FMT) + 24];
+	sqlite3_stmt *st;
+	int rc, s;
+
+	/* A catalog written by this version and then marked older has the column already. */
+	rc = prepare(cat, "SELECT 1 FROM pragma_table_info('co_access') WHERE name = 'at_ns'",
+		     &st);
+	if (rc)
+		return rc;
+	s = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (s == SQLITE_ROW)
+		return 0;
+	if (s != SQLITE_DONE)
+		return sql_fail(cat, s, "read co_access columns");
+	snprintf(sql, sizeof(sql), MIGRATE_V4_FMT, wd_wall_ns());
+	return exec(cat, sql);
+}
+
 static int create_schema(struct catalog *cat)
 {
 	sqlite3_stmt *st;
@@ -269,12 +301,15 @@ static int create_schema(struct catalog *cat)
 
 		/*
 		 * Version 1 lacks the co-access table and version 2 the load history and bench
-		 * tables; every step is CREATE ... IF NOT EXISTS, so each older version runs all
-		 * of them and its data stays as it is.
+		 * tables; those steps are CREATE ... IF NOT EXISTS, so each older version runs all
+		 * of them and its data stays as it is. Every version before 4 lacks co_access's
+		 * at_ns column.
 		 */
 		rc = exec(cat, migrate_v2_sql);
 		if (!rc)
 			rc = exec(cat, migrate_v3_sql);
+		if (!rc)
+			rc = migrate_v4(cat);
 		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
 		if (!rc)
 			rc = exec(cat, sql);
@@ -1628,50 +1663,132 @@ int catalog_note_set(struct catalog *cat, const char *model, const char *note)
 
 /* ---- co-access statistics ---- */
 
-int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n)
+double catalog_coaccess_decay(double count, uint64_t age_ns)
+{
+	return count * exp2(-(double)age_ns / (double)CATALOG_COACCESS_HALF_LIFE_NS);
+}
+
+/* The decay from @at_ns to @now_ns; none when the clock went back. */
+static double faded(double count, uint64_t at_ns, uint64_t now_ns)
+{
+	return now_ns > at_ns ? catalog_coaccess_decay(count, now_ns - at_ns) : count;
+}
+
+int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n,
+			 uint64_t now_ns)
 {
 	const char *lo = a, *hi = b;
 	sqlite3_stmt *st;
-	int rc;
+	double count = 0;
+	int rc, s;
 
-	if (!a[0] || !b[0] || !strcmp(a, b) || !n || n > INT64_MAX)
+	if (!a[0] || !b[0] || !strcmp(a, b) || !n || n > INT64_MAX || now_ns > INT64_MAX)
 		return -EINVAL;
 	/* One row per unordered pair: the smaller key first. */
 	if (strcmp(a, b) > 0) {
 		lo = b;
 		hi = a;
 	}
-	rc = prepare(cat, "INSERT INTO co_access(a, b, count) VALUES(?1, ?2, ?3)"
-		     " ON CONFLICT(a, b) DO UPDATE SET count = count + excluded.count", &st);
+	rc = exec(cat, "BEGIN IMMEDIATE");
 	if (rc)
 		return rc;
+	rc = prepare(cat, "SELECT count, at_ns FROM co_access WHERE a = ?1 AND b = ?2", &st);
+	if (rc)
+		goto rollback;
 	sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC);
-	bind_u64(st, 3, n);
+	s = sqlite3_step(st);
+	if (s == SQLITE_ROW)
+		count = faded(sqlite3_column_double(st, 0), col_u64(st, 1), now_ns);
+	else if (s != SQLITE_DONE)
+		rc = sql_fail(cat, s, "read co-access");
+	sqlite3_finalize(st);
+	if (rc)
+		goto rollback;
+	rc = prepare(cat, "INSERT OR REPLACE INTO co_access(a, b, count, at_ns) "
+		     "VALUES(?1, ?2, ?3, ?4)", &st);
+	if (rc)
+		goto rollback;
+	sqlite3_bind_text(st, 1, lo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, hi, -1, SQLITE_STATIC);
+	sqlite3_bind_double(st, 3, count + (double)n);
+	bind_u64(st, 4, now_ns);
 	rc = step_done(cat, st, "add co-access");
 	sqlite3_finalize(st);
+	if (rc)
+		goto rollback;
+	return exec(cat, "COMMIT");
+rollback:
+	sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
 	return rc;
 }
 
-int catalog_coaccess_load(struct catalog *cat,
+struct faded_pair {
+	char *a, *b;
+	uint64_t count;
+};
+
+static int by_count_desc(const void *x, const void *y)
+{
+	const struct faded_pair *p = x, *q = y;
+	int c;
+
+	if (p->count != q->count)
+		return p->count < q->count ? 1 : -1;
+	c = strcmp(p->a, q->a);
+	return c ? c : strcmp(p->b, q->b);
+}
+
+int catalog_coaccess_load(struct catalog *cat, uint64_t now_ns,
 			  int (*cb)(const char *a, const char *b, uint64_t count, void *arg),
 			  void *arg)
 {
+	struct faded_pair *v = NULL;
+	size_t n = 0, cap = 0;
 	sqlite3_stmt *st;
 	int rc, s;
 
-	rc = prepare(cat, "SELECT a, b, count FROM co_access ORDER BY count DESC, a, b", &st);
+	rc = prepare(cat, "SELECT a, b, count, at_ns FROM co_access", &st);
 	if (rc)
 		return rc;
 	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-		rc = cb((const char *)sqlite3_column_text(st, 0),
-			(const char *)sqlite3_column_text(st, 1), col_u64(st, 2), arg);
-		if (rc)
+		double c = faded(sqlite3_column_double(st, 2), col_u64(st, 3), now_ns) + 0.5;
+
+		if (c < 1)
+			continue;
+		if (n == cap) {
+			struct faded_pair *nv = realloc(v, (cap ? cap * 2 : 64) * sizeof(*v));
+
+			if (!nv) {
+				rc = -ENOMEM;
+				break;
+			}
+			v = nv;
+			cap = cap ? cap * 2 : 64;
+		}
+		v[n].a = strdup((const char *)sqlite3_column_text(st, 0));
+		v[n].b = strdup((const char *)sqlite3_column_text(st, 1));
+		v[n].count = c >= (double)UINT64_MAX ? UINT64_MAX : (uint64_t)c;
+		if (!v[n].a || !v[n].b) {
+			free(v[n].a);
+			free(v[n].b);
+			rc = -ENOMEM;
 			break;
+		}
+		n++;
 	}
 	if (!rc && s != SQLITE_DONE)
 		rc = sql_fail(cat, s, "load co-access");
 	sqlite3_finalize(st);
+	if (!rc)
+		qsort(v, n, sizeof(*v), by_count_desc);
+	for (size_t i = 0; i < n; i++) {
+		if (!rc)
+			rc = cb(v[i].a, v[i].b, v[i].count, arg);
+		free(v[i].a);
+		free(v[i].b);
+	}
+	free(v);
 	return rc;
 }
 

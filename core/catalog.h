@@ -15,7 +15,8 @@
  *   component_files  which files make a component, in order
  *   model_meta       user metadata (tags, notes) keyed by model NAME, so that it outlives
  *                    rescans, restarts and even a model that disappears for a while
- *   co_access        components requested together (v2)
+ *   co_access        components requested together (v2); each count as of at_ns, the
+ *                    wall-clock time it was last updated, so that it can fade (v4)
  *   load_history     completed host loads by "model/component": when, bytes, duration; the
  *                    last few per key, for the slow-load alert (core/alert.h) (v3)
  *   bench_runs       `weightctl bench` results: model, when, the figures as JSON (v3)
@@ -43,7 +44,7 @@
 #include "core/model.h"
 #include "core/st.h"
 
-#define CATALOG_SCHEMA_VERSION 3
+#define CATALOG_SCHEMA_VERSION 4
 #define CATALOG_FILE "catalog.db"
 
 /* User metadata conventions: a tag is the key "tag:NAME" with an empty value. */
@@ -283,16 +284,30 @@ int catalog_apply(struct catalog *cat, const struct catalog_changes *ch);
 /* ---- co-access statistics (components requested together, keyed "model/component") ---- */
 
 /*
- * Adds @n to the count of the unordered pair (@a, @b), creating it. Returns 0, -EINVAL (an
- * empty key, @a equal to @b, or @n zero or above INT64_MAX), or a mapped SQLite error.
+ * Co-access counts fade: a pair's count halves every CATALOG_COACCESS_HALF_LIFE_NS of wall-
+ * clock time, so that prefetch follows how the models are used now rather than how they
+ * were used months ago. The decay is applied when a pair is updated and when the counts are
+ * read; times are wall-clock nanoseconds (wd_wall_ns()), since they outlive the process.
  */
-int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n);
+#define CATALOG_COACCESS_HALF_LIFE_NS (7ull * 24 * 3600 * 1000000000ull)
+
+/* @count after @age_ns of decay. */
+double catalog_coaccess_decay(double count, uint64_t age_ns);
 
 /*
- * Calls @cb for every pair (a < b by strcmp), most frequent first, stopping at and returning
- * the first nonzero value it returns. Returns 0 or a mapped SQLite error.
+ * Adds @n to the count of the unordered pair (@a, @b) as of @now_ns, after decaying the
+ * count it had, creating the pair. Returns 0, -EINVAL (an empty key, @a equal to @b, or @n
+ * zero or above INT64_MAX), or a mapped SQLite error.
  */
-int catalog_coaccess_load(struct catalog *cat,
+int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n,
+			 uint64_t now_ns);
+
+/*
+ * Calls @cb for every pair (a < b by strcmp) with its count decayed to @now_ns and rounded,
+ * most frequent first, skipping pairs that faded below one; stops at and returns the first
+ * nonzero value @cb returns. Returns 0, -ENOMEM, or a mapped SQLite error.
+ */
+int catalog_coaccess_load(struct catalog *cat, uint64_t now_ns,
 			  int (*cb)(const char *a, const char *b, uint64_t count, void *arg),
 			  void *arg);
 

@@ -46,6 +46,7 @@ struct evict_policy {
 	uint32_t n_pairs, cap_pairs;
 	struct recent hist[EVICT_COACCESS_HISTORY];
 	uint32_t hist_n, hist_head;
+	uint64_t half_life, halved_at;	/* halved_at 0: the clock has not started */
 };
 
 int evict_create(const struct evict_options *opt, struct evict_policy **out)
@@ -62,6 +63,8 @@ int evict_create(const struct evict_options *opt, struct evict_policy **out)
 	p->default_rate = opt->default_rate > 0 ? opt->default_rate : EVICT_DEFAULT_RATE;
 	p->default_ttl = opt->default_ttl_ns;
 	p->window = opt->coaccess_window_ns ? opt->coaccess_window_ns : EVICT_COACCESS_WINDOW_NS;
+	p->half_life = opt->coaccess_half_life_ns ? opt->coaccess_half_life_ns
+						  : EVICT_COACCESS_HALF_LIFE_NS;
 	snprintf(p->tier, sizeof(p->tier), "%s", opt->tier ? opt->tier : "host");
 	*out = p;
 	return 0;
@@ -473,6 +476,23 @@ size_t evict_coaccess_drain(struct evict_policy *p, struct evict_coaccess_delta 
 	return n;
 }
 
+/* Halves every count once per half-life passed since the last halving. */
+static void fade(struct evict_policy *p, uint64_t now_ns)
+{
+	uint64_t k;
+
+	if (!p->halved_at || now_ns < p->halved_at) {
+		p->halved_at = now_ns ? now_ns : 1;
+		return;
+	}
+	k = (now_ns - p->halved_at) / p->half_life;
+	if (!k)
+		return;
+	for (uint32_t i = 0; i < p->n_pairs; i++)
+		p->pairs[i].count = k >= 32 ? 0 : p->pairs[i].count >> k;
+	p->halved_at += k * p->half_life;
+}
+
 int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_ns)
 {
 	bool seen[EVICT_COACCESS_HISTORY] = { false };
@@ -480,6 +500,7 @@ int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_
 
 	if (strlen(key) >= EVICT_KEY_MAX)
 		return -ENAMETOOLONG;
+	fade(p, now_ns);
 	id = intern(p, key, true);
 	if (id < 0)
 		return id;

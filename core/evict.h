@@ -27,7 +27,10 @@
  * of each other and evict_coaccess_suggest() returns the keys most often requested with a
  * given one, as prefetch candidates. The statistics live in memory; the owner persists them:
  * evict_coaccess_seed() loads saved counts and evict_coaccess_drain() hands over the counts
- * recorded since the last drain.
+ * recorded since the last drain. Counts fade: every coaccess_half_life_ns of the clock that
+ * evict_coaccess_record() is given, all counts are halved, so that what is suggested follows
+ * how the models are used now (the drained increments are not halved: the owner's saved
+ * counts fade on their own clock, see core/catalog.h).
  *
  * Not thread-safe: the daemon's state thread owns a policy. Operations are linear in the
  * number of entries (resident components: hundreds).
@@ -43,6 +46,8 @@
 #define EVICT_DEFAULT_RATE 1e9		/* bytes/s assumed before a load was measured */
 #define EVICT_COACCESS_WINDOW_NS 5000000000ull
 #define EVICT_COACCESS_HISTORY 64	/* recent requests remembered */
+/* Co-access counts halve every this long (the catalog's saved counts fade alike). */
+#define EVICT_COACCESS_HALF_LIFE_NS (7ull * 24 * 3600 * 1000000000ull)
 #define EVICT_COACCESS_MAX_PAIRS 4096
 
 struct evict_counters {
@@ -63,6 +68,7 @@ struct evict_options {
 	double default_rate;		/* bytes/s; 0: EVICT_DEFAULT_RATE */
 	uint64_t default_ttl_ns;	/* keep-alive of new entries; 0: none */
 	uint64_t coaccess_window_ns;	/* 0: EVICT_COACCESS_WINDOW_NS */
+	uint64_t coaccess_half_life_ns;	/* 0: EVICT_COACCESS_HALF_LIFE_NS */
 	const char *tier;		/* for messages: "host" (NULL), "cuda:0" */
 };
 
@@ -143,7 +149,9 @@ uint64_t evict_reserved(const struct evict_policy *p);
 
 /*
  * Co-access: records a request for @key at @now_ns; every other key requested within the
- * window before it gains one co-access with it. Returns 0, -ENAMETOOLONG or -ENOMEM.
+ * window before it gains one co-access with it. First halves every count once per half-life
+ * passed since the last halving (the first call starts that clock). Returns 0,
+ * -ENAMETOOLONG or -ENOMEM.
  */
 int evict_coaccess_record(struct evict_policy *p, const char *key, uint64_t now_ns);
 

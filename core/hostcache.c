@@ -1313,13 +1313,15 @@ static int seed_pair(const char *a, const char *b, uint64_t count, void *arg)
 /*
  * Writes the co-accesses recorded since the last call to the catalog, so that they survive a
  * restart. Runs on the thread that owns the catalog handle: the worker, after each load
- * job, or the daemon's thread at the end, once the worker has stopped. A failed write is logged and those counts are lost: they are
- * statistics, and the requests that made them succeeded.
+ * job, or the daemon's thread at the end, once the worker has stopped. A failed write is
+ * logged and those counts are lost: they are statistics, and the requests that made them
+ * succeeded.
  */
 static void save_coaccess(struct daemon *d)
 {
 	struct hostcache *hc = d->hc;
 	struct evict_coaccess_delta dl[SAVE_BATCH];
+	uint64_t now = wd_wall_ns();
 	size_t n;
 
 	if (!hc->pol || !d->cat)
@@ -1329,7 +1331,8 @@ static void save_coaccess(struct daemon *d)
 		n = evict_coaccess_drain(hc->pol, dl, SAVE_BATCH);
 		pthread_mutex_unlock(&hc->lock);
 		for (size_t i = 0; i < n; i++) {
-			int ret = catalog_coaccess_add(d->cat, dl[i].a, dl[i].b, dl[i].n);
+			int ret = catalog_coaccess_add(d->cat, dl[i].a, dl[i].b, dl[i].n,
+						       now);
 
 			if (ret)
 				log_warn(MOD, "\"co-access not saved\" a=\"%s\" b=\"%s\" n=%u err=%d",
@@ -1665,7 +1668,7 @@ int hostcache_create(struct daemon *d)
 			 "err=%d", ret);
 	else
 		log_info(MOD, "\"NUMA placement\" nodes=%d", placement_node_count(hc->pl));
-	ret = catalog_coaccess_load(d->cat, seed_pair, hc);
+	ret = catalog_coaccess_load(d->cat, wd_wall_ns(), seed_pair, hc);
 	if (ret)
 		log_warn(MOD, "\"co-access statistics not loaded\" err=%d", ret);
 	ret = gpu_driver_open(&drv, why, sizeof(why));
@@ -1850,27 +1853,32 @@ void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l)
 	}
 }
 
-int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
-		    uint32_t comp, const void *bytes)
+int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, void **dst,
+			    char *msg, size_t msg_len)
 {
 	struct hostcache *hc = d->hc;
 	struct evict_victims v = { 0 };
-	uint64_t now = wd_now_ns(), off = 0;
-	char msg[WD_DATA_SLOT_SIZE];
-	struct entry *e;
+	uint64_t now = wd_now_ns(), off = 0, avail;
+	char amsg[WD_DATA_SLOT_SIZE];
+	bool allocated;
 	int ret;
 
+	*dst = NULL;
 	pthread_mutex_lock(&hc->lock);
 	if (find_id(hc, l->id)) {
 		pthread_mutex_unlock(&hc->lock);
-		return 0;
+		snprintf(msg, msg_len, "%.200s is resident on the host already", l->key);
+		return -EEXIST;
 	}
 	/* Demotion never evicts: it only keeps bytes that would otherwise be read again. */
-	if (l->size > hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol)) {
+	avail = hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol);
+	if (l->size > avail) {
 		pthread_mutex_unlock(&hc->lock);
+		snprintf(msg, msg_len, "the host budget has %" PRIu64 " bytes free, %" PRIu64
+			 " needed, and demotion does not evict", avail, l->size);
 		return -ENOSPC;
 	}
-	ret = evict_admit(hc->pol, l->key, l->size, now, &v, msg, sizeof(msg));
+	ret = evict_admit(hc->pol, l->key, l->size, now, &v, amsg, sizeof(amsg));
 	/* With the room checked above there are no victims; were there any, they go as in
 	 * make_room(), so that the policy and the entries agree. */
 	for (size_t i = 0; !ret && i < v.n; i++) {
@@ -1884,22 +1892,68 @@ int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t
 	evict_victims_free(&v);
 	if (ret) {
 		pthread_mutex_unlock(&hc->lock);
+		snprintf(msg, msg_len, "%s", amsg);
 		return ret;
 	}
 	ret = arena_alloc(hc->arena, l->size, &off);
-	e = ret ? NULL : calloc(1, sizeof(*e));
+	allocated = !ret;
+	/* Faulted in now when memory is tight, so that a lack of it is an error here rather than
+	 * SIGBUS in the device's copy. */
+	if (!ret && recovery_populate_needed(l->size))
+		ret = recovery_populate(arena_ptr(hc->arena, off), l->size);
+	if (ret) {
+		if (allocated)
+			arena_free(hc->arena, off, l->size);
+		evict_unreserve(hc->pol, l->size);
+		pthread_mutex_unlock(&hc->lock);
+		snprintf(msg, msg_len, "no host extent of %" PRIu64 " bytes: %s", l->size,
+			 strerror(-ret));
+		return ret;
+	}
+	*dst = arena_ptr(hc->arena, off);
+	pthread_mutex_unlock(&hc->lock);
+	return 0;
+}
+
+void hostcache_adopt_cancel(struct daemon *d, const struct hostcache_layout *l, void *dst)
+{
+	struct hostcache *hc = d->hc;
+
+	if (!dst)
+		return;
+	pthread_mutex_lock(&hc->lock);
+	arena_free(hc->arena, (uint64_t)((uint8_t *)dst - (uint8_t *)arena_ptr(hc->arena, 0)),
+		   l->size);
+	evict_unreserve(hc->pol, l->size);
+	pthread_mutex_unlock(&hc->lock);
+}
+
+int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+			   uint32_t comp, void *dst)
+{
+	struct hostcache *hc = d->hc;
+	uint64_t now = wd_now_ns(), off;
+	struct entry *e;
+
+	pthread_mutex_lock(&hc->lock);
+	off = (uint64_t)((uint8_t *)dst - (uint8_t *)arena_ptr(hc->arena, 0));
+	if (find_id(hc, l->id)) {
+		/* A load of the same form finished while the bytes were copied: keep that one. */
+		arena_free(hc->arena, off, l->size);
+		evict_unreserve(hc->pol, l->size);
+		pthread_mutex_unlock(&hc->lock);
+		return 0;
+	}
+	e = calloc(1, sizeof(*e));
 	if (e)
 		e->t = calloc(l->n_t ? l->n_t : 1, sizeof(*e->t));
 	if (!e || !e->t) {
-		if (!ret)
-			arena_free(hc->arena, off, l->size);
-		if (e)
-			free(e);
+		arena_free(hc->arena, off, l->size);
+		free(e);
 		evict_unreserve(hc->pol, l->size);
 		pthread_mutex_unlock(&hc->lock);
-		return ret ? ret : -ENOMEM;
+		return -ENOMEM;
 	}
-	memcpy(arena_ptr(hc->arena, off), bytes, l->size);
 	for (uint32_t i = 0; i < l->n_t; i++) {
 		struct wd_reg_tensor rt;
 
@@ -1931,6 +1985,19 @@ int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t
 	log_info(MOD, "\"adopted from a GPU\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
 	pthread_mutex_unlock(&hc->lock);
 	return 0;
+}
+
+int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+		    uint32_t comp, const void *bytes)
+{
+	char msg[WD_DATA_SLOT_SIZE];
+	void *dst;
+	int ret = hostcache_adopt_reserve(d, l, &dst, msg, sizeof(msg));
+
+	if (ret)
+		return ret == -EEXIST ? 0 : ret;
+	memcpy(dst, bytes, l->size);
+	return hostcache_adopt_commit(d, l, model, comp, dst);
 }
 
 bool hostcache_has(struct daemon *d, uint32_t comp)

@@ -128,7 +128,7 @@ static void test_migrate_v2(void **state)
 	(void)state;
 	snprintf(sub, sizeof(sub), "%s/v2", dir);
 	assert_int_equal(catalog_open(sub, &cat), 0);
-	assert_int_equal(catalog_coaccess_add(cat, "a/x", "a/y", 5), 0);
+	assert_int_equal(catalog_coaccess_add(cat, "a/x", "a/y", 5, wd_wall_ns()), 0);
 	catalog_close(cat);
 	snprintf(path, sizeof(path), "%s/%s", sub, CATALOG_FILE);
 	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);

@@ -601,7 +601,13 @@ static void exec_sql(const char *db, const char *sql)
 	sqlite3_close(h);
 }
 
-/* Co-access pairs: unordered, accumulated, refused when malformed, and kept on reopen. */
+/* A wall-clock time for the co-access tests: 2026-01-01. */
+#define T0 1767225600000000000ull
+
+/*
+ * Co-access pairs: unordered, accumulated, refused when malformed, kept on reopen, fading
+ * with time, and migrated from older schemas.
+ */
 static void test_coaccess(void **state)
 {
 	static const struct {
@@ -625,7 +631,8 @@ static void test_coaccess(void **state)
 	fmt(db, sizeof(db), "%s/catalog.db", st);
 	assert_int_equal(catalog_open(st, &cat), 0);
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
-		int ret = catalog_coaccess_add(cat, rows[i].add.a, rows[i].add.b, rows[i].add.n);
+		int ret = catalog_coaccess_add(cat, rows[i].add.a, rows[i].add.b, rows[i].add.n,
+					       T0);
 
 		if (ret != rows[i].ret)
 			fail_msg("row %zu: add(%s, %s, %llu) = %d, want %d", i, rows[i].add.a,
@@ -633,9 +640,45 @@ static void test_coaccess(void **state)
 	}
 	catalog_close(cat);
 	assert_int_equal(catalog_open(st, &cat), 0);
-	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	assert_int_equal(catalog_coaccess_load(cat, T0, collect_pair, &ps), 0);
 	if (strcmp(ps.got, want))
 		fail_msg("after reopen: pairs %s, want %s", ps.got, want);
+
+	/* Counts fade: halved per half-life when read, and decayed before an addition. */
+	static const struct {
+		uint64_t add;		/* 0: only read */
+		uint64_t at;		/* half-lives after T0 */
+		const char *want;	/* after the addition, read at the same time */
+	} fades[] = {
+		{ 0, 1, "m/text|m/unet=3;m/unet|m/vae=2;" },	/* 2.5 and 1.5 round up */
+		{ 0, 2, "m/text|m/unet=1;m/unet|m/vae=1;" },	/* 1.25, 0.75 */
+		{ 3, 2, "m/unet|m/vae=4;m/text|m/unet=1;" },	/* 0.75 + 3 */
+		{ 0, 3, "m/unet|m/vae=2;m/text|m/unet=1;" },	/* 1.875, 0.625 */
+		{ 0, 40, "" },					/* everything faded */
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(fades); i++) {
+		uint64_t now = T0 + fades[i].at * CATALOG_COACCESS_HALF_LIFE_NS;
+
+		if (fades[i].add)
+			assert_int_equal(catalog_coaccess_add(cat, "m/vae", "m/unet", fades[i].add,
+							      now), 0);
+		ps.len = 0;
+		ps.got[0] = '\0';
+		assert_int_equal(catalog_coaccess_load(cat, now, collect_pair, &ps), 0);
+		if (strcmp(ps.got, fades[i].want))
+			fail_msg("fade row %zu: pairs %s, want %s", i, ps.got, fades[i].want);
+	}
+	catalog_close(cat);
+
+	/* A version 3 catalog (no at_ns) gets the column; its counts are taken as of now. */
+	exec_sql(db, "DROP TABLE co_access; CREATE TABLE co_access(a TEXT NOT NULL, "
+		     "b TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY(a, b)) WITHOUT ROWID; "
+		     "INSERT INTO co_access VALUES('m/a', 'm/b', 6); PRAGMA user_version=3;");
+	assert_int_equal(catalog_open(st, &cat), 0);
+	ps.len = 0;
+	ps.got[0] = '\0';
+	assert_int_equal(catalog_coaccess_load(cat, wd_wall_ns(), collect_pair, &ps), 0);
+	assert_string_equal(ps.got, "m/a|m/b=6;");
 	catalog_close(cat);
 
 	/* A version 1 catalog (no co_access table) is migrated in place, its data kept. */
@@ -648,11 +691,11 @@ static void test_coaccess(void **state)
 	assert_string_equal(v, "kept");
 	ps.len = 0;
 	ps.got[0] = '\0';
-	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	assert_int_equal(catalog_coaccess_load(cat, T0, collect_pair, &ps), 0);
 	if (ps.len)
 		fail_msg("migrated catalog: pairs %s, want none", ps.got);
-	assert_int_equal(catalog_coaccess_add(cat, "m/a", "m/b", 2), 0);
-	assert_int_equal(catalog_coaccess_load(cat, collect_pair, &ps), 0);
+	assert_int_equal(catalog_coaccess_add(cat, "m/a", "m/b", 2, T0), 0);
+	assert_int_equal(catalog_coaccess_load(cat, T0, collect_pair, &ps), 0);
 	assert_string_equal(ps.got, "m/a|m/b=2;");
 	catalog_close(cat);
 }

@@ -314,6 +314,22 @@ static void test_coaccess_seed_drain(void **state)
 				 dl[i].n);
 	assert_int_equal(evict_coaccess_drain(p, dl, 4), 0);
 	assert_int_equal(evict_coaccess_suggest(p, "m/a", 4, out, 4), 1);
+
+	/*
+	 * Counts fade: m/a|m/b is 4. Two half-lives after the clock started (the first record,
+	 * at 10 s) it is 1, so it no longer reaches 2; m/a|m/c (1) and m/b|m/c (1) fade to 0.
+	 * The halving leaves the drained increments alone: they are saved on their own clock.
+	 */
+	const uint64_t hl = EVICT_COACCESS_HALF_LIFE_NS;
+
+	assert_int_equal(evict_coaccess_record(p, "m/x", 10 * S + hl - 1), 0);
+	assert_int_equal(evict_coaccess_suggest(p, "m/a", 4, out, 4), 1);
+	assert_int_equal(evict_coaccess_record(p, "m/x", 10 * S + 2 * hl), 0);
+	assert_int_equal(evict_coaccess_suggest(p, "m/a", 2, out, 4), 0);
+	assert_int_equal(evict_coaccess_suggest(p, "m/a", 1, out, 4), 1);
+	assert_string_equal(out[0], "m/b");
+	assert_int_equal(evict_coaccess_suggest(p, "m/c", 1, out, 4), 0);
+	assert_int_equal(evict_coaccess_drain(p, dl, 4), 0);
 	evict_destroy(p);
 }
 

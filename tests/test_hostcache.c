@@ -879,7 +879,7 @@ static void test_coaccess_restart(void **state)
 	CHECK(td_daemon_kill(&dm, SIGTERM, 5000) == 0, "stop the daemon");
 	ret = catalog_open(dm.state_dir, &cat);
 	CHECK(ret == 0, "open the catalog in %s: %d", dm.state_dir, ret);
-	ret = catalog_coaccess_load(cat, find_pair, &pf);
+	ret = catalog_coaccess_load(cat, wd_wall_ns(), find_pair, &pf);
 	catalog_close(cat);
 	CHECK(ret == 0 && pf.count >= 2, "catalog co-access of %s with %s after %zu loads: %llu "
 	      "(ret %d)", pf.a, pf.b, ARRAY_SIZE(rows), (unsigned long long)pf.count, ret);
