@@ -48,10 +48,11 @@ BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
 CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c) \
 	core/log.c core/time.c core/st_dtype.c
-# The GPU tier's import side (weightd_device_map): the device layer, and from the internal
-# library only the members it needs: the emulated device's size parser (core/gen.c) brings
-# jansson (--as-needed keeps unused libraries out of DT_NEEDED).
-CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c)
+# The GPU tier's import side (weightd_device_map): the device layer and the conversion
+# routines the emulated device runs (core/convert.c). The client library links no internal
+# archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
+CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c) \
+	core/convert.c
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
@@ -93,16 +94,19 @@ $(BUILD)/weightd: $(BUILD)/cmd/weightd.o $(INTERNAL_LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
 
 $(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) $(CLIENT_GPU_SRCS:%.c=$(BUILD)/%.o) \
-		$(INTERNAL_LIB) shm/libweightd.map
+		shm/libweightd.map
 	$(CC) $(ALL_LDFLAGS) -shared -Wl,-soname,libweightd.so.$(WD_SOVERSION) \
-		-Wl,--version-script=shm/libweightd.map -o $@ $(filter %.o,$^) \
-		-Wl,--as-needed $(INTERNAL_LIB) -ljansson -lxxhash -lm -ldl -lpthread -Wl,--no-as-needed
+		-Wl,--version-script=shm/libweightd.map -Wl,--no-undefined -o $@ $(filter %.o,$^) \
+		-Wl,--as-needed -ldl -lpthread -Wl,--no-as-needed
 	ln -sf libweightd.so $@.$(WD_SOVERSION)
 
 WD_SOVERSION := 1
 WD_VERSION := 0.1.0
 # The /metrics build_info label (core/metrics.c).
 $(BUILD)/core/metrics.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
+# The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that
+# libweightd.so needs libc alone (ldd, readelf -d).
+$(BUILD)/shm/registry.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
 PREFIX ?= /usr/local
 $(BUILD)/weightd.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: weightd\nDescription: weightd client library (shared-memory model residency)\nVersion: %s\nLibs: -L$${libdir} -lweightd\nCflags: -I$${includedir}\n' '$(PREFIX)' '$(WD_VERSION)' > $@
@@ -137,17 +141,23 @@ test: deps
 test-unit check: all
 	@tests/run.sh $(BUILD)
 
-# The device tier on the real CUDA driver (GPU.md): tests/test_devcache.c without
-# $WEIGHTD_GPU_EMULATE; every corpus file is loaded to cuda:0 and read back. It runs what is
-# built and never rebuilds (on a GPU machine, bring a STATIC=1 build). Exit 77: no driver or
-# no GPU, with the reason printed.
+# The GPU tests on the real CUDA driver (GPU.md): tests/test_gpu.c (the CUDA device layer
+# directly: VRAM, streams, events, staging, fd export/import, conversion kernels), then
+# tests/test_devcache.c without $WEIGHTD_GPU_EMULATE (every corpus file loaded to cuda:0 and
+# read back, ...). It runs what is built and never rebuilds (on a GPU machine, bring a
+# STATIC=1 build). Exit 77: no driver or no GPU, with the reason printed; otherwise the
+# first failure's status.
 test-gpu:
-	@test -x $(BUILD)/tests/test_devcache -a -x $(BUILD)/weightd || \
+	@test -x $(BUILD)/tests/test_gpu -a -x $(BUILD)/tests/test_devcache -a \
+		-x $(BUILD)/weightd || \
 		{ echo "test-gpu: build $(BUILD)/ first (make all, or make STATIC=1 all)"; exit 1; }
-	@env -u WEIGHTD_GPU_EMULATE WD_DEVCACHE_REAL=1 WD_BUILD=$(CURDIR)/$(BUILD) \
+	@env -u WEIGHTD_GPU_EMULATE $(BUILD)/tests/test_gpu; rc=$$?; \
+	if [ $$rc -eq 0 ]; then \
+		env -u WEIGHTD_GPU_EMULATE WD_DEVCACHE_REAL=1 WD_BUILD=$(CURDIR)/$(BUILD) \
 		WD_ROOT=$(CURDIR) WD_CORPUS=$${WD_CORPUS:-$(CURDIR)/../shared/corpus} \
 		$(BUILD)/tests/test_devcache; rc=$$?; \
-		[ $$rc -eq 77 ] && echo "test-gpu: SKIP (see the reason above)"; exit $$rc
+	fi; \
+	[ $$rc -eq 77 ] && echo "test-gpu: SKIP (see the reason above)"; exit $$rc
 
 test-san:
 	@$(MAKE) --no-print-directory SAN=1 check

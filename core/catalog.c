@@ -1780,7 +1780,7 @@ int catalog_coaccess_load(struct catalog *cat, uint64_t now_ns,
 	if (!rc && s != SQLITE_DONE)
 		rc = sql_fail(cat, s, "load co-access");
 	sqlite3_finalize(st);
-	if (!rc)
+	if (!rc && n)
 		qsort(v, n, sizeof(*v), by_count_desc);
 	for (size_t i = 0; i < n; i++) {
 		if (!rc)

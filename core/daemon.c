@@ -40,6 +40,13 @@
 #define WAKE_ENTRIES 2u
 #define STALL_POLL_NS (1000 * 1000)		/* a client with a full CQ is polled every 1 ms */
 #define IDLE_PARK_NS (500ll * 1000 * 1000)	/* a parked shard re-checks this often */
+/*
+ * How long a shard keeps spinning after a client joined it: a new process's first request
+ * (a load, a pin) follows its attach within a fraction of a millisecond, and a parked
+ * shard takes a futex wake-up to notice it (50-100 us on a VM whose idle vCPU must be
+ * woken). A bounded spin of one core, once per attach.
+ */
+#define NEW_CLIENT_SPIN_NS (1000ull * 1000)
 #define MAX_PEER_GROUPS 64
 
 /* Minimum registry capacities; a catalog larger than half of them gets twice its size. */
@@ -412,7 +419,7 @@ static void *shard_main(void *arg)
 	struct daemon *d = s->d;
 	struct client *local[DAEMON_SHARD_CLIENTS];
 	struct ring *wait[RING_WAIT_MANY_MAX];
-	uint64_t gen = UINT64_MAX, spin_ns = (uint64_t)d->cfg.spin_us * 1000;
+	uint64_t gen = UINT64_MAX, spin_ns = (uint64_t)d->cfg.spin_us * 1000, hot_until = 0;
 	unsigned int n = 0;
 	bool waitv = true;
 
@@ -425,6 +432,8 @@ static void *shard_main(void *arg)
 		spin_ns = (uint64_t)__atomic_load_n(&d->cfg.spin_us, __ATOMIC_RELAXED) * 1000;
 
 		if (atomic_load(&s->gen) != gen) {
+			unsigned int before = n;
+
 			pthread_mutex_lock(&d->clients_lock);
 			for (unsigned int i = 0; i < n; i++)
 				daemon_client_put(d, local[i]);
@@ -435,6 +444,8 @@ static void *shard_main(void *arg)
 				daemon_client_get(local[i]);
 			}
 			pthread_mutex_unlock(&d->clients_lock);
+			if (n > before)
+				hot_until = wd_now_ns() + NEW_CLIENT_SPIN_NS;
 		}
 		k = ring_cons_avail(&s->wake_cons);
 		if (k > 0)
@@ -452,7 +463,14 @@ static void *shard_main(void *arg)
 		if (atomic_load(&d->stopping))
 			break;
 		if (waitv) {
-			ret = ring_wait_many(wait, nw, spin_ns, stalled ? STALL_POLL_NS : IDLE_PARK_NS);
+			uint64_t spin = spin_ns, now = hot_until ? wd_now_ns() : 0;
+
+			/* A client that just attached: spin until its first request is due. */
+			if (now && now < hot_until && hot_until - now > spin)
+				spin = hot_until - now;
+			else
+				hot_until = 0;
+			ret = ring_wait_many(wait, nw, spin, stalled ? STALL_POLL_NS : IDLE_PARK_NS);
 			if (ret == -ENOSYS) {
 				/*
 				 * No futex_waitv (Linux < 5.16): park on the wake ring alone and poll
@@ -837,6 +855,132 @@ static void sanitize_name(char *dst, const char *src, size_t n)
 }
 
 /*
+ * What the reply to a hello carries that does not depend on the client, made ahead: a fresh
+ * process waits for that reply, and making these on its behalf took most of the daemon's
+ * ~190 us per hello (measured: creating and faulting in the ring segment ~80 us, opening
+ * the two read-only descriptors through /proc/self/fd ~50 us).
+ *
+ * - reg_fd, host_fd: read-only descriptors of the registry and the host cache, opened at the
+ *   first hello and sent to every client. SCM_RIGHTS gives each client its own descriptor
+ *   of this one open file description; a client can map, fstat and read the seals through
+ *   it, and nothing it could set on the shared description (file flags, offset, OFD locks)
+ *   is used by the daemon, which maps through its own read-write descriptors, or by other
+ *   clients, which only map. Neither segment is ever replaced while the daemon runs.
+ * - ring: the next client's ring segment at the default ring sizes, created and faulted in
+ *   when the control thread has been idle for SPARE_IDLE_MS (not right after a hello, when
+ *   the new client's first requests want the CPU), so ring_seg_format() then writes pages
+ *   that exist. A hello that asks for other sizes gets a segment made on the spot.
+ */
+#define SPARE_IDLE_MS 2
+
+struct attach_spare {
+	int reg_fd, host_fd;		/* -1 until the first hello */
+	struct shm_segment ring;	/* fd -1: none ready */
+};
+
+static int64_t default_ring_size(void)
+{
+	struct ring_seg_params p = { .sq_entries = DAEMON_DEFAULT_SQ_ENTRIES };
+
+	p.cq_entries = p.sq_entries * 2 > WD_RING_MAX ? WD_RING_MAX : p.sq_entries * 2;
+	return ring_seg_size(&p, NULL);
+}
+
+static struct attach_spare *spare_get(struct daemon *d)
+{
+	if (!d->spare) {
+		d->spare = calloc(1, sizeof(*d->spare));
+		if (!d->spare)
+			return NULL;
+		d->spare->reg_fd = d->spare->host_fd = -1;
+		d->spare->ring.fd = -1;
+	}
+	return d->spare;
+}
+
+/* True when the control thread should make a spare ring segment once idle. */
+static bool spare_wanted(const struct daemon *d)
+{
+	return !d->spare || d->spare->ring.fd < 0;
+}
+
+/* Makes the spare ring segment; a failure only means the next hello makes its own. */
+static void spare_ring_make(struct daemon *d)
+{
+	struct attach_spare *sp = spare_get(d);
+	int64_t size = default_ring_size();
+
+	if (!sp || sp->ring.fd >= 0 || size <= 0)
+		return;
+	if (shm_segment_create("weightd-ring", (size_t)size, 0, &sp->ring))
+		return;
+	/* Faults every page in now (a memfd allocates on first write); format writes them again. */
+	memset(sp->ring.base, 0, sp->ring.size);
+}
+
+/*
+ * The ring segment of @size bytes for a new client: the spare when it has that size, else
+ * a new one. Returns 0 or the negative errno of shm_segment_create().
+ */
+static int ring_segment_take(struct daemon *d, size_t size, struct shm_segment *out)
+{
+	struct attach_spare *sp = d->spare;
+
+	if (sp && sp->ring.fd >= 0 && sp->ring.size == size) {
+		*out = sp->ring;
+		memset(&sp->ring, 0, sizeof(sp->ring));
+		sp->ring.fd = -1;
+		return 0;
+	}
+	return shm_segment_create("weightd-ring", size, 0, out);
+}
+
+/*
+ * The read-only registry and host cache descriptors to send (owned by the spare: the caller
+ * does not close them). Returns 0, -ENOMEM, or the negative errno of the open, with the
+ * message for the refusal in @what.
+ */
+static int attach_fds(struct daemon *d, int *reg_fd, int *host_fd, const char **what)
+{
+	struct attach_spare *sp = spare_get(d);
+
+	*what = "the registry";
+	if (!sp)
+		return -ENOMEM;
+	if (sp->reg_fd < 0 && (sp->reg_fd = registry_client_fd(d->reg)) < 0) {
+		int ret = sp->reg_fd;
+
+		sp->reg_fd = -1;
+		return ret;
+	}
+	*what = "the host cache";
+	if (sp->host_fd < 0 && (sp->host_fd = hostcache_client_fd(d)) < 0) {
+		int ret = sp->host_fd;
+
+		sp->host_fd = -1;
+		return ret;
+	}
+	*reg_fd = sp->reg_fd;
+	*host_fd = sp->host_fd;
+	return 0;
+}
+
+static void spare_free(struct daemon *d)
+{
+	struct attach_spare *sp = d->spare;
+
+	if (!sp)
+		return;
+	if (sp->reg_fd >= 0)
+		close(sp->reg_fd);
+	if (sp->host_fd >= 0)
+		close(sp->host_fd);
+	shm_segment_close(&sp->ring);
+	free(sp);
+	d->spare = NULL;
+}
+
+/*
  * Checks a hello and, when it is acceptable, creates the client: its ring segment, its
  * lease, its shard. Returns the client, or NULL after a refusal was sent.
  */
@@ -848,6 +992,7 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 				    .reply_size = sizeof(r), .n_fds = 3 };
 	struct client *c;
 	struct shard *s;
+	const char *what;
 	int64_t size;
 	int fds[3], ret;
 
@@ -911,7 +1056,7 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	}
 	p.client_id = c->id;
 	size = ring_seg_size(&p, NULL);
-	ret = size < 0 ? (int)size : shm_segment_create("weightd-ring", (size_t)size, 0, &c->seg);
+	ret = size < 0 ? (int)size : ring_segment_take(d, (size_t)size, &c->seg);
 	if (!ret)
 		ret = ring_seg_format(c->seg.base, c->seg.size, &p, &c->sq, &c->cq);
 	if (ret) {
@@ -919,15 +1064,9 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 		goto fail;
 	}
 	fds[0] = c->seg.fd;
-	fds[1] = registry_client_fd(d->reg);
-	if (fds[1] < 0) {
-		refuse(cn, fds[1], "cannot open the registry: %s", strerror(-fds[1]));
-		goto fail;
-	}
-	fds[2] = hostcache_client_fd(d);
-	if (fds[2] < 0) {
-		close(fds[1]);
-		refuse(cn, fds[2], "cannot open the host cache: %s", strerror(-fds[2]));
+	ret = attach_fds(d, &fds[1], &fds[2], &what);
+	if (ret) {
+		refuse(cn, ret, "cannot open %s: %s", what, strerror(-ret));
 		goto fail;
 	}
 	r.client_id = c->id;
@@ -940,8 +1079,6 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	registry_counter_add(d->reg, WD_CTR_RING_SEGS, 1);
 	pthread_mutex_unlock(&d->state_lock);
 	ret = attach_send(cn->fd, &r, sizeof(r), fds, 3);
-	close(fds[1]);
-	close(fds[2]);
 	if (ret) {
 		log_warn(MOD, "\"attach reply failed\" pid=%d err=%d", (int)c->pid, ret);
 		pthread_mutex_lock(&d->state_lock);
@@ -1446,9 +1583,13 @@ int daemon_run(struct daemon *d)
 		return ret;
 	}
 	d->worker_started = true;
+	spare_ring_make(d);
 	for (bool stop = false; !stop;) {
-		int n = epoll_wait(d->epoll_fd, ev, (int)ARRAY_SIZE(ev), 1000);
+		bool want = spare_wanted(d);
+		int n = epoll_wait(d->epoll_fd, ev, (int)ARRAY_SIZE(ev), want ? SPARE_IDLE_MS : 1000);
 
+		if (n == 0 && want)
+			spare_ring_make(d);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1541,6 +1682,7 @@ void daemon_destroy(struct daemon *d)
 	reload_cleanup(d);
 	devcache_destroy(d);
 	alert_destroy(d->alerts);
+	spare_free(d);
 	hostcache_destroy(d);
 	registry_destroy(d->reg);
 	catalog_close(d->cat);

@@ -15,15 +15,21 @@
 #include <unistd.h>
 
 #include "core/evict.h"
+#include "core/fault.h"
 #include "core/hostcache.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/placement.h"
+#include "core/recovery.h"
+#include "core/st.h"
 #include "gpu/device.h"
 #include "gpu/staging.h"
 
 #define MOD "devcache"
 #define COPY_CHUNK (64ull << 20)	/* bytes per copy between progress reports */
 #define MEMINFO_TRIES 100		/* mem_info re-reads after an eviction, 10 ms apart */
+#define SCRATCH_MAX (8ull << 20)	/* F32 bytes staged in VRAM per conversion step */
+#define TENSOR_ALIGN 64u		/* tensor offsets in a converted copy, as the host's */
 #define NO_TID UINT32_MAX
 
 struct dgpu {
@@ -56,7 +62,9 @@ struct dentry {
 	struct dentry *next;
 	struct dgpu *g;
 	uint32_t model, comp;
-	char key[EVICT_KEY_MAX];	/* "cuda:N/model/component" */
+	uint8_t conv;			/* 0: as stored; else F32 tensors as this dtype (F16,
+					 * BF16): a separate entry, converted on the GPU */
+	char key[EVICT_KEY_MAX];	/* "cuda:N/model/component", "...@F16" when converted */
 	bool resident;
 	struct gpu_vram v;		/* while resident (and while being filled, on the thread) */
 	uint64_t size, tensor_bytes;
@@ -145,12 +153,54 @@ static struct dgpu *gpu_of(struct devcache *dc, uint32_t tier)
 	return &dc->g[tier - 1];
 }
 
-static struct dentry *find(struct devcache *dc, const struct dgpu *g, uint32_t comp)
+static struct dentry *find(struct devcache *dc, const struct dgpu *g, uint32_t comp,
+			   uint8_t conv)
 {
 	for (struct dentry *e = dc->entries; e; e = e->next)
-		if (e->g == g && e->comp == comp)
+		if (e->g == g && e->comp == comp && e->conv == conv)
 			return e;
 	return NULL;
+}
+
+/*
+ * The form a LOAD or DEVICE_MAP on a GPU tier asks for, from arg[0] (docs/protocol.md
+ * §4.4): *@conv = 0 (as stored) or the dtype F32 tensors become. A tensor selection is
+ * refused: a device entry holds whole components. Returns 0, or -EINVAL with the reason.
+ */
+static int parse_form(const struct wd_sqe *sqe, const char *op, uint8_t *conv,
+		      struct wd_cqe *cqe, char *out)
+{
+	uint64_t a = sqe->arg[0];
+	uint32_t dt = (uint32_t)(a & WD_LOAD_DTYPE_MASK);
+
+	*conv = 0;
+	if (sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || (a & ~WD_LOAD_ARG_ALL)) {
+		cqe->data_len = setmsg(out, "%s: unknown bits in arg[0] or arg[1..4] set", op);
+		cqe->res = -EINVAL;
+		return -EINVAL;
+	}
+	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
+		cqe->data_len = setmsg(out, "%s: a GPU tier holds whole components: tensor "
+				       "selection (WD_LOAD_PREFIX/NAMES) is for the host tier", op);
+		cqe->res = -EINVAL;
+		return -EINVAL;
+	}
+	if (!(a & WD_LOAD_CONVERT)) {
+		if (dt) {
+			cqe->data_len = setmsg(out, "%s: a dtype without WD_LOAD_CONVERT", op);
+			cqe->res = -EINVAL;
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (dt != GPU_DTYPE_F16 && dt != GPU_DTYPE_BF16) {
+		cqe->data_len = setmsg(out, "%s: F32 converts to F16 (%u) or BF16 (%u), not %u", op,
+				       GPU_DTYPE_F16, GPU_DTYPE_BF16, dt);
+		cqe->res = -EINVAL;
+		return -EINVAL;
+	}
+	*conv = (uint8_t)dt;
+	return 0;
 }
 
 /* The components a request targets: @comp, or all of @model's. */
@@ -174,6 +224,12 @@ static void targets(struct daemon *d, uint32_t model, uint32_t comp, uint32_t *f
 
 static void set_state(struct daemon *d, const struct dentry *e, uint32_t state, int err)
 {
+	/* The registry has one state per component and tier: while another form of it stays
+	 * resident on this GPU, the end of this one does not make it absent. */
+	if (state != WD_STATE_RESIDENT && state != WD_STATE_LOADING)
+		for (const struct dentry *x = d->dc->entries; x; x = x->next)
+			if (x != e && x->g == e->g && x->comp == e->comp && x->resident)
+				return;
 	pthread_mutex_lock(&d->state_lock);
 	registry_set_state(d->reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), state, err);
 	pthread_mutex_unlock(&d->state_lock);
@@ -328,26 +384,37 @@ static void fail_entry(struct daemon *d, struct dentry *e, int err, const char *
 
 /*
  * Copies resident entry @e back into a new host cache entry when the host tier no longer
- * holds the component. On the device thread (copy_d2h). Failure only costs a disk read later.
+ * holds the component. The host extent is reserved first (hostcache_adopt_reserve(): room
+ * without evicting), so that nothing is copied off the GPU that the host cannot keep; the
+ * bytes then go device -> host straight into it. On the device thread (copy_d2h). Failure
+ * only costs a disk read later.
  */
 static void demote(struct daemon *d, struct dentry *e)
 {
 	struct devcache *dc = d->dc;
-	char why[160] = "";
-	void *buf;
+	char why[160] = "", hmsg[WD_DATA_SLOT_SIZE] = "";
+	void *dst = NULL;
 	int ret;
 
-	if (hostcache_has(d, e->comp))
+	/* A converted copy cannot rebuild the stored form the host tier keeps. */
+	if (e->conv || hostcache_has(d, e->comp))
 		return;
-	buf = malloc(e->size);
-	if (!buf)
+	ret = hostcache_adopt_reserve(d, &e->l, &dst, hmsg, sizeof(hmsg));
+	if (ret == -EEXIST)
 		return;
-	ret = dc->ops->copy_d2h(e->g->dev, buf, e->v.dptr, e->size, why, sizeof(why));
-	if (!ret)
-		ret = hostcache_adopt(d, &e->l, e->model, e->comp, buf);
-	free(buf);
+	if (ret) {
+		log_info(MOD, "\"not demoted: no room on the host, dropped without copying\" "
+			 "key=\"%s\" bytes=%" PRIu64 " err=%d why=\"%s\"", e->key, e->l.size, ret,
+			 hmsg);
+		return;
+	}
+	ret = dc->ops->copy_d2h(e->g->dev, dst, e->v.dptr, e->l.size, why, sizeof(why));
+	if (ret)
+		hostcache_adopt_cancel(d, &e->l, dst);
+	else
+		ret = hostcache_adopt_commit(d, &e->l, e->model, e->comp, dst);
 	log_info(MOD, "\"demotion to the host\" key=\"%s\" bytes=%" PRIu64 " err=%d%s%s",
-		 e->key, e->size, ret, why[0] ? " why=" : "", why);
+		 e->key, e->l.size, ret, why[0] ? " why=" : "", why);
 }
 
 /* Drops resident @e (evicted: demoted first, counted). On the device thread, under dc->lock. */
@@ -421,6 +488,91 @@ static int admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t by
 	pthread_mutex_lock(&dc->lock);
 	evict_unreserve(g->pol, bytes);
 	pthread_mutex_unlock(&dc->lock);
+	return ret;
+}
+
+/* What recovery_alloc_retry() works on for one VRAM allocation (alloc_vram()). */
+struct valloc_ctx {
+	struct daemon *d;
+	struct dgpu *g;
+	uint64_t size;
+	struct gpu_vram *v;
+	char why[160];
+};
+
+static int try_vram(void *arg)
+{
+	struct valloc_ctx *a = arg;
+	int err = fault_take(FAULT_VRAM);
+
+	if (err) {
+		snprintf(a->why, sizeof(a->why), "vram_alloc: injected fault (%s)", FAULT_ENV);
+		return -err;
+	}
+	return a->d->dc->ops->vram_alloc(a->g->dev, a->size, a->v, a->why, sizeof(a->why));
+}
+
+/*
+ * The allocation failed with @err: evicts unpinned, unmapped entries of the GPU, highest
+ * score first, until @bytes were freed or nothing is left, then re-reads mem_info until the
+ * GPU reports the room (frees land late). Device thread. Returns the bytes evicted.
+ */
+static int64_t evict_vram(void *arg, uint64_t bytes, int err)
+{
+	struct valloc_ctx *a = arg;
+	struct devcache *dc = a->d->dc;
+	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
+	char key[EVICT_KEY_MAX], why[160];
+	int64_t freed = 0;
+
+	(void)err;
+	pthread_mutex_lock(&dc->lock);
+	sync_pins(a->d);
+	while ((uint64_t)freed < bytes && !evict_next_victim(a->g->pol, now, key)) {
+		struct dentry *x = NULL;
+
+		for (struct dentry *y = dc->entries; y; y = y->next)
+			if (y->g == a->g && y->resident && !strcmp(y->key, key))
+				x = y;
+		if (x) {
+			freed += (int64_t)x->size;
+			evict_entry(a->d, x, true);
+		} else {
+			evict_remove(a->g->pol, key, true);
+		}
+	}
+	pthread_mutex_unlock(&dc->lock);
+	for (int i = 0; freed && i < MEMINFO_TRIES; i++) {
+		if (dc->ops->mem_info(a->g->dev, &free_b, &total_b, why, sizeof(why)) ||
+		    free_b >= bytes)
+			break;
+		usleep(10000);
+	}
+	return freed;
+}
+
+/*
+ * Allocates @size bytes of VRAM on @g for @e under the recovery policy (core/recovery.h): an
+ * allocation that fails with -ENOMEM/-ENOSPC evicts unpinned, unmapped entries of the GPU and
+ * is retried once. The FAULT_VRAM injection point is here. Returns 0, or the error with @msg
+ * naming the entry, the bytes and what eviction achieved. Device thread.
+ */
+static int alloc_vram(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t size,
+		      struct gpu_vram *v, char *msg)
+{
+	struct valloc_ctx a = { .d = d, .g = g, .size = size, .v = v };
+	char tier[16], rmsg[WD_DATA_SLOT_SIZE] = "";
+	int ret;
+
+	snprintf(tier, sizeof(tier), "cuda:%d", g->ordinal);
+	ret = recovery_alloc_retry(&(struct recovery_alloc){
+		.tier = tier, .name = e->key, .what = "VRAM", .bytes = size,
+		.try_alloc = try_vram, .evict = evict_vram, .arg = &a }, rmsg, sizeof(rmsg));
+	if (ret && rmsg[0])
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.190s; %.60s", rmsg, a.why);
+	else if (ret)
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: cuda:%d: %.150s", e->key, g->ordinal,
+			 a.why);
 	return ret;
 }
 
@@ -500,6 +652,106 @@ static int copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint
 	return ret;
 }
 
+/* Whether tensor @t of a stored-form layout is converted to @conv (F32, whole elements). */
+static bool converts(const struct hostcache_tensor *t, uint8_t conv)
+{
+	return conv && t->dtype == ST_F32 && t->nbytes % 4 == 0;
+}
+
+/*
+ * The layout of a converted device copy of stored-form entry @l: tensors in the same order,
+ * each at a TENSOR_ALIGN offset, F32 ones at half their size in dtype @conv, the others as
+ * stored. After the tensors, at *@scratch_off, *@scratch bytes (a multiple of 4, at most
+ * SCRATCH_MAX) where F32 bytes are staged before the GPU converts them. @out gets its own
+ * tensor table (free(out->t)). Returns 0 or -ENOMEM.
+ */
+static int convert_layout(const struct hostcache_layout *l, uint8_t conv,
+			  struct hostcache_layout *out, uint64_t *scratch_off, uint64_t *scratch)
+{
+	uint64_t off = 0, biggest = 0;
+
+	*out = *l;
+	out->base = NULL;
+	out->tensor_bytes = 0;
+	out->t = calloc(l->n_t ? l->n_t : 1, sizeof(*out->t));
+	if (!out->t)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < l->n_t; i++) {
+		const struct hostcache_tensor *t = &l->t[i];
+		bool c = converts(t, conv);
+		uint64_t nb = c ? t->nbytes / 2 : t->nbytes;
+
+		off = (off + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+		out->t[i] = (struct hostcache_tensor){ .tid = t->tid, .off = off, .nbytes = nb,
+						       .dtype = c ? conv : t->dtype };
+		off += nb;
+		out->tensor_bytes += nb;
+		if (c && t->nbytes > biggest)
+			biggest = t->nbytes;
+	}
+	out->size = off;
+	*scratch_off = (off + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+	*scratch = biggest < SCRATCH_MAX ? biggest : SCRATCH_MAX;
+	return 0;
+}
+
+/*
+ * Host -> VRAM with conversion, all on the device's stream (in order, so the scratch area
+ * is reused only after the conversion that reads it has run): each F32 tensor is copied as
+ * stored into the scratch area, from the page-locked host copy (the pinned fast path), in
+ * pieces of at most @scratch bytes, and converted by the GPU into its place in @cl; the
+ * other tensors are copied to their place as they are. Device thread.
+ */
+static int convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
+		      const struct hostcache_layout *l, const struct hostcache_layout *cl,
+		      uint64_t scratch_off, uint64_t scratch, char *msg)
+{
+	const struct gpu_ops *ops = d->dc->ops;
+	struct dgpu *g = e->g;
+	struct gpu_event *ev = NULL;
+	const uint8_t *base = l->base;
+	char why[STAGING_MSG_MAX] = "";
+	int ret = 0;
+
+	for (uint32_t i = 0; i < l->n_t && !ret; i++) {
+		const struct hostcache_tensor *t = &l->t[i];
+		uint64_t dst = v->dptr + cl->t[i].off;
+
+		if (!converts(t, e->conv)) {
+			ret = ops->copy_h2d(g->dev, g->stream, dst, base + t->off, t->nbytes, why,
+					    sizeof(why));
+			continue;
+		}
+		for (uint64_t done = 0; done < t->nbytes && !ret;) {
+			uint64_t len = t->nbytes - done < scratch ? t->nbytes - done : scratch;
+
+			ret = ops->copy_h2d(g->dev, g->stream, v->dptr + scratch_off,
+					    base + t->off + done, len, why, sizeof(why));
+			if (!ret)
+				ret = ops->convert_f32(g->dev, g->stream, dst + done / 2,
+						       v->dptr + scratch_off, len / 4, e->conv, why,
+						       sizeof(why));
+			done += len;
+		}
+	}
+	/* Wait even after a failure: nothing queued may outlive the allocation or the hold. */
+	if (!ops->event_record(g->dev, g->stream, &ev, ret ? NULL : why, ret ? 0 : sizeof(why))) {
+		int wret = ops->event_wait(g->dev, ev, ret ? NULL : why, ret ? 0 : sizeof(why));
+
+		if (!ret)
+			ret = wret;
+		ops->event_destroy(g->dev, ev);
+	} else if (!ret) {
+		ret = -EIO;
+	}
+	if (ret)
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy and conversion on cuda:%d: %.150s",
+			 e->key, g->ordinal, why);
+	else
+		post_progress(d, e, cl->size, cl->size);
+	return ret;
+}
+
 static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_layout *l,
 			  const struct gpu_vram *v, uint64_t size, uint64_t t0, uint64_t read_bytes);
 
@@ -509,10 +761,10 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 {
 	struct devcache *dc = d->dc;
 	struct dgpu *g = e->g;
-	struct hostcache_layout l = { 0 };
+	struct hostcache_layout l = { 0 }, cl = { 0 };
 	struct gpu_vram v = { .fd = -1 };
-	char msg[WD_DATA_SLOT_SIZE] = "", why[160] = "";
-	uint64_t t0 = wd_now_ns(), gran, size;
+	char msg[WD_DATA_SLOT_SIZE] = "";
+	uint64_t t0 = wd_now_ns(), gran, size, need, scratch_off = 0, scratch = 0;
 	int ret = err;
 
 	if (ret) {
@@ -532,20 +784,33 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 		goto fail;
 	}
 	gran = dc->ops->granularity(g->dev);
-	size = gran ? (l.size + gran - 1) / gran * gran : l.size;
+	need = l.size;
+	if (e->conv) {
+		ret = convert_layout(&l, e->conv, &cl, &scratch_off, &scratch);
+		if (ret) {
+			snprintf(msg, sizeof(msg), "%.150s: out of memory", e->key);
+			hostcache_unhold(d, &l);
+			free(l.t);
+			goto fail;
+		}
+		need = scratch_off + scratch;
+	}
+	size = gran ? (need + gran - 1) / gran * gran : need;
 	ret = admit(d, g, e, size, msg);
 	if (!ret) {
-		ret = dc->ops->vram_alloc(g->dev, size, &v, why, sizeof(why));
+		ret = alloc_vram(d, g, e, size, &v, msg);
 		if (ret) {
-			snprintf(msg, sizeof(msg), "%.60s: cuda:%d: %.150s", e->key, g->ordinal, why);
+			metrics_note_device_error(d->reg);
 			pthread_mutex_lock(&dc->lock);
 			evict_unreserve(g->pol, size);
 			pthread_mutex_unlock(&dc->lock);
 		}
 	}
 	if (!ret) {
-		ret = copy_in(d, e, v.dptr, l.base, l.size, msg);
+		ret = e->conv ? convert_in(d, e, &v, &l, &cl, scratch_off, scratch, msg) :
+		      copy_in(d, e, v.dptr, l.base, l.size, msg);
 		if (ret) {
+			metrics_note_device_error(d->reg);
 			dc->ops->vram_free(g->dev, &v);
 			pthread_mutex_lock(&dc->lock);
 			evict_unreserve(g->pol, size);
@@ -555,7 +820,13 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 	hostcache_unhold(d, &l);
 	if (ret) {
 		free(l.t);
+		free(cl.t);
 		goto fail;
+	}
+	if (e->conv) {
+		/* The device copy's own layout; the host entry's table is no longer needed. */
+		free(l.t);
+		l = cl;
 	}
 	make_resident(d, e, &l, &v, size, t0, read_bytes);
 	return;
@@ -590,6 +861,13 @@ static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_l
 	if (now > t0)
 		evict_set_rate(g->pol, e->key, (double)size * 1e9 / (double)(now - t0));
 	set_state(d, e, WD_STATE_RESIDENT, 0);
+	/* The load histogram of cuda:N and the component's last load (/metrics, `weightctl
+	 * top`): one observation per device load, from the start of the copy to resident. */
+	pthread_mutex_lock(&d->state_lock);
+	metrics_note_load(d->reg, WD_TIER_CUDA((uint32_t)g->ordinal), now - t0);
+	registry_set_last_load(d->reg, e->comp, WD_TIER_CUDA((uint32_t)g->ordinal), e->l.size,
+			       now - t0, wd_wall_ns());
+	pthread_mutex_unlock(&d->state_lock);
 	for (uint32_t i = 0; i < e->n_waiters; i++) {
 		e->waiters[i]->bytes += e->tensor_bytes;
 		e->waiters[i]->read_bytes += read_bytes;
@@ -648,9 +926,9 @@ static void stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 	ret = admit(d, g, e, size, msg);
 	if (ret)
 		goto fail;
-	ret = dc->ops->vram_alloc(g->dev, size, &v, why, sizeof(why));
+	ret = alloc_vram(d, g, e, size, &v, msg);
 	if (ret) {
-		snprintf(msg, sizeof(msg), "%.60s: cuda:%d: %.150s", e->key, g->ordinal, why);
+		metrics_note_device_error(d->reg);
 		pthread_mutex_lock(&dc->lock);
 		evict_unreserve(g->pol, size);
 		pthread_mutex_unlock(&dc->lock);
@@ -670,6 +948,7 @@ static void stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 				   why, sizeof(why));
 	}
 	if (ret) {
+		/* Not counted as a device error: the file's reads fail here as well. */
 		snprintf(msg, sizeof(msg), "%.50s: disk -> cuda:%d: %.160s", e->key, g->ordinal,
 			 why);
 		dc->ops->vram_free(g->dev, &v);
@@ -954,15 +1233,16 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 	struct dgpu *g = gpu_of(dc, sqe->tier);
 	uint32_t first, n, hits = 0;
 	uint64_t bytes = 0, now = wd_now_ns();
+	uint8_t conv;
 
 	if (!g) {
 		no_gpu(dc, sqe->tier, "load", cqe, out);
 		return OPS_DONE;
 	}
-	if (sqe->arg[0] || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] ||
-	    model == WD_ID_NONE) {
-		cqe->data_len = setmsg(out, "load: a GPU tier holds components as stored: no "
-				       "conversion or tensor selection (arg[0..4] must be 0)");
+	if (parse_form(sqe, "load", &conv, cqe, out))
+		return OPS_DONE;
+	if (model == WD_ID_NONE) {
+		cqe->data_len = setmsg(out, "load: a GPU tier needs the model by index");
 		cqe->res = -EINVAL;
 		return OPS_DONE;
 	}
@@ -971,7 +1251,7 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 		return OPS_ASYNC;
 	pthread_mutex_lock(&dc->lock);
 	for (uint32_t cid = first; cid < first + n; cid++) {
-		struct dentry *e = find(dc, g, cid);
+		struct dentry *e = find(dc, g, cid, conv);
 
 		if (!e || !e->resident)
 			break;
@@ -979,7 +1259,7 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 	}
 	if (hits == n) {
 		for (uint32_t cid = first; cid < first + n; cid++) {
-			struct dentry *e = find(dc, g, cid);
+			struct dentry *e = find(dc, g, cid, conv);
 
 			evict_lookup(g->pol, e->key, now);
 			bytes += e->tensor_bytes;
@@ -1010,6 +1290,18 @@ static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
 	/* At most one alignment gap per tensor: the smallest extent it could need. */
 	if (nbytes + (uint64_t)n_tensors * 64 <= hostcache_budget(d))
 		return false;
+	if (e->conv) {
+		char msg[WD_DATA_SLOT_SIZE];
+
+		/* The conversion reads the stored F32 bytes from the host copy. */
+		snprintf(msg, sizeof(msg), "load: %.100s does not fit the host budget, and a "
+			 "converted GPU copy is made from the host copy: load it as stored",
+			 e->key);
+		pthread_mutex_lock(&d->dc->lock);
+		fail_entry(d, e, -EFBIG, msg);
+		pthread_mutex_unlock(&d->dc->lock);
+		return true;
+	}
 	w = calloc(1, sizeof(*w));
 	if (!w) {
 		pthread_mutex_lock(&d->dc->lock);
@@ -1040,6 +1332,9 @@ void devcache_load_job(struct daemon *d, struct job *j)
 	struct dreq *r = calloc(1, sizeof(*r));
 	uint32_t first, n;
 	uint64_t now = wd_now_ns();
+	/* Checked on the shard (parse_form()) before the job was queued. */
+	uint8_t conv = (j->sqe.arg[0] & WD_LOAD_CONVERT) ?
+		       (uint8_t)(j->sqe.arg[0] & WD_LOAD_DTYPE_MASK) : 0;
 
 	if (!r || !g) {
 		struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = r ? -ENOTSUP : -ENOMEM };
@@ -1068,7 +1363,7 @@ void devcache_load_job(struct daemon *d, struct job *j)
 		int ret = 0;
 
 		pthread_mutex_lock(&dc->lock);
-		e = find(dc, g, cid);
+		e = find(dc, g, cid, conv);
 		if (e && e->resident) {
 			evict_lookup(g->pol, e->key, now);
 			r->bytes += e->tensor_bytes;
@@ -1080,13 +1375,15 @@ void devcache_load_job(struct daemon *d, struct job *j)
 			e->g = g;
 			e->model = j->sqe.model;
 			e->comp = cid;
+			e->conv = conv;
 			e->v.fd = -1;
 			if (registry_read_model(&d->view, e->model, &rm) ||
 			    registry_read_component(&d->view, cid, &rc))
 				ret = -ENOENT;
-			snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s", g->ordinal,
+			snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s%s", g->ordinal,
 				 ret ? "?" : rm.name, !ret && rc.name[0] ? "/" : "",
-				 ret ? "" : rc.name);
+				 ret ? "" : rc.name, conv == GPU_DTYPE_F16 ? "@F16" :
+				 conv == GPU_DTYPE_BF16 ? "@BF16" : "");
 			if (!ret)
 				ret = add_waiter(e, r);
 			if (ret) {
@@ -1176,8 +1473,8 @@ static int send_table(int sock, const struct dentry *e, uint64_t token, uint32_t
 
 			if (ht->tid == NO_TID)
 				continue;
-			t[n++] = (struct wd_devmap_tensor){ .tensor = ht->tid, .offset = ht->off,
-							    .nbytes = ht->nbytes };
+			t[n++] = (struct wd_devmap_tensor){ .tensor = ht->tid, .dtype = ht->dtype,
+							    .offset = ht->off, .nbytes = ht->nbytes };
 		}
 		*h = (struct wd_devmap_msg){ .magic = WD_DEVMAP_MAGIC, .n = n, .token = token,
 					     .size = e->v.size, .first = sent, .total = total };
@@ -1199,6 +1496,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	struct wd_devmap_reply rep = { 0 };
 	struct dentry *e;
 	uint32_t first, n;
+	uint8_t conv;
 	int ret, msgs;
 
 	if (sqe->tier == WD_TIER_HOST) {
@@ -1211,12 +1509,13 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 		no_gpu(dc, sqe->tier, "device_map", cqe, out);
 		return;
 	}
-	if (sqe->flags || sqe->arg[0] || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
-	    sqe->arg[4]) {
-		cqe->data_len = setmsg(out, "device_map: flags and arg[0..4] must be 0");
+	if (sqe->flags) {
+		cqe->data_len = setmsg(out, "device_map: flags must be 0");
 		cqe->res = -EINVAL;
 		return;
 	}
+	if (parse_form(sqe, "device_map", &conv, cqe, out))
+		return;
 	targets(d, model, sqe->component, &first, &n);
 	if (n != 1) {
 		cqe->data_len = setmsg(out, "device_map: name one component (the model has %u)", n);
@@ -1225,11 +1524,11 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	}
 	p.component = first;
 	pthread_mutex_lock(&dc->lock);
-	e = find(dc, g, first);
+	e = find(dc, g, first, conv);
 	if (!e || !e->resident) {
 		pthread_mutex_unlock(&dc->lock);
 		cqe->data_len = setmsg(out, "device_map: component %u is not resident on cuda:%d "
-				       "(LOAD it there first)", first, g->ordinal);
+				       "in that form (LOAD it there first)", first, g->ordinal);
 		cqe->res = -ENODATA;
 		return;
 	}

@@ -8,9 +8,11 @@
  * it logs why once, and LOAD/DEVICE_MAP on a GPU tier answer -ENOTSUP with that reason
  * ("load: GPU tier not available: no CUDA driver (...)").
  *
- * A device entry is one component on one GPU, as stored (all tensors, no conversion), in one
- * VRAM allocation with the same layout as the host cache entry it was copied from: a tensor's
- * device address is the allocation's base plus its offset in the host entry.
+ * A device entry is one component on one GPU in one form, in one VRAM allocation: as stored
+ * (all tensors, the same layout as the host cache entry it was copied from: a tensor's device
+ * address is the allocation's base plus its offset in the host entry), or converted (F32
+ * tensors as F16/BF16, converted by the GPU after a pinned copy of the stored bytes, in a
+ * layout of its own). Tensor selection is host-only.
  *
  * Load path (LOAD with tier cuda:N):
  *   shard   devcache_load(): validates the tier, answers a hit inline when every target
@@ -22,8 +24,11 @@
  *   device  the tier's thread (the only thread that calls gpu_ops after start): holds the
  *           host entry (hostcache_hold()), admits the allocation against the GPU's budget
  *           (refusing with -EFBIG what can never fit, else evicting unpinned, unmapped
- *           entries by score and re-reading mem_info, because frees land late), allocates,
- *           copies host -> VRAM on its stream, and completes the requesters.
+ *           entries by score and re-reading mem_info, because frees land late), allocates
+ *           (an allocation that fails for lack of memory evicts and is retried once:
+ *           core/recovery.h), copies host -> VRAM on its stream (converting on the GPU for a
+ *           converted form), records the load in the cuda:N histogram, and completes the
+ *           requesters.
  *
  * Sharing (DEVICE_MAP, docs/protocol.md): the client gets the allocation's fd on its attach
  * socket and a table of tensor offsets; the mapping is a lease pin on (model, component,
@@ -31,8 +36,9 @@
  * evicted or unloaded.
  *
  * Eviction demotes: the host copy normally still is resident (the device copy was made from
- * it); when it is not, the bytes are copied back device -> host into a new host entry if the
- * host budget has room without evicting, so that the next promotion is a host -> device copy.
+ * it); when it is not, a host extent is reserved if the host budget has room without evicting,
+ * and only then are the bytes copied back device -> host into it, so that the next promotion
+ * is a host -> device copy. Converted entries are dropped (the host keeps the stored form).
  *
  * Locking: the tier's lock comes before the host cache's lock and state_lock; the host cache
  * never takes it (its callback only queues work for the device thread, under a separate
@@ -79,8 +85,9 @@ unsigned int devcache_count(struct daemon *d);
 
 /*
  * LOAD with a GPU tier, on the shard: -ENOTSUP with the reason when there is no such GPU,
- * -EINVAL for a load form other than "all tensors as stored" (arg[0] must be 0), a hit
- * answered inline, else OPS_ASYNC (the caller queues the job).
+ * -EINVAL for a form other than "all tensors", as stored or converted to F16/BF16 (arg[0]:
+ * 0 or WD_LOAD_CONVERT | dtype), a hit answered inline, else OPS_ASYNC (the caller queues
+ * the job).
  */
 enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
 			       uint32_t model, struct wd_cqe *cqe, char *out);
@@ -91,9 +98,9 @@ void devcache_load_job(struct daemon *d, struct job *j);
 /*
  * DEVICE_MAP on the shard: takes the lease pin, sends the fd and the tensor table on the
  * client's socket (non-blocking: a client that does not read its socket gets -EAGAIN), and
- * fills @cqe. Errors: -ENOTSUP (no such GPU), -EINVAL (bad arguments, or a model of several
- * components without one named), -ENODATA (not resident on that GPU), -ECONNRESET, the
- * sendmsg errno.
+ * fills @cqe. arg[0] names the form as for LOAD. Errors: -ENOTSUP (no such GPU), -EINVAL (bad
+ * arguments, or a model of several components without one named), -ENODATA (not resident
+ * on that GPU in that form), -ECONNRESET, the sendmsg errno.
  */
 void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, uint32_t model,
 		  struct wd_cqe *cqe, char *out);

@@ -22,6 +22,7 @@ static const char *const point_names[FAULT_POINT_COUNT] = {
 	[FAULT_READ] = "read",
 	[FAULT_ALLOC] = "alloc",
 	[FAULT_POPULATE] = "populate",
+	[FAULT_VRAM] = "vram",
 };
 
 static const struct {
@@ -86,11 +87,11 @@ static int parse_item(const char *s, size_t len, enum fault_point *point, int *e
 	*n = (uint32_t)v;
 	*skip = 0;
 	if (*end == '@') {
-		const char *k = end + 1;
+		const char *at = end + 1;
 
 		errno = 0;
-		v = strtoul(k, &end, 10);
-		if (errno || *end || end == k || v > UINT32_MAX || *k == '-')
+		v = strtoul(at, &end, 10);
+		if (errno || *end || end == at || v > UINT32_MAX || *at == '-')
 			return -EINVAL;
 		*skip = (uint32_t)v;
 	}

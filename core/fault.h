@@ -19,6 +19,10 @@
  *   alloc     a host cache extent allocation (core/hostcache.c): arena_alloc() is reported
  *             as failed with -ERR (ENOSPC or ENOMEM) without being called.
  *   populate  faulting in a fresh extent (recovery_populate()): reported as -ERR (ENOMEM).
+ *   vram      a VRAM allocation of the device tier (core/devcache.c, right before
+ *             gpu_ops.vram_alloc): reported as failed with -ERR (ENOMEM or ENOSPC) without
+ *             allocating, as a GPU that is out of memory would; the tier then evicts and
+ *             retries once (recovery_alloc_retry()).
  *
  * Each armed point has a count: every event at that point takes one fault until the count
  * reaches zero, after which the point is inert again. Counts are atomics, so arming and
@@ -39,6 +43,7 @@ enum fault_point {
 	FAULT_READ = 0,
 	FAULT_ALLOC,
 	FAULT_POPULATE,
+	FAULT_VRAM,
 	FAULT_POINT_COUNT
 };
 

@@ -1811,7 +1811,8 @@ static int hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_lay
 	}
 	for (uint32_t i = 0; i < e->n_t; i++)
 		out->t[i] = (struct hostcache_tensor){ .tid = b->tids[i], .off = e->t[i].off,
-						       .nbytes = e->t[i].nbytes };
+						       .nbytes = e->t[i].nbytes,
+						       .dtype = e->t[i].dtype };
 	out->n_t = e->n_t;
 	out->off = e->off;
 	out->size = e->size;
@@ -1985,19 +1986,6 @@ int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, u
 	log_info(MOD, "\"adopted from a GPU\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
 	pthread_mutex_unlock(&hc->lock);
 	return 0;
-}
-
-int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
-		    uint32_t comp, const void *bytes)
-{
-	char msg[WD_DATA_SLOT_SIZE];
-	void *dst;
-	int ret = hostcache_adopt_reserve(d, l, &dst, msg, sizeof(msg));
-
-	if (ret)
-		return ret == -EEXIST ? 0 : ret;
-	memcpy(dst, bytes, l->size);
-	return hostcache_adopt_commit(d, l, model, comp, dst);
 }
 
 bool hostcache_has(struct daemon *d, uint32_t comp)
@@ -2199,7 +2187,8 @@ int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
 	for (uint32_t i = 0; i < plan->n_tensors; i++) {
 		const struct load_tensor *T = &plan->tensors[i];
 
-		out->t[i] = (struct hostcache_tensor){ .off = T->off, .nbytes = T->nbytes };
+		out->t[i] = (struct hostcache_tensor){ .off = T->off, .nbytes = T->nbytes,
+						       .dtype = T->dtype };
 		if (registry_find_tensor(&d->view, model, comp, T->name, &out->t[i].tid, NULL))
 			out->t[i].tid = NO_TID;
 		src[i] = (struct hostcache_src){ .path = strdup(files[T->file].path),

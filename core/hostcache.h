@@ -143,6 +143,7 @@ void hostcache_set_quarantine(struct daemon *d, uint32_t after);
 struct hostcache_tensor {
 	uint32_t tid;		/* registry tensor index (UINT32_MAX: not in this component) */
 	uint64_t off, nbytes;	/* in the extent */
+	uint8_t dtype;		/* enum st_dtype of those bytes */
 };
 
 /* A resident host entry's extent and tensor layout, held by hostcache_hold(). */
@@ -186,12 +187,21 @@ int hostcache_hold(struct daemon *d, uint32_t comp, struct hostcache_layout *out
 void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l);
 
 /*
- * Demotion from a GPU: makes @l's entry resident again from @bytes (l->size bytes, the
- * layout of @l) for @comp of @model, when the host budget has room for it without evicting
- * anything. Returns 0 (also when the entry is resident already), -ENOSPC, or -ENOMEM.
+ * Demotion from a GPU, in two steps, so that nothing is copied off it that the host cannot
+ * keep: hostcache_adopt_reserve() checks the room (without evicting) and reserves an extent
+ * of l->size bytes, writable at *@dst in the daemon's mapping; the caller fills it (copy_d2h)
+ * and then either hostcache_adopt_commit() makes it @l's resident entry for @comp of @model
+ * (0, or -ENOMEM; also 0 when a load of the same form finished meanwhile: the reserved
+ * extent is freed), or hostcache_adopt_cancel() gives the extent back.
+ * Reserve returns 0; -EEXIST when the entry is resident already (nothing to do); -ENOSPC
+ * when the host budget has no room without evicting or no extent is free; -ENOMEM; with
+ * @msg (@msg_len bytes) saying why.
  */
-int hostcache_adopt(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
-		    uint32_t comp, const void *bytes);
+int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, void **dst,
+			    char *msg, size_t msg_len);
+int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+			   uint32_t comp, void *dst);
+void hostcache_adopt_cancel(struct daemon *d, const struct hostcache_layout *l, void *dst);
 
 /* Whether the stored-form entry of @comp is resident on the host tier. */
 bool hostcache_has(struct daemon *d, uint32_t comp);

@@ -187,6 +187,11 @@ void metrics_note_load(struct registry *reg, uint32_t tier, uint64_t ns)
 		regm_observe(&registry_metrics(reg)->load[tier], ns);
 }
 
+void metrics_note_device_error(struct registry *reg)
+{
+	regm_add(&registry_metrics(reg)->errors[WD_ERRC_DEVICE], 1);
+}
+
 /* ---- the endpoint -------------------------------------------------------------------- */
 
 int metrics_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len)

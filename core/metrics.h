@@ -78,6 +78,14 @@ void metrics_flush_local(struct registry *reg);
 void metrics_note_load(struct registry *reg, uint32_t tier, uint64_t ns);
 
 /*
+ * A device load failed in the GPU itself (VRAM allocation after the retry, a copy, an event):
+ * one more in the "device" class, whatever errno its requesters' completions carry (those
+ * are counted by class too, so the GPU's failures show even when their errno is ENOMEM or
+ * EIO). Once per failed device load, never per request; any thread.
+ */
+void metrics_note_device_error(struct registry *reg);
+
+/*
  * Parses a listen address: "PORT" (127.0.0.1, loopback by default), "A.B.C.D:PORT" or
  * "[IPV6]:PORT"; PORT is 1..65535 in decimal. Fills @ss and *@len for bind(2).
  * Returns 0 or -EINVAL (empty, no port, bad address, port out of range, trailing bytes).

@@ -160,6 +160,7 @@ struct daemon {
 	struct metrics_server *metrics;	/* the /metrics server (core/metrics.h), or NULL */
 	struct alerts *alerts;		/* alert timer and state (core/alert.h) */
 	struct devcache *dc;		/* the GPU tiers (core/devcache.h) */
+	struct attach_spare *spare;	/* core/daemon.c: what a hello's reply needs, made ahead */
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

@@ -116,6 +116,10 @@ static const struct {
 	SYM(cuEventQuery, "cuEventQuery"),
 	SYM(cuEventSynchronize, "cuEventSynchronize"),
 	SYM(cuEventDestroy, "cuEventDestroy_v2"),
+	SYM(cuModuleLoadData, "cuModuleLoadData"),
+	SYM(cuModuleUnload, "cuModuleUnload"),
+	SYM(cuModuleGetFunction, "cuModuleGetFunction"),
+	SYM(cuLaunchKernel, "cuLaunchKernel"),
 };
 
 int gpu_driver_open(struct gpu_driver *drv, char *why, size_t why_size)

@@ -79,6 +79,13 @@ struct gpu_driver {
 	CUresult (*cuEventQuery)(CUevent ev);
 	CUresult (*cuEventSynchronize)(CUevent ev);
 	CUresult (*cuEventDestroy)(CUevent ev);
+	/* The conversion kernels (gpu_ops.convert_f32): PTX text JIT-compiled by the driver. */
+	CUresult (*cuModuleLoadData)(CUmodule *mod, const void *image);
+	CUresult (*cuModuleUnload)(CUmodule mod);
+	CUresult (*cuModuleGetFunction)(CUfunction *f, CUmodule mod, const char *name);
+	CUresult (*cuLaunchKernel)(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+				   unsigned int bx, unsigned int by, unsigned int bz,
+				   unsigned int shared, CUstream s, void **params, void **extra);
 #endif
 };
 

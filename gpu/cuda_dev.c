@@ -43,7 +43,122 @@ struct gpu_dev {
 	CUcontext ctx;
 	uint64_t gran;
 	CUmemAllocationProp prop;
+	CUmodule mod;		/* the conversion kernels, loaded on first use (NULL: not yet) */
+	CUfunction to_f16, to_bf16;
 };
+
+/*
+ * The conversion kernels, in PTX: the driver JIT-compiles them for whatever GPU it runs
+ * (sm_50 and later), so no nvcc is needed at build time. One thread per element, in a grid-
+ * stride loop over n (u64). Both reproduce core/convert.c bit for bit:
+ *   F16   cvt.rn.f16.f32 (IEEE round to nearest even: overflow to infinity, subnormals
+ *         kept) for every value but NaN; a NaN becomes sign | 0x7e00 | the top 9 payload
+ *         bits, as on the host (the instruction would give a canonical NaN instead).
+ *   BF16  integer rounding, (x + 0x7fff + ((x >> 16) & 1)) >> 16, and a NaN keeps its top
+ *         bits with the quiet bit set ((x >> 16) | 0x40). Integer ops rather than
+ *         cvt.rn.bf16.f32 (sm_80+, PTX 7.0, canonical NaN): the same result on every GPU.
+ */
+static const char convert_ptx[] =
+	".version 6.0\n"
+	".target sm_50\n"
+	".address_size 64\n"
+	"\n"
+	".visible .entry wd_f32_to_f16(.param .u64 p_dst, .param .u64 p_src, .param .u64 p_n)\n"
+	"{\n"
+	"	.reg .pred %p<3>;\n"
+	"	.reg .b16 %h<2>;\n"
+	"	.reg .b32 %r<10>;\n"
+	"	.reg .f32 %f<2>;\n"
+	"	.reg .b64 %rd<12>;\n"
+	"	ld.param.u64 %rd1, [p_dst];\n"
+	"	ld.param.u64 %rd2, [p_src];\n"
+	"	ld.param.u64 %rd3, [p_n];\n"
+	"	cvta.to.global.u64 %rd1, %rd1;\n"
+	"	cvta.to.global.u64 %rd2, %rd2;\n"
+	"	mov.u32 %r1, %ctaid.x;\n"
+	"	mov.u32 %r2, %ntid.x;\n"
+	"	mov.u32 %r3, %tid.x;\n"
+	"	mul.wide.u32 %rd4, %r1, %r2;\n"
+	"	cvt.u64.u32 %rd5, %r3;\n"
+	"	add.u64 %rd4, %rd4, %rd5;\n"
+	"	mov.u32 %r4, %nctaid.x;\n"
+	"	mul.wide.u32 %rd6, %r4, %r2;\n"
+	"H_LOOP:\n"
+	"	setp.ge.u64 %p1, %rd4, %rd3;\n"
+	"	@%p1 bra H_DONE;\n"
+	"	shl.b64 %rd7, %rd4, 2;\n"
+	"	add.u64 %rd8, %rd2, %rd7;\n"
+	"	ld.global.u32 %r5, [%rd8];\n"
+	"	and.b32 %r6, %r5, 0x7fffffff;\n"
+	"	setp.gt.u32 %p2, %r6, 0x7f800000;\n"
+	"	@%p2 bra H_NAN;\n"
+	"	mov.b32 %f1, %r5;\n"
+	"	cvt.rn.f16.f32 %h1, %f1;\n"
+	"	bra.uni H_STORE;\n"
+	"H_NAN:\n"
+	"	shr.u32 %r7, %r5, 16;\n"
+	"	and.b32 %r7, %r7, 0x8000;\n"
+	"	shr.u32 %r8, %r6, 13;\n"
+	"	and.b32 %r8, %r8, 0x1ff;\n"
+	"	or.b32 %r7, %r7, %r8;\n"
+	"	or.b32 %r7, %r7, 0x7e00;\n"
+	"	cvt.u16.u32 %h1, %r7;\n"
+	"H_STORE:\n"
+	"	shl.b64 %rd9, %rd4, 1;\n"
+	"	add.u64 %rd10, %rd1, %rd9;\n"
+	"	st.global.b16 [%rd10], %h1;\n"
+	"	add.u64 %rd4, %rd4, %rd6;\n"
+	"	bra.uni H_LOOP;\n"
+	"H_DONE:\n"
+	"	ret;\n"
+	"}\n"
+	"\n"
+	".visible .entry wd_f32_to_bf16(.param .u64 p_dst, .param .u64 p_src, .param .u64 p_n)\n"
+	"{\n"
+	"	.reg .pred %p<3>;\n"
+	"	.reg .b16 %h<2>;\n"
+	"	.reg .b32 %r<12>;\n"
+	"	.reg .b64 %rd<12>;\n"
+	"	ld.param.u64 %rd1, [p_dst];\n"
+	"	ld.param.u64 %rd2, [p_src];\n"
+	"	ld.param.u64 %rd3, [p_n];\n"
+	"	cvta.to.global.u64 %rd1, %rd1;\n"
+	"	cvta.to.global.u64 %rd2, %rd2;\n"
+	"	mov.u32 %r1, %ctaid.x;\n"
+	"	mov.u32 %r2, %ntid.x;\n"
+	"	mov.u32 %r3, %tid.x;\n"
+	"	mul.wide.u32 %rd4, %r1, %r2;\n"
+	"	cvt.u64.u32 %rd5, %r3;\n"
+	"	add.u64 %rd4, %rd4, %rd5;\n"
+	"	mov.u32 %r4, %nctaid.x;\n"
+	"	mul.wide.u32 %rd6, %r4, %r2;\n"
+	"B_LOOP:\n"
+	"	setp.ge.u64 %p1, %rd4, %rd3;\n"
+	"	@%p1 bra B_DONE;\n"
+	"	shl.b64 %rd7, %rd4, 2;\n"
+	"	add.u64 %rd8, %rd2, %rd7;\n"
+	"	ld.global.u32 %r5, [%rd8];\n"
+	"	and.b32 %r6, %r5, 0x7fffffff;\n"
+	"	setp.gt.u32 %p2, %r6, 0x7f800000;\n"
+	"	shr.u32 %r7, %r5, 16;\n"
+	"	or.b32 %r8, %r7, 0x40;\n"
+	"	and.b32 %r9, %r7, 1;\n"
+	"	add.u32 %r10, %r5, 0x7fff;\n"
+	"	add.u32 %r10, %r10, %r9;\n"
+	"	shr.u32 %r10, %r10, 16;\n"
+	"	selp.b32 %r11, %r8, %r10, %p2;\n"
+	"	cvt.u16.u32 %h1, %r11;\n"
+	"	shl.b64 %rd9, %rd4, 1;\n"
+	"	add.u64 %rd10, %rd1, %rd9;\n"
+	"	st.global.b16 [%rd10], %h1;\n"
+	"	add.u64 %rd4, %rd4, %rd6;\n"
+	"	bra.uni B_LOOP;\n"
+	"B_DONE:\n"
+	"	ret;\n"
+	"}\n";
+
+#define CONVERT_BLOCK 256u
+#define CONVERT_MAX_BLOCKS 4096u	/* the grid-stride loop covers the rest */
 
 static int load_driver(char *why, size_t why_size)
 {
@@ -135,6 +250,8 @@ static void cuda_close(struct gpu_dev *dev)
 {
 	if (!dev)
 		return;
+	if (dev->mod && drv.cuCtxSetCurrent(dev->ctx) == CUDA_SUCCESS)
+		drv.cuModuleUnload(dev->mod);
 	drv.cuDevicePrimaryCtxRelease(dev->dev);
 	free(dev);
 }
@@ -423,6 +540,60 @@ static void cuda_event_destroy(struct gpu_dev *dev, struct gpu_event *ev)
 		drv.cuEventDestroy((CUevent)ev);
 }
 
+/* Loads the conversion kernels into the device's context, once. */
+static int load_kernels(struct gpu_dev *dev, char *why, size_t why_size)
+{
+	CUmodule mod;
+	CUresult res;
+
+	if (dev->mod)
+		return 0;
+	CU(drv.cuModuleLoadData(&mod, convert_ptx), "cuModuleLoadData (conversion kernels)");
+	res = drv.cuModuleGetFunction(&dev->to_f16, mod, "wd_f32_to_f16");
+	if (res == CUDA_SUCCESS)
+		res = drv.cuModuleGetFunction(&dev->to_bf16, mod, "wd_f32_to_bf16");
+	if (res != CUDA_SUCCESS) {
+		drv.cuModuleUnload(mod);
+		return gpu_cu_err(&drv, res, "cuModuleGetFunction", why, why_size);
+	}
+	dev->mod = mod;
+	return 0;
+}
+
+static int cuda_convert_f32(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
+			    uint64_t src, uint64_t n, unsigned int to, char *why, size_t why_size)
+{
+	CUdeviceptr d = (CUdeviceptr)dst, sp = (CUdeviceptr)src;
+	uint64_t count = n, blocks;
+	void *params[] = { &d, &sp, &count };
+	int rc;
+
+	if (to != GPU_DTYPE_F16 && to != GPU_DTYPE_BF16) {
+		snprintf(why, why_size, "convert_f32: unsupported target dtype %u", to);
+		return -EINVAL;
+	}
+	if (src % 4 || dst % 2 || n > UINT64_MAX / 4 ||
+	    (dst < src + 4 * n && src < dst + 2 * n)) {
+		snprintf(why, why_size, "convert_f32 of %" PRIu64 " elements from 0x%" PRIx64
+			 " to 0x%" PRIx64 ": misaligned or overlapping", n, src, dst);
+		return -EINVAL;
+	}
+	if (!n)
+		return 0;
+	rc = make_current(dev, why, why_size);
+	if (!rc)
+		rc = load_kernels(dev, why, why_size);
+	if (rc)
+		return rc;
+	blocks = (n + CONVERT_BLOCK - 1) / CONVERT_BLOCK;
+	if (blocks > CONVERT_MAX_BLOCKS)
+		blocks = CONVERT_MAX_BLOCKS;
+	CU(drv.cuLaunchKernel(to == GPU_DTYPE_F16 ? dev->to_f16 : dev->to_bf16,
+			      (unsigned int)blocks, 1, 1, CONVERT_BLOCK, 1, 1, 0, (CUstream)s, params,
+			      NULL), "cuLaunchKernel (F32 conversion)");
+	return 0;
+}
+
 const struct gpu_ops gpu_cuda_ops = {
 	.kind = "cuda",
 	.count = cuda_count,
@@ -446,6 +617,7 @@ const struct gpu_ops gpu_cuda_ops = {
 	.event_query = cuda_event_query,
 	.event_wait = cuda_event_wait,
 	.event_destroy = cuda_event_destroy,
+	.convert_f32 = cuda_convert_f32,
 };
 
 #else /* !CONFIG_HAVE_CUDA_H */
@@ -563,6 +735,12 @@ static void nocuda_event_destroy(struct gpu_dev *dev, struct gpu_event *ev)
 {
 }
 
+static int nocuda_convert_f32(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
+			      uint64_t src, uint64_t n, unsigned int to, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
 const struct gpu_ops gpu_cuda_ops = {
 	.kind = "cuda",
 	.count = nocuda_count,
@@ -586,6 +764,7 @@ const struct gpu_ops gpu_cuda_ops = {
 	.event_query = nocuda_event_query,
 	.event_wait = nocuda_event_query,
 	.event_destroy = nocuda_event_destroy,
+	.convert_f32 = nocuda_convert_f32,
 };
 
 #endif

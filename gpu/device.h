@@ -112,7 +112,25 @@ struct gpu_ops {
 	int (*event_wait)(struct gpu_dev *dev, struct gpu_event *ev, char *why,
 			  size_t why_size);
 	void (*event_destroy)(struct gpu_dev *dev, struct gpu_event *ev);
+
+	/*
+	 * Queues on @s, after what is queued there, the conversion of @n F32 elements at device
+	 * address @src into dtype @to (GPU_DTYPE_F16 or GPU_DTYPE_BF16) at @dst. The result is
+	 * bit for bit what core/convert.h gives on the host (round to nearest even; NaN quietened
+	 * with its sign and top payload bits), so a converted device copy equals the host tier's
+	 * converted copy. @src must be 4-byte and @dst 2-byte aligned, both inside live
+	 * allocations of this device, and the ranges must not overlap. Returns 0 (the result is
+	 * there once an event recorded after it completes); -EINVAL for another @to, a
+	 * misaligned or overlapping range; -EFAULT (emulated: outside an allocation); or the
+	 * driver's error (loading or launching the kernel).
+	 */
+	int (*convert_f32)(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst, uint64_t src,
+			   uint64_t n, unsigned int to, char *why, size_t why_size);
 };
+
+/* gpu_ops.convert_f32 targets, numbered as safetensors dtypes are (enum st_dtype). */
+#define GPU_DTYPE_F16 9u
+#define GPU_DTYPE_BF16 10u
 
 /*
  * The implementation to use in this process: the emulated device when $WEIGHTD_GPU_EMULATE
@@ -129,7 +147,8 @@ extern const struct gpu_ops gpu_emu_ops;
 
 /*
  * The emulated device in detail (gpu_emu_ops):
- *   - $WEIGHTD_GPU_EMULATE is "N" or "N:SIZE" (1 <= N <= GPU_MAX_DEVICES; SIZE as "8G",
+ *   - $WEIGHTD_GPU_EMULATE is "N" or "N:SIZE" (1 <= N <= GPU_MAX_DEVICES; SIZE a whole number
+ *     with an optional K/M/G/T suffix, as "8G",
  *     "512M", at least 2M, rounded up to the granularity; default 4G per device). A malformed
  *     value makes count()/open() fail with -EINVAL and the reason; unset gives -ENODEV.
  *   - info(): name "weightd emulated GPU N"; pci_bus_id is empty (no PCI device: placement
@@ -148,6 +167,8 @@ extern const struct gpu_ops gpu_emu_ops;
  *   - A stream is a thread that executes copies (memcpy) in submission order; an event
  *     completes when the stream passes it. stream_destroy runs what is queued, then stops.
  *   - host_register is a no-op (validated only); host_alloc is page-aligned heap memory.
+ *   - convert_f32 is an op of the stream: its thread runs core/convert.c's routines over the
+ *     two ranges (checked live when queued and again when run, as copies are).
  */
 
 /* Counters of one emulated struct gpu_dev (copies executed by its streams). */

@@ -27,7 +27,7 @@
 
 #include <xxhash.h>
 
-#include "core/gen.h"
+#include "core/convert.h"
 
 #define EMU_GRANULARITY (2ull << 20)
 #define EMU_DEFAULT_SIZE (4ull << 30)
@@ -69,7 +69,7 @@ struct gpu_dev {
 	_Atomic uint64_t copies, bytes, src_changed, max_queued;
 };
 
-enum op_kind { OP_COPY, OP_EVENT };
+enum op_kind { OP_COPY, OP_EVENT, OP_CONVERT };
 
 struct gpu_event {
 	_Atomic int refs;	/* the caller's and, while queued, the stream's */
@@ -84,7 +84,8 @@ struct emu_op {
 	enum op_kind kind;
 	uint64_t dst;
 	const void *src;
-	size_t n;
+	size_t n;		/* bytes of a copy; elements of a conversion */
+	unsigned int to;	/* OP_CONVERT: the target dtype */
 	uint64_t src_hash;	/* check_src: XXH3 of the source when queued */
 	struct gpu_event *ev;
 };
@@ -113,8 +114,43 @@ static void event_put(struct gpu_event *ev)
 }
 
 /*
+ * A device size: a whole number with an optional binary suffix K, M, G or T (either case,
+ * optionally followed by "i" and/or "B": "8G", "512MiB"). Its own parser, not
+ * gen_parse_size(): this file is part of libweightd, which must not drag the corpus
+ * generator (and jansson) into every client. Returns 0 or -EINVAL (also on overflow).
+ */
+static int parse_size(const char *s, uint64_t *out)
+{
+	unsigned int shift = 0;
+	unsigned long long v;
+	char *end;
+
+	if (!s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: break;
+	}
+	if (shift && *end == 'i')
+		end++;
+	if (*end == 'B' || *end == 'b')
+		end++;
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+/*
  * Parses $WEIGHTD_GPU_EMULATE: "N" or "N:SIZE" with 1 <= N <= GPU_MAX_DEVICES and SIZE a
- * gen_parse_size() size of at least one granule. Returns N or -EINVAL/-ENODEV with @why.
+ * parse_size() size of at least one granule. Returns N or -EINVAL/-ENODEV with @why.
  */
 static int parse_env(uint64_t *budget, char *why, size_t why_size)
 {
@@ -136,7 +172,7 @@ static int parse_env(uint64_t *budget, char *why, size_t why_size)
 		return -EINVAL;
 	}
 	if (*end == ':') {
-		if (gen_parse_size(end + 1, budget) < 0 || *budget < EMU_GRANULARITY ||
+		if (parse_size(end + 1, budget) < 0 || *budget < EMU_GRANULARITY ||
 		    *budget > (1ull << 50)) {
 			snprintf(why, why_size,
 				 "WEIGHTD_GPU_EMULATE=\"%s\": device size \"%s\" is not a size "
@@ -472,6 +508,27 @@ static int run_copy(struct gpu_stream *s, const struct emu_op *op)
 	return 0;
 }
 
+/* Executes one conversion on the stream thread; returns 0 or -EFAULT with s->err_msg. */
+static int run_convert(struct gpu_stream *s, const struct emu_op *op)
+{
+	struct gpu_dev *dev = s->dev;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&dev->ord->lock);
+	if (range_live(dev->ord, (uint64_t)(uintptr_t)op->src, 4 * (uint64_t)op->n) &&
+	    range_live(dev->ord, op->dst, 2 * (uint64_t)op->n))
+		rc = convert_run(ST_F32, (enum st_dtype)op->to, (void *)(uintptr_t)op->dst,
+				 op->src, op->n);
+	else
+		rc = -EFAULT;
+	pthread_rwlock_unlock(&dev->ord->lock);
+	if (rc)
+		snprintf(s->err_msg, sizeof(s->err_msg), "emulated cuda:%d stream: conversion of "
+			 "%zu elements to 0x%" PRIx64 " hit memory freed after it was queued",
+			 dev->ordinal, op->n, op->dst);
+	return rc;
+}
+
 static void *stream_main(void *arg)
 {
 	struct gpu_stream *s = arg;
@@ -487,9 +544,10 @@ static void *stream_main(void *arg)
 		op = s->head;
 		pthread_mutex_unlock(&s->lock);
 
-		if (op->kind == OP_COPY) {
-			/* After a failure nothing more is copied, as on a faulted CUDA stream. */
-			int rc = s->err ? 0 : run_copy(s, op);
+		if (op->kind != OP_EVENT) {
+			/* After a failure nothing more runs, as on a faulted CUDA stream. */
+			int rc = s->err ? 0 : op->kind == OP_COPY ? run_copy(s, op) :
+				 run_convert(s, op);
 
 			pthread_mutex_lock(&s->lock);
 			if (rc && !s->err)
@@ -607,6 +665,46 @@ static int emu_copy_h2d(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
 	return 0;
 }
 
+static int emu_convert_f32(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
+			   uint64_t src, uint64_t n, unsigned int to, char *why, size_t why_size)
+{
+	struct emu_op *op;
+	bool live;
+
+	if (to != GPU_DTYPE_F16 && to != GPU_DTYPE_BF16) {
+		snprintf(why, why_size, "convert_f32: unsupported target dtype %u", to);
+		return -EINVAL;
+	}
+	if (src % 4 || dst % 2 || n > (SIZE_MAX >> 2) || (dst < src + 4 * n && src < dst + 2 * n)) {
+		snprintf(why, why_size, "convert_f32 of %" PRIu64 " elements from 0x%" PRIx64
+			 " to 0x%" PRIx64 ": misaligned or overlapping", n, src, dst);
+		return -EINVAL;
+	}
+	if (!n)
+		return 0;
+	pthread_rwlock_rdlock(&dev->ord->lock);
+	live = range_live(dev->ord, src, 4 * n) && range_live(dev->ord, dst, 2 * n);
+	pthread_rwlock_unlock(&dev->ord->lock);
+	if (!live) {
+		snprintf(why, why_size, "convert_f32 of %" PRIu64 " elements from 0x%" PRIx64
+			 " to 0x%" PRIx64 " on emulated cuda:%d: not inside live allocations", n,
+			 src, dst, dev->ordinal);
+		return -EFAULT;
+	}
+	op = calloc(1, sizeof(*op));
+	if (!op) {
+		snprintf(why, why_size, "convert_f32: out of memory");
+		return -ENOMEM;
+	}
+	op->kind = OP_CONVERT;
+	op->dst = dst;
+	op->src = (const void *)(uintptr_t)src;
+	op->n = (size_t)n;
+	op->to = to;
+	enqueue(s, op);
+	return 0;
+}
+
 static int emu_copy_d2h(struct gpu_dev *dev, void *dst, uint64_t src, size_t n, char *why,
 			size_t why_size)
 {
@@ -707,6 +805,7 @@ const struct gpu_ops gpu_emu_ops = {
 	.event_query = emu_event_query,
 	.event_wait = emu_event_wait,
 	.event_destroy = emu_event_destroy,
+	.convert_f32 = emu_convert_f32,
 };
 
 int gpu_emu_debug(struct gpu_dev *dev, unsigned int copy_delay_us, bool check_src)

@@ -107,8 +107,8 @@ const char *weightd_last_error(void);
  * daemon hung up during the handshake; -ETIMEDOUT when no reply came within
  * opts->attach_timeout_ms; -ENAMETOOLONG for a socket path longer than a Unix socket
  * address holds; -EINVAL for a NULL @out or ring sizes that are not powers of two; -ENOMEM;
- * or the negative errno of socket(2), connect(2), mkdir(2) (the default path's directory),
- * recvmsg(2) or mmap(2).
+ * or the negative errno of socket(2), connect(2), recvmsg(2) or mmap(2). The client never
+ * creates the socket's directory (the daemon does): a missing one reads as -ENOENT.
  */
 int weightd_attach(const char *socket_path, const struct weightd_attach_opts *opts,
 		   struct weightd **out);
@@ -330,6 +330,16 @@ struct weightd_device_map;
  */
 int weightd_device_map(struct weightd *w, const char *model, const char *component,
 		       unsigned int device, struct weightd_device_map **out);
+
+/*
+ * weightd_device_map() of a converted copy: the one a LOAD to cuda:@device with
+ * weightd_load_opts.dtype = @dtype (WEIGHTD_DTYPE_F16 or WEIGHTD_DTYPE_BF16; 0: as stored)
+ * made, a separate allocation in which F32 tensors are @dtype (converted on the GPU, bit for
+ * bit the host tier's conversion) and have half their size: weightd_device_read() reads that
+ * many bytes. Same returns; -ENODATA when the component is not resident there in that form.
+ */
+int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
+			  unsigned int device, unsigned int dtype, struct weightd_device_map **out);
 
 /* The allocation: device address in this process (emulated: a host address), and bytes. */
 uint64_t weightd_device_base(const struct weightd_device_map *m);

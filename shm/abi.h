@@ -241,7 +241,8 @@ struct wd_devmap_msg {
 
 struct wd_devmap_tensor {
 	uint32_t tensor;	/* registry tensor index */
-	uint32_t reserved;	/* 0 */
+	uint32_t dtype;		/* enum st_dtype of its bytes in the allocation (a converted
+				 * copy: F16/BF16 where the file has F32) */
 	uint64_t offset;	/* of its bytes in the allocation */
 	uint64_t nbytes;
 };

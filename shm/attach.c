@@ -145,7 +145,7 @@ static int make_parent(const char *path)
 	return 0;
 }
 
-int attach_socket_path(const char *option, char *out, size_t size)
+int attach_resolve_path(const char *option, char *out, size_t size)
 {
 	size_t max = sizeof(((struct sockaddr_un *)0)->sun_path);
 	const char *env;
@@ -166,7 +166,14 @@ int attach_socket_path(const char *option, char *out, size_t size)
 		n = snprintf(out, size, "/tmp/weightd-%u/weightd.sock", (unsigned)getuid());
 	if (n < 0 || (size_t)n >= size || (size_t)n >= max)
 		return -ENAMETOOLONG;
-	return make_parent(out);
+	return 0;
+}
+
+int attach_socket_path(const char *option, char *out, size_t size)
+{
+	int ret = attach_resolve_path(option, out, size);
+
+	return ret ? ret : make_parent(out);
 }
 
 int attach_connect(const char *path)

@@ -51,6 +51,13 @@ ssize_t attach_recv(int sock, void *msg, size_t len, int *fds, int *nfds);
 int attach_socket_path(const char *option, char *out, size_t size);
 
 /*
+ * The same path as attach_socket_path(), without creating its parent directory: for a
+ * client, which only connects (a missing directory means no daemon: connect says ENOENT),
+ * and saves a mkdir per path component on every attach. Returns 0 or -ENAMETOOLONG.
+ */
+int attach_resolve_path(const char *option, char *out, size_t size);
+
+/*
  * Connects a new SOCK_SEQPACKET|SOCK_CLOEXEC socket to @path.
  * Returns the socket (>= 0), -ENAMETOOLONG when @path does not fit a sockaddr_un, or the
  * negative errno of socket/connect (-ENOENT: no socket there; -ECONNREFUSED: nobody listens).

@@ -277,7 +277,7 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 	w->host_seg.fd = -1;
 	w->spin_ns = (uint64_t)o.spin_us * 1000;
 	pthread_mutex_init(&w->lock, NULL);
-	ret = attach_socket_path(socket_path, w->path, sizeof(w->path));
+	ret = attach_resolve_path(socket_path, w->path, sizeof(w->path));
 	if (ret < 0) {
 		fail(ret, "cannot determine the daemon's socket path: %s", strerror(-ret));
 		goto err;
@@ -1329,9 +1329,29 @@ static void peek_owner(const struct registry_view *v, uint32_t id, uint32_t *mod
 	*component = READ_ONCE(t->component);
 }
 
+/*
+ * A fresh process reads the registry's records from memory, not from its caches, and the
+ * hardware prefetcher does not follow a stride of whole records across pages: the pass
+ * asks for the lines registry_read_tensor_loc() reads of the record TABLE_PREFETCH ahead
+ * (its head with the first dimensions, and the start of its name). Measured on 1,000
+ * records in a fresh process: 170 -> 130 us. A prefetch never faults, so the address may
+ * lie past the published records.
+ */
+#define TABLE_PREFETCH 8u
+
+static void prefetch_tensor(const struct registry_view *v, uint32_t id)
+{
+	const char *r = (const char *)(v->base + v->tensor_off) +
+			(size_t)id * sizeof(struct wd_reg_tensor);
+
+	__builtin_prefetch(r);
+	__builtin_prefetch(r + offsetof(struct wd_reg_tensor, name) / 64 * 64);
+	__builtin_prefetch(r + offsetof(struct wd_reg_tensor, name) / 64 * 64 + 64);
+}
+
 /* The bytes @t's shape and dtype make (dtype < ST_DTYPE_COUNT); UINT64_MAX on overflow or a
  * fraction of a byte, which no nbytes equals. */
-static uint64_t shape_bytes(const struct wd_reg_tensor *t)
+static uint64_t shape_bytes(const struct registry_tensor_loc *t)
 {
 	uint64_t bits = st_dtype_info((enum st_dtype)t->dtype)->bits;
 
@@ -1348,7 +1368,7 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 	const struct wd_reg_hdr *h;
 	struct wd_reg_model m;
 	struct wd_reg_component c;
-	struct wd_reg_tensor t;
+	struct registry_tensor_loc t;
 	uint64_t lo = UINT64_MAX, hi = 0, names_len = 0;
 	uint32_t mid, cid = WD_ID_NONE, want, count, seen = 0, n = 0, absent = 0;
 	uint32_t last_comp = WD_ID_NONE, n_comps = 0;
@@ -1375,9 +1395,18 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 	}
 	/*
 	 * One pass over the published tensor records, as weightd_tensor_list() makes, but only
-	 * the target's are copied (the owner words filter the rest), and the pass ends once the
+	 * the target's are read (the owner words filter the rest), and the pass ends once the
 	 * target's count is reached: the daemon adds a component's tensors together, so a model
 	 * early in the registry costs no scan of the models after it.
+	 *
+	 * Each record is read in place under its seqlock, only the words a view needs
+	 * (registry_read_tensor_loc()): no copy of the 512-byte record and no checksum, which
+	 * would need all of it. Nothing is lost to that: the checksum guards against a record
+	 * damaged in a way the seqlock cannot see, and every field used here is checked
+	 * below against what can make a view unsafe -- rank, dtype, shape x dtype = nbytes, and
+	 * the bytes inside this process's mapping of the host cache -- so a damaged or forged
+	 * record (a forger can compute a checksum as well) yields at worst a wrong view of
+	 * host-cache bytes, never one outside the mapping.
 	 */
 	h = (const struct wd_reg_hdr *)w->reg.base;
 	/* Pairs with store_release() of the counts in registry_publish(). */
@@ -1389,10 +1418,11 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 		uint32_t tm, tc;
 		uint64_t end;
 
+		prefetch_tensor(&w->reg, id + TABLE_PREFETCH);
 		peek_owner(&w->reg, id, &tm, &tc);
 		if (tm != mid || (cid != WD_ID_NONE && tc != cid))
 			continue;
-		ret = registry_read_tensor(&w->reg, id, &t);
+		ret = registry_read_tensor_loc(&w->reg, id, &t);
 		if (ret)
 			return fail(ret, "reading tensor %u from the registry: %s", id,
 				    strerror(-ret));
@@ -1431,7 +1461,7 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 			last_comp = t.component;
 			n_comps++;
 		}
-		size_t len = strnlen(t.name, sizeof(t.name));
+		size_t len = t.name_len;
 
 		if (n < max && names_len + len + 1 <= names_size) {
 			out[n] = (struct weightd_tensor_loc){
@@ -1593,8 +1623,16 @@ static void unpin_ids(struct weightd *w, uint32_t model, uint32_t comp, uint32_t
 int weightd_device_map(struct weightd *w, const char *model, const char *component,
 		       unsigned int device, struct weightd_device_map **out)
 {
+	return weightd_device_map_ex(w, model, component, device, 0, out);
+}
+
+int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
+			  unsigned int device, unsigned int dtype, struct weightd_device_map **out)
+{
 	struct request rq = { .sqe = { .opcode = WD_OP_DEVICE_MAP,
-				       .tier = (uint16_t)WD_TIER_CUDA(device) } };
+				       .tier = (uint16_t)WD_TIER_CUDA(device),
+				       .arg = { dtype ? WD_LOAD_CONVERT | (dtype & WD_LOAD_DTYPE_MASK)
+						      : 0 } } };
 	struct weightd_device_map *m;
 	struct wd_devmap_reply rep;
 	struct reply rp;
@@ -1606,6 +1644,8 @@ int weightd_device_map(struct weightd *w, const char *model, const char *compone
 	*out = NULL;
 	if (device >= WD_TIER_MAX - 1)
 		return fail(-EINVAL, "device %u out of range (0..%u)", device, WD_TIER_MAX - 2);
+	if (dtype > WD_LOAD_DTYPE_MASK)
+		return fail(-EINVAL, "dtype %u out of range", dtype);
 	ret = set_target(w, &rq, model, component);
 	if (ret)
 		return ret;

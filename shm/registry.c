@@ -807,6 +807,71 @@ int registry_read_tensor(const struct registry_view *v, uint32_t id, struct wd_r
 	return read_by_id(v, K_TENSOR, id, out);
 }
 
+/* True when one of the 8 bytes of @w is 0 (the classic has-zero-byte test). */
+static bool word_has_nul(uint64_t w)
+{
+	return ((w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull) != 0;
+}
+
+int registry_read_tensor_loc(const struct registry_view *v, uint32_t id,
+			     struct registry_tensor_loc *out)
+{
+	const struct wd_reg_tensor *t;
+	struct table tb;
+	int ret = table_of(v, K_TENSOR, &tb);
+
+	if (ret)
+		return ret;
+	if (id >= tb.count)
+		return -ENOENT;
+	t = (const struct wd_reg_tensor *)(tb.recs + (size_t)id * tb.size);
+	for (unsigned int tries = 0; tries < READ_RETRIES; tries++) {
+		/* Pairs with the writer's store_release(seq) that ended the last update. */
+		uint64_t s1 = load_acquire(&t->seq);
+		const uint64_t *src = (const uint64_t *)t->name;
+		unsigned int rank, nw = 0;
+		bool nul = false;
+
+		if (!(s1 & 1)) {
+			/*
+			 * The words are read with READ_ONCE (relaxed atomic loads) because the
+			 * daemon may be rewriting them; anything read here is used only after the
+			 * sequence check below proves it belongs to one stable version.
+			 */
+			out->model = READ_ONCE(t->model);
+			out->component = READ_ONCE(t->component);
+			out->dtype = READ_ONCE(t->dtype);
+			out->rank = READ_ONCE(t->rank);
+			out->resident = READ_ONCE(t->resident);
+			out->nbytes = READ_ONCE(t->nbytes);
+			out->host_offset = READ_ONCE(t->host_offset);
+			rank = out->rank <= WD_SHAPE_MAX ? out->rank : WD_SHAPE_MAX;
+			for (unsigned int d = 0; d < rank; d++)
+				out->shape[d] = READ_ONCE(t->shape[d]);
+			/* The name word by word, up to and including the word with its NUL. */
+			while (nw < WD_NAME_MAX / 8 && !nul) {
+				uint64_t w = READ_ONCE(src[nw]);
+
+				memcpy(out->name + 8 * nw++, &w, 8);
+				nul = word_has_nul(w);
+			}
+			/* Pairs with the writer's smp_wmb() after it made seq odd. */
+			smp_rmb();
+			if (READ_ONCE(t->seq) == s1) {
+				if (out->rank > WD_SHAPE_MAX || !nul)
+					return -EBADMSG;
+				out->name_len = (uint32_t)strnlen(out->name, 8 * nw);
+				return 0;
+			}
+		}
+		if ((tries & 63) == 63)
+			sched_yield();
+		else
+			cpu_relax();
+	}
+	return -EAGAIN;
+}
+
 union any_rec {
 	struct wd_reg_model m;
 	struct wd_reg_component c;

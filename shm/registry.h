@@ -423,4 +423,38 @@ int registry_read_component(const struct registry_view *v, uint32_t id,
 			    struct wd_reg_component *out);
 int registry_read_tensor(const struct registry_view *v, uint32_t id, struct wd_reg_tensor *out);
 
+/*
+ * The fields of a tensor record that place a view of its bytes, as registry_read_tensor_loc()
+ * reads them. shape[] holds rank entries (the rest is not written); name is NUL-terminated,
+ * name_len bytes long.
+ */
+struct registry_tensor_loc {
+	uint32_t model;
+	uint32_t component;
+	uint8_t dtype;
+	uint8_t rank;
+	uint32_t resident;
+	uint64_t nbytes;
+	uint64_t host_offset;
+	uint32_t name_len;
+	uint64_t shape[WD_SHAPE_MAX];
+	char name[WD_NAME_MAX];
+};
+
+/*
+ * Reads the fields of published tensor record @id that a bulk listing needs (owner, dtype,
+ * rank, residency, size, host offset, the rank dimensions in use and the name) in place,
+ * under the record's seqlock: only those words are loaded (typically 3 of the record's 8
+ * cache lines), not the whole record, and the checksum is not computed -- it needs every
+ * byte. The copy is consistent (the seqlock); its content is checked only as far as this
+ * function can (rank <= WD_SHAPE_MAX, the name NUL-terminated in its field): a caller that
+ * derives memory accesses from it must bound them itself, as it must for a forged record
+ * whose checksum is right. Returns 0; -ENOENT for an index not published; -EAGAIN when the
+ * record stayed under rewrite for the whole retry budget; -EBADMSG for a rank above
+ * WD_SHAPE_MAX, an unterminated name, or a header count above its capacity.
+ */
+int registry_read_tensor_loc(const struct registry_view *v, uint32_t id,
+			     struct registry_tensor_loc *out);
+static_assert(offsetof(struct wd_reg_tensor, name) % 8 == 0, "the name is read in words");
+
 #endif

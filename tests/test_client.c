@@ -173,7 +173,7 @@ static void test_attach_bad_reply(void **state)
 		int want;
 		const char *msg;
 	} rows[] = {
-		{ FAKE_VERSION, -EPROTONOSUPPORT, "client ABI 2, daemon ABI 3" },
+		{ FAKE_VERSION, -EPROTONOSUPPORT, NULL },	/* names both versions */
 		{ FAKE_MAGIC, -EBADMSG, "malformed hello reply" },
 		{ FAKE_REFUSED, -EACCES, "uid 4242 is not in the allow-list" },
 		{ FAKE_NO_FDS, -EBADMSG, "carried 0 descriptors" },
@@ -183,8 +183,11 @@ static void test_attach_bad_reply(void **state)
 		{ FAKE_NOT_MEMFD, -EBADF, "cannot map the ring segment" },
 	};
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char versions[64];
 
 	(void)state;
+	snprintf(versions, sizeof(versions), "client ABI %u, daemon ABI %u", WD_ABI_VERSION,
+		 WD_ABI_VERSION + 1);
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/fake.sock", daemon_.root);
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
 		struct weightd_attach_opts o = { .attach_timeout_ms = 200, .client_name = "row" };
@@ -204,8 +207,10 @@ static void test_attach_bad_reply(void **state)
 		close(f.listen_fd);
 		CHECK(ret == rows[i].want && !w, "row %zu (mode %d): got %d (%s), want %d", i,
 		      rows[i].mode, ret, weightd_last_error(), rows[i].want);
-		CHECK(strstr(weightd_last_error(), rows[i].msg), "row %zu: '%s' lacks '%s'", i,
-		      weightd_last_error(), rows[i].msg);
+		const char *want_msg = rows[i].msg ? rows[i].msg : versions;
+
+		CHECK(strstr(weightd_last_error(), want_msg), "row %zu: '%s' lacks '%s'", i,
+		      weightd_last_error(), want_msg);
 		/* The hello the library sent is the ABI's, whatever the answer. */
 		CHECK(f.hello_len == sizeof(struct wd_hello) && f.hello.magic == WD_HELLO_MAGIC &&
 			      f.hello.version == WD_ABI_VERSION &&

@@ -18,11 +18,21 @@
  *   churn       eviction under churn demotes to the host tier (also when the host copy was
  *               unloaded: it is copied back), and re-promotion reads nothing from disk;
  *   stream      a component larger than the host budget streams disk -> VRAM through the
- *               staging ring, bypassing the host cache, and reads back correct;
+ *               staging ring, bypassing the host cache, and reads back correct; evicted, it
+ *               is dropped without a device -> host copy (the host has no room for it);
  *   concurrent  four clients load a multi-component model at once: one disk read per
  *               component, and every device copy equals its host copy;
  *   hostile     malformed DEVICE_MAP/DEVICES requests on a raw ring get errors, a client
- *               that never reads its socket cannot block the daemon, which keeps serving.
+ *               that never reads its socket cannot block the daemon, which keeps serving;
+ *   convert     a model with F32 tensors (one larger than the conversion's VRAM scratch area)
+ *               loaded to cuda:0 as F16 and as BF16: each converted device copy, read back,
+ *               is byte-identical to the host tier's converted copy; other dtypes stay as
+ *               stored; the stored-form device copy is a separate entry; a tensor selection
+ *               on a GPU tier is refused;
+ *   vram_retry  injected VRAM allocation failures ($WEIGHTD_FAULT=vram:ENOMEM): with the only
+ *               resident entry mapped the load fails saying nothing was evictable; unmapped,
+ *               it is evicted, the allocation is retried once and the load succeeds
+ *               (WD_STAT_ALLOC_RETRIES moves by one).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -84,10 +94,25 @@ static uint64_t fnv1a(const void *p, size_t n)
 	return h;
 }
 
-/* Starts a daemon serving the demo models and the corpus, with @extra options. */
-static void start(struct td_daemon *d, const char *const *extra)
+/* Whether the daemon's log holds @needle. */
+static bool log_has(const struct td_daemon *d, const char *needle)
 {
-	const char *args[8] = { "--models", corpus };
+	char line[2048];
+	bool found = false;
+	FILE *f = fopen(d->log, "r");
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, needle) != NULL;
+	fclose(f);
+	return found;
+}
+
+/* Starts a daemon serving the demo models and the models in @dir, with @extra options. */
+static void start_dir(struct td_daemon *d, const char *dir, const char *const *extra)
+{
+	const char *args[8] = { "--models", dir };
 	size_t n = 2;
 	int ret;
 
@@ -98,6 +123,12 @@ static void start(struct td_daemon *d, const char *const *extra)
 	ret = td_daemon_setup_args(d, args);
 	cur = d;
 	CHECK(ret == 0, "daemon start: %s", strerror(-ret));
+}
+
+/* Starts a daemon serving the demo models and the corpus. */
+static void start(struct td_daemon *d, const char *const *extra)
+{
+	start_dir(d, corpus, extra);
 }
 
 static struct weightd *attach(const struct td_daemon *d)
@@ -239,6 +270,14 @@ static void test_corpus(void **state)
 	}
 	pclose(ls);
 	CHECK(files >= 5, "only %u corpus files", files);
+	{
+		struct weightd_metrics mt;
+
+		CHECK(weightd_metrics(w, &mt) == 0, "metrics: %s", weightd_last_error());
+		CHECK(mt.load[WEIGHTD_TIER_CUDA(0)].count == files && mt.load[WEIGHTD_TIER_CUDA(0)].sum_ns,
+		      "cuda:0 load histogram: %" PRIu64 " loads for %u files",
+		      mt.load[WEIGHTD_TIER_CUDA(0)].count, files);
+	}
 	printf("corpus: %u files, %u tensors byte-identical from cuda:0\n", files, tensors);
 	weightd_detach(w);
 	td_daemon_teardown(&d);
@@ -383,7 +422,7 @@ static void test_churn(void **state)
 
 static void test_stream(void **state)
 {
-	const char *extra[] = { "--host-budget", "1M", NULL };
+	const char *extra[] = { "--host-budget", "1M", "--device-budget", "7M", NULL };
 	struct td_daemon d;
 	struct weightd *w;
 	struct weightd_device_map *m = NULL;
@@ -402,6 +441,13 @@ static void test_stream(void **state)
 	      weightd_last_error());
 	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
 	weightd_device_unmap(w, m);
+	/* Evicted by a load that needs its room: the host cannot take it back, so demotion
+	 * must give up before copying anything off the GPU. */
+	CHECK(load_gpu(w, "transformer_block") == 0, "load: %s", weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_ABSENT, "not evicted");
+	CHECK(host_state(w, "large_4MiB") == WEIGHTD_ABSENT, "demoted past the host budget");
+	CHECK(log_has(&d, "not demoted: no room on the host, dropped without copying") &&
+	      !log_has(&d, "\"demotion to the host\""), "demotion copied, or did not say why");
 	weightd_detach(w);
 	td_daemon_teardown(&d);
 	cur = NULL;
@@ -571,6 +617,10 @@ static const struct hostile_case hostile_cases[] = {
 	{ "unknown model id", 1, 0, 2, -1, 0, -ENOENT },
 	{ "component of another model", 1, 0, 0, 1, 0, -EINVAL },
 	{ "arg[0] set", 1, 0, 0, -1, 7, -EINVAL },
+	{ "a selection", 1, 0, 0, -1, WD_LOAD_PREFIX, -EINVAL },
+	{ "conversion to I32", 1, 0, 0, -1, WD_LOAD_CONVERT | 6, -EINVAL },
+	{ "unknown arg[0] bit", 1, 0, 0, -1, 1u << 20, -EINVAL },
+	{ "a form not resident", 1, 0, 0, -1, WD_LOAD_CONVERT | 9, -ENODATA },
 	{ "PIN flag", 1, WD_SQE_F_PIN, 0, -1, 0, -EINVAL },
 	{ "several components, none named", 1, 0, 1, -1, 0, -EINVAL },
 	{ "not resident on the GPU", 1, 0, 1, 0, 0, -ENODATA },
@@ -648,6 +698,203 @@ static void test_hostile(void **state)
 	cur = NULL;
 }
 
+/*
+ * Writes @dir/f32mix.safetensors: "big" (F32, @n_big elements of bit patterns that cover
+ * NaNs, infinities, subnormals and ties), "half" (F16, 6 elements) and "small" (F32, 3).
+ */
+static void write_f32_model(const char *dir, size_t n_big)
+{
+	char path[4096], hdr[512];
+	uint64_t big = 4 * (uint64_t)n_big, hlen;
+	static const uint32_t small[3] = { 0x3f801000, 0x7fc00001, 0x33000000 };
+	static const uint16_t half[6] = { 0x3c00, 0xbc00, 0x7c00, 0x0001, 0x7e00, 0x5640 };
+	FILE *f;
+	int n;
+
+	n = snprintf(hdr, sizeof(hdr), "{\"big\":{\"dtype\":\"F32\",\"shape\":[%zu],"
+		     "\"data_offsets\":[0,%" PRIu64 "]},\"half\":{\"dtype\":\"F16\",\"shape\":[6],"
+		     "\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]},\"small\":{\"dtype\":\"F32\","
+		     "\"shape\":[3],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}}", n_big, big, big,
+		     big + 12, big + 12, big + 24);
+	while (n % 8)
+		hdr[n++] = ' ';
+	hlen = (uint64_t)n;
+	snprintf(path, sizeof(path), "%s/f32mix.safetensors", dir);
+	f = fopen(path, "w");
+	CHECK(f, "%s: %s", path, strerror(errno));
+	CHECK(fwrite(&hlen, 8, 1, f) == 1 && fwrite(hdr, 1, hlen, f) == hlen, "write header");
+	for (size_t i = 0; i < n_big; i++) {
+		uint32_t x = (uint32_t)(i * 2654435761u);
+
+		CHECK(fwrite(&x, 4, 1, f) == 1, "write data");
+	}
+	CHECK(fwrite(half, 2, 6, f) == 6 && fwrite(small, 4, 3, f) == 3, "write data");
+	CHECK(fclose(f) == 0, "close %s", path);
+}
+
+static void test_convert(void **state)
+{
+	static const unsigned int dtypes[] = { WEIGHTD_DTYPE_F16, WEIGHTD_DTYPE_BF16 };
+	const size_t n_big = 5u << 19;	/* 10 MiB of F32: more than one scratch area */
+	char dir[] = "/tmp/wd-devconv.XXXXXX", path[4200];
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	struct weightd_tensor_info ti[8], stored;
+	char names[8 * WEIGHTD_NAME_MAX];
+	unsigned int checked = 0;
+	int n, ret;
+
+	(void)state;
+	CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	write_f32_model(dir, n_big);
+	start_dir(&d, dir, NULL);
+	w = attach(&d);
+	CHECK(weightd_tensor(w, "f32mix", NULL, "big", &stored) == 0 &&
+	      stored.nbytes == 4 * n_big, "f32mix/big: %s", weightd_last_error());
+	for (size_t k = 0; k < ARRAY_SIZE(dtypes); k++) {
+		struct weightd_load_opts o = { .dtype = dtypes[k] };
+
+		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_CUDA(0),
+				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, NULL);
+		CHECK(ret == 0, "load to cuda:0 as dtype %u: %s", dtypes[k], weightd_last_error());
+		CHECK(weightd_device_map_ex(w, "f32mix", NULL, 0, dtypes[k], &m) == 0,
+		      "map as dtype %u: %s", dtypes[k], weightd_last_error());
+		/* The host tier's converted copy, loaded last: the registry describes it. */
+		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_NO_PROGRESS,
+				      &o, NULL, NULL, NULL);
+		CHECK(ret == 0, "host load as dtype %u: %s", dtypes[k], weightd_last_error());
+		n = weightd_tensor_list(w, "f32mix", NULL, ti, names, ARRAY_SIZE(ti));
+		CHECK(n == 3, "%d tensors", n);
+		for (int i = 0; i < n; i++) {
+			const char *name = names + i * WEIGHTD_NAME_MAX;
+			const void *host = weightd_tensor_data(w, &ti[i]);
+			void *buf = malloc(ti[i].nbytes);
+			bool f32 = strcmp(name, "half") != 0;
+
+			CHECK(host && buf, "%s: not on the host: %s", name, weightd_last_error());
+			CHECK(ti[i].dtype == (f32 ? dtypes[k] : WEIGHTD_DTYPE_F16), "%s: host dtype %u",
+			      name, ti[i].dtype);
+			ret = weightd_device_read(m, &ti[i], buf, ti[i].nbytes);
+			CHECK(ret == 0, "%s: device read of %" PRIu64 " bytes: %s", name,
+			      ti[i].nbytes, weightd_last_error());
+			CHECK(!memcmp(buf, host, ti[i].nbytes), "%s as dtype %u: the cuda:0 copy "
+			      "differs from the host tier's converted copy", name, dtypes[k]);
+			free(buf);
+			checked++;
+		}
+		weightd_device_unmap(w, m);
+	}
+	/* As stored: a separate device entry, the F32 bytes as in the file. */
+	CHECK(load_gpu(w, "f32mix") == 0, "load as stored: %s", weightd_last_error());
+	CHECK(weightd_device_map(w, "f32mix", NULL, 0, &m) == 0, "map: %s", weightd_last_error());
+	{
+		uint32_t *buf = malloc(stored.nbytes);
+
+		CHECK(buf && weightd_device_read(m, &stored, buf, stored.nbytes) == 0,
+		      "read stored big: %s", weightd_last_error());
+		for (size_t i = 0; i < n_big; i++)
+			CHECK(buf[i] == (uint32_t)(i * 2654435761u), "stored big[%zu] = %08x", i,
+			      buf[i]);
+		free(buf);
+	}
+	weightd_device_unmap(w, m);
+	{
+		struct weightd_load_opts o = { .prefix = "bi" };
+
+		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_CUDA(0),
+				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, NULL);
+		CHECK(ret == -EINVAL && strstr(weightd_last_error(), "selection"),
+		      "a selection on cuda:0: %d (%s)", ret, weightd_last_error());
+	}
+	printf("convert: %u tensors of converted cuda:0 copies equal the host tier's\n", checked);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+	snprintf(path, sizeof(path), "%s/f32mix.safetensors", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* One value of the daemon's STATS vector, through the raw ring (the payload slot). */
+static uint64_t raw_stat(struct raw *c, unsigned int idx)
+{
+	struct wd_sqe s = { .opcode = WD_OP_STATS, .model = WD_ID_NONE, .component = WD_ID_NONE,
+			    .user_data = ++c->ud };
+	uint64_t v = 0;
+	void *slot = ring_prod_slot(&c->sq);
+
+	CHECK(slot, "SQ full");
+	memcpy(slot, &s, sizeof(s));
+	ring_prod_advance(&c->sq);
+	ring_prod_publish(&c->sq);
+	ring_notify(&c->sq);
+	for (;;) {
+		struct wd_cqe cqe;
+		int ret = ring_wait(&c->cq, 20000, WAIT_NS);
+
+		CHECK(ret > 0, "wait: %d", ret);
+		memcpy(&cqe, ring_cons_slot(&c->cq, 0), sizeof(cqe));
+		if (!(cqe.flags & WD_CQE_F_PROGRESS) && cqe.user_data == s.user_data) {
+			CHECK(cqe.res > (int32_t)idx && cqe.data_len >= (idx + 1) * sizeof(v),
+			      "STATS: res %d, %u bytes", cqe.res, cqe.data_len);
+			memcpy(&v, (const uint8_t *)ring_cons_data(&c->cq, 0) + idx * sizeof(v),
+			       sizeof(v));
+			ring_cons_release(&c->cq, 1);
+			return v;
+		}
+		ring_cons_release(&c->cq, 1);
+	}
+}
+
+static void test_vram_retry(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	struct raw c;
+	struct weightd_metrics mt;
+	uint64_t before, dev_errors;
+	int ret;
+
+	(void)state;
+	/* The first allocation passes (large_4MiB), the next two fail as if VRAM ran out. */
+	setenv("WEIGHTD_FAULT", "vram:ENOMEM:2@1", 1);
+	start(&d, NULL);
+	unsetenv("WEIGHTD_FAULT");
+	w = attach(&d);
+	raw_attach(d.socket, &c);
+	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
+	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	      weightd_last_error());
+	before = raw_stat(&c, WD_STAT_ALLOC_RETRIES);
+	CHECK(weightd_metrics(w, &mt) == 0, "metrics: %s", weightd_last_error());
+	dev_errors = mt.errors[4];
+	ret = load_gpu(w, "transformer_block");
+	CHECK(ret == -ENOMEM, "load with the only entry mapped: %d (%s), expected -ENOMEM", ret,
+	      weightd_last_error());
+	CHECK(strstr(weightd_last_error(), "nothing left to evict") &&
+	      strstr(weightd_last_error(), "cuda:0"), "message: %s", weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_RESIDENT, "a mapped entry was evicted");
+	CHECK(raw_stat(&c, WD_STAT_ALLOC_RETRIES) == before, "a retry counted with nothing "
+	      "evicted");
+	CHECK(weightd_metrics(w, &mt) == 0 && mt.errors[4] == dev_errors + 1,
+	      "device error class %" PRIu64 " -> %" PRIu64 " (%s)", dev_errors, mt.errors[4],
+	      weightd_error_class_name(4));
+	weightd_device_unmap(w, m);
+	ret = load_gpu(w, "transformer_block");
+	CHECK(ret == 0, "load after one injected failure with an evictable entry: %s",
+	      weightd_last_error());
+	CHECK(gpu_state(w, "large_4MiB") == WEIGHTD_ABSENT, "nothing was evicted for the retry");
+	CHECK(gpu_state(w, "transformer_block") == WEIGHTD_RESIDENT, "not resident");
+	CHECK(raw_stat(&c, WD_STAT_ALLOC_RETRIES) == before + 1, "alloc retries %" PRIu64
+	      " -> %" PRIu64, before, raw_stat(&c, WD_STAT_ALLOC_RETRIES));
+	raw_close(&c);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -658,6 +905,8 @@ int main(void)
 		cmocka_unit_test(test_stream),
 		cmocka_unit_test(test_concurrent),
 		cmocka_unit_test(test_hostile),
+		cmocka_unit_test(test_convert),
+		cmocka_unit_test(test_vram_retry),
 	};
 	char why[256] = "";
 

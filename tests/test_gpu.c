@@ -3,7 +3,9 @@
  * "no CUDA driver", and, where a driver and a GPU exist, device enumeration and the CUDA
  * device tier (gpu/cuda_dev.c): VRAM round trip through a stream and events, copies from
  * registered host memory, the staging ring from a file, and a VMM allocation exported as
- * an fd and imported by another process. Exits 77 (SKIP, with the reason) when the machine
+ * an fd and imported by another process, and the F32 -> F16/BF16 conversion kernels (PTX,
+ * bit-identical to core/convert.c over a sweep of bit patterns). Exits 77 (SKIP, with the
+ * reason) when the machine
  * has no CUDA driver, after the driver-less cases ran.
  *
  * The importing process is forked at the start of main(), before this process touches
@@ -22,6 +24,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "core/convert.h"
 #include "gpu/cuda.h"
 #include "gpu/device.h"
 #include "gpu/staging.h"
@@ -364,6 +367,61 @@ static void test_staging_cuda(void **state)
 	free(back);
 }
 
+/*
+ * The conversion kernels against core/convert.c: a sweep of F32 bit patterns (a stride
+ * prime to 2^32 covers every exponent, sign and many payloads: NaNs, infinities, F16
+ * subnormals, ties) converted on the GPU to F16 and BF16 and compared bit for bit.
+ */
+static void test_convert_cuda(void **state)
+{
+	static const unsigned int to[] = { GPU_DTYPE_F16, GPU_DTYPE_BF16 };
+	const struct gpu_ops *ops = &gpu_cuda_ops;
+	struct gpu_dev *dev = open_cuda();
+	size_t n = 1u << 20;
+	uint32_t *in = malloc(4 * n);
+	uint16_t *got = malloc(2 * n), *want = malloc(2 * n);
+	struct gpu_stream *s;
+	struct gpu_vram v;
+	char why[256] = "";
+
+	(void)state;
+	assert_true(in && got && want);
+	for (size_t i = 0; i < n; i++)
+		in[i] = (uint32_t)(i * 4099u + 0x7f7fe000u);
+	if (ops->vram_alloc(dev, 8 * n, &v, why, sizeof(why)))
+		fail_msg("vram_alloc: %s", why);
+	assert_int_equal(ops->stream_create(dev, &s, why, sizeof(why)), 0);
+	assert_int_equal(ops->copy_h2d(dev, s, v.dptr, in, 4 * n, why, sizeof(why)), 0);
+	for (size_t k = 0; k < ARRAY_SIZE(to); k++) {
+		struct gpu_event *ev = NULL;
+		int rc = ops->convert_f32(dev, s, v.dptr + 4 * n, v.dptr, n, to[k], why,
+					  sizeof(why));
+
+		if (rc)
+			fail_msg("convert_f32 to %u: %d %s", to[k], rc, why);
+		assert_int_equal(ops->event_record(dev, s, &ev, why, sizeof(why)), 0);
+		rc = ops->event_wait(dev, ev, why, sizeof(why));
+		ops->event_destroy(dev, ev);
+		if (rc)
+			fail_msg("conversion kernel: %d %s", rc, why);
+		assert_int_equal(ops->copy_d2h(dev, got, v.dptr + 4 * n, 2 * n, why, sizeof(why)),
+				 0);
+		assert_int_equal(convert_run(ST_F32, (enum st_dtype)to[k], want, in, n), 0);
+		for (size_t i = 0; i < n; i++)
+			if (got[i] != want[i])
+				fail_msg("to %u: F32 %08x gives %04x on the GPU, %04x on the host",
+					 to[k], in[i], got[i], want[i]);
+	}
+	assert_int_equal(ops->convert_f32(dev, s, v.dptr + 4 * n + 1, v.dptr, 4, GPU_DTYPE_F16,
+					  why, sizeof(why)), -EINVAL);
+	ops->stream_destroy(dev, s);
+	ops->vram_free(dev, &v);
+	ops->close(dev);
+	free(in);
+	free(got);
+	free(want);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -372,6 +430,7 @@ int main(void)
 		cmocka_unit_test(test_enumerate),
 		cmocka_unit_test(test_device_roundtrip),
 		cmocka_unit_test(test_staging_cuda),
+		cmocka_unit_test(test_convert_cuda),
 	};
 	int failed;
 

@@ -2,9 +2,11 @@
  * The device interface (gpu/device.h) through the emulated device, which runs everywhere:
  * $WEIGHTD_GPU_EMULATE parsing, gpu_ops_pick(), allocation and the budget, copies and their
  * bounds checks, stream order and events, a stream failing on memory freed under a queued
- * copy, the source-change instrument, and fd export/import across a fork.
+ * copy, the source-change instrument, fd export/import across a fork, and F32 -> F16/BF16
+ * conversion on a stream (bit-identical to core/convert.c, arguments checked).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +20,7 @@
 #include <cmocka.h>
 
 #include "core/common.h"
+#include "core/convert.h"
 #include "gpu/device.h"
 
 static const struct gpu_ops *E = &gpu_emu_ops;
@@ -59,6 +62,12 @@ static void test_env_parse(void **state)
 		{ "2:lots", -EINVAL, 0, "not a size" },
 		{ "2:1K", -EINVAL, 0, "not a size" },
 		{ "2:-8G", -EINVAL, 0, "not a size" },
+		{ "1:64MiB", 1, 64ull << 20, NULL },
+		{ "1:1gb", 1, 1ull << 30, NULL },
+		{ "1:4194304", 1, 4ull << 20, NULL },
+		{ "1:1.5G", -EINVAL, 0, "not a size" },		/* whole numbers only */
+		{ "1:8GX", -EINVAL, 0, "not a size" },
+		{ "1:99999999999T", -EINVAL, 0, "not a size" },	/* overflows */
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
@@ -391,6 +400,75 @@ static void test_export_import_fork(void **state)
 	free(back);
 }
 
+/*
+ * F32 values whose conversion has an edge: ties to even, overflow to infinity, F16
+ * subnormals and underflow to zero, infinities, NaNs with payloads and signs.
+ */
+static const uint32_t convert_inputs[] = {
+	0x00000000, 0x80000000, 0x3f800000, 0xbf800000, 0x3f801000, 0x3f803000, 0x3f800fff,
+	0x477fe000, 0x477fefff, 0x477ff000, 0x7f7fffff, 0xff7fffff, 0x7f800000, 0xff800000,
+	0x7fc00000, 0xffc00001, 0x7f800001, 0x7fbfffff, 0x38800000, 0x387fffff, 0x33800000,
+	0x33000000, 0x33000001, 0x00000001, 0x3f808000, 0x3f818000, 0x3f817fff, 0x40490fdb,
+};
+
+static void test_convert(void **state)
+{
+	static const struct {
+		unsigned int to;
+		uint64_t src_off, dst_off, n;
+		int want;
+	} rows[] = {
+		{ GPU_DTYPE_F16, 0, 1 << 20, ARRAY_SIZE(convert_inputs), 0 },
+		{ GPU_DTYPE_BF16, 0, (1 << 20) + 2, ARRAY_SIZE(convert_inputs), 0 },
+		{ GPU_DTYPE_F16, 0, 1 << 20, 0, 0 },
+		{ 7, 0, 1 << 20, 4, -EINVAL },				/* not F16/BF16 */
+		{ GPU_DTYPE_F16, 2, 1 << 20, 4, -EINVAL },		/* source misaligned */
+		{ GPU_DTYPE_F16, 0, (1 << 20) + 1, 4, -EINVAL },	/* target misaligned */
+		{ GPU_DTYPE_F16, 0, 8, 4, -EINVAL },			/* overlapping */
+		{ GPU_DTYPE_F16, 0, (2 << 20) - 4, 4, -EFAULT },	/* past the end */
+	};
+	struct gpu_dev *dev = open_emu("1:64M", 0);
+	struct gpu_stream *s = NULL;
+	struct gpu_vram v;
+	char why[256] = "";
+
+	(void)state;
+	assert_int_equal(E->vram_alloc(dev, 2 << 20, &v, why, sizeof(why)), 0);
+	assert_int_equal(E->stream_create(dev, &s, why, sizeof(why)), 0);
+	assert_int_equal(E->copy_h2d(dev, s, v.dptr, convert_inputs, sizeof(convert_inputs), why,
+				     sizeof(why)), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		uint16_t got[ARRAY_SIZE(convert_inputs)], want[ARRAY_SIZE(convert_inputs)];
+		struct gpu_event *ev = NULL;
+		int rc;
+
+		memset(got, 0xee, sizeof(got));
+		rc = E->convert_f32(dev, s, v.dptr + rows[i].dst_off, v.dptr + rows[i].src_off,
+				    rows[i].n, rows[i].to, why, sizeof(why));
+		if (rc != rows[i].want)
+			fail_msg("row %zu (to %u, src +%" PRIu64 ", dst +%" PRIu64 ", n %" PRIu64
+				 "): %d, expected %d (%s)", i, rows[i].to, rows[i].src_off,
+				 rows[i].dst_off, rows[i].n, rc, rows[i].want, why);
+		if (rc || !rows[i].n)
+			continue;
+		assert_int_equal(E->event_record(dev, s, &ev, why, sizeof(why)), 0);
+		assert_int_equal(E->event_wait(dev, ev, why, sizeof(why)), 0);
+		E->event_destroy(dev, ev);
+		assert_int_equal(E->copy_d2h(dev, got, v.dptr + rows[i].dst_off, 2 * rows[i].n, why,
+					     sizeof(why)), 0);
+		assert_int_equal(convert_run(ST_F32, (enum st_dtype)rows[i].to, want, convert_inputs,
+					     rows[i].n), 0);
+		for (size_t k = 0; k < rows[i].n; k++)
+			if (got[k] != want[k])
+				fail_msg("row %zu: element %zu (F32 %08x): device %04x, host %04x",
+					 i, k, convert_inputs[k], got[k], want[k]);
+	}
+	E->stream_destroy(dev, s);
+	E->vram_free(dev, &v);
+	E->close(dev);
+	unsetenv("WEIGHTD_GPU_EMULATE");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -401,6 +479,7 @@ int main(void)
 		cmocka_unit_test(test_copy_order_events),
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_export_import_fork),
+		cmocka_unit_test(test_convert),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

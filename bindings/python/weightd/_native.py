@@ -242,7 +242,9 @@ def _elf_needed(fd):
     """The DT_NEEDED names of the 64-bit little-endian ELF shared object open as @fd, read
     from its dynamic section (two or three small preads, not the whole file); None when it
     is not such an object or its dynamic section does not parse."""
-    head = os.pread(fd, 16384, 0)
+    # The ELF and program headers sit at the start; the dynamic section and its string
+    # table are read where they are. 4 KiB: a larger first read cost more than it saved.
+    head = os.pread(fd, 4096, 0)
 
     def read(off, n):
         if off + n <= len(head):
@@ -299,6 +301,11 @@ def asan_instrumented(path):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
+    return _fd_asan_instrumented(fd)
+
+
+def _fd_asan_instrumented(fd):
+    """asan_instrumented() of the object open as @fd, which it closes."""
     try:
         needed = _elf_needed(fd)
         if needed is not None:
@@ -349,9 +356,15 @@ class _Lib:
 
 def _open(path):
     if os.path.sep in path:
-        if not os.path.exists(path):
+        # One open both proves the file there and reads its ELF header (no separate stat);
+        # the dlsym over every loaded object (_asan_loaded) runs only for an ASan build.
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None, "%s does not exist" % path
-        if not _asan_loaded() and asan_instrumented(path):
+        except OSError as e:
+            return None, "%s: %s" % (path, e)
+        if _fd_asan_instrumented(fd) and not _asan_loaded():
             return None, ("%s is built with AddressSanitizer: run python with "
                           "LD_PRELOAD=$(cc -print-file-name=libasan.so), or point "
                           "WEIGHTD_LIB at a release build" % path)

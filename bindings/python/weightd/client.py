@@ -161,8 +161,31 @@ class Client:
         if ret < 0:
             raise error_from_code(ret, N.last_error(), "connect", attach=True)
         self._h = h
-        self.socket = _s(lib.weightd_socket_path(h))
-        self.client_id = lib.weightd_client_id(h)
+        self._socket = None
+        self._client_id = None
+
+    # Read from the library on first use, not at connect: two prototypes and two calls that
+    # a process which never asks need not pay for (~17 us of a fresh process's connect()).
+    @property
+    def socket(self):
+        """The daemon's socket path this client attached to."""
+        if self._socket is None:
+            self._socket = self._fetch(self._lib.weightd_socket_path, _s)
+        return self._socket
+
+    @property
+    def client_id(self):
+        """The daemon's number for this client (as its logs and weightctl show it)."""
+        if self._client_id is None:
+            self._client_id = self._fetch(self._lib.weightd_client_id, int)
+        return self._client_id
+
+    def _fetch(self, fn, conv):
+        self._enter()
+        try:
+            return conv(fn(self._h))
+        finally:
+            self._leave()
 
     # ---- plumbing ----
 
@@ -500,6 +523,11 @@ class Client:
                             "delete them before closing" % n, "close")
         self._lock.acquire()
         try:
+            # Kept readable after close (the properties read them from the handle).
+            if self._socket is None:
+                self._socket = _s(self._lib.weightd_socket_path(self._h))
+            if self._client_id is None:
+                self._client_id = int(self._lib.weightd_client_id(self._h))
             self._closed = True
             self._leases.clear()
             self._pending.clear()
@@ -580,6 +608,17 @@ class _NoGC:
 _SLICES = [slice(0, r) for r in range(17)]
 
 
+class _Shapes(dict):
+    """Maps a shape tuple to the first equal tuple it was given (map(shapes.__getitem__,
+    rows) keeps one object per distinct shape); only a shape not seen yet runs Python code."""
+
+    __slots__ = ()
+
+    def __missing__(self, shape):
+        self[shape] = shape
+        return shape
+
+
 class _Table:
     """Where every host-resident tensor of a pin lies, read from the registry in one
     weightd_tensor_table() call, as parallel lists (tensor i: keys[i], safetensors dtype
@@ -639,26 +678,44 @@ def _read_table(c, model, component):
         return None
     # Names hold no NUL byte (the registry stores them NUL-terminated): one decode for all.
     keys = names[:tab.names_len - 1].tobytes().decode("utf-8", "replace").split("\0")
+    if len(keys) != n:
+        return None
     q = memoryview(locs)[:n * W]
     q32 = q.cast("B").cast("I")
     nums = q32[4::2 * W].tolist()
     ranks = q32[5::2 * W].tolist()
-    lo_dt, hi_dt = min(nums), max(nums)
-    if len(keys) != n or hi_dt >= len(dtypes.NAMES):
-        return None
-    if lo_dt == hi_dt:
+    # list.count() compares small ints by identity: an O(n) pass in C, cheaper than min/max.
+    dt0 = nums[0]
+    if nums.count(dt0) == n:
         # One dtype for the whole pin (the usual case): no per-tensor lookups.
-        dtnames = [dtypes.NAMES[lo_dt]] * n
-        npdts = [dtypes.NUMPY_BY_NUMBER[lo_dt]] * n
+        if dt0 >= len(dtypes.NAMES):
+            return None
+        dtnames = [dtypes.NAMES[dt0]] * n
+        npdts = [dtypes.NUMPY_BY_NUMBER[dt0]] * n
+        subbyte = dtnames[0] in dtypes.SUBBYTE
     else:
+        if max(nums) >= len(dtypes.NAMES):
+            return None
         dtnames = list(map(dtypes.NAMES.__getitem__, nums))
         npdts = list(map(dtypes.NUMPY_BY_NUMBER.__getitem__, nums))
-    maxr = max(ranks)
-    # Shapes as tuples, one column per dimension zipped together; shorter ranks cut after.
-    shapes = list(zip(*[q[4 + r::W].tolist() for r in range(maxr)])) if maxr else [()] * n
-    if min(ranks) != maxr:
-        shapes = list(map(operator.getitem, shapes, map(_SLICES.__getitem__, ranks)))
-    if not dtypes.SUBBYTE.isdisjoint(dtnames):
+        subbyte = not dtypes.SUBBYTE.isdisjoint(dtnames)
+    r0 = ranks[0]
+    one_rank = ranks.count(r0) == n
+    maxr = r0 if one_rank else max(ranks)
+    if maxr:
+        # Shapes as tuples, one column per dimension zipped together; shorter ranks cut.
+        rows = zip(*[q[4 + r::W].tolist() for r in range(maxr)])
+        if not one_rank:
+            rows = map(operator.getitem, rows, map(_SLICES.__getitem__, ranks))
+        # One tuple object per distinct shape (_Shapes): a model repeats a few shapes, and
+        # a thousand new tuples would be a thousand objects for the garbage collector to
+        # track -- its next young-generation pass over them cost ~90 us in a fresh process,
+        # more than making them. zip() reuses its result tuple when the lookup found the
+        # shape already there, so a repeated shape allocates nothing.
+        shapes = list(map(_Shapes().__getitem__, rows))
+    else:
+        shapes = [()] * n
+    if subbyte:
         shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
                   for d, sh in zip(dtnames, shapes)]
     offs = q[0::W].tolist()
