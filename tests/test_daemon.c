@@ -367,7 +367,7 @@ struct hello_case {
 	const char *what;
 	void (*mutate)(struct wd_hello *h, size_t *len);
 	int status;
-	const char *message;	/* substring of the reply's message */
+	const char *message;	/* substring of the reply's message; NULL: the versions */
 };
 
 static void m_version(struct wd_hello *h, size_t *len) { h->version = WD_ABI_VERSION + 1; }
@@ -379,7 +379,7 @@ static void m_entries(struct wd_hello *h, size_t *len) { h->sq_entries = 3; }
 static void m_huge(struct wd_hello *h, size_t *len) { h->cq_entries = 1u << 20; }
 
 static const struct hello_case hello_cases[] = {
-	{ "next ABI version", m_version, -EPROTONOSUPPORT, "client ABI 3, daemon ABI 2" },
+	{ "next ABI version", m_version, -EPROTONOSUPPORT, NULL },	/* names both versions */
 	{ "bad magic", m_magic, -EBADMSG, "magic 0x12345678" },
 	{ "sqe size 128", m_sqe, -EBADMSG, "sqe 128" },
 	{ "short hello", m_short, -EBADMSG, "32 bytes" },
@@ -390,11 +390,15 @@ static const struct hello_case hello_cases[] = {
 
 static void test_hello_rejected(void **state)
 {
+	char versions[64];
 	struct dproc p;
 
+	snprintf(versions, sizeof(versions), "client ABI %u, daemon ABI %u", WD_ABI_VERSION + 1,
+		 WD_ABI_VERSION);
 	dproc_start(&p, NULL);
 	for (size_t i = 0; i < ARRAY_SIZE(hello_cases); i++) {
 		const struct hello_case *hc = &hello_cases[i];
+		const char *want = hc->message ? hc->message : versions;
 		struct wd_hello h = hello_default();
 		size_t len = sizeof(h);
 		struct tclient c;
@@ -402,9 +406,9 @@ static void test_hello_rejected(void **state)
 
 		hc->mutate(&h, &len);
 		ret = attach_raw(p.sock, &h, len, &c);
-		CHECK(ret == hc->status && strstr(c.reply.message, hc->message),
+		CHECK(ret == hc->status && strstr(c.reply.message, want),
 		      "%s: status %d message \"%s\", expected %d \"%s\"", hc->what, ret,
-		      c.reply.message, hc->status, hc->message);
+		      c.reply.message, hc->status, want);
 		tclient_close(&c);
 	}
 	/* The daemon still serves a well-formed client after all of that. */
