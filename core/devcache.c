@@ -111,19 +111,6 @@ struct devcache {
 
 /* ---- small helpers --------------------------------------------------------------------- */
 
-static uint16_t WD_PRINTF(2, 3) setmsg(char *out, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(out, WD_DATA_SLOT_SIZE, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return 0;
-	return (uint16_t)(n >= (int)WD_DATA_SLOT_SIZE ? (int)WD_DATA_SLOT_SIZE - 1 : n);
-}
-
 int devcache_parse_budget(const char *s, uint64_t *bytes, unsigned int *pct)
 {
 	size_t len = s ? strlen(s) : 0;
@@ -175,27 +162,27 @@ static int parse_form(const struct wd_sqe *sqe, const char *op, uint8_t *conv,
 
 	*conv = 0;
 	if (sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || (a & ~WD_LOAD_ARG_ALL)) {
-		cqe->data_len = setmsg(out, "%s: unknown bits in arg[0] or arg[1..4] set", op);
+		cqe->data_len = ops_msg(out, "%s: unknown bits in arg[0] or arg[1..4] set", op);
 		cqe->res = -EINVAL;
 		return -EINVAL;
 	}
 	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
-		cqe->data_len = setmsg(out, "%s: a GPU tier holds whole components: tensor "
-				       "selection (WD_LOAD_PREFIX/NAMES) is for the host tier", op);
+		cqe->data_len = ops_msg(out, "%s: a GPU tier holds whole components: tensor "
+					"selection (WD_LOAD_PREFIX/NAMES) is for the host tier", op);
 		cqe->res = -EINVAL;
 		return -EINVAL;
 	}
 	if (!(a & WD_LOAD_CONVERT)) {
 		if (dt) {
-			cqe->data_len = setmsg(out, "%s: a dtype without WD_LOAD_CONVERT", op);
+			cqe->data_len = ops_msg(out, "%s: a dtype without WD_LOAD_CONVERT", op);
 			cqe->res = -EINVAL;
 			return -EINVAL;
 		}
 		return 0;
 	}
 	if (dt != GPU_DTYPE_F16 && dt != GPU_DTYPE_BF16) {
-		cqe->data_len = setmsg(out, "%s: F32 converts to F16 (%u) or BF16 (%u), not %u", op,
-				       GPU_DTYPE_F16, GPU_DTYPE_BF16, dt);
+		cqe->data_len = ops_msg(out, "%s: F32 converts to F16 (%u) or BF16 (%u), not %u", op,
+					GPU_DTYPE_F16, GPU_DTYPE_BF16, dt);
 		cqe->res = -EINVAL;
 		return -EINVAL;
 	}
@@ -1218,10 +1205,10 @@ static int no_gpu(struct devcache *dc, uint32_t tier, const char *op, struct wd_
 		  char *out)
 {
 	if (!dc->n)
-		cqe->data_len = setmsg(out, "%s: GPU tier not available: %s", op, dc->why);
+		cqe->data_len = ops_msg(out, "%s: GPU tier not available: %s", op, dc->why);
 	else
-		cqe->data_len = setmsg(out, "%s: no GPU cuda:%u (this host has %u, %s)", op,
-				       tier - 1, dc->n, dc->ops->kind);
+		cqe->data_len = ops_msg(out, "%s: no GPU cuda:%u (this host has %u, %s)", op,
+					tier - 1, dc->n, dc->ops->kind);
 	cqe->res = -ENOTSUP;
 	return -ENOTSUP;
 }
@@ -1242,7 +1229,7 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 	if (parse_form(sqe, "load", &conv, cqe, out))
 		return OPS_DONE;
 	if (model == WD_ID_NONE) {
-		cqe->data_len = setmsg(out, "load: a GPU tier needs the model by index");
+		cqe->data_len = ops_msg(out, "load: a GPU tier needs the model by index");
 		cqe->res = -EINVAL;
 		return OPS_DONE;
 	}
@@ -1500,8 +1487,8 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	int ret, msgs;
 
 	if (sqe->tier == WD_TIER_HOST) {
-		cqe->data_len = setmsg(out, "device_map: the host tier is mapped at attach; name a "
-				       "GPU tier");
+		cqe->data_len = ops_msg(out, "device_map: the host tier is mapped at attach; name a "
+					"GPU tier");
 		cqe->res = -EINVAL;
 		return;
 	}
@@ -1510,7 +1497,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 		return;
 	}
 	if (sqe->flags) {
-		cqe->data_len = setmsg(out, "device_map: flags must be 0");
+		cqe->data_len = ops_msg(out, "device_map: flags must be 0");
 		cqe->res = -EINVAL;
 		return;
 	}
@@ -1518,7 +1505,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 		return;
 	targets(d, model, sqe->component, &first, &n);
 	if (n != 1) {
-		cqe->data_len = setmsg(out, "device_map: name one component (the model has %u)", n);
+		cqe->data_len = ops_msg(out, "device_map: name one component (the model has %u)", n);
 		cqe->res = -EINVAL;
 		return;
 	}
@@ -1527,8 +1514,8 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	e = find(dc, g, first, conv);
 	if (!e || !e->resident) {
 		pthread_mutex_unlock(&dc->lock);
-		cqe->data_len = setmsg(out, "device_map: component %u is not resident on cuda:%d "
-				       "in that form (LOAD it there first)", first, g->ordinal);
+		cqe->data_len = ops_msg(out, "device_map: component %u is not resident on cuda:%d "
+					"in that form (LOAD it there first)", first, g->ordinal);
 		cqe->res = -ENODATA;
 		return;
 	}
@@ -1556,8 +1543,8 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 			pthread_mutex_unlock(&d->state_lock);
 		}
 		pthread_mutex_unlock(&dc->lock);
-		cqe->data_len = setmsg(out, "device_map: cannot send the allocation on the socket: "
-				       "%s", strerror(-msgs));
+		cqe->data_len = ops_msg(out, "device_map: cannot send the allocation on the socket: "
+					"%s", strerror(-msgs));
 		cqe->res = msgs;
 		return;
 	}
@@ -1593,8 +1580,8 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 			continue;
 		if (!e->resident || e->pins) {
 			pthread_mutex_unlock(&dc->lock);
-			*out_len = setmsg(out, "unload: %s is %s; retry later", e->key,
-					  e->resident ? "mapped or pinned by a client" : "loading");
+			*out_len = ops_msg(out, "unload: %s is %s; retry later", e->key,
+					   e->resident ? "mapped or pinned by a client" : "loading");
 			return -EBUSY;
 		}
 	}
@@ -1624,7 +1611,7 @@ uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_
 	*n_out = 0;
 	*text_len = 0;
 	if (!dc->n) {
-		*text_len = setmsg(out, "%s", dc->why);
+		*text_len = ops_msg(out, "%s", dc->why);
 		return 0;
 	}
 	pthread_mutex_lock(&dc->lock);

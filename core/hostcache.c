@@ -164,19 +164,6 @@ static int place_extent(struct hostcache *hc, const char *name, uint64_t off, ui
 	return c.node;
 }
 
-static uint16_t WD_PRINTF(2, 3) setmsg(char *out, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(out, WD_DATA_SLOT_SIZE, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return 0;
-	return (uint16_t)(n >= (int)WD_DATA_SLOT_SIZE ? (int)WD_DATA_SLOT_SIZE - 1 : n);
-}
-
 static const char *form_name(uint8_t convert)
 {
 	const struct st_dtype_info *di;
@@ -203,35 +190,35 @@ static int parse_form(const struct wd_sqe *sqe, const char *arg, uint16_t len, s
 	memset(f, 0, sizeof(*f));
 	if (a & ~(uint64_t)WD_LOAD_ARG_ALL || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
 	    sqe->arg[4]) {
-		*out_len = setmsg(out, "load: unknown bits in arg[0] (%#" PRIx64 ") or arg[1..4]",
-				  a);
+		*out_len = ops_msg(out, "load: unknown bits in arg[0] (%#" PRIx64 ") or arg[1..4]",
+				   a);
 		return -EINVAL;
 	}
 	if (a & WD_LOAD_CONVERT) {
 		uint8_t to = (uint8_t)(a & WD_LOAD_DTYPE_MASK);
 
 		if (!convert_supported(ST_F32, (enum st_dtype)to)) {
-			*out_len = setmsg(out, "load: conversion to dtype %u is not supported (F16 "
-					  "or BF16)", to);
+			*out_len = ops_msg(out, "load: conversion to dtype %u is not supported (F16 "
+					   "or BF16)", to);
 			return -EINVAL;
 		}
 		f->convert = to;
 	} else if (a & WD_LOAD_DTYPE_MASK) {
-		*out_len = setmsg(out, "load: a dtype in arg[0] without WD_LOAD_CONVERT");
+		*out_len = ops_msg(out, "load: a dtype in arg[0] without WD_LOAD_CONVERT");
 		return -EINVAL;
 	}
 	if ((a & WD_LOAD_PREFIX) && (a & WD_LOAD_NAMES)) {
-		*out_len = setmsg(out, "load: WD_LOAD_PREFIX and WD_LOAD_NAMES together");
+		*out_len = ops_msg(out, "load: WD_LOAD_PREFIX and WD_LOAD_NAMES together");
 		return -EINVAL;
 	}
 	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
 		if (sqe->model == WD_ID_NONE) {
-			*out_len = setmsg(out, "load: a tensor selection needs the model by index "
-					  "(the payload is the selection)");
+			*out_len = ops_msg(out, "load: a tensor selection needs the model by index "
+					   "(the payload is the selection)");
 			return -EINVAL;
 		}
 		if (!len || ((a & WD_LOAD_PREFIX) && memchr(arg, '\0', len))) {
-			*out_len = setmsg(out, "load: empty or malformed tensor selection");
+			*out_len = ops_msg(out, "load: empty or malformed tensor selection");
 			return -EINVAL;
 		}
 		f->sel = (a & WD_LOAD_PREFIX) ? SEL_PREFIX : SEL_NAMES;
@@ -534,6 +521,22 @@ static int64_t evict_for(void *arg, uint64_t bytes, int err)
 	return freed;
 }
 
+/* Drops the entries evict_admit() chose (or forgets a key it has no entry for), frees @v. */
+static void evict_victims(struct daemon *d, struct evict_victims *v)
+{
+	struct hostcache *hc = d->hc;
+
+	for (size_t i = 0; i < v->n; i++) {
+		struct entry *e = find_key(hc, v->keys[i]);
+
+		if (e)
+			drop_entry(d, e, true);
+		else
+			evict_remove(hc->pol, v->keys[i], true);
+	}
+	evict_victims_free(v);
+}
+
 /*
  * Makes room for @bytes and allocates the extent: admission (which may pick victims), the
  * victims dropped, then the allocation under the recovery policy (core/recovery.h: when no
@@ -552,15 +555,7 @@ static int make_room(struct daemon *d, const char *name, uint64_t bytes, uint64_
 	ret = evict_admit(hc->pol, name, bytes, a.now, &v, msg, WD_DATA_SLOT_SIZE);
 	if (ret)
 		return ret;
-	for (size_t i = 0; i < v.n; i++) {
-		struct entry *e = find_key(hc, v.keys[i]);
-
-		if (e)
-			drop_entry(d, e, true);
-		else
-			evict_remove(hc->pol, v.keys[i], true);
-	}
-	evict_victims_free(&v);
+	evict_victims(d, &v);
 	ret = recovery_alloc_retry(&(struct recovery_alloc){
 		.tier = "host", .name = name, .what = "an extent", .bytes = bytes,
 		.try_alloc = try_extent, .evict = evict_for, .arg = &a }, msg, WD_DATA_SLOT_SIZE);
@@ -1404,7 +1399,7 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	int ret;
 
 	if (sqe->tier != WD_TIER_HOST) {
-		cqe->data_len = setmsg(out, "load: GPU tier not available: %s", hc->gpu_why);
+		cqe->data_len = ops_msg(out, "load: GPU tier not available: %s", hc->gpu_why);
 		cqe->res = -ENOTSUP;
 		return OPS_DONE;
 	}
@@ -1497,8 +1492,8 @@ int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *
 		for (uint32_t cid = first; cid < first + n; cid++) {
 			if (((!e->resident && !e->cancelled) || e->holds) && find_bind(e, cid)) {
 				pthread_mutex_unlock(&hc->lock);
-				*out_len = setmsg(out, "unload: %s is %s; retry when it ends", e->key,
-						  e->holds ? "being copied to a GPU" : "loading");
+				*out_len = ops_msg(out, "unload: %s is %s; retry when it ends", e->key,
+						   e->holds ? "being copied to a GPU" : "loading");
 				return -EBUSY;
 			}
 		}
@@ -2103,15 +2098,7 @@ int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t ms
 			pthread_mutex_unlock(&hc->lock);
 			return -EBUSY;
 		}
-		for (size_t i = 0; i < v.n; i++) {
-			struct entry *e = find_key(hc, v.keys[i]);
-
-			if (e)
-				drop_entry(d, e, true);
-			else
-				evict_remove(hc->pol, v.keys[i], true);
-		}
-		evict_victims_free(&v);
+		evict_victims(d, &v);
 	} else if (want < hc->shrink) {
 		evict_unreserve(hc->pol, hc->shrink - want);
 	}
