@@ -37,15 +37,12 @@
 #include "gpu/topo.h"
 #include "uring/rawread.h"
 
-#define MAXF 64
+#define MAXF RAWREAD_MAX_FILES
 #define PINNED_BUF (256u << 20)
 #define PINNED_CHUNK (64u << 20)
 #define VRAM_ALIGN 256u
 
-static char paths[MAXF][1024];
-static const char *path_ptrs[MAXF];
-static uint64_t sizes[MAXF], bases[MAXF], total_file, total_alloc;
-static unsigned int nfiles;
+static struct rawread_set set;	/* the checkpoint's files */
 
 static double now_s(void)
 {
@@ -55,19 +52,6 @@ static double now_s(void)
 static double best(double a, double b)
 {
 	return a <= 0 || (b > 0 && b < a) ? b : a;
-}
-
-static void gen_progress(void *arg, uint64_t done, uint64_t total)
-{
-	uint64_t *last = arg;
-
-	if (done - *last >= (256u << 20) || done == total) {
-		fprintf(stderr, "\rgenerating: %llu / %llu MiB", (unsigned long long)(done >> 20),
-			(unsigned long long)(total >> 20));
-		*last = done;
-		if (done == total)
-			fputc('\n', stderr);
-	}
 }
 
 static void skip(const char *why)
@@ -102,11 +86,11 @@ static int plan_transfers(int *fds, uint64_t base, struct staging_transfer **out
 	size_t n = 0, cap = 0;
 	uint64_t dst = 0, bytes = 0;
 
-	for (unsigned int i = 0; i < nfiles; i++) {
+	for (unsigned int i = 0; i < set.n; i++) {
 		struct st_file f;
 		struct st_error err;
 
-		if (st_open_fd(fds[i], paths[i], &f, &err))
+		if (st_open_fd(fds[i], set.paths[i], &f, &err))
 			return -EINVAL;
 		for (uint32_t k = 0; k < f.n_tensors; k++) {
 			uint64_t len = f.tensors[k].end - f.tensors[k].begin;
@@ -123,7 +107,7 @@ static int plan_transfers(int *fds, uint64_t base, struct staging_transfer **out
 				}
 				t = nt;
 			}
-			t[n++] = (struct staging_transfer){ .fd = fds[i], .name = paths[i],
+			t[n++] = (struct staging_transfer){ .fd = fds[i], .name = set.paths[i],
 							    .off = f.data_start + f.tensors[k].begin,
 							    .len = len };
 			bytes += len;
@@ -193,7 +177,7 @@ static double safetensors_load(bool cold)
 	FILE *f;
 
 	if (cold)
-		rawread_drop_cache(path_ptrs, nfiles, true);
+		rawread_drop_cache((const char *const *)set.paths, set.n, true);
 	len = (size_t)snprintf(cmd, sizeof(cmd), "python3 -c '"
 		"import sys, time, torch\n"
 		"from safetensors.torch import load_file\n"
@@ -203,8 +187,8 @@ static double safetensors_load(bool cold)
 		"    d = load_file(p, device=\"cuda:0\")\n"
 		"torch.cuda.synchronize()\n"
 		"print(time.perf_counter() - t)\n' ");
-	for (unsigned int i = 0; i < nfiles && len < sizeof(cmd); i++)
-		len += (size_t)snprintf(cmd + len, sizeof(cmd) - len, " '%s'", paths[i]);
+	for (unsigned int i = 0; i < set.n && len < sizeof(cmd); i++)
+		len += (size_t)snprintf(cmd + len, sizeof(cmd) - len, " '%s'", set.paths[i]);
 	if (len >= sizeof(cmd))
 		return -1;
 	f = popen(cmd, "r");
@@ -226,7 +210,7 @@ static bool have_safetensors(void)
 int main(int argc, char **argv)
 {
 	const char *size_s = "1G", *dir = NULL;
-	char dirbuf[512], stamp[600], cmd[700], why[512] = "";
+	char dirbuf[512], why[512] = "";
 	int runs = 3, c, fds[MAXF];
 	uint64_t size, tensor_bytes = 0;
 	const struct gpu_ops *ops;
@@ -243,7 +227,6 @@ int main(int argc, char **argv)
 	char *host = NULL;
 	bool emulated, st_ok = false;
 	double s_pinned = 0, s_storage = 0, s_disk = 0, s_host = 0, s_st_cold = 0, s_st_warm = 0;
-	FILE *f;
 
 	while ((c = getopt(argc, argv, "s:d:r:")) != -1) {
 		switch (c) {
@@ -273,41 +256,17 @@ int main(int argc, char **argv)
 		snprintf(dirbuf, sizeof(dirbuf), "build/bench-data/llama-%s", size_s);
 		dir = dirbuf;
 	}
-	snprintf(stamp, sizeof(stamp), "%s/.complete", dir);
-	if (access(stamp, F_OK)) {
-		uint64_t last = 0;
-		struct gen_options go = { .size = size, .shards = 4, .progress = gen_progress,
-					  .arg = &last };
-
-		if (gen_preset("llama", dir, &go)) {
-			fprintf(stderr, "cannot generate %s\n", dir);
+	c = rawread_bench_model(dir, size, &set);
+	if (c) {
+		fprintf(stderr, "cannot generate or list %s: %s\n", dir, strerror(-c));
+		return 1;
+	}
+	for (unsigned int i = 0; i < set.n; i++) {
+		fds[i] = open(set.paths[i], O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0) {
+			fprintf(stderr, "%s: %s\n", set.paths[i], strerror(errno));
 			return 1;
 		}
-		close(open(stamp, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-	}
-	snprintf(cmd, sizeof(cmd), "ls %s/*.safetensors", dir);
-	f = popen(cmd, "r");
-	while (f && nfiles < MAXF && fgets(paths[nfiles], sizeof(paths[0]), f)) {
-		struct stat sb;
-
-		paths[nfiles][strcspn(paths[nfiles], "\n")] = 0;
-		if (stat(paths[nfiles], &sb))
-			continue;
-		path_ptrs[nfiles] = paths[nfiles];
-		sizes[nfiles] = (uint64_t)sb.st_size;
-		bases[nfiles] = total_alloc;
-		total_file += sizes[nfiles];
-		total_alloc += (sizes[nfiles] + 4095) & ~4095ull;
-		fds[nfiles] = open(paths[nfiles], O_RDONLY | O_CLOEXEC);
-		if (fds[nfiles] < 0)
-			continue;
-		nfiles++;
-	}
-	if (f)
-		pclose(f);
-	if (!nfiles) {
-		fprintf(stderr, "no safetensors files in %s\n", dir);
-		return 1;
 	}
 	if (plan_transfers(fds, 0, &t, &nt, &tensor_bytes)) {
 		fprintf(stderr, "cannot read the headers in %s\n", dir);
@@ -341,14 +300,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	memset(pinned, 0x3c, PINNED_BUF);
-	if (posix_memalign((void **)&host, 4096, total_alloc + (4u << 20))) {
-		fprintf(stderr, "out of memory for %llu bytes\n", (unsigned long long)total_alloc);
+	if (posix_memalign((void **)&host, 4096, set.total_alloc + (4u << 20))) {
+		fprintf(stderr, "out of memory for %llu bytes\n", (unsigned long long)set.total_alloc);
 		return 1;
 	}
-	memset(host, 0, total_alloc + (4u << 20));
+	memset(host, 0, set.total_alloc + (4u << 20));
 	fprintf(stderr, "device: %s%s (%s), files: %u, %.2f GB, %zu tensors\n", info.name,
 		emulated ? " [emulated]" : "", info.pci_bus_id[0] ? info.pci_bus_id : "no PCI id",
-		nfiles, (double)total_file / 1e9, nt);
+		set.n, (double)set.total_file / 1e9, nt);
 	st_ok = !emulated && have_safetensors();
 
 	for (int r = 0; r < runs; r++) {
@@ -356,11 +315,12 @@ int main(int argc, char **argv)
 
 		s_pinned = best(s_pinned, pinned_h2d(ops, dev, pinned, &v, tensor_bytes));
 
-		rawread_drop_cache(path_ptrs, nfiles, true);
-		if (rawread_files(path_ptrs, sizes, bases, nfiles, host, true, &secs) == 0)
+		rawread_drop_cache((const char *const *)set.paths, set.n, true);
+		if (rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, host,
+				  true, &secs) == 0)
 			s_storage = best(s_storage, secs);
 
-		rawread_drop_cache(path_ptrs, nfiles, true);
+		rawread_drop_cache((const char *const *)set.paths, set.n, true);
 		t0 = now_s();
 		if (staging_load(st, t, nt, NULL, why, sizeof(why))) {
 			fprintf(stderr, "staging_load: %s\n", why);
@@ -369,7 +329,7 @@ int main(int argc, char **argv)
 		s_disk = best(s_disk, now_s() - t0);
 
 		/* The host cache's copy of the files: the bytes rawread just put in @host. */
-		if (ops->host_register(dev, host, total_alloc, why, sizeof(why)) == 0) {
+		if (ops->host_register(dev, host, set.total_alloc, why, sizeof(why)) == 0) {
 			struct staging_host_copy *hc = calloc(nt, sizeof(*hc));
 
 			if (!hc)
@@ -379,7 +339,7 @@ int main(int argc, char **argv)
 
 				while (fds[fi] != t[k].fd)
 					fi++;
-				hc[k] = (struct staging_host_copy){ host + bases[fi] + t[k].off,
+				hc[k] = (struct staging_host_copy){ host + set.bases[fi] + t[k].off,
 								    t[k].len, t[k].dst };
 			}
 			t0 = now_s();
@@ -401,7 +361,7 @@ int main(int argc, char **argv)
 	staging_get_stats(st, &ss);
 
 	{
-		double gb = (double)tensor_bytes / 1e9, files_gb = (double)total_file / 1e9;
+		double gb = (double)tensor_bytes / 1e9, files_gb = (double)set.total_file / 1e9;
 		double pinned_gbps = s_pinned > 0 ? gb / s_pinned : 0;
 		double storage_gbps = s_storage > 0 ? files_gb / s_storage : 0;
 		double disk_gbps = s_disk > 0 ? gb / s_disk : 0;
@@ -462,7 +422,7 @@ int main(int argc, char **argv)
 		       "\"pinned_h2d_gbps\":%.3f,\"storage_direct_gbps\":%.3f,"
 		       "\"disk_to_vram_gbps\":%.3f,\"host_to_vram_gbps\":%.3f,"
 		       "\"safetensors_cold_gbps\":%s,\"safetensors_warm_gbps\":%s}%s}\n",
-		       info.name, ops->kind, (unsigned long long)tensor_bytes, nfiles, nt, runs,
+		       info.name, ops->kind, (unsigned long long)tensor_bytes, set.n, nt, runs,
 		       te.node, emulated ? "emulated" : "figures", pinned_gbps, storage_gbps,
 		       disk_gbps, host_gbps, stc_s, stw_s, ratios);
 	}
@@ -473,7 +433,7 @@ int main(int argc, char **argv)
 	placement_close(pl);
 	free(host);
 	free(t);
-	for (unsigned int i = 0; i < nfiles; i++)
+	for (unsigned int i = 0; i < set.n; i++)
 		close(fds[i]);
 	return 0;
 }

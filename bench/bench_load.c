@@ -34,11 +34,9 @@
 #include "uring/rawread.h"
 
 #define CHUNK (4u << 20)
-#define MAXF 64
+#define MAXF RAWREAD_MAX_FILES
 
-static char paths[MAXF][1024];
-static uint64_t sizes[MAXF], bases[MAXF], total_file, total_alloc;
-static int nfiles;
+static struct rawread_set set;	/* the checkpoint's files */
 static const char *cold_method = "none";
 
 static double now_s(void)
@@ -49,11 +47,8 @@ static double now_s(void)
 /* Drops the page cache for our files: globally when allowed, else per file. */
 static void drop_caches(void)
 {
-	const char *p[MAXF];
-
-	for (int i = 0; i < nfiles; i++)
-		p[i] = paths[i];
-	cold_method = rawread_drop_name(rawread_drop_cache(p, (unsigned int)nfiles, true));
+	cold_method = rawread_drop_name(rawread_drop_cache((const char *const *)set.paths, set.n,
+							   true));
 }
 
 /*
@@ -62,13 +57,11 @@ static void drop_caches(void)
  */
 static double raw_uring(char *buf, bool direct)
 {
-	const char *p[MAXF];
 	double secs;
 	int ret;
 
-	for (int i = 0; i < nfiles; i++)
-		p[i] = paths[i];
-	ret = rawread_files(p, sizes, bases, (unsigned int)nfiles, buf, direct, &secs);
+	ret = rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, buf,
+			    direct, &secs);
 	if (ret == -EINVAL || ret == -ENOMEM)
 		return -1;
 	if (ret) {
@@ -83,13 +76,13 @@ static double mmap_touch(void)
 	volatile uint64_t sink = 0;
 	double t0 = now_s();
 
-	for (int i = 0; i < nfiles; i++) {
-		int fd = open(paths[i], O_RDONLY);
-		const volatile char *m = mmap(NULL, sizes[i], PROT_READ, MAP_PRIVATE, fd, 0);
+	for (unsigned int i = 0; i < set.n; i++) {
+		int fd = open(set.paths[i], O_RDONLY);
+		const volatile char *m = mmap(NULL, set.sizes[i], PROT_READ, MAP_PRIVATE, fd, 0);
 
-		for (uint64_t o = 0; o < sizes[i]; o += 4096)
+		for (uint64_t o = 0; o < set.sizes[i]; o += 4096)
 			sink += (uint64_t)m[o];
-		munmap((void *)m, sizes[i]);
+		munmap((void *)m, set.sizes[i]);
 		close(fd);
 	}
 	(void)sink;
@@ -100,13 +93,13 @@ static double read_malloc(void)
 {
 	double t0 = now_s();
 
-	for (int i = 0; i < nfiles; i++) {
-		char *m = malloc(sizes[i]);
-		int fd = open(paths[i], O_RDONLY);
+	for (unsigned int i = 0; i < set.n; i++) {
+		char *m = malloc(set.sizes[i]);
+		int fd = open(set.paths[i], O_RDONLY);
 		uint64_t got = 0;
 		ssize_t n;
 
-		while (got < sizes[i] && (n = read(fd, m + got, sizes[i] - got)) > 0)
+		while (got < set.sizes[i] && (n = read(fd, m + got, set.sizes[i] - got)) > 0)
 			got += (uint64_t)n;
 		close(fd);
 		free(m);
@@ -123,7 +116,7 @@ struct lrun {
 static struct lrun run_loader(struct arena *a, struct loader *l, unsigned int flags)
 {
 	struct load_file_spec fs[MAXF];
-	struct load_spec spec = { .name = "llama", .n_files = (size_t)nfiles, .files = fs,
+	struct load_spec spec = { .name = "llama", .n_files = (size_t)set.n, .files = fs,
 				  .flags = flags };
 	char msg[LOADER_MSG_MAX];
 	struct lrun r = { -1, 0, 0, 0 };
@@ -131,8 +124,8 @@ static struct lrun run_loader(struct arena *a, struct loader *l, unsigned int fl
 	uint64_t ext;
 	double t0;
 
-	for (int i = 0; i < nfiles; i++)
-		fs[i] = (struct load_file_spec){ .path = paths[i] };
+	for (unsigned int i = 0; i < set.n; i++)
+		fs[i] = (struct load_file_spec){ .path = set.paths[i] };
 	t0 = now_s();
 	if (loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)) || arena_alloc(a, p->bytes, &ext)) {
 		fprintf(stderr, "plan/alloc failed: %s\n", msg);
@@ -156,22 +149,13 @@ static double best(double a, double b)
 	return a < 0 ? b : b < a ? b : a;
 }
 
-static void progress(void *arg, uint64_t done, uint64_t total)
-{
-	uint64_t *last = arg, pct = total ? done * 100 / total : 0;
-
-	if (pct / 10 != *last / 10)
-		fprintf(stderr, "generating: %lu%%\n", pct);
-	*last = pct;
-}
-
 int main(int argc, char **argv)
 {
 	const char *size_s = "1G", *dir = NULL, *out = "bench/out";
 	struct arena_options ao = { 0 };
 	struct arena *arena;
 	struct loader *loader;
-	char stamp[1100], cmd[2400], dirbuf[1024];
+	char cmd[2400], dirbuf[1024];
 	uint64_t size, tensor_bytes = 0, arena_bytes = 0, aligned_bytes = 0;
 	int runs = 3, c, direct_files = 0;
 	double w_raw = -1, c_raw = -1, c_dio = -1, w_mmap = -1, c_mmap = -1, w_read = -1;
@@ -197,47 +181,21 @@ int main(int argc, char **argv)
 		snprintf(dirbuf, sizeof(dirbuf), "build/bench-data/llama-%s", size_s);
 		dir = dirbuf;
 	}
-	/* Generate once per size: a stamp file marks a complete checkpoint. */
-	snprintf(stamp, sizeof(stamp), "%s/.complete", dir);
-	if (access(stamp, F_OK)) {
-		uint64_t last = 0;
-		struct gen_options go = { .size = size, .shards = 4, .progress = progress,
-					  .arg = &last };
-
-		if (gen_preset("llama", dir, &go)) {
-			fprintf(stderr, "cannot generate %s\n", dir);
-			return 1;
-		}
-		close(open(stamp, O_WRONLY | O_CREAT, 0644));
-	}
-	snprintf(cmd, sizeof(cmd), "ls %s/*.safetensors", dir);
-	f = popen(cmd, "r");
-	while (f && nfiles < MAXF && fgets(paths[nfiles], sizeof(paths[0]), f)) {
-		struct stat sb;
-
-		paths[nfiles][strcspn(paths[nfiles], "\n")] = 0;
-		if (stat(paths[nfiles], &sb))
-			continue;
-		sizes[nfiles] = (uint64_t)sb.st_size;
-		bases[nfiles] = total_alloc;
-		total_file += sizes[nfiles];
-		total_alloc += (sizes[nfiles] + 4095) & ~4095ull;
-		nfiles++;
-	}
-	if (f)
-		pclose(f);
-	if (!nfiles)
+	c = rawread_bench_model(dir, size, &set);
+	if (c) {
+		fprintf(stderr, "cannot generate or list %s: %s\n", dir, strerror(-c));
 		return 1;
+	}
 
-	char *buf = mmap(NULL, total_alloc + CHUNK, PROT_READ | PROT_WRITE,
+	char *buf = mmap(NULL, set.total_alloc + CHUNK, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	ao.budget = total_alloc * 2 + (64u << 20);
+	ao.budget = set.total_alloc * 2 + (64u << 20);
 	ao.flags = 0;
 	if (buf == MAP_FAILED || arena_create(&ao, &arena) || loader_create(arena, NULL, &loader)) {
 		fprintf(stderr, "setup failed\n");
 		return 1;
 	}
-	fprintf(stderr, "files: %d, %.2f GB; arena pages: %s\n", nfiles, (double)total_file / 1e9,
+	fprintf(stderr, "files: %d, %.2f GB; arena pages: %s\n", set.n, (double)set.total_file / 1e9,
 		arena_pages_name(arena->pages));
 	/* Cold first (each after a drop), then warm. */
 	for (int r = 0; r < runs; r++) {
@@ -293,7 +251,7 @@ int main(int argc, char **argv)
 
 	printf("%-28s %10s %10s\n", "path", "seconds", "GB/s");
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
-		gbs[i] = (double)total_file / rows[i].secs / 1e9;
+		gbs[i] = (double)set.total_file / rows[i].secs / 1e9;
 		printf("%-28s %10.3f %10.2f\n", rows[i].label, rows[i].secs, gbs[i]);
 	}
 	double warm_ratio = w_raw / w_al, warm_file_ratio = w_raw / w_fl;
@@ -309,12 +267,12 @@ int main(int argc, char **argv)
 	       100 * cold_ratio, 100 * cold_file_ratio, vs_mmap, vs_mmap_file);
 	printf("arena overhead beyond tensor bytes: aligned %.4f%%, file layout %.4f%% (target <= "
 	       "1%%); O_DIRECT files: %d of %d\n", 100 * overhead, 100 * overhead_file,
-	       direct_files, nfiles);
+	       direct_files, set.n);
 
 	o += (size_t)snprintf(json + o, sizeof(json) - o,
 			      "{\"bench\":\"load\",\"files\":%d,\"file_bytes\":%lu,"
 			      "\"tensor_bytes\":%lu,\"runs\":%d,\"cold_method\":\"%s\","
-			      "\"arena_pages\":\"%s\",\"odirect_files\":%d", nfiles, total_file,
+			      "\"arena_pages\":\"%s\",\"odirect_files\":%d", set.n, set.total_file,
 			      tensor_bytes, runs, cold_method, arena_pages_name(arena->pages),
 			      direct_files);
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++)
@@ -350,14 +308,14 @@ int main(int argc, char **argv)
 				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
 				 " set xtics rotate by -30; set title 'disk -> host cache (%.2f GB, %s)';"
 				 " plot '%s/load.dat' using 2:xtic(1) notitle\" 2>/dev/null", out,
-				 (double)total_file / 1e9, cold_method, out);
+				 (double)set.total_file / 1e9, cold_method, out);
 			if (system(cmd))
 				fprintf(stderr, "gnuplot failed; no chart\n");
 		}
 	}
 	loader_destroy(loader);
 	arena_destroy(arena);
-	munmap(buf, total_alloc + CHUNK);
+	munmap(buf, set.total_alloc + CHUNK);
 	printf("%s\n", json);
 	return 0;
 }

@@ -3,12 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <liburing.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/common.h"
+#include "core/gen.h"
 
 const char *rawread_drop_name(enum rawread_drop d)
 {
@@ -165,4 +169,71 @@ double rawread_memcpy_bps(uint64_t bytes, unsigned int runs)
 	free(a);
 	free(b);
 	return best;
+}
+
+static void gen_progress(void *arg, uint64_t done, uint64_t total)
+{
+	uint64_t *last = arg, pct = total ? done * 100 / total : 0;
+
+	if (pct / 10 != *last / 10)
+		fprintf(stderr, "generating: %llu%%\n", (unsigned long long)pct);
+	*last = pct;
+}
+
+int rawread_bench_model(const char *dir, uint64_t size, struct rawread_set *set)
+{
+	char stamp[4096], pattern[4096];
+	glob_t g;
+	int ret, fd;
+
+	memset(set, 0, sizeof(*set));
+	snprintf(stamp, sizeof(stamp), "%s/.complete", dir);
+	if (access(stamp, F_OK)) {
+		uint64_t last = 0;
+
+		ret = gen_preset("llama", dir, &(struct gen_options){
+					 .size = size, .shards = 4, .progress = gen_progress,
+					 .arg = &last });
+		if (ret)
+			return ret;
+		fd = open(stamp, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return -errno;
+		close(fd);
+	}
+	snprintf(pattern, sizeof(pattern), "%s/*.safetensors", dir);
+	if (glob(pattern, 0, NULL, &g))
+		return -ENOENT;
+	ret = 0;
+	for (size_t i = 0; i < g.gl_pathc && set->n < RAWREAD_MAX_FILES && !ret; i++) {
+		struct stat sb;
+
+		if (stat(g.gl_pathv[i], &sb)) {
+			ret = -errno;
+			break;
+		}
+		set->paths[set->n] = strdup(g.gl_pathv[i]);
+		if (!set->paths[set->n]) {
+			ret = -ENOMEM;
+			break;
+		}
+		set->sizes[set->n] = (uint64_t)sb.st_size;
+		set->bases[set->n] = set->total_alloc;
+		set->total_file += (uint64_t)sb.st_size;
+		set->total_alloc += ((uint64_t)sb.st_size + 4095) & ~4095ull;
+		set->n++;
+	}
+	globfree(&g);
+	if (!ret && !set->n)
+		ret = -ENOENT;
+	if (ret)
+		rawread_set_free(set);
+	return ret;
+}
+
+void rawread_set_free(struct rawread_set *set)
+{
+	for (unsigned int i = 0; i < set->n; i++)
+		free(set->paths[i]);
+	memset(set, 0, sizeof(*set));
 }

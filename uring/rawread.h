@@ -52,4 +52,25 @@ int rawread_files(const char *const *paths, const uint64_t *sizes, const uint64_
  */
 double rawread_memcpy_bps(uint64_t bytes, unsigned int runs);
 
+#define RAWREAD_MAX_FILES 64
+
+/* A benchmark's files, laid out for rawread_files(): file i at bases[i] (4096-aligned). */
+struct rawread_set {
+	unsigned int n;
+	char *paths[RAWREAD_MAX_FILES];
+	uint64_t sizes[RAWREAD_MAX_FILES], bases[RAWREAD_MAX_FILES];
+	uint64_t total_file;	/* bytes of the files */
+	uint64_t total_alloc;	/* bytes of a buffer that holds them all at their bases */
+};
+
+/*
+ * The benchmarks' checkpoint: a generated LLaMA-like model of @size tensor bytes in 4 shards
+ * (core/gen.h), written into @dir the first time (a stamp file, .complete, marks a whole one;
+ * progress goes to stderr), and its safetensors files in name order in @set. Returns 0;
+ * -ENOENT when @dir holds none; -ENOMEM; or the error of gen_preset() or stat(2).
+ * Free @set with rawread_set_free().
+ */
+int rawread_bench_model(const char *dir, uint64_t size, struct rawread_set *set);
+void rawread_set_free(struct rawread_set *set);
+
 #endif
