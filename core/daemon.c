@@ -10,6 +10,7 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,12 +42,14 @@
 #define STALL_POLL_NS (1000 * 1000)		/* a client with a full CQ is polled every 1 ms */
 #define IDLE_PARK_NS (500ll * 1000 * 1000)	/* a parked shard re-checks this often */
 /*
- * How long a shard keeps spinning after a client joined it: a new process's first request
+ * How long a shard keeps polling after a client joined it: a new process's first request
  * (a load, a pin) follows its attach within a fraction of a millisecond, and a parked
  * shard takes a futex wake-up to notice it (50-100 us on a VM whose idle vCPU must be
- * woken). A bounded spin of one core, once per attach.
+ * woken). It polls in slices of NEW_CLIENT_SLICE_NS with a sched_yield() between them, so
+ * that it never holds a CPU that another thread is waiting for.
  */
-#define NEW_CLIENT_SPIN_NS (1000ull * 1000)
+#define NEW_CLIENT_SPIN_NS (500ull * 1000)
+#define NEW_CLIENT_SLICE_NS (20ull * 1000)
 #define MAX_PEER_GROUPS 64
 
 /* Minimum registry capacities; a catalog larger than half of them gets twice its size. */
@@ -464,13 +467,25 @@ static void *shard_main(void *arg)
 			break;
 		if (waitv) {
 			uint64_t spin = spin_ns, now = hot_until ? wd_now_ns() : 0;
+			int64_t timeout = stalled ? STALL_POLL_NS : IDLE_PARK_NS;
+			bool hot = now && now < hot_until;
 
-			/* A client that just attached: spin until its first request is due. */
-			if (now && now < hot_until && hot_until - now > spin)
-				spin = hot_until - now;
-			else
+			/*
+			 * A client that just attached: its first request is due, so the thread
+			 * polls in slices instead of parking, and yields the CPU between slices
+			 * (on a machine with few CPUs the control thread or a client may be
+			 * waiting for this one).
+			 */
+			if (hot) {
+				spin = hot_until - now < NEW_CLIENT_SLICE_NS ? hot_until - now
+									      : NEW_CLIENT_SLICE_NS;
+				timeout = 0;
+			} else {
 				hot_until = 0;
-			ret = ring_wait_many(wait, nw, spin, stalled ? STALL_POLL_NS : IDLE_PARK_NS);
+			}
+			ret = ring_wait_many(wait, nw, spin, timeout);
+			if (hot && ret == -ETIMEDOUT)
+				sched_yield();
 			if (ret == -ENOSYS) {
 				/*
 				 * No futex_waitv (Linux < 5.16): park on the wake ring alone and poll
@@ -876,6 +891,7 @@ static void sanitize_name(char *dst, const char *src, size_t n)
 struct attach_spare {
 	int reg_fd, host_fd;		/* -1 until the first hello */
 	struct shm_segment ring;	/* fd -1: none ready */
+	bool failed;			/* the last try failed: none until the next hello */
 };
 
 static int64_t default_ring_size(void)
@@ -901,7 +917,7 @@ static struct attach_spare *spare_get(struct daemon *d)
 /* True when the control thread should make a spare ring segment once idle. */
 static bool spare_wanted(const struct daemon *d)
 {
-	return !d->spare || d->spare->ring.fd < 0;
+	return !d->spare || (d->spare->ring.fd < 0 && !d->spare->failed);
 }
 
 /* Makes the spare ring segment; a failure only means the next hello makes its own. */
@@ -912,8 +928,12 @@ static void spare_ring_make(struct daemon *d)
 
 	if (!sp || sp->ring.fd >= 0 || size <= 0)
 		return;
-	if (shm_segment_create("weightd-ring", (size_t)size, 0, &sp->ring))
+	/* Out of descriptors or memory: no retry every SPARE_IDLE_MS, the next hello re-arms. */
+	sp->failed = shm_segment_create("weightd-ring", (size_t)size, 0, &sp->ring) != 0;
+	if (sp->failed) {
+		sp->ring.fd = -1;
 		return;
+	}
 	/* Faults every page in now (a memfd allocates on first write); format writes them again. */
 	memset(sp->ring.base, 0, sp->ring.size);
 }
@@ -926,6 +946,8 @@ static int ring_segment_take(struct daemon *d, size_t size, struct shm_segment *
 {
 	struct attach_spare *sp = d->spare;
 
+	if (sp)
+		sp->failed = false;
 	if (sp && sp->ring.fd >= 0 && sp->ring.size == size) {
 		*out = sp->ring;
 		memset(&sp->ring, 0, sizeof(sp->ring));

@@ -219,6 +219,12 @@ static void set_state(struct daemon *d, const struct dentry *e, uint32_t state, 
 				return;
 	pthread_mutex_lock(&d->state_lock);
 	registry_set_state(d->reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), state, err);
+	if (state != WD_STATE_LOADING)
+		for (uint32_t k = 0; k < e->l.n_t; k++)
+			if (e->l.t[k].tid != NO_TID)
+				registry_set_tensor_tier(d->reg, e->l.t[k].tid,
+							 WD_TIER_CUDA((uint32_t)e->g->ordinal),
+							 state == WD_STATE_RESIDENT);
 	pthread_mutex_unlock(&d->state_lock);
 }
 

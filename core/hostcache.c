@@ -275,10 +275,8 @@ static void publish_bind(struct daemon *d, const struct entry *e, const struct b
 	for (uint32_t i = 0; i < e->n_t; i++) {
 		if (b->tids[i] == NO_TID)
 			continue;
-		if (e->t[i].dtype != e->t[i].src_dtype)
-			registry_set_tensor_form(d->reg, b->tids[i], e->t[i].dtype, e->t[i].nbytes);
-		registry_set_tensor_location(d->reg, b->tids[i], 1u << WD_TIER_HOST,
-					     e->off + e->t[i].off);
+		registry_set_tensor_host(d->reg, b->tids[i], true, e->off + e->t[i].off,
+					 e->t[i].dtype, e->t[i].nbytes);
 	}
 }
 
@@ -312,10 +310,8 @@ static void unpublish_comp(struct daemon *d, struct entry *e, const struct bind 
 	for (uint32_t i = 0; i < e->n_t; i++) {
 		if (b->tids[i] == NO_TID)
 			continue;
-		registry_set_tensor_location(d->reg, b->tids[i], 0, UINT64_MAX);
-		if (e->t[i].dtype != e->t[i].src_dtype)
-			registry_set_tensor_form(d->reg, b->tids[i], e->t[i].src_dtype,
-						 e->t[i].src_bytes);
+		registry_set_tensor_host(d->reg, b->tids[i], false, UINT64_MAX,
+					 e->t[i].src_dtype, e->t[i].src_bytes);
 	}
 	for (;;) {
 		struct entry *next = NULL;

@@ -354,6 +354,17 @@ int weightd_tensor_device_ptr(const struct weightd_device_map *m,
 			      const struct weightd_tensor_info *t, uint64_t *dptr);
 
 /*
+ * Tensor @t as mapping @m holds it: its device address, its dtype there (the safetensors
+ * numbering of protocol.md; in a converted copy an F32 tensor is WEIGHTD_DTYPE_F16 or
+ * WEIGHTD_DTYPE_BF16, whatever form the registry shows for the host tier) and its size in
+ * bytes. Any of @dptr, @dtype, @nbytes may be NULL. Returns 0; -ENOENT when @t is not a
+ * tensor of the mapped component; -EINVAL for a NULL @m or @t.
+ */
+int weightd_tensor_device_info(const struct weightd_device_map *m,
+			       const struct weightd_tensor_info *t, uint64_t *dptr,
+			       unsigned int *dtype, uint64_t *nbytes);
+
+/*
  * Copies tensor @t's bytes from the GPU into @dst (@size bytes, at least t->nbytes), with the
  * device layer's device-to-host copy. Returns 0, -ENOENT, -EINVAL (@size too small), or the
  * copy's error.

@@ -1736,6 +1736,27 @@ int weightd_tensor_device_ptr(const struct weightd_device_map *m,
 	return 0;
 }
 
+int weightd_tensor_device_info(const struct weightd_device_map *m,
+			       const struct weightd_tensor_info *t, uint64_t *dptr,
+			       unsigned int *dtype, uint64_t *nbytes)
+{
+	const struct wd_devmap_tensor *e;
+
+	if (!m || !t)
+		return fail(-EINVAL, "NULL argument");
+	e = find_entry(m, t);
+	if (!e)
+		return fail(-ENOENT, "tensor %u is not in the mapped component %u", t->id,
+			    m->component);
+	if (dptr)
+		*dptr = m->v.dptr + e->offset;
+	if (dtype)
+		*dtype = e->dtype;
+	if (nbytes)
+		*nbytes = e->nbytes;
+	return 0;
+}
+
 int weightd_device_read(const struct weightd_device_map *m, const struct weightd_tensor_info *t,
 			void *dst, size_t size)
 {

@@ -532,6 +532,36 @@ int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t
 	return 0;
 }
 
+int registry_set_tensor_host(struct registry *reg, uint32_t tensor, bool resident,
+			     uint64_t host_offset, uint8_t dtype, uint64_t nbytes)
+{
+	struct wd_reg_tensor t;
+
+	if (tensor >= reg->n_tensors)
+		return -ENOENT;
+	rec_fetch(&t, w_tensor(reg, tensor), sizeof(t));
+	t.resident = resident ? t.resident | 1u << WD_TIER_HOST : t.resident & ~(1u << WD_TIER_HOST);
+	t.host_offset = resident ? host_offset : UINT64_MAX;
+	t.dtype = dtype;
+	t.nbytes = nbytes;
+	rec_store(w_tensor(reg, tensor), &t, sizeof(t));
+	return 0;
+}
+
+int registry_set_tensor_tier(struct registry *reg, uint32_t tensor, uint32_t tier, bool resident)
+{
+	struct wd_reg_tensor t;
+
+	if (tensor >= reg->n_tensors)
+		return -ENOENT;
+	if (tier == WD_TIER_HOST || tier >= WD_TIER_MAX)
+		return -EINVAL;
+	rec_fetch(&t, w_tensor(reg, tensor), sizeof(t));
+	t.resident = resident ? t.resident | 1u << tier : t.resident & ~(1u << tier);
+	rec_store(w_tensor(reg, tensor), &t, sizeof(t));
+	return 0;
+}
+
 int registry_set_tensor_form(struct registry *reg, uint32_t tensor, uint8_t dtype,
 			     uint64_t nbytes)
 {

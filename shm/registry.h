@@ -10,7 +10,9 @@
  * Records have a fixed size and start with a 64-bit sequence counter (seqlock): odd while the
  * daemon rewrites the record, even when stable. A reader copies the record and accepts the
  * copy only if the counter was even and unchanged around the copy, so it never sees a torn
- * record. Each record also carries an XXH3 checksum of its body, which the reader verifies.
+ * record. Each record also carries an XXH3 checksum of its body, which the reader verifies
+ * (registry_read_*() and the lookups; registry_read_tensor_loc() reads a few fields in place and
+ * leaves the checking of those to its caller).
  *
  * The index is one open-addressing hash table (linear probing, power-of-two capacity, at most
  * half full) of 64-bit entries: tag (high 32 bits of the key's hash) << 32 | ref, where ref is
@@ -309,6 +311,21 @@ int registry_set_progress(struct registry *reg, uint32_t component, uint32_t tie
  */
 int registry_set_tensor_location(struct registry *reg, uint32_t tensor, uint32_t resident,
 				 uint64_t host_offset);
+
+/*
+ * Records tensor @tensor's host copy in one seqlocked write, so that a reader never sees an
+ * offset with another copy's dtype or size: when @resident, at @host_offset in dtype @dtype
+ * with @nbytes (the file's form, or the converted one); else gone from the host (offset
+ * UINT64_MAX) with the file's @dtype and @nbytes restored. The other tiers' bits are kept.
+ * Returns 0 or -ENOENT.
+ */
+int registry_set_tensor_host(struct registry *reg, uint32_t tensor, bool resident,
+			     uint64_t host_offset, uint8_t dtype, uint64_t nbytes);
+
+/* Sets or clears GPU tier @tier's bit of tensor @tensor's resident mask. Returns 0, -ENOENT
+ * or -EINVAL (a tier out of range). */
+int registry_set_tensor_tier(struct registry *reg, uint32_t tensor, uint32_t tier,
+			     bool resident);
 
 /*
  * Records the form of tensor @tensor's host copy: dtype @dtype (enum st_dtype) and @nbytes,

@@ -8,7 +8,9 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -379,11 +381,205 @@ static void test_bad_arguments(void **state)
 	      "sizing call: n %u, names_len %llu", tab.n, (unsigned long long)tab.names_len);
 }
 
+/* The shared record of tensor @name of model @model, found through a view of the writer's
+ * segment (the test may write it directly, as a corrupt daemon or a forger could). */
+static struct wd_reg_tensor *shared_record(struct forged *f, const char *model,
+					   const char *name, uint32_t *id)
+{
+	const struct shm_segment *seg = registry_segment(f->reg);
+	struct registry_view v;
+	uint32_t mid;
+
+	CHECK(registry_view_init(&v, seg->base, seg->size) == 0 &&
+		      registry_find_model(&v, model, &mid, NULL) == 0 &&
+		      registry_find_tensor(&v, mid, WD_ID_NONE, name, id, NULL) == 0,
+	      "record of %s/%s", model, name);
+	return (struct wd_reg_tensor *)((char *)seg->base + v.tensor_off) + *id;
+}
+
+/*
+ * The table reads each record in place under its seqlock and checks only the fields it uses
+ * (no checksum). Records rewritten behind the writer's back -- so their checksums are stale,
+ * as a corrupt segment's would be, or recomputed, as a forger's would be -- must still never
+ * yield bytes outside the host cache or a shape that does not make the bytes listed.
+ */
+static void test_forged_in_place(void **state)
+{
+	enum field { F_OFFSET, F_RANK, F_DTYPE, F_NBYTES, F_NAME, F_SEQ_ODD, F_SANE_MOVE };
+	static const struct {
+		const char *what;
+		enum field field;
+		uint64_t value;
+		int ret;
+		const char *msg;
+	} rows[] = {
+		{ "offset moved past the end", F_OFFSET, HOST_SIZE - 8, -EFAULT,
+		  "lies outside the host cache" },
+		{ "offset that wraps", F_OFFSET, UINT64_MAX - 3, -EFAULT, "outside the host cache" },
+		{ "rank above 16", F_RANK, WD_SHAPE_MAX + 1, -EBADMSG, "reading tensor" },
+		{ "dtype beyond the table", F_DTYPE, 250, -EBADMSG, "dtype 250" },
+		{ "nbytes larger than the shape makes", F_NBYTES, 32, -EBADMSG,
+		  "make 16 bytes, the registry says 32" },
+		{ "a name with no NUL in its field", F_NAME, 'x', -EBADMSG, "reading tensor" },
+		{ "a record left under rewrite (odd sequence)", F_SEQ_ODD, 1, -EAGAIN,
+		  "reading tensor" },
+		{ "moved to another place inside the cache, checksum stale", F_SANE_MOVE, 4096, 0,
+		  "" },
+	};
+	struct forged *f = *state;
+	uint32_t id;
+	struct wd_reg_tensor *rec = shared_record(f, "edge", "last", &id);
+	struct wd_reg_tensor saved = *rec;
+
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		struct weightd_tensor_loc out[2];
+		struct weightd_tensor_table tab;
+		char names[64];
+		int ret;
+
+		switch (rows[i].field) {
+		case F_OFFSET:
+		case F_SANE_MOVE:
+			rec->host_offset = rows[i].value;
+			break;
+		case F_RANK:
+			rec->rank = (uint8_t)rows[i].value;
+			break;
+		case F_DTYPE:
+			rec->dtype = (uint8_t)rows[i].value;
+			break;
+		case F_NBYTES:
+			rec->nbytes = rows[i].value;
+			break;
+		case F_NAME:
+			memset(rec->name, (int)rows[i].value, sizeof(rec->name));
+			break;
+		case F_SEQ_ODD:
+			rec->seq |= 1;
+			break;
+		}
+		ret = weightd_tensor_table(f->w, "edge", NULL, out, 2, names, sizeof(names), &tab);
+		*rec = saved;
+		CHECK(ret == rows[i].ret, "row %zu (%s): %d, want %d", i, rows[i].what, ret,
+		      rows[i].ret);
+		if (ret < 0) {
+			CHECK(strstr(weightd_last_error(), rows[i].msg), "row %zu (%s): '%s' lacks "
+			      "'%s'", i, rows[i].what, weightd_last_error(), rows[i].msg);
+			continue;
+		}
+		CHECK(tab.n == 1 && tab.host_offset + out[0].offset == rows[i].value &&
+			      out[0].offset + out[0].nbytes <= tab.nbytes &&
+			      tab.host_offset + tab.nbytes <= HOST_SIZE,
+		      "row %zu (%s): n %u, tensor at %llu + %llu, extent %llu + %llu", i,
+		      rows[i].what, tab.n, (unsigned long long)(tab.host_offset + out[0].offset),
+		      (unsigned long long)out[0].nbytes, (unsigned long long)tab.host_offset,
+		      (unsigned long long)tab.nbytes);
+	}
+}
+
+/* registry_read_tensor_loc() reads what registry_read_tensor() copies, for every record. */
+static void test_loc_matches_record(void **state)
+{
+	struct forged *f = *state;
+	const struct shm_segment *seg = registry_segment(f->reg);
+	struct registry_view v;
+	uint32_t id;
+
+	CHECK(registry_view_init(&v, seg->base, seg->size) == 0, "view");
+	for (id = 0; id < ARRAY_SIZE(tensors); id++) {
+		struct registry_tensor_loc l;
+		struct wd_reg_tensor t;
+
+		CHECK(registry_read_tensor(&v, id, &t) == 0 &&
+			      registry_read_tensor_loc(&v, id, &l) == 0, "record %u", id);
+		CHECK(l.model == t.model && l.component == t.component && l.dtype == t.dtype &&
+			      l.rank == t.rank && l.resident == t.resident &&
+			      l.nbytes == t.nbytes && l.host_offset == t.host_offset &&
+			      !memcmp(l.shape, t.shape, sizeof(uint64_t) * t.rank) &&
+			      l.name_len == strlen(t.name) && !strcmp(l.name, t.name),
+		      "record %u (%s): loc %s rank %u dtype %u nbytes %llu at %llu", id, t.name,
+		      l.name, l.rank, l.dtype, (unsigned long long)l.nbytes,
+		      (unsigned long long)l.host_offset);
+	}
+	CHECK(registry_read_tensor_loc(&v, id, &(struct registry_tensor_loc){ 0 }) == -ENOENT,
+	      "record %u is not published", id);
+}
+
+struct flipper {
+	struct registry *reg;
+	uint32_t id;
+	atomic_bool stop, started;
+	unsigned long flips;
+};
+
+/* Rewrites a record's form between two consistent states, F32 x 4 = 16 and F16 x 4 = 8. */
+static void *flip_form(void *arg)
+{
+	struct flipper *fl = arg;
+
+	atomic_store(&fl->started, true);
+	while (!atomic_load(&fl->stop)) {
+		bool f16 = fl->flips++ & 1;
+
+		registry_set_tensor_form(fl->reg, fl->id, f16 ? ST_F16 : ST_F32, f16 ? 8 : 16);
+	}
+	return NULL;
+}
+
+/*
+ * A record rewritten while the table reads it: every call sees one whole version (the
+ * seqlock), never the dtype of one with the size of the other, which the shape check
+ * would report as -EBADMSG.
+ */
+static void test_concurrent_rewrite(void **state)
+{
+	struct forged *f = *state;
+	struct flipper fl = { .reg = f->reg };
+	unsigned int seen[2] = { 0, 0 };
+	pthread_t th;
+
+	shared_record(f, "edge", "last", &fl.id);
+	atomic_init(&fl.stop, false);
+	atomic_init(&fl.started, false);
+	CHECK(pthread_create(&th, NULL, flip_form, &fl) == 0, "writer thread");
+	while (!atomic_load(&fl.started))
+		sched_yield();
+	/* Until both versions were seen a hundred times (a bound keeps a stalled run finite). */
+	for (int i = 0; i < 1000000 && (seen[0] < 100 || seen[1] < 100); i++) {
+		struct weightd_tensor_loc out[1];
+		struct weightd_tensor_table tab;
+		char names[16];
+		int ret = weightd_tensor_table(f->w, "edge", NULL, out, 1, names, sizeof(names),
+					       &tab);
+
+		if (ret) {
+			atomic_store(&fl.stop, true);
+			pthread_join(th, NULL);
+		}
+		CHECK(ret == 0, "read %d while the record is rewritten: %d", i, ret);
+		CHECK((out[0].dtype == ST_F32 && out[0].nbytes == 16) ||
+			      (out[0].dtype == ST_F16 && out[0].nbytes == 8),
+		      "read %d: dtype %u with %llu bytes", i, out[0].dtype,
+		      (unsigned long long)out[0].nbytes);
+		seen[out[0].dtype == ST_F16]++;
+	}
+	atomic_store(&fl.stop, true);
+	pthread_join(th, NULL);
+	registry_set_tensor_form(f->reg, fl.id, ST_F32, 16);
+	print_message("%lu rewrites; the table saw F32 %u times, F16 %u times\n", fl.flips,
+		      seen[0], seen[1]);
+	CHECK(seen[0] && seen[1], "the reads never overlapped the rewrites: F32 %u, F16 %u",
+	      seen[0], seen[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_table_cases),
 		cmocka_unit_test(test_bad_arguments),
+		cmocka_unit_test(test_forged_in_place),
+		cmocka_unit_test(test_loc_matches_record),
+		cmocka_unit_test(test_concurrent_rewrite),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -214,6 +214,8 @@ static unsigned int verify_model(struct weightd *w, const struct weightd_device_
 		CHECK(ret == 0, "%s/%s: %s", model, name, weightd_last_error());
 		CHECK(ti.nbytes == want_size, "%s/%s: %" PRIu64 " bytes, reference %" PRIu64, model,
 		      name, ti.nbytes, want_size);
+		CHECK(ti.resident & 1u << WEIGHTD_TIER_CUDA(0), "%s/%s: resident mask %#x lacks "
+		      "cuda:0", model, name, ti.resident);
 		ret = weightd_tensor_device_ptr(m, &ti, &dptr);
 		CHECK(ret == 0 && dptr >= weightd_device_base(m) &&
 		      dptr + ti.nbytes <= weightd_device_base(m) + weightd_device_size(m),

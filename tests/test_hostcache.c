@@ -359,6 +359,18 @@ static void test_subset_convert(void **state)
 	/* The I32 tensor of the same entry is stored as it is. */
 	ret = weightd_tensor(w, "f32", NULL, "ids", &ti);
 	CHECK(ret == 0 && ti.dtype == ST_I32 && weightd_tensor_data(w, &ti), "ids: %d", ret);
+	/* Loading the stored form next publishes it whole: its offset with the file's dtype and
+	 * size, never the converted copy's (one registry write per tensor). */
+	ret = weightd_load(w, "f32", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+	CHECK(ret == 0, "load f32 as stored after BF16: %d %s", ret, weightd_last_error());
+	ret = weightd_tensor(w, "f32", NULL, "w", &ti);
+	got = ret ? NULL : weightd_tensor_data(w, &ti);
+	CHECK(got && ti.dtype == ST_F32 && ti.nbytes == sizeof(f32) &&
+	      !memcmp(got, f32, sizeof(f32)), "stored form after BF16: %d dtype %u %llu bytes",
+	      ret, ti.dtype, (unsigned long long)ti.nbytes);
+	CHECK(weightd_unload(w, "f32", NULL, WEIGHTD_TIER_HOST) == 0, "unload both forms");
+	ret = weightd_load_ex(w, "f32", NULL, WEIGHTD_TIER_HOST, 0, &bf, NULL, NULL, &res);
+	CHECK(ret == 0, "load f32 as BF16 again: %d %s", ret, weightd_last_error());
 	/* Unloading the converted copy gives the registry the file's dtype back. */
 	CHECK(weightd_unload(w, "f32", NULL, WEIGHTD_TIER_HOST) == 0, "unload f32");
 	ret = weightd_tensor(w, "f32", NULL, "w", &ti);

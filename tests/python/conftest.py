@@ -73,7 +73,8 @@ def lib():
 class Daemon:
     """A build/weightd child process with its own socket, state dir and models."""
 
-    def __init__(self, root, models, extra_args=()):
+    def __init__(self, root, models, extra_args=(), env=None):
+        self.env = env  # the daemon's environment; None: this process's
         self.root = root
         self.models = models
         self.socket = os.path.join(root, "sock")
@@ -86,7 +87,7 @@ class Daemon:
     def start(self, expect_models):
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + 10
         last = None
         while time.monotonic() < deadline:
@@ -135,13 +136,14 @@ def gen_demo(dst):
 
 @pytest.fixture
 def daemon_factory(lib, tmp_path):
-    """start(extra_args=(), corpus_files=()) -> a running Daemon over the demo models (plus
-    copies of the named corpus files); every daemon started is stopped in teardown."""
+    """start(extra_args=(), corpus_files=(), env=None) -> a running Daemon over the demo
+    models (plus copies of the named corpus files), with environment @env (None: this
+    process's); every daemon started is stopped in teardown."""
     if not os.access(os.path.join(BUILD, "weightd"), os.X_OK):
         pytest.skip("no daemon binary at %s/weightd (build it with make)" % BUILD)
     started = []
 
-    def start(extra_args=(), corpus_files=()):
+    def start(extra_args=(), corpus_files=(), env=None):
         root = tempfile.mkdtemp(prefix="wdpy.", dir=str(tmp_path))
         models = os.path.join(root, "models")
         gen_demo(models)
@@ -149,7 +151,7 @@ def daemon_factory(lib, tmp_path):
         for name in corpus_files:
             shutil.copy(os.path.join(CORPUS, name + ".safetensors"), models)
             expect.append(name)
-        d = Daemon(root, models, extra_args)
+        d = Daemon(root, models, extra_args, env)
         started.append(d)
         d.start(expect)
         return d

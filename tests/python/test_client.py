@@ -1,6 +1,7 @@
 """The client API against a real daemon: registry, requests, errors, pins and their lifetime.
 These run whether or not the daemon can load to the host; test_views.py needs loads."""
 
+import ctypes
 import errno
 import gc
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 
 import pytest
@@ -54,6 +56,53 @@ def test_abi_mirror_matches_header(lib, tmp_path):
 def ctypes_size(t):
     import ctypes
     return ctypes.sizeof(t)
+
+
+def test_socket_and_client_id(daemon):
+    """Client.socket and Client.client_id (read from the library on first use) name the
+    daemon's socket and each client's own number, and stay readable after close()."""
+    a, b = daemon.client(), daemon.client()
+    try:
+        assert a.socket == b.socket == daemon.socket, (a.socket, b.socket, daemon.socket)
+        assert isinstance(a.client_id, int) and a.client_id != b.client_id, \
+            (a.client_id, b.client_id)
+    finally:
+        a.close()
+    # b's are read for the first time after its close(): close() kept them.
+    b.close()
+    assert b.socket == daemon.socket and isinstance(b.client_id, int) and \
+        b.client_id != a.client_id, (b.socket, b.client_id, a.client_id)
+
+
+# Ring sizes asked in the hello (0: the daemon's default), in attach order.
+RING_SIZES = [(0, 0), (16, 32), (0, 0), (0, 0), (64, 128), (0, 0)]
+
+
+@pytest.mark.parametrize("pause_s", [0, 0.01], ids=["back to back", "idle between"])
+def test_each_attach_gets_its_own_ring(daemon, pause_s):
+    """The daemon makes the next default-size ring segment ahead, while idle: every client
+    still gets a segment of its own (attach checks the ring header's client id against the
+    reply's, so a segment handed out twice fails there) at the sizes it asked, whether the
+    ready one was used (idle between) or not (back to back, or other sizes)."""
+    lib = N.lib()
+    handles = []
+    try:
+        for sq, cq in RING_SIZES:
+            opts = N.AttachOpts(spin_us=20, sq_entries=sq, cq_entries=cq, client_name=b"rings",
+                                attach_timeout_ms=2000)
+            h = ctypes.c_void_p()
+            ret = lib.weightd_attach(daemon.socket.encode(), ctypes.byref(opts),
+                                     ctypes.byref(h))
+            assert ret == 0, (sq, cq, ret, N.last_error())
+            handles.append(h)
+            time.sleep(pause_s)
+        ids = [lib.weightd_client_id(h) for h in handles]
+        assert len(set(ids)) == len(ids), ids
+        for (sq, cq), h in zip(RING_SIZES, handles):
+            assert lib.weightd_ping(h) == 0, (sq, cq, N.last_error())
+    finally:
+        for h in handles:
+            lib.weightd_detach(h)
 
 
 def test_models_and_status(daemon):

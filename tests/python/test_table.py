@@ -94,6 +94,26 @@ def test_forged_table_cannot_reach_outside(loaded_daemon, case, change):
         pin.release()
 
 
+def test_one_tuple_per_distinct_shape(loaded_daemon):
+    """The table holds one tuple object per distinct shape (client._Shapes), equal to the
+    file's shape (the byte shape for sub-byte dtypes): a thousand tensors of a few shapes
+    leave a few objects for the garbage collector, not a thousand."""
+    d = loaded_daemon
+    with d.client() as c:
+        for model, comp, path in model_files(d):
+            stf = STFile(path)
+            with c.load(model, component=comp) as pin:
+                tab = pin._current_table()
+                assert len(tab.keys) == len(stf.entries), (model, comp)
+                for k, sh, dt in zip(tab.keys, tab.shapes, tab.dtnames):
+                    assert sh == dtypes.array_shape(dt, stf.entries[k].shape), (model, k, sh)
+                    assert type(sh) is tuple, (model, k, type(sh))
+                objs = {id(sh) for sh in tab.shapes}
+                assert len(objs) == len(set(tab.shapes)), (model, comp, len(objs),
+                                                           len(set(tab.shapes)))
+                pin._table = None
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_gc_state_is_left_as_found(loaded_daemon, enabled):
     was = gc.isenabled()
@@ -165,6 +185,14 @@ def test_library_open(tmp_path, name, extra, flags, refusal):
     assert fn.restype is ctypes.c_int and len(fn.argtypes) == 3
     h = ctypes.c_void_p()
     assert fn(b"x", None, ctypes.byref(h)) == -errno.ECONNREFUSED
+
+
+def test_library_open_missing(tmp_path):
+    """A path with nothing there is refused with that reason (the open that reads the ELF
+    header is also the existence check)."""
+    for path in (str(tmp_path / "libweightd.so"), str(tmp_path / "no" / "libweightd.so")):
+        lib, why = N._open(path)
+        assert lib is None and why == "%s does not exist" % path, why
 
 
 def test_asan_check_reads_the_dynamic_section():

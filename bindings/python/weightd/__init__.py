@@ -7,6 +7,10 @@
 
     from weightd import safe_open, load_file   # the safetensors surface, daemon-backed
 
+    with c.load("sd-tiny", component="unet", tier="cuda:0") as pin:
+        t = pin.tensor("conv_in.weight")       # weightd.device.DeviceTensor: data_ptr,
+                                               # numpy() (host copy), torch.from_dlpack(t)
+
 bindings/python/README.md documents the API, the pin/view lifetime rules and the fallback.
 """
 

@@ -160,6 +160,42 @@ class TensorTable(ctypes.Structure):
 DTYPE_F16 = 9
 DTYPE_BF16 = 10
 
+DEVICE_CUDA = 0  # weightd_device_info.kind
+DEVICE_EMULATED = 1
+
+
+class CacheEntry(ctypes.Structure):
+    _fields_ = [
+        ("model", c_u32),
+        ("component", c_u32),
+        ("bytes", c_u64),
+        ("idle_ns", c_u64),
+        ("pins", c_u32),
+        ("dtype", c_u32),
+        ("flags", c_u32),
+        ("n_tensors", c_u32),
+        ("model_name", ctypes.c_char * 256),
+        ("component_name", ctypes.c_char * 256),
+    ]
+
+
+class DeviceInfo(ctypes.Structure):
+    _fields_ = [
+        ("ordinal", c_u32),
+        ("kind", c_u32),
+        ("numa_node", c_i32),
+        ("entries", c_u32),
+        ("total_bytes", c_u64),
+        ("budget", c_u64),
+        ("used", c_u64),
+        ("hits", c_u64),
+        ("misses", c_u64),
+        ("evictions", c_u64),
+        ("evict_bytes", c_u64),
+        ("load_bytes", c_u64),
+        ("name", ctypes.c_char * 48),
+    ]
+
 PROGRESS_FN = ctypes.CFUNCTYPE(None, c_u64, c_u64, ctypes.c_void_p)
 
 _P = ctypes.c_void_p
@@ -201,9 +237,22 @@ _OPTIONAL = {
                                        ctypes.POINTER(LoadOpts), PROGRESS_FN, ctypes.c_void_p,
                                        ctypes.POINTER(LoadResult)]),
     "weightd_cache_stats": (ctypes.c_int, [_P, ctypes.POINTER(CacheStats)]),
-    # Buffers are passed as addresses (numpy arrays' .ctypes.data): no ctypes array objects.
+    # Buffers are passed as addresses (numpy arrays' data pointers): no ctypes array objects.
     "weightd_tensor_table": (ctypes.c_int, [_P, _S, _S, ctypes.c_void_p, c_u32, ctypes.c_void_p,
                                             ctypes.c_size_t, ctypes.POINTER(TensorTable)]),
+    # The GPU tier (include/weightd.h, "the GPU tier"); weightd/device.py uses them. Maps are
+    # opaque pointers; tensor infos are passed by address.
+    "weightd_device_map_ex": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint, ctypes.c_uint,
+                                             ctypes.POINTER(_P)]),
+    "weightd_device_base": (c_u64, [_P]),
+    "weightd_device_size": (c_u64, [_P]),
+    "weightd_tensor_device_info": (ctypes.c_int, [_P, _P, ctypes.POINTER(c_u64),
+                                                  ctypes.POINTER(ctypes.c_uint),
+                                                  ctypes.POINTER(c_u64)]),
+    "weightd_device_read": (ctypes.c_int, [_P, _P, _P, ctypes.c_size_t]),
+    "weightd_device_unmap": (None, [_P, _P]),
+    "weightd_devices": (ctypes.c_int, [_P, _P, ctypes.c_uint, ctypes.c_char_p, ctypes.c_size_t]),
+    "weightd_cache_list": (ctypes.c_int, [_P, c_u32, _P, c_u32, ctypes.POINTER(c_u32)]),
 }
 
 _lock = threading.Lock()

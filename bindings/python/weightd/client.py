@@ -120,9 +120,8 @@ class TensorMeta:
 def _gpu_unavailable(what):
     return GPUTierUnavailableError(
         errno.ENOTSUP,
-        "%s: CUDA tensors come from the daemon's GPU tier through a client-side import of its "
-        "VRAM descriptor, and neither is in this build of weightd/libweightd; use tier "
-        "\"host\" (and copy to the GPU yourself) until the GPU tier lands" % what, "tensor")
+        "%s: a host-tier Pin gives no CUDA tensors; load or pin with tier=\"cuda:N\" for "
+        "device tensors (weightd.device)" % what, "tensor")
 
 
 class _Lease:
@@ -147,6 +146,9 @@ class Client:
         self._h = None
         # Every Pin of this client, weakly: a Pin with a live view is alive (the view holds it).
         self._pins = weakref.WeakSet()
+        # The GPU tier's device maps by lease key ({(component, form): device.DeviceMap}),
+        # shared by this client's DevicePins of the key, unmapped when its lease ends.
+        self._devmaps = {}
         # Bumped by every load, pin and unload this client makes: a Pin's table of tensor
         # locations (Pin._table) is rebuilt when it was read at another epoch.
         self._epoch = 0
@@ -204,6 +206,7 @@ class Client:
         try:
             while self._pending and not self._closed:
                 key = self._pending.pop()
+                self._unmap_devices(key)
                 self._lib.weightd_unpin(self._h, _b(key[0]), _b(key[1] or None), key[2])
         finally:
             self._owner = None
@@ -304,7 +307,10 @@ class Client:
         views); any other numpy dtype converts each tensor on access, a private copy (see
         Pin.tensor()). @progress: called as progress(done_bytes, total_bytes) in this thread;
         it must not call this client. The Pin's load_result says what the load did (hit,
-        bytes, read_bytes, elapsed_ns) when the daemon reports it.
+        bytes, read_bytes, elapsed_ns) when the daemon reports it. On a "cuda:N" tier the
+        whole components are loaded (@tensors only picks them), @dtype is None, "F16" or
+        "BF16", and the Pin is a weightd.device.DevicePin whose tensors are device tensors
+        (DLPack; bindings/python/README.md, "The GPU tier").
         Raises NotFoundError, BudgetExceededError (the target can never fit the tier's
         budget, or pinned data leaves no room), NotSupportedError (this daemon cannot load to
         that tier; GPUTierUnavailableError for cuda:N), MalformedFileError,
@@ -350,6 +356,15 @@ class Client:
                 view_dtype, daemon_dtype = np.dtype(np.float16), 0
         if (names or daemon_dtype) and ex is None:
             names = None
+        if t != N.TIER_HOST:
+            # A GPU tier holds whole components (protocol.md 4.6), and its tensors are
+            # device tensors, which numpy cannot convert in place.
+            names = None
+            if view_dtype is not None:
+                raise NotSupportedError(errno.ENOTSUP, "dtype %s on %s: the daemon converts "
+                                        "F32 to \"F16\" or \"BF16\" only; convert the "
+                                        "tensors on the device" % (view_dtype, N.tier_name(t)),
+                                        "load")
         errbox = []
 
         def trampoline(done, total, _arg):
@@ -386,8 +401,8 @@ class Client:
                 err = error_from_code(ret, N.last_error(), "load")
                 if t != N.TIER_HOST and isinstance(err, NotSupportedError):
                     err = GPUTierUnavailableError(
-                        err.errno, "the GPU tier (%s) is not available in this build of "
-                        "weightd; the daemon says: %s" % (N.tier_name(t), err.message), "load")
+                        err.errno, "the GPU tier (%s) is not available: the daemon says: %s"
+                        % (N.tier_name(t), err.message), "load")
                 raise err
             if pin:
                 lease = self._leases.setdefault(key, _Lease(key))
@@ -398,7 +413,11 @@ class Client:
             raise errbox[0]
         if not pin:
             return None
-        p = Pin(self, key, view_dtype)
+        if t != N.TIER_HOST:
+            from .device import DevicePin
+            p = DevicePin(self, key, daemon_dtype)
+        else:
+            p = Pin(self, key, view_dtype)
         if ex is not None:
             p.load_result = {"bytes": res.bytes, "read_bytes": res.read_bytes,
                              "hit": bool(res.hit), "elapsed_ns": res.elapsed_ns}
@@ -428,7 +447,16 @@ class Client:
             lease.count += 1
         finally:
             self._leave()
+        if t != N.TIER_HOST:
+            from .device import DevicePin
+            return DevicePin(self, key, 0)
         return Pin(self, key, None)
+
+    def devices(self):
+        """The daemon's GPUs and, when it has none, why: (list of dicts, reason); see
+        weightd.device.devices()."""
+        from .device import devices
+        return devices(self)
 
     def cache_stats(self):
         """The host tier's counters (dict: budget, bytes, entries, hits, misses, evictions,
@@ -499,9 +527,17 @@ class Client:
         if lease.count > 0:
             return
         del self._leases[key]
+        self._unmap_devices(key)
         ret = self._lib.weightd_unpin(self._h, _b(key[0]), _b(key[1] or None), key[2])
         if ret < 0 and raise_errors and ret != -errno.ENOENT:
             raise error_from_code(ret, N.last_error(), "unpin")
+
+    def _unmap_devices(self, key):
+        """Unmaps the device maps of lease @key (its last Pin is gone); client entered."""
+        maps = self._devmaps.pop(key, None) if self._devmaps else None
+        if maps:
+            from .device import unmap_all
+            unmap_all(self, maps)
 
     def _register_pin(self, pin):
         self._pins.add(pin)
@@ -529,6 +565,8 @@ class Client:
             if self._client_id is None:
                 self._client_id = int(self._lib.weightd_client_id(self._h))
             self._closed = True
+            for key in list(self._devmaps):
+                self._unmap_devices(key)
             self._leases.clear()
             self._pending.clear()
             self._lib.weightd_detach(self._h)
@@ -547,6 +585,8 @@ class Client:
         h = getattr(self, "_h", None)
         if h is not None and not self._closed:
             self._closed = True
+            for key in list(getattr(self, "_devmaps", ())):
+                self._unmap_devices(key)
             self._lib.weightd_detach(h)
             self._h = None
 
@@ -664,8 +704,10 @@ def _read_table(c, model, component):
     while True:
         locs = np.empty(cap * W, dtype=np.uint64)
         names = np.empty(ncap, dtype=np.uint8)
-        ret = fn(c._h, _b(model), _b(component), locs.ctypes.data, cap, names.ctypes.data,
-                 ncap, ctypes.byref(tab))
+        # The addresses from __array_interface__: ndarray.ctypes builds a helper object per
+        # array, three times the cost in a fresh process.
+        ret = fn(c._h, _b(model), _b(component), locs.__array_interface__["data"][0], cap,
+                 names.__array_interface__["data"][0], ncap, ctypes.byref(tab))
         if ret == -errno.ENOBUFS and (tab.n > cap or tab.names_len > ncap):
             cap = c._list_cap = max(cap, tab.n)
             ncap = c._names_cap = max(ncap, tab.names_len)
@@ -699,6 +741,7 @@ def _read_table(c, model, component):
         dtnames = list(map(dtypes.NAMES.__getitem__, nums))
         npdts = list(map(dtypes.NUMPY_BY_NUMBER.__getitem__, nums))
         subbyte = not dtypes.SUBBYTE.isdisjoint(dtnames)
+    canon = _Shapes()
     r0 = ranks[0]
     one_rank = ranks.count(r0) == n
     maxr = r0 if one_rank else max(ranks)
@@ -712,11 +755,11 @@ def _read_table(c, model, component):
         # track -- its next young-generation pass over them cost ~90 us in a fresh process,
         # more than making them. zip() reuses its result tuple when the lookup found the
         # shape already there, so a repeated shape allocates nothing.
-        shapes = list(map(_Shapes().__getitem__, rows))
+        shapes = list(map(canon.__getitem__, rows))
     else:
         shapes = [()] * n
     if subbyte:
-        shapes = [dtypes.array_shape(d, sh) if d in dtypes.SUBBYTE else sh
+        shapes = [canon[dtypes.array_shape(d, sh)] if d in dtypes.SUBBYTE else sh
                   for d, sh in zip(dtnames, shapes)]
     offs = q[0::W].tolist()
     cols = (keys, dtnames, npdts, shapes, offs)
@@ -763,7 +806,7 @@ class Pin:
         tensor_with_dtype() gives the safetensors dtype. With a dtype= given to load(), the
         result is a converted copy instead. Raises ReleasedError after release(),
         NotFoundError (no such tensor), WeightdError(ENODATA) when it is not resident on
-        the host, GPUTierUnavailableError for a cuda tier.
+        the host. (A pin on cuda:N is a weightd.device.DevicePin: device tensors.)
         """
         return self.tensor_with_dtype(name, component)[0]
 
@@ -983,7 +1026,7 @@ class _MultiPin(Pin):
 
     def tensors(self, names=None):
         if names is not None:
-            return Pin.tensors(self, names)
+            return {n: self.tensor(n) for n in names}
         out = {}
         for p in self._pins:
             out.update(p.tensors())

@@ -59,7 +59,8 @@ class NotSupportedError(WeightdError):
 
 
 class GPUTierUnavailableError(NotSupportedError):
-    """CUDA tensors need the GPU tier and its client-side VRAM import, absent in this build."""
+    """A cuda:N tier is not available: the daemon has no GPU tier (no CUDA driver, no such
+    GPU; the message carries the daemon's reason) or this libweightd has no device API."""
 
 
 class BusyError(WeightdError):

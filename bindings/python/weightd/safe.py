@@ -13,6 +13,11 @@ daemon's model roots, a daemon that cannot load to the host (no loader, budget) 
 read directly (stfile.py) and one WeightdFallbackWarning says why, once per process. The
 `source` attribute ("daemon" or "file") and `fallback_reason` tell which path a handle took.
 
+With device="cuda:N" (framework "pt") the file is loaded to the daemon's GPU tier instead and
+get_tensor() gives CUDA tensors through DLPack (weightd.device; no copy). A daemon without a
+GPU tier serves it from the host tier, copied with .to(device) (`gpu_fallback_reason` says
+why); without a daemon the file is read and copied the same way.
+
 Differences from safetensors, all deliberate: arrays are read-only views (no copy) on both
 paths; BF16 and F8 tensors are raw uint16/uint8 arrays in framework "np" (numpy has no such
 types; weightd.tensor_dtype() names the real dtype); get_slice() results are views too.
@@ -27,9 +32,9 @@ import threading
 import warnings
 
 from . import dtypes
-from .client import Client, _gpu_unavailable
-from .errors import (DaemonUnavailableError, LibraryUnavailableError, NotSupportedError,
-                     WeightdError, WeightdFallbackWarning)
+from .client import Client
+from .errors import (DaemonUnavailableError, GPUTierUnavailableError, LibraryUnavailableError,
+                     NotSupportedError, WeightdError, WeightdFallbackWarning)
 from .stfile import STFile
 
 __all__ = ["safe_open", "load_file", "SafetensorError"]
@@ -170,6 +175,18 @@ def _torch():
 
 
 def _to_framework(arr, st_dtype, framework, device):
+    if getattr(arr, "__dlpack_device__", None) is not None and not hasattr(arr, "ndim"):
+        # A device tensor of the daemon's GPU tier (weightd.device.DeviceTensor).
+        if framework in ("np", "numpy"):
+            raise WeightdError(errno.EINVAL, "framework \"np\" holds arrays in host memory; "
+                               "device %r needs framework \"pt\"" % (device,), "get_tensor")
+        _torch()
+        from .torch import from_device_tensor
+        t = from_device_tensor(arr)
+        if t.device.type != "cuda":
+            # The emulated device's memory is host memory (kDLCPU): copy it where asked.
+            t = t.to(device)
+        return t
     if framework in ("np", "numpy"):
         if device not in ("cpu", None):
             raise WeightdError(errno.EINVAL, "framework \"np\" holds arrays in host memory; "
@@ -190,6 +207,17 @@ def _is_cuda(device):
         return True
     s = str(device)
     return s.startswith("cuda")
+
+
+def _cuda_tier(device):
+    """The tier name "cuda:N" of a cuda @device (an int, "cuda", "cuda:N", torch.device)."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        return "cuda:%d" % device
+    s = str(device)
+    return "cuda:0" if s == "cuda" else s
+
+
+_gpu_warned = []
 
 
 class _Slice:
@@ -243,7 +271,12 @@ class _Slice:
             if isinstance(i, int) and not -self._shape[axis] <= i < self._shape[axis]:
                 raise WeightdError(errno.EINVAL, "index %d is out of bounds for axis %d "
                                    "with size %d" % (i, axis, self._shape[axis]), "get_slice")
-        arr = self._owner._array(self._name)[tuple(full)]
+        arr = self._owner._array(self._name)
+        if not hasattr(arr, "ndim"):
+            # A device tensor: sliced as a framework tensor, on the device.
+            whole = _to_framework(arr, self._dtype, self._owner._framework, self._owner._device)
+            return whole[tuple(full)]
+        arr = arr[tuple(full)]
         return _to_framework(arr, self._dtype, self._owner._framework, self._owner._device)
 
 
@@ -251,12 +284,14 @@ class safe_open:
     """safetensors.safe_open over the daemon (module comment).
 
     safe_open(filename, framework="np"|"pt", device="cpu"|"cuda:N", socket=None)
-    Methods: keys(), metadata(), get_tensor(name), get_slice(name); attributes source and
-    fallback_reason. Use it as a context manager or call close(); arrays taken from it stay
-    valid after either (they keep their pin or file mapping alive themselves).
+    Methods: keys(), metadata(), get_tensor(name), get_slice(name); attributes source,
+    fallback_reason, tier ("host", or "cuda:N" when the daemon's GPU tier serves a CUDA
+    device) and gpu_fallback_reason (why a CUDA device is served from the host tier and
+    copied with .to(device): a daemon without a GPU tier). Use it as a context manager or
+    call close(); arrays taken from it stay valid after either (they keep their pin or file
+    mapping alive themselves).
     Raises MalformedFileError for a file that breaks the format, WeightdError(ENOENT...) when
-    it cannot be opened, GPUTierUnavailableError (from get_tensor) for a CUDA device while the
-    daemon serves the file.
+    it cannot be opened.
     """
 
     def __init__(self, filename, framework="np", device="cpu", socket=None):
@@ -270,6 +305,8 @@ class safe_open:
         self._component = None
         self.source = "file"
         self.fallback_reason = None
+        self.tier = "host"
+        self.gpu_fallback_reason = None
         reason = self._attach(socket)
         if reason is not None:
             self.fallback_reason = reason
@@ -295,11 +332,20 @@ class safe_open:
                         "changed since its last scan)" % self._file.path)
             model, comp = found
             if _is_cuda(self._device):
-                # The GPU tier cannot be served in this build; the error comes from
-                # get_tensor() so that keys() and metadata() still work.
-                self._pin = None
-                self._component = (model, comp)
-                return None
+                tier = _cuda_tier(self._device)
+                try:
+                    self._pin = client.load(model, tier, component=comp or None)
+                    self._component = (model, comp)
+                    self.tier = tier
+                    return None
+                except GPUTierUnavailableError as e:
+                    # Served from the host tier and copied with .to(device) instead.
+                    self.gpu_fallback_reason = e.message
+                    if not _gpu_warned:
+                        _gpu_warned.append(e.message)
+                        warnings.warn("weightd: %s is served from the host tier and copied "
+                                      "to %s: %s" % (self._file.path, self._device, e.message),
+                                      WeightdFallbackWarning, stacklevel=4)
             self._pin = client.load(model, "host", component=comp or None)
             self._component = (model, comp)
             return None
@@ -333,13 +379,12 @@ class safe_open:
     def _array(self, name):
         dt, _ = self._describe(name)
         if self.source == "daemon":
-            if self._pin is None:
-                raise _gpu_unavailable("%s on %s" % (name, self._device))
             return self._pin.tensor(name, self._component[1] or None)
         return self._file.array(name)
 
     def get_tensor(self, name):
-        """Tensor @name: a read-only numpy array (framework "np") or a torch tensor ("pt")."""
+        """Tensor @name: a read-only numpy array (framework "np") or a torch tensor ("pt"),
+        for a CUDA device the daemon's GPU tier serves through DLPack (no copy)."""
         dt, _ = self._describe(name)
         return _to_framework(self._array(name), dt, self._framework, self._device)
 

@@ -5,8 +5,10 @@ CPU tensors share memory with the read-only numpy views (torch.from_numpy; numpy
 export refuses read-only arrays), so they are read-only too: writing to one is undefined
 behaviour in torch's terms and faults here (the host cache is mapped PROT_READ). torch warns
 about non-writable arrays once; the binding silences that warning because the read-only
-mapping is the point. CUDA tensors through the daemon need its GPU tier (not in this build):
-GPUTierUnavailableError; without a daemon the file is read and copied with .to(device).
+mapping is the point. CUDA tensors (device="cuda:N") come from the daemon's GPU tier with no
+copy: from_device_tensor() is torch.from_dlpack() of a weightd.device.DeviceTensor (kDLCUDA;
+on the emulated device kDLCPU, host memory, then copied with .to(device)); a daemon without a
+GPU tier, or no daemon, gives the host copy moved with .to(device).
 """
 
 import errno
@@ -17,7 +19,7 @@ import numpy as np
 from . import dtypes
 from .errors import NotSupportedError
 
-__all__ = ["load_file", "safe_open", "from_numpy_view"]
+__all__ = ["load_file", "safe_open", "from_numpy_view", "from_device_tensor"]
 
 # A same-width signed integer numpy type for each raw or unsigned dtype: torch.from_numpy
 # accepts every version's signed types; .view() then reinterprets to the real torch dtype.
@@ -43,6 +45,26 @@ def from_numpy_view(arr, st_dtype):
         carrier = arr.view(_CARRIER[arr.dtype.itemsize]) if arr.ndim else \
             arr.reshape(1).view(_CARRIER[arr.dtype.itemsize]).reshape(())
         return torch.from_numpy(carrier).view(target)
+
+
+def from_device_tensor(t):
+    """A torch tensor over device tensor @t's memory (torch.from_dlpack, no copy): CUDA on a
+    GPU, CPU on the emulated device. The F8 types, which DLPack has no code for, go through
+    their raw bytes (t.raw(), uint8) reinterpreted as torch's float8 type."""
+    import torch
+
+    if t.dtype in dtypes.SUBBYTE:
+        raise NotSupportedError(errno.ENOTSUP, "%s has no torch dtype: read t.numpy() "
+                                "(packed uint8 bytes)" % t.dtype, "get_tensor")
+    from .device import DLPACK_DTYPES
+    if t.dtype in DLPACK_DTYPES:
+        return torch.from_dlpack(t)
+    name = dtypes.TORCH.get(t.dtype)
+    target = getattr(torch, name, None) if name else None
+    if target is None:
+        raise NotSupportedError(errno.ENOTSUP, "this torch (%s) has no %s dtype (torch.%s)"
+                                % (torch.__version__, t.dtype, name), "get_tensor")
+    return torch.from_dlpack(t.raw()).view(target)
 
 
 def safe_open(filename, framework="pt", device="cpu", socket=None):
