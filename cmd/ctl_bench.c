@@ -11,8 +11,8 @@
  *   storage     a raw io_uring read of the same files into one buffer: cold (after the same
  *               drop) with O_DIRECT when the file system takes it, and warm (buffered)
  *   memcpy      copy bandwidth of a buffer the size of the model (at most 1 GiB)
- *   GPU         when the daemon loads to cuda:0: unload from cuda:0, load from the host copy,
- *               and the pinned host-to-device bandwidth of this process on device 0
+ *   GPU         for each of the daemon's GPUs (cuda:N): unload from it, load from the host
+ *               copy, and the pinned host-to-device bandwidth of this process on device N
  *   attach      a fresh client in this process: attach, then resolve every tensor by name
  *   memory      bytes of the model resident on each tier, and the host cache in use
  * Each load is also reported as a ratio to its limit (storage for the host tier, pinned H2D
@@ -64,9 +64,10 @@ static void usage_bench(FILE *out)
 		"                       [--no-record] MODEL\n\n"
 		"Measures how fast the running daemon loads MODEL, next to the limits measured in\n"
 		"the same run: cold and warm load to the host tier against a raw io_uring read of\n"
-		"the same files (O_DIRECT when possible), memcpy bandwidth, the load to cuda:0 and\n"
-		"pinned host-to-device bandwidth when the daemon has a GPU tier, the time a new\n"
-		"client takes to attach and resolve every tensor, and memory per tier.\n\n"
+		"the same files (O_DIRECT when possible), memcpy bandwidth, the load to each of the\n"
+		"daemon's GPUs (cuda:N, from the host copy) against this process's pinned\n"
+		"host-to-device bandwidth on that GPU, the time a new client takes to attach and\n"
+		"resolve every tensor, and memory per tier.\n\n"
 		"Cold: the files' cached pages are dropped first, with /proc/sys/vm/drop_caches when\n"
 		"this user may write it (root), else posix_fadvise(DONTNEED) on each file.\n"
 		"The model must not be pinned by another client (it is unloaded between runs).\n\n"
@@ -86,7 +87,7 @@ static void usage_history(FILE *out)
 		"usage: weightctl history [--json] [MODEL]\n\n"
 		"Lists the `weightctl bench` runs recorded in the catalog, oldest first, for MODEL\n"
 		"(or every model): when, host cold and warm load rates, the storage limits, and the\n"
-		"GPU load rate when there was one.\n\n"
+		"load rate to the first GPU (cuda:0) when there was one.\n\n"
 		"  --json   one JSON object {\"runs\": [{\"id\", \"model\", \"time\", \"figures\"}]}\n\n"
 		"Exit status: 0, 1 the catalog cannot be read, 2 usage error.\n");
 }
@@ -215,8 +216,8 @@ static int timed_load(struct weightd *w, const char *model, unsigned int tier, c
 	return 0;
 }
 
-/* Pinned host-to-device bandwidth on device 0 of this process; NAN with @why when none. */
-static double h2d_pinned_bps(char *why, size_t why_size)
+/* Pinned host-to-device bandwidth on device @ordinal of this process; NAN with @why when none. */
+static double h2d_pinned_bps(int ordinal, char *why, size_t why_size)
 {
 	const struct gpu_ops *ops = gpu_ops_pick(why, why_size);
 	struct gpu_dev *dev = NULL;
@@ -225,7 +226,7 @@ static double h2d_pinned_bps(char *why, size_t why_size)
 	void *host = NULL;
 	double best = NAN;
 
-	if (!ops || ops->open(0, &dev, why, why_size))
+	if (!ops || ops->open(ordinal, &dev, why, why_size))
 		return NAN;
 	if (ops->host_alloc(dev, H2D_BYTES, &host, why, why_size) ||
 	    ops->vram_alloc(dev, H2D_BYTES, &v, why, why_size) ||
@@ -257,6 +258,41 @@ out:
 		ops->host_free(dev, host);
 	ops->close(dev);
 	return best;
+}
+
+/*
+ * Loads @name to GPU @di from the host copy and measures this process's pinned H2D bandwidth
+ * on the same device. An emulated device is host memory: its figures are marked, not a GPU's.
+ */
+static json_t *bench_gpu(struct weightd *w, const char *name,
+			 const struct weightd_device_info *di, const struct bopts *o)
+{
+	unsigned int tier = WEIGHTD_TIER_CUDA(di->ordinal);
+	char label[64], tn[16], why[256];
+	double t = NAN, h2d;
+	uint64_t bytes = 0;
+	json_t *g;
+	int ret;
+
+	weightd_tier_name(tier, tn, sizeof(tn));
+	snprintf(label, sizeof(label), "bench: %s", tn);
+	ret = timed_load(w, name, tier, label, &t, &bytes);
+	if (ret) {
+		snprintf(why, sizeof(why), "load to %s failed: %.200s", tn,
+			 weightd_last_error()[0] ? weightd_last_error() : strerror(-ret));
+		step(o, "%s", why);
+		return json_pack("{s:s, s:s}", "tier", tn, "error", why);
+	}
+	h2d = h2d_pinned_bps((int)di->ordinal, why, sizeof(why));
+	step(o, "load to %s: %.3f s, %.3f GB/s; pinned H2D %.3f GB/s", tn, t,
+	     (double)bytes / t / 1e9, h2d / 1e9);
+	g = json_pack("{s:s, s:b, s:f, s:o, s:o, s:o}", "tier", tn, "emulated",
+		      di->kind == WEIGHTD_DEVICE_EMULATED, "load_s", t, "load_bps",
+		      num((double)bytes / t), "h2d_pinned_bps", num(h2d), "load_vs_h2d",
+		      num(ratio((double)bytes / t, h2d)));
+	if (isnan(h2d))
+		json_object_set_new(g, "h2d_reason", json_string(why));
+	return g;
 }
 
 /* A fresh client: attach, then resolve every tensor of @model by component and name. */
@@ -341,10 +377,11 @@ static bool plot(const char *png, json_t *r)
 	static const char *const keys[][3] = {
 		{ "storage", "cold_bps", "storage cold" }, { "host", "cold_bps", "host load cold" },
 		{ "storage", "warm_bps", "storage warm" }, { "host", "warm_bps", "host load warm" },
-		{ NULL, "memcpy_bps", "memcpy" }, { "gpu", "h2d_pinned_bps", "pinned H2D" },
-		{ "gpu", "load_bps", "GPU load" },
+		{ NULL, "memcpy_bps", "memcpy" },
 	};
 	FILE *g = popen("gnuplot 2>/dev/null", "w");
+	json_t *gpu;
+	size_t k;
 
 	if (!g)
 		return false;
@@ -358,6 +395,16 @@ static bool plot(const char *png, json_t *r)
 
 		if (v && json_is_number(v))
 			fprintf(g, "\"%s\" %.3f\n", keys[i][2], json_number_value(v) / 1e9);
+	}
+	json_array_foreach(json_object_get(r, "gpus"), k, gpu) {
+		const char *tier = json_string_value(json_object_get(gpu, "tier"));
+		json_t *h2d = json_object_get(gpu, "h2d_pinned_bps");
+		json_t *load = json_object_get(gpu, "load_bps");
+
+		if (json_is_number(h2d))
+			fprintf(g, "\"pinned H2D %s\" %.3f\n", tier, json_number_value(h2d) / 1e9);
+		if (json_is_number(load))
+			fprintf(g, "\"load %s\" %.3f\n", tier, json_number_value(load) / 1e9);
 	}
 	fprintf(g, "e\n");
 	return pclose(g) == 0;
@@ -401,13 +448,13 @@ static int parse_bench(int argc, char **argv, struct bopts *o)
 /* The measurements; fills @r. Returns 0 or the negative errno of the step that failed. */
 static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json_t *r)
 {
-	char name[WEIGHTD_NAME_MAX], why[256] = "", tn[16];
+	char name[WEIGHTD_NAME_MAX], why[256] = "";
 	struct weightd_model_info mi;
 	struct weightd_stats st;
 	struct files f;
 	const char *sd = ctl_state_dir(c);
 	enum rawread_drop drop;
-	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, mbps, h2d = NAN;
+	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, mbps;
 	uint64_t b_cold = 0, b_warm = 0;
 	uint32_t mid, n_t = 0;
 	void *buf = NULL;
@@ -493,40 +540,22 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 	step(o, "memcpy: %.3f GB/s", mbps / 1e9);
 	json_object_set_new(r, "memcpy_bps", num(mbps));
 
-	/* GPU tier 1 (cuda:0), when the daemon has one. */
+	/* Each GPU tier the daemon has. */
 	{
-		struct weightd_device_info di;
-		double t_gpu = NAN;
-		uint64_t b_gpu = 0;
-
+		struct weightd_device_info di[WEIGHTD_TIER_MAX - 1];
 		char none[200] = "";
+		json_t *gpus = json_array();
+		int n = weightd_devices(w, di, ARRAY_SIZE(di), none, sizeof(none));
 
-		ret = weightd_devices(w, &di, 1, none, sizeof(none));
-		if (ret <= 0)
+		if (n <= 0) {
 			snprintf(why, sizeof(why), "no GPU tier: %.200s",
-				 ret < 0 ? weightd_last_error() : none[0] ? none : "host-only daemon");
-		else if ((ret = timed_load(w, name, 1, "bench: cuda:0", &t_gpu, &b_gpu)))
-			snprintf(why, sizeof(why), "load to cuda:0 failed: %s",
-				 weightd_last_error()[0] ? weightd_last_error() : strerror(-ret));
-		if (ret) {
+				 n < 0 ? weightd_last_error() : none[0] ? none : "host-only daemon");
 			step(o, "%s", why);
-			json_object_set_new(r, "gpu", json_null());
 			json_object_set_new(r, "gpu_reason", json_string(why));
-		} else {
-			h2d = h2d_pinned_bps(why, sizeof(why));
-			step(o, "load to %s: %.3f s, %.3f GB/s; pinned H2D %.3f GB/s",
-			     weightd_tier_name(1, tn, sizeof(tn)), t_gpu,
-			     (double)b_gpu / t_gpu / 1e9, h2d / 1e9);
-			/* An emulated device is host memory: its figures are not a GPU's. */
-			json_object_set_new(r, "gpu", json_pack(
-				"{s:s, s:b, s:f, s:o, s:o, s:o}", "tier", "cuda:0", "emulated",
-				di.kind == WEIGHTD_DEVICE_EMULATED, "load_s", t_gpu,
-				"load_bps", num((double)b_gpu / t_gpu), "h2d_pinned_bps", num(h2d),
-				"load_vs_h2d", num(ratio((double)b_gpu / t_gpu, h2d))));
-			if (isnan(h2d))
-				json_object_set_new(r, "h2d_reason", json_string(why));
 		}
-		ret = 0;
+		for (int i = 0; i < n && i < (int)ARRAY_SIZE(di); i++)
+			json_array_append_new(gpus, bench_gpu(w, name, &di[i], o));
+		json_object_set_new(r, "gpus", gpus);
 	}
 	json_object_set_new(r, "ratios", json_pack(
 		"{s:o, s:o}", "host_cold_vs_storage_cold",
@@ -572,7 +601,8 @@ static int record(struct ctl *c, json_t *r)
 static void print_text(json_t *r)
 {
 	json_t *h = json_object_get(r, "host"), *s = json_object_get(r, "storage");
-	json_t *g = json_object_get(r, "gpu"), *ra = json_object_get(r, "ratios");
+	json_t *gpus = json_object_get(r, "gpus"), *ra = json_object_get(r, "ratios"), *g;
+	size_t i;
 
 	printf("model %s: %lld bytes\n", json_string_value(json_object_get(r, "model")),
 	       (long long)json_integer_value(json_object_get(r, "bytes")));
@@ -589,13 +619,19 @@ static void print_text(json_t *r)
 	       json_number_value(json_object_get(s, "warm_bps")) / 1e9);
 	printf("  memcpy           %8.3f GB/s\n",
 	       json_number_value(json_object_get(r, "memcpy_bps")) / 1e9);
-	if (json_is_object(g))
-		printf("  load to cuda:0   %8.3f GB/s  (pinned H2D %.3f GB/s%s)\n",
-		       json_number_value(json_object_get(g, "load_bps")) / 1e9,
-		       json_number_value(json_object_get(g, "h2d_pinned_bps")) / 1e9,
-		       json_is_true(json_object_get(g, "emulated")) ?
-		       "; emulated device: host memory, not a GPU figure" : "");
-	else
+	json_array_foreach(gpus, i, g) {
+		const char *tier = json_string_value(json_object_get(g, "tier"));
+
+		if (json_object_get(g, "error"))
+			printf("  %s\n", json_string_value(json_object_get(g, "error")));
+		else
+			printf("  load to %-8s %8.3f GB/s  (pinned H2D %.3f GB/s%s)\n", tier,
+			       json_number_value(json_object_get(g, "load_bps")) / 1e9,
+			       json_number_value(json_object_get(g, "h2d_pinned_bps")) / 1e9,
+			       json_is_true(json_object_get(g, "emulated")) ?
+			       "; emulated device: host memory, not a GPU figure" : "");
+	}
+	if (!json_array_size(gpus))
 		printf("  %s\n", json_string_value(json_object_get(r, "gpu_reason")));
 	printf("  new client       attach + resolve %lld tensors in %.3f ms\n",
 	       (long long)json_integer_value(json_object_get(r, "tensors")),
@@ -699,7 +735,8 @@ static int on_run(int64_t id, const char *model, uint64_t at_ns, const char *fig
 	printf("%-5lld %-19s %-24s %9s %9s %9s %9s %9s\n", (long long)id, when, model,
 	       gbps(fig(f, "host", "cold_bps"), b[0]), gbps(fig(f, "host", "warm_bps"), b[1]),
 	       gbps(fig(f, "storage", "cold_bps"), b[2]),
-	       gbps(fig(f, "storage", "warm_bps"), b[3]), gbps(fig(f, "gpu", "load_bps"), b[4]));
+	       gbps(fig(f, "storage", "warm_bps"), b[3]),
+	       gbps(fig(json_array_get(json_object_get(f, "gpus"), 0), NULL, "load_bps"), b[4]));
 	json_decref(f);
 	return 0;
 }
@@ -753,7 +790,7 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 		h.runs = json_array();
 	else
 		printf("%-5s %-19s %-24s %9s %9s %9s %9s %9s\n", "ID", "TIME", "MODEL", "COLD GB/s",
-		       "WARM GB/s", "DISK COLD", "DISK WARM", "GPU GB/s");
+		       "WARM GB/s", "DISK COLD", "DISK WARM", "GPU0 GB/s");
 	ret = catalog_bench_list(cat, model, on_run, &h);
 	catalog_close(cat);
 	if (ret) {

@@ -3,9 +3,9 @@
 # --help, usage errors, a run with --json/--out (every figure present and sane), the run
 # recorded in the catalog and listed by history --json, a second run listed after it, and
 # --png when gnuplot is installed. The daemon (and weightctl, which measures pinned H2D
-# itself) run with an emulated GPU, so the cuda:0 step runs and is labelled emulated.
+# itself) run with two emulated GPUs, so a step runs for each and is labelled emulated.
 set -u
-export WEIGHTD_GPU_EMULATE=1:256M
+export WEIGHTD_GPU_EMULATE=2:256M
 W="$WD_BUILD/weightctl"
 T=$(mktemp -d)
 P=
@@ -67,9 +67,10 @@ assert isinstance(r["storage"]["direct"], bool)
 assert r["memcpy_bps"] > 0
 for k in ("host_cold_vs_storage_cold", "host_warm_vs_storage_warm"):
     assert 0 < r["ratios"][k] < 100, r["ratios"]
-assert r["gpu"] is not None, r.get("gpu_reason")
-assert r["gpu"]["tier"] == "cuda:0" and r["gpu"]["emulated"] is True, r["gpu"]
-assert r["gpu"]["load_bps"] > 0 and r["gpu"]["h2d_pinned_bps"] > 0, r["gpu"]
+assert [g["tier"] for g in r["gpus"]] == ["cuda:0", "cuda:1"], r.get("gpu_reason")
+for g in r["gpus"]:
+    assert g["emulated"] is True and "error" not in g, g
+    assert g["load_bps"] > 0 and g["h2d_pinned_bps"] > 0, g
 assert r["tensors"] > 0 and 0 < r["attach_resolve_s"] < 10, r
 assert r["memory"]["host"] == r["bytes"], r["memory"]
 assert r["memory"]["host_cache_used"] >= r["bytes"], r["memory"]
