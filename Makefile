@@ -47,7 +47,7 @@ INTERNAL_LIB := $(BUILD)/libwd-internal.a
 BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
 CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c) \
-	core/log.c core/time.c core/st_dtype.c
+	core/log.c core/time.c core/units.c core/st_dtype.c
 # The GPU tier's import side (weightd_device_map): the device layer and the conversion
 # routines the emulated device runs (core/convert.c). The client library links no internal
 # archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
@@ -141,7 +141,7 @@ test: deps
 test-unit check: all
 	@tests/run.sh $(BUILD)
 
-# The GPU tests on the real CUDA driver (GPU.md): tests/test_gpu.c (the CUDA device layer
+# The GPU tests on the real CUDA driver (../shared/GPU.md): tests/test_gpu.c (the CUDA device layer
 # directly: VRAM, streams, events, staging, fd export/import, conversion kernels), then
 # tests/test_devcache.c without $WEIGHTD_GPU_EMULATE (every corpus file loaded to cuda:0 and
 # read back, ...). It runs what is built and never rebuilds (on a GPU machine, bring a
@@ -226,7 +226,7 @@ bench-hit: $(BUILD)/bench/bench_hit $(BINS)
 bench-python: $(BINS) $(CLIENT_LIB)
 	/usr/bin/python3 bench/bench_python.py --build $(BUILD)
 
-# disk -> VRAM and host -> VRAM vs. pinned H2D, O_DIRECT storage and safetensors (GPU.md).
+# disk -> VRAM and host -> VRAM vs. pinned H2D, O_DIRECT storage and safetensors (../shared/GPU.md).
 # No driver: prints why and {"skipped": ...}. WEIGHTD_GPU_EMULATE=1 runs it emulated (labelled).
 # Runs what is built: on a GPU machine, bring a STATIC=1 build and `make STATIC=1 bench-gpu`.
 .PHONY: bench-gpu

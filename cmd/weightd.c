@@ -244,7 +244,7 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 			cfg->verify = true;
 			break;
 		case OPT_KEEP_ALIVE:
-			if (daemon_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
+			if (wd_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
 				return bad("--keep-alive", optarg, "expected seconds");
 			cfg->host_ttl_ns = v * 1000000000ull;
 			break;
@@ -263,7 +263,7 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 					   opt == OPT_PRESSURE ? "--memory-pressure" :
 					   "--memory-pressure-target";
 
-			if (daemon_parse_bytes(optarg, &v) || strpbrk(optarg, "KMGTkmgt") || v < min ||
+			if (wd_parse_bytes(optarg, &v) || strpbrk(optarg, "KMGTkmgt") || v < min ||
 			    v > max)
 				return bad(name, optarg, opt == OPT_QUARANTINE ? "expected 0..1000" :
 					   opt == OPT_PRESSURE ? "expected 0..100" : "expected 1..100");
@@ -276,7 +276,7 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 			break;
 		}
 		case OPT_BUDGET:
-			if (daemon_parse_bytes(optarg, &cfg->host_budget))
+			if (wd_parse_bytes(optarg, &cfg->host_budget))
 				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
 			break;
 		case OPT_STATE:
@@ -286,7 +286,7 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 			cfg->socket_path = optarg;
 			break;
 		case OPT_SPIN:
-			if (daemon_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
+			if (wd_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
 				return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
 			cfg->spin_us = (uint32_t)v;
 			break;

@@ -28,9 +28,7 @@
 #define SLOW_MAX 64u		/* components whose latest load was slow, tracked for the gauge */
 #define SAMPLES_MAX 4096u	/* error-count samples kept for the burst window */
 
-static const char *const kind_names[WD_ALERT_COUNT] = {
-	"budget", "slow_load", "error_burst", "pin_ttl",
-};
+static const char *const kind_names[WD_ALERT_COUNT] = WD_ALERT_NAMES;
 
 struct queued_load {
 	char key[EVICT_KEY_MAX];
@@ -68,6 +66,11 @@ struct alerts {
 	unsigned int s_first, s_n;
 	uint64_t n_events;		/* private copy of the ring's head */
 };
+
+const char *alert_kind_name(unsigned int kind)
+{
+	return kind < WD_ALERT_COUNT ? kind_names[kind] : "unknown";
+}
 
 void alert_config_init(struct alert_config *c)
 {

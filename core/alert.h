@@ -45,6 +45,9 @@ struct alert_config {
 #define ALERT_MIN_INTERVAL_NS (10ull * 1000 * 1000)	/* 10 ms */
 #define ALERT_HISTORY_MAX 1000u		/* slow_load_history upper bound */
 
+/* "budget", "slow_load", "error_burst", "pin_ttl" (the metric label), or "unknown". */
+const char *alert_kind_name(unsigned int kind);
+
 /* Fills @c with the defaults above. */
 void alert_config_init(struct alert_config *c);
 

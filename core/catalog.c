@@ -20,6 +20,7 @@
 
 #include "core/catalog.h"
 #include "core/common.h"
+#include "core/evict.h"
 #include "core/log.h"
 #include "core/statedir.h"
 
@@ -1663,15 +1664,11 @@ int catalog_note_set(struct catalog *cat, const char *model, const char *note)
 
 /* ---- co-access statistics ---- */
 
-double catalog_coaccess_decay(double count, uint64_t age_ns)
-{
-	return count * exp2(-(double)age_ns / (double)CATALOG_COACCESS_HALF_LIFE_NS);
-}
-
-/* The decay from @at_ns to @now_ns; none when the clock went back. */
+/* @count decayed from @at_ns to @now_ns; none when the clock went back. */
 static double faded(double count, uint64_t at_ns, uint64_t now_ns)
 {
-	return now_ns > at_ns ? catalog_coaccess_decay(count, now_ns - at_ns) : count;
+	return now_ns > at_ns ? count * exp2(-(double)(now_ns - at_ns) /
+					     (double)EVICT_COACCESS_HALF_LIFE_NS) : count;
 }
 
 int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n,

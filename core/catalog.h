@@ -284,20 +284,17 @@ int catalog_apply(struct catalog *cat, const struct catalog_changes *ch);
 /* ---- co-access statistics (components requested together, keyed "model/component") ---- */
 
 /*
- * Co-access counts fade: a pair's count halves every CATALOG_COACCESS_HALF_LIFE_NS of wall-
- * clock time, so that prefetch follows how the models are used now rather than how they
- * were used months ago. The decay is applied when a pair is updated and when the counts are
- * read; times are wall-clock nanoseconds (wd_wall_ns()), since they outlive the process.
+ * Co-access counts fade: a pair's count halves every EVICT_COACCESS_HALF_LIFE_NS of wall-
+ * clock time (core/evict.h: the daemon's counts in memory fade alike), so that prefetch
+ * follows how the models are used now rather than how they were used months ago. The decay
+ * is applied when a pair is updated and when the counts are read; times are wall-clock
+ * nanoseconds (wd_wall_ns()), since they outlive the process.
  */
-#define CATALOG_COACCESS_HALF_LIFE_NS (7ull * 24 * 3600 * 1000000000ull)
-
-/* @count after @age_ns of decay. */
-double catalog_coaccess_decay(double count, uint64_t age_ns);
 
 /*
  * Adds @n to the count of the unordered pair (@a, @b) as of @now_ns, after decaying the
- * count it had, creating the pair. Returns 0, -EINVAL (an empty key, @a equal to @b, or @n
- * zero or above INT64_MAX), or a mapped SQLite error.
+ * count it had, creating the pair. Returns 0, -EINVAL (an empty key, @a equal to @b, @n
+ * zero or above INT64_MAX, or @now_ns above INT64_MAX), or a mapped SQLite error.
  */
 int catalog_coaccess_add(struct catalog *cat, const char *a, const char *b, uint64_t n,
 			 uint64_t now_ns);

@@ -17,4 +17,11 @@
 uint64_t wd_now_ns(void);
 uint64_t wd_wall_ns(void);
 
+/*
+ * Parses a byte count with an optional K, M, G or T suffix (binary units; "KiB", "KB" and
+ * "K" are the same): "64G", "512MiB", "1048576". Returns 0 or -EINVAL (-ERANGE on
+ * overflow). core/units.c.
+ */
+int wd_parse_bytes(const char *s, uint64_t *out);
+
 #endif

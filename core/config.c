@@ -29,7 +29,7 @@ enum kind {
 	K_PATH,		/* an absolute path */
 	K_SOCKET,	/* an absolute path that fits a sockaddr_un */
 	K_BOOL,
-	K_BYTES,	/* daemon_parse_bytes(): 64G, 512M, 1048576 */
+	K_BYTES,	/* wd_parse_bytes(): 64G, 512M, 1048576 */
 	K_DURATION,	/* 30s, 10m, 2h, 1d, 500ms; a bare number is seconds; <= MAX_KEEP_ALIVE */
 	K_MICROS,	/* a decimal count of microseconds, at most MAX_SPIN_US */
 	K_LEVEL,	/* debug, info, warn, error, off */
@@ -380,7 +380,7 @@ static int apply(struct parser *p, enum config_key k, char *v)
 			c->scan_at_start = b;
 		return 0;
 	case K_BYTES:
-		ret = daemon_parse_bytes(v, &u);
+		ret = wd_parse_bytes(v, &u);
 		if (ret == -ERANGE)
 			return fail(p, -EINVAL, "\"%s\" is out of range (at most 2^64-1 bytes)", v);
 		if (ret)

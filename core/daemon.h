@@ -140,10 +140,5 @@ void daemon_destroy(struct daemon *d);
 const char *daemon_socket_path(const struct daemon *d);
 const char *daemon_state_dir(const struct daemon *d);
 
-/*
- * Parses a byte count with an optional K, M, G or T suffix (binary units; "KiB", "KB" and
- * "K" are the same). Returns 0 or -EINVAL (-ERANGE on overflow).
- */
-int daemon_parse_bytes(const char *s, uint64_t *out);
 
 #endif

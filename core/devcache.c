@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "core/evict.h"
 #include "core/fault.h"
@@ -31,6 +32,9 @@
 #define SCRATCH_MAX (8ull << 20)	/* F32 bytes staged in VRAM per conversion step */
 #define TENSOR_ALIGN 64u		/* tensor offsets in a converted copy, as the host's */
 #define NO_TID UINT32_MAX
+
+/* A tensor selection (WD_LOAD_PREFIX / WD_LOAD_NAMES in arg[0]), as the host tier's. */
+enum sel_kind { SEL_ALL = 0, SEL_PREFIX = 1, SEL_NAMES = 2 };
 
 struct dgpu {
 	int ordinal;
@@ -64,13 +68,27 @@ struct dentry {
 	uint32_t model, comp;
 	uint8_t conv;			/* 0: as stored; else F32 tensors as this dtype (F16,
 					 * BF16): a separate entry, converted on the GPU */
-	char key[EVICT_KEY_MAX];	/* "cuda:N/model/component", "...@F16" when converted */
+	uint8_t sel;			/* enum sel_kind; SEL_PREFIX/SEL_NAMES: only the tensors
+					 * of selection @sel_arg (a separate entry, its tensors
+					 * copied out of the whole host entry) */
+	uint64_t sel_hash;		/* XXH3 of @sel_arg, as the host tier's form identity */
+	uint16_t sel_len;
+	char sel_arg[WD_DATA_SLOT_SIZE + 1];
+	char key[EVICT_KEY_MAX];	/* "cuda:N/model/component", "...@F16" when converted,
+					 * "...#sel:<hash>" for a selection */
 	bool resident;
 	struct gpu_vram v;		/* while resident (and while being filled, on the thread) */
 	uint64_t size, tensor_bytes;
 	struct hostcache_layout l;	/* the host entry it was copied from: the same tensor
 					 * offsets, and what demotion needs to rebuild it */
-	uint32_t pins;			/* evict_pin() calls applied (lease pins covering it) */
+	uint32_t pins;			/* evict_pin() calls applied (lease pins covering it), on
+					 * pkey(): an alias's pins hold its owner */
+	struct dentry *owner;		/* NULL, or the resident entry of another component whose
+					 * allocation this one shares: the same host entry (same
+					 * files, hostcache_layout.id) in the same form, stored on
+					 * the GPU once. An alias has no VRAM and no policy entry
+					 * of its own; its table has its own tensor ids. */
+	uint32_t n_aliases;		/* entries whose owner this is */
 	struct dreq **waiters;
 	uint32_t n_waiters, cap_waiters;
 };
@@ -130,7 +148,7 @@ int devcache_parse_budget(const char *s, uint64_t *bytes, unsigned int *pct)
 		*pct = (unsigned int)v;
 		return 0;
 	}
-	return daemon_parse_bytes(s, bytes);
+	return wd_parse_bytes(s, bytes);
 }
 
 static struct dgpu *gpu_of(struct devcache *dc, uint32_t tier)
@@ -140,37 +158,69 @@ static struct dgpu *gpu_of(struct devcache *dc, uint32_t tier)
 	return &dc->g[tier - 1];
 }
 
+/* The form of a device entry a request names (parse_form()). */
+struct dform {
+	uint8_t conv;			/* 0, or the dtype F32 tensors become */
+	uint8_t sel;			/* enum sel_kind */
+	uint64_t sel_hash;
+	const char *payload;		/* the selection (prefix, or NUL-separated names) */
+	uint16_t len;
+};
+
+/* The policy key that stands for @e: its owner's for an alias. */
+static const char *pkey(const struct dentry *e)
+{
+	return e->owner ? e->owner->key : e->key;
+}
+
 static struct dentry *find(struct devcache *dc, const struct dgpu *g, uint32_t comp,
-			   uint8_t conv)
+			   const struct dform *f)
 {
 	for (struct dentry *e = dc->entries; e; e = e->next)
-		if (e->g == g && e->comp == comp && e->conv == conv)
+		if (e->g == g && e->comp == comp && e->conv == f->conv && e->sel == f->sel &&
+		    e->sel_hash == f->sel_hash)
 			return e;
 	return NULL;
 }
 
 /*
- * The form a LOAD or DEVICE_MAP on a GPU tier asks for, from arg[0] (docs/protocol.md
- * §4.4): *@conv = 0 (as stored) or the dtype F32 tensors become. A tensor selection is
- * refused: a device entry holds whole components. Returns 0, or -EINVAL with the reason.
+ * The form a LOAD or DEVICE_MAP on a GPU tier asks for, from arg[0] and the payload @arg
+ * (@len bytes; docs/protocol.md §4.4): f->conv = 0 (as stored) or the dtype F32 tensors
+ * become; f->sel a tensor selection (WD_LOAD_PREFIX: the payload is a prefix; WD_LOAD_NAMES:
+ * NUL-separated names), identified by the XXH3 of the payload as on the host tier. The
+ * payload is hostile: a selection needs one that is not empty, and a prefix without NUL.
+ * Returns 0, or -EINVAL with the reason.
  */
-static int parse_form(const struct wd_sqe *sqe, const char *op, uint8_t *conv,
-		      struct wd_cqe *cqe, char *out)
+static int parse_form(const struct wd_sqe *sqe, const char *arg, uint16_t len, const char *op,
+		      struct dform *f, struct wd_cqe *cqe, char *out)
 {
 	uint64_t a = sqe->arg[0];
 	uint32_t dt = (uint32_t)(a & WD_LOAD_DTYPE_MASK);
 
-	*conv = 0;
+	memset(f, 0, sizeof(*f));
 	if (sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || (a & ~WD_LOAD_ARG_ALL)) {
 		cqe->data_len = ops_msg(out, "%s: unknown bits in arg[0] or arg[1..4] set", op);
 		cqe->res = -EINVAL;
 		return -EINVAL;
 	}
-	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
-		cqe->data_len = ops_msg(out, "%s: a GPU tier holds whole components: tensor "
-					"selection (WD_LOAD_PREFIX/NAMES) is for the host tier", op);
+	if ((a & WD_LOAD_PREFIX) && (a & WD_LOAD_NAMES)) {
+		cqe->data_len = ops_msg(out, "%s: WD_LOAD_PREFIX and WD_LOAD_NAMES together", op);
 		cqe->res = -EINVAL;
 		return -EINVAL;
+	}
+	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
+		if (sqe->model == WD_ID_NONE || !len || len > WD_DATA_SLOT_SIZE || !arg ||
+		    ((a & WD_LOAD_PREFIX) && memchr(arg, '\0', len))) {
+			cqe->data_len = ops_msg(out, "%s: empty or malformed tensor selection (the "
+						"model goes by index, the payload is the selection)",
+						op);
+			cqe->res = -EINVAL;
+			return -EINVAL;
+		}
+		f->sel = (a & WD_LOAD_PREFIX) ? SEL_PREFIX : SEL_NAMES;
+		f->sel_hash = XXH3_64bits(arg, len);
+		f->payload = arg;
+		f->len = len;
 	}
 	if (!(a & WD_LOAD_CONVERT)) {
 		if (dt) {
@@ -186,7 +236,7 @@ static int parse_form(const struct wd_sqe *sqe, const char *op, uint8_t *conv,
 		cqe->res = -EINVAL;
 		return -EINVAL;
 	}
-	*conv = (uint8_t)dt;
+	f->conv = (uint8_t)dt;
 	return 0;
 }
 
@@ -249,9 +299,9 @@ static void sync_pins(struct daemon *d)
 				     l->pins[i].component == e->comp))
 					want++;
 		for (; e->pins < want; e->pins++)
-			evict_pin(e->g->pol, e->key);
+			evict_pin(e->g->pol, pkey(e));
 		for (; e->pins > want; e->pins--)
-			evict_unpin(e->g->pol, e->key);
+			evict_unpin(e->g->pol, pkey(e));
 	}
 	pthread_mutex_unlock(&d->state_lock);
 }
@@ -389,8 +439,8 @@ static void demote(struct daemon *d, struct dentry *e)
 	void *dst = NULL;
 	int ret;
 
-	/* A converted copy cannot rebuild the stored form the host tier keeps. */
-	if (e->conv || hostcache_has(d, e->comp))
+	/* A converted copy or a selection cannot rebuild the stored form the host tier keeps. */
+	if (e->conv || e->sel || hostcache_has(d, e->comp))
 		return;
 	ret = hostcache_adopt_reserve(d, &e->l, &dst, hmsg, sizeof(hmsg));
 	if (ret == -EEXIST)
@@ -410,20 +460,49 @@ static void demote(struct daemon *d, struct dentry *e)
 		 e->key, e->l.size, ret, why[0] ? " why=" : "", why);
 }
 
-/* Drops resident @e (evicted: demoted first, counted). On the device thread, under dc->lock. */
-static void evict_entry(struct daemon *d, struct dentry *e, bool evicted)
+/*
+ * Evicts resident owner @e, in two steps, so that the device -> host copy of a demotion does
+ * not hold dc->lock (the shards' DEVICE_MAP, DEVICES and LOAD hits take it):
+ * evict_detach(), under dc->lock, takes it out of the list, the registry and the policy
+ * (nothing can find or map it any more) and puts it on *@later; evict_finish(), on the
+ * device thread without dc->lock, demotes each entry of that list, frees its VRAM and the
+ * entry. Between the two the policy no longer counts its bytes while the GPU still holds
+ * them: the callers re-read mem_info after evict_finish() for that reason.
+ */
+static void evict_detach(struct daemon *d, struct dentry *e, struct dentry **later)
 {
 	struct devcache *dc = d->dc;
 
-	if (evicted)
-		demote(d, e);
+	/* The policy let it go, so no pin covers any alias either: they go with it. */
+	for (struct dentry *x = dc->entries, *next; x && e->n_aliases; x = next) {
+		next = x->next;
+		if (x->owner != e)
+			continue;
+		unlink_dentry(dc, x);
+		set_state(d, x, WD_STATE_ABSENT, 0);
+		log_info(MOD, "\"dropped with its owner\" key=\"%s\" owner=\"%s\"", x->key,
+			 e->key);
+		e->n_aliases--;
+		free_dentry(x);
+	}
 	unlink_dentry(dc, e);
 	set_state(d, e, WD_STATE_ABSENT, 0);
-	evict_remove(e->g->pol, e->key, evicted);
-	log_info(MOD, "\"%s\" key=\"%s\" bytes=%" PRIu64, evicted ? "evicted" : "dropped", e->key,
-		 e->size);
-	dc->ops->vram_free(e->g->dev, &e->v);
-	free_dentry(e);
+	evict_remove(e->g->pol, e->key, true);
+	log_info(MOD, "\"evicted\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
+	e->next = *later;
+	*later = e;
+}
+
+static void evict_finish(struct daemon *d, struct dentry *list)
+{
+	while (list) {
+		struct dentry *e = list;
+
+		list = e->next;
+		demote(d, e);
+		d->dc->ops->vram_free(e->g->dev, &e->v);
+		free_dentry(e);
+	}
 }
 
 /*
@@ -435,6 +514,7 @@ static int admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t by
 {
 	struct devcache *dc = d->dc;
 	struct evict_victims v;
+	struct dentry *later = NULL;
 	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
 	char name[EVICT_KEY_MAX];
 	int ret;
@@ -454,12 +534,13 @@ static int admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t by
 			if (y->g == g && y->resident && !strcmp(y->key, v.keys[i]))
 				x = y;
 		if (x)
-			evict_entry(d, x, true);
+			evict_detach(d, x, &later);
 		else
 			evict_remove(g->pol, v.keys[i], true);
 	}
 	evict_victims_free(&v);
 	pthread_mutex_unlock(&dc->lock);
+	evict_finish(d, later);
 	for (int i = 0; i < MEMINFO_TRIES; i++) {
 		char why[160];
 
@@ -516,6 +597,7 @@ static int64_t evict_vram(void *arg, uint64_t bytes, int err)
 	struct devcache *dc = a->d->dc;
 	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
 	char key[EVICT_KEY_MAX], why[160];
+	struct dentry *later = NULL;
 	int64_t freed = 0;
 
 	(void)err;
@@ -529,12 +611,13 @@ static int64_t evict_vram(void *arg, uint64_t bytes, int err)
 				x = y;
 		if (x) {
 			freed += (int64_t)x->size;
-			evict_entry(a->d, x, true);
+			evict_detach(a->d, x, &later);
 		} else {
 			evict_remove(a->g->pol, key, true);
 		}
 	}
 	pthread_mutex_unlock(&dc->lock);
+	evict_finish(a->d, later);
 	for (int i = 0; freed && i < MEMINFO_TRIES; i++) {
 		if (dc->ops->mem_info(a->g->dev, &free_b, &total_b, why, sizeof(why)) ||
 		    free_b >= bytes)
@@ -745,8 +828,123 @@ static int convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram 
 	return ret;
 }
 
+/*
+ * The tensors of stored-form entry @l that @e's selection names, into @out: the same offsets
+ * in the host extent (out->base is l->base), its own table (free(out->t)). Tensor names come
+ * from the registry (the daemon's own writes). A prefix must match at least one tensor; every
+ * name of a list must be a tensor of the component, as on the host tier. Returns 0, -ENOENT
+ * or -ENOMEM with @msg (WD_DATA_SLOT_SIZE bytes).
+ */
+static int select_layout(struct daemon *d, const struct dentry *e,
+			 const struct hostcache_layout *l, struct hostcache_layout *out, char *msg)
+{
+	bool *used = NULL;
+	uint32_t n = 0;
+
+	*out = *l;
+	out->tensor_bytes = 0;
+	out->t = calloc(l->n_t ? l->n_t : 1, sizeof(*out->t));
+	if (e->sel == SEL_NAMES)
+		used = calloc(e->sel_len + 1u, sizeof(*used));
+	if (!out->t || (e->sel == SEL_NAMES && !used)) {
+		free(out->t);
+		out->t = NULL;
+		free(used);
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: out of memory", e->key);
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < l->n_t; i++) {
+		struct wd_reg_tensor rt;
+		bool take = false;
+
+		if (l->t[i].tid == NO_TID || registry_read_tensor(&d->view, l->t[i].tid, &rt))
+			continue;
+		rt.name[sizeof(rt.name) - 1] = '\0';
+		if (e->sel == SEL_PREFIX) {
+			take = !strncmp(rt.name, e->sel_arg, e->sel_len);
+		} else {
+			/* Names are NUL-separated in sel_arg (NUL-terminated after sel_len). */
+			for (size_t k = 0; k < e->sel_len; k += strlen(e->sel_arg + k) + 1) {
+				if (!strcmp(rt.name, e->sel_arg + k)) {
+					take = true;
+					used[k] = true;
+				}
+			}
+		}
+		if (take) {
+			out->t[n++] = l->t[i];
+			out->tensor_bytes += l->t[i].nbytes;
+		}
+	}
+	out->n_t = n;
+	for (size_t k = 0; e->sel == SEL_NAMES && k < e->sel_len;
+	     k += strlen(e->sel_arg + k) + 1) {
+		if (e->sel_arg[k] && !used[k]) {
+			snprintf(msg, WD_DATA_SLOT_SIZE, "load: %.80s: no tensor \"%.100s\" in the "
+				 "component", e->key, e->sel_arg + k);
+			free(used);
+			free(out->t);
+			out->t = NULL;
+			return -ENOENT;
+		}
+	}
+	free(used);
+	if (!n) {
+		snprintf(msg, WD_DATA_SLOT_SIZE, "load: %.150s: no tensor matches the selection",
+			 e->key);
+		free(out->t);
+		out->t = NULL;
+		return -ENOENT;
+	}
+	return 0;
+}
+
 static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_layout *l,
 			  const struct gpu_vram *v, uint64_t size, uint64_t t0, uint64_t read_bytes);
+
+/*
+ * The resident entry on @e's GPU, in @e's form, made from host entry @id for another
+ * component (a component shared by two models: the host tier bound both to one entry), or
+ * NULL. Aliases are skipped: their owner is found instead. Under dc->lock.
+ */
+static struct dentry *find_twin(struct devcache *dc, const struct dentry *e, uint64_t id)
+{
+	for (struct dentry *x = dc->entries; x; x = x->next)
+		if (x != e && x->g == e->g && x->resident && !x->owner && x->comp != e->comp &&
+		    x->conv == e->conv && x->sel == e->sel && x->sel_hash == e->sel_hash &&
+		    x->l.id == id)
+			return x;
+	return NULL;
+}
+
+/*
+ * @e becomes an alias of @owner: resident without a copy, sharing its allocation, with
+ * layout @l (@e takes its table: the same offsets as the owner's, @e's component's tensor
+ * ids). Its requesters are answered; a use of the owner's policy entry. Device thread,
+ * under dc->lock.
+ */
+static void alias_resident(struct daemon *d, struct dentry *e, struct dentry *owner,
+			   struct hostcache_layout *l, uint64_t read_bytes)
+{
+	e->l = *l;
+	l->t = NULL;
+	e->owner = owner;
+	owner->n_aliases++;
+	e->v = owner->v;
+	e->size = owner->size;
+	e->tensor_bytes = e->l.tensor_bytes;
+	e->resident = true;
+	evict_lookup(e->g->pol, owner->key, wd_now_ns());
+	set_state(d, e, WD_STATE_RESIDENT, 0);
+	for (uint32_t i = 0; i < e->n_waiters; i++) {
+		e->waiters[i]->bytes += e->tensor_bytes;
+		e->waiters[i]->read_bytes += read_bytes;
+		req_done_one(d, e->waiters[i]);
+	}
+	e->n_waiters = 0;
+	log_info(MOD, "\"resident: shares the allocation of identical content\" key=\"%s\" "
+		 "owner=\"%s\" bytes=%" PRIu64, e->key, owner->key, e->size);
+}
 
 /* The host load of @e ended with @err: copy it to the GPU and complete its requesters. */
 static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
@@ -778,7 +976,25 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 	}
 	gran = dc->ops->granularity(g->dev);
 	need = l.size;
-	if (e->conv) {
+	if (e->sel) {
+		struct hostcache_layout sl;
+
+		/* From here on @l describes the selected tensors only; the hold is the
+		 * extent's, which the copy keeps. */
+		ret = select_layout(d, e, &l, &sl, msg);
+		if (ret) {
+			hostcache_unhold(d, &l);
+			free(l.t);
+			goto fail;
+		}
+		free(l.t);
+		l.t = sl.t;
+		l.n_t = sl.n_t;
+		l.tensor_bytes = sl.tensor_bytes;
+	}
+	if (e->conv || e->sel) {
+		/* A compact layout of its own; with conv 0 nothing is converted and the
+		 * scratch area is empty. */
 		ret = convert_layout(&l, e->conv, &cl, &scratch_off, &scratch);
 		if (ret) {
 			snprintf(msg, sizeof(msg), "%.150s: out of memory", e->key);
@@ -787,6 +1003,23 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 			goto fail;
 		}
 		need = scratch_off + scratch;
+	}
+	{
+		/* The same content (one host entry) already on this GPU in this form, for
+		 * another model's component: share its allocation instead of a second copy. */
+		struct dentry *twin;
+
+		pthread_mutex_lock(&dc->lock);
+		twin = find_twin(dc, e, l.id);
+		if (twin)
+			alias_resident(d, e, twin, e->conv || e->sel ? &cl : &l, read_bytes);
+		pthread_mutex_unlock(&dc->lock);
+		if (twin) {
+			hostcache_unhold(d, &l);
+			free(l.t);
+			free(cl.t);
+			return;
+		}
 	}
 	size = gran ? (need + gran - 1) / gran * gran : need;
 	ret = admit(d, g, e, size, msg);
@@ -800,7 +1033,8 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 		}
 	}
 	if (!ret) {
-		ret = e->conv ? convert_in(d, e, &v, &l, &cl, scratch_off, scratch, msg) :
+		ret = e->conv || e->sel ?
+		      convert_in(d, e, &v, &l, &cl, scratch_off, scratch, msg) :
 		      copy_in(d, e, v.dptr, l.base, l.size, msg);
 		if (ret) {
 			metrics_note_device_error(d->reg);
@@ -816,7 +1050,7 @@ static void fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 		free(cl.t);
 		goto fail;
 	}
-	if (e->conv) {
+	if (e->conv || e->sel) {
 		/* The device copy's own layout; the host entry's table is no longer needed. */
 		free(l.t);
 		l = cl;
@@ -1181,7 +1415,7 @@ void devcache_destroy(struct daemon *d)
 		struct dentry *e = dc->entries;
 
 		dc->entries = e->next;
-		if (e->resident)
+		if (e->resident && !e->owner)	/* an alias shares its owner's allocation */
 			dc->ops->vram_free(e->g->dev, &e->v);
 		free_dentry(e);
 	}
@@ -1220,19 +1454,20 @@ static int no_gpu(struct devcache *dc, uint32_t tier, const char *op, struct wd_
 }
 
 enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
-			       uint32_t model, struct wd_cqe *cqe, char *out)
+			       const char *arg, uint16_t arg_len, uint32_t model,
+			       struct wd_cqe *cqe, char *out)
 {
 	struct devcache *dc = d->dc;
 	struct dgpu *g = gpu_of(dc, sqe->tier);
 	uint32_t first, n, hits = 0;
 	uint64_t bytes = 0, now = wd_now_ns();
-	uint8_t conv;
+	struct dform f;
 
 	if (!g) {
 		no_gpu(dc, sqe->tier, "load", cqe, out);
 		return OPS_DONE;
 	}
-	if (parse_form(sqe, "load", &conv, cqe, out))
+	if (parse_form(sqe, arg, arg_len, "load", &f, cqe, out))
 		return OPS_DONE;
 	if (model == WD_ID_NONE) {
 		cqe->data_len = ops_msg(out, "load: a GPU tier needs the model by index");
@@ -1244,7 +1479,7 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 		return OPS_ASYNC;
 	pthread_mutex_lock(&dc->lock);
 	for (uint32_t cid = first; cid < first + n; cid++) {
-		struct dentry *e = find(dc, g, cid, conv);
+		struct dentry *e = find(dc, g, cid, &f);
 
 		if (!e || !e->resident)
 			break;
@@ -1252,9 +1487,9 @@ enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct 
 	}
 	if (hits == n) {
 		for (uint32_t cid = first; cid < first + n; cid++) {
-			struct dentry *e = find(dc, g, cid, conv);
+			struct dentry *e = find(dc, g, cid, &f);
 
-			evict_lookup(g->pol, e->key, now);
+			evict_lookup(g->pol, pkey(e), now);
 			bytes += e->tensor_bytes;
 		}
 	}
@@ -1283,13 +1518,13 @@ static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
 	/* At most one alignment gap per tensor: the smallest extent it could need. */
 	if (nbytes + (uint64_t)n_tensors * 64 <= hostcache_budget(d))
 		return false;
-	if (e->conv) {
+	if (e->conv || e->sel) {
 		char msg[WD_DATA_SLOT_SIZE];
 
-		/* The conversion reads the stored F32 bytes from the host copy. */
+		/* The conversion and the selection read the stored bytes from the host copy. */
 		snprintf(msg, sizeof(msg), "load: %.100s does not fit the host budget, and a "
-			 "converted GPU copy is made from the host copy: load it as stored",
-			 e->key);
+			 "converted or selected GPU copy is made from the host copy: load it "
+			 "whole, as stored", e->key);
 		pthread_mutex_lock(&d->dc->lock);
 		fail_entry(d, e, -EFBIG, msg);
 		pthread_mutex_unlock(&d->dc->lock);
@@ -1325,12 +1560,16 @@ void devcache_load_job(struct daemon *d, struct job *j)
 	struct dreq *r = calloc(1, sizeof(*r));
 	uint32_t first, n;
 	uint64_t now = wd_now_ns();
-	/* Checked on the shard (parse_form()) before the job was queued. */
-	uint8_t conv = (j->sqe.arg[0] & WD_LOAD_CONVERT) ?
-		       (uint8_t)(j->sqe.arg[0] & WD_LOAD_DTYPE_MASK) : 0;
+	struct dform f;
+	char fmsg[WD_DATA_SLOT_SIZE];
+	struct wd_cqe fcqe = { 0 };
+	/* Checked on the shard before the job was queued; parsed again for the payload's
+	 * place in the job. */
+	int fret = parse_form(&j->sqe, j->arg, j->arg_len, "load", &f, &fcqe, fmsg);
 
-	if (!r || !g) {
-		struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = r ? -ENOTSUP : -ENOMEM };
+	if (!r || !g || fret) {
+		struct wd_cqe cqe = { .user_data = j->sqe.user_data,
+				      .res = !r ? -ENOMEM : !g ? -ENOTSUP : fret };
 
 		free(r);
 		daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
@@ -1356,9 +1595,9 @@ void devcache_load_job(struct daemon *d, struct job *j)
 		int ret = 0;
 
 		pthread_mutex_lock(&dc->lock);
-		e = find(dc, g, cid, conv);
+		e = find(dc, g, cid, &f);
 		if (e && e->resident) {
-			evict_lookup(g->pol, e->key, now);
+			evict_lookup(g->pol, pkey(e), now);
 			r->bytes += e->tensor_bytes;
 		} else if (e) {
 			evict_lookup(g->pol, e->key, now);
@@ -1368,15 +1607,26 @@ void devcache_load_job(struct daemon *d, struct job *j)
 			e->g = g;
 			e->model = j->sqe.model;
 			e->comp = cid;
-			e->conv = conv;
+			e->conv = f.conv;
+			e->sel = f.sel;
+			e->sel_hash = f.sel_hash;
+			e->sel_len = f.len;
+			if (f.len)
+				memcpy(e->sel_arg, f.payload, f.len);
 			e->v.fd = -1;
 			if (registry_read_model(&d->view, e->model, &rm) ||
 			    registry_read_component(&d->view, cid, &rc))
 				ret = -ENOENT;
 			snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s%s", g->ordinal,
 				 ret ? "?" : rm.name, !ret && rc.name[0] ? "/" : "",
-				 ret ? "" : rc.name, conv == GPU_DTYPE_F16 ? "@F16" :
-				 conv == GPU_DTYPE_BF16 ? "@BF16" : "");
+				 ret ? "" : rc.name, f.conv == GPU_DTYPE_F16 ? "@F16" :
+				 f.conv == GPU_DTYPE_BF16 ? "@BF16" : "");
+			if (f.sel) {
+				size_t kl = strlen(e->key);
+
+				snprintf(e->key + kl, sizeof(e->key) - kl, "#sel:%016" PRIx64,
+					 f.sel_hash);
+			}
 			if (!ret)
 				ret = add_waiter(e, r);
 			if (ret) {
@@ -1480,8 +1730,8 @@ static int send_table(int sock, const struct dentry *e, uint64_t token, uint32_t
 	return ret ? ret : msgs;
 }
 
-void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, uint32_t model,
-		  struct wd_cqe *cqe, char *out)
+void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+		  const char *arg, uint16_t arg_len, uint32_t model, struct wd_cqe *cqe, char *out)
 {
 	struct devcache *dc = d->dc;
 	struct dgpu *g = gpu_of(dc, sqe->tier);
@@ -1489,7 +1739,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	struct wd_devmap_reply rep = { 0 };
 	struct dentry *e;
 	uint32_t first, n;
-	uint8_t conv;
+	struct dform f;
 	int ret, msgs;
 
 	if (sqe->tier == WD_TIER_HOST) {
@@ -1507,7 +1757,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 		cqe->res = -EINVAL;
 		return;
 	}
-	if (parse_form(sqe, "device_map", &conv, cqe, out))
+	if (parse_form(sqe, arg, arg_len, "device_map", &f, cqe, out))
 		return;
 	targets(d, model, sqe->component, &first, &n);
 	if (n != 1) {
@@ -1517,7 +1767,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	}
 	p.component = first;
 	pthread_mutex_lock(&dc->lock);
-	e = find(dc, g, first, conv);
+	e = find(dc, g, first, &f);
 	if (!e || !e->resident) {
 		pthread_mutex_unlock(&dc->lock);
 		cqe->data_len = ops_msg(out, "device_map: component %u is not resident on cuda:%d "
@@ -1568,6 +1818,36 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, 
 	cqe->res = 0;
 }
 
+/*
+ * Owner @e (unlinked, its policy entry removed) goes while other components still share its
+ * allocation: one of its aliases becomes the owner (the allocation, the policy entry under
+ * its own key; the others follow it). The pins of the aliases are applied again to the new
+ * key by the caller's sync_pins(). Under dc->lock.
+ */
+static void hand_on(struct daemon *d, struct dentry *e)
+{
+	struct devcache *dc = d->dc;
+	struct dentry *a = NULL;
+
+	for (struct dentry *x = dc->entries; x; x = x->next) {
+		if (x->owner != e)
+			continue;
+		x->pins = 0;	/* those were applied to @e's key, which is gone */
+		if (!a) {
+			a = x;
+			a->owner = NULL;
+			a->n_aliases = e->n_aliases - 1;
+		} else {
+			x->owner = a;
+		}
+	}
+	if (!a)
+		return;
+	evict_insert(a->g->pol, a->key, a->size, wd_now_ns(), false);
+	log_info(MOD, "\"unloaded: allocation handed on\" key=\"%s\" to=\"%s\" bytes=%" PRIu64,
+		 e->key, a->key, a->size);
+}
+
 int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_t comp,
 			char *out, uint16_t *out_len)
 {
@@ -1591,18 +1871,36 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 			return -EBUSY;
 		}
 	}
+	/* Aliases first: an owner whose aliases all go too is then freed, not handed on. */
+	for (struct dentry *e = dc->entries, *next; e; e = next) {
+		next = e->next;
+		if (e->g != g || e->comp < first || e->comp >= first + n || !e->owner)
+			continue;
+		e->owner->n_aliases--;
+		unlink_dentry(dc, e);
+		set_state(d, e, WD_STATE_ABSENT, 0);
+		log_info(MOD, "\"unloaded\" key=\"%s\" shared=\"%s\"", e->key, e->owner->key);
+		free_dentry(e);
+	}
 	for (struct dentry *e = dc->entries, *next; e; e = next) {
 		next = e->next;
 		if (e->g != g || e->comp < first || e->comp >= first + n)
 			continue;
-		freed += (int64_t)e->size;
 		unlink_dentry(dc, e);
 		set_state(d, e, WD_STATE_ABSENT, 0);
 		evict_remove(g->pol, e->key, false);
-		log_info(MOD, "\"unloaded\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
-		free_later(dc, g, &e->v);
+		if (e->n_aliases) {
+			hand_on(d, e);
+			/* The list changed: start over (entries in range are only owners now). */
+			next = dc->entries;
+		} else {
+			freed += (int64_t)e->size;
+			log_info(MOD, "\"unloaded\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
+			free_later(dc, g, &e->v);
+		}
 		free_dentry(e);
 	}
+	sync_pins(d);
 	pthread_mutex_unlock(&dc->lock);
 	return freed;
 }

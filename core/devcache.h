@@ -12,7 +12,17 @@
  * (all tensors, the same layout as the host cache entry it was copied from: a tensor's device
  * address is the allocation's base plus its offset in the host entry), or converted (F32
  * tensors as F16/BF16, converted by the GPU after a pinned copy of the stored bytes, in a
- * layout of its own). Tensor selection is host-only.
+ * layout of its own). A selection (WD_LOAD_PREFIX/NAMES) is a separate entry as well, keyed
+ * "...#sel:<XXH3 of the payload>": only the selected tensors, copied one by one out of the
+ * whole stored-form host entry into a compact layout of their own (converted too when the
+ * form asks for it); selections and converted entries are never demoted.
+ *
+ * One copy per content: an entry whose host entry (struct hostcache_layout.id: the same files,
+ * or byte-identical ones the host tier bound together) is already resident on the GPU in the
+ * same form for another component becomes an alias of it: no copy of its own, the owner's
+ * allocation with its own tensor ids. Its pins count on the owner's policy entry, so a pin of
+ * either keeps the allocation; evicting the owner drops its aliases; unloading the owner
+ * hands the allocation on to an alias.
  *
  * Load path (LOAD with tier cuda:N):
  *   shard   devcache_load(): validates the tier, answers a hit inline when every target
@@ -42,7 +52,9 @@
  *
  * Locking: the tier's lock comes before the host cache's lock and state_lock; the host cache
  * never takes it (its callback only queues work for the device thread, under a separate
- * queue lock).
+ * queue lock). An eviction takes the victim out of the list under the lock and demotes it
+ * (the device -> host copy) after dropping it, so that the shards' DEVICE_MAP, DEVICES and
+ * LOAD hits do not wait on the copy.
  */
 #ifndef WD_CORE_DEVCACHE_H
 #define WD_CORE_DEVCACHE_H
@@ -85,12 +97,14 @@ unsigned int devcache_count(struct daemon *d);
 
 /*
  * LOAD with a GPU tier, on the shard: -ENOTSUP with the reason when there is no such GPU,
- * -EINVAL for a form other than "all tensors", as stored or converted to F16/BF16 (arg[0]:
- * 0 or WD_LOAD_CONVERT | dtype), a hit answered inline, else OPS_ASYNC (the caller queues
- * the job).
+ * -EINVAL for a malformed form (arg[0]: 0 or WD_LOAD_CONVERT | dtype (F16/BF16), optionally
+ * with WD_LOAD_PREFIX or WD_LOAD_NAMES and the selection as the payload @arg, @arg_len
+ * bytes, the model by index), a hit answered inline, else OPS_ASYNC (the caller queues the
+ * job).
  */
 enum ops_outcome devcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
-			       uint32_t model, struct wd_cqe *cqe, char *out);
+			       const char *arg, uint16_t arg_len, uint32_t model,
+			       struct wd_cqe *cqe, char *out);
 
 /* Worker side of a GPU LOAD; the final completion is posted later from the device thread. */
 void devcache_load_job(struct daemon *d, struct job *j);
@@ -98,12 +112,13 @@ void devcache_load_job(struct daemon *d, struct job *j);
 /*
  * DEVICE_MAP on the shard: takes the lease pin, sends the fd and the tensor table on the
  * client's socket (non-blocking: a client that does not read its socket gets -EAGAIN), and
- * fills @cqe. arg[0] names the form as for LOAD. Errors: -ENOTSUP (no such GPU), -EINVAL (bad
+ * fills @cqe. arg[0] and the payload name the form as for LOAD. Errors: -ENOTSUP (no such GPU), -EINVAL (bad
  * arguments, or a model of several components without one named), -ENODATA (not resident
- * on that GPU in that form), -ECONNRESET, the sendmsg errno.
+ * on that GPU in that form), -ECONNRESET, the sendmsg errno. A selection's payload is @arg
+ * (@arg_len bytes), the same bytes as its LOAD's.
  */
-void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe, uint32_t model,
-		  struct wd_cqe *cqe, char *out);
+void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
+		  const char *arg, uint16_t arg_len, uint32_t model, struct wd_cqe *cqe, char *out);
 
 /*
  * UNLOAD on a GPU tier: drops the device entries of @model (@comp, or all components) on

@@ -14,8 +14,8 @@
  *
  *   read      a read completion of the io_uring loader (uring/loader.c). ERR is EINTR,
  *             EAGAIN or EIO (the completion is reported as -ERR, whatever the kernel read),
- *             or SHORT: the completion reports half of the bytes it read (at least one), so
- *             the loader must resubmit the rest.
+ *             or SHORT: the completion reports only the first byte it read (the first 4096
+ *             for an O_DIRECT file), so the loader must resubmit the rest.
  *   alloc     a host cache extent allocation (core/hostcache.c): arena_alloc() is reported
  *             as failed with -ERR (ENOSPC or ENOMEM) without being called.
  *   populate  faulting in a fresh extent (recovery_populate()): reported as -ERR (ENOMEM).

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alert.h"
 #include "core/common.h"
 #include "core/hostcache.h"
 #include "core/log.h"
@@ -347,12 +348,7 @@ static bool put(char *buf, size_t cap, size_t *off, const char *fmt, ...)
 	return true;
 }
 
-static const char *const err_class_names[WD_ERRC_COUNT] = {
-	"validation", "io", "admission", "protocol", "device", "other",
-};
-static const char *const alert_names[WD_ALERT_COUNT] = {
-	"budget", "slow_load", "error_burst", "pin_ttl",
-};
+static const char *const err_class_names[WD_ERRC_COUNT] = WD_ERRC_NAMES;
 
 /* "host" or "cuda:N" for a tier label. */
 static const char *tier_label(uint32_t t, char *b, size_t n)
@@ -444,12 +440,12 @@ static bool render_block(const struct metrics_snapshot *s, char *buf, size_t cap
 		       "# TYPE weightd_alerts_total counter\n");
 	for (unsigned int i = 0; ok && i < WD_ALERT_COUNT; i++)
 		ok = put(buf, cap, off, "weightd_alerts_total{kind=\"%s\"} %" PRIu64 "\n",
-			 alert_names[i], s->alerts_total[i]);
+			 alert_kind_name(i), s->alerts_total[i]);
 	ok = ok && put(buf, cap, off, "# HELP weightd_alerts_active Alerts active now, by kind.\n"
 		       "# TYPE weightd_alerts_active gauge\n");
 	for (unsigned int i = 0; ok && i < WD_ALERT_COUNT; i++)
 		ok = put(buf, cap, off, "weightd_alerts_active{kind=\"%s\"} %" PRIu64 "\n",
-			 alert_names[i], s->alerts_active[i]);
+			 alert_kind_name(i), s->alerts_active[i]);
 	ok = ok && put(buf, cap, off, "# HELP weightd_host_numa_bytes Host cache bytes by the NUMA "
 		       "node placement bound them to (unbound: no binding).\n"
 		       "# TYPE weightd_host_numa_bytes gauge\n");

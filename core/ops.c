@@ -148,7 +148,7 @@ static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct
 	}
 	if (sqe->tier != WD_TIER_HOST && d->dc) {
 		/* The device tier (core/devcache.h) loads through the host tier itself. */
-		if (devcache_load(d, c, sqe, id, cqe, out) == OPS_DONE)
+		if (devcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE)
 			return OPS_DONE;
 	} else if (hostcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE) {
 		return OPS_DONE;
@@ -185,7 +185,7 @@ static void op_device_map(struct daemon *d, struct client *c, const struct wd_sq
 		fail(cqe, -ENOTSUP);
 		return;
 	}
-	devcache_map(d, c, sqe, id, cqe, out);
+	devcache_map(d, c, sqe, arg, len, id, cqe, out);
 }
 
 /* DEVICES: the GPU tiers from arg[0]; with none, res 0 and the reason as text. */

@@ -139,7 +139,6 @@ struct qrec {
 	uint64_t fp;
 	uint32_t fails;
 	bool quarantined;
-	int err;
 	char reason[RECOVERY_REASON_MAX];
 };
 
@@ -253,7 +252,6 @@ bool quarantine_fail(struct quarantine *q, const char *key, uint64_t fp, int err
 		q->recs = r;
 	}
 	r->fails++;
-	r->err = err;
 	if (snprintf(r->reason, sizeof(r->reason), "%s", why && *why ? why : strerror(-err)) >=
 	    (int)sizeof(r->reason))
 		memcpy(r->reason + sizeof(r->reason) - 4, "...", 4);	/* say it was cut */
@@ -296,18 +294,6 @@ bool quarantine_clear(struct quarantine *q, const char *key)
 	if (was)
 		log_info(MOD, "\"quarantine cleared by the operator\" component=\"%s\"", key);
 	return was;
-}
-
-bool quarantine_is(struct quarantine *q, const char *key)
-{
-	struct qrec *r;
-	bool is;
-
-	pthread_mutex_lock(&q->lock);
-	r = *find(q, key);
-	is = r && r->quarantined;
-	pthread_mutex_unlock(&q->lock);
-	return is;
 }
 
 size_t quarantine_count(struct quarantine *q)

@@ -148,9 +148,6 @@ void quarantine_ok(struct quarantine *q, const char *key);
 /* Forgets @key (an operator's unload); returns true when it was quarantined. */
 bool quarantine_clear(struct quarantine *q, const char *key);
 
-/* Whether @key is quarantined now (whatever its files). */
-bool quarantine_is(struct quarantine *q, const char *key);
-
 /* Components in quarantine now. */
 size_t quarantine_count(struct quarantine *q);
 

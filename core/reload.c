@@ -123,7 +123,8 @@ static bool same_str(const char *a, const char *b)
 	return a == b || (a && b && !strcmp(a, b));
 }
 
-/* The roots a reload asks for: the configured list, else the daemon's default root. */
+/* Whether @roots differ from the roots queued by an earlier reload, else those in use; under
+ * job_lock. */
 static bool roots_differ(struct daemon *d, const char *const *roots, size_t n)
 {
 	const char *const *cur = d->rescan ? (const char *const *)d->new_roots : d->roots;

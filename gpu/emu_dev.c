@@ -114,43 +114,8 @@ static void event_put(struct gpu_event *ev)
 }
 
 /*
- * A device size: a whole number with an optional binary suffix K, M, G or T (either case,
- * optionally followed by "i" and/or "B": "8G", "512MiB"). Its own parser, not
- * gen_parse_size(): this file is part of libweightd, which must not drag the corpus
- * generator (and jansson) into every client. Returns 0 or -EINVAL (also on overflow).
- */
-static int parse_size(const char *s, uint64_t *out)
-{
-	unsigned int shift = 0;
-	unsigned long long v;
-	char *end;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	default: break;
-	}
-	if (shift && *end == 'i')
-		end++;
-	if (*end == 'B' || *end == 'b')
-		end++;
-	if (*end || (shift && v > (UINT64_MAX >> shift)))
-		return -EINVAL;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
-
-/*
  * Parses $WEIGHTD_GPU_EMULATE: "N" or "N:SIZE" with 1 <= N <= GPU_MAX_DEVICES and SIZE a
- * parse_size() size of at least one granule. Returns N or -EINVAL/-ENODEV with @why.
+ * wd_parse_bytes() size of at least one granule. Returns N or -EINVAL/-ENODEV with @why.
  */
 static int parse_env(uint64_t *budget, char *why, size_t why_size)
 {
@@ -172,7 +137,7 @@ static int parse_env(uint64_t *budget, char *why, size_t why_size)
 		return -EINVAL;
 	}
 	if (*end == ':') {
-		if (parse_size(end + 1, budget) < 0 || *budget < EMU_GRANULARITY ||
+		if (wd_parse_bytes(end + 1, budget) < 0 || *budget < EMU_GRANULARITY ||
 		    *budget > (1ull << 50)) {
 			snprintf(why, why_size,
 				 "WEIGHTD_GPU_EMULATE=\"%s\": device size \"%s\" is not a size "

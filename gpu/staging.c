@@ -695,9 +695,10 @@ int staging_load(struct staging *st, const struct staging_transfer *t, size_t n,
 		if (!t[i].len)
 			continue;
 		if (t[i].fd < 0 || fstat(t[i].fd, &sb) < 0) {
+			/* Taken before snprintf(), which may change errno. */
+			rc = t[i].fd < 0 ? -EBADF : -errno;
 			snprintf(why, why_size, "staging: transfer %zu (%s): bad fd %d", i,
 				 t[i].name ? t[i].name : "?", t[i].fd);
-			rc = t[i].fd < 0 ? -EBADF : -errno;
 			goto out;
 		}
 		c.file_of[i] = (uint32_t)add_file(st, &c, &t[i]);

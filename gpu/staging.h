@@ -29,7 +29,9 @@
  *
  * Thread-safety: a ring is used by one thread at a time (one load after another; a second
  * GPU has its own ring). Both calls return only after every copy they queued has completed
- * (or, on failure, has drained), so buffers and VRAM can be reused or freed at once.
+ * (or, on failure, has drained), so buffers and VRAM can be reused or freed at once. The one
+ * exception is a failed event_record (the driver out of host memory): nothing then tells when
+ * the copies queued before it finish, and the call fails without waiting for them.
  */
 #ifndef WD_GPU_STAGING_H
 #define WD_GPU_STAGING_H

@@ -341,6 +341,17 @@ int weightd_device_map(struct weightd *w, const char *model, const char *compone
 int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
 			  unsigned int device, unsigned int dtype, struct weightd_device_map **out);
 
+/*
+ * weightd_device_map() of the copy a LOAD to cuda:@device with form @opts made (NULL: all
+ * tensors as stored): with a selection (@opts->prefix or @opts->names, the same ones as the
+ * load's) a separate allocation that holds only the selected tensors, in a compact layout of
+ * its own; the others are not in the mapping (weightd_tensor_device_info() answers -ENOENT).
+ * Same returns as weightd_device_map_ex(); -ENODATA when not resident there in that form.
+ */
+int weightd_device_map_opts(struct weightd *w, const char *model, const char *component,
+			    unsigned int device, const struct weightd_load_opts *opts,
+			    struct weightd_device_map **out);
+
 /* The allocation: device address in this process (emulated: a host address), and bytes. */
 uint64_t weightd_device_base(const struct weightd_device_map *m);
 uint64_t weightd_device_size(const struct weightd_device_map *m);

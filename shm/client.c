@@ -1629,10 +1629,21 @@ int weightd_device_map(struct weightd *w, const char *model, const char *compone
 int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
 			  unsigned int device, unsigned int dtype, struct weightd_device_map **out)
 {
+	struct weightd_load_opts o = { .dtype = dtype };
+
+	return weightd_device_map_opts(w, model, component, device, &o, out);
+}
+
+int weightd_device_map_opts(struct weightd *w, const char *model, const char *component,
+			    unsigned int device, const struct weightd_load_opts *opts,
+			    struct weightd_device_map **out)
+{
+	unsigned int dtype = opts ? opts->dtype : 0;
 	struct request rq = { .sqe = { .opcode = WD_OP_DEVICE_MAP,
 				       .tier = (uint16_t)WD_TIER_CUDA(device),
 				       .arg = { dtype ? WD_LOAD_CONVERT | (dtype & WD_LOAD_DTYPE_MASK)
 						      : 0 } } };
+	char sel[WD_DATA_SLOT_SIZE];
 	struct weightd_device_map *m;
 	struct wd_devmap_reply rep;
 	struct reply rp;
@@ -1649,6 +1660,13 @@ int weightd_device_map_ex(struct weightd *w, const char *model, const char *comp
 	ret = set_target(w, &rq, model, component);
 	if (ret)
 		return ret;
+	if (opts && (opts->prefix || opts->names)) {
+		ret = pack_selection(opts, sel, &rq.sqe.arg[0]);
+		if (ret < 0)
+			return ret;
+		rq.payload = sel;
+		rq.payload_len = (size_t)ret;
+	}
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return fail(-ENOMEM, "out of memory");
@@ -1664,9 +1682,15 @@ int weightd_device_map_ex(struct weightd *w, const char *model, const char *comp
 		goto out;
 	}
 	memcpy(&rep, rp.data, sizeof(rep));
-	m->ordinal = rep.ordinal;
+	m->ordinal = device;
 	m->model = rq.sqe.model;
 	m->component = rep.component;
+	/* The kind picks the device layer this process imports with: never guess it. */
+	if (rep.ordinal != device || rep.kind > WD_DEVICE_KIND_EMULATED) {
+		ret = fail(-EPROTO, "device map: a reply for device %u of kind %u, asked for "
+			   "device %u", rep.ordinal, rep.kind, device);
+		goto unpin;
+	}
 	ret = recv_table(w, rp.aux1, rep.n_tensors, rp.aux0, m, &fd);
 	if (ret)
 		goto unpin;
@@ -1909,18 +1933,14 @@ int weightd_events(struct weightd *w, struct weightd_event *out, size_t max)
 
 const char *weightd_alert_name(unsigned int kind)
 {
-	static const char *const names[WEIGHTD_ALERT_KINDS] = {
-		"budget", "slow_load", "error_burst", "pin_ttl",
-	};
+	static const char *const names[WEIGHTD_ALERT_KINDS] = WD_ALERT_NAMES;
 
 	return kind < WEIGHTD_ALERT_KINDS ? names[kind] : "unknown";
 }
 
 const char *weightd_error_class_name(unsigned int cls)
 {
-	static const char *const names[WEIGHTD_ERR_CLASSES] = {
-		"validation", "io", "admission", "protocol", "device", "other",
-	};
+	static const char *const names[WEIGHTD_ERR_CLASSES] = WD_ERRC_NAMES;
 
 	return cls < WEIGHTD_ERR_CLASSES ? names[cls] : "unknown";
 }

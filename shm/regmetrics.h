@@ -62,6 +62,9 @@ enum wd_err_class {
 	WD_ERRC_COUNT
 };
 
+/* Their names, in enum order: the /metrics labels and weightd_error_class_name(). */
+#define WD_ERRC_NAMES { "validation", "io", "admission", "protocol", "device", "other" }
+
 /* Alert kinds (core/alert.h). */
 enum wd_alert_kind {
 	WD_ALERT_BUDGET = 0,	/* host cache use above alert_budget_pct of the budget */
@@ -70,6 +73,9 @@ enum wd_alert_kind {
 	WD_ALERT_PIN_TTL,	/* a client held a pin longer than alert_pin_ttl */
 	WD_ALERT_COUNT
 };
+
+/* Their names, in enum order: the /metrics labels, the log and weightd_alert_name(). */
+#define WD_ALERT_NAMES { "budget", "slow_load", "error_burst", "pin_ttl" }
 
 /* wd_event.flags */
 #define WD_EVENT_F_RAISED 0x1u	/* the alert became active (or fired, for one-shot kinds) */

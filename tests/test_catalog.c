@@ -25,6 +25,7 @@
 #include "tests/helpers_tmp.h"
 #include "core/catalog.h"
 #include "core/common.h"
+#include "core/evict.h"
 #include "core/gen.h"
 #include "core/log.h"
 #include "core/scan.h"
@@ -657,7 +658,7 @@ static void test_coaccess(void **state)
 		{ 0, 40, "" },					/* everything faded */
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(fades); i++) {
-		uint64_t now = T0 + fades[i].at * CATALOG_COACCESS_HALF_LIFE_NS;
+		uint64_t now = T0 + fades[i].at * EVICT_COACCESS_HALF_LIFE_NS;
 
 		if (fades[i].add)
 			assert_int_equal(catalog_coaccess_add(cat, "m/vae", "m/unet", fades[i].add,

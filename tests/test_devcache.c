@@ -27,8 +27,18 @@
  *   convert     a model with F32 tensors (one larger than the conversion's VRAM scratch area)
  *               loaded to cuda:0 as F16 and as BF16: each converted device copy, read back,
  *               is byte-identical to the host tier's converted copy; other dtypes stay as
- *               stored; the stored-form device copy is a separate entry; a tensor selection
- *               on a GPU tier is refused;
+ *               stored; the stored-form device copy is a separate entry; a selection
+ *               converted holds only its tensors, equal to the host tier's same form;
+ *   select      tensor selections (a prefix, a list of names) loaded to cuda:0: each is a
+ *               separate device entry holding only the selected tensors, byte-identical to
+ *               the reference, the others absent from its mapping (-ENOENT); a second load
+ *               is a hit; a selection that names nothing, or a name no tensor has, fails
+ *               with -ENOENT;
+ *   shared      two models whose files are hard links of one file (one host entry): the
+ *               second load to cuda:0 shares the first's allocation (GPU bytes used do not
+ *               grow), a mapping of either reads the host bytes, a mapping of the second
+ *               keeps the shared allocation from eviction, unloading the first hands it on
+ *               to the second, and once nothing maps it, it can be evicted;
  *   vram_retry  injected VRAM allocation failures ($WEIGHTD_FAULT=vram:ENOMEM): with the only
  *               resident entry mapped the load fails saying nothing was evictable; unmapped,
  *               it is evicted, the allocation is retried once and the load succeeds
@@ -619,7 +629,8 @@ static const struct hostile_case hostile_cases[] = {
 	{ "unknown model id", 1, 0, 2, -1, 0, -ENOENT },
 	{ "component of another model", 1, 0, 0, 1, 0, -EINVAL },
 	{ "arg[0] set", 1, 0, 0, -1, 7, -EINVAL },
-	{ "a selection", 1, 0, 0, -1, WD_LOAD_PREFIX, -EINVAL },
+	{ "a selection without payload", 1, 0, 0, -1, WD_LOAD_PREFIX, -EINVAL },
+	{ "prefix and names together", 1, 0, 0, -1, WD_LOAD_PREFIX | WD_LOAD_NAMES, -EINVAL },
 	{ "conversion to I32", 1, 0, 0, -1, WD_LOAD_CONVERT | 6, -EINVAL },
 	{ "unknown arg[0] bit", 1, 0, 0, -1, 1u << 20, -EINVAL },
 	{ "a form not resident", 1, 0, 0, -1, WD_LOAD_CONVERT | 9, -ENODATA },
@@ -802,12 +813,40 @@ static void test_convert(void **state)
 	}
 	weightd_device_unmap(w, m);
 	{
-		struct weightd_load_opts o = { .prefix = "bi" };
+		/* A selection converted: only "big", as F16, equal to the host tier's copy of the
+		 * same form; "small" (F32 too) is not in the mapping. */
+		struct weightd_load_opts o = { .dtype = WEIGHTD_DTYPE_F16, .prefix = "bi" };
+		struct weightd_tensor_info big, small;
+		uint64_t nbytes = 0;
+		unsigned int dt = 0;
+		const void *host;
+		void *buf;
 
 		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_CUDA(0),
 				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, NULL);
-		CHECK(ret == -EINVAL && strstr(weightd_last_error(), "selection"),
-		      "a selection on cuda:0: %d (%s)", ret, weightd_last_error());
+		CHECK(ret == 0, "selection as F16 on cuda:0: %s", weightd_last_error());
+		CHECK(weightd_device_map_opts(w, "f32mix", NULL, 0, &o, &m) == 0,
+		      "map of the selection as F16: %s", weightd_last_error());
+		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_NO_PROGRESS,
+				      &o, NULL, NULL, NULL);
+		CHECK(ret == 0, "host load of the selection as F16: %s", weightd_last_error());
+		CHECK(weightd_tensor(w, "f32mix", NULL, "big", &big) == 0 &&
+		      weightd_tensor(w, "f32mix", NULL, "small", &small) == 0, "tensors: %s",
+		      weightd_last_error());
+		CHECK(weightd_tensor_device_info(m, &small, NULL, NULL, NULL) == -ENOENT,
+		      "unselected \"small\" is in the mapping");
+		CHECK(weightd_tensor_device_info(m, &big, NULL, &dt, &nbytes) == 0 &&
+		      dt == WEIGHTD_DTYPE_F16 && nbytes == 2 * n_big, "big in the mapping: dtype %u, "
+		      "%" PRIu64 " bytes", dt, nbytes);
+		host = weightd_tensor_data(w, &big);
+		buf = malloc(nbytes);
+		CHECK(host && buf && big.nbytes == nbytes, "host copy of big: %s",
+		      weightd_last_error());
+		CHECK(weightd_device_read(m, &big, buf, nbytes) == 0 && !memcmp(buf, host, nbytes),
+		      "the selected F16 cuda:0 copy of big differs from the host tier's");
+		free(buf);
+		weightd_device_unmap(w, m);
+		checked++;
 	}
 	printf("convert: %u tensors of converted cuda:0 copies equal the host tier's\n", checked);
 	weightd_detach(w);
@@ -815,6 +854,245 @@ static void test_convert(void **state)
 	cur = NULL;
 	snprintf(path, sizeof(path), "%s/f32mix.safetensors", dir);
 	unlink(path);
+	rmdir(dir);
+}
+
+struct select_case {
+	const char *what;
+	const char *prefix;		/* or */
+	const char *names[4];		/* NULL-terminated */
+	unsigned int want;		/* tensors selected; 0: the load fails with -ENOENT */
+};
+
+static const struct select_case select_cases[] = {
+	{ "prefix", "blocks.1.", { NULL }, 5 },
+	{ "prefix of one tensor", "blocks.2.mlp.fc2", { NULL }, 1 },
+	{ "names", NULL, { "blocks.0.mlp.fc1.weight", "blocks.3.norm1.weight",
+			   "blocks.1.attn.qkv.weight", NULL }, 3 },
+	{ "prefix matching nothing", "nope.", { NULL }, 0 },
+	{ "a name no tensor has", NULL, { "blocks.0.mlp.fc1.weight", "blocks.9.x", NULL }, 0 },
+};
+
+static bool selected(const struct select_case *sc, const char *name)
+{
+	if (sc->prefix)
+		return !strncmp(name, sc->prefix, strlen(sc->prefix));
+	for (size_t i = 0; sc->names[i]; i++)
+		if (!strcmp(name, sc->names[i]))
+			return true;
+	return false;
+}
+
+/*
+ * Checks mapping @m of selection @sc of transformer_block against the reference listing:
+ * selected tensors read back byte-identical, the others are not in the mapping. Returns the
+ * number of selected tensors found.
+ */
+static unsigned int verify_selection(struct weightd *w, const struct weightd_device_map *m,
+				     const struct select_case *sc)
+{
+	char path[4096], line[4096];
+	unsigned int n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/transformer_block.tensors.txt", corpus);
+	f = fopen(path, "r");
+	CHECK(f, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		char *name = strtok(line, "\t"), *size, *hash;
+		struct weightd_tensor_info ti;
+		uint64_t dptr = 0, nbytes = 0;
+		void *buf;
+		int ret;
+
+		strtok(NULL, "\t");
+		strtok(NULL, "\t");
+		size = strtok(NULL, "\t");
+		hash = strtok(NULL, "\t\n");
+		if (!name || !size || !hash)
+			continue;
+		CHECK(weightd_tensor(w, "transformer_block", NULL, name, &ti) == 0, "%s: %s", name,
+		      weightd_last_error());
+		ret = weightd_tensor_device_info(m, &ti, &dptr, NULL, &nbytes);
+		if (!selected(sc, name)) {
+			CHECK(ret == -ENOENT, "case \"%s\": unselected %s is in the mapping (%d)",
+			      sc->what, name, ret);
+			continue;
+		}
+		CHECK(ret == 0 && nbytes == strtoull(size, NULL, 10) &&
+		      dptr >= weightd_device_base(m) &&
+		      dptr + nbytes <= weightd_device_base(m) + weightd_device_size(m),
+		      "case \"%s\": %s: ret %d, %" PRIu64 " bytes at %#" PRIx64 " in [%#" PRIx64
+		      ", +%" PRIu64 ")", sc->what, name, ret, nbytes, dptr, weightd_device_base(m),
+		      weightd_device_size(m));
+		buf = malloc(nbytes ? nbytes : 1);
+		CHECK(buf, "malloc");
+		ret = weightd_device_read(m, &ti, buf, nbytes);
+		CHECK(ret == 0 && fnv1a(buf, nbytes) == strtoull(hash, NULL, 16),
+		      "case \"%s\": %s read back from cuda:0 (ret %d) differs from the reference",
+		      sc->what, name, ret);
+		free(buf);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static void test_select(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	unsigned int checked = 0;
+	int ret;
+
+	(void)state;
+	start(&d, NULL);
+	w = attach(&d);
+	for (size_t i = 0; i < ARRAY_SIZE(select_cases); i++) {
+		const struct select_case *sc = &select_cases[i];
+		struct weightd_load_opts o = { .prefix = sc->prefix,
+					       .names = sc->prefix ? NULL : sc->names };
+		struct weightd_load_result res;
+		unsigned int n;
+
+		while (!sc->prefix && sc->names[o.n_names])
+			o.n_names++;
+		ret = weightd_load_ex(w, "transformer_block", NULL, WEIGHTD_TIER_CUDA(0),
+				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, &res);
+		if (!sc->want) {
+			CHECK(ret == -ENOENT, "case \"%s\": load %d (%s), expected -ENOENT",
+			      sc->what, ret, weightd_last_error());
+			continue;
+		}
+		CHECK(ret == 0, "case \"%s\": load: %s", sc->what, weightd_last_error());
+		ret = weightd_device_map_opts(w, "transformer_block", NULL, 0, &o, &m);
+		CHECK(ret == 0, "case \"%s\": map: %s", sc->what, weightd_last_error());
+		n = verify_selection(w, m, sc);
+		CHECK(n == sc->want, "case \"%s\": %u tensors in the mapping, expected %u",
+		      sc->what, n, sc->want);
+		weightd_device_unmap(w, m);
+		/* The same selection again: the device entry is resident (a hit). */
+		ret = weightd_load_ex(w, "transformer_block", NULL, WEIGHTD_TIER_CUDA(0),
+				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, &res);
+		CHECK(ret == 0 && res.hit && res.read_bytes == 0, "case \"%s\": second load %d, "
+		      "hit %d, read %" PRIu64, sc->what, ret, res.hit, res.read_bytes);
+		checked += n;
+	}
+	/* Only selections were loaded to the GPU: the whole component is not mapped there. */
+	ret = weightd_device_map(w, "transformer_block", NULL, 0, &m);
+	CHECK(ret == -ENODATA, "map of the whole component: %d (%s), expected -ENODATA", ret,
+	      weightd_last_error());
+	printf("select: %u selected tensors byte-identical from cuda:0, the others unmapped\n",
+	       checked);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static uint64_t gpu_used(struct weightd *w)
+{
+	struct weightd_device_info gi;
+	char why[256] = "";
+
+	CHECK(weightd_devices(w, &gi, 1, why, sizeof(why)) == 1, "devices: %s", why);
+	return gi.used;
+}
+
+/* Every tensor of @model read through @m equals its host cache copy. Returns the count. */
+static unsigned int same_as_host(struct weightd *w, const struct weightd_device_map *m,
+				 const char *model)
+{
+	struct weightd_tensor_info ti[8];
+	char names[8 * WEIGHTD_NAME_MAX];
+	int n = weightd_tensor_list(w, model, NULL, ti, names, ARRAY_SIZE(ti));
+
+	CHECK(n > 0, "%s: %d tensors: %s", model, n, weightd_last_error());
+	for (int i = 0; i < n; i++) {
+		const void *host = weightd_tensor_data(w, &ti[i]);
+		void *buf = malloc(ti[i].nbytes ? ti[i].nbytes : 1);
+		int ret;
+
+		CHECK(host && buf, "%s/%s: not on the host: %s", model,
+		      names + i * WEIGHTD_NAME_MAX, weightd_last_error());
+		ret = weightd_device_read(m, &ti[i], buf, ti[i].nbytes);
+		CHECK(ret == 0 && !memcmp(buf, host, ti[i].nbytes), "%s/%s: cuda:0 copy (read %d) "
+		      "differs from the host copy", model, names + i * WEIGHTD_NAME_MAX, ret);
+		free(buf);
+	}
+	return (unsigned int)n;
+}
+
+static void test_shared(void **state)
+{
+	const char *extra[] = { "--device-budget", "7M", NULL };
+	char dir[] = "/tmp/wd-devshared.XXXXXX", a[4200], b[4200], cmd[8600];
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	struct weightd_load_result res;
+	uint64_t used;
+	int ret;
+
+	(void)state;
+	CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(a, sizeof(a), "%s/twin_a.safetensors", dir);
+	snprintf(b, sizeof(b), "%s/twin_b.safetensors", dir);
+	snprintf(cmd, sizeof(cmd), "cp %s/large_4MiB.safetensors %s", corpus, a);
+	CHECK(system(cmd) == 0, "%s failed", cmd);
+	CHECK(link(a, b) == 0, "link %s: %s", b, strerror(errno));
+	/* 4 MiB of other content: with the 7 MiB budget it needs the twins' room. */
+	write_f32_model(dir, 1u << 20);
+	start_dir(&d, dir, extra);
+	w = attach(&d);
+	CHECK(load_gpu(w, "twin_a") == 0, "load twin_a: %s", weightd_last_error());
+	used = gpu_used(w);
+	ret = weightd_load_ex(w, "twin_b", NULL, WEIGHTD_TIER_CUDA(0), WEIGHTD_LOAD_NO_PROGRESS,
+			      NULL, NULL, NULL, &res);
+	CHECK(ret == 0 && res.read_bytes == 0, "load twin_b: %d (%s), read %" PRIu64, ret,
+	      weightd_last_error(), res.read_bytes);
+	/* Two copies cannot both fit the 7 MiB budget: both resident means one copy. */
+	CHECK(gpu_state(w, "twin_a") == WEIGHTD_RESIDENT &&
+	      gpu_state(w, "twin_b") == WEIGHTD_RESIDENT, "twin_a %u, twin_b %u on cuda:0",
+	      gpu_state(w, "twin_a"), gpu_state(w, "twin_b"));
+	CHECK(gpu_used(w) == used, "cuda:0 uses %" PRIu64 " bytes after twin_b, %" PRIu64
+	      " before: a second copy", gpu_used(w), used);
+	CHECK(weightd_device_map(w, "twin_a", NULL, 0, &m) == 0, "map twin_a: %s",
+	      weightd_last_error());
+	CHECK(same_as_host(w, m, "twin_a") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	/* A mapping of the second model pins the one copy. */
+	CHECK(weightd_device_map(w, "twin_b", NULL, 0, &m) == 0, "map twin_b: %s",
+	      weightd_last_error());
+	ret = load_gpu(w, "f32mix");
+	CHECK(ret == -ENOSPC, "load of f32mix with the shared copy mapped: %d (%s), expected "
+	      "-ENOSPC", ret, weightd_last_error());
+	CHECK(gpu_state(w, "twin_a") == WEIGHTD_RESIDENT &&
+	      gpu_state(w, "twin_b") == WEIGHTD_RESIDENT, "the mapped shared copy was evicted");
+	ret = weightd_unload(w, "twin_b", NULL, WEIGHTD_TIER_CUDA(0));
+	CHECK(ret == -EBUSY, "unload of mapped twin_b: %d, expected -EBUSY", ret);
+	/* The first model goes; the second keeps the allocation. */
+	ret = weightd_unload(w, "twin_a", NULL, WEIGHTD_TIER_CUDA(0));
+	CHECK(ret >= 0, "unload twin_a: %d (%s)", ret, weightd_last_error());
+	CHECK(gpu_state(w, "twin_a") == WEIGHTD_ABSENT &&
+	      gpu_state(w, "twin_b") == WEIGHTD_RESIDENT, "states after unloading twin_a: %u %u",
+	      gpu_state(w, "twin_a"), gpu_state(w, "twin_b"));
+	CHECK(gpu_used(w) == used, "cuda:0 uses %" PRIu64 " bytes, %" PRIu64 " before unloading "
+	      "twin_a", gpu_used(w), used);
+	CHECK(same_as_host(w, m, "twin_b") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	/* Unmapped, it is an ordinary victim. */
+	CHECK(load_gpu(w, "f32mix") == 0, "load f32mix: %s", weightd_last_error());
+	CHECK(gpu_state(w, "twin_b") == WEIGHTD_ABSENT, "twin_b not evicted");
+	printf("shared: one cuda:0 copy (%" PRIu64 " bytes) for two models, pinned by either, "
+	       "handed on at unload\n", used);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+	unlink(a);
+	unlink(b);
+	snprintf(a, sizeof(a), "%s/f32mix.safetensors", dir);
+	unlink(a);
 	rmdir(dir);
 }
 
@@ -908,6 +1186,8 @@ int main(void)
 		cmocka_unit_test(test_concurrent),
 		cmocka_unit_test(test_hostile),
 		cmocka_unit_test(test_convert),
+		cmocka_unit_test(test_select),
+		cmocka_unit_test(test_shared),
 		cmocka_unit_test(test_vram_retry),
 	};
 	char why[256] = "";

@@ -878,7 +878,7 @@ static void complete(struct loader *l, struct req *r, int res)
 				  f->path, op->foff + r->done, op->foff + op->valid);
 			release_req(l, r);
 		} else {
-			/* Not the end of the file: read the rest, after a backoff. */
+			/* Not the end of the file: read the rest, at once (recovery.h). */
 			retry_later(l, r, 0);
 		}
 		return;

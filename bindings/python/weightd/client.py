@@ -357,8 +357,9 @@ class Client:
         if (names or daemon_dtype) and ex is None:
             names = None
         if t != N.TIER_HOST:
-            # A GPU tier holds whole components (protocol.md 4.6), and its tensors are
-            # device tensors, which numpy cannot convert in place.
+            # This binding maps whole components on a GPU tier (the daemon can also hold a
+            # selection, protocol.md 4.6, which the binding does not ask for), and its
+            # tensors are device tensors, which numpy cannot convert in place.
             names = None
             if view_dtype is not None:
                 raise NotSupportedError(errno.ENOTSUP, "dtype %s on %s: the daemon converts "
