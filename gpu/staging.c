@@ -646,8 +646,10 @@ static void run(struct staging *st, struct call *c, const struct staging_call *c
 
 			if (rc < 0 && rc != -ETIME && rc != -EINTR) {
 				fail(c, rc, "staging: waiting for reads: %s", strerror(-rc));
-				/* Reads still in flight target the slots: they must drain. */
-				continue;
+				/* Reads still in flight target the slots: they must drain. Reap what
+				 * completed (-EBADR leaves completions in the ring) and pause before
+				 * asking again, so that a wait that keeps failing does not spin. */
+				usleep(1000);
 			}
 			io_uring_for_each_cqe(&st->ring, head, cqe) {
 				on_cqe(st, c, cqe);

@@ -1677,13 +1677,18 @@ int weightd_device_map_opts(struct weightd *w, const char *model, const char *co
 		ret = result(&rp, "device map", model);
 	if (ret < 0)
 		goto out;
+	m->ordinal = device;
+	m->model = rq.sqe.model;
 	if (rp.data_len != sizeof(rep)) {
 		ret = fail(-EPROTO, "device map: a %u-byte reply", rp.data_len);
+		/* The pin the daemon took is on the component: released here when it was named,
+		 * else at detach (the reply that would say which one is what is broken). */
+		m->component = rq.sqe.component;
+		if (m->component != WD_ID_NONE)
+			goto unpin;
 		goto out;
 	}
 	memcpy(&rep, rp.data, sizeof(rep));
-	m->ordinal = device;
-	m->model = rq.sqe.model;
 	m->component = rep.component;
 	/* The kind picks the device layer this process imports with: never guess it. */
 	if (rep.ordinal != device || rep.kind > WD_DEVICE_KIND_EMULATED) {
