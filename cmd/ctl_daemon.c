@@ -215,7 +215,10 @@ static const char *gpu_kind(const struct weightd_device_info *g)
 	return g->kind == WEIGHTD_DEVICE_EMULATED ? "emulated" : "cuda";
 }
 
-/* "cuda:0     cuda "NVIDIA H100" numa 0, 1.2 GiB in use of 70 GiB (80 GiB), 3 entries" */
+/*
+ * cuda:0     cuda "NVIDIA H100" numa 0, 1.2 GiB in use of 70 GiB (device 80 GiB), 3 entries,
+ *            then the hits, misses and evictions, on one line.
+ */
 static void print_gpu(const struct weightd_device_info *g)
 {
 	char tier[16], b1[32], b2[32], b3[32], numa[16];
@@ -227,8 +230,8 @@ static void print_gpu(const struct weightd_device_info *g)
 		snprintf(numa, sizeof(numa), "numa none");
 	printf("%-10s %s \"%s\" %s, %s in use of %s (device %s), %u entries, %llu hits, "
 	       "%llu misses, %llu evictions\n", tier, gpu_kind(g), g->name, numa,
-	       ctl_human_bytes(g->used, b1, 32), ctl_human_bytes(g->budget, b2, 32),
-	       ctl_human_bytes(g->total_bytes, b3, 32), g->entries,
+	       ctl_human_bytes(g->used, b1, sizeof(b1)), ctl_human_bytes(g->budget, b2, sizeof(b2)),
+	       ctl_human_bytes(g->total_bytes, b3, sizeof(b3)), g->entries,
 	       (unsigned long long)g->hits, (unsigned long long)g->misses,
 	       (unsigned long long)g->evictions);
 }

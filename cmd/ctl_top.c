@@ -400,16 +400,24 @@ static void WD_PRINTF(2, 3) put(struct screen *s, const char *fmt, ...)
 	s->line++;
 }
 
+/* The samples in @h's buckets (h->count may be one update apart from them). */
+static uint64_t hist_total(const struct weightd_hist *h)
+{
+	uint64_t n = 0;
+
+	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++)
+		n += h->bucket[i];
+	return n;
+}
+
 /*
  * The upper bound in seconds of the bucket holding quantile @q of @h (NAN when empty;
  * INFINITY for the overflow bucket): histograms keep buckets, not samples.
  */
 static double hist_quantile(const struct weightd_hist *h, double q)
 {
-	uint64_t total = 0, cum = 0;
+	uint64_t total = hist_total(h), cum = 0;
 
-	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++)
-		total += h->bucket[i];
 	if (!total)
 		return NAN;
 	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++) {
@@ -433,15 +441,6 @@ static const char *secs_str(double s, char *buf, size_t size)
 	else
 		snprintf(buf, size, "%.1fs", s);
 	return buf;
-}
-
-static uint64_t hist_total(const struct weightd_hist *h)
-{
-	uint64_t n = 0;
-
-	for (unsigned int i = 0; i < WEIGHTD_HIST_BUCKETS; i++)
-		n += h->bucket[i];
-	return n;
 }
 
 /* The metrics block's lines: latencies, errors by class, fragmentation, NUMA, alerts. */
@@ -610,13 +609,8 @@ static void render_text(const struct frame *f, const struct topts *o, const char
 
 /* ---- JSON -------------------------------------------------------------------------- */
 
+/* JSON has neither NaN nor infinity (a histogram's overflow bucket): both are null. */
 static json_t *num_or_null(double v)
-{
-	return isnan(v) ? json_null() : json_real(v);
-}
-
-/* JSON has no infinity: the overflow bucket is reported as null too. */
-static json_t *num_or_inf(double v)
 {
 	return isnan(v) || isinf(v) ? json_null() : json_real(v);
 }
@@ -655,11 +649,11 @@ static void add_metrics_json(json_t *j, const struct frame *f)
 	json_object_set_new(j, "metrics", json_pack(
 		"{s:I, s:o, s:o, s:I, s:o, s:o, s:o, s:I, s:I, s:o, s:o}",
 		"ring_roundtrips", (json_int_t)hist_total(&m->rtt),
-		"ring_p50_s", num_or_inf(hist_quantile(&m->rtt, 0.5)),
-		"ring_p99_s", num_or_inf(hist_quantile(&m->rtt, 0.99)),
+		"ring_p50_s", num_or_null(hist_quantile(&m->rtt, 0.5)),
+		"ring_p99_s", num_or_null(hist_quantile(&m->rtt, 0.99)),
 		"host_loads", (json_int_t)hist_total(&m->load[WEIGHTD_TIER_HOST]),
-		"host_load_p50_s", num_or_inf(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.5)),
-		"host_load_p99_s", num_or_inf(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.99)),
+		"host_load_p50_s", num_or_null(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.5)),
+		"host_load_p99_s", num_or_null(hist_quantile(&m->load[WEIGHTD_TIER_HOST], 0.99)),
 		"errors", errors, "free_extents", (json_int_t)m->free_extents,
 		"largest_free", (json_int_t)m->largest_free, "numa_bytes", numa,
 		"alerts", alerts));

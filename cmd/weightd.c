@@ -88,8 +88,8 @@ static void usage(FILE *out)
 		"SIGTERM or SIGINT shuts down cleanly: every client ring is marked shut down and\n"
 		"the socket is removed. SIGHUP reloads the configuration file and the command\n"
 		"line (docs/config.md says what can change without a restart).\n",
-		RECOVERY_QUARANTINE_AFTER, DAEMON_DEFAULT_PRESSURE_PCT,
-		DAEMON_DEFAULT_PRESSURE_TARGET_PCT, DAEMON_DEFAULT_SPIN_US);
+		DAEMON_DEFAULT_SPIN_US, RECOVERY_QUARANTINE_AFTER, DAEMON_DEFAULT_PRESSURE_PCT,
+		DAEMON_DEFAULT_PRESSURE_TARGET_PCT);
 }
 
 static int bad(const char *opt, const char *val, const char *why)

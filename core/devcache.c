@@ -183,6 +183,16 @@ static struct dentry *find(struct devcache *dc, const struct dgpu *g, uint32_t c
 	return NULL;
 }
 
+/* The resident entry of @g whose policy key is @key (an eviction victim), or NULL. Under
+ * dc->lock. */
+static struct dentry *find_key(struct devcache *dc, const struct dgpu *g, const char *key)
+{
+	for (struct dentry *e = dc->entries; e; e = e->next)
+		if (e->g == g && e->resident && !strcmp(e->key, key))
+			return e;
+	return NULL;
+}
+
 /*
  * The form a LOAD or DEVICE_MAP on a GPU tier asks for, from arg[0] and the payload @arg
  * (@len bytes; docs/protocol.md §4.4): f->conv = 0 (as stored) or the dtype F32 tensors
@@ -528,11 +538,8 @@ static int admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t by
 		return ret;
 	}
 	for (size_t i = 0; i < v.n; i++) {
-		struct dentry *x = NULL;
+		struct dentry *x = find_key(dc, g, v.keys[i]);
 
-		for (struct dentry *y = dc->entries; y; y = y->next)
-			if (y->g == g && y->resident && !strcmp(y->key, v.keys[i]))
-				x = y;
 		if (x)
 			evict_detach(d, x, &later);
 		else
@@ -604,11 +611,8 @@ static int64_t evict_vram(void *arg, uint64_t bytes, int err)
 	pthread_mutex_lock(&dc->lock);
 	sync_pins(a->d);
 	while ((uint64_t)freed < bytes && !evict_next_victim(a->g->pol, now, key)) {
-		struct dentry *x = NULL;
+		struct dentry *x = find_key(dc, a->g, key);
 
-		for (struct dentry *y = dc->entries; y; y = y->next)
-			if (y->g == a->g && y->resident && !strcmp(y->key, key))
-				x = y;
 		if (x) {
 			freed += (int64_t)x->size;
 			evict_detach(a->d, x, &later);
@@ -1338,11 +1342,10 @@ static void host_ready(struct daemon *d, void *arg, int err, const char *msg,
 
 	if (!w) {
 		/* Under the cache lock, so the hold cannot be given back here: the host entry
-		 * stays unevictable. 300 bytes failing means the daemon is going down anyway. */
+		 * stays unevictable, and the device entry stays loading with its requesters
+		 * unanswered. A failed allocation this small means the daemon is going down. */
 		if (held)
 			free(held->t);
-		/* Leaves the entry loading; its requesters see the daemon's -ENOMEM nowhere.
-		 * Allocation failure of 300 bytes here means the daemon is going down anyway. */
 		log_error(MOD, "\"device load lost: out of memory\"");
 		return;
 	}

@@ -580,6 +580,18 @@ static int populate_extent(struct daemon *d, const char *name, uint64_t off, uin
 		.try_alloc = try_populate, .evict = evict_for, .arg = &a }, msg, WD_DATA_SLOT_SIZE);
 }
 
+/*
+ * The policy key of a host entry: "<model>/<component>@<form>[selection]#<identity>". The
+ * device tier's plan of a stored-form entry (hostcache_plan_layout()) must name it the same.
+ */
+static void entry_key(char *key, size_t size, const char *name, const struct form *f,
+		      uint64_t id)
+{
+	snprintf(key, size - 18, "%.280s@%s%s", name, form_name(f->convert),
+		 f->sel == SEL_PREFIX ? "[prefix]" : f->sel == SEL_NAMES ? "[names]" : "");
+	snprintf(key + strlen(key), 18, "#%016" PRIx64, id);
+}
+
 /* A hash of the fingerprints (dev, ino, size, mtime) of @cc's files: the quarantine's. */
 static uint64_t files_fp(const struct catalog_component *cc)
 {
@@ -1051,9 +1063,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	e->sel = f->sel;
 	e->sel_hash = f->sel_hash;
 	e->prefetched = !r;
-	snprintf(e->key, sizeof(e->key) - 18, "%.280s@%s%s", name, form_name(f->convert),
-		 f->sel == SEL_PREFIX ? "[prefix]" : f->sel == SEL_NAMES ? "[names]" : "");
-	snprintf(e->key + strlen(e->key), 18, "#%016" PRIx64, id);
+	entry_key(e->key, sizeof(e->key), name, f, id);
 	snprintf(e->ckey, sizeof(e->ckey), "%.*s", (int)sizeof(e->ckey) - 1, name);
 	if (r) {
 		evict_lookup(hc->pol, e->key, now);
@@ -1850,7 +1860,7 @@ int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, 
 {
 	struct hostcache *hc = d->hc;
 	struct evict_victims v = { 0 };
-	uint64_t now = wd_now_ns(), off = 0, avail;
+	uint64_t now = wd_now_ns(), off = 0, avail, busy;
 	char amsg[WD_DATA_SLOT_SIZE];
 	bool allocated;
 	int ret;
@@ -1862,8 +1872,11 @@ int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, 
 		snprintf(msg, msg_len, "%.200s is resident on the host already", l->key);
 		return -EEXIST;
 	}
-	/* Demotion never evicts: it only keeps bytes that would otherwise be read again. */
-	avail = hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol);
+	/* Demotion never evicts: it only keeps bytes that would otherwise be read again. The
+	 * policy's reservations include a shrunk budget's standing one (hc->shrink), which
+	 * hc->budget already leaves out. */
+	busy = evict_used(hc->pol) + evict_reserved(hc->pol) - hc->shrink;
+	avail = busy < hc->budget ? hc->budget - busy : 0;
 	if (l->size > avail) {
 		pthread_mutex_unlock(&hc->lock);
 		snprintf(msg, msg_len, "the host budget has %" PRIu64 " bytes free, %" PRIu64
@@ -1871,22 +1884,15 @@ int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, 
 		return -ENOSPC;
 	}
 	ret = evict_admit(hc->pol, l->key, l->size, now, &v, amsg, sizeof(amsg));
-	/* With the room checked above there are no victims; were there any, they go as in
-	 * make_room(), so that the policy and the entries agree. */
-	for (size_t i = 0; !ret && i < v.n; i++) {
-		struct entry *x = find_key(hc, v.keys[i]);
-
-		if (x)
-			drop_entry(d, x, true);
-		else
-			evict_remove(hc->pol, v.keys[i], true);
-	}
-	evict_victims_free(&v);
 	if (ret) {
+		evict_victims_free(&v);
 		pthread_mutex_unlock(&hc->lock);
 		snprintf(msg, msg_len, "%s", amsg);
 		return ret;
 	}
+	/* With the room checked above there are no victims; were there any, they go as in
+	 * make_room(), so that the policy and the entries agree. */
+	evict_victims(d, &v);
 	ret = arena_alloc(hc->arena, l->size, &off);
 	allocated = !ret;
 	/* Faulted in now when memory is tight, so that a lack of it is an error here rather than
@@ -1964,10 +1970,12 @@ int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, u
 	snprintf(e->ckey, sizeof(e->ckey), "%s", l->ckey);
 	e->off = off;
 	e->size = l->size;
+	e->node = -1;		/* not bound: place_extent() never saw this extent */
 	e->tensor_bytes = l->tensor_bytes;
 	e->last_use_ns = now;
 	e->resident = true;
 	evict_insert(hc->pol, e->key, e->size, now, false);
+	evict_set_ttl(hc->pol, e->key, hc->ttl_ns);	/* the keep-alive in force, as on_done() */
 	e->next = hc->entries;
 	hc->entries = e;
 	bind_comp(d, e, model, comp);
@@ -2183,8 +2191,7 @@ int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
 		}
 	}
 	out->id = identity(cc, &f);
-	snprintf(out->key, sizeof(out->key) - 18, "%.280s@%s", name, form_name(0));
-	snprintf(out->key + strlen(out->key), 18, "#%016" PRIx64, out->id);
+	entry_key(out->key, sizeof(out->key), name, &f, out->id);
 	snprintf(out->ckey, sizeof(out->ckey), "%.*s", (int)sizeof(out->ckey) - 1, name);
 	out->size = round_extent(plan->bytes);
 	out->tensor_bytes = plan->tensor_bytes;

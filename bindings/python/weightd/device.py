@@ -97,10 +97,8 @@ _exports_lock = threading.Lock()
 def _release_export(addr):
     with _exports_lock:
         entry = _exports.pop(addr, None)
-    if entry is not None:
-        pin = entry[2]
-        with _exports_lock:
-            pin._views.n -= 1
+        if entry is not None:
+            entry[2]._views.n -= 1
 
 
 def _deleter_impl(addr):
@@ -161,11 +159,10 @@ class _ExportCount:
     """A DevicePin's live views: its DLPack exports not given back yet (Pin.release() and
     Client.close() count them with len(), as they count numpy views of a host pin)."""
 
-    __slots__ = ("n", "bases")
+    __slots__ = ("n",)
 
     def __init__(self):
         self.n = 0
-        self.bases = {}
 
     def __len__(self):
         return self.n
@@ -564,7 +561,12 @@ class DeviceTensor:
                 self.pin._views.n += 1
         finally:
             c._leave()
-        return _capi.PyCapsule_New(addr, _DLTENSOR, _capsule_destructor)
+        try:
+            return _capi.PyCapsule_New(addr, _DLTENSOR, _capsule_destructor)
+        except BaseException:
+            # No capsule, so no deleter will ever run: the export must not stay counted.
+            _release_export(addr)
+            raise
 
     def __repr__(self):
         return "DeviceTensor(%r, %s, %s, %s)" % (self.name, self.dtype, list(self.shape),
