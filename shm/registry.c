@@ -562,20 +562,6 @@ int registry_set_tensor_tier(struct registry *reg, uint32_t tensor, uint32_t tie
 	return 0;
 }
 
-int registry_set_tensor_form(struct registry *reg, uint32_t tensor, uint8_t dtype,
-			     uint64_t nbytes)
-{
-	struct wd_reg_tensor t;
-
-	if (tensor >= reg->n_tensors)
-		return -ENOENT;
-	rec_fetch(&t, w_tensor(reg, tensor), sizeof(t));
-	t.dtype = dtype;
-	t.nbytes = nbytes;
-	rec_store(w_tensor(reg, tensor), &t, sizeof(t));
-	return 0;
-}
-
 int registry_set_model_flags(struct registry *reg, uint32_t model, uint32_t flags)
 {
 	struct wd_reg_model m;

@@ -328,14 +328,6 @@ int registry_set_tensor_tier(struct registry *reg, uint32_t tensor, uint32_t tie
 			     bool resident);
 
 /*
- * Records the form of tensor @tensor's host copy: dtype @dtype (enum st_dtype) and @nbytes,
- * which differ from the file's when the host cache holds it converted (F32 stored as F16 or
- * BF16). The daemon restores the file's values when that copy goes. Returns 0 or -ENOENT.
- */
-int registry_set_tensor_form(struct registry *reg, uint32_t tensor, uint8_t dtype,
-			     uint64_t nbytes);
-
-/*
  * Sets the flags (WD_REG_MODEL_F_*) and the pin count of model @model; the record is
  * rewritten under its seqlock. Returns 0 or -ENOENT for an unknown model.
  */

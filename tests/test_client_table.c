@@ -508,6 +508,7 @@ static void test_loc_matches_record(void **state)
 struct flipper {
 	struct registry *reg;
 	uint32_t id;
+	uint64_t off;		/* the record's host offset, kept by every rewrite */
 	atomic_bool stop, started;
 	unsigned long flips;
 };
@@ -521,7 +522,8 @@ static void *flip_form(void *arg)
 	while (!atomic_load(&fl->stop)) {
 		bool f16 = fl->flips++ & 1;
 
-		registry_set_tensor_form(fl->reg, fl->id, f16 ? ST_F16 : ST_F32, f16 ? 8 : 16);
+		registry_set_tensor_host(fl->reg, fl->id, true, fl->off, f16 ? ST_F16 : ST_F32,
+					 f16 ? 8 : 16);
 	}
 	return NULL;
 }
@@ -538,7 +540,7 @@ static void test_concurrent_rewrite(void **state)
 	unsigned int seen[2] = { 0, 0 };
 	pthread_t th;
 
-	shared_record(f, "edge", "last", &fl.id);
+	fl.off = shared_record(f, "edge", "last", &fl.id)->host_offset;
 	atomic_init(&fl.stop, false);
 	atomic_init(&fl.started, false);
 	CHECK(pthread_create(&th, NULL, flip_form, &fl) == 0, "writer thread");
@@ -565,7 +567,7 @@ static void test_concurrent_rewrite(void **state)
 	}
 	atomic_store(&fl.stop, true);
 	pthread_join(th, NULL);
-	registry_set_tensor_form(f->reg, fl.id, ST_F32, 16);
+	registry_set_tensor_host(f->reg, fl.id, true, fl.off, ST_F32, 16);
 	print_message("%lu rewrites; the table saw F32 %u times, F16 %u times\n", fl.flips,
 		      seen[0], seen[1]);
 	CHECK(seen[0] && seen[1], "the reads never overlapped the rewrites: F32 %u, F16 %u",
