@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "core/catalog.h"
+#include "core/array.h"
 #include "core/common.h"
 #include "core/evict.h"
 #include "core/log.h"
@@ -452,24 +453,6 @@ void catalog_scope_free(struct catalog_scope *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* Grows *@v (elements of @size) so that index @n fits. */
-static int grow(void *v, size_t *cap, size_t n, size_t size)
-{
-	void *nv;
-	size_t c;
-
-	if (n < *cap)
-		return 0;
-	c = *cap ? *cap * 2 : 64;
-	nv = realloc(*(void **)v, c * size);
-	if (!nv)
-		return -ENOMEM;
-	memset((char *)nv + *cap * size, 0, (c - *cap) * size);
-	*(void **)v = nv;
-	*cap = c;
-	return 0;
-}
-
 static int load_scope_files(struct catalog *cat, const struct scope_keys *k,
 			    struct catalog_scope *out)
 {
@@ -488,7 +471,7 @@ static int load_scope_files(struct catalog *cat, const struct scope_keys *k,
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct catalog_fp_row *r;
 
-		if (grow(&out->files, &cap, out->n_files, sizeof(*r))) {
+		if (wd_grow(&out->files, &cap, out->n_files, sizeof(*r))) {
 			nomem = true;
 			break;
 		}
@@ -524,7 +507,7 @@ static int load_scope_models(struct catalog *cat, const struct scope_keys *k,
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct catalog_model_row *r;
 
-		if (grow(&out->models, &cap, out->n_models, sizeof(*r))) {
+		if (wd_grow(&out->models, &cap, out->n_models, sizeof(*r))) {
 			nomem = true;
 			break;
 		}
@@ -1186,7 +1169,7 @@ int catalog_list_models(struct catalog *cat, struct catalog_model_list *out)
 		return rc;
 	rc = prepare(cat, "SELECT " MODEL_COLS " FROM models m ORDER BY m.name", &st);
 	while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-		if (grow(&out->models, &cap, out->n, sizeof(*out->models))) {
+		if (wd_grow(&out->models, &cap, out->n, sizeof(*out->models))) {
 			rc = -ENOMEM;
 			break;
 		}
@@ -1353,7 +1336,7 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct catalog_file *f;
 
-		if (grow(&c->files, &cap, c->n_files, sizeof(*f))) {
+		if (wd_grow(&c->files, &cap, c->n_files, sizeof(*f))) {
 			nomem = true;
 			break;
 		}

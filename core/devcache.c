@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/array.h"
 #include "core/evict.h"
 #include "core/fault.h"
 #include "core/hostcache.h"
@@ -90,7 +91,7 @@ struct dentry {
 					 * of its own; its table has its own tensor ids. */
 	uint32_t n_aliases;		/* entries whose owner this is */
 	struct dreq **waiters;
-	uint32_t n_waiters, cap_waiters;
+	size_t n_waiters, cap_waiters;
 };
 
 /* Work for the device thread: fill entry @e (host load ended with @err), or free @v. */
@@ -405,15 +406,8 @@ static void req_done_one(struct daemon *d, struct dreq *r)
 
 static int add_waiter(struct dentry *e, struct dreq *r)
 {
-	if (e->n_waiters == e->cap_waiters) {
-		uint32_t cap = e->cap_waiters ? 2 * e->cap_waiters : 4;
-		struct dreq **n = realloc(e->waiters, cap * sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		e->waiters = n;
-		e->cap_waiters = cap;
-	}
+	if (wd_grow(&e->waiters, &e->cap_waiters, e->n_waiters, sizeof(*e->waiters)))
+		return -ENOMEM;
 	e->waiters[e->n_waiters++] = r;
 	r->pending++;
 	return 0;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/array.h"
 #include "core/convert.h"
 #include "core/evict.h"
 #include "core/fault.h"
@@ -108,7 +109,7 @@ struct load {
 	struct load_handle *h;
 	struct load_plan *plan;
 	struct req **reqs;
-	uint32_t n_reqs, cap_reqs;
+	size_t n_reqs, cap_reqs;
 	bool had_reqs;
 	uint64_t done, total, last_pub_ns;
 };
@@ -663,15 +664,8 @@ static void req_done_one(struct daemon *d, struct req *r)
 
 static int attach_req(struct load *ld, struct req *r)
 {
-	if (ld->n_reqs == ld->cap_reqs) {
-		uint32_t cap = ld->cap_reqs ? 2 * ld->cap_reqs : 4;
-		struct req **n = realloc(ld->reqs, cap * sizeof(*n));
-
-		if (!n)
-			return -ENOMEM;
-		ld->reqs = n;
-		ld->cap_reqs = cap;
-	}
+	if (wd_grow(&ld->reqs, &ld->cap_reqs, ld->n_reqs, sizeof(*ld->reqs)))
+		return -ENOMEM;
 	ld->reqs[ld->n_reqs++] = r;
 	ld->had_reqs = true;
 	r->pending++;

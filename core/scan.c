@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/array.h"
 #include "core/common.h"
 #include "core/log.h"
 #include "core/scan.h"
@@ -170,22 +171,6 @@ struct scan {
 	int nomem;
 };
 
-static int grow(void *v, size_t *cap, size_t n, size_t size)
-{
-	void *nv;
-	size_t c;
-
-	if (n < *cap)
-		return 0;
-	c = *cap ? *cap * 2 : 16;
-	nv = realloc(*(void **)v, c * size);
-	if (!nv)
-		return -ENOMEM;
-	*(void **)v = nv;
-	*cap = c;
-	return 0;
-}
-
 static void problem(struct scan *sc, const char *path, int err, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static void problem(struct scan *sc, const char *path, int err, const char *fmt, ...)
@@ -196,7 +181,7 @@ static void problem(struct scan *sc, const char *path, int err, const char *fmt,
 	int n;
 	va_list ap;
 
-	if (grow(&r->problems, &sc->cap_problems, r->n_problems, sizeof(*p))) {
+	if (wd_grow(&r->problems, &sc->cap_problems, r->n_problems, sizeof(*p))) {
 		sc->nomem = 1;
 		return;
 	}
@@ -269,7 +254,7 @@ static int add_dir(struct root_scan *rs, const char *path, uint32_t parent, uint
 {
 	struct dir *d;
 
-	if (grow(&rs->dirs, &rs->cap_dirs, rs->n_dirs, sizeof(*d)))
+	if (wd_grow(&rs->dirs, &rs->cap_dirs, rs->n_dirs, sizeof(*d)))
 		return -ENOMEM;
 	d = &rs->dirs[rs->n_dirs];
 	memset(d, 0, sizeof(*d));
@@ -289,7 +274,7 @@ static int add_entry(struct root_scan *rs, char *path, uint32_t dir, int kind,
 {
 	struct entry *e;
 
-	if (grow(&rs->entries, &rs->cap_entries, rs->n_entries, sizeof(*e))) {
+	if (wd_grow(&rs->entries, &rs->cap_entries, rs->n_entries, sizeof(*e))) {
 		free(path);
 		return -ENOMEM;
 	}
@@ -349,7 +334,7 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 			continue;
 		kind = model_name_kind(name);
 		if (de->d_type == DT_DIR) {
-			if (grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
+			if (wd_grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
 			    !(subs[n_subs] = strdup(name))) {
 				rc = -ENOMEM;
 				break;
@@ -374,7 +359,7 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 		}
 		if (S_ISDIR(sb.st_mode)) {
 			free(path);
-			if (grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
+			if (wd_grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
 			    !(subs[n_subs] = strdup(name))) {
 				rc = -ENOMEM;
 				break;
@@ -528,7 +513,7 @@ static struct pending *new_model(struct root_scan *rs, enum model_format format,
 	char name[512];
 	struct pending *p;
 
-	if (grow(&rs->models, &rs->cap_models, rs->n_models, sizeof(*p)))
+	if (wd_grow(&rs->models, &rs->cap_models, rs->n_models, sizeof(*p)))
 		return NULL;
 	p = &rs->models[rs->n_models];
 	memset(p, 0, sizeof(*p));
@@ -987,7 +972,7 @@ static int plan_reads(struct root_scan *rs, struct plan *pl)
 				rs->sc->res->n_reused++;
 			if (!p->rebuild || mf->loaded || mf->kind == MODEL_FILE_MODEL_INDEX)
 				continue;
-			if (grow(&pl->to_read, &pl->cap_to_read, pl->n_to_read, sizeof(mf)))
+			if (wd_grow(&pl->to_read, &pl->cap_to_read, pl->n_to_read, sizeof(mf)))
 				return -ENOMEM;
 			pl->to_read[pl->n_to_read++] = mf;
 		}
@@ -1053,7 +1038,7 @@ static int plan_writes(struct root_scan *rs, struct plan *pl)
 			}
 			if (mf->loaded && (!row || !model_fp_equal(&row->fp, &mf->fp) ||
 					   row->valid != (mf->rc == 0))) {
-				if (grow(&pl->put_files, &pl->cap_put_files, pl->n_put_files,
+				if (wd_grow(&pl->put_files, &pl->cap_put_files, pl->n_put_files,
 					 sizeof(mf)))
 					return -ENOMEM;
 				pl->put_files[pl->n_put_files++] = mf;
@@ -1063,7 +1048,7 @@ static int plan_writes(struct root_scan *rs, struct plan *pl)
 			continue;
 		if (model_finish(&p->m))
 			return -ENOMEM;
-		if (grow(&pl->put_models, &pl->cap_put_models, pl->n_put_models,
+		if (wd_grow(&pl->put_models, &pl->cap_put_models, pl->n_put_models,
 			 sizeof(*pl->put_models)))
 			return -ENOMEM;
 		pl->put_models[pl->n_put_models++] = (struct catalog_put_model){
@@ -1073,14 +1058,14 @@ static int plan_writes(struct root_scan *rs, struct plan *pl)
 	for (size_t i = 0; i < rs->scope.n_files; i++) {
 		if (rs->row_kept[i])
 			continue;
-		if (grow(&pl->del_files, &pl->cap_del_files, pl->n_del_files, sizeof(int64_t)))
+		if (wd_grow(&pl->del_files, &pl->cap_del_files, pl->n_del_files, sizeof(int64_t)))
 			return -ENOMEM;
 		pl->del_files[pl->n_del_files++] = rs->scope.files[i].id;
 	}
 	for (size_t i = 0; i < rs->scope.n_models; i++) {
 		if (rs->model_seen[i])
 			continue;
-		if (grow(&pl->del_models, &pl->cap_del_models, pl->n_del_models, sizeof(int64_t)))
+		if (wd_grow(&pl->del_models, &pl->cap_del_models, pl->n_del_models, sizeof(int64_t)))
 			return -ENOMEM;
 		pl->del_models[pl->n_del_models++] = rs->scope.models[i].id;
 	}
@@ -1095,7 +1080,7 @@ static int add_change(struct scan *sc, size_t *cap, int kind, const char *name, 
 	struct scan_result *r = sc->res;
 	struct scan_change *c;
 
-	if (grow(&r->changes, cap, r->n_changes, sizeof(*c)))
+	if (wd_grow(&r->changes, cap, r->n_changes, sizeof(*c)))
 		return -ENOMEM;
 	c = &r->changes[r->n_changes++];
 	memset(c, 0, sizeof(*c));
