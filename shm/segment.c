@@ -28,9 +28,11 @@ int shm_segment_create(const char *name, size_t size, unsigned int flags,
 	int fd, ret;
 
 	reset(out);
-	if (!size || (flags & ~SHM_SEG_PEERS_READ_ONLY) || size > (size_t)INT64_MAX)
+	if (!size || (flags & ~(SHM_SEG_PEERS_READ_ONLY | SHM_SEG_HUGETLB)) ||
+	    size > (size_t)INT64_MAX)
 		return -EINVAL;
-	fd = memfd_create(name, MFD_ALLOW_SEALING | MFD_CLOEXEC);
+	fd = memfd_create(name, MFD_ALLOW_SEALING | MFD_CLOEXEC |
+				(flags & SHM_SEG_HUGETLB ? MFD_HUGETLB : 0));
 	if (fd < 0)
 		return -errno;
 	if (ftruncate(fd, (off_t)size) < 0)

@@ -29,10 +29,16 @@ struct shm_segment {
  * registry segment uses it.
  */
 #define SHM_SEG_PEERS_READ_ONLY 0x1u
+/*
+ * SHM_SEG_HUGETLB makes the memfd with MFD_HUGETLB (@size a multiple of the huge page size):
+ * mmap(2) of a hugetlb file reserves its pages, so a shortage fails the call rather than
+ * raising SIGBUS later. The host cache arena uses it when the system has the pages.
+ */
+#define SHM_SEG_HUGETLB 0x2u
 
 /*
  * Daemon side: creates a memfd called @name (shown in /proc/PID/maps as "memfd:@name") of
- * @size bytes with MFD_ALLOW_SEALING | MFD_CLOEXEC, maps it read-write and shared, and seals it
+ * @size bytes with MFD_ALLOW_SEALING | MFD_CLOEXEC (and MFD_HUGETLB), maps it read-write and shared, and seals it
  * with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL (plus F_SEAL_FUTURE_WRITE for
  * SHM_SEG_PEERS_READ_ONLY). The memory reads as zeroes.
  * Returns 0 and fills @out; -EINVAL for a zero @size or unknown @flags; otherwise the negative

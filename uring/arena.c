@@ -46,39 +46,11 @@ static bool shmem_thp_enabled(void)
 	return on;
 }
 
-/*
- * Makes the memfd and its writable mapping: hugetlb when @huge, else shmem. mmap(2) of a
- * hugetlb file reserves its pages, so a shortage shows up here and not as SIGBUS later.
- */
-static int make_segment(const char *name, uint64_t size, bool huge, struct shm_segment *seg)
-{
-	unsigned int mfd = MFD_ALLOW_SEALING | MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0);
-	void *base;
-	int fd, rc;
-
-	fd = memfd_create(name, mfd);
-	if (fd < 0)
-		return -errno;
-	if (ftruncate(fd, (off_t)size) < 0)
-		goto fail;
-	base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED)
-		goto fail;
-	seg->fd = fd;
-	seg->base = base;
-	seg->size = size;
-	seg->writable = true;
-	return 0;
-fail:
-	rc = -errno;
-	close(fd);
-	return rc;
-}
-
 int arena_create(const struct arena_options *opt, struct arena **out)
 {
+	/* Sealed against resizing; without ARENA_F_RELEASE, against writable mappings too. */
+	unsigned int seg = opt->flags & ARENA_F_RELEASE ? 0 : SHM_SEG_PEERS_READ_ONLY;
 	uint64_t hpage = 0, hfree, size;
-	int seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 	const char *name = opt->name ? opt->name : "weightd-host";
 	struct arena *a;
 	int rc = -EINVAL;
@@ -96,7 +68,7 @@ int arena_create(const struct arena_options *opt, struct arena **out)
 	if (!(opt->flags & ARENA_F_NO_HUGETLB) && hpage) {
 		size = (opt->budget + hpage - 1) / hpage * hpage;
 		if (hfree >= size) {
-			rc = make_segment(name, size, true, &a->seg);
+			rc = shm_segment_create(name, size, seg | SHM_SEG_HUGETLB, &a->seg);
 			if (rc == 0) {
 				a->pages = ARENA_PAGES_HUGETLB;
 				a->page_size = hpage;
@@ -110,7 +82,7 @@ int arena_create(const struct arena_options *opt, struct arena **out)
 	}
 	if (a->seg.fd < 0) {
 		size = (opt->budget + 4095) & ~(uint64_t)4095;
-		rc = make_segment(name, size, false, &a->seg);
+		rc = shm_segment_create(name, size, seg, &a->seg);
 		if (rc)
 			goto fail;
 		a->page_size = 4096;
@@ -120,15 +92,7 @@ int arena_create(const struct arena_options *opt, struct arena **out)
 		else
 			a->pages = ARENA_PAGES_SMALL;
 	}
-	if (opt->flags & ARENA_F_RELEASE) {
-		if (fchmod(a->seg.fd, 0444) < 0) {
-			rc = -errno;
-			goto fail;
-		}
-	} else {
-		seals |= F_SEAL_FUTURE_WRITE;
-	}
-	if (fcntl(a->seg.fd, F_ADD_SEALS, seals) < 0) {
+	if ((opt->flags & ARENA_F_RELEASE) && fchmod(a->seg.fd, 0444) < 0) {
 		rc = -errno;
 		goto fail;
 	}
