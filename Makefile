@@ -26,7 +26,14 @@ else
 BUILD ?= build
 endif
 
+# `make run` and `make test` install ./configure's prerequisites before anything is built,
+# then call make again. GNU make remakes an included makefile (here: runs ./configure) before
+# it runs any goal, so config.mk is left out when those goals, which build nothing
+# themselves, are the only ones asked for; the inner make includes it.
+PRECONFIG_GOALS := deps deps-test run test help clean
+ifneq ($(filter-out $(PRECONFIG_GOALS),$(or $(MAKECMDGOALS),all)),)
 include $(BUILD)/config.mk
+endif
 
 WARN := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS ?= -O2 -g
@@ -60,6 +67,7 @@ CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weig
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
+	$(if $(filter out,$(GPU_TIER)),@echo "NOTE: the GPU tier is compiled out of $(BUILD)/ (no CUDA toolkit headers): weightd serves the host tier only")
 
 help:
 	@echo "make run         install missing packages, build, run the daemon on demo models"
@@ -103,7 +111,7 @@ $(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) $(CLIENT_GPU_SRCS:%.c=$(
 WD_SOVERSION := 1
 WD_VERSION := 0.1.0
 # The /metrics build_info label (core/metrics.c).
-$(BUILD)/core/metrics.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
+$(BUILD)/core/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 # The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that
 # libweightd.so needs libc alone (ldd, readelf -d).
 $(BUILD)/shm/registry.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
@@ -117,14 +125,17 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_HELPER_OBJS) $(INTERNAL_LIB)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(INTERNAL_LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(DEP_LIBS)
 
+# What `make run` needs (build and run), and what `make test` needs on top (scripts/install-deps.sh).
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh run
+deps-test:
+	@scripts/install-deps.sh test
 
 # The demo: a small generated model set under .run/ and the daemon serving it in the
 # foreground (it scans --models at start); Ctrl-C stops it.
 RUN_DIR := .run
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(BINS) $(CLIENT_LIB)
 	@test -d $(RUN_DIR)/models || $(BUILD)/weightctl gen --preset demo $(RUN_DIR)/models
 	@echo "weightd: talk to it from another shell: WEIGHTD_SOCKET=$(RUN_DIR)/weightd.sock $(BUILD)/weightctl ps"
 	exec $(BUILD)/weightd --foreground --state-dir $(RUN_DIR)/state \
@@ -132,7 +143,7 @@ run: deps
 
 # `make test` is what CI runs: the release suite, the sanitizer suite, and the fuzzers.
 # The sanitizer suite runs last so that its summary line closes the output.
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory fuzz-ci
 	@$(MAKE) --no-print-directory test-tsan

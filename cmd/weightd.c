@@ -12,6 +12,8 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/recovery.h"
+#include "gpu/cuda.h"
+#include "shm/abi.h"
 
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
@@ -39,6 +41,7 @@ static const struct option options[] = {
 	{ "memory-pressure", required_argument, NULL, OPT_PRESSURE },
 	{ "memory-pressure-target", required_argument, NULL, OPT_PRESSURE_TARGET },
 	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
 	{ 0 }
 };
 
@@ -84,6 +87,7 @@ static void usage(FILE *out)
 		"  --memory-pressure-target PCT\n"
 		"                          ... down to PCT%% of the host budget (default %u)\n"
 		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
+		"  -V, --version           version, ABI and build features (GPU tier)\n"
 		"  -h, --help              this text\n\n"
 		"SIGTERM or SIGINT shuts down cleanly: every client ring is marked shut down and\n"
 		"the socket is removed. SIGHUP reloads the configuration file and the command\n"
@@ -149,20 +153,21 @@ struct settings {
 };
 
 /*
- * Finds --config (and --help) before the other options are applied, since the file must
+ * Finds --config (and --help, --version) before the other options are applied, since the file must
  * come first for the command line to override it. Errors are left to the second pass.
  */
-static const char *find_config(int argc, char **argv, bool *help)
+static const char *find_config(int argc, char **argv, bool *help, bool *version)
 {
 	const char *path = NULL;
 	int opt;
 
 	opterr = 0;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "fhV", options, NULL)) != -1) {
 		if (opt == OPT_CONFIG)
 			path = optarg;
 		*help |= opt == 'h';
+		*version |= opt == 'V';
 	}
 	opterr = 1;
 	return path;
@@ -178,8 +183,8 @@ static const char *find_config(int argc, char **argv, bool *help)
 static int build_config(int argc, char **argv, struct daemon_config *cfg, struct config_file *cf,
 			struct settings *set)
 {
-	bool help = false;
-	const char *conf = config_path(find_config(argc, argv, &help));
+	bool help = false, version = false;
+	const char *conf = config_path(find_config(argc, argv, &help, &version));
 	uint32_t replaced = 0;
 	char err[512];
 	int opt, ret;
@@ -195,6 +200,11 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 		usage(stdout);
 		return 0;
 	}
+	if (version) {
+		printf("weightd %s (shared-memory ABI %u)\nGPU tier: %s\n", WD_VERSION,
+		       WD_ABI_VERSION, GPU_TIER_BUILD);
+		return 0;
+	}
 	if (conf && (ret = config_load(conf, cfg, cf, err, sizeof(err)))) {
 		fprintf(stderr, "weightd: %s\n", err);
 		return 2;
@@ -202,7 +212,7 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 	if (config_has(cf, CONFIG_LOG_LEVEL))
 		set->level = cf->log_level;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "fhV", options, NULL)) != -1) {
 		/* A list on the command line replaces the file's: empty it at the first entry. */
 		static const struct {
 			int opt;

@@ -192,14 +192,14 @@ int gpu_enumerate(const struct gpu_driver *drv, struct gpu_device *devs, int max
 int gpu_driver_open(struct gpu_driver *drv, char *why, size_t why_size)
 {
 	memset(drv, 0, sizeof(*drv));
-	snprintf(why, why_size, "no CUDA driver support: built without the CUDA toolkit headers");
+	snprintf(why, why_size, "%s", GPU_COMPILED_OUT);
 	return -ENOSYS;
 }
 
 int gpu_enumerate(const struct gpu_driver *drv, struct gpu_device *devs, int max,
 		  char *why, size_t why_size)
 {
-	snprintf(why, why_size, "built without the CUDA toolkit headers");
+	snprintf(why, why_size, "%s", GPU_COMPILED_OUT);
 	return -ENOSYS;
 }
 

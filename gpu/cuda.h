@@ -2,7 +2,7 @@
  * The CUDA driver API, loaded at run time with dlopen("libcuda.so.1") and called through
  * the function pointers in struct gpu_driver. Nothing links against libcuda, so weightd
  * builds and runs on machines with no driver (and, without the toolkit headers, builds
- * with CONFIG_HAVE_CUDA_H unset and reports "built without CUDA headers").
+ * with CONFIG_HAVE_CUDA_H unset and reports GPU_COMPILED_OUT).
  *
  * Every CUresult is converted once, by gpu_cu_err(), into a negative errno plus a message
  * that carries the CUDA error name.
@@ -24,6 +24,18 @@ typedef int CUdevice;
 #endif
 
 #define GPU_MAX_DEVICES 64
+
+/*
+ * What a build without the CUDA toolkit headers answers wherever the GPU tier is asked for
+ * (status, LOAD --tier cuda:N, weightd --version): configure said so too.
+ */
+#define GPU_COMPILED_OUT "GPU tier compiled out: this build has no CUDA support " \
+	"(configure found no CUDA toolkit headers)"
+#ifdef CONFIG_HAVE_CUDA_H
+#define GPU_TIER_BUILD "compiled in (CUDA driver loaded at run time)"
+#else
+#define GPU_TIER_BUILD "compiled out (no CUDA toolkit headers at build time)"
+#endif
 
 struct gpu_driver {
 	void *handle;

@@ -620,6 +620,11 @@ const struct gpu_ops gpu_cuda_ops = {
 	.convert_f32 = cuda_convert_f32,
 };
 
+const char *gpu_cuda_convert_ptx(void)
+{
+	return convert_ptx;
+}
+
 #else /* !CONFIG_HAVE_CUDA_H */
 
 /*
@@ -628,7 +633,7 @@ const struct gpu_ops gpu_cuda_ops = {
  * an open device, but answer the same way rather than crash.
  */
 #define NOSYS(why, why_size) \
-	(snprintf(why, why_size, "built without CUDA headers"), -ENOSYS)
+	(snprintf(why, why_size, "%s", GPU_COMPILED_OUT), -ENOSYS)
 
 static int nocuda_count(char *why, size_t why_size)
 {
@@ -766,5 +771,10 @@ const struct gpu_ops gpu_cuda_ops = {
 	.event_destroy = nocuda_event_destroy,
 	.convert_f32 = nocuda_convert_f32,
 };
+
+const char *gpu_cuda_convert_ptx(void)
+{
+	return NULL;
+}
 
 #endif

@@ -146,6 +146,12 @@ extern const struct gpu_ops gpu_cuda_ops;
 extern const struct gpu_ops gpu_emu_ops;
 
 /*
+ * The PTX text of the CUDA device's conversion kernels, for an offline check with ptxas
+ * (tests/test_ptx.c); NULL in a build without the CUDA headers (no CUDA device at all).
+ */
+const char *gpu_cuda_convert_ptx(void);
+
+/*
  * The emulated device in detail (gpu_emu_ops):
  *   - $WEIGHTD_GPU_EMULATE is "N" or "N:SIZE" (1 <= N <= GPU_MAX_DEVICES; SIZE a whole number
  *     with an optional K/M/G/T suffix, as "8G",

@@ -1,12 +1,41 @@
 #!/bin/sh
-# Installs the Debian packages weightd needs to build, test and benchmark, but only
-# those that are missing, so that `make run` and `make test` are cheap when all is there.
+# Installs the Debian packages weightd needs, but only those that are missing, so that
+# `make run` and `make test` are cheap when everything is there.
+#
+#   scripts/install-deps.sh [run|test]
+#
+#   run   (make run, make deps) what building and running the daemon and the README's
+#         walkthrough need: the compiler, the libraries, xxd.
+#   test  (make test, make deps-test) that, plus what the test suite, the fuzzers and the
+#         benchmarks use: clang and its sanitizer runtimes, cmocka, Python with numpy and
+#         pytest, the sqlite3 and prometheus commands, tmux, gnuplot, man.
+#
+# Runs as root, or through sudo (DEBIAN_FRONTEND is passed through sudo explicitly, since
+# sudo's env_reset drops it and debconf would then stop to ask questions). Package services
+# are kept from starting: a policy-rc.d that denies every start is in place during the
+# install, and the units of the packages installed here are left disabled (installing
+# Debian's prometheus would otherwise start a server on port 9090 that nobody asked for).
 set -eu
-PKGS="gcc make pkg-config clang libclang-rt-14-dev liburing-dev libjansson-dev
-libsqlite3-dev libxxhash-dev libcmocka-dev libhwloc-dev libhwloc-plugins libnuma-dev
-libmicrohttpd-dev
-python3 python3-numpy python3-pytest gnuplot-nox
-tmux groff-base man-db python3-yaml prometheus"
+
+RUN_PKGS="gcc make pkg-config liburing-dev libjansson-dev libsqlite3-dev libxxhash-dev
+libhwloc-dev libhwloc-plugins libnuma-dev libmicrohttpd-dev xxd"
+TEST_PKGS="clang libclang-rt-14-dev libcmocka-dev python3 python3-numpy python3-pytest
+sqlite3 gnuplot-nox tmux groff-base man-db python3-yaml prometheus util-linux passwd
+procps"
+
+case "${1:-run}" in
+run) PKGS=$RUN_PKGS ;;
+test) PKGS="$RUN_PKGS $TEST_PKGS" ;;
+-h | --help)
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+	exit 0
+	;;
+*)
+	echo "install-deps: unknown set '$1' (run or test)" >&2
+	exit 2
+	;;
+esac
+
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -14,12 +43,45 @@ for p in $PKGS; do
 done
 [ -z "$missing" ] && exit 0
 echo "install-deps: installing:$missing" >&2
-if [ "$(id -u)" -ne 0 ]; then
-	SUDO=sudo
+
+if [ "$(id -u)" -eq 0 ]; then
+	SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+	SUDO="sudo"
 else
-	SUDO=
+	echo "install-deps: missing Debian packages:$missing; run this as root, or install" \
+		"sudo (apt-get install$missing as root does the same)" >&2
+	exit 1
 fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+as_root() {
+	$SUDO env DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# No service of a package installed here starts during the install (invoke-rc.d and
+# deb-systemd-invoke both ask policy-rc.d; 101 means "action forbidden").
+policy=/usr/sbin/policy-rc.d
+ours=0
+if [ ! -e "$policy" ]; then
+	as_root sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy"
+	ours=1
+fi
+cleanup() {
+	[ "$ours" = 1 ] && as_root rm -f "$policy"
+	return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+as_root apt-get update -qq
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing
+as_root apt-get install -y -qq --no-install-recommends $missing
+
+# ... nor at the next boot: the units these packages enabled are disabled again.
+if command -v systemctl >/dev/null 2>&1; then
+	for p in $missing; do
+		for unit in $(dpkg-query -L "$p" 2>/dev/null |
+			grep -E '^/lib/systemd/system/[^/]+\.service$' | xargs -r -n1 basename); do
+			as_root systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
+		done
+	done
+fi
