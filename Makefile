@@ -295,4 +295,4 @@ uninstall:
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz
 
--include $(LAYER_OBJS:.o=.d) $(TEST_BINS:=.d) $(TEST_HELPER_OBJS:.o=.d) $(BUILD)/cmd/weightctl.d $(BUILD)/cmd/weightd.d $(CTL_OBJS:.o=.d)
+-include $(LAYER_OBJS:.o=.d) $(TEST_BINS:=.d) $(TEST_HELPER_OBJS:.o=.d) $(BUILD)/cmd/weightctl.d $(BUILD)/cmd/weightd.d $(CTL_OBJS:.o=.d) $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%.d)

@@ -201,7 +201,8 @@ static void status_usage(FILE *out)
 	fprintf(out,
 		"usage: weightctl status [--socket PATH] [--json]\n\n"
 		"Says whether a weightd daemon answers on the socket, and shows its pid, its\n"
-		"clients, the models it publishes and the host cache it uses.\n\n"
+		"clients, the models it publishes and the host cache it uses, with the size and\n"
+		"kind of the pages behind it (4k, thp or hugetlb).\n\n"
 		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else the per-user\n"
 		"                 runtime directory)\n"
 		"  --json         one JSON object\n\n"
@@ -282,12 +283,15 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 
 		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
 			json_array_append_new(ga, gpu_json(&gpus[i]));
-		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:f, s:o, s:s}",
+		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:s, s:I, s:f, "
+				     "s:o, s:s}",
 				     "daemon", 1, "socket", weightd_socket_path(w), "pid", pid,
 				     "clients", (json_int_t)st.clients, "pins",
 				     (json_int_t)st.pins_total, "models", models, "host_budget",
 				     (json_int_t)st.host_budget, "host_bytes",
-				     (json_int_t)st.host_bytes, "requests",
+				     (json_int_t)st.host_bytes, "host_page_size",
+				     (json_int_t)st.host_page_size, "host_pages",
+				     weightd_pages_name(st.host_page_kind), "requests",
 				     (json_int_t)st.requests_total, "uptime_s",
 				     (double)st.uptime_ns / 1e9, "gpus", ga, "gpu_tier",
 				     n_gpus > 0 ? "available" : n_gpus == 0 ? gpu_why :
@@ -301,6 +305,10 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		       (unsigned long long)st.pins_total);
 		printf("host cache %s in use of %s\n", ctl_human_bytes(st.host_bytes, b1, 32),
 		       st.host_budget ? ctl_human_bytes(st.host_budget, b2, 32) : "no budget set");
+		printf("pages      %s, %s each\n", st.host_page_kind == WEIGHTD_PAGES_HUGETLB ?
+		       "hugetlb" : st.host_page_kind == WEIGHTD_PAGES_THP ?
+		       "transparent huge pages" : "4 KiB (no huge pages on this machine)",
+		       ctl_human_bytes(st.host_page_size, b1, 32));
 		printf("requests   %llu served, %llu failed\n",
 		       (unsigned long long)st.requests_total, (unsigned long long)st.errors_total);
 		if (n_gpus == 0)

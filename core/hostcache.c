@@ -131,6 +131,7 @@ struct hostcache {
 	uint64_t next_seq;
 	/* Counters the policy does not keep. */
 	uint64_t loads, read_bytes, coalesced, dedup_bytes, failed, prefetch_started;
+	uint64_t read_direct;	/* of read_bytes, read with O_DIRECT */
 };
 
 /* ---- small helpers --------------------------------------------------------------------- */
@@ -1112,6 +1113,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	hc->entries = e;
 	hc->loads++;
 	hc->read_bytes += plan->read_bytes;
+	hc->read_direct += plan->direct_bytes;
 	if (!r)
 		hc->prefetch_started++;
 	pthread_mutex_lock(&d->state_lock);
@@ -1585,6 +1587,10 @@ void hostcache_stats(struct daemon *d, uint64_t *v)
 	v[WD_STAT_QUARANTINED] = recovery_counter(RECOVERY_QUARANTINED);
 	v[WD_STAT_CUDA_BYTES] = 0;
 	v[WD_STAT_HOST_BUDGET] = hc->budget;
+	v[WD_STAT_HOST_READ_DIRECT_BYTES] = hc->read_direct;
+	v[WD_STAT_HOST_PAGES] = arena_page_bytes(hc->arena) |
+				(hc->arena->pages == ARENA_PAGES_HUGETLB ? WD_PAGES_HUGETLB :
+				 hc->arena->pages == ARENA_PAGES_THP ? WD_PAGES_THP : WD_PAGES_SMALL);
 	pthread_mutex_unlock(&hc->lock);
 }
 

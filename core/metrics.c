@@ -80,6 +80,8 @@ static const struct metric metrics[] = {
 	  "Host cache loads started (each reads its files once)." },
 	{ "weightd_host_disk_read_bytes_total", true, SRC_STAT, WD_STAT_HOST_READ_BYTES,
 	  "Bytes read from disk by host cache loads." },
+	{ "weightd_host_disk_read_direct_bytes_total", true, SRC_STAT,
+	  WD_STAT_HOST_READ_DIRECT_BYTES, "Of those, bytes read with O_DIRECT (not cached)." },
 	{ "weightd_host_coalesced_total", true, SRC_STAT, WD_STAT_HOST_COALESCED,
 	  "Requests that joined a load already running." },
 	{ "weightd_host_dedup_bytes", false, SRC_STAT, WD_STAT_HOST_DEDUP_BYTES,

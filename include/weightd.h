@@ -454,6 +454,9 @@ struct weightd_cache_stats {
 	uint64_t failed;		/* loads failed or cancelled */
 	uint64_t cuda_bytes;		/* bytes on GPU tiers (0 in this build) */
 	uint64_t mapped_bytes;		/* the host cache this client maps */
+	/* Of read_bytes: read with O_DIRECT (not in the page cache when the load was planned),
+	 * and read through the page cache (0 and 0 from a daemon too old to count them). */
+	uint64_t read_direct_bytes, read_buffered_bytes;
 };
 
 /* Fills @out from a STATS request. Returns 0 or a request error. */
@@ -553,7 +556,18 @@ struct weightd_stats {
 	uint64_t loads, load_bytes, evictions, evict_bytes, hits, misses;
 	/* How many u64 values the daemon's reply held (newer daemons may send more). */
 	uint32_t n_values;
+	/* The host cache's pages: their size in bytes (0 from a daemon too old to say) and
+	 * their kind, WEIGHTD_PAGES_*. */
+	uint32_t host_page_kind;
+	uint64_t host_page_size;
 };
+
+#define WEIGHTD_PAGES_SMALL 0u		/* 4 KiB pages */
+#define WEIGHTD_PAGES_THP 1u		/* transparent huge pages (shmem THP) */
+#define WEIGHTD_PAGES_HUGETLB 2u	/* hugetlb pages */
+
+/* "4k", "thp", "hugetlb", or "?". */
+const char *weightd_pages_name(uint32_t kind);
 
 /*
  * Fills @out from a STATS request and the registry's host-wide counters.

@@ -316,8 +316,17 @@ enum wd_stat {
 	WD_STAT_ALLOC_RETRIES,	/* allocations retried after evicting (core/recovery.h) */
 	WD_STAT_PRESSURE_SHEDS,	/* cache entries shed under memory pressure (PSI) */
 	WD_STAT_QUARANTINED,	/* components quarantined after repeated load failures */
+	WD_STAT_HOST_READ_DIRECT_BYTES,	/* of WD_STAT_HOST_READ_BYTES, read with O_DIRECT (the
+					 * rest went through the page cache) */
+	WD_STAT_HOST_PAGES,	/* the host cache's page size in bytes (a power of two, at
+				 * least 4096), ORed with its WD_PAGES_* kind in bits 0-11 */
 	WD_STAT_COUNT
 };
+
+/* WD_STAT_HOST_PAGES kinds (bits 0-11). */
+#define WD_PAGES_SMALL 0u	/* 4 KiB shmem pages */
+#define WD_PAGES_THP 1u		/* shmem transparent huge pages (MADV_HUGEPAGE) */
+#define WD_PAGES_HUGETLB 2u	/* hugetlbfs pages reserved up front */
 
 /* wd_sqe.flags */
 #define WD_SQE_F_PIN 0x01u	/* LOAD: take a pin as soon as the target is resident */

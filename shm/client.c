@@ -58,6 +58,8 @@ static_assert((int)WEIGHTD_ABSENT == (int)WD_STATE_ABSENT &&
 		      (int)WEIGHTD_EVICTING == (int)WD_STATE_EVICTING &&
 		      (int)WEIGHTD_FAILED == (int)WD_STATE_FAILED,
 	      "state numbering");
+static_assert(WEIGHTD_PAGES_SMALL == WD_PAGES_SMALL && WEIGHTD_PAGES_THP == WD_PAGES_THP &&
+		      WEIGHTD_PAGES_HUGETLB == WD_PAGES_HUGETLB, "page kind numbering");
 static_assert(WEIGHTD_MODEL_STALE == WD_REG_MODEL_F_STALE, "model flags");
 static_assert(WEIGHTD_DTYPE_F16 == ST_F16 && WEIGHTD_DTYPE_BF16 == ST_BF16, "dtype numbering");
 static_assert(WEIGHTD_CACHE_LOADING == WD_CACHE_F_LOADING &&
@@ -1095,6 +1097,8 @@ int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
 		.failed = v[WD_STAT_HOST_FAILED],
 		.cuda_bytes = v[WD_STAT_CUDA_BYTES],
 		.mapped_bytes = w->host_seg.size,
+		.read_direct_bytes = v[WD_STAT_HOST_READ_DIRECT_BYTES],
+		.read_buffered_bytes = v[WD_STAT_HOST_READ_BYTES] - v[WD_STAT_HOST_READ_DIRECT_BYTES],
 	};
 	return 0;
 }
@@ -1275,8 +1279,23 @@ int weightd_stats(struct weightd *w, struct weightd_stats *out)
 		.hits = registry_counter(&w->reg, WD_CTR_HITS),
 		.misses = registry_counter(&w->reg, WD_CTR_MISSES),
 		.n_values = (uint32_t)ret,
+		.host_page_kind = (uint32_t)(v[WD_STAT_HOST_PAGES] & 0xfff),
+		.host_page_size = v[WD_STAT_HOST_PAGES] & ~(uint64_t)0xfff,
 	};
 	return 0;
+}
+
+const char *weightd_pages_name(uint32_t kind)
+{
+	switch (kind) {
+	case WEIGHTD_PAGES_SMALL:
+		return "4k";
+	case WEIGHTD_PAGES_THP:
+		return "thp";
+	case WEIGHTD_PAGES_HUGETLB:
+		return "hugetlb";
+	}
+	return "?";
 }
 
 int weightd_shutdown(struct weightd *w)

@@ -145,6 +145,7 @@ static void test_render(void **state)
 		{ "weightd_host_prefetch_hits_total", "counter", 14 },
 		{ "weightd_host_loads_total", "counter", 15 },
 		{ "weightd_host_disk_read_bytes_total", "counter", 16 },
+		{ "weightd_host_disk_read_direct_bytes_total", "counter", 19 },
 		{ "weightd_component_loads_total", "counter", 17 },
 		{ "weightd_loaded_bytes_total", "counter", 18 },
 	};
@@ -167,6 +168,7 @@ static void test_render(void **state)
 	s.stat[WD_STAT_HOST_PREFETCH_HITS] = 14;
 	s.stat[WD_STAT_HOST_LOADS] = 15;
 	s.stat[WD_STAT_HOST_READ_BYTES] = 16;
+	s.stat[WD_STAT_HOST_READ_DIRECT_BYTES] = 19;
 	s.ctr[WD_CTR_LOADS] = 17;
 	s.ctr[WD_CTR_LOAD_BYTES] = 18;
 	s.uptime_ns = 2500000000ull;

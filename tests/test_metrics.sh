@@ -76,6 +76,7 @@ weightd_host_prefetches_total counter 0 -
 weightd_host_prefetch_hits_total counter 0 -
 weightd_host_loads_total counter 1 -
 weightd_host_disk_read_bytes_total counter 1 -
+weightd_host_disk_read_direct_bytes_total counter 0 0
 weightd_host_coalesced_total counter 0 -
 weightd_host_dedup_bytes gauge 0 -
 weightd_host_refused_total counter 0 0

@@ -202,6 +202,22 @@ void arena_get_stats(struct arena *a, struct arena_stats *st)
 		st->resident = (uint64_t)sb.st_blocks * 512;
 }
 
+uint64_t arena_page_bytes(const struct arena *a)
+{
+	unsigned long long pmd = 0;
+	FILE *f;
+
+	if (a->pages != ARENA_PAGES_THP)
+		return a->page_size;
+	f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+	if (f) {
+		if (fscanf(f, "%llu", &pmd) != 1)
+			pmd = 0;
+		fclose(f);
+	}
+	return pmd ? pmd : HUGE_2M;
+}
+
 const char *arena_pages_name(enum arena_pages p)
 {
 	switch (p) {

@@ -119,6 +119,12 @@ int arena_ro_fd(const struct arena *a);
 /* Fills @st (takes the lock). */
 void arena_get_stats(struct arena *a, struct arena_stats *st);
 
+/*
+ * The size of the pages that back the arena: the huge page size for hugetlb, the PMD size
+ * (/sys/kernel/mm/transparent_hugepage/hpage_pmd_size, 2 MiB on x86-64) for THP, else 4096.
+ */
+uint64_t arena_page_bytes(const struct arena *a);
+
 /* "hugetlb", "thp", "4k". */
 const char *arena_pages_name(enum arena_pages p);
 

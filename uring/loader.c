@@ -24,11 +24,19 @@
 #include "core/log.h"
 #include "core/recovery.h"
 #include "uring/loader.h"
+#include "uring/residency.h"
 
 #define DIO_ALIGN 4096u
 #define MAX_FILE_SLOTS 256u
 /* Tensors at least this large are read straight into their slot; smaller ones are grouped. */
 #define DIRECT_MIN (256u << 10)
+/*
+ * Tensors at least this large get an extent offset congruent to their file offset modulo
+ * 4 KiB in the aligned layout (when the file offset is 64-byte aligned), so that O_DIRECT
+ * reads land in place with no staging copy. The padding that costs, under 4 KiB per tensor,
+ * stays under 0.4% of the tensor bytes.
+ */
+#define CONGRUENT_MIN (1u << 20)
 
 enum op_kind { OP_ARENA, OP_STAGE };
 
@@ -40,7 +48,8 @@ enum op_kind { OP_ARENA, OP_STAGE };
  */
 struct load_op {
 	uint32_t file;
-	uint32_t kind;
+	uint16_t kind;
+	uint16_t direct;	/* read with the file's O_DIRECT descriptor */
 	uint64_t foff;
 	uint32_t len;
 	uint32_t valid;
@@ -51,8 +60,10 @@ struct load_op {
 
 struct load_file {
 	char *path;
-	int fd;			/* O_DIRECT when direct */
-	bool direct;
+	int fd;			/* buffered */
+	int dfd;		/* O_DIRECT, -1 when the file system refuses it */
+	bool direct;		/* dfd >= 0 */
+	uint8_t *cached;	/* per RESIDENCY_GRANULE while planning: in the page cache */
 	struct st_file st;
 	struct model_fp fp;	/* at open */
 	uint64_t *expect;	/* per st tensor; NULL when none was given */
@@ -79,7 +90,12 @@ struct load_handle {
 	uint32_t inflight;
 	bool failed;
 	int fail_rc;
-	int *slots;		/* registered file index per plan file, or -1 */
+	/* The populate thread's, under loader.pop_lock. */
+	struct load_handle *pop_next;
+	bool pop_queued;
+	atomic_bool pop_abort;
+	int *slots;		/* registered file index per plan file and descriptor
+				 * (2 * file: buffered, 2 * file + 1: O_DIRECT), or -1 */
 };
 
 struct req {
@@ -118,7 +134,21 @@ struct loader {
 	struct req *retry;		/* thread only: reads waiting out their backoff */
 	uint32_t n_retry;		/* of l->inflight, how many are in @retry */
 	int cpu;			/* where the thread last woke up; atomic */
+	/*
+	 * The populate thread: faults in each submitted extent's pages in bulk
+	 * (MADV_POPULATE_WRITE), ahead of its reads and on another CPU, so that page allocation
+	 * and clearing leave the read path (a read that gets there first faults the page itself).
+	 */
+	pthread_t pop_thread;
+	pthread_mutex_t pop_lock;
+	pthread_cond_t pop_cond;
+	struct load_handle *pop_head, **pop_tail;
+	struct load_handle *pop_cur;	/* being populated, or NULL */
+	bool pop_stop;
 };
+
+/* Bytes per MADV_POPULATE_WRITE call: small enough to notice an abort soon. */
+#define POPULATE_STEP (8u << 20)
 
 static void setmsg(char *msg, size_t len, const char *fmt, ...) WD_PRINTF(3, 4);
 static void setmsg(char *msg, size_t len, const char *fmt, ...)
@@ -156,6 +186,9 @@ void loader_plan_free(struct load_plan *plan)
 
 		if (f->fd >= 0)
 			close(f->fd);
+		if (f->dfd >= 0)
+			close(f->dfd);
+		free(f->cached);
 		st_file_free(&f->st);
 		free(f->path);
 		free(f->expect);
@@ -178,7 +211,8 @@ int loader_plan_find(const struct load_plan *plan, const char *name)
 /*
  * Tries O_DIRECT on @f: reopens its descriptor through /proc with O_DIRECT (same inode by
  * construction) and reads one aligned block. File systems that refuse (tmpfs, some overlay
- * setups) fail the open or the read with EINVAL; then the file stays buffered.
+ * setups) fail the open or the read with EINVAL; then the file stays buffered. The buffered
+ * descriptor stays open too: the granules the page cache holds are read through it.
  */
 static void probe_direct(struct load_file *f)
 {
@@ -206,10 +240,29 @@ static void probe_direct(struct load_file *f)
 		close(fd);
 		return;
 	}
-	log_info("loader", "\"O_DIRECT\" file=\"%s\"", f->path);
-	close(f->fd);
-	f->fd = fd;
+	f->dfd = fd;
 	f->direct = true;
+}
+
+/* Whether every granule that [lo, hi) touches is in the page cache (residency map). */
+static bool range_cached(const struct load_file *f, uint64_t lo, uint64_t hi)
+{
+	for (uint64_t g = lo / RESIDENCY_GRANULE; g * RESIDENCY_GRANULE < hi; g++)
+		if (!f->cached[g])
+			return false;
+	return true;
+}
+
+/* The end of the run of granules from @lo on (up to @hi) that share @lo's residency. */
+static uint64_t same_run(const struct load_file *f, uint64_t lo, uint64_t hi)
+{
+	uint8_t c = f->cached[lo / RESIDENCY_GRANULE];
+	uint64_t e = lo;
+
+	do
+		e = (e / RESIDENCY_GRANULE + 1) * RESIDENCY_GRANULE;
+	while (e < hi && f->cached[e / RESIDENCY_GRANULE] == c);
+	return e < hi ? e : hi;
 }
 
 static bool selected(const struct load_spec *spec, const char *name, bool *found)
@@ -249,7 +302,10 @@ static struct load_op *op_new(struct opbuf *b)
 	return &b->ops[b->n++];
 }
 
-/* File layout: the whole data region, 4 KiB-aligned chunks, straight into the extent. */
+/*
+ * File layout: the whole data region, 4 KiB-aligned chunks, straight into the extent; the
+ * granules in the page cache buffered, the others O_DIRECT (when the file allows it).
+ */
 static int ops_file_layout(struct load_plan *p, uint32_t fi, uint64_t region, uint32_t chunk,
 			   struct opbuf *b)
 {
@@ -257,58 +313,171 @@ static int ops_file_layout(struct load_plan *p, uint32_t fi, uint64_t region, ui
 	uint64_t f0 = f->st.data_start & ~(uint64_t)(DIO_ALIGN - 1);
 	uint64_t f1 = align_up(f->st.file_size, DIO_ALIGN);
 
-	for (uint64_t a = f0; a < f1; a += chunk) {
+	for (uint64_t a = f0, e; a < f1; a = e) {
 		struct load_op *op = op_new(b);
-		uint64_t len = f1 - a < chunk ? f1 - a : chunk;
+		bool direct = f->direct && !f->cached[a / RESIDENCY_GRANULE];
+		uint64_t len;
 
 		if (!op)
 			return -ENOMEM;
+		e = f->direct ? same_run(f, a, f1) : f1;
+		if (e - a > chunk)
+			e = a + chunk;
+		len = e - a;
 		op->file = fi;
 		op->kind = OP_ARENA;
+		op->direct = direct;
 		op->foff = a;
 		op->valid = (uint32_t)(f->st.file_size - a < len ? f->st.file_size - a : len);
-		op->len = f->direct ? (uint32_t)len : op->valid;
+		op->len = direct ? (uint32_t)len : op->valid;
 		op->dst = region + (a - f0);
 	}
 	return 0;
 }
 
-/* Aligned layout, O_DIRECT file: aligned chunks through staging, scattered to the tensors. */
-static int ops_direct(struct load_plan *p, uint32_t fi, uint32_t t0, uint32_t t1,
-		      uint32_t chunk, struct opbuf *b)
+/*
+ * Aligned layout of a file that allows O_DIRECT: each piece of a tensor goes the way its
+ * granules' residency says. Open staging windows are kept here while the file's ops are made.
+ */
+struct mixed {
+	struct load_plan *p;
+	struct load_file *f;
+	struct opbuf *b;
+	uint32_t fi, chunk;
+	struct load_op *win;	/* open O_DIRECT staging window, or NULL */
+	uint64_t win_lim;	/* how far it may grow: its start + chunk, or the file's end */
+	struct load_op *grp;	/* open buffered group of small tensors, or NULL */
+};
+
+/* [lo, hi) of tensor @t straight into its slot, in pieces of at most chunk bytes. */
+static int mixed_arena(struct mixed *m, uint32_t t, uint64_t lo, uint64_t hi, bool direct)
 {
-	struct load_file *f = &p->files[fi];
-	uint64_t fend = align_up(f->st.file_size, DIO_ALIGN);
-	struct load_op *op = NULL;
-	uint64_t op_end = 0;
+	const struct load_tensor *T = &m->p->tensors[t];
 
-	for (uint32_t t = t0; t < t1; t++) {
-		struct load_tensor *T = &p->tensors[t];
-		uint64_t s = T->src_off, e = s + T->src_bytes;
+	m->win = m->grp = NULL;
+	for (uint64_t k = lo; k < hi; k += m->chunk) {
+		struct load_op *op = op_new(m->b);
 
-		while (s < e) {
-			if (!op || s >= op_end) {
-				uint64_t a = op && s == op_end ? s : s & ~(uint64_t)(DIO_ALIGN - 1);
-
-				op = op_new(b);
-				if (!op)
-					return -ENOMEM;
-				op_end = a + chunk < fend ? a + chunk : fend;
-				op->file = fi;
-				op->kind = OP_STAGE;
-				op->foff = a;
-				op->len = (uint32_t)(op_end - a);
-				op->valid = (uint32_t)(f->st.file_size - a < op->len
-							       ? f->st.file_size - a
-							       : op->len);
-				op->t_first = t;
-			}
-			if (op->t_first + op->t_count <= t)
-				op->t_count = t - op->t_first + 1;
-			s = e < op_end ? e : op_end;
-		}
+		if (!op)
+			return -ENOMEM;
+		op->file = m->fi;
+		op->kind = OP_ARENA;
+		op->direct = direct;
+		op->foff = k;
+		op->len = op->valid = (uint32_t)(hi - k < m->chunk ? hi - k : m->chunk);
+		op->dst = T->off + (k - T->src_off);
+		op->t_first = t;
+		op->t_count = 1;
 	}
 	return 0;
+}
+
+/*
+ * [lo, hi) of tensor @t through O_DIRECT staging windows: aligned reads of at most chunk
+ * bytes that end at the 4 KiB boundary after the last piece they hold. A window holds only
+ * staged pieces (any other op closes it), and pieces start unaligned only at a tensor's first
+ * byte, so a window's bytes that belong to its tensors are exactly their staged pieces:
+ * scatter() copies nothing another op writes.
+ */
+static int mixed_stage(struct mixed *m, uint32_t t, uint64_t lo, uint64_t hi)
+{
+	uint64_t fend = align_up(m->f->st.file_size, DIO_ALIGN);
+
+	m->grp = NULL;
+	while (lo < hi) {
+		struct load_op *op = m->win;
+		uint64_t end;
+
+		if (!op || lo >= m->win_lim) {
+			uint64_t a = op && lo == m->win_lim ? lo : lo & ~(uint64_t)(DIO_ALIGN - 1);
+
+			op = m->win = op_new(m->b);
+			if (!op)
+				return -ENOMEM;
+			m->win_lim = a + m->chunk < fend ? a + m->chunk : fend;
+			op->file = m->fi;
+			op->kind = OP_STAGE;
+			op->direct = 1;
+			op->foff = a;
+			op->t_first = t;
+		}
+		end = hi < m->win_lim ? hi : m->win_lim;
+		op->t_count = t - op->t_first + 1;
+		op->len = (uint32_t)(align_up(end, DIO_ALIGN) - op->foff);
+		op->valid = (uint32_t)(m->f->st.file_size - op->foff < op->len
+					       ? m->f->st.file_size - op->foff : op->len);
+		lo = end;
+	}
+	return 0;
+}
+
+/* A small cached tensor, grouped with its cached neighbours into one buffered staged read. */
+static int mixed_group(struct mixed *m, uint32_t t)
+{
+	const struct load_tensor *T = &m->p->tensors[t];
+	uint64_t e = T->src_off + T->src_bytes;
+	struct load_op *g = m->grp;
+
+	m->win = NULL;
+	if (g && e - g->foff <= m->chunk) {
+		g->len = g->valid = (uint32_t)(e - g->foff);
+		g->t_count = t - g->t_first + 1;
+		return 0;
+	}
+	g = m->grp = op_new(m->b);
+	if (!g)
+		return -ENOMEM;
+	g->file = m->fi;
+	g->kind = OP_STAGE;
+	g->foff = T->src_off;
+	g->len = g->valid = (uint32_t)T->src_bytes;
+	g->t_first = t;
+	g->t_count = 1;
+	return 0;
+}
+
+static int ops_mixed(struct load_plan *p, uint32_t fi, uint32_t t0, uint32_t t1,
+		     uint32_t chunk, struct opbuf *b)
+{
+	struct mixed m = { .p = p, .f = &p->files[fi], .b = b, .fi = fi, .chunk = chunk };
+	uint32_t big = chunk < DIRECT_MIN ? chunk : DIRECT_MIN;
+	int rc = 0;
+
+	for (uint32_t t = t0; t < t1 && !rc; t++) {
+		const struct load_tensor *T = &p->tensors[t];
+		uint64_t s = T->src_off, e = s + T->src_bytes, pe;
+		bool congruent = (T->off - T->src_off) % DIO_ALIGN == 0;
+
+		if (!T->src_bytes)
+			continue;
+		if (T->src_bytes < big) {
+			rc = range_cached(m.f, s, e) ? mixed_group(&m, t) : mixed_stage(&m, t, s, e);
+			continue;
+		}
+		for (; s < e && !rc; s = pe) {
+			pe = same_run(m.f, s, e);
+			if (m.f->cached[s / RESIDENCY_GRANULE]) {
+				rc = mixed_arena(&m, t, s, pe, false);
+			} else if (congruent) {
+				/* The aligned middle in place; the partial blocks at either end staged. */
+				uint64_t a0 = align_up(s, DIO_ALIGN), a1 = pe & ~(uint64_t)(DIO_ALIGN - 1);
+
+				if (a0 > pe)
+					a0 = pe;
+				if (a1 < a0)
+					a1 = a0;
+				if (s < a0)
+					rc = mixed_stage(&m, t, s, a0);
+				if (!rc && a0 < a1)
+					rc = mixed_arena(&m, t, a0, a1, true);
+				if (!rc && a1 < pe)
+					rc = mixed_stage(&m, t, a1, pe);
+			} else {
+				rc = mixed_stage(&m, t, s, pe);
+			}
+		}
+	}
+	return rc;
 }
 
 /* Aligned layout, buffered file: big tensors straight into slots, small ones grouped. */
@@ -452,7 +621,7 @@ int loader_plan(const struct load_spec *spec, uint32_t chunk, struct load_plan *
 	}
 	p->flags = file_layout ? spec->flags : spec->flags & ~LOAD_F_FILE_LAYOUT;
 	for (size_t i = 0; i < spec->n_files; i++)
-		p->files[i].fd = -1;
+		p->files[i].fd = p->files[i].dfd = -1;
 	p->n_files = (uint32_t)spec->n_files;
 	for (size_t i = 0; i < spec->n_files; i++) {
 		rc = open_file(spec, i, &p->files[i], msg, msg_len);
@@ -477,9 +646,37 @@ int loader_plan(const struct load_spec *spec, uint32_t chunk, struct load_plan *
 	for (uint32_t fi = 0; fi < p->n_files; fi++) {
 		struct load_file *f = &p->files[fi];
 		uint64_t f0 = f->st.data_start & ~(uint64_t)(DIO_ALIGN - 1);
-		uint32_t t0 = p->n_tensors;
+		uint32_t t0 = p->n_tensors, n_sel = 0;
 		bool fconv = false;
 
+		/*
+		 * O_DIRECT first, since it decides the layout: conversion pieces must hold whole
+		 * elements, which only buffered reads allow, so a file with a converted tensor
+		 * stays buffered.
+		 */
+		for (uint32_t t = 0; t < f->st.n_tensors; t++) {
+			const struct st_tensor *s = &f->st.tensors[t];
+
+			if (!selected(spec, s->name, found))
+				continue;
+			n_sel++;
+			fconv |= conv && convert_supported(s->dtype, spec->convert_to);
+		}
+		if (!(spec->flags & LOAD_F_NO_DIRECT) && !fconv && n_sel)
+			probe_direct(f);
+		else if (fconv)
+			log_info("loader", "\"buffered: converting\" file=\"%s\"", f->path);
+		if (f->direct) {
+			/* Where the bytes are now: cached granules are read buffered (residency.h). */
+			f->cached = calloc(f->st.file_size / RESIDENCY_GRANULE + 1, 1);
+			if (!f->cached) {
+				rc = -ENOMEM;
+				goto fail;
+			}
+			if (residency_map(f->fd, f->st.file_size, f->cached))
+				log_info("loader", "\"page cache residency unknown: O_DIRECT\" "
+					 "file=\"%s\"", f->path);
+		}
 		for (uint32_t t = 0; t < f->st.n_tensors; t++) {
 			const struct st_tensor *s = &f->st.tensors[t];
 			struct load_tensor *T;
@@ -500,28 +697,25 @@ int loader_plan(const struct load_spec *spec, uint32_t chunk, struct load_plan *
 			if (conv && convert_supported(s->dtype, spec->convert_to)) {
 				T->dtype = (uint8_t)spec->convert_to;
 				T->nbytes = s->nelem * st_dtype_info(spec->convert_to)->bits / 8;
-				fconv = true;
 			}
 			if (file_layout) {
 				T->off = cursor + (T->src_off - f0);
 			} else {
 				cursor = align_up(cursor, ARENA_TENSOR_ALIGN);
+				/* Large tensors of an O_DIRECT file: in place (CONGRUENT_MIN). */
+				if (f->direct && T->src_bytes >= CONGRUENT_MIN &&
+				    T->src_off % ARENA_TENSOR_ALIGN == 0)
+					cursor += (T->src_off - cursor) % DIO_ALIGN;
 				T->off = cursor;
 				cursor += T->nbytes;
 			}
 			p->tensor_bytes += T->nbytes;
 		}
-		/* Conversion pieces must hold whole elements, which only buffered reads allow. */
-		if (!(spec->flags & LOAD_F_NO_DIRECT) && !fconv && p->n_tensors > t0)
-			probe_direct(f);
-		else if (fconv)
-			log_info("loader", "\"buffered: converting\" file=\"%s\"", f->path);
-		p->n_direct += f->direct;
 		if (file_layout) {
 			rc = ops_file_layout(p, fi, cursor, chunk, &ob);
 			cursor += align_up(f->st.file_size, DIO_ALIGN) - f0;
 		} else if (f->direct) {
-			rc = ops_direct(p, fi, t0, p->n_tensors, chunk, &ob);
+			rc = ops_mixed(p, fi, t0, p->n_tensors, chunk, &ob);
 		} else {
 			rc = ops_buffered(p, fi, t0, p->n_tensors, chunk, &ob);
 		}
@@ -531,8 +725,22 @@ int loader_plan(const struct load_spec *spec, uint32_t chunk, struct load_plan *
 	p->bytes = cursor;
 	p->ops = ob.ops;
 	p->n_ops = ob.n;
-	for (uint32_t i = 0; i < p->n_ops; i++)
-		p->read_bytes += p->ops[i].valid;
+	for (uint32_t i = 0, last = UINT32_MAX; i < p->n_ops; i++) {
+		const struct load_op *op = &p->ops[i];
+
+		p->read_bytes += op->valid;
+		if (op->direct) {
+			p->direct_bytes += op->valid;
+			p->n_direct += op->file != last;
+			last = op->file;
+		} else {
+			p->buffered_bytes += op->valid;
+		}
+	}
+	for (uint32_t fi = 0; fi < p->n_files; fi++) {
+		free(p->files[fi].cached);
+		p->files[fi].cached = NULL;
+	}
 	free(found);
 	*out = p;
 	return 0;
@@ -650,14 +858,16 @@ static void activate(struct loader *l, struct load_handle *h)
 
 	h->t_start = wd_now_ns();
 	atomic_store_explicit(&h->state, LOAD_RUNNING, memory_order_release);
-	for (uint32_t i = 0; i < p->n_files; i++) {
+	for (uint32_t i = 0; i < 2 * p->n_files; i++) {
+		int fd = i % 2 ? p->files[i / 2].dfd : p->files[i / 2].fd;
+
 		h->slots[i] = -1;
-		if (!l->fixed_files)
+		if (!l->fixed_files || fd < 0)
 			continue;
 		for (uint32_t s = 0; s < MAX_FILE_SLOTS; s++) {
 			if (l->slot_used[s])
 				continue;
-			if (io_uring_register_files_update(&l->ring, s, &p->files[i].fd, 1) == 1) {
+			if (io_uring_register_files_update(&l->ring, s, &fd, 1) == 1) {
 				l->slot_used[s] = true;
 				h->slots[i] = (int)s;
 			}
@@ -670,7 +880,7 @@ static void release_slots(struct loader *l, struct load_handle *h)
 {
 	int none = -1;
 
-	for (uint32_t i = 0; i < h->plan->n_files; i++) {
+	for (uint32_t i = 0; i < 2 * h->plan->n_files; i++) {
 		if (h->slots[i] < 0)
 			continue;
 		io_uring_register_files_update(&l->ring, (unsigned int)h->slots[i], &none, 1);
@@ -684,8 +894,9 @@ static void prep(struct loader *l, struct req *r)
 	struct load_handle *h = r->h;
 	struct load_op *op = &h->plan->ops[r->op];
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
-	int slot = h->slots[op->file];
-	int fd = slot >= 0 ? slot : h->plan->files[op->file].fd;
+	const struct load_file *f = &h->plan->files[op->file];
+	int slot = h->slots[2 * op->file + op->direct];
+	int fd = slot >= 0 ? slot : op->direct ? f->dfd : f->fd;
 	uint64_t off = op->foff + r->done;
 	unsigned int len = op->len - r->done;
 
@@ -772,10 +983,10 @@ static void scatter(struct loader *l, struct load_handle *h, const struct load_o
  * cuts a positive one to 1 byte (DIO_ALIGN for O_DIRECT, where a read that is not aligned
  * would mean the end of the file), so the rest must be read again.
  */
-static int inject(const struct load_file *f, int res)
+static int inject(const struct load_op *op, int res)
 {
 	int err = fault_take(FAULT_READ);
-	int least = f->direct ? (int)DIO_ALIGN : 1;
+	int least = op->direct ? (int)DIO_ALIGN : 1;
 
 	if (!err)
 		return res;
@@ -858,7 +1069,7 @@ static void complete(struct loader *l, struct req *r, int res)
 	struct load_op *op = &h->plan->ops[r->op];
 	struct load_file *f = &h->plan->files[op->file];
 
-	res = inject(f, res);
+	res = inject(op, res);
 	if (recovery_io_transient(res)) {
 		retry_later(l, r, res);
 		return;
@@ -872,7 +1083,7 @@ static void complete(struct loader *l, struct req *r, int res)
 	r->done += (uint32_t)res;
 	if (r->done < op->valid) {
 		/* A short read: the file ended early (truncated) unless it can simply go on. */
-		if (res == 0 || (f->direct && r->done % DIO_ALIGN)) {
+		if (res == 0 || (op->direct && r->done % DIO_ALIGN)) {
 			fail_load(h, -ESTALE, "component %s: file %s was truncated during the load "
 				  "(read ended at byte %lu, expected %lu)", h->plan->name,
 				  f->path, op->foff + r->done, op->foff + op->valid);
@@ -937,6 +1148,96 @@ static void final_checks(struct loader *l, struct load_handle *h)
 	}
 }
 
+/* ---- the populate thread ------------------------------------------------------------ */
+
+static void *populate_main(void *arg)
+{
+	struct loader *l = arg;
+	struct arena *a = l->arena;
+
+	pthread_mutex_lock(&l->pop_lock);
+	for (;;) {
+		struct load_handle *h;
+		uint64_t lo, hi;
+
+		while (!l->pop_stop && !l->pop_head)
+			pthread_cond_wait(&l->pop_cond, &l->pop_lock);
+		if (l->pop_stop)
+			break;
+		h = l->pop_head;
+		l->pop_head = h->pop_next;
+		if (!l->pop_head)
+			l->pop_tail = &l->pop_head;
+		h->pop_queued = false;
+		l->pop_cur = h;
+		pthread_mutex_unlock(&l->pop_lock);
+		/* Whole pages: a huge page's advice must start on its boundary. */
+		lo = h->extent / a->page_size * a->page_size;
+		hi = align_up(h->extent + h->plan->bytes, a->page_size);
+		if (hi > a->seg.size)
+			hi = a->seg.size;
+		for (uint64_t o = lo; o < hi; o += POPULATE_STEP) {
+			uint64_t len = hi - o < POPULATE_STEP ? hi - o : POPULATE_STEP;
+
+			if (atomic_load_explicit(&h->pop_abort, memory_order_relaxed))
+				break;
+			/* Failure is no error: the reads fault the pages in themselves. */
+			if (madvise(arena_ptr(a, o), len, MADV_POPULATE_WRITE) < 0)
+				break;
+		}
+		pthread_mutex_lock(&l->pop_lock);
+		l->pop_cur = NULL;
+		pthread_cond_broadcast(&l->pop_cond);
+	}
+	pthread_mutex_unlock(&l->pop_lock);
+	return NULL;
+}
+
+/* Stops the populate thread (every load has finished, so its queue is empty). */
+static void populate_stop(struct loader *l)
+{
+	pthread_mutex_lock(&l->pop_lock);
+	l->pop_stop = true;
+	pthread_cond_broadcast(&l->pop_cond);
+	pthread_mutex_unlock(&l->pop_lock);
+	pthread_join(l->pop_thread, NULL);
+}
+
+static void populate_queue(struct loader *l, struct load_handle *h)
+{
+	if (!h->plan->bytes)
+		return;
+	pthread_mutex_lock(&l->pop_lock);
+	h->pop_queued = true;
+	*l->pop_tail = h;
+	l->pop_tail = &h->pop_next;
+	pthread_cond_broadcast(&l->pop_cond);
+	pthread_mutex_unlock(&l->pop_lock);
+}
+
+/*
+ * Before a load reports its end: the populate thread lets go of its extent (which its owner
+ * may free, or punch holes into, as soon as it knows the result).
+ */
+static void populate_forget(struct loader *l, struct load_handle *h)
+{
+	pthread_mutex_lock(&l->pop_lock);
+	if (h->pop_queued) {
+		struct load_handle **pp = &l->pop_head;
+
+		while (*pp != h)
+			pp = &(*pp)->pop_next;
+		*pp = h->pop_next;
+		if (!*pp)
+			l->pop_tail = pp;
+		h->pop_queued = false;
+	}
+	atomic_store_explicit(&h->pop_abort, true, memory_order_relaxed);
+	while (l->pop_cur == h)
+		pthread_cond_wait(&l->pop_cond, &l->pop_lock);
+	pthread_mutex_unlock(&l->pop_lock);
+}
+
 static void finish(struct loader *l, struct load_handle *h)
 {
 	bool cancelled = atomic_load_explicit(&h->cancel, memory_order_relaxed) && !h->failed &&
@@ -944,6 +1245,7 @@ static void finish(struct loader *l, struct load_handle *h)
 	enum load_state st;
 	int rc;
 
+	populate_forget(l, h);
 	if (!h->failed && !cancelled)
 		final_checks(l, h);
 	release_slots(l, h);
@@ -1109,11 +1411,22 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 	}
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cond, NULL);
+	pthread_mutex_init(&l->pop_lock, NULL);
+	pthread_cond_init(&l->pop_cond, NULL);
 	l->pending_tail = &l->pending;
-	rc = -pthread_create(&l->thread, NULL, loader_main, l);
+	l->pop_tail = &l->pop_head;
+	rc = -pthread_create(&l->pop_thread, NULL, populate_main, l);
+	if (!rc) {
+		rc = -pthread_create(&l->thread, NULL, loader_main, l);
+		if (rc) {
+			populate_stop(l);
+		}
+	}
 	if (rc) {
 		pthread_mutex_destroy(&l->lock);
 		pthread_cond_destroy(&l->cond);
+		pthread_mutex_destroy(&l->pop_lock);
+		pthread_cond_destroy(&l->pop_cond);
 		goto fail;
 	}
 	free(iov);
@@ -1140,10 +1453,13 @@ void loader_destroy(struct loader *l)
 	pthread_cond_signal(&l->cond);
 	pthread_mutex_unlock(&l->lock);
 	pthread_join(l->thread, NULL);
+	populate_stop(l);
 	io_uring_queue_exit(&l->ring);
 	munmap(l->staging, (size_t)l->n_staging * l->chunk);
 	pthread_mutex_destroy(&l->lock);
 	pthread_cond_destroy(&l->cond);
+	pthread_mutex_destroy(&l->pop_lock);
+	pthread_cond_destroy(&l->pop_cond);
 	free(l->reqs);
 	free(l->free_bufs);
 	free(l);
@@ -1176,7 +1492,7 @@ int loader_submit(struct loader *l, struct load_plan *plan, uint64_t extent_off,
 	h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
-	h->slots = calloc(plan->n_files ? plan->n_files : 1, sizeof(int));
+	h->slots = calloc(plan->n_files ? 2 * plan->n_files : 1, sizeof(int));
 	if (!h->slots) {
 		free(h);
 		return -ENOMEM;
@@ -1203,6 +1519,8 @@ int loader_submit(struct loader *l, struct load_plan *plan, uint64_t extent_off,
 	}
 	*l->pending_tail = h;
 	l->pending_tail = &h->next;
+	/* Under l->lock: the loader thread cannot finish (and forget) @h before it is queued. */
+	populate_queue(l, h);
 	pthread_cond_signal(&l->cond);
 	pthread_mutex_unlock(&l->lock);
 	*out = h;

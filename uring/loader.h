@@ -6,7 +6,8 @@
  *
  *   1. loader_plan()   opens the files, checks their fingerprints against the catalog's,
  *                      parses the headers, applies the tensor selection and the dtype
- *                      conversion, chooses O_DIRECT or buffered I/O per file, and lays the
+ *                      conversion, chooses O_DIRECT or buffered I/O per granule of each
+ *                      file by where its bytes are (see "I/O" below), and lays the
  *                      tensors out: plan->bytes is exactly the extent size the load needs
  *                      (the admission estimate), plan->tensors[i].off each tensor's offset
  *                      inside the extent.
@@ -17,14 +18,22 @@
  *                      progress, can be cancelled, and can be waited on by any number of
  *                      threads (several requesters of one component share one load).
  *
+ * I/O: each RESIDENCY_GRANULE (1 MiB) of a file that allows O_DIRECT is read buffered when
+ * the page cache holds most of it (uring/residency.h: cachestat(2), else mincore(2)), else
+ * O_DIRECT: a warm file costs one memory copy, a cold one reads at the disk's speed with no
+ * copy through the page cache, and a partly cached file takes both paths. plan->direct_bytes
+ * and plan->buffered_bytes count each. LOAD_F_NO_DIRECT, a file system that refuses O_DIRECT
+ * (tmpfs) and a file with a converted tensor read everything buffered.
+ *
  * Layouts (load_spec.flags):
  *   aligned (default)  every tensor starts at a multiple of ARENA_TENSOR_ALIGN (64) inside
- *                      the extent, packed in file order. Buffered files are read tensor by
- *                      tensor straight into their slots (one kernel copy, like a plain
- *                      read(2)); small tensors are read in groups through registered staging
- *                      buffers and copied out. O_DIRECT files are read in aligned chunks into
- *                      registered staging buffers and each tensor's bytes are copied to its
- *                      slot (one extra memcpy, measured by bench/bench_load.c).
+ *                      the extent, packed in file order. Tensors of 1 MiB and more of an
+ *                      O_DIRECT file whose file offset is 64-byte aligned start at an extent
+ *                      offset congruent to it modulo 4 KiB (under 4 KiB of padding each), so
+ *                      that both paths read them straight into their slots; only their
+ *                      partial first and last blocks go through a staging buffer. Small
+ *                      tensors are read in groups through registered staging buffers and
+ *                      copied out (buffered, or aligned O_DIRECT chunks).
  *   LOAD_F_FILE_LAYOUT each file's data region is read, O_DIRECT or buffered, straight into
  *                      the extent at an offset congruent to its file offset modulo 4 KiB: no
  *                      copy at all, and tensors are aligned only as the file aligns them.
@@ -113,7 +122,9 @@ struct load_plan {
 	uint64_t bytes;			/* extent size to allocate (0: nothing to read) */
 	uint64_t tensor_bytes;		/* sum of tensors' nbytes */
 	uint64_t read_bytes;		/* bytes the loader reads from the files */
-	uint32_t n_direct;		/* files read with O_DIRECT */
+	uint64_t direct_bytes;		/* of those, read with O_DIRECT */
+	uint64_t buffered_bytes;	/* of those, read through the page cache */
+	uint32_t n_direct;		/* files with at least one O_DIRECT read */
 	uint32_t n_ops;
 	struct load_op *ops;		/* private */
 };
