@@ -1,29 +1,45 @@
 /*
- * Load benchmark: disk -> host cache, against the baselines it must be compared with, all
- * measured in the same run on the same files (a generated LLaMA checkpoint, --size bytes).
+ * Load benchmark: disk -> host cache as a user gets it, through a running daemon, against
+ * the baselines it must be compared with, all measured in the same run on the same files (a
+ * generated LLaMA checkpoint, -s bytes of tensors in 4 shards).
  *
- *   raw io_uring read, warm      buffered reads of whole files, QD 32 x 4 MiB, into one
- *                                pre-faulted buffer (the warm target's 100%)
- *   raw io_uring read, cold      the same after dropping the page cache
- *   raw O_DIRECT io_uring read   (the cold target's 100%)
- *   mmap + touch every page      warm and cold (what safetensors' mmap loader costs)
- *   read() into malloc'ed memory warm
- *   loader -> arena              warm and cold, aligned layout (every tensor 64-byte aligned)
- *                                and file layout (zero-copy, tensors aligned as in the file)
+ * Baselines (uring/rawread.h):
+ *   best warm read       the files in the page cache, read into one pre-faulted buffer by
+ *                        io_uring (QD 32 x 4 MiB) and by pread(2) with 1 and 2 threads; the
+ *                        best of the three is the warm target's 100%
+ *   raw O_DIRECT read    io_uring, QD 32 x 4 MiB, page cache dropped: the cold target's 100%
+ *
+ * Through the daemon (build/weightd started by this program, its own state directory):
+ *   weightd_load()       what a C client's call takes, from request to "resident":
+ *                        warm (files cached) and cold (page cache dropped), into a reused
+ *                        arena (pages already touched by an earlier load, then unloaded) and
+ *                        into a fresh one (a new daemon: the arena's pages never touched)
+ *   weightctl load       the whole command, process start included, warm and cold
+ *   Python client.load() bindings/python, the call alone, warm (a python3 child)
+ *
+ * Library level (second table): the loader alone into an arena, aligned and file layouts,
+ * warm and cold, with mmap + touch and read() into malloc for comparison, and what finding
+ * the cached ranges costs (uring/residency.h: cachestat, mincore).
  *
  * Cold means the page cache was dropped (echo 1 > /proc/sys/vm/drop_caches, as root) or,
  * when that is refused, each file was evicted with posix_fadvise(DONTNEED); the JSON says
- * which. Each figure is the best of --runs runs. Prints a table, writes bench/out/load.json
- * and, with gnuplot, bench/out/load.png; the last line printed is one JSON object.
+ * which. Each figure is the best of -r runs, with the slowest beside it (the spread). The
+ * machine's load average before and after is printed: figures taken on a busy machine say
+ * little. Writes bench/out/load.json and, with gnuplot, bench/out/load.png; the last line
+ * printed is one JSON object.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/common.h"
@@ -32,16 +48,52 @@
 #include "uring/arena.h"
 #include "uring/loader.h"
 #include "uring/rawread.h"
+#include "uring/residency.h"
+#include "weightd.h"
 
 #define CHUNK (4u << 20)
 #define MAXF RAWREAD_MAX_FILES
 
 static struct rawread_set set;	/* the checkpoint's files */
 static const char *cold_method = "none";
+static char bindir[PATH_MAX];	/* where weightd and weightctl are */
+static char model_dir[PATH_MAX], model_name[256];
 
 static double now_s(void)
 {
 	return (double)wd_now_ns() / 1e9;
+}
+
+/* Best (least) and worst seconds of a figure's runs. */
+struct fig {
+	double best, worst;
+};
+
+static void add(struct fig *f, double s)
+{
+	if (s <= 0)
+		return;
+	if (f->best <= 0 || s < f->best)
+		f->best = s;
+	if (s > f->worst)
+		f->worst = s;
+}
+
+static double gbs(double secs)
+{
+	return secs > 0 ? (double)set.total_file / secs / 1e9 : 0;
+}
+
+static void loadavg(char *buf, size_t size)
+{
+	FILE *f = fopen("/proc/loadavg", "re");
+
+	snprintf(buf, size, "?");
+	if (f) {
+		if (fgets(buf, (int)size, f))
+			buf[strcspn(buf, " ")] = '\0';
+		fclose(f);
+	}
 }
 
 /* Drops the page cache for our files: globally when allowed, else per file. */
@@ -51,25 +103,228 @@ static void drop_caches(void)
 							   true));
 }
 
-/*
- * Reads every file whole into @buf (file i at bases[i]) with io_uring (uring/rawread.h, the
- * same baseline `weightctl bench` measures); returns seconds, or -1 when it cannot start.
- */
-static double raw_uring(char *buf, bool direct)
+static void warm_files(char *buf)
 {
-	double secs;
-	int ret;
+	double s;
 
-	ret = rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, buf,
-			    direct, &secs);
-	if (ret == -EINVAL || ret == -ENOMEM)
-		return -1;
-	if (ret) {
-		fprintf(stderr, "read failed: %s\n", strerror(-ret));
+	if (rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, buf, false,
+			  &s)) {
+		fprintf(stderr, "cannot read the files\n");
 		exit(1);
 	}
-	return secs;
 }
+
+/* ---- the daemon ------------------------------------------------------------------------ */
+
+struct daemon_proc {
+	pid_t pid;
+	char dir[PATH_MAX], sock[PATH_MAX + 8];
+	struct weightd *w;
+};
+
+static void daemon_stop(struct daemon_proc *d)
+{
+	int st;
+
+	if (d->w)
+		weightd_detach(d->w);
+	d->w = NULL;
+	if (d->pid > 0) {
+		kill(d->pid, SIGTERM);
+		waitpid(d->pid, &st, 0);
+	}
+	d->pid = 0;
+}
+
+/* Starts build/weightd on the model's folder with room for it; attaches once it answers. */
+static void daemon_start(struct daemon_proc *d, const char *dir)
+{
+	char exe[PATH_MAX + 16], budget[64], log[PATH_MAX + 16];
+
+	snprintf(d->dir, sizeof(d->dir), "%s", dir);
+	snprintf(d->sock, sizeof(d->sock), "%s/sock", dir);
+	snprintf(exe, sizeof(exe), "%s/weightd", bindir);
+	snprintf(budget, sizeof(budget), "%luM", (set.total_alloc * 5 / 4 >> 20) + 64);
+	snprintf(log, sizeof(log), "%s/weightd.log", dir);
+	unlink(d->sock);
+	d->pid = fork();
+	if (d->pid < 0) {
+		perror("fork");
+		exit(1);
+	}
+	if (d->pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+		if (fd >= 0)
+			dup2(fd, 2);
+		execl(exe, "weightd", "--foreground", "--state-dir", dir, "--socket", d->sock,
+		      "--models", model_dir, "--host-budget", budget, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 400; i++) {
+		if (!d->w && weightd_attach(d->sock, NULL, &d->w))
+			d->w = NULL;
+		/* The daemon scans at start: wait until it publishes the model. */
+		if (d->w && weightd_lookup(d->w, model_name, NULL) == 0)
+			return;
+		usleep(25000);
+	}
+	fprintf(stderr, "the daemon (%s) did not publish %s; its log: %s\n", exe, model_name, log);
+	daemon_stop(d);
+	exit(1);
+}
+
+/* weightd_load() of the whole model; returns seconds. */
+static double daemon_load(struct daemon_proc *d)
+{
+	double t0 = now_s();
+	int ret = weightd_load(d->w, model_name, NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_NO_PROGRESS,
+			       NULL, NULL);
+
+	if (ret) {
+		fprintf(stderr, "weightd_load(%s): %s\n", model_name, weightd_last_error());
+		exit(1);
+	}
+	return now_s() - t0;
+}
+
+static void daemon_unload(struct daemon_proc *d)
+{
+	if (weightd_unload(d->w, model_name, NULL, WEIGHTD_TIER_HOST)) {
+		fprintf(stderr, "weightd_unload(%s): %s\n", model_name, weightd_last_error());
+		exit(1);
+	}
+}
+
+/* `weightctl load MODEL`, the whole process; returns seconds. */
+static double ctl_load(struct daemon_proc *d)
+{
+	char exe[PATH_MAX + 16];
+	double t0 = now_s();
+	int st;
+	pid_t pid;
+
+	snprintf(exe, sizeof(exe), "%s/weightctl", bindir);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+		dup2(fd, 1);
+		setenv("WEIGHTD_SOCKET", d->sock, 1);
+		execl(exe, "weightctl", "load", model_name, (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+		fprintf(stderr, "weightctl load %s failed\n", model_name);
+		exit(1);
+	}
+	return now_s() - t0;
+}
+
+/*
+ * Python's client.load() of the model, @runs times warm (unloaded in between), in one
+ * python3 child; adds each call's seconds to @f. Returns false when Python or the binding
+ * cannot run here (the row is then left out, and the JSON says so).
+ */
+static bool python_loads(struct daemon_proc *d, int runs, struct fig *f)
+{
+	static const char script[] =
+		"import sys, time\n"
+		"sys.path.insert(0, sys.argv[1])\n"
+		"import weightd\n"
+		"c = weightd.connect(sys.argv[2])\n"
+		"for _ in range(int(sys.argv[4])):\n"
+		"    t0 = time.perf_counter()\n"
+		"    c.load(sys.argv[3], pin=False)\n"
+		"    print('PYLOAD %.6f' % (time.perf_counter() - t0), flush=True)\n"
+		"    c.unload(sys.argv[3])\n";
+	char cmd[4 * PATH_MAX], line[256];
+	bool any = false;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "WEIGHTD_LIB='%s/libweightd.so' %s -c \"$BENCH_PY\" "
+		 "'%s/../bindings/python' '%s' '%s' %d 2>&1", bindir,
+		 /* Debian's python3 has numpy; a python3 earlier in PATH (pyenv) may not. */
+		 access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3", bindir,
+		 d->sock, model_name, runs);
+	setenv("BENCH_PY", script, 1);
+	p = popen(cmd, "r");
+	if (!p)
+		return false;
+	while (fgets(line, sizeof(line), p)) {
+		double s;
+
+		if (sscanf(line, "PYLOAD %lf", &s) == 1) {
+			add(f, s);
+			any = true;
+		} else {
+			fprintf(stderr, "python: %s", line);
+		}
+	}
+	return pclose(p) == 0 && any;
+}
+
+struct product {
+	struct fig warm, cold, fresh_warm, fresh_cold, ctl_warm, ctl_cold, py_warm;
+	bool py;
+	uint64_t pages;
+	char pages_name[16];
+};
+
+static void run_product(char *buf, int runs, struct product *pr)
+{
+	char tmpl[] = "/tmp/bench-load.XXXXXX";
+	struct daemon_proc d = { 0 };
+	struct weightd_stats st;
+	char *dir = mkdtemp(tmpl), cmd[PATH_MAX + 16];
+
+	if (!dir) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	/* A fresh arena: each run a new daemon, whose arena pages nothing has touched yet. */
+	for (int r = 0; r < runs; r++) {
+		daemon_start(&d, dir);
+		drop_caches();
+		add(&pr->fresh_cold, daemon_load(&d));
+		daemon_stop(&d);
+		daemon_start(&d, dir);
+		warm_files(buf);
+		add(&pr->fresh_warm, daemon_load(&d));
+		daemon_stop(&d);
+	}
+	/* A reused arena: one daemon; each load goes where the last one was unloaded from. */
+	daemon_start(&d, dir);
+	if (weightd_stats(d.w, &st) == 0) {
+		pr->pages = st.host_page_size;
+		snprintf(pr->pages_name, sizeof(pr->pages_name), "%s",
+			 weightd_pages_name(st.host_page_kind));
+	}
+	daemon_load(&d);
+	daemon_unload(&d);
+	for (int r = 0; r < runs; r++) {
+		drop_caches();
+		add(&pr->cold, daemon_load(&d));
+		daemon_unload(&d);
+		drop_caches();
+		add(&pr->ctl_cold, ctl_load(&d));
+		daemon_unload(&d);
+	}
+	warm_files(buf);
+	for (int r = 0; r < runs; r++) {
+		add(&pr->warm, daemon_load(&d));
+		daemon_unload(&d);
+		add(&pr->ctl_warm, ctl_load(&d));
+		daemon_unload(&d);
+	}
+	pr->py = python_loads(&d, runs, &pr->py_warm);
+	daemon_stop(&d);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd))
+		fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* ---- library level -------------------------------------------------------------------- */
 
 static double mmap_touch(void)
 {
@@ -109,7 +364,7 @@ static double read_malloc(void)
 
 struct lrun {
 	double secs;
-	uint64_t bytes, tensor_bytes;
+	uint64_t bytes, tensor_bytes, direct_bytes;
 	uint32_t n_direct;
 };
 
@@ -119,7 +374,7 @@ static struct lrun run_loader(struct arena *a, struct loader *l, unsigned int fl
 	struct load_spec spec = { .name = "llama", .n_files = (size_t)set.n, .files = fs,
 				  .flags = flags };
 	char msg[LOADER_MSG_MAX];
-	struct lrun r = { -1, 0, 0, 0 };
+	struct lrun r = { -1, 0, 0, 0, 0 };
 	struct load_plan *p;
 	uint64_t ext;
 	double t0;
@@ -138,38 +393,163 @@ static struct lrun run_loader(struct arena *a, struct loader *l, unsigned int fl
 	r.secs = now_s() - t0;
 	r.bytes = p->bytes;
 	r.tensor_bytes = p->tensor_bytes;
+	r.direct_bytes = p->direct_bytes;
 	r.n_direct = p->n_direct;
 	arena_free(a, ext, p->bytes);
 	loader_plan_free(p);
 	return r;
 }
 
-static double best(double a, double b)
+/* Seconds to find the cached granules of every file with @m (the best of @runs). */
+static double probe_cost(enum residency_method m, int runs)
 {
-	return a < 0 ? b : b < a ? b : a;
+	uint8_t *map = malloc(set.total_file / RESIDENCY_GRANULE + set.n + 1);
+	struct fig f = { 0 };
+
+	residency_set_method(m);
+	for (int r = 0; r < runs && map; r++) {
+		double t0 = now_s();
+
+		for (unsigned int i = 0; i < set.n; i++) {
+			int fd = open(set.paths[i], O_RDONLY | O_CLOEXEC);
+
+			if (fd >= 0) {
+				residency_map(fd, set.sizes[i], map);
+				close(fd);
+			}
+		}
+		add(&f, now_s() - t0);
+	}
+	residency_set_method(RESIDENCY_AUTO);
+	free(map);
+	return f.best;
+}
+
+struct library {
+	struct fig raw_cold, mmap_warm, mmap_cold, read_warm, al_warm, fl_warm, al_cold, fl_cold;
+	uint64_t tensor_bytes, aligned_bytes, file_bytes;
+	uint32_t direct_files;
+	double probe_cachestat, probe_mincore;	/* half warm: the costly case */
+	const char *pages;
+};
+
+static void run_library(char *buf, int runs, struct library *lib)
+{
+	struct arena_options ao = { .budget = set.total_alloc * 2 + (64u << 20) };
+	struct arena *arena;
+	struct loader *loader;
+	double s;
+
+	if (arena_create(&ao, &arena) || loader_create(arena, NULL, &loader)) {
+		fprintf(stderr, "arena or loader setup failed\n");
+		exit(1);
+	}
+	lib->pages = arena_pages_name(arena->pages);
+	for (int r = 0; r < runs; r++) {
+		struct lrun lr;
+
+		drop_caches();
+		if (!rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, buf,
+				   false, &s))
+			add(&lib->raw_cold, s);
+		drop_caches();
+		add(&lib->mmap_cold, mmap_touch());
+		drop_caches();
+		lr = run_loader(arena, loader, 0);
+		add(&lib->al_cold, lr.secs);
+		lib->direct_files = lr.n_direct;
+		drop_caches();
+		add(&lib->fl_cold, run_loader(arena, loader, LOAD_F_FILE_LAYOUT).secs);
+	}
+	warm_files(buf);
+	for (int r = 0; r < runs; r++) {
+		struct lrun lr;
+
+		add(&lib->mmap_warm, mmap_touch());
+		add(&lib->read_warm, read_malloc());
+		lr = run_loader(arena, loader, 0);
+		add(&lib->al_warm, lr.secs);
+		lib->aligned_bytes = lr.bytes;
+		lib->tensor_bytes = lr.tensor_bytes;
+		lr = run_loader(arena, loader, LOAD_F_FILE_LAYOUT);
+		add(&lib->fl_warm, lr.secs);
+		lib->file_bytes = lr.bytes;
+	}
+	/* The probes' cost where it is highest: half of each file cached, granule by granule. */
+	drop_caches();
+	for (unsigned int i = 0; i < set.n; i++) {
+		int fd = open(set.paths[i], O_RDONLY | O_CLOEXEC);
+
+		posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+		for (uint64_t o = 0; o < set.sizes[i]; o += 2 * RESIDENCY_GRANULE)
+			if (pread(fd, buf, RESIDENCY_GRANULE, (off_t)o) < 0)
+				break;
+		close(fd);
+	}
+	lib->probe_cachestat = probe_cost(RESIDENCY_CACHESTAT, runs);
+	lib->probe_mincore = probe_cost(RESIDENCY_MINCORE, runs);
+	loader_destroy(loader);
+	arena_destroy(arena);
+}
+
+/* ---- report --------------------------------------------------------------------------- */
+
+struct row {
+	const char *key, *label;
+	struct fig f;
+};
+
+static void print_rows(const char *title, const struct row *rows, size_t n)
+{
+	printf("\n%s\n%-46s %8s %8s %10s\n", title, "path", "GB/s", "seconds", "slowest s");
+	for (size_t i = 0; i < n; i++) {
+		if (rows[i].f.best <= 0)
+			printf("%-46s %8s\n", rows[i].label, "n/a");
+		else
+			printf("%-46s %8.2f %8.3f %10.3f\n", rows[i].label, gbs(rows[i].f.best),
+			       rows[i].f.best, rows[i].f.worst);
+	}
+}
+
+static size_t json_rows(char *json, size_t size, const struct row *rows, size_t n)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n && o < size; i++)
+		o += (size_t)snprintf(json + o, size - o, ",\"%s_gbs\":%.3f", rows[i].key,
+				      gbs(rows[i].f.best));
+	return o;
+}
+
+static double ratio(double base_secs, double secs)
+{
+	return base_secs > 0 && secs > 0 ? base_secs / secs : 0;
 }
 
 int main(int argc, char **argv)
 {
 	const char *size_s = "1G", *dir = NULL, *out = "bench/out";
-	struct arena_options ao = { 0 };
-	struct arena *arena;
-	struct loader *loader;
-	char cmd[2400], dirbuf[1024];
-	uint64_t size, tensor_bytes = 0, arena_bytes = 0, aligned_bytes = 0;
-	int runs = 3, c, direct_files = 0;
-	double w_raw = -1, c_raw = -1, c_dio = -1, w_mmap = -1, c_mmap = -1, w_read = -1;
-	double w_al = -1, w_fl = -1, c_al = -1, c_fl = -1;
+	char cmd[2400], dirbuf[1024], la0[32], la1[32], self[PATH_MAX];
+	struct rawread_warm wb;
+	struct fig dio = { 0 };
+	struct product pr = { 0 };
+	struct library lib = { 0 };
+	uint64_t size;
+	int runs = 3, c;
+	bool product_only = false;
+	ssize_t n;
 	FILE *f;
 
-	while ((c = getopt(argc, argv, "s:d:r:o:")) != -1) {
+	while ((c = getopt(argc, argv, "s:d:r:o:P")) != -1) {
 		switch (c) {
 		case 's': size_s = optarg; break;
 		case 'd': dir = optarg; break;
 		case 'r': runs = atoi(optarg); break;
 		case 'o': out = optarg; break;
+		case 'P': product_only = true; break;
 		default:
-			fprintf(stderr, "usage: bench_load [-s SIZE] [-d DIR] [-r RUNS] [-o OUTDIR]\n");
+			fprintf(stderr, "usage: bench_load [-s SIZE] [-d DIR] [-r RUNS] [-o OUTDIR] "
+				"[-P (through the daemon only)]\n");
 			return 2;
 		}
 	}
@@ -186,106 +566,135 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cannot generate or list %s: %s\n", dir, strerror(-c));
 		return 1;
 	}
+	if (!realpath(dir, model_dir)) {
+		perror(dir);
+		return 1;
+	}
+	snprintf(model_name, sizeof(model_name), "%s", basename(strdup(model_dir)));
+	/* weightd and weightctl sit one folder up from this program (build/bench/..). */
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return 1;
+	self[n] = '\0';
+	snprintf(bindir, sizeof(bindir), "%s/..", dirname(self));
+	log_set_level(LOG_WARN);
 
 	char *buf = mmap(NULL, set.total_alloc + CHUNK, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	ao.budget = set.total_alloc * 2 + (64u << 20);
-	ao.flags = 0;
-	if (buf == MAP_FAILED || arena_create(&ao, &arena) || loader_create(arena, NULL, &loader)) {
-		fprintf(stderr, "setup failed\n");
+	if (buf == MAP_FAILED) {
+		fprintf(stderr, "cannot map %lu bytes\n", set.total_alloc);
 		return 1;
 	}
-	fprintf(stderr, "files: %d, %.2f GB; arena pages: %s\n", set.n, (double)set.total_file / 1e9,
-		arena_pages_name(arena->pages));
-	/* Cold first (each after a drop), then warm. */
-	for (int r = 0; r < runs; r++) {
-		struct lrun lr;
+	loadavg(la0, sizeof(la0));
+	fprintf(stderr, "model %s: %d files, %.2f GB; load average %s\n", model_name, set.n,
+		(double)set.total_file / 1e9, la0);
 
-		drop_caches();
-		c_raw = best(c_raw, raw_uring(buf, false));
-		drop_caches();
-		c_dio = best(c_dio, raw_uring(buf, true));
-		drop_caches();
-		c_mmap = best(c_mmap, mmap_touch());
-		drop_caches();
-		lr = run_loader(arena, loader, 0);
-		c_al = best(c_al, lr.secs);
-		direct_files = (int)lr.n_direct;
-		drop_caches();
-		c_fl = best(c_fl, run_loader(arena, loader, LOAD_F_FILE_LAYOUT).secs);
+	/* Baselines. */
+	if (rawread_best_warm((const char *const *)set.paths, set.sizes, set.bases, set.n, buf,
+			      (unsigned int)runs, &wb)) {
+		fprintf(stderr, "warm baseline failed\n");
+		return 1;
 	}
-	raw_uring(buf, false); /* warm the cache */
 	for (int r = 0; r < runs; r++) {
-		struct lrun lr;
+		double s;
 
-		w_raw = best(w_raw, raw_uring(buf, false));
-		w_mmap = best(w_mmap, mmap_touch());
-		w_read = best(w_read, read_malloc());
-		lr = run_loader(arena, loader, LOAD_F_NO_DIRECT);
-		w_al = best(w_al, lr.secs);
-		aligned_bytes = lr.bytes;
-		tensor_bytes = lr.tensor_bytes;
-		lr = run_loader(arena, loader, LOAD_F_FILE_LAYOUT | LOAD_F_NO_DIRECT);
-		w_fl = best(w_fl, lr.secs);
-		arena_bytes = lr.bytes;
+		drop_caches();
+		if (rawread_files((const char *const *)set.paths, set.sizes, set.bases, set.n, buf,
+				  true, &s) == 0)
+			add(&dio, s);
 	}
+	run_product(buf, runs, &pr);
+	if (!product_only)
+		run_library(buf, runs, &lib);
+	loadavg(la1, sizeof(la1));
 
-	const struct {
-		const char *key, *label;
-		double secs;
-	} rows[] = {
-		{ "raw_uring_warm", "raw io_uring read, warm", w_raw },
-		{ "read_malloc_warm", "read() into malloc, warm", w_read },
-		{ "mmap_touch_warm", "mmap + touch, warm", w_mmap },
-		{ "loader_aligned_warm", "loader aligned, warm", w_al },
-		{ "loader_file_warm", "loader file layout, warm", w_fl },
-		{ "raw_uring_cold", "raw io_uring read, cold", c_raw },
-		{ "raw_odirect_cold", "raw O_DIRECT read", c_dio },
-		{ "mmap_touch_cold", "mmap + touch, cold", c_mmap },
-		{ "loader_aligned_cold", "loader aligned, cold", c_al },
-		{ "loader_file_cold", "loader file layout, cold", c_fl },
+	const struct row base[] = {
+		{ "best_warm_read", "best warm read (baseline, 100% of warm)",
+		  { wb.best, wb.best } },
+		{ "warm_uring", "  of which io_uring QD32", { wb.uring, wb.uring } },
+		{ "warm_psync1", "  of which pread x1", { wb.psync1, wb.psync1 } },
+		{ "warm_psync2", "  of which pread x2", { wb.psync2, wb.psync2 } },
+		{ "raw_odirect_cold", "raw O_DIRECT read (baseline, 100% of cold)", dio },
 	};
-	double gbs[ARRAY_SIZE(rows)];
-	char json[4096];
+	const struct row prod[] = {
+		{ "daemon_warm", "weightd_load, warm, reused arena", pr.warm },
+		{ "daemon_cold", "weightd_load, cold, reused arena", pr.cold },
+		{ "daemon_fresh_warm", "weightd_load, warm, fresh arena", pr.fresh_warm },
+		{ "daemon_fresh_cold", "weightd_load, cold, fresh arena", pr.fresh_cold },
+		{ "ctl_warm", "weightctl load (whole command), warm", pr.ctl_warm },
+		{ "ctl_cold", "weightctl load (whole command), cold", pr.ctl_cold },
+		{ "python_warm", "Python client.load(), warm", pr.py_warm },
+	};
+	const struct row libr[] = {
+		{ "lib_aligned_warm", "loader aligned, warm", lib.al_warm },
+		{ "lib_file_warm", "loader file layout, warm", lib.fl_warm },
+		{ "lib_aligned_cold", "loader aligned, cold", lib.al_cold },
+		{ "lib_file_cold", "loader file layout, cold", lib.fl_cold },
+		{ "raw_uring_cold", "raw io_uring buffered read, cold", lib.raw_cold },
+		{ "mmap_touch_warm", "mmap + touch, warm", lib.mmap_warm },
+		{ "mmap_touch_cold", "mmap + touch, cold", lib.mmap_cold },
+		{ "read_malloc_warm", "read() into malloc, warm", lib.read_warm },
+	};
+	double warm_r = ratio(wb.best, pr.warm.best), cold_r = ratio(dio.best, pr.cold.best);
+	double fwarm_r = ratio(wb.best, pr.fresh_warm.best);
+	double fcold_r = ratio(dio.best, pr.fresh_cold.best);
+	double py_ctl = pr.py && pr.ctl_warm.best > 0 ? pr.py_warm.best / pr.ctl_warm.best : 0;
+	double py_c = pr.py && pr.warm.best > 0 ? pr.py_warm.best / pr.warm.best : 0;
+	char json[8192];
 	size_t o = 0;
 
-	printf("%-28s %10s %10s\n", "path", "seconds", "GB/s");
-	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
-		gbs[i] = (double)set.total_file / rows[i].secs / 1e9;
-		printf("%-28s %10.3f %10.2f\n", rows[i].label, rows[i].secs, gbs[i]);
+	printf("model %s, %.2f GB in %d files; best of %d runs; cold = %s; host cache pages %s "
+	       "(%lu bytes); load average %s before, %s after\n", model_name,
+	       (double)set.total_file / 1e9, set.n, runs, cold_method, pr.pages_name, pr.pages,
+	       la0, la1);
+	print_rows("baselines", base, ARRAY_SIZE(base));
+	print_rows("through the daemon (what a user gets)", prod, ARRAY_SIZE(prod));
+	printf("\nwarm:  %5.1f%% of the best warm read (%s)   target >= 90%%\n", 100 * warm_r,
+	       wb.best_name);
+	printf("cold:  %5.1f%% of raw O_DIRECT                       target >= 90%%\n",
+	       100 * cold_r);
+	printf("fresh arena: warm %5.1f%%, cold %5.1f%% of the same baselines  target >= 80%%\n",
+	       100 * fwarm_r, 100 * fcold_r);
+	if (pr.py)
+		printf("Python client.load(): %.3fx the time of weightctl load, %.3fx weightd_load "
+		       "(target <= 1.05x)\n", py_ctl, py_c);
+	else
+		printf("Python client.load(): not measured (python3 or the binding failed)\n");
+	if (!product_only) {
+		print_rows("library level (the loader alone, for comparison)", libr,
+			   ARRAY_SIZE(libr));
+		printf("arena overhead beyond tensor bytes: aligned %.4f%%, file layout %.4f%% "
+		       "(target <= 1%%); O_DIRECT files (cold): %u of %d\n",
+		       100.0 * (double)(lib.aligned_bytes - lib.tensor_bytes) /
+			       (double)lib.tensor_bytes,
+		       100.0 * (double)(lib.file_bytes - lib.tensor_bytes) /
+			       (double)lib.tensor_bytes, lib.direct_files, set.n);
+		printf("finding the cached granules (every other MiB cached): cachestat %.3f ms, "
+		       "mincore %.3f ms; the loader uses %s\n", lib.probe_cachestat * 1e3,
+		       lib.probe_mincore * 1e3, residency_method_name(residency_method_used()));
 	}
-	double warm_ratio = w_raw / w_al, warm_file_ratio = w_raw / w_fl;
-	double cold_ratio = c_dio / c_al, cold_file_ratio = c_dio / c_fl;
-	double vs_mmap = c_mmap / c_al, vs_mmap_file = c_mmap / c_fl;
-	double overhead = (double)(aligned_bytes - tensor_bytes) / (double)tensor_bytes;
-	double overhead_file = (double)(arena_bytes - tensor_bytes) / (double)tensor_bytes;
-
-	printf("warm: loader aligned %.1f%% of raw io_uring (target >= 90%%), file layout %.1f%%\n",
-	       100 * warm_ratio, 100 * warm_file_ratio);
-	printf("cold (%s): loader aligned %.1f%% of raw O_DIRECT (target >= 90%%), file layout "
-	       "%.1f%%; vs mmap+touch %.2fx / %.2fx (target >= 2x)\n", cold_method,
-	       100 * cold_ratio, 100 * cold_file_ratio, vs_mmap, vs_mmap_file);
-	printf("arena overhead beyond tensor bytes: aligned %.4f%%, file layout %.4f%% (target <= "
-	       "1%%); O_DIRECT files: %d of %d\n", 100 * overhead, 100 * overhead_file,
-	       direct_files, set.n);
 
 	o += (size_t)snprintf(json + o, sizeof(json) - o,
-			      "{\"bench\":\"load\",\"files\":%d,\"file_bytes\":%lu,"
-			      "\"tensor_bytes\":%lu,\"runs\":%d,\"cold_method\":\"%s\","
-			      "\"arena_pages\":\"%s\",\"odirect_files\":%d", set.n, set.total_file,
-			      tensor_bytes, runs, cold_method, arena_pages_name(arena->pages),
-			      direct_files);
-	for (size_t i = 0; i < ARRAY_SIZE(rows); i++)
-		o += (size_t)snprintf(json + o, sizeof(json) - o, ",\"%s_gbs\":%.3f", rows[i].key,
-				      gbs[i]);
+			      "{\"bench\":\"load\",\"model\":\"%s\",\"files\":%d,\"file_bytes\":%lu,"
+			      "\"runs\":%d,\"cold_method\":\"%s\",\"host_pages\":\"%s\","
+			      "\"host_page_size\":%lu,\"loadavg_before\":%s,\"loadavg_after\":%s,"
+			      "\"best_warm_method\":\"%s\"", model_name, set.n, set.total_file, runs,
+			      cold_method, pr.pages_name, pr.pages, la0, la1, wb.best_name);
+	o += json_rows(json + o, sizeof(json) - o, base, ARRAY_SIZE(base));
+	o += json_rows(json + o, sizeof(json) - o, prod, ARRAY_SIZE(prod));
+	if (!product_only) {
+		o += json_rows(json + o, sizeof(json) - o, libr, ARRAY_SIZE(libr));
+		o += (size_t)snprintf(json + o, sizeof(json) - o,
+				      ",\"probe_cachestat_ms\":%.3f,\"probe_mincore_ms\":%.3f",
+				      lib.probe_cachestat * 1e3, lib.probe_mincore * 1e3);
+	}
 	o += (size_t)snprintf(json + o, sizeof(json) - o,
-			      ",\"warm_ratio\":%.3f,\"warm_file_ratio\":%.3f,\"cold_ratio\":%.3f,"
-			      "\"cold_file_ratio\":%.3f,\"cold_vs_mmap\":%.2f,"
-			      "\"cold_file_vs_mmap\":%.2f,\"overhead_aligned\":%.6f,"
-			      "\"overhead_file\":%.6f}", warm_ratio, warm_file_ratio, cold_ratio,
-			      cold_file_ratio, vs_mmap, vs_mmap_file, overhead, overhead_file);
+			      ",\"warm_ratio\":%.3f,\"cold_ratio\":%.3f,\"fresh_warm_ratio\":%.3f,"
+			      "\"fresh_cold_ratio\":%.3f,\"python_vs_weightctl\":%.3f,"
+			      "\"python_vs_weightd_load\":%.3f}", warm_r, cold_r, fwarm_r, fcold_r,
+			      py_ctl, py_c);
 
-	snprintf(cmd, sizeof(cmd), "mkdir -p %s", out);
+	snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", out);
 	if (system(cmd) == 0) {
 		char p[1200];
 
@@ -298,23 +707,25 @@ int main(int argc, char **argv)
 		snprintf(p, sizeof(p), "%s/load.dat", out);
 		f = fopen(p, "w");
 		if (f) {
-			for (size_t i = 0; i < ARRAY_SIZE(rows); i++)
-				fprintf(f, "\"%s\" %.3f\n", rows[i].label, gbs[i]);
+			for (size_t i = 0; i < ARRAY_SIZE(base); i++)
+				if (base[i].f.best > 0 && strncmp(base[i].label, "  ", 2))
+					fprintf(f, "\"%s\" %.3f\n", base[i].key, gbs(base[i].f.best));
+			for (size_t i = 0; i < ARRAY_SIZE(prod); i++)
+				fprintf(f, "\"%s\" %.3f\n", prod[i].key, gbs(prod[i].f.best));
 			fclose(f);
 		}
 		if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
 			snprintf(cmd, sizeof(cmd),
-				 "gnuplot -e \"set terminal png size 1000,500; set output '%s/load.png';"
+				 "gnuplot -e \"set terminal png size 1100,500; set output '%s/load.png';"
 				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
-				 " set xtics rotate by -30; set title 'disk -> host cache (%.2f GB, %s)';"
-				 " plot '%s/load.dat' using 2:xtic(1) notitle\" 2>/dev/null", out,
-				 (double)set.total_file / 1e9, cold_method, out);
+				 " set xtics rotate by -30; set title 'disk -> host cache through the "
+				 "daemon (%.2f GB, cold = %s)'; plot '%s/load.dat' using 2:xtic(1) "
+				 "notitle\" 2>/dev/null", out, (double)set.total_file / 1e9, cold_method,
+				 out);
 			if (system(cmd))
 				fprintf(stderr, "gnuplot failed; no chart\n");
 		}
 	}
-	loader_destroy(loader);
-	arena_destroy(arena);
 	munmap(buf, set.total_alloc + CHUNK);
 	printf("%s\n", json);
 	return 0;

@@ -2,21 +2,26 @@
  * weightctl bench MODEL: how fast this host loads one model, next to what its storage, memory
  * and GPU can do, measured in the same run; and weightctl history MODEL: the runs recorded.
  *
- * Figures (each load is timed around the client call, submission to final completion):
- *   host cold   the model unloaded from the host tier, its files' pages dropped
- *               (uring/rawread.h: /proc/sys/vm/drop_caches when root may write it, else
+ * Figures (each load is timed around the client call, submission to final completion); the
+ * baselines are those of bench/bench_load.c (make bench-load), so that both tell one story:
+ *   storage     the same files read raw into one buffer (uring/rawread.h): cold, after the
+ *               page cache was dropped (/proc/sys/vm/drop_caches when root may write it, else
  *               posix_fadvise(DONTNEED) on each file, which is what "cold" means without
- *               root), then loaded to the host tier
- *   host warm   unloaded again and loaded with the page cache as the cold load left it
- *   storage     a raw io_uring read of the same files into one buffer: cold (after the same
- *               drop) with O_DIRECT when the file system takes it, and warm (buffered)
+ *               root), with O_DIRECT io_uring when the file system takes it; warm, the best
+ *               of io_uring and pread(2) by one and two threads with every page cached
+ *   host cold   the model unloaded from the host tier, its files' pages dropped, then loaded
+ *               to the host tier
+ *   host warm   unloaded again, the files read once so that the page cache holds them (a
+ *               cold load reads O_DIRECT and leaves nothing cached), and loaded again
  *   memcpy      copy bandwidth of a buffer the size of the model (at most 1 GiB)
  *   GPU         for each of the daemon's GPUs (cuda:N): unload from it, load from the host
  *               copy, and the pinned host-to-device bandwidth of this process on device N
  *   attach      a fresh client in this process: attach, then resolve every tensor by name
  *   memory      bytes of the model resident on each tier, and the host cache in use
  * Each load is also reported as a ratio to its limit (storage for the host tier, pinned H2D
- * for the GPU). The run is stored in the catalog (bench_runs) with its figures as JSON.
+ * for the GPU). A load cannot beat a raw read of the same bytes by much: a ratio above 105%
+ * is printed as "baseline suspect" (and flagged in the JSON's "suspect"), never as a result.
+ * The run is stored in the catalog (bench_runs) with its figures as JSON.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -38,6 +43,8 @@
 #include "uring/rawread.h"
 
 #define MEMCPY_MAX (1ull << 30)
+/* A load faster than its baseline by more than this says the baseline was wrong. */
+#define SUSPECT_RATIO 1.05
 #define H2D_BYTES (256ull << 20)
 
 struct bopts {
@@ -45,6 +52,7 @@ struct bopts {
 	const char *model;
 	const char *out;
 	const char *png;
+	const char *from;	/* --from: print this saved report instead of measuring */
 	bool json;
 	bool no_record;
 };
@@ -61,22 +69,28 @@ static void usage_bench(FILE *out)
 {
 	fprintf(out,
 		"usage: weightctl bench [--socket PATH] [--json] [--out FILE.json] [--png FILE.png]\n"
-		"                       [--no-record] MODEL\n\n"
+		"                       [--no-record] MODEL\n"
+		"       weightctl bench [--json] [--png FILE.png] --from FILE.json\n\n"
 		"Measures how fast the running daemon loads MODEL, next to the limits measured in\n"
-		"the same run: cold and warm load to the host tier against a raw io_uring read of\n"
-		"the same files (O_DIRECT when possible), memcpy bandwidth, the load to each of the\n"
+		"the same run (the baselines of make bench-load): a cold load to the host tier\n"
+		"against a raw O_DIRECT io_uring read of the same files with the page cache\n"
+		"dropped, a warm one (files cached) against the best warm read of them (io_uring,\n"
+		"pread by 1 and 2 threads), memcpy bandwidth, the load to each of the\n"
 		"daemon's GPUs (cuda:N, from the host copy) against this process's pinned\n"
 		"host-to-device bandwidth on that GPU, the time a new client takes to attach and\n"
 		"resolve every tensor, and memory per tier.\n\n"
 		"Cold: the files' cached pages are dropped first, with /proc/sys/vm/drop_caches when\n"
 		"this user may write it (root), else posix_fadvise(DONTNEED) on each file.\n"
+		"A ratio above 105%% means the baseline was not measured right: it is reported as\n"
+		"\"baseline suspect\", not as a result.\n"
 		"The model must not be pinned by another client (it is unloaded between runs).\n\n"
 		"  --socket PATH     the daemon's socket (default $WEIGHTD_SOCKET, else the\n"
 		"                    per-user runtime directory)\n"
 		"  --json            write the report as JSON to stdout (progress stays on stderr)\n"
 		"  --out FILE.json   also write the JSON report to FILE.json\n"
 		"  --png FILE.png    a bar chart of the bandwidths (needs gnuplot)\n"
-		"  --no-record       do not store the run in the catalog (bench_runs)\n\n"
+		"  --no-record       do not store the run in the catalog (bench_runs)\n"
+		"  --from FILE.json  print (or chart) a report saved with --out; measures nothing\n\n"
 		"The run is recorded in the catalog; `weightctl history MODEL` lists past runs.\n"
 		"Exit status: 0, 1 a step failed, 2 usage error.\n");
 }
@@ -374,10 +388,13 @@ static json_t *memory_per_tier(struct weightd *w, uint32_t model_id, uint32_t n_
 /* A bar chart of the bandwidths in @r with gnuplot; false when gnuplot failed. */
 static bool plot(const char *png, json_t *r)
 {
+	/* Each load beside its baseline, named as a reader would say it. */
 	static const char *const keys[][3] = {
-		{ "storage", "cold_bps", "storage cold" }, { "host", "cold_bps", "host load cold" },
-		{ "storage", "warm_bps", "storage warm" }, { "host", "warm_bps", "host load warm" },
-		{ NULL, "memcpy_bps", "memcpy" },
+		{ "storage", "cold_bps", "cold: raw O_DIRECT read (baseline)" },
+		{ "host", "cold_bps", "cold: load via weightd" },
+		{ "storage", "warm_bps", "warm: best raw read, cached (baseline)" },
+		{ "host", "warm_bps", "warm: load via weightd" },
+		{ NULL, "memcpy_bps", "memcpy, one thread" },
 	};
 	FILE *g = popen("gnuplot 2>/dev/null", "w");
 	json_t *gpu;
@@ -385,8 +402,9 @@ static bool plot(const char *png, json_t *r)
 
 	if (!g)
 		return false;
-	fprintf(g, "set terminal pngcairo size 900,500\nset output '%s'\nset style data histograms\n"
+	fprintf(g, "set terminal pngcairo size 1100,600\nset output '%s'\nset style data histograms\n"
 		   "set style fill solid\nset ylabel 'GB/s'\nset xtics rotate by -30\n"
+		   "set bmargin 10\n"
 		   "set title 'weightctl bench %s'\nunset key\nplot '-' using 2:xtic(1)\n", png,
 		json_string_value(json_object_get(r, "model")));
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
@@ -402,9 +420,11 @@ static bool plot(const char *png, json_t *r)
 		json_t *load = json_object_get(gpu, "load_bps");
 
 		if (json_is_number(h2d))
-			fprintf(g, "\"pinned H2D %s\" %.3f\n", tier, json_number_value(h2d) / 1e9);
+			fprintf(g, "\"%s: pinned host-to-device copy (baseline)\" %.3f\n", tier,
+				json_number_value(h2d) / 1e9);
 		if (json_is_number(load))
-			fprintf(g, "\"load %s\" %.3f\n", tier, json_number_value(load) / 1e9);
+			fprintf(g, "\"%s: load from the host cache via weightd\" %.3f\n", tier,
+				json_number_value(load) / 1e9);
 	}
 	fprintf(g, "e\n");
 	return pclose(g) == 0;
@@ -418,6 +438,7 @@ static int parse_bench(int argc, char **argv, struct bopts *o)
 		{ "out", required_argument, NULL, 'o' },
 		{ "png", required_argument, NULL, 'p' },
 		{ "no-record", no_argument, NULL, 'n' },
+		{ "from", required_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -432,12 +453,15 @@ static int parse_bench(int argc, char **argv, struct bopts *o)
 		case 'o': o->out = optarg; break;
 		case 'p': o->png = optarg; break;
 		case 'n': o->no_record = true; break;
+		case 'f': o->from = optarg; break;
 		case 'h': usage_bench(stdout); return CTL_OK;
 		default: usage_bench(stderr); return CTL_USAGE;
 		}
 	}
-	if (optind + 1 != argc) {
-		ctl_err("bench", "needs exactly one MODEL");
+	if (o->from && optind == argc)
+		return -1;
+	if (o->from || optind + 1 != argc) {
+		ctl_err("bench", o->from ? "--from takes no MODEL" : "needs exactly one MODEL");
 		usage_bench(stderr);
 		return CTL_USAGE;
 	}
@@ -454,7 +478,8 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 	struct files f;
 	const char *sd = ctl_state_dir(c);
 	enum rawread_drop drop;
-	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, mbps;
+	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, t_fill, mbps;
+	struct rawread_warm wb;
 	uint64_t b_cold = 0, b_warm = 0;
 	uint32_t mid, n_t = 0;
 	void *buf = NULL;
@@ -483,10 +508,42 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 	json_object_set_new(r, "files", json_integer(f.n));
 	json_object_set_new(r, "file_bytes", json_integer((json_int_t)f.total));
 
-	/* Host tier, cold then warm. */
+	/* Baselines first (bench/bench_load.c's): raw O_DIRECT read, cold; best warm read. */
+	if (posix_memalign(&buf, 4096, f.span ? f.span : 4096)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memset(buf, 0, f.span);
 	drop = rawread_drop_cache(f.paths, f.n, geteuid() == 0);
 	json_object_set_new(r, "cold_method", json_string(rawread_drop_name(drop)));
-	step(o, "cold load to host (caches dropped with %s)", rawread_drop_name(drop));
+	ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, true, &t_sc);
+	if (ret == -EINVAL) {
+		direct = false;
+		rawread_drop_cache(f.paths, f.n, geteuid() == 0);
+		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sc);
+	}
+	if (!ret)
+		ret = rawread_best_warm(f.paths, f.sizes, f.bases, f.n, buf, 3, &wb);
+	if (ret) {
+		ctl_err("bench", "raw read of %s's files: %s", name, strerror(-ret));
+		goto out;
+	}
+	t_sw = wb.best;
+	step(o, "raw read: cold%s %.3f GB/s (caches dropped with %s); warm %.3f GB/s (best: %s)",
+	     direct ? " O_DIRECT" : "", (double)f.total / t_sc / 1e9, rawread_drop_name(drop),
+	     (double)f.total / t_sw / 1e9, wb.best_name);
+	json_object_set_new(r, "storage", json_pack("{s:b, s:o, s:o, s:s, s:o, s:o, s:o}",
+						    "direct", direct,
+						    "cold_bps", num((double)f.total / t_sc),
+						    "warm_bps", num((double)f.total / t_sw),
+						    "warm_method", wb.best_name,
+						    "warm_uring_bps", num((double)f.total / wb.uring),
+						    "warm_psync1_bps", num((double)f.total / wb.psync1),
+						    "warm_psync2_bps", num((double)f.total / wb.psync2)));
+
+	/* Host tier: cold (caches dropped), then warm (every file read once first). */
+	rawread_drop_cache(f.paths, f.n, geteuid() == 0);
+	step(o, "cold load to host");
 	ret = timed_load(w, name, 0, "bench: host cold", &t_cold, &b_cold);
 	if (ret) {
 		ctl_err("bench", "cold load of %s: %s", name, ret == -EALREADY ?
@@ -495,7 +552,9 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 		goto out;
 	}
 	step(o, "cold load: %.3f s, %.3f GB/s", t_cold, (double)b_cold / t_cold / 1e9);
-	ret = timed_load(w, name, 0, "bench: host warm", &t_warm, &b_warm);
+	ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_fill);
+	if (!ret)
+		ret = timed_load(w, name, 0, "bench: host warm", &t_warm, &b_warm);
 	if (ret) {
 		ctl_err("bench", "warm load of %s: %s", name, ret == -EALREADY ?
 			"still resident after unload (pinned by another client?)" :
@@ -508,31 +567,6 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 						 "warm_s", t_warm,
 						 "warm_bps", num((double)b_warm / t_warm),
 						 "bytes", (json_int_t)b_warm));
-
-	/* Storage: the same files read raw, cold (O_DIRECT when possible) and warm. */
-	if (posix_memalign(&buf, 4096, f.span ? f.span : 4096)) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	memset(buf, 0, f.span);
-	rawread_drop_cache(f.paths, f.n, geteuid() == 0);
-	ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, true, &t_sc);
-	if (ret == -EINVAL) {
-		direct = false;
-		rawread_drop_cache(f.paths, f.n, geteuid() == 0);
-		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sc);
-	}
-	if (!ret)
-		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sw);
-	if (ret) {
-		ctl_err("bench", "raw read of %s's files: %s", name, strerror(-ret));
-		goto out;
-	}
-	step(o, "raw io_uring read: cold%s %.3f GB/s, warm %.3f GB/s", direct ? " O_DIRECT" : "",
-	     (double)f.total / t_sc / 1e9, (double)f.total / t_sw / 1e9);
-	json_object_set_new(r, "storage", json_pack("{s:b, s:o, s:o}", "direct", direct,
-						    "cold_bps", num((double)f.total / t_sc),
-						    "warm_bps", num((double)f.total / t_sw)));
 	free(buf);
 	buf = NULL;
 	mbps = rawread_memcpy_bps(f.total < MEMCPY_MAX ? (f.total ? f.total : 4096) :
@@ -557,11 +591,19 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 			json_array_append_new(gpus, bench_gpu(w, name, &di[i], o));
 		json_object_set_new(r, "gpus", gpus);
 	}
-	json_object_set_new(r, "ratios", json_pack(
-		"{s:o, s:o}", "host_cold_vs_storage_cold",
-		num(ratio((double)b_cold / t_cold, (double)f.total / t_sc)),
-		"host_warm_vs_storage_warm",
-		num(ratio((double)b_warm / t_warm, (double)f.total / t_sw))));
+	{
+		double rc = ratio((double)b_cold / t_cold, (double)f.total / t_sc);
+		double rw = ratio((double)b_warm / t_warm, (double)f.total / t_sw);
+
+		json_object_set_new(r, "ratios", json_pack("{s:o, s:o}",
+							   "host_cold_vs_storage_cold", num(rc),
+							   "host_warm_vs_storage_warm", num(rw)));
+		json_object_set_new(r, "suspect", json_pack("{s:b, s:b}",
+							    "host_cold_vs_storage_cold",
+							    rc > SUSPECT_RATIO,
+							    "host_warm_vs_storage_warm",
+							    rw > SUSPECT_RATIO));
+	}
 
 	ret = attach_resolve(o, w, name, &t_ar, &n_t);
 	if (ret) {
@@ -598,26 +640,55 @@ static int record(struct ctl *c, json_t *r)
 	return ret;
 }
 
+/*
+ * "(NN% of the baseline)", or, above SUSPECT_RATIO, a refusal to call it a result: a load
+ * that beats a raw read of the same bytes says the baseline (@base) was measured wrong.
+ * Returns one of two static buffers, in turn.
+ */
+static const char *vs(double ratio_v, const char *base)
+{
+	static char buf[2][200];
+	static int k;
+
+	k ^= 1;
+	if (isnan(ratio_v))
+		snprintf(buf[k], sizeof(buf[k]), "(no ratio: a figure is missing)");
+	else if (ratio_v > SUSPECT_RATIO)
+		snprintf(buf[k], sizeof(buf[k]), "(baseline suspect: the load ran at %.0f%% of "
+			 "the %s; no ratio reported)", 100 * ratio_v, base);
+	else
+		snprintf(buf[k], sizeof(buf[k]), "(%.0f%% of the baseline below)", 100 * ratio_v);
+	return buf[k];
+}
+
 static void print_text(json_t *r)
 {
 	json_t *h = json_object_get(r, "host"), *s = json_object_get(r, "storage");
 	json_t *gpus = json_object_get(r, "gpus"), *ra = json_object_get(r, "ratios"), *g;
 	size_t i;
 
+	char cold_base[96], warm_base[96];
+
 	printf("model %s: %lld bytes\n", json_string_value(json_object_get(r, "model")),
 	       (long long)json_integer_value(json_object_get(r, "bytes")));
-	printf("  host load cold   %8.3f GB/s  (%.0f%% of raw %s read, caches dropped by %s)\n",
+	snprintf(cold_base, sizeof(cold_base), "raw %s read, caches dropped by %s",
+		 json_is_true(json_object_get(s, "direct")) ? "O_DIRECT" : "buffered",
+		 json_string_value(json_object_get(r, "cold_method")));
+	snprintf(warm_base, sizeof(warm_base), "best raw read of the cached files, %s",
+		 json_string_value(json_object_get(s, "warm_method")));
+	printf("  cold: load via weightd %8.3f GB/s  %s\n",
 	       json_number_value(json_object_get(h, "cold_bps")) / 1e9,
-	       100 * json_number_value(json_object_get(ra, "host_cold_vs_storage_cold")),
-	       json_is_true(json_object_get(s, "direct")) ? "O_DIRECT" : "buffered",
-	       json_string_value(json_object_get(r, "cold_method")));
-	printf("  host load warm   %8.3f GB/s  (%.0f%% of raw buffered read)\n",
+	       vs(json_number_value(json_object_get(ra, "host_cold_vs_storage_cold")),
+		  cold_base));
+	printf("        baseline         %8.3f GB/s  (%s)\n",
+	       json_number_value(json_object_get(s, "cold_bps")) / 1e9, cold_base);
+	printf("  warm: load via weightd %8.3f GB/s  %s\n",
 	       json_number_value(json_object_get(h, "warm_bps")) / 1e9,
-	       100 * json_number_value(json_object_get(ra, "host_warm_vs_storage_warm")));
-	printf("  storage cold     %8.3f GB/s\n  storage warm     %8.3f GB/s\n",
-	       json_number_value(json_object_get(s, "cold_bps")) / 1e9,
-	       json_number_value(json_object_get(s, "warm_bps")) / 1e9);
-	printf("  memcpy           %8.3f GB/s\n",
+	       vs(json_number_value(json_object_get(ra, "host_warm_vs_storage_warm")),
+		  warm_base));
+	printf("        baseline         %8.3f GB/s  (%s)\n",
+	       json_number_value(json_object_get(s, "warm_bps")) / 1e9, warm_base);
+	printf("  memcpy, one thread     %8.3f GB/s\n",
 	       json_number_value(json_object_get(r, "memcpy_bps")) / 1e9);
 	json_array_foreach(gpus, i, g) {
 		const char *tier = json_string_value(json_object_get(g, "tier"));
@@ -648,6 +719,21 @@ int ctl_bench(struct ctl *c, int argc, char **argv)
 
 	if ((ret = parse_bench(argc, argv, &o)) >= 0)
 		return ret;
+	if (o.from) {
+		json_error_t jerr;
+
+		r = json_load_file(o.from, 0, &jerr);
+		if (!r || !json_is_object(json_object_get(r, "host"))) {
+			ctl_err("bench", "%s: not a saved bench report: %s", o.from,
+				r ? "no \"host\" figures" : jerr.text);
+			json_decref(r);
+			return CTL_FAIL;
+		}
+		o.no_record = true;
+		o.out = NULL;
+		ret = 0;
+		goto report;
+	}
 	ret = weightd_attach(o.socket, &ao, &w);
 	if (ret) {
 		ctl_err("bench", "cannot attach to the daemon: %s", weightd_last_error());
@@ -660,6 +746,7 @@ int ctl_bench(struct ctl *c, int argc, char **argv)
 		json_decref(r);
 		return CTL_FAIL;
 	}
+report:
 	if (!o.no_record) {
 		ret = record(c, r);
 		if (ret)

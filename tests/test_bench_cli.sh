@@ -67,6 +67,10 @@ assert isinstance(r["storage"]["direct"], bool)
 assert r["memcpy_bps"] > 0
 for k in ("host_cold_vs_storage_cold", "host_warm_vs_storage_warm"):
     assert 0 < r["ratios"][k] < 100, r["ratios"]
+    assert r["suspect"][k] == (r["ratios"][k] > 1.05), (r["ratios"], r["suspect"])
+assert r["storage"]["warm_method"] in ("io_uring", "psync x1", "psync x2"), r["storage"]
+for k in ("warm_uring_bps", "warm_psync1_bps", "warm_psync2_bps"):
+    assert r["storage"][k] > 0 and r["storage"][k] <= r["storage"]["warm_bps"] * 1.0001, r["storage"]
 assert [g["tier"] for g in r["gpus"]] == ["cuda:0", "cuda:1"], r.get("gpu_reason")
 for g in r["gpus"]:
     assert g["emulated"] is True and "error" not in g, g
@@ -89,7 +93,30 @@ PY
 # A second run (this time by path) is listed after the first; history names it by name too.
 check "bench by path, --no-record" 0 $W $S bench --no-record "$T/models/llama-tiny"
 check "bench second run" 0 $W $S bench llama-tiny
-grep -q "host load cold" "$T/out" || { cat "$T/out"; fail "text report lacks the host line"; }
+for l in "cold: load via weightd" "warm: load via weightd" "baseline .*raw O_DIRECT read" \
+	"baseline .*best raw read of the cached files"; do
+	grep -q "$l" "$T/out" || { cat "$T/out"; fail "text report lacks a line with '$l'"; }
+done
+# Every ratio printed is at most 105%, or it says its baseline is suspect.
+python3 - "$T/out" <<'PY' || { cat "$T/out"; fail "a ratio above 105% reported as a result"; }
+import re, sys
+for line in open(sys.argv[1]):
+    for pct in re.findall(r"(\d+)% of the baseline", line):
+        assert int(pct) <= 105, line
+PY
+# A saved report whose warm baseline was wrong (the 594% of issue 15): no ratio, "suspect".
+python3 - "$T/b.json" "$T/bad.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["storage"]["warm_bps"] = r["host"]["warm_bps"] / 5.94
+r["ratios"]["host_warm_vs_storage_warm"] = 5.94
+json.dump(r, open(sys.argv[2], "w"))
+PY
+check "bench --from a suspect report" 0 $W bench --from "$T/bad.json"
+grep -q "warm: load via weightd.*baseline suspect" "$T/out" || { cat "$T/out"; fail "no 'baseline suspect'"; }
+grep -q "594% of the baseline" "$T/out" && { cat "$T/out"; fail "594% reported as a result"; }
+check "bench --from a missing file" 1 $W bench --from "$T/none.json"
+check "bench --from with a model" 2 $W bench --from "$T/bad.json" llama-tiny
 check "history by path" 0 $W $S history --json "$T/models/llama-tiny"
 python3 -c "
 import json; r = json.load(open('$T/out'))['runs']

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,4 +238,128 @@ void rawread_set_free(struct rawread_set *set)
 	for (unsigned int i = 0; i < set->n; i++)
 		free(set->paths[i]);
 	memset(set, 0, sizeof(*set));
+}
+
+/* ---- psync: pread(2) by a few threads ------------------------------------------------- */
+
+struct psync {
+	const char *const *paths;
+	const uint64_t *sizes, *bases;
+	unsigned int n;
+	char *buf;
+	int *fds;
+	atomic_uint_least64_t next;	/* the next chunk, counted over all files */
+	_Atomic int err;
+};
+
+static void *psync_job(void *arg)
+{
+	struct psync *ps = arg;
+
+	for (;;) {
+		uint64_t k = atomic_fetch_add(&ps->next, 1), off = k * RAWREAD_CHUNK;
+		unsigned int f = 0;
+
+		/* Chunk k of the concatenation: find its file (few files, a linear walk). */
+		while (f < ps->n && off >= (ps->sizes[f] + RAWREAD_CHUNK - 1) / RAWREAD_CHUNK *
+						 RAWREAD_CHUNK) {
+			off -= (ps->sizes[f] + RAWREAD_CHUNK - 1) / RAWREAD_CHUNK * RAWREAD_CHUNK;
+			f++;
+		}
+		if (f >= ps->n || atomic_load(&ps->err))
+			return NULL;
+		for (uint64_t want = ps->sizes[f] - off < RAWREAD_CHUNK ? ps->sizes[f] - off
+									 : RAWREAD_CHUNK;
+		     want;) {
+			ssize_t r = pread(ps->fds[f], ps->buf + ps->bases[f] + off, want, (off_t)off);
+
+			if (r <= 0) {
+				atomic_store(&ps->err, r < 0 ? -errno : -EIO);
+				return NULL;
+			}
+			off += (uint64_t)r;
+			want -= (uint64_t)r;
+		}
+	}
+}
+
+int rawread_files_psync(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+			unsigned int n, void *buf, unsigned int jobs, double *secs)
+{
+	struct psync ps = { .paths = paths, .sizes = sizes, .bases = bases, .n = n, .buf = buf };
+	pthread_t th[8];
+	unsigned int started = 0;
+	uint64_t t0;
+	int ret = 0;
+
+	*secs = 0;
+	if (!jobs || jobs > 8)
+		return -EINVAL;
+	ps.fds = calloc(n ? n : 1, sizeof(int));
+	if (!ps.fds)
+		return -ENOMEM;
+	t0 = wd_now_ns();
+	for (unsigned int i = 0; i < n; i++) {
+		ps.fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
+		if (ps.fds[i] < 0) {
+			ret = -errno;
+			while (i--)
+				close(ps.fds[i]);
+			free(ps.fds);
+			return ret;
+		}
+	}
+	for (; started < jobs; started++) {
+		ret = -pthread_create(&th[started], NULL, psync_job, &ps);
+		if (ret) {
+			atomic_store(&ps.err, ret);
+			break;
+		}
+	}
+	for (unsigned int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	*secs = (double)(wd_now_ns() - t0) / 1e9;
+	for (unsigned int i = 0; i < n; i++)
+		close(ps.fds[i]);
+	free(ps.fds);
+	return atomic_load(&ps.err);
+}
+
+static void keep_best(double *best, double s)
+{
+	if (s > 0 && (*best <= 0 || s < *best))
+		*best = s;
+}
+
+int rawread_best_warm(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+		      unsigned int n, void *buf, unsigned int runs, struct rawread_warm *out)
+{
+	double s;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	ret = rawread_files(paths, sizes, bases, n, buf, false, &s);
+	for (unsigned int r = 0; r < runs && !ret; r++) {
+		ret = rawread_files(paths, sizes, bases, n, buf, false, &s);
+		keep_best(&out->uring, s);
+		if (!ret)
+			ret = rawread_files_psync(paths, sizes, bases, n, buf, 1, &s);
+		keep_best(&out->psync1, s);
+		if (!ret)
+			ret = rawread_files_psync(paths, sizes, bases, n, buf, 2, &s);
+		keep_best(&out->psync2, s);
+	}
+	if (ret)
+		return ret;
+	out->best = out->uring;
+	out->best_name = "io_uring";
+	if (out->psync1 < out->best) {
+		out->best = out->psync1;
+		out->best_name = "psync x1";
+	}
+	if (out->psync2 < out->best) {
+		out->best = out->psync2;
+		out->best_name = "psync x2";
+	}
+	return 0;
 }

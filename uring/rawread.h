@@ -47,6 +47,30 @@ int rawread_files(const char *const *paths, const uint64_t *sizes, const uint64_
 		  unsigned int n, void *buf, bool direct, double *secs);
 
 /*
+ * The same with pread(2) of RAWREAD_CHUNK bytes by @jobs threads (1 to 8) that take the
+ * chunks of all files in turn, buffered (the psync baseline of fio). Returns 0; -EINVAL for a
+ * bad @jobs; the negative errno of open(2), pread(2) or pthread_create(); -EIO on a short read.
+ */
+int rawread_files_psync(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+			unsigned int n, void *buf, unsigned int jobs, double *secs);
+
+/* What rawread_best_warm() measured: the best seconds of each method. */
+struct rawread_warm {
+	double uring;		/* io_uring, QD RAWREAD_QD, one thread */
+	double psync1, psync2;	/* pread(2) by one and by two threads */
+	double best;		/* the least of the three */
+	const char *best_name;	/* "io_uring", "psync x1" or "psync x2" */
+};
+
+/*
+ * The best warm read of the @n files @paths (as for rawread_files()) into @buf, the page
+ * cache kept: one read first to fill the cache, then each method @runs times. This is the
+ * warm baseline of bench/bench_load.c and `weightctl bench`. Returns 0 or the first error.
+ */
+int rawread_best_warm(const char *const *paths, const uint64_t *sizes, const uint64_t *bases,
+		      unsigned int n, void *buf, unsigned int runs, struct rawread_warm *out);
+
+/*
  * memcpy bandwidth: the best of @runs copies of @bytes between two buffers faulted in first.
  * Returns bytes per second, or a negative value when the buffers cannot be allocated.
  */
