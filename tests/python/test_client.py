@@ -31,6 +31,7 @@ def test_abi_mirror_matches_header(lib, tmp_path):
     structs = {"weightd_attach_opts": N.AttachOpts, "weightd_model_info": N.ModelInfo,
                "weightd_component_info": N.ComponentInfo, "weightd_tensor_info": N.TensorInfo,
                "weightd_status": N.Status, "weightd_stats": N.Stats,
+               "weightd_cache_stats": N.CacheStats,
                "weightd_tensor_loc": N.TensorLoc, "weightd_tensor_table": N.TensorTable}
     lines = []
     for cname, py in structs.items():
@@ -121,6 +122,12 @@ def test_models_and_status(daemon):
         assert meta.dtype == "F16" and len(meta.shape) == 4, meta
         s = c.stats()
         assert s["clients"] >= 1 and s["models"] >= 3, s
+        # The host cache's pages: a kind and its size (4096, or a huge page's).
+        assert s["host_pages"] in ("4k", "thp", "hugetlb"), s
+        assert s["host_page_size"] == 4096 if s["host_pages"] == "4k" else \
+            s["host_page_size"] >= 2 << 20, s
+        cs = c.cache_stats()
+        assert cs["read_direct_bytes"] + cs["read_buffered_bytes"] == cs["read_bytes"], cs
         c.ping()
 
 

@@ -104,7 +104,13 @@ STATS_FIELDS = [
 
 
 class Stats(ctypes.Structure):
-    _fields_ = [(n, c_u64) for n in STATS_FIELDS] + [("n_values", c_u32)]
+    _fields_ = [(n, c_u64) for n in STATS_FIELDS] + [("n_values", c_u32),
+                                                      ("host_page_kind", c_u32),
+                                                      ("host_page_size", c_u64)]
+
+
+# weightd_stats.host_page_kind (WEIGHTD_PAGES_*).
+PAGE_KINDS = {0: "4k", 1: "thp", 2: "hugetlb"}
 
 
 class LoadOpts(ctypes.Structure):
@@ -124,7 +130,7 @@ class LoadResult(ctypes.Structure):
 CACHE_STATS_FIELDS = [
     "budget", "bytes", "entries", "hits", "misses", "evictions", "evict_bytes", "prefetches",
     "prefetch_hits", "loads", "read_bytes", "coalesced", "dedup_bytes", "refused", "failed",
-    "cuda_bytes", "mapped_bytes",
+    "cuda_bytes", "mapped_bytes", "read_direct_bytes", "read_buffered_bytes",
 ]
 
 

@@ -461,7 +461,8 @@ class Client:
 
     def cache_stats(self):
         """The host tier's counters (dict: budget, bytes, entries, hits, misses, evictions,
-        loads, read_bytes, coalesced, dedup_bytes, mapped_bytes, ...). NotSupportedError
+        loads, read_bytes (of which read_direct_bytes with O_DIRECT, read_buffered_bytes
+        through the page cache), coalesced, dedup_bytes, mapped_bytes, ...). NotSupportedError
         with a libweightd that has no host tier."""
         fn = getattr(self._lib, "weightd_cache_stats", None)
         if fn is None:
@@ -473,10 +474,14 @@ class Client:
 
     def stats(self):
         """The daemon's counters and this client's (dict: requests, errors, pins, clients,
-        pins_total, models, host_budget, host_bytes, loads, evictions, ...)."""
+        pins_total, models, host_budget, host_bytes, loads, evictions, ..., host_page_size
+        and host_pages: "4k", "thp" or "hugetlb", the pages behind the host cache)."""
         st = N.Stats()
         self._call("stats", self._lib.weightd_stats, ctypes.byref(st))
-        return {n: getattr(st, n) for n in N.STATS_FIELDS}
+        d = {n: getattr(st, n) for n in N.STATS_FIELDS}
+        d["host_page_size"] = st.host_page_size
+        d["host_pages"] = N.PAGE_KINDS.get(st.host_page_kind, "?")
+        return d
 
     def scan(self, directory=None):
         """Has the daemon discover models under @directory (absolute; None: its roots).
