@@ -190,6 +190,10 @@ other() {
 	op=$!
 	i=0
 	while [ ! -S "$T/$1.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+	# The socket exists from early in the start; the daemon answers (and serves /metrics)
+	# once it is ready, which takes longer on a slow machine than the socket does.
+	"$WD_BUILD/weightctl" status --socket "$T/$1.sock" >/dev/null 2>&1 ||
+		{ cat "$T/$1.log"; fail "$1 ($2): the daemon did not answer"; }
 	body=$(python3 -c 'import sys, urllib.request
 print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://$3/metrics" 2>&1)
 	kill -TERM $op
