@@ -66,8 +66,14 @@ CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weig
 	bench-ring bench-load bench-hit bench-python clean help
 .DEFAULT_GOAL := all
 
-all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS)
+# A libcuda.so.1 stand-in whose every entry point succeeds (tests/test_gpu.c, driver loading).
+CUDA_STUB := $(BUILD)/tests/libcuda-stub.so
+
+all: $(BINS) $(CLIENT_LIB) $(TEST_BINS) $(BENCH_BINS) $(CUDA_STUB)
 	$(if $(filter out,$(GPU_TIER)),@echo "NOTE: the GPU tier is compiled out of $(BUILD)/ (no CUDA toolkit headers): weightd serves the host tier only")
+$(CUDA_STUB): tests/cuda_stub.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -fPIC -shared -o $@ $<
 
 help:
 	@echo "make run         install missing packages, build, run the daemon on demo models"

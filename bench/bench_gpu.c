@@ -7,7 +7,10 @@
  *                        physical limit of the link (the host -> VRAM target's 100%)
  *   storage, O_DIRECT    raw io_uring O_DIRECT read of the files (uring/rawread.h), cold
  *   disk -> VRAM         staging_load() of every tensor, page cache dropped first
- *   host -> VRAM         staging_copy_host() of the files' bytes from registered memory
+ *   host -> VRAM         staging_copy_host() of the files' bytes from pageable memory,
+ *                        staged through the ring's page-locked slots (what the daemon does);
+ *                        then from the same memory page-locked, with the cost of
+ *                        cuMemHostRegister/Unregister of it timed apart (GB/s of locking)
  *   safetensors          safetensors.torch.load_file(path, device="cuda:0") per file, cold
  *                        and warm (when `import safetensors.torch` works and CUDA is there)
  *
@@ -125,7 +128,27 @@ static int plan_transfers(int *fds, uint64_t base, struct staging_transfer **out
 	return 0;
 }
 
-/* Pinned buffer -> VRAM, @bytes in PINNED_CHUNK copies alternating over two streams. */
+/*
+ * Where copy @k of pinned_h2d() reads and writes: chunk-sized slots of the pinned buffer and
+ * of the allocation, taken in turn, so every source offset is a multiple of the chunk (4 KiB
+ * aligned) and every copy ends inside the allocation, whatever its size (a model smaller than
+ * one chunk gets one slot of its own size).
+ */
+static void pinned_slot(uint64_t k, uint64_t vsize, uint64_t *chunk, uint64_t *src,
+			uint64_t *dst)
+{
+	uint64_t c = vsize < PINNED_CHUNK ? vsize / 4096 * 4096 : PINNED_CHUNK;
+
+	if (!c)
+		c = vsize;
+	*chunk = c;
+	*src = k % (PINNED_BUF / PINNED_CHUNK) * PINNED_CHUNK;
+	*dst = k % (vsize / c) * c;
+}
+
+static uint64_t misaligned_src;	/* pinned_h2d() copies whose source was not 4 KiB aligned */
+
+/* Pinned buffer -> VRAM, @bytes in chunk copies alternating over two streams. */
 static double pinned_h2d(const struct gpu_ops *ops, struct gpu_dev *dev, void *pinned,
 			 struct gpu_vram *v, uint64_t bytes)
 {
@@ -142,11 +165,12 @@ static double pinned_h2d(const struct gpu_ops *ops, struct gpu_dev *dev, void *p
 	}
 	t0 = now_s();
 	for (; off < bytes; k++) {
-		uint64_t len = bytes - off < PINNED_CHUNK ? bytes - off : PINNED_CHUNK;
-		uint64_t dst = (off % (v->size - PINNED_CHUNK + 1)) / 4096 * 4096;
+		uint64_t chunk, src, dst, len;
 
-		if (ops->copy_h2d(dev, s[k & 1], v->dptr + dst,
-				  (char *)pinned + (off % (PINNED_BUF - PINNED_CHUNK + 1)), len, why,
+		pinned_slot(k, v->size, &chunk, &src, &dst);
+		len = bytes - off < chunk ? bytes - off : chunk;
+		misaligned_src += src % 4096 != 0;
+		if (ops->copy_h2d(dev, s[k & 1], v->dptr + dst, (char *)pinned + src, len, why,
 				  sizeof(why))) {
 			fprintf(stderr, "pinned: %s\n", why);
 			return -1;
@@ -217,6 +241,7 @@ int main(int argc, char **argv)
 	struct gpu_dev *dev = NULL;
 	struct gpu_device info;
 	struct gpu_vram v;
+	void *saved_ctx = NULL;
 	struct staging *st = NULL;
 	struct staging_transfer *t = NULL;
 	struct staging_stats ss;
@@ -227,6 +252,7 @@ int main(int argc, char **argv)
 	char *host = NULL;
 	bool emulated, st_ok = false;
 	double s_pinned = 0, s_storage = 0, s_disk = 0, s_host = 0, s_st_cold = 0, s_st_warm = 0;
+	double s_host_reg = 0, s_reg = 0, s_unreg = 0;
 
 	while ((c = getopt(argc, argv, "s:d:r:")) != -1) {
 		switch (c) {
@@ -248,7 +274,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	emulated = !strcmp(ops->kind, "emulated");
-	if (ops->open(0, &dev, why, sizeof(why)) || ops->info(dev, &info, why, sizeof(why))) {
+	if (ops->open(0, &dev, why, sizeof(why)) || ops->info(dev, &info, why, sizeof(why)) ||
+	    ops->ctx_enter(dev, &saved_ctx, why, sizeof(why))) {
 		skip(why);
 		return 0;
 	}
@@ -328,8 +355,14 @@ int main(int argc, char **argv)
 		}
 		s_disk = best(s_disk, now_s() - t0);
 
-		/* The host cache's copy of the files: the bytes rawread just put in @host. */
-		if (ops->host_register(dev, host, set.total_alloc, why, sizeof(why)) == 0) {
+		/*
+		 * The host cache's copy of the files (the bytes rawread just put in @host), as
+		 * the daemon copies it: staged through the ring's page-locked slots (the arena
+		 * is not page-locked). Then the same bytes page-locked first, timing the
+		 * registration apart: what registering extents as they become resident would
+		 * cost, against what staging costs.
+		 */
+		{
 			struct staging_host_copy *hc = calloc(nt, sizeof(*hc));
 
 			if (!hc)
@@ -340,18 +373,32 @@ int main(int argc, char **argv)
 				while (fds[fi] != t[k].fd)
 					fi++;
 				hc[k] = (struct staging_host_copy){ host + set.bases[fi] + t[k].off,
-								    t[k].len, t[k].dst };
+								    t[k].len, t[k].dst, false };
 			}
 			t0 = now_s();
 			if (staging_copy_host(st, hc, nt, NULL, why, sizeof(why))) {
-				fprintf(stderr, "staging_copy_host: %s\n", why);
+				fprintf(stderr, "staging_copy_host (staged): %s\n", why);
 				return 1;
 			}
 			s_host = best(s_host, now_s() - t0);
-			ops->host_unregister(dev, host);
+			t0 = now_s();
+			if (ops->host_register(dev, host, set.total_alloc, why, sizeof(why)) == 0) {
+				s_reg = best(s_reg, now_s() - t0);
+				for (size_t k = 0; k < nt; k++)
+					hc[k].locked = true;
+				t0 = now_s();
+				if (staging_copy_host(st, hc, nt, NULL, why, sizeof(why))) {
+					fprintf(stderr, "staging_copy_host (registered): %s\n", why);
+					return 1;
+				}
+				s_host_reg = best(s_host_reg, now_s() - t0);
+				t0 = now_s();
+				ops->host_unregister(dev, host);
+				s_unreg = best(s_unreg, now_s() - t0);
+			} else {
+				fprintf(stderr, "host_register: %s\n", why);
+			}
 			free(hc);
-		} else {
-			fprintf(stderr, "host_register: %s\n", why);
 		}
 		if (st_ok) {
 			s_st_cold = best(s_st_cold, safetensors_load(true));
@@ -366,6 +413,10 @@ int main(int argc, char **argv)
 		double storage_gbps = s_storage > 0 ? files_gb / s_storage : 0;
 		double disk_gbps = s_disk > 0 ? gb / s_disk : 0;
 		double host_gbps = s_host > 0 ? gb / s_host : 0;
+		double host_reg_gbps = s_host_reg > 0 ? gb / s_host_reg : 0;
+		double alloc_gb = (double)set.total_alloc / 1e9;
+		double reg_gbps = s_reg > 0 ? alloc_gb / s_reg : 0;
+		double unreg_gbps = s_unreg > 0 ? alloc_gb / s_unreg : 0;
 		double stc_gbps = s_st_cold > 0 ? gb / s_st_cold : 0;
 		double stw_gbps = s_st_warm > 0 ? gb / s_st_warm : 0;
 		double lim = pinned_gbps < storage_gbps ? pinned_gbps : storage_gbps;
@@ -376,7 +427,10 @@ int main(int argc, char **argv)
 		printf("%-34s %10.2f%s\n", "pinned H2D (the link)", pinned_gbps, tag);
 		printf("%-34s %10.2f%s\n", "storage, O_DIRECT io_uring", storage_gbps, tag);
 		printf("%-34s %10.2f%s\n", "disk -> VRAM (staging_load)", disk_gbps, tag);
-		printf("%-34s %10.2f%s\n", "host -> VRAM (staging_copy_host)", host_gbps, tag);
+		printf("%-34s %10.2f%s\n", "host -> VRAM, staged (the daemon)", host_gbps, tag);
+		printf("%-34s %10.2f%s\n", "host -> VRAM, from registered", host_reg_gbps, tag);
+		printf("%-34s %10.2f%s\n", "cuMemHostRegister (page-locking)", reg_gbps, tag);
+		printf("%-34s %10.2f%s\n", "cuMemHostUnregister", unreg_gbps, tag);
 		if (st_ok) {
 			snprintf(stc_s, sizeof(stc_s), "%.3f", stc_gbps);
 			snprintf(stw_s, sizeof(stw_s), "%.3f", stw_gbps);
@@ -390,6 +444,13 @@ int main(int argc, char **argv)
 		       "node %d\n", (unsigned)(ss.slot_fills / (unsigned)runs),
 		       (unsigned long long)ss.overlapped_reads, ss.direct_files / (unsigned)runs,
 		       ss.node);
+		printf("staging path: slots %s (%s), %s (%s), node bind %s (%s); %llu copies for "
+		       "%llu bytes\n", ss.slots_locked ? "page-locked" : "PAGEABLE",
+		       strerror(-ss.slots_err), ss.fixed_buffers ? "io_uring fixed buffers" :
+		       "NOT fixed buffers", strerror(-ss.fixed_buffers_err),
+		       ss.node < 0 ? "not asked" : ss.node_err ? "FAILED" : "ok",
+		       strerror(-ss.node_err), (unsigned long long)ss.copies,
+		       (unsigned long long)ss.copy_bytes);
 		if (!emulated) {
 			double r_host = pinned_gbps ? host_gbps / pinned_gbps : 0;
 			double r_disk = lim ? disk_gbps / lim : 0;
@@ -421,14 +482,24 @@ int main(int argc, char **argv)
 		       "\"files\":%u,\"tensors\":%zu,\"runs\":%d,\"node\":%d,\"%s\":{"
 		       "\"pinned_h2d_gbps\":%.3f,\"storage_direct_gbps\":%.3f,"
 		       "\"disk_to_vram_gbps\":%.3f,\"host_to_vram_gbps\":%.3f,"
-		       "\"safetensors_cold_gbps\":%s,\"safetensors_warm_gbps\":%s}%s}\n",
+		       "\"host_registered_to_vram_gbps\":%.3f,\"host_register_gbps\":%.3f,"
+		       "\"host_unregister_gbps\":%.3f,"
+		       "\"safetensors_cold_gbps\":%s,\"safetensors_warm_gbps\":%s}%s,"
+		       "\"staging\":{\"slots_locked\":%s,\"slots_err\":%d,\"fixed_buffers\":%s,"
+		       "\"fixed_buffers_err\":%d,\"node_err\":%d,\"copies\":%llu,"
+		       "\"staged_bytes\":%llu},\"pinned_src_misaligned\":%llu}\n",
 		       info.name, ops->kind, (unsigned long long)tensor_bytes, set.n, nt, runs,
 		       te.node, emulated ? "emulated" : "figures", pinned_gbps, storage_gbps,
-		       disk_gbps, host_gbps, stc_s, stw_s, ratios);
+		       disk_gbps, host_gbps, host_reg_gbps, reg_gbps, unreg_gbps, stc_s, stw_s,
+		       ratios, ss.slots_locked ? "true" : "false", ss.slots_err,
+		       ss.fixed_buffers ? "true" : "false", ss.fixed_buffers_err, ss.node_err,
+		       (unsigned long long)ss.copies, (unsigned long long)ss.staged_bytes,
+		       (unsigned long long)misaligned_src);
 	}
 	staging_destroy(st);
 	ops->host_free(dev, pinned);
 	ops->vram_free(dev, &v);
+	ops->ctx_leave(dev, saved_ctx);
 	ops->close(dev);
 	placement_close(pl);
 	free(host);

@@ -237,11 +237,16 @@ static double h2d_pinned_bps(int ordinal, char *why, size_t why_size)
 	struct gpu_dev *dev = NULL;
 	struct gpu_stream *s = NULL;
 	struct gpu_vram v = { .fd = -1 };
-	void *host = NULL;
+	void *host = NULL, *saved = NULL;
 	double best = NAN;
 
 	if (!ops || ops->open(ordinal, &dev, why, why_size))
 		return NAN;
+	/* The device layer runs in the thread's current context: this device's, meanwhile. */
+	if (ops->ctx_enter(dev, &saved, why, why_size)) {
+		ops->close(dev);
+		return NAN;
+	}
 	if (ops->host_alloc(dev, H2D_BYTES, &host, why, why_size) ||
 	    ops->vram_alloc(dev, H2D_BYTES, &v, why, why_size) ||
 	    ops->stream_create(dev, &s, why, why_size))
@@ -270,6 +275,7 @@ out:
 		ops->vram_free(dev, &v);
 	if (host)
 		ops->host_free(dev, host);
+	ops->ctx_leave(dev, saved);
 	ops->close(dev);
 	return best;
 }

@@ -217,12 +217,42 @@ static const char *gpu_kind(const struct weightd_device_info *g)
 }
 
 /*
+ * How host -> VRAM copies run on @g, in words: "staged through page-locked slots, io_uring
+ * fixed buffers", or what is degraded and why (the errno of the step that failed).
+ */
+static const char *copy_path(const struct weightd_device_info *g, char *buf, size_t size)
+{
+	size_t n = 0;
+
+	if (g->flags & WEIGHTD_DEVICE_F_NO_STAGING) {
+		snprintf(buf, size, "degraded: no staging ring (host copies from pageable memory, "
+			 "no disk streaming)");
+		return buf;
+	}
+	if (!(g->flags & (WEIGHTD_DEVICE_F_SLOTS_PAGEABLE | WEIGHTD_DEVICE_F_NO_FIXED_BUFFERS |
+			  WEIGHTD_DEVICE_F_OFF_NODE))) {
+		snprintf(buf, size, "staged through page-locked slots, io_uring fixed buffers");
+		return buf;
+	}
+	n += (size_t)snprintf(buf + n, size - n, "degraded:");
+	if (n < size && (g->flags & WEIGHTD_DEVICE_F_SLOTS_PAGEABLE))
+		n += (size_t)snprintf(buf + n, size - n, " slots not page-locked (%s);",
+				      strerror(-g->locked_err));
+	if (n < size && (g->flags & WEIGHTD_DEVICE_F_NO_FIXED_BUFFERS))
+		n += (size_t)snprintf(buf + n, size - n, " slots not io_uring fixed buffers (%s);",
+				      strerror(-g->fixed_err));
+	if (n < size && (g->flags & WEIGHTD_DEVICE_F_OFF_NODE))
+		snprintf(buf + n, size - n, " slots not on the GPU's NUMA node;");
+	return buf;
+}
+
+/*
  * cuda:0     cuda "NVIDIA H100" numa 0, 1.2 GiB in use of 70 GiB (device 80 GiB), 3 entries,
  *            then the hits, misses and evictions, on one line.
  */
 static void print_gpu(const struct weightd_device_info *g)
 {
-	char tier[16], b1[32], b2[32], b3[32], numa[16];
+	char tier[16], b1[32], b2[32], b3[32], numa[16], path[200];
 
 	snprintf(tier, sizeof(tier), "cuda:%u", g->ordinal);
 	if (g->numa_node >= 0)
@@ -235,18 +265,23 @@ static void print_gpu(const struct weightd_device_info *g)
 	       ctl_human_bytes(g->total_bytes, b3, sizeof(b3)), g->entries,
 	       (unsigned long long)g->hits, (unsigned long long)g->misses,
 	       (unsigned long long)g->evictions);
+	printf("%-10s host copies: %s\n", "", copy_path(g, path, sizeof(path)));
 }
 
 static json_t *gpu_json(const struct weightd_device_info *g)
 {
-	return json_pack("{s:i, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I}",
+	char path[200];
+
+	return json_pack("{s:i, s:s, s:s, s:i, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I, s:s, "
+			 "s:i}",
 			 "ordinal", (int)g->ordinal, "kind", gpu_kind(g), "name", g->name,
 			 "numa_node", (int)g->numa_node, "total_bytes", (json_int_t)g->total_bytes,
 			 "budget", (json_int_t)g->budget, "used", (json_int_t)g->used,
 			 "entries", (int)g->entries, "hits", (json_int_t)g->hits,
 			 "misses", (json_int_t)g->misses, "evictions", (json_int_t)g->evictions,
 			 "evict_bytes", (json_int_t)g->evict_bytes,
-			 "load_bytes", (json_int_t)g->load_bytes);
+			 "load_bytes", (json_int_t)g->load_bytes,
+			 "copy_path", copy_path(g, path, sizeof(path)), "copy_flags", (int)g->flags);
 }
 
 int ctl_status(struct ctl *c, int argc, char **argv)

@@ -46,7 +46,6 @@ struct dgpu {
 	struct evict_policy *pol;
 	struct gpu_stream *stream;	/* copies when there is no staging ring */
 	struct staging *st;		/* the pinned staging ring (NULL: it could not be made) */
-	bool registered;		/* the host arena is page-locked for it */
 	uint64_t load_bytes;		/* bytes copied into it */
 };
 
@@ -682,8 +681,10 @@ static void staging_progress(void *arg, uint64_t done, uint64_t total)
 }
 
 /*
- * Host -> VRAM: @n bytes of @src (in the registered host cache arena) to @dptr, through the
- * staging ring's streams, or in chunks on the device's own stream when it has no ring.
+ * Host -> VRAM: @n bytes of @src (in the host cache arena, which is not page-locked: pinning
+ * all of it at start would fault in and lock the whole budget, and would defeat the NUMA
+ * placement of its extents) to @dptr, staged through the ring's page-locked slots, or in
+ * chunks on the device's own stream, from pageable memory, when it has no ring.
  */
 static int copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t *src,
 		   uint64_t n, char *msg)
@@ -724,6 +725,34 @@ static int copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint
 		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy to cuda:%d: %.150s", e->key,
 			 g->ordinal, why);
 	return ret;
+}
+
+/* Waits for everything queued on @g's own stream. */
+static int stream_wait(struct daemon *d, struct dgpu *g, char *why, size_t why_size)
+{
+	const struct gpu_ops *ops = d->dc->ops;
+	struct gpu_event *ev = NULL;
+	int ret = ops->event_record(g->dev, g->stream, &ev, why, why_size);
+
+	if (!ret)
+		ret = ops->event_wait(g->dev, ev, why, why_size);
+	if (ev)
+		ops->event_destroy(g->dev, ev);
+	return ret;
+}
+
+/*
+ * @n bytes of host memory to @dst, complete when this returns with a ring (staged through its
+ * slots), queued on @g's own stream without one (then from pageable memory).
+ */
+static int host_copy(struct daemon *d, struct dgpu *g, uint64_t dst, const uint8_t *src,
+		     uint64_t n, char *why, size_t why_size)
+{
+	if (g->st)
+		return staging_copy_host(g->st, &(struct staging_host_copy){
+						 .src = src, .len = n, .dst = dst }, 1, NULL,
+					 why, why_size);
+	return d->dc->ops->copy_h2d(g->dev, g->stream, dst, src, n, why, why_size);
 }
 
 /* Whether tensor @t of a stored-form layout is converted to @conv (F32, whole elements). */
@@ -792,15 +821,18 @@ static int convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram 
 		uint64_t dst = v->dptr + cl->t[i].off;
 
 		if (!converts(t, e->conv)) {
-			ret = ops->copy_h2d(g->dev, g->stream, dst, base + t->off, t->nbytes, why,
-					    sizeof(why));
+			ret = host_copy(d, g, dst, base + t->off, t->nbytes, why, sizeof(why));
 			continue;
 		}
 		for (uint64_t done = 0; done < t->nbytes && !ret;) {
 			uint64_t len = t->nbytes - done < scratch ? t->nbytes - done : scratch;
 
-			ret = ops->copy_h2d(g->dev, g->stream, v->dptr + scratch_off,
-					    base + t->off + done, len, why, sizeof(why));
+			/* The conversion queued before must have read the scratch area. */
+			if (done || i)
+				ret = stream_wait(d, g, why, sizeof(why));
+			if (!ret)
+				ret = host_copy(d, g, v->dptr + scratch_off, base + t->off + done,
+						len, why, sizeof(why));
 			if (!ret)
 				ret = ops->convert_f32(g->dev, g->stream, dst + done / 2,
 						       v->dptr + scratch_off, len / 4, e->conv, why,
@@ -1200,13 +1232,42 @@ fail:
 	pthread_mutex_unlock(&dc->lock);
 }
 
+/*
+ * Whether the device tier can use device @i at all: VMM allocations exported as POSIX fds
+ * are how clients map its memory, and in EXCLUSIVE_PROCESS mode the daemon's context would
+ * make every client's context retain fail. Returns 0, or -EOPNOTSUPP/-EBUSY with @why.
+ */
+static int usable(const struct gpu_ops *ops, struct gpu_dev *dev, int i, char *why,
+		  size_t why_size)
+{
+	struct gpu_caps c;
+	int ret = ops->caps(dev, &c, why, why_size);
+
+	if (ret)
+		return ret;
+	if (!c.vmm || !c.posix_fd) {
+		snprintf(why, why_size, "cuda:%d has no %s, which clients need to map its memory",
+			 i, !c.vmm ? "virtual memory management (cuMemCreate)" :
+			 "POSIX file descriptor handles (cuMemExportToShareableHandle)");
+		return -EOPNOTSUPP;
+	}
+	if (c.compute_mode == GPU_COMPUTE_EXCLUSIVE_PROCESS ||
+	    c.compute_mode == GPU_COMPUTE_PROHIBITED) {
+		snprintf(why, why_size, "cuda:%d is in compute mode %s: %s (nvidia-smi -i %d -c "
+			 "DEFAULT)", i, c.compute_mode == GPU_COMPUTE_PROHIBITED ? "PROHIBITED" :
+			 "EXCLUSIVE_PROCESS", c.compute_mode == GPU_COMPUTE_PROHIBITED ?
+			 "no process may use it" : "with the daemon holding it, no client could "
+			 "open it to map its memory", i);
+		return -EBUSY;
+	}
+	return 0;
+}
+
 static void open_devices(struct daemon *d)
 {
 	struct devcache *dc = d->dc;
 	struct placement *pl = NULL;
 	char why[160] = "";
-	void *arena;
-	uint64_t arena_size;
 	int n;
 
 	dc->ops = gpu_ops_pick(why, sizeof(why));
@@ -1221,7 +1282,6 @@ static void open_devices(struct daemon *d)
 	}
 	if (n > GPU_MAX_DEVICES || n > (int)WD_TIER_MAX - 1)
 		n = (int)WD_TIER_MAX - 1;
-	hostcache_arena(d, &arena, &arena_size);
 	if (strcmp(dc->ops->kind, "emulated"))
 		placement_open_this_system(true, &pl);
 	for (int i = 0; i < n; i++) {
@@ -1229,6 +1289,8 @@ static void open_devices(struct daemon *d)
 		uint64_t pct = d->cfg.device_budget_pct ? d->cfg.device_budget_pct :
 			       100u - DEVCACHE_DEFAULT_HEADROOM_PCT;
 		char tier[16];
+		void *saved = NULL;
+		bool entered = false;
 		int ret;
 
 		memset(g, 0, sizeof(*g));
@@ -1236,14 +1298,22 @@ static void open_devices(struct daemon *d)
 		g->numa = -1;
 		ret = dc->ops->open(i, &g->dev, why, sizeof(why));
 		if (!ret)
+			ret = usable(dc->ops, g->dev, i, why, sizeof(why));
+		if (!ret)
 			ret = dc->ops->info(g->dev, &g->info, why, sizeof(why));
+		if (!ret)
+			ret = dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why));
+		entered = !ret;
 		if (!ret)
 			ret = dc->ops->stream_create(g->dev, &g->stream, why, sizeof(why));
 		if (ret) {
 			log_warn(MOD, "\"GPU not used\" ordinal=%d err=%d why=\"%s\"", i, ret, why);
+			if (entered)
+				dc->ops->ctx_leave(g->dev, saved);
 			if (g->dev)
 				dc->ops->close(g->dev);
 			/* Ordinals are tier numbers: a device that fails to open ends the list. */
+			snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: %s", i, why);
 			break;
 		}
 		g->budget = d->cfg.device_budget ? d->cfg.device_budget :
@@ -1255,7 +1325,9 @@ static void open_devices(struct daemon *d)
 									.tier = tier }, &g->pol)) {
 			log_warn(MOD, "\"GPU not used: zero budget or no memory\" ordinal=%d", i);
 			dc->ops->stream_destroy(g->dev, g->stream);
+			dc->ops->ctx_leave(g->dev, saved);
 			dc->ops->close(g->dev);
+			snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: zero budget", i);
 			break;
 		}
 		if (pl && g->info.pci_bus_id[0]) {
@@ -1271,11 +1343,7 @@ static void open_devices(struct daemon *d)
 				 "larger than the host budget cannot be loaded\" ordinal=%d err=%d "
 				 "why=\"%s\"", i, ret, why);
 		}
-		ret = dc->ops->host_register(g->dev, arena, arena_size, why, sizeof(why));
-		if (ret)
-			log_warn(MOD, "\"host cache not page-locked: copies run at pageable speed\" "
-				 "ordinal=%d err=%d why=\"%s\"", i, ret, why);
-		g->registered = !ret;
+		dc->ops->ctx_leave(g->dev, saved);
 		dc->n++;
 		log_info(MOD, "\"GPU ready\" tier=%s kind=%s name=\"%s\" pci=\"%s\" numa=%d "
 			 "total=%" PRIu64 " budget=%" PRIu64, tier, dc->ops->kind, g->info.name,
@@ -1290,6 +1358,8 @@ static void *thread_main(void *arg)
 {
 	struct daemon *d = arg;
 	struct devcache *dc = d->dc;
+	struct dgpu *cur;
+	void *saved = NULL;
 
 	open_devices(d);
 	pthread_mutex_lock(&dc->qlock);
@@ -1307,6 +1377,16 @@ static void *thread_main(void *arg)
 		if (!dc->qhead)
 			dc->qtail = NULL;
 		pthread_mutex_unlock(&dc->qlock);
+		{
+			/* Every device operation of this item runs in its GPU's context. */
+			struct dgpu *g = w->free_vram ? w->g : w->e->g;
+			char why[160];
+
+			if (dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why)))
+				log_error(MOD, "\"cannot make the GPU's context current\" ordinal=%d "
+					  "why=\"%s\"", g->ordinal, why);
+			cur = g;
+		}
 		if (w->free_vram)
 			dc->ops->vram_free(w->g->dev, &w->v);
 		else if (w->stream && !dc->stop)
@@ -1322,6 +1402,7 @@ static void *thread_main(void *arg)
 		free(w->l.t);
 		hostcache_src_free(w->src, w->l.n_t);
 		free(w);
+		dc->ops->ctx_leave(cur->dev, saved);
 		pthread_mutex_lock(&dc->qlock);
 	}
 	pthread_mutex_unlock(&dc->qlock);
@@ -1402,31 +1483,41 @@ void devcache_stop(struct daemon *d)
 void devcache_destroy(struct daemon *d)
 {
 	struct devcache *dc = d->dc;
-	void *arena;
-	uint64_t arena_size;
-
 	if (!dc)
 		return;
 	devcache_stop(d);
+	for (unsigned int i = 0; i < dc->n; i++) {
+		struct dgpu *g = &dc->g[i];
+		void *saved = NULL;
+		char why[160];
+
+		/* On the caller's thread: each GPU's context around its own frees. */
+		if (dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why)))
+			log_error(MOD, "\"cannot make the GPU's context current\" ordinal=%d "
+				  "why=\"%s\"", g->ordinal, why);
+		for (struct dentry **pp = &dc->entries; *pp;) {
+			struct dentry *e = *pp;
+
+			if (e->g != g) {
+				pp = &e->next;
+				continue;
+			}
+			*pp = e->next;
+			if (e->resident && !e->owner)	/* an alias shares its owner's allocation */
+				dc->ops->vram_free(e->g->dev, &e->v);
+			free_dentry(e);
+		}
+		staging_destroy(g->st);
+		dc->ops->stream_destroy(g->dev, g->stream);
+		dc->ops->ctx_leave(g->dev, saved);
+		evict_destroy(g->pol);
+		dc->ops->close(g->dev);
+	}
 	while (dc->entries) {
 		struct dentry *e = dc->entries;
 
 		dc->entries = e->next;
-		if (e->resident && !e->owner)	/* an alias shares its owner's allocation */
-			dc->ops->vram_free(e->g->dev, &e->v);
 		free_dentry(e);
-	}
-	if (d->hc)
-		hostcache_arena(d, &arena, &arena_size);
-	for (unsigned int i = 0; i < dc->n; i++) {
-		struct dgpu *g = &dc->g[i];
-
-		if (g->registered && d->hc)
-			dc->ops->host_unregister(g->dev, arena);
-		staging_destroy(g->st);
-		dc->ops->stream_destroy(g->dev, g->stream);
-		evict_destroy(g->pol);
-		dc->ops->close(g->dev);
 	}
 	pthread_cond_destroy(&dc->qcond);
 	pthread_mutex_destroy(&dc->qlock);
@@ -1807,6 +1898,7 @@ void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
 		   WD_DEVICE_KIND_EMULATED;
 	rep.n_msgs = (uint32_t)msgs;
 	rep.component = first;
+	snprintf(rep.device_id, sizeof(rep.device_id), "%s", g->info.id);
 	cqe->aux0 = e->v.size;
 	cqe->aux1 = dc->token;
 	pthread_mutex_unlock(&dc->lock);
@@ -1902,6 +1994,28 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 	return freed;
 }
 
+/* How host -> VRAM copies run on @g: the staging ring's state, for DEVICES. */
+static void copy_path(const struct dgpu *g, struct wd_device_info *v)
+{
+	struct staging_stats st;
+
+	if (!g->st) {
+		v->flags = WD_DEVICE_F_NO_STAGING;
+		return;
+	}
+	staging_get_stats(g->st, &st);
+	if (!st.slots_locked) {
+		v->flags |= WD_DEVICE_F_SLOTS_PAGEABLE;
+		v->locked_err = (int16_t)st.slots_err;
+	}
+	if (!st.fixed_buffers) {
+		v->flags |= WD_DEVICE_F_NO_FIXED_BUFFERS;
+		v->fixed_err = (int16_t)st.fixed_buffers_err;
+	}
+	if (st.node_err)
+		v->flags |= WD_DEVICE_F_OFF_NODE;
+}
+
 uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out,
 		       uint16_t *text_len)
 {
@@ -1940,6 +2054,7 @@ uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_
 		v[k].evict_bytes = ec.evict_bytes;
 		v[k].load_bytes = g->load_bytes;
 		snprintf(v[k].name, sizeof(v[k].name), "%s", g->info.name);
+		copy_path(g, &v[k]);
 		k++;
 	}
 	pthread_mutex_unlock(&dc->lock);

@@ -23,7 +23,7 @@ static const struct {
 	{ 4, ESHUTDOWN, "CUDA_ERROR_DEINITIALIZED" },
 	{ 34, EIO, "CUDA_ERROR_STUB_LIBRARY" },
 	{ 35, ENOSYS, "CUDA_ERROR_INSUFFICIENT_DRIVER" },
-	{ 46, EBUSY, "CUDA_ERROR_DEVICES_UNAVAILABLE" },
+	{ 46, EBUSY, "CUDA_ERROR_DEVICE_UNAVAILABLE" },
 	{ 100, ENODEV, "CUDA_ERROR_NO_DEVICE" },
 	{ 101, ENODEV, "CUDA_ERROR_INVALID_DEVICE" },
 	{ 201, EINVAL, "CUDA_ERROR_INVALID_CONTEXT" },
@@ -91,6 +91,9 @@ static const struct {
 	SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain"),
 	SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2"),
 	SYM(cuCtxSetCurrent, "cuCtxSetCurrent"),
+	SYM(cuCtxGetCurrent, "cuCtxGetCurrent"),
+	SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute"),
+	SYM(cuDeviceGetByPCIBusId, "cuDeviceGetByPCIBusId"),
 	SYM(cuMemGetInfo, "cuMemGetInfo_v2"),
 	SYM(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity"),
 	SYM(cuMemCreate, "cuMemCreate"),
@@ -152,6 +155,7 @@ int gpu_driver_open(struct gpu_driver *drv, char *why, size_t why_size)
 		gpu_driver_close(drv);
 		return rc == -EIO ? -ENODEV : rc;
 	}
+	drv->initialised = true;
 	drv->cuDriverGetVersion(&drv->version);
 	return 0;
 }
@@ -180,6 +184,8 @@ int gpu_enumerate(const struct gpu_driver *drv, struct gpu_device *devs, int max
 			res = drv->cuDeviceTotalMem(&total, dev);
 		if (res == CUDA_SUCCESS)
 			res = drv->cuDeviceGetPCIBusId(d->pci_bus_id, sizeof(d->pci_bus_id), dev);
+		if (res == CUDA_SUCCESS)
+			snprintf(d->id, sizeof(d->id), "%s", d->pci_bus_id);
 		if (res != CUDA_SUCCESS)
 			return gpu_cu_err(drv, res, "cuDevice query", why, why_size);
 		d->total_bytes = total;
@@ -207,7 +213,8 @@ int gpu_enumerate(const struct gpu_driver *drv, struct gpu_device *devs, int max
 
 void gpu_driver_close(struct gpu_driver *drv)
 {
-	if (drv->handle)
+	/* After cuInit the handle is kept on purpose (see gpu/cuda.h): not a leak. */
+	if (drv->handle && !drv->initialised)
 		dlclose(drv->handle);
 	memset(drv, 0, sizeof(*drv));
 }

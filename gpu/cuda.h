@@ -37,8 +37,15 @@ typedef int CUdevice;
 #define GPU_TIER_BUILD "compiled out (no CUDA toolkit headers at build time)"
 #endif
 
+#ifdef CONFIG_HAVE_CUDA_H
+/* Every event the device tier creates is waited on, so each sleeps in the driver (blocking
+ * sync) rather than spinning a core, and none is timed. */
+#define GPU_EVENT_FLAGS (CU_EVENT_DISABLE_TIMING | CU_EVENT_BLOCKING_SYNC)
+#endif
+
 struct gpu_driver {
 	void *handle;
+	bool initialised; /* cuInit succeeded: the library is never unloaded after that */
 	int version; /* cuDriverGetVersion: 12040 is 12.4 */
 	CUresult (*cuInit)(unsigned int flags);
 	CUresult (*cuDriverGetVersion)(int *version);
@@ -58,6 +65,9 @@ struct gpu_driver {
 	CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *ctx, CUdevice dev);
 	CUresult (*cuDevicePrimaryCtxRelease)(CUdevice dev);
 	CUresult (*cuCtxSetCurrent)(CUcontext ctx);
+	CUresult (*cuCtxGetCurrent)(CUcontext *ctx);
+	CUresult (*cuDeviceGetAttribute)(int *value, CUdevice_attribute attr, CUdevice dev);
+	CUresult (*cuDeviceGetByPCIBusId)(CUdevice *dev, const char *bus_id);
 	CUresult (*cuMemGetInfo)(size_t *free_b, size_t *total_b);
 	CUresult (*cuMemGetAllocationGranularity)(size_t *gran, const CUmemAllocationProp *prop,
 						  CUmemAllocationGranularity_flags option);
@@ -105,6 +115,9 @@ struct gpu_device {
 	int ordinal;
 	char name[128];
 	char pci_bus_id[32]; /* "0000:3b:00.0" */
+	char id[32];	     /* names the device the same way in every process, which its
+			      * ordinal does not: the PCI bus id (emulated: "emulated-N", N the
+			      * device's index before WEIGHTD_GPU_EMULATE_VISIBLE) */
 	uint64_t total_bytes;
 };
 
@@ -116,6 +129,12 @@ struct gpu_device {
  * @drv is left closed on failure. $WEIGHTD_LIBCUDA overrides the library name (tests).
  */
 int gpu_driver_open(struct gpu_driver *drv, char *why, size_t why_size);
+/*
+ * Forgets @drv. The library is dlclose'd only when cuInit never succeeded through it: after
+ * cuInit the driver's threads and state live in the process, and unloading it under them
+ * (then loading it again) is undefined, so an initialised driver stays loaded for the life of
+ * the process.
+ */
 void gpu_driver_close(struct gpu_driver *drv);
 
 /*

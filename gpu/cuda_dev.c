@@ -8,8 +8,12 @@
  * $WEIGHTD_LIBCUDA elsewhere, a driver installed while the daemon runs).
  *
  * Contexts: each device uses its primary context (the one the CUDA runtime, hence PyTorch,
- * uses too), retained at open and released at close. Every operation makes it current on
- * the calling thread first; cuCtxSetCurrent is a thread-local store in the driver.
+ * uses too), retained at open and released at close. Operations run in the calling thread's
+ * current context, which the caller sets with ctx_enter() and restores with ctx_leave()
+ * (gpu/device.h): the hot path (a copy, an event) then costs no context switch, and a
+ * library inside PyTorch leaves the framework's current device as it found it. open() and
+ * close() make their own context current only around their own calls and restore the
+ * caller's.
  *
  * VRAM: VMM allocations (cuMemCreate) requested with POSIX file-descriptor handles, so that
  * the fd from cuMemExportToShareableHandle can be sent to a client, which imports and maps
@@ -180,10 +184,24 @@ static int load_driver(char *why, size_t why_size)
 			return gpu_cu_err(&drv, res_, what, why, why_size);         \
 	} while (0)
 
-static int make_current(struct gpu_dev *dev, char *why, size_t why_size)
+/* The calling thread's current context, saved, and @dev's made current. */
+static int cuda_ctx_enter(struct gpu_dev *dev, void **saved, char *why, size_t why_size)
 {
-	CU(drv.cuCtxSetCurrent(dev->ctx), "cuCtxSetCurrent");
+	CUcontext cur = NULL;
+
+	CU(drv.cuCtxGetCurrent(&cur), "cuCtxGetCurrent");
+	*saved = cur;
+	if (cur != dev->ctx)
+		CU(drv.cuCtxSetCurrent(dev->ctx), "cuCtxSetCurrent");
 	return 0;
+}
+
+static void cuda_ctx_leave(struct gpu_dev *dev, void *saved)
+{
+	CUcontext cur = NULL;
+
+	if (drv.cuCtxGetCurrent(&cur) != CUDA_SUCCESS || cur != (CUcontext)saved)
+		drv.cuCtxSetCurrent((CUcontext)saved);
 }
 
 static int cuda_count(char *why, size_t why_size)
@@ -227,10 +245,9 @@ static int cuda_open(int ordinal, struct gpu_dev **out, char *why, size_t why_si
 	dev->prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
 	dev->prop.location.id = ordinal;
 	dev->prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-	res = drv.cuCtxSetCurrent(dev->ctx);
-	if (res == CUDA_SUCCESS)
-		res = drv.cuMemGetAllocationGranularity(&gran, &dev->prop,
-							CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+	/* Needs no context: the caller's current one stays as it is. */
+	res = drv.cuMemGetAllocationGranularity(&gran, &dev->prop,
+						CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
 	if (res != CUDA_SUCCESS || !gran) {
 		rc = res != CUDA_SUCCESS ?
 			gpu_cu_err(&drv, res, "cuMemGetAllocationGranularity", why, why_size) :
@@ -248,10 +265,14 @@ static int cuda_open(int ordinal, struct gpu_dev **out, char *why, size_t why_si
 
 static void cuda_close(struct gpu_dev *dev)
 {
+	void *saved;
+
 	if (!dev)
 		return;
-	if (dev->mod && drv.cuCtxSetCurrent(dev->ctx) == CUDA_SUCCESS)
+	if (dev->mod && !cuda_ctx_enter(dev, &saved, NULL, 0)) {
 		drv.cuModuleUnload(dev->mod);
+		cuda_ctx_leave(dev, saved);
+	}
 	drv.cuDevicePrimaryCtxRelease(dev->dev);
 	free(dev);
 }
@@ -266,7 +287,44 @@ static int cuda_info(struct gpu_dev *dev, struct gpu_device *info, char *why, si
 	CU(drv.cuDeviceTotalMem(&total, dev->dev), "cuDeviceTotalMem");
 	CU(drv.cuDeviceGetPCIBusId(info->pci_bus_id, sizeof(info->pci_bus_id), dev->dev),
 	   "cuDeviceGetPCIBusId");
+	snprintf(info->id, sizeof(info->id), "%s", info->pci_bus_id);
 	info->total_bytes = total;
+	return 0;
+}
+
+static int cuda_find(const char *id, int *ordinal, char *why, size_t why_size)
+{
+	CUdevice d;
+	CUresult res;
+	int rc = load_driver(why, why_size);
+
+	if (rc)
+		return rc;
+	res = drv.cuDeviceGetByPCIBusId(&d, id);
+	if (res != CUDA_SUCCESS) {
+		rc = gpu_cu_err(&drv, res, "cuDeviceGetByPCIBusId", why, why_size);
+		/* INVALID_VALUE/INVALID_DEVICE: a bus id this process does not see. */
+		return rc == -EINVAL ? -ENODEV : rc;
+	}
+	/* A CUdevice is the ordinal of the device in this process. */
+	*ordinal = (int)d;
+	return 0;
+}
+
+static int cuda_caps(struct gpu_dev *dev, struct gpu_caps *caps, char *why, size_t why_size)
+{
+	int vmm = 0, fd = 0, mode = 0;
+
+	CU(drv.cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+				    dev->dev), "cuDeviceGetAttribute(VMM)");
+	CU(drv.cuDeviceGetAttribute(&fd,
+				    CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+				    dev->dev), "cuDeviceGetAttribute(POSIX fd handles)");
+	CU(drv.cuDeviceGetAttribute(&mode, CU_DEVICE_ATTRIBUTE_COMPUTE_MODE, dev->dev),
+	   "cuDeviceGetAttribute(compute mode)");
+	caps->vmm = vmm != 0;
+	caps->posix_fd = fd != 0;
+	caps->compute_mode = mode;
 	return 0;
 }
 
@@ -274,10 +332,7 @@ static int cuda_mem_info(struct gpu_dev *dev, uint64_t *free_b, uint64_t *total_
 			 size_t why_size)
 {
 	size_t f = 0, t = 0;
-	int rc = make_current(dev, why, why_size);
 
-	if (rc)
-		return rc;
 	CU(drv.cuMemGetInfo(&f, &t), "cuMemGetInfo");
 	*free_b = f;
 	*total_b = t;
@@ -338,9 +393,6 @@ static int cuda_vram_alloc(struct gpu_dev *dev, uint64_t size, struct gpu_vram *
 		return -EINVAL;
 	}
 	rounded = (size + dev->gran - 1) / dev->gran * dev->gran;
-	rc = make_current(dev, why, why_size);
-	if (rc)
-		return rc;
 	res = drv.cuMemCreate(&h, rounded, &dev->prop, 0);
 	if (res != CUDA_SUCCESS)
 		return gpu_cu_err(&drv, res, "cuMemCreate", why, why_size);
@@ -379,9 +431,6 @@ static int cuda_vram_import(struct gpu_dev *dev, int fd, uint64_t size, struct g
 			 "size must be a multiple of %" PRIu64, fd, size, dev->ordinal, dev->gran);
 		return fd < 0 ? -EBADF : -EINVAL;
 	}
-	rc = make_current(dev, why, why_size);
-	if (rc)
-		return rc;
 	/* The driver takes the fd by value, cast to a pointer, and does not close it. */
 	res = drv.cuMemImportFromShareableHandle(&h, (void *)(uintptr_t)fd,
 						 CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
@@ -401,7 +450,6 @@ static int cuda_vram_import(struct gpu_dev *dev, int fd, uint64_t size, struct g
 static void cuda_vram_free(struct gpu_dev *dev, struct gpu_vram *v)
 {
 	if (v->dptr) {
-		drv.cuCtxSetCurrent(dev->ctx);
 		drv.cuMemUnmap(v->dptr, v->size);
 		drv.cuMemAddressFree(v->dptr, v->size);
 		drv.cuMemRelease((CUmemGenericAllocationHandle)(uintptr_t)v->priv);
@@ -415,33 +463,26 @@ static void cuda_vram_free(struct gpu_dev *dev, struct gpu_vram *v)
 static int cuda_host_register(struct gpu_dev *dev, void *p, size_t n, char *why,
 			      size_t why_size)
 {
-	int rc = make_current(dev, why, why_size);
-
-	if (rc)
-		return rc;
+	/* PORTABLE: one registration serves every context; a second one of the same range
+	 * fails with CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, which gpu_cu_err() turns into
+	 * -EEXIST (gpu_host_register_once()). */
 	CU(drv.cuMemHostRegister(p, n, CU_MEMHOSTREGISTER_PORTABLE), "cuMemHostRegister");
 	return 0;
 }
 
 static void cuda_host_unregister(struct gpu_dev *dev, void *p)
 {
-	drv.cuCtxSetCurrent(dev->ctx);
 	drv.cuMemHostUnregister(p);
 }
 
 static int cuda_host_alloc(struct gpu_dev *dev, size_t n, void **p, char *why, size_t why_size)
 {
-	int rc = make_current(dev, why, why_size);
-
-	if (rc)
-		return rc;
 	CU(drv.cuMemHostAlloc(p, n, CU_MEMHOSTALLOC_PORTABLE), "cuMemHostAlloc");
 	return 0;
 }
 
 static void cuda_host_free(struct gpu_dev *dev, void *p)
 {
-	drv.cuCtxSetCurrent(dev->ctx);
 	drv.cuMemFreeHost(p);
 }
 
@@ -449,10 +490,7 @@ static int cuda_stream_create(struct gpu_dev *dev, struct gpu_stream **s, char *
 			      size_t why_size)
 {
 	CUstream cs;
-	int rc = make_current(dev, why, why_size);
 
-	if (rc)
-		return rc;
 	/* Non-blocking: no implicit ordering with the legacy default stream other code uses. */
 	CU(drv.cuStreamCreate(&cs, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
 	*s = (struct gpu_stream *)cs;
@@ -463,7 +501,6 @@ static void cuda_stream_destroy(struct gpu_dev *dev, struct gpu_stream *s)
 {
 	if (!s)
 		return;
-	drv.cuCtxSetCurrent(dev->ctx);
 	/* The device tier's contract (and the emulator's): queued work runs before it goes. */
 	drv.cuStreamSynchronize((CUstream)s);
 	drv.cuStreamDestroy((CUstream)s);
@@ -472,13 +509,8 @@ static void cuda_stream_destroy(struct gpu_dev *dev, struct gpu_stream *s)
 static int cuda_copy_h2d(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst,
 			 const void *src, size_t n, char *why, size_t why_size)
 {
-	int rc;
-
 	if (!n)
 		return 0;
-	rc = make_current(dev, why, why_size);
-	if (rc)
-		return rc;
 	CU(drv.cuMemcpyHtoDAsync((CUdeviceptr)dst, src, n, (CUstream)s), "cuMemcpyHtoDAsync");
 	return 0;
 }
@@ -486,13 +518,8 @@ static int cuda_copy_h2d(struct gpu_dev *dev, struct gpu_stream *s, uint64_t dst
 static int cuda_copy_d2h(struct gpu_dev *dev, void *dst, uint64_t src, size_t n, char *why,
 			 size_t why_size)
 {
-	int rc;
-
 	if (!n)
 		return 0;
-	rc = make_current(dev, why, why_size);
-	if (rc)
-		return rc;
 	CU(drv.cuMemcpyDtoH(dst, (CUdeviceptr)src, n), "cuMemcpyDtoH");
 	return 0;
 }
@@ -502,11 +529,11 @@ static int cuda_event_record(struct gpu_dev *dev, struct gpu_stream *s, struct g
 {
 	CUevent e;
 	CUresult res;
-	int rc = make_current(dev, why, why_size);
+	int rc;
 
-	if (rc)
-		return rc;
-	CU(drv.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+	/* Blocking sync: event_wait() sleeps in the driver instead of spinning a core for the
+	 * whole copy (cuEventSynchronize on a default event busy-waits). */
+	CU(drv.cuEventCreate(&e, GPU_EVENT_FLAGS), "cuEventCreate");
 	res = drv.cuEventRecord(e, (CUstream)s);
 	if (res != CUDA_SUCCESS) {
 		rc = gpu_cu_err(&drv, res, "cuEventRecord", why, why_size);
@@ -580,9 +607,7 @@ static int cuda_convert_f32(struct gpu_dev *dev, struct gpu_stream *s, uint64_t 
 	}
 	if (!n)
 		return 0;
-	rc = make_current(dev, why, why_size);
-	if (!rc)
-		rc = load_kernels(dev, why, why_size);
+	rc = load_kernels(dev, why, why_size);
 	if (rc)
 		return rc;
 	blocks = (n + CONVERT_BLOCK - 1) / CONVERT_BLOCK;
@@ -599,6 +624,10 @@ const struct gpu_ops gpu_cuda_ops = {
 	.count = cuda_count,
 	.open = cuda_open,
 	.close = cuda_close,
+	.ctx_enter = cuda_ctx_enter,
+	.ctx_leave = cuda_ctx_leave,
+	.find = cuda_find,
+	.caps = cuda_caps,
 	.info = cuda_info,
 	.mem_info = cuda_mem_info,
 	.granularity = cuda_granularity,
@@ -647,6 +676,25 @@ static int nocuda_open(int ordinal, struct gpu_dev **out, char *why, size_t why_
 
 static void nocuda_close(struct gpu_dev *dev)
 {
+}
+
+static int nocuda_ctx_enter(struct gpu_dev *dev, void **saved, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static void nocuda_ctx_leave(struct gpu_dev *dev, void *saved)
+{
+}
+
+static int nocuda_find(const char *id, int *ordinal, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
+}
+
+static int nocuda_caps(struct gpu_dev *dev, struct gpu_caps *caps, char *why, size_t why_size)
+{
+	return NOSYS(why, why_size);
 }
 
 static int nocuda_info(struct gpu_dev *dev, struct gpu_device *info, char *why,
@@ -751,6 +799,10 @@ const struct gpu_ops gpu_cuda_ops = {
 	.count = nocuda_count,
 	.open = nocuda_open,
 	.close = nocuda_close,
+	.ctx_enter = nocuda_ctx_enter,
+	.ctx_leave = nocuda_ctx_leave,
+	.find = nocuda_find,
+	.caps = nocuda_caps,
 	.info = nocuda_info,
 	.mem_info = nocuda_mem_info,
 	.granularity = nocuda_granularity,

@@ -28,3 +28,18 @@ const struct gpu_ops *gpu_ops_pick(char *why, size_t why_size)
 	}
 	return &gpu_cuda_ops;
 }
+
+int gpu_host_register_once(const struct gpu_ops *ops, struct gpu_dev *dev, void *p, size_t n,
+			   bool *mine, char *why, size_t why_size)
+{
+	int rc = ops->host_register(dev, p, n, why, why_size);
+
+	*mine = rc == 0;
+	if (rc == -EEXIST) {
+		/* PORTABLE: the existing registration covers every context of the process. */
+		if (why_size)
+			why[0] = '\0';
+		return 0;
+	}
+	return rc;
+}

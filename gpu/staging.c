@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,13 +68,16 @@ struct staging {
 	struct gpu_dev *dev;
 	uint32_t n_slots, slot_bytes, n_streams;
 	bool no_direct;
-	char *mem;			/* n_slots * slot_bytes, from host_alloc */
+	char *mem;			/* n_slots * slot_bytes, mmap'ed (alloc_slots()) */
+	size_t mem_bytes;
+	bool registered;		/* mem is page-locked by this ring's host_register */
 	struct slot *slots;
 	struct gpu_stream **streams;
 	struct io_uring ring;
 	bool ring_ok;
 	uint64_t seq;
 	uint32_t rr;			/* next stream, round robin */
+	uint32_t host_slot;		/* next slot for a staged host copy, round robin */
 	struct staging_stats stats;
 };
 
@@ -128,45 +132,56 @@ static void fail(struct call *c, int rc, const char *fmt, ...)
 }
 
 /*
- * Allocates the slots on @node: the thread's policy is set to prefer it while host_alloc
- * pins (cuMemHostAlloc allocates then) and while the slots are first touched (the emulated
- * device's heap memory is allocated then), and restored afterwards.
+ * The slots: anonymous memory from mmap, bound to @node (MPOL_BIND with MPOL_MF_STRICT, before
+ * the first touch, so that a refusal is seen rather than silently ignored), touched, then
+ * page-locked with host_register (PORTABLE). Not cuMemHostAlloc: io_uring may refuse to
+ * register the driver's memory as fixed buffers (EOPNOTSUPP), and that refusal used to turn
+ * into slow unregistered reads with nothing said. Each step that fails is recorded in the
+ * stats and logged; only a failed mmap fails the ring.
  */
 static int alloc_slots(struct staging *st, size_t bytes, int node, char *why, size_t why_size)
 {
-	unsigned long old_mask[16] = { 0 }, mask[16] = { 0 };
+	unsigned long mask[16] = { 0 };
 	unsigned long maxnode = sizeof(mask) * 8;
-	int old_mode = MPOL_DEFAULT, rc;
-	void *p = NULL;
+	char rwhy[STAGING_MSG_MAX] = "";
+	bool mine = false;
+	void *p;
+	int rc;
 
+	if (node >= 0 && (unsigned long)node >= maxnode) {
+		snprintf(why, why_size, "staging: NUMA node %d out of range", node);
+		return -EINVAL;
+	}
+	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		rc = -errno;
+		snprintf(why, why_size, "staging: mmap of %zu bytes: %s", bytes, strerror(-rc));
+		return rc;
+	}
+	st->mem = p;
+	st->mem_bytes = bytes;
 	if (node >= 0) {
-		if ((unsigned long)node >= maxnode) {
-			snprintf(why, why_size, "staging: NUMA node %d out of range", node);
+		mask[node / (8 * sizeof(long))] = 1ul << (node % (8 * sizeof(long)));
+		st->stats.node_err = mbind(p, bytes, MPOL_BIND, mask, maxnode, MPOL_MF_STRICT) < 0 ?
+				     -errno : 0;
+		if (st->stats.node_err == -EINVAL) {
+			/* Not a node of this machine: the caller's mistake, not a degradation. */
+			snprintf(why, why_size, "staging: binding the slots to NUMA node %d: %s",
+				 node, strerror(EINVAL));
 			return -EINVAL;
 		}
-		if (get_mempolicy(&old_mode, old_mask, maxnode, NULL, 0) < 0) {
-			rc = -errno;
-			snprintf(why, why_size, "staging: get_mempolicy: %s", strerror(-rc));
-			return rc;
-		}
-		mask[node / (8 * sizeof(long))] = 1ul << (node % (8 * sizeof(long)));
-		if (set_mempolicy(MPOL_PREFERRED, mask, maxnode) < 0) {
-			rc = -errno;
-			snprintf(why, why_size, "staging: preferring NUMA node %d: set_mempolicy: %s",
-				 node, strerror(-rc));
-			return rc;
-		}
+		if (st->stats.node_err)
+			log_warn("staging", "\"staging slots not bound to the GPU's node\" node=%d "
+				 "err=%d", node, st->stats.node_err);
 	}
-	rc = st->ops->host_alloc(st->dev, bytes, &p, why, why_size);
-	if (!rc)
-		memset(p, 0, bytes);
-	if (node >= 0 && set_mempolicy(old_mode, old_mode == MPOL_DEFAULT ? NULL : old_mask,
-				       old_mode == MPOL_DEFAULT ? 0 : maxnode) < 0)
-		log_warn("staging", "\"could not restore the thread's memory policy\" errno=%d",
-			 errno);
+	memset(p, 0, bytes);
+	rc = gpu_host_register_once(st->ops, st->dev, p, bytes, &mine, rwhy, sizeof(rwhy));
+	st->registered = mine;
+	st->stats.slots_locked = rc == 0;
+	st->stats.slots_err = rc;
 	if (rc)
-		return rc;
-	st->mem = p;
+		log_warn("staging", "\"staging slots not page-locked: copies run at pageable speed\" "
+			 "err=%d why=\"%s\"", rc, rwhy);
 	return 0;
 }
 
@@ -233,8 +248,10 @@ int staging_create(const struct gpu_ops *ops, struct gpu_dev *dev,
 	/* Both are optimisations: without them reads pin pages per I/O and look files up. */
 	rc = io_uring_register_buffers(&st->ring, iov, o.n_slots);
 	st->stats.fixed_buffers = rc == 0;
+	st->stats.fixed_buffers_err = rc;
 	if (rc)
-		log_info("staging", "\"unregistered staging slots\" rc=%d", rc);
+		log_warn("staging", "\"staging slots are not io_uring fixed buffers: reads pin "
+			 "pages one by one\" err=%d (%s)", rc, strerror(-rc));
 	rc = io_uring_register_files_sparse(&st->ring, MAX_FIXED_FILES);
 	st->stats.fixed_files = rc == 0;
 	if (rc)
@@ -263,8 +280,10 @@ void staging_destroy(struct staging *st)
 	for (uint32_t i = 0; st->streams && i < st->n_streams; i++)
 		if (st->streams[i])
 			st->ops->stream_destroy(st->dev, st->streams[i]);
+	if (st->registered)
+		st->ops->host_unregister(st->dev, st->mem);
 	if (st->mem)
-		st->ops->host_free(st->dev, st->mem);
+		munmap(st->mem, st->mem_bytes);
 	free(st->slots);
 	free(st->streams);
 	free(st);
@@ -482,10 +501,17 @@ static void copy_slot(struct staging *st, struct call *c, struct slot *s)
 		return;
 	}
 	stream = st->streams[st->rr++ % st->n_streams];
-	for (uint32_t i = 0; i < s->n_copies; i++) {
+	for (uint32_t i = 0; i < s->n_copies;) {
 		const struct scopy *cp = &s->copies[i];
+		uint64_t n = cp->n;
+		uint32_t k = i + 1;
 
-		rc = st->ops->copy_h2d(st->dev, stream, cp->dst, s->buf + cp->buf_off, cp->n,
+		/* Pieces that follow each other both in the slot and in VRAM (the tensors of one
+		 * file, back to back) go as one copy: each copy has a fixed cost. */
+		while (k < s->n_copies && s->copies[k].buf_off == cp->buf_off + n &&
+		       s->copies[k].dst == cp->dst + n)
+			n += s->copies[k++].n;
+		rc = st->ops->copy_h2d(st->dev, stream, cp->dst, s->buf + cp->buf_off, n,
 				       c->why, c->why_size);
 		if (rc) {
 			/* Copies queued before this one still read the slot: wait for them. */
@@ -494,7 +520,8 @@ static void copy_slot(struct staging *st, struct call *c, struct slot *s)
 			break;
 		}
 		st->stats.copies++;
-		st->stats.copy_bytes += cp->n;
+		st->stats.copy_bytes += n;
+		i = k;
 	}
 	rc = st->ops->event_record(st->dev, stream, &s->ev, c->rc ? NULL : c->why,
 				   c->rc ? 0 : c->why_size);
@@ -742,6 +769,7 @@ int staging_copy_host(struct staging *st, const struct staging_host_copy *hc, si
 			uint64_t len = hc[i].len - off < st->slot_bytes ? hc[i].len - off :
 									  st->slot_bytes;
 			struct gpu_stream *s = st->streams[st->rr++ % st->n_streams];
+			const char *src;
 			uint32_t tail;
 
 			if (cancelled(call)) {
@@ -750,8 +778,10 @@ int staging_copy_host(struct staging *st, const struct staging_host_copy *hc, si
 				rc = -ECANCELED;
 				break;
 			}
-			if (count == MAX_HOST_EVENTS) {
-				/* The window is full: wait for the oldest chunk. */
+			/* A staged chunk reuses the slot of the staged chunk n_slots before it: with
+			 * fewer than n_slots chunks in flight, that one has completed. */
+			while (count == MAX_HOST_EVENTS || (!hc[i].locked && count >= st->n_slots)) {
+				/* Wait for the oldest chunk. */
 				rc = st->ops->event_wait(st->dev, ev[head], why, why_size);
 				st->ops->event_destroy(st->dev, ev[head]);
 				done += ev_bytes[head];
@@ -760,8 +790,19 @@ int staging_copy_host(struct staging *st, const struct staging_host_copy *hc, si
 				if (rc)
 					break;
 			}
-			rc = st->ops->copy_h2d(st->dev, s, hc[i].dst + off,
-					       (const char *)hc[i].src + off, len, why, why_size);
+			if (rc)
+				break;
+			src = (const char *)hc[i].src + off;
+			if (!hc[i].locked) {
+				char *buf = st->slots[st->host_slot++ % st->n_slots].buf;
+
+				/* Pageable memory: through a page-locked slot, so that the copy
+				 * engine runs at full speed and the copy stays asynchronous. */
+				memcpy(buf, src, len);
+				src = buf;
+				st->stats.staged_bytes += len;
+			}
+			rc = st->ops->copy_h2d(st->dev, s, hc[i].dst + off, src, len, why, why_size);
 			if (rc)
 				break;
 			st->stats.copies++;

@@ -1,10 +1,13 @@
 /*
  * The pinned staging ring: how bytes get from files, or from the host cache, into VRAM.
  *
- * One ring per GPU, created once: n_slots buffers of slot_bytes, allocated with the device's
- * host_alloc (pinned: cuMemHostAlloc, so copies run at PCIe speed), placed on the GPU's local
- * NUMA node (gpu/topo.h says which), and registered with an io_uring as fixed buffers so that
- * reads land in them with no page pinning per I/O. Fixed files are used as well.
+ * One ring per GPU, created once: n_slots buffers of slot_bytes, anonymous memory (mmap)
+ * bound to the GPU's local NUMA node (gpu/topo.h says which), page-locked with the device's
+ * host_register (PORTABLE, so copies run at PCIe speed), and registered with an io_uring as
+ * fixed buffers so that reads land in them with no page pinning per I/O. Fixed files are used
+ * as well. Each of those steps may fail (a node the kernel refuses, RLIMIT_MEMLOCK, a kernel
+ * that refuses the buffers): the ring still works, slower, and staging_stats says which
+ * step failed with its errno (the daemon reports it in DEVICES, bench-gpu prints it).
  *
  * staging_load() pipelines reads and copies:
  *
@@ -15,7 +18,8 @@
  * ranges of one file are merged into one read; a range larger than a slot is split across
  * slots), read with io_uring, then copied with one copy_h2d per piece, and an event is
  * recorded after its copies. The slot is reused only once that event has completed, so
- * reads into the other slots overlap the copy of this one (double/triple buffering).
+ * reads into the other slots overlap the copy of this one (double/triple buffering). Pieces
+ * contiguous both in the slot and in VRAM are copied with one copy_h2d.
  *
  * O_DIRECT: when a transfer's fd was opened with O_DIRECT, or can be reopened with it
  * (through /proc/self/fd; refused by tmpfs and some overlays), reads are aligned to 4 KiB
@@ -23,9 +27,11 @@
  * aligned read may run past the end of the file, which is fine as long as the requested
  * bytes are there. Otherwise reads are buffered, of exactly the requested bytes.
  *
- * staging_copy_host() copies from host memory that the caller registered with
- * gpu_ops.host_register() (the host cache arena) straight to VRAM in chunks of slot_bytes
- * over the streams, with no staging copy.
+ * staging_copy_host() copies host memory to VRAM in chunks of slot_bytes over the streams:
+ * a range marked locked (page-locked by the caller) straight, any other range through the
+ * slots (a memcpy into a page-locked slot, then the copy from there), so that no copy runs
+ * from pageable memory, which the driver would copy synchronously at a fraction of the speed.
+ * The memcpy of one chunk overlaps the device copies of the chunks before it.
  *
  * Thread-safety: a ring is used by one thread at a time (one load after another; a second
  * GPU has its own ring). Both calls return only after every copy they queued has completed
@@ -65,11 +71,13 @@ struct staging_transfer {
 	uint64_t dst;		/* device address (inside one VRAM allocation) */
 };
 
-/* One host range (registered with host_register by the caller) to put at a device address. */
+/* One host range to put at a device address. */
 struct staging_host_copy {
 	const void *src;
 	uint64_t len;
 	uint64_t dst;
+	bool locked;		/* @src is page-locked (host_register): copied straight, not
+				 * staged through the slots */
 };
 
 /* Called on the caller's thread as copies complete: bytes in VRAM so far, and in all. */
@@ -94,7 +102,12 @@ struct staging_stats {
 	uint64_t overlapped_reads;	/* reads submitted while another slot's copy was running */
 	uint32_t max_busy_slots;	/* most slots reading or copying at once */
 	uint32_t direct_files;		/* files read with O_DIRECT (summed over calls) */
+	uint64_t staged_bytes;		/* host copies' bytes staged through the slots */
 	bool fixed_buffers;		/* the slots are io_uring registered buffers */
+	int fixed_buffers_err;		/* else why: io_uring_register_buffers' -errno */
+	bool slots_locked;		/* the slots are page-locked (host_register) */
+	int slots_err;			/* else why: host_register's -errno */
+	int node_err;			/* mbind of the slots to @node: 0 or -errno */
 	bool fixed_files;		/* a registered file table is used */
 	int node;			/* the node the slots were placed on (-1: none asked) */
 };

@@ -324,9 +324,16 @@ struct weightd_device_map;
  * the daemon neither evicts nor frees the allocation until weightd_device_unmap(), or until
  * this client's connection closes (exit or crash). Mapping a component twice from one handle
  * holds one reference, which the first unmap drops.
+ * @device is the daemon's ordinal (its tier cuda:@device). The daemon names the GPU by its
+ * PCI bus id, and this process opens the GPU with that bus id, whatever its own ordinal for
+ * it is (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER and containers renumber GPUs):
+ * weightd_device_ordinal() says which. Every CUDA call made for the mapping (here, in
+ * weightd_device_read() and weightd_device_unmap()) leaves the calling thread's current
+ * context as it found it.
  * Returns 0 and sets *@out; -ENOTSUP (no such GPU, or no GPU tier: the message says why);
  * -ENODATA (not resident there); -EINVAL; -ENOENT; -EPROTO (a malformed message on the
- * socket); -ETIMEDOUT; the import's error (-ENODEV: this process cannot open the device).
+ * socket); -ETIMEDOUT; the import's error (-ENODEV: this process cannot see that GPU, the
+ * message names its bus id; -EBUSY: it is in EXCLUSIVE_PROCESS compute mode).
  */
 int weightd_device_map(struct weightd *w, const char *model, const char *component,
 		       unsigned int device, struct weightd_device_map **out);
@@ -351,6 +358,9 @@ int weightd_device_map_ex(struct weightd *w, const char *model, const char *comp
 int weightd_device_map_opts(struct weightd *w, const char *model, const char *component,
 			    unsigned int device, const struct weightd_load_opts *opts,
 			    struct weightd_device_map **out);
+
+/* This process's ordinal of the GPU @m is on (for DLPack, torch.device): -1 for NULL. */
+int weightd_device_ordinal(const struct weightd_device_map *m);
 
 /* The allocation: device address in this process (emulated: a host address), and bytes. */
 uint64_t weightd_device_base(const struct weightd_device_map *m);
@@ -400,8 +410,16 @@ struct weightd_device_info {
 	uint64_t used;
 	uint64_t hits, misses, evictions, evict_bytes;
 	uint64_t load_bytes;		/* bytes copied into it */
-	char name[48];
+	char name[40];
+	uint32_t flags;			/* WEIGHTD_DEVICE_F_*: how host -> VRAM copies run */
+	int16_t fixed_err;		/* NO_FIXED_BUFFERS: io_uring's -errno */
+	int16_t locked_err;		/* SLOTS_PAGEABLE: page-locking's -errno */
 };
+#define WEIGHTD_DEVICE_F_NO_STAGING 0x1u	/* no staging ring (pageable copies, no disk
+						 * streaming) */
+#define WEIGHTD_DEVICE_F_SLOTS_PAGEABLE 0x2u	/* staging slots not page-locked */
+#define WEIGHTD_DEVICE_F_NO_FIXED_BUFFERS 0x4u	/* slots not io_uring fixed buffers */
+#define WEIGHTD_DEVICE_F_OFF_NODE 0x8u		/* slots not on the GPU's NUMA node */
 
 /*
  * The daemon's GPUs: up to @max into @out. Returns how many the daemon has (0: host-only,

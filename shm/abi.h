@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WD_ABI_VERSION 3u	/* 3: registry metrics block, last-load fields, DEVICE_MAP/DEVICES;
+#define WD_ABI_VERSION 4u	/* 4: DEVICE_MAP names the device (device_id), DEVICES flags;
+				 * 3: registry metrics block, last-load fields, DEVICE_MAP/DEVICES;
 				 * 2: the attach reply carries the host cache (3 fds) */
 
 /* Magics, stored little-endian, spell "WDHL", "WDRP", "WDRG" and "WDRY" in a hex dump. */
@@ -251,12 +252,16 @@ struct wd_devmap_tensor {
 #define WD_DEVICE_KIND_EMULATED 1u
 
 struct wd_devmap_reply {
-	uint32_t ordinal;	/* the device (tier - 1) */
+	uint32_t ordinal;	/* the device (tier - 1): the DAEMON's ordinal, which need not be
+				 * the client's for the same GPU */
 	uint32_t kind;		/* WD_DEVICE_KIND_*: which gpu_ops the client imports with */
 	uint32_t n_tensors;	/* entries sent on the socket */
 	uint32_t n_msgs;	/* socket messages sent */
 	uint32_t component;	/* the registry component mapped (UNPIN it to unmap) */
 	uint32_t reserved;	/* 0 */
+	char device_id[32];	/* the GPU as every process names it (gpu_device.id: the PCI bus
+				 * id, "0000:3b:00.0"; emulated: "emulated-N"), NUL-terminated:
+				 * the client resolves its own ordinal from it */
 };
 
 /*
@@ -274,8 +279,16 @@ struct wd_device_info {
 	uint64_t used;		/* bytes of entries (and reservations) */
 	uint64_t hits, misses, evictions, evict_bytes;
 	uint64_t load_bytes;	/* bytes copied into it */
-	char name[48];		/* truncated device name, NUL-terminated */
+	char name[40];		/* truncated device name, NUL-terminated */
+	uint32_t flags;		/* WD_DEVICE_F_*: how host -> VRAM copies run on it */
+	int16_t fixed_err;	/* WD_DEVICE_F_NO_FIXED_BUFFERS: io_uring's -errno */
+	int16_t locked_err;	/* WD_DEVICE_F_SLOTS_PAGEABLE: page-locking's -errno */
 };
+#define WD_DEVICE_F_NO_STAGING 0x1u	/* no staging ring: host copies run from pageable
+					 * memory on one stream; nothing streams from disk */
+#define WD_DEVICE_F_SLOTS_PAGEABLE 0x2u	/* staging slots not page-locked: pageable speed */
+#define WD_DEVICE_F_NO_FIXED_BUFFERS 0x4u /* slots not io_uring fixed buffers */
+#define WD_DEVICE_F_OFF_NODE 0x8u	/* slots not bound to the GPU's NUMA node */
 #define WD_DEVICES_PER_REPLY (WD_DATA_SLOT_SIZE / 128u)
 
 /* VALIDATE arg[0] bits. */
@@ -405,13 +418,16 @@ static_assert(offsetof(struct wd_devmap_msg, size) == 16, "devmap.size");
 static_assert(offsetof(struct wd_devmap_msg, first) == 24, "devmap.first");
 static_assert(sizeof(struct wd_devmap_tensor) == 24, "wd_devmap_tensor size");
 static_assert(offsetof(struct wd_devmap_tensor, offset) == 8, "devmap_tensor.offset");
-static_assert(sizeof(struct wd_devmap_reply) == 24, "wd_devmap_reply size");
+static_assert(sizeof(struct wd_devmap_reply) == 56, "wd_devmap_reply size");
+static_assert(offsetof(struct wd_devmap_reply, device_id) == 24, "devmap_reply.device_id");
 static_assert(offsetof(struct wd_devmap_reply, component) == 16, "devmap_reply.component");
 static_assert(sizeof(struct wd_device_info) == 128, "wd_device_info size");
 static_assert(offsetof(struct wd_device_info, total_bytes) == 16, "device.total_bytes");
 static_assert(offsetof(struct wd_device_info, hits) == 40, "device.hits");
 static_assert(offsetof(struct wd_device_info, load_bytes) == 72, "device.load_bytes");
 static_assert(offsetof(struct wd_device_info, name) == 80, "device.name");
+static_assert(offsetof(struct wd_device_info, flags) == 120, "device.flags");
+static_assert(offsetof(struct wd_device_info, locked_err) == 126, "device.locked_err");
 
 static_assert(sizeof(struct wd_ring_seg_hdr) == 128, "wd_ring_seg_hdr size");
 static_assert(offsetof(struct wd_ring_seg_hdr, version) == 4, "seg.version");

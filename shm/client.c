@@ -1536,10 +1536,29 @@ struct weightd_device_map {
 	const struct gpu_ops *ops;
 	struct gpu_dev *dev;
 	struct gpu_vram v;
-	uint32_t ordinal, model, component;
+	uint32_t ordinal, model, component;	/* ordinal: the daemon's (its tier) */
+	int local;			/* this process's ordinal of the same GPU */
 	uint32_t n;
 	struct wd_devmap_tensor *t;	/* sorted by tensor index */
 };
+
+/*
+ * The device layer's calls run in the mapping's context, made current around each call and
+ * the caller's restored after it: the caller may be PyTorch, whose current device lives in
+ * the same per-thread slot, or a garbage collector's thread running a DLPack deleter.
+ */
+static int import(struct weightd_device_map *m, int fd, uint64_t size, char *why,
+		  size_t why_size)
+{
+	void *saved;
+	int ret = m->ops->ctx_enter(m->dev, &saved, why, why_size);
+
+	if (ret)
+		return ret;
+	ret = m->ops->vram_import(m->dev, fd, size, &m->v, why, why_size);
+	m->ops->ctx_leave(m->dev, saved);
+	return ret;
+}
 
 /*
  * The daemon's messages for one DEVICE_MAP arrive on the socket before its completion; one
@@ -1719,14 +1738,24 @@ int weightd_device_map_opts(struct weightd *w, const char *model, const char *co
 	if (ret)
 		goto unpin;
 	m->ops = rep.kind == WD_DEVICE_KIND_EMULATED ? &gpu_emu_ops : &gpu_cuda_ops;
-	ret = m->ops->open((int)rep.ordinal, &m->dev, why, sizeof(why));
+	/* Ordinals are per process: the bus id says which GPU this process must open. */
+	rep.device_id[sizeof(rep.device_id) - 1] = '\0';
+	ret = m->ops->find(rep.device_id, &m->local, why, sizeof(why));
 	if (ret) {
-		m->dev = NULL;
-		ret = fail(ret, "device map: cannot open %s device %u in this process: %s",
-			   m->ops->kind, rep.ordinal, why);
+		ret = fail(ret, "device map: the daemon's cuda:%u (%s %s) is not visible in this "
+			   "process (CUDA_VISIBLE_DEVICES, or the container's devices): %s",
+			   rep.ordinal, m->ops->kind, rep.device_id, why);
 		goto unpin;
 	}
-	ret = m->ops->vram_import(m->dev, fd, rp.aux0, &m->v, why, sizeof(why));
+	ret = m->ops->open(m->local, &m->dev, why, sizeof(why));
+	if (ret) {
+		m->dev = NULL;
+		ret = fail(ret, "device map: cannot open %s device %s (cuda:%d here, cuda:%u in "
+			   "the daemon) in this process: %s", m->ops->kind, rep.device_id, m->local,
+			   rep.ordinal, why);
+		goto unpin;
+	}
+	ret = import(m, fd, rp.aux0, why, sizeof(why));
 	if (ret) {
 		m->v.fd = -1;
 		ret = fail(ret, "device map: cannot import the allocation: %s", why);
@@ -1747,6 +1776,11 @@ out:
 	free(m->t);
 	free(m);
 	return ret < 0 ? ret : -EPROTO;
+}
+
+int weightd_device_ordinal(const struct weightd_device_map *m)
+{
+	return m ? m->local : -1;
 }
 
 uint64_t weightd_device_base(const struct weightd_device_map *m)
@@ -1810,6 +1844,7 @@ int weightd_device_read(const struct weightd_device_map *m, const struct weightd
 {
 	const struct wd_devmap_tensor *e;
 	char why[160] = "";
+	void *saved;
 	int ret;
 
 	if (!m || !t || (!dst && size))
@@ -1823,15 +1858,27 @@ int weightd_device_read(const struct weightd_device_map *m, const struct weightd
 			    (uint64_t)e->nbytes);
 	if (!e->nbytes)
 		return 0;
-	ret = m->ops->copy_d2h(m->dev, dst, m->v.dptr + e->offset, e->nbytes, why, sizeof(why));
+	ret = m->ops->ctx_enter(m->dev, &saved, why, sizeof(why));
+	if (!ret) {
+		ret = m->ops->copy_d2h(m->dev, dst, m->v.dptr + e->offset, e->nbytes, why,
+				       sizeof(why));
+		m->ops->ctx_leave(m->dev, saved);
+	}
 	return ret ? fail(ret, "device read: %s", why) : 0;
 }
 
 void weightd_device_unmap(struct weightd *w, struct weightd_device_map *m)
 {
+	char why[160];
+	void *saved;
+
 	if (!m)
 		return;
-	m->ops->vram_free(m->dev, &m->v);
+	/* Also on a DLPack deleter's thread: that thread's context is put back. */
+	if (!m->ops->ctx_enter(m->dev, &saved, why, sizeof(why))) {
+		m->ops->vram_free(m->dev, &m->v);
+		m->ops->ctx_leave(m->dev, saved);
+	}
 	m->ops->close(m->dev);
 	if (w)
 		unpin_ids(w, m->model, m->component, m->ordinal);

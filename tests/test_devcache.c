@@ -42,12 +42,23 @@
  *   vram_retry  injected VRAM allocation failures ($WEIGHTD_FAULT=vram:ENOMEM): with the only
  *               resident entry mapped the load fails saying nothing was evictable; unmapped,
  *               it is evicted, the allocation is retried once and the load succeeds
- *               (WD_STAT_ALLOC_RETRIES moves by one).
+ *               (WD_STAT_ALLOC_RETRIES moves by one);
+ *   copy_path   two GPUs: nothing of the host arena page-locked at start (VmLck), neither
+ *               GPU's copy path degraded, a component on cuda:1 equals its host copy;
+ *   ordinals    this process sees the daemon's cuda:1 as its cuda:0: the map resolves it by
+ *               id, weightd_device_ordinal() is 0; a process that cannot see it is refused;
+ *               map, read and unmap leave the thread's current context as it was;
+ *   caps        a GPU without VMM or fd handles, or in EXCLUSIVE_PROCESS mode, is not used,
+ *               and DEVICES says why.
+ * The emulated device enforces the driver's rules (gpu/device.h): two_maps starts its
+ * second client with fork+exec, since a child forked after the device layer was used in
+ * this process cannot use it.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -296,6 +307,226 @@ static void test_corpus(void **state)
 	cur = NULL;
 }
 
+/* Every tensor of @model mapped by @m equals its host-tier copy (loaded and pinned here). */
+static unsigned int equal_to_host(struct weightd *w, const struct weightd_device_map *m,
+				 const char *model)
+{
+	struct weightd_tensor_info ti[64];
+	unsigned int n = 0;
+	int count;
+
+	CHECK(weightd_load(w, model, NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_PIN |
+			   WEIGHTD_LOAD_NO_PROGRESS, NULL, NULL) == 0, "host load %s: %s", model,
+	      weightd_last_error());
+	count = weightd_tensor_list(w, model, NULL, ti, NULL, 64);
+	CHECK(count > 0 && count <= 64, "tensor list of %s: %d (%s)", model, count,
+	      weightd_last_error());
+	for (int t = 0; t < count; t++) {
+		const void *host;
+		void *buf;
+
+		host = weightd_tensor_data(w, &ti[t]);
+		buf = malloc(ti[t].nbytes ? ti[t].nbytes : 1);
+		CHECK(host && buf, "host data of tensor %d", t);
+		CHECK(weightd_device_read(m, &ti[t], buf, ti[t].nbytes) == 0, "read %d: %s", t,
+		      weightd_last_error());
+		CHECK(!memcmp(buf, host, ti[t].nbytes), "tensor %d of %s differs from the host copy",
+		      t, model);
+		free(buf);
+		n++;
+	}
+	weightd_unpin(w, model, NULL, WEIGHTD_TIER_HOST);
+	return n;
+}
+
+/* Bytes of locked memory of process @pid (VmLck), or -1. */
+static long long vm_locked(pid_t pid)
+{
+	char path[64], line[256];
+	long long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %lld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb < 0 ? -1 : kb * 1024;
+}
+
+/*
+ * Two GPUs, a 256 MiB host budget. At start nothing of the host arena is page-locked (the
+ * daemon's VmLck holds the two staging rings, 2 x 64 MiB, not the arena: page-locking the
+ * arena at device open used to fault in and pin the whole budget), neither GPU reports a
+ * degraded copy path (a second registration of one range used to fail on cuda:1 and say
+ * "pageable speed"), and a component copied through the staged path reads back equal.
+ */
+static void test_copy_path(void **state)
+{
+	const char *extra[] = { "--host-budget", "256M", NULL };
+	struct weightd_device_info info[2];
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	char why[256] = "";
+	long long locked;
+	int n;
+
+	(void)state;
+	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
+	start(&d, extra);
+	setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
+	w = attach(&d);
+	n = weightd_devices(w, info, 2, why, sizeof(why));
+	CHECK(n == 2, "devices: %d (%s)", n, why);
+	locked = vm_locked(d.pid);
+	CHECK(locked >= 0 && locked < (200ll << 20), "the daemon has %lld bytes page-locked at "
+	      "start with a 256 MiB host budget: the arena is locked", locked);
+	for (int i = 0; i < 2; i++) {
+		/* Root (CI) has no RLIMIT_MEMLOCK; elsewhere the slots may be refused. */
+		if (geteuid() && (info[i].flags & WEIGHTD_DEVICE_F_SLOTS_PAGEABLE))
+			continue;
+		CHECK(info[i].flags == 0, "cuda:%d copy path degraded: flags %#x (locked_err %d, "
+		      "fixed_err %d)", i, info[i].flags, info[i].locked_err, info[i].fixed_err);
+	}
+	CHECK(weightd_load(w, "large_4MiB", NULL, WEIGHTD_TIER_CUDA(1),
+			   WEIGHTD_LOAD_NO_PROGRESS, NULL, NULL) == 0, "load to cuda:1: %s",
+	      weightd_last_error());
+	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
+	CHECK(weightd_device_map(w, "large_4MiB", NULL, 1, &m) == 0, "map cuda:1: %s",
+	      weightd_last_error());
+	CHECK(equal_to_host(w, m, "large_4MiB") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+static void *map_on_thread(void *arg)
+{
+	struct weightd *w = arg;
+	struct weightd_device_map *m = NULL;
+	intptr_t bad = 0;
+
+	/* A thread with no current context (a GC thread running a DLPack deleter). */
+	if (weightd_device_map(w, "large_4MiB", NULL, 1, &m))
+		return (void *)1;
+	bad |= gpu_emu_current() != -1 ? 2 : 0;
+	weightd_device_unmap(w, m);
+	bad |= gpu_emu_current() != -1 ? 4 : 0;
+	return (void *)bad;
+}
+
+/*
+ * Ordinals are per process. The daemon sees two GPUs; this process sees only the daemon's
+ * cuda:1 (as its own cuda:0, WEIGHTD_GPU_EMULATE_VISIBLE=1, as CUDA_VISIBLE_DEVICES=1 would):
+ * the map resolves the GPU by the id the daemon sends and reports ordinal 0 for DLPack; a
+ * process that does not see the GPU is refused with a message naming it. And the calling
+ * thread's current context is left as it was by map, read and unmap, on a thread whose
+ * current device is another GPU (PyTorch's cuda:0) and on a thread with none.
+ */
+static void test_ordinals(void **state)
+{
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	struct gpu_dev *g0 = NULL;
+	char why[256] = "";
+	void *saved = NULL, *ret;
+	pthread_t th;
+	int rc;
+
+	(void)state;
+	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
+	start(&d, NULL);
+	w = attach(&d);
+	CHECK(weightd_load(w, "large_4MiB", NULL, WEIGHTD_TIER_CUDA(1),
+			   WEIGHTD_LOAD_NO_PROGRESS, NULL, NULL) == 0, "load to cuda:1: %s",
+	      weightd_last_error());
+
+	setenv("WEIGHTD_GPU_EMULATE_VISIBLE", "1", 1);
+	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	CHECK(rc == 0, "map of the daemon's cuda:1 seen here as cuda:0: %s", weightd_last_error());
+	CHECK(weightd_device_ordinal(m) == 0, "local ordinal %d, want 0",
+	      weightd_device_ordinal(m));
+	CHECK(equal_to_host(w, m, "large_4MiB") > 0, "no tensors");
+	weightd_device_unmap(w, m);
+	m = NULL;
+
+	setenv("WEIGHTD_GPU_EMULATE_VISIBLE", "0", 1);
+	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	CHECK(rc == -ENODEV && strstr(weightd_last_error(), "emulated-1") &&
+	      strstr(weightd_last_error(), "not visible"), "map of a GPU this process cannot see: "
+	      "%d (%s)", rc, weightd_last_error());
+	unsetenv("WEIGHTD_GPU_EMULATE_VISIBLE");
+
+	/* The framework's current device is cuda:0; the map is on cuda:1. */
+	CHECK(gpu_emu_ops.open(0, &g0, why, sizeof(why)) == 0, "open: %s", why);
+	CHECK(gpu_emu_ops.ctx_enter(g0, &saved, why, sizeof(why)) == 0, "enter: %s", why);
+	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	CHECK(rc == 0, "map: %s", weightd_last_error());
+	CHECK(weightd_device_ordinal(m) == 1, "local ordinal %d", weightd_device_ordinal(m));
+	CHECK(gpu_emu_current() == 0, "after map the current context is cuda:%d's",
+	      gpu_emu_current());
+	CHECK(equal_to_host(w, m, "large_4MiB") > 0, "no tensors");
+	CHECK(gpu_emu_current() == 0, "after reads the current context is cuda:%d's",
+	      gpu_emu_current());
+	weightd_device_unmap(w, m);
+	CHECK(gpu_emu_current() == 0, "after unmap the current context is cuda:%d's",
+	      gpu_emu_current());
+	gpu_emu_ops.ctx_leave(g0, saved);
+	gpu_emu_ops.close(g0);
+	CHECK(pthread_create(&th, NULL, map_on_thread, w) == 0, "pthread_create");
+	pthread_join(th, &ret);
+	CHECK(ret == NULL, "on a thread with no context: failure mask %ld", (long)(intptr_t)ret);
+
+	setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
+}
+
+/*
+ * Capability checks at device open: a GPU without VMM or POSIX fd handles, or in
+ * EXCLUSIVE_PROCESS compute mode, is not used, and DEVICES (weightctl status) says why.
+ */
+static void test_caps(void **state)
+{
+	static const struct {
+		const char *var, *value;
+		const char *why;
+	} rows[] = {
+		{ "WEIGHTD_GPU_EMULATE_CAPS", "novmm", "virtual memory management" },
+		{ "WEIGHTD_GPU_EMULATE_CAPS", "nofd", "POSIX file descriptor handles" },
+		{ "WEIGHTD_GPU_EMULATE_EXCLUSIVE", "devcache-%d", "EXCLUSIVE_PROCESS" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		struct weightd_device_info info;
+		struct td_daemon d;
+		struct weightd *w;
+		char why[256] = "", value[64];
+		int n;
+
+		snprintf(value, sizeof(value), rows[i].value, (int)getpid());
+		setenv(rows[i].var, value, 1);
+		start(&d, NULL);
+		unsetenv(rows[i].var);
+		w = attach(&d);
+		n = weightd_devices(w, &info, 1, why, sizeof(why));
+		CHECK(n == 0 && strstr(why, rows[i].why), "row %zu (%s=%s): %d GPUs, why \"%s\", "
+		      "want 0 naming \"%s\"", i, rows[i].var, value, n, why, rows[i].why);
+		weightd_detach(w);
+		td_daemon_teardown(&d);
+		cur = NULL;
+	}
+}
+
 static void test_two_maps(void **state)
 {
 	const char *extra[] = { "--device-budget", "7M", NULL };
@@ -311,20 +542,22 @@ static void test_two_maps(void **state)
 	w = attach(&d);
 	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
 	CHECK(pipe(to_parent) == 0, "pipe");
-	child = fork();
-	CHECK(child >= 0, "fork");
-	if (child == 0) {
-		/* Process A: maps the component, says so, and waits to be killed. */
-		struct weightd *wa = NULL;
-		struct weightd_device_map *ma = NULL;
+	/*
+	 * Process A maps the component, says so, and waits to be killed. It is started with
+	 * fork+exec: this process has used the device layer already (test_corpus), and a child
+	 * forked after that cannot (CUDA state does not survive fork()).
+	 */
+	{
+		char fd_s[16];
 
-		if (weightd_attach(d.socket, NULL, &wa) ||
-		    weightd_device_map(wa, "large_4MiB", NULL, 0, &ma))
-			_exit(3);
-		if (write(to_parent[1], "m", 1) != 1)
-			_exit(4);
-		pause();
-		_exit(0);
+		snprintf(fd_s, sizeof(fd_s), "%d", to_parent[1]);
+		child = fork();
+		CHECK(child >= 0, "fork");
+		if (child == 0) {
+			execl("/proc/self/exe", "test_devcache", "--child-map", d.socket,
+			      "large_4MiB", fd_s, (char *)NULL);
+			_exit(127);
+		}
 	}
 	close(to_parent[1]);
 	CHECK(read(to_parent[0], &c, 1) == 1, "child did not map");
@@ -1175,7 +1408,27 @@ static void test_vram_retry(void **state)
 	cur = NULL;
 }
 
-int main(void)
+/*
+ * --child-map SOCKET MODEL FD (test_two_maps' process A, exec'ed): attaches, maps MODEL on
+ * cuda:0, writes "m" to FD, and waits to be killed. Exit 3: the map failed (message on
+ * stderr); 4: the write failed.
+ */
+static int child_map(const char *socket, const char *model, int fd)
+{
+	struct weightd *wa = NULL;
+	struct weightd_device_map *ma = NULL;
+
+	if (weightd_attach(socket, NULL, &wa) || weightd_device_map(wa, model, NULL, 0, &ma)) {
+		fprintf(stderr, "child: map %s: %s\n", model, weightd_last_error());
+		return 3;
+	}
+	if (write(fd, "m", 1) != 1)
+		return 4;
+	pause();
+	return 0;
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_corpus),
@@ -1189,9 +1442,14 @@ int main(void)
 		cmocka_unit_test(test_select),
 		cmocka_unit_test(test_shared),
 		cmocka_unit_test(test_vram_retry),
+		cmocka_unit_test(test_copy_path),
+		cmocka_unit_test(test_ordinals),
+		cmocka_unit_test(test_caps),
 	};
 	char why[256] = "";
 
+	if (argc == 5 && !strcmp(argv[1], "--child-map"))
+		return child_map(argv[2], argv[3], atoi(argv[4]));
 	if (!td_have_daemon())
 		return 77;
 	corpus = getenv("WD_CORPUS");

@@ -11,6 +11,7 @@
  * The importing process is forked at the start of main(), before this process touches
  * CUDA: a child forked after cuInit cannot use the driver. It waits on a socket for the fd.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -149,6 +150,7 @@ static void importer(int sock)
 		struct cmsghdr *cm;
 		struct gpu_dev *dev = NULL;
 		struct gpu_vram v;
+		void *saved = NULL;
 		unsigned char *back;
 		char why[256] = "";
 		int fd = -1, result = 0;
@@ -161,7 +163,8 @@ static void importer(int sock)
 		back = malloc(r.n_check);
 		if (fd < 0 || !back) {
 			result = -EBADF;
-		} else if ((result = gpu_cuda_ops.open(0, &dev, why, sizeof(why))) == 0) {
+		} else if ((result = gpu_cuda_ops.open(0, &dev, why, sizeof(why))) == 0 &&
+			   (result = gpu_cuda_ops.ctx_enter(dev, &saved, why, sizeof(why))) == 0) {
 			result = gpu_cuda_ops.vram_import(dev, fd, r.size, &v, why, sizeof(why));
 			if (!result) {
 				result = gpu_cuda_ops.copy_d2h(dev, back, v.dptr, r.n_check, why,
@@ -171,8 +174,10 @@ static void importer(int sock)
 						result = -EILSEQ;
 				gpu_cuda_ops.vram_free(dev, &v);
 			}
-			gpu_cuda_ops.close(dev);
+			gpu_cuda_ops.ctx_leave(dev, saved);
 		}
+		if (dev)
+			gpu_cuda_ops.close(dev);
 		if (result)
 			fprintf(stderr, "importer: %d %s\n", result, why);
 		free(back);
@@ -218,6 +223,7 @@ static void stop_importer(void)
 static struct gpu_dev *open_cuda(void)
 {
 	struct gpu_dev *dev = NULL;
+	void *saved;
 	char why[256] = "";
 	int n = gpu_cuda_ops.count(why, sizeof(why));
 
@@ -229,6 +235,9 @@ static struct gpu_dev *open_cuda(void)
 		fail_msg("gpu_cuda_ops.count: %d %s", n, why);
 	if (gpu_cuda_ops.open(0, &dev, why, sizeof(why)))
 		fail_msg("open cuda:0: %s", why);
+	/* The device tier's operations run in the thread's current context. */
+	if (gpu_cuda_ops.ctx_enter(dev, &saved, why, sizeof(why)))
+		fail_msg("ctx_enter cuda:0: %s", why);
 	return dev;
 }
 
@@ -422,6 +431,56 @@ static void test_convert_cuda(void **state)
 	free(want);
 }
 
+/*
+ * After a cuInit that succeeded, closing the driver handle must not unload the library (the
+ * driver's threads and state stay in the process): with tests/cuda_stub.c standing in for
+ * libcuda, the library is still loaded after gpu_driver_close(). A failed load still
+ * unloads (checked with a library whose cuInit never ran: there is none to check, so the
+ * missing-driver case above covers that path).
+ */
+static void test_driver_stays_loaded(void **state)
+{
+	char exe[4096], stub[4200], why[256] = "";
+	struct gpu_driver drv;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash;
+	void *h;
+	int rc;
+
+	assert_true(n > 0);
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	assert_non_null(slash);
+	*slash = '\0';
+	snprintf(stub, sizeof(stub), "%s/libcuda-stub.so", exe);
+#ifndef CONFIG_HAVE_CUDA_H
+	skip();
+#endif
+	if (access(stub, R_OK))
+		fail_msg("%s is missing (make all builds it)", stub);
+	setenv("WEIGHTD_LIBCUDA", stub, 1);
+	rc = gpu_driver_open(&drv, why, sizeof(why));
+	unsetenv("WEIGHTD_LIBCUDA");
+	if (rc || !drv.initialised)
+		fail_msg("the stub driver did not open: %d %s", rc, why);
+	gpu_driver_close(&drv);
+	h = dlopen(stub, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	if (!h)
+		fail_msg("gpu_driver_close() unloaded the driver after a successful cuInit");
+	dlclose(h);	/* the NOLOAD reference only */
+}
+
+/* Every event the device tier waits on sleeps in the driver instead of spinning a core. */
+static void test_event_flags(void **state)
+{
+#ifdef CONFIG_HAVE_CUDA_H
+	assert_true(GPU_EVENT_FLAGS & CU_EVENT_BLOCKING_SYNC);
+	assert_true(GPU_EVENT_FLAGS & CU_EVENT_DISABLE_TIMING);
+#else
+	skip();
+#endif
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -431,6 +490,8 @@ int main(void)
 		cmocka_unit_test(test_device_roundtrip),
 		cmocka_unit_test(test_staging_cuda),
 		cmocka_unit_test(test_convert_cuda),
+		cmocka_unit_test(test_event_flags),
+		cmocka_unit_test(test_driver_stays_loaded),
 	};
 	int failed;
 

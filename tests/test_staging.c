@@ -39,6 +39,7 @@ struct env {
 	struct gpu_dev *dev;
 	struct gpu_vram v;
 	int fd_a, fd_b;
+	void *saved;		/* the context current before setup's ctx_enter */
 };
 
 static unsigned char *make_file(const char *path, size_t n, unsigned int seed)
@@ -76,6 +77,7 @@ static int setup(void **state)
 	e->fd_b = open(path_b, O_RDONLY | O_CLOEXEC);
 	setenv("WEIGHTD_GPU_EMULATE", "1:64M", 1);
 	if (e->fd_a < 0 || e->fd_b < 0 || E->open(0, &e->dev, why, sizeof(why)) ||
+	    E->ctx_enter(e->dev, &e->saved, why, sizeof(why)) ||
 	    E->vram_alloc(e->dev, VRAM_BYTES, &e->v, why, sizeof(why)))
 		return -1;
 	*state = e;
@@ -87,6 +89,7 @@ static int teardown(void **state)
 	struct env *e = *state;
 
 	E->vram_free(e->dev, &e->v);
+	E->ctx_leave(e->dev, e->saved);
 	E->close(e->dev);
 	close(e->fd_a);
 	close(e->fd_b);
@@ -239,7 +242,8 @@ static void clear_vram(struct env *e, struct staging *st)
 	char why[256];
 
 	for (size_t i = 0; i < ARRAY_SIZE(c); i++)
-		c[i] = (struct staging_host_copy){ zero, sizeof(zero), e->v.dptr + i * sizeof(zero) };
+		c[i] = (struct staging_host_copy){ zero, sizeof(zero), e->v.dptr + i * sizeof(zero),
+						   false };
 	assert_int_equal(staging_copy_host(st, c, ARRAY_SIZE(c), NULL, why, sizeof(why)), 0);
 }
 
@@ -356,7 +360,7 @@ static void test_cancel(void **state)
 	{
 		size_t big = 96 * SLOT;
 		unsigned char *src = calloc(1, big);
-		struct staging_host_copy hc = { src, big, e->v.dptr };
+		struct staging_host_copy hc = { src, big, e->v.dptr, false };
 
 		assert_non_null(src);
 		atomic_store(&cancel, false);
@@ -440,9 +444,9 @@ static void test_copy_host(void **state)
 	assert_non_null(back);
 	for (size_t i = 0; i < big; i++)
 		src[i] = (unsigned char)(i * 7 + (i >> 16));
-	hc[0] = (struct staging_host_copy){ src + 5, big - 5 - 1000, e->v.dptr + 11 };
-	hc[1] = (struct staging_host_copy){ NULL, 0, 0 };	/* empty: ignored */
-	hc[2] = (struct staging_host_copy){ src, 999, e->v.dptr + (7u << 20) + 1 };
+	hc[0] = (struct staging_host_copy){ src + 5, big - 5 - 1000, e->v.dptr + 11, true };
+	hc[1] = (struct staging_host_copy){ NULL, 0, 0, true };	/* empty: ignored */
+	hc[2] = (struct staging_host_copy){ src, 999, e->v.dptr + (7u << 20) + 1, true };
 	assert_int_equal(staging_create(E, e->dev, &o, &st, why, sizeof(why)), 0);
 	assert_int_equal(E->host_register(e->dev, src, big, why, sizeof(why)), 0);
 	assert_int_equal(gpu_emu_debug(e->dev, 0, true), 0);
@@ -457,9 +461,9 @@ static void test_copy_host(void **state)
 	assert_int_equal(es.src_changed, 0);
 
 	/* A NULL source with a length, and a copy outside VRAM. */
-	hc[1] = (struct staging_host_copy){ NULL, 10, e->v.dptr };
+	hc[1] = (struct staging_host_copy){ NULL, 10, e->v.dptr, false };
 	assert_int_equal(staging_copy_host(st, &hc[1], 1, NULL, why, sizeof(why)), -EINVAL);
-	hc[1] = (struct staging_host_copy){ src, 2 * SLOT, e->v.dptr + VRAM_BYTES - SLOT };
+	hc[1] = (struct staging_host_copy){ src, 2 * SLOT, e->v.dptr + VRAM_BYTES - SLOT, false };
 	assert_int_equal(staging_copy_host(st, &hc[1], 1, NULL, why, sizeof(why)), -EFAULT);
 	assert_non_null(strstr(why, "not inside one live allocation"));
 
@@ -468,6 +472,134 @@ static void test_copy_host(void **state)
 	staging_destroy(st);
 	free(src);
 	free(back);
+}
+
+/*
+ * Host memory that is not page-locked goes through the slots (never an async copy from
+ * pageable memory), with copies slowed down and sources hashed so that a slot refilled
+ * before its copy ran would show; page-locked memory goes straight. One row per case.
+ */
+static void test_copy_host_staged(void **state)
+{
+	static const struct {
+		bool locked;		/* host_register the source and say so */
+		uint32_t slots, streams;
+	} rows[] = {
+		{ false, 2, 1 }, { false, 3, 2 }, { false, 5, 3 }, { true, 2, 2 },
+	};
+	struct env *e = *state;
+	size_t big = 1u << 20;	/* 16 slot-sized chunks */
+	unsigned char *src = aligned_alloc(4096, big), *back = malloc(big);
+
+	assert_non_null(src);
+	assert_non_null(back);
+	for (size_t r = 0; r < ARRAY_SIZE(rows); r++) {
+		struct staging_options o = { .n_slots = rows[r].slots, .slot_bytes = SLOT,
+					     .n_streams = rows[r].streams, .node = -1 };
+		struct staging_host_copy hc = { src + 3, big - 3, e->v.dptr + 1, rows[r].locked };
+		struct gpu_emu_stats before, after;
+		struct staging_stats ss;
+		struct staging *st;
+		char why[512] = "";
+
+		for (size_t i = 0; i < big; i++)
+			src[i] = (unsigned char)(i * 13 + r + (i >> 12));
+		assert_int_equal(staging_create(E, e->dev, &o, &st, why, sizeof(why)), 0);
+		if (rows[r].locked)
+			assert_int_equal(E->host_register(e->dev, src, big, why, sizeof(why)), 0);
+		assert_int_equal(gpu_emu_stats(e->dev, &before), 0);
+		assert_int_equal(gpu_emu_debug(e->dev, 200, true), 0);
+		assert_int_equal(staging_copy_host(st, &hc, 1, NULL, why, sizeof(why)), 0);
+		assert_int_equal(gpu_emu_debug(e->dev, 0, false), 0);
+		assert_int_equal(gpu_emu_stats(e->dev, &after), 0);
+		staging_get_stats(st, &ss);
+		assert_int_equal(E->copy_d2h(e->dev, back, hc.dst, hc.len, why, sizeof(why)), 0);
+		if (memcmp(back, hc.src, hc.len))
+			fail_msg("row %zu: VRAM differs from the source", r);
+		if (after.src_changed != before.src_changed)
+			fail_msg("row %zu: %llu copies read a slot refilled under them", r,
+				 (unsigned long long)(after.src_changed - before.src_changed));
+		if (after.pageable_copies != before.pageable_copies)
+			fail_msg("row %zu: %llu copies from pageable memory", r,
+				 (unsigned long long)(after.pageable_copies - before.pageable_copies));
+		assert_int_equal(ss.staged_bytes, rows[r].locked ? 0 : hc.len);
+		if (rows[r].locked)
+			E->host_unregister(e->dev, src);
+		staging_destroy(st);
+	}
+	free(src);
+	free(back);
+}
+
+/*
+ * Pieces contiguous in a slot and in VRAM (the tensors of one file, packed) go as one copy;
+ * a gap in VRAM splits them. Buffered reads, so that pieces sit back to back in the slot.
+ */
+static void test_merged_copies(void **state)
+{
+	static const struct {
+		uint64_t gap_at;	/* piece before which VRAM leaves a 64-byte gap; 0: none */
+		uint64_t copies;
+	} rows[] = { { 0, 1 }, { 5, 2 }, { 3, 2 } };
+	struct env *e = *state;
+	struct staging_options o = { .n_slots = 2, .slot_bytes = SLOT, .n_streams = 1,
+				     .node = -1, .no_direct = true };
+	struct staging_transfer t[8];
+
+	for (size_t r = 0; r < ARRAY_SIZE(rows); r++) {
+		struct staging_stats ss;
+		struct staging *st;
+		char why[512] = "";
+		uint64_t dst = e->v.dptr + 4096;
+
+		for (size_t i = 0; i < ARRAY_SIZE(t); i++) {
+			if (rows[r].gap_at && i == rows[r].gap_at)
+				dst += 64;
+			/* 8 x 1024 bytes, adjacent in file A, 64-byte aligned (PIECE_ALIGN). */
+			t[i] = (struct staging_transfer){ .fd = e->fd_a, .name = path_a,
+							  .off = 4096 + 1024 * i, .len = 1024,
+							  .dst = dst };
+			dst += 1024;
+		}
+		assert_int_equal(staging_create(E, e->dev, &o, &st, why, sizeof(why)), 0);
+		assert_int_equal(staging_load(st, t, ARRAY_SIZE(t), NULL, why, sizeof(why)), 0);
+		staging_get_stats(st, &ss);
+		check_vram(e, t, ARRAY_SIZE(t), "merged");
+		if (ss.copies != rows[r].copies)
+			fail_msg("row %zu: %llu copies for 8 adjacent pieces, want %llu", r,
+				 (unsigned long long)ss.copies, (unsigned long long)rows[r].copies);
+		staging_destroy(st);
+	}
+}
+
+/* The path the slots took: mmap'ed, page-locked with host_register, fixed buffers. */
+static void test_slot_path(void **state)
+{
+	struct env *e = *state;
+	struct gpu_emu_process_stats before, during, after;
+	struct staging_stats ss;
+	struct staging *st;
+	char why[512] = "";
+
+	gpu_emu_process_stats(&before);
+	assert_int_equal(staging_create(E, e->dev, &(struct staging_options){
+						.n_slots = 4, .slot_bytes = SLOT, .node = 0 },
+					&st, why, sizeof(why)), 0);
+	gpu_emu_process_stats(&during);
+	staging_get_stats(st, &ss);
+	assert_true(ss.slots_locked);
+	assert_int_equal(ss.slots_err, 0);
+	assert_int_equal(ss.node_err, 0);
+	/* Registered (host_register), not cuMemHostAlloc'ed: counted as one registration. */
+	assert_int_equal(during.registrations, before.registrations + 1);
+	assert_int_equal(during.locked_bytes, before.locked_bytes + 4 * SLOT);
+	if (!ss.fixed_buffers)
+		printf("SKIP fixed buffers: io_uring refused them here (%d)\n", ss.fixed_buffers_err);
+	else
+		assert_int_equal(ss.fixed_buffers_err, 0);
+	staging_destroy(st);
+	gpu_emu_process_stats(&after);
+	assert_int_equal(after.locked_bytes, before.locked_bytes);
 }
 
 static void test_options(void **state)
@@ -512,6 +644,9 @@ int main(void)
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_copy_host),
 		cmocka_unit_test(test_options),
+		cmocka_unit_test(test_copy_host_staged),
+		cmocka_unit_test(test_merged_copies),
+		cmocka_unit_test(test_slot_path),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -199,7 +199,10 @@ class DeviceInfo(ctypes.Structure):
         ("evictions", c_u64),
         ("evict_bytes", c_u64),
         ("load_bytes", c_u64),
-        ("name", ctypes.c_char * 48),
+        ("name", ctypes.c_char * 40),
+        ("flags", c_u32),
+        ("fixed_err", ctypes.c_int16),
+        ("locked_err", ctypes.c_int16),
     ]
 
 PROGRESS_FN = ctypes.CFUNCTYPE(None, c_u64, c_u64, ctypes.c_void_p)
@@ -251,6 +254,7 @@ _OPTIONAL = {
     "weightd_device_map_ex": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint, ctypes.c_uint,
                                              ctypes.POINTER(_P)]),
     "weightd_device_base": (c_u64, [_P]),
+    "weightd_device_ordinal": (ctypes.c_int, [_P]),
     "weightd_device_size": (c_u64, [_P]),
     "weightd_tensor_device_info": (ctypes.c_int, [_P, _P, ctypes.POINTER(c_u64),
                                                   ctypes.POINTER(ctypes.c_uint),

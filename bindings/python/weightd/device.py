@@ -220,7 +220,8 @@ class DeviceMap:
         self.client = client
         self.model = model
         self.component = component
-        self.ordinal = ordinal
+        self.ordinal = ordinal      # the daemon's: its tier cuda:N
+        self.local = None           # this process's ordinal of the same GPU, once mapped
         self.form = form
         self.kind = kind
         self.ptr = None
@@ -237,6 +238,9 @@ class DeviceMap:
         if ret < 0:
             raise _gpu_error(ret, "cuda:%d" % self.ordinal, "device_map")
         self.ptr = m.value
+        # Ordinals are per process (CUDA_VISIBLE_DEVICES): the library resolved the GPU by
+        # its bus id, and DLPack must name this process's ordinal.
+        self.local = c._lib.weightd_device_ordinal(self.ptr)
         self.base = c._lib.weightd_device_base(self.ptr)
         self.size = c._lib.weightd_device_size(self.ptr)
 
@@ -522,7 +526,7 @@ class DeviceTensor:
         host memory: (kDLCPU = 1, 0), so that no consumer takes it for device memory."""
         if self._map.kind == "emulated":
             return (KDL_CPU, 0)
-        return (KDL_CUDA, self._map.ordinal)
+        return (KDL_CUDA, self._map.local)
 
     def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
         """A "dltensor" capsule of an unversioned DLManagedTensor over the allocation (no

@@ -1,0 +1,53 @@
+/*
+ * A stand-in for libcuda.so.1 with every entry point gpu_driver_open() looks up, each one
+ * answering CUDA_SUCCESS (0) and doing nothing. tests/test_gpu.c loads it through
+ * $WEIGHTD_LIBCUDA to check, on machines with no driver, what the loader does around a
+ * cuInit that succeeds: that the library is never unloaded afterwards. Nothing here is
+ * called for its result beyond that.
+ */
+#define STUB(name) int name(void); int name(void) { return 0; }
+
+STUB(cuInit)
+STUB(cuDriverGetVersion)
+STUB(cuGetErrorName)
+STUB(cuGetErrorString)
+STUB(cuDeviceGetCount)
+STUB(cuDeviceGet)
+STUB(cuDeviceGetName)
+STUB(cuDeviceTotalMem_v2)
+STUB(cuDeviceGetPCIBusId)
+STUB(cuDevicePrimaryCtxRetain)
+STUB(cuDevicePrimaryCtxRelease_v2)
+STUB(cuCtxSetCurrent)
+STUB(cuCtxGetCurrent)
+STUB(cuDeviceGetAttribute)
+STUB(cuDeviceGetByPCIBusId)
+STUB(cuMemGetInfo_v2)
+STUB(cuMemGetAllocationGranularity)
+STUB(cuMemCreate)
+STUB(cuMemRelease)
+STUB(cuMemAddressReserve)
+STUB(cuMemAddressFree)
+STUB(cuMemMap)
+STUB(cuMemUnmap)
+STUB(cuMemSetAccess)
+STUB(cuMemExportToShareableHandle)
+STUB(cuMemImportFromShareableHandle)
+STUB(cuMemHostRegister_v2)
+STUB(cuMemHostUnregister)
+STUB(cuMemHostAlloc)
+STUB(cuMemFreeHost)
+STUB(cuStreamCreate)
+STUB(cuStreamDestroy_v2)
+STUB(cuStreamSynchronize)
+STUB(cuMemcpyHtoDAsync_v2)
+STUB(cuMemcpyDtoH_v2)
+STUB(cuEventCreate)
+STUB(cuEventRecord)
+STUB(cuEventQuery)
+STUB(cuEventSynchronize)
+STUB(cuEventDestroy_v2)
+STUB(cuModuleLoadData)
+STUB(cuModuleUnload)
+STUB(cuModuleGetFunction)
+STUB(cuLaunchKernel)
