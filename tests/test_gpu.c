@@ -356,16 +356,28 @@ static void test_staging_cuda(void **state)
 	assert_int_equal(ops->copy_d2h(dev, back, v.dptr + n + 1, 1000, why, sizeof(why)), 0);
 	assert_memory_equal(back, data + 100, 1000);
 
-	/* Host memory straight to VRAM. */
-	for (size_t i = 0; i < n; i++)
-		data[i] ^= 0x5a;
-	assert_int_equal(ops->host_register(dev, data, n, why, sizeof(why)), 0);
-	hc = (struct staging_host_copy){ data, n, v.dptr + n };
-	if (staging_copy_host(st, &hc, 1, NULL, why, sizeof(why)))
-		fail_msg("staging_copy_host: %s", why);
-	assert_int_equal(ops->copy_d2h(dev, back, v.dptr + n, n, why, sizeof(why)), 0);
-	assert_memory_equal(back, data, n);
-	ops->host_unregister(dev, data);
+	/* Pageable host memory staged through the slots, then page-locked memory straight. */
+	for (int locked = 0; locked < 2; locked++) {
+		bool mine = false;
+
+		for (size_t i = 0; i < n; i++)
+			data[i] ^= 0x5a;
+		if (locked) {
+			assert_int_equal(ops->host_register(dev, data, n, why, sizeof(why)), 0);
+			/* A second registration: 712, which means registered (PORTABLE). */
+			assert_int_equal(ops->host_register(dev, data, n, why, sizeof(why)), -EEXIST);
+			assert_int_equal(gpu_host_register_once(ops, dev, data, n, &mine, why,
+								sizeof(why)), 0);
+			assert_false(mine);
+		}
+		hc = (struct staging_host_copy){ data, n, v.dptr + n, locked };
+		if (staging_copy_host(st, &hc, 1, NULL, why, sizeof(why)))
+			fail_msg("staging_copy_host (%s): %s", locked ? "locked" : "staged", why);
+		assert_int_equal(ops->copy_d2h(dev, back, v.dptr + n, n, why, sizeof(why)), 0);
+		assert_memory_equal(back, data, n);
+		if (locked)
+			ops->host_unregister(dev, data);
+	}
 
 	staging_destroy(st);
 	ops->vram_free(dev, &v);
