@@ -30,7 +30,7 @@ endif
 # then call make again. GNU make remakes an included makefile (here: runs ./configure) before
 # it runs any goal, so config.mk is left out when those goals, which build nothing
 # themselves, are the only ones asked for; the inner make includes it.
-PRECONFIG_GOALS := deps deps-test run test help clean
+PRECONFIG_GOALS := deps deps-test run test help clean gpu-check
 ifneq ($(filter-out $(PRECONFIG_GOALS),$(or $(MAKECMDGOALS),all)),)
 include $(BUILD)/config.mk
 endif
@@ -63,7 +63,7 @@ CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
-	bench-ring bench-load bench-hit bench-python clean help
+	bench-ring bench-load bench-hit bench-python clean help gpu-bundle gpu-check
 .DEFAULT_GOAL := all
 
 # A libcuda.so.1 stand-in whose every entry point succeeds (tests/test_gpu.c, driver loading).
@@ -251,6 +251,27 @@ bench-gpu:
 	@test -x $(BUILD)/bench/bench_gpu || \
 		{ echo "bench-gpu: build $(BUILD)/bench/bench_gpu first (make all)"; exit 1; }
 	$(BUILD)/bench/bench_gpu -s $(SIZE)
+
+# The prepared device check (docs/gpu.md). `make STATIC=1 all gpu-bundle` makes build-static/
+# self-contained for a GPU machine with nothing installed: the shared libraries that have no
+# static archive (cmocka for the tests; GnuTLS's unistring, p11-kit and libudev, see
+# configure) go to lib/, the test corpus to corpus/. `make gpu-check` there runs
+# scripts/gpu-check.sh on it (test_gpu, test_devcache and bench_gpu on the real driver, one
+# JSON line); it builds nothing and never runs ./configure.
+GPU_CHECK_BUILD ?= build-static
+GPU_BUNDLE_LIBS := libcmocka.so.0 libunistring.so.2 libp11-kit.so.0 libudev.so.1
+.PHONY: gpu-bundle gpu-check
+gpu-bundle:
+	@mkdir -p $(BUILD)/lib $(BUILD)/corpus
+	@for l in $(GPU_BUNDLE_LIBS); do \
+		p=$$(/sbin/ldconfig -p | awk -v l=$$l '$$1 == l && /x86-64/ { print $$NF; exit }'); \
+		[ -n "$$p" ] || { echo "gpu-bundle: $$l not found"; exit 1; }; \
+		cp -L "$$p" $(BUILD)/lib/; \
+	done
+	@cp ../shared/corpus/* $(BUILD)/corpus/
+	@du -sh $(BUILD) | awk '{ print "gpu-bundle: $(BUILD)/ is " $$1 " (the device tool carries 64 MiB at most)" }'
+gpu-check:
+	@sh scripts/gpu-check.sh $(GPU_CHECK_BUILD)
 
 # make install [DESTDIR=/staging] [PREFIX=/usr/local] [SYSCONFDIR=/etc]: the daemon, the CLI,
 # libweightd (header, .so.1 and its .so link, pkg-config file), the Python package when the
