@@ -410,6 +410,8 @@ static int child_import(int fd, uint64_t size, unsigned int seed)
 	E->vram_free(cd, &iv);
 	E->ctx_leave(cd, saved);
 	E->close(cd);
+	free(src);
+	free(back);
 	return bad;
 }
 
@@ -783,13 +785,14 @@ static void test_pageable_copies(void **state)
 	struct gpu_event *ev;
 	struct gpu_vram v;
 	size_t n = 64u << 10;
-	char *heap = aligned_alloc(4096, n), *reg = aligned_alloc(4096, n), why[256] = "";
+	/* @reg is twice the registered size, so that a copy can straddle its end. */
+	char *heap = aligned_alloc(4096, n), *reg = aligned_alloc(4096, 2 * n), why[256] = "";
 	void *pinned = NULL;
 
 	assert_non_null(heap);
 	assert_non_null(reg);
 	memset(heap, 1, n);
-	memset(reg, 2, n);
+	memset(reg, 2, 2 * n);
 	assert_int_equal(E->vram_alloc(d, 2u << 20, &v, why, sizeof(why)), 0);
 	assert_int_equal(E->stream_create(d, &s, why, sizeof(why)), 0);
 	assert_int_equal(E->host_alloc(d, n, &pinned, why, sizeof(why)), 0);
