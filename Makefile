@@ -82,7 +82,7 @@ help:
 	@echo "make install     install into DESTDIR/PREFIX (default /usr/local); also uninstall"
 	@echo "make bench-scan  discovery benchmark (10,000 files)"
 	@echo "make bench-ring  ring round-trip latency and throughput vs. baselines"
-	@echo "make bench-load  disk -> host cache load vs. raw io_uring/O_DIRECT/mmap (SIZE=1G)"
+	@echo "make bench-load  disk -> host cache through the daemon vs. best warm read/raw O_DIRECT (SIZE=1G)"
 	@echo "make bench-hit   new process: attach + resolve 1,000 resident tensors"
 	@echo "make bench-python  new Python process: 1,000 resident tensors vs. file read"
 	@echo "make bench-gpu   disk/host -> VRAM vs. pinned H2D, storage, safetensors (SIZE=1G)"
@@ -232,7 +232,7 @@ bench-ring: $(BUILD)/bench/bench_ring $(BINS)
 
 # disk -> host cache vs raw io_uring, O_DIRECT, mmap+touch and read(); SIZE=4G for bigger.
 SIZE ?= 1G
-bench-load: $(BUILD)/bench/bench_load
+bench-load: $(BUILD)/bench/bench_load $(BINS) $(BUILD)/libweightd.so
 	$(BUILD)/bench/bench_load -s $(SIZE)
 
 # A fresh Python process gets 1,000 resident tensors as numpy views vs. reading the file.

@@ -18,12 +18,13 @@
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
        OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS, OPT_DEVICE_BUDGET,
-       OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET };
+       OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET, OPT_PREFAULT };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "models", required_argument, NULL, OPT_MODELS },
 	{ "host-budget", required_argument, NULL, OPT_BUDGET },
+	{ "host-prefault", no_argument, NULL, OPT_PREFAULT },
 	{ "state-dir", required_argument, NULL, OPT_STATE },
 	{ "socket", required_argument, NULL, OPT_SOCKET },
 	{ "spin-us", required_argument, NULL, OPT_SPIN },
@@ -59,6 +60,8 @@ static void usage(FILE *out)
 		"  --no-scan               do not scan the roots at start\n"
 		"  --host-budget BYTES     host cache budget (K/M/G/T suffixes); default a\n"
 		"                          quarter of the RAM\n"
+		"  --host-prefault         allocate the whole host cache at start, in the\n"
+		"                          background, so that no load waits for fresh pages\n"
 		"  --device-budget B|P%%    cache budget of each GPU: bytes, or a percentage of its\n"
 		"                          memory; default 90%% (10%% headroom for other processes)\n"
 		"  --keep-alive SECONDS    a loaded component is not evicted for this long after\n"
@@ -252,6 +255,9 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 			break;
 		case OPT_VERIFY:
 			cfg->verify = true;
+			break;
+		case OPT_PREFAULT:
+			cfg->host_prefault = true;
 			break;
 		case OPT_KEEP_ALIVE:
 			if (wd_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)

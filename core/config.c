@@ -54,6 +54,7 @@ static const struct keydef keys[CONFIG_KEY_COUNT] = {
 	[CONFIG_STATE_DIR] = { "state_dir", K_PATH, false },
 	[CONFIG_SOCKET] = { "socket", K_SOCKET, false },
 	[CONFIG_HOST_BUDGET] = { "host_budget", K_BYTES, false },
+	[CONFIG_HOST_PREFAULT] = { "host_prefault", K_BOOL, false },
 	[CONFIG_KEEP_ALIVE] = { "keep_alive", K_DURATION, false },
 	[CONFIG_VERIFY] = { "verify", K_BOOL, false },
 	[CONFIG_SPIN_US] = { "spin_us", K_MICROS, false },
@@ -376,6 +377,8 @@ static int apply(struct parser *p, enum config_key k, char *v)
 				    "on/off, 1/0)", v);
 		if (k == CONFIG_VERIFY)
 			c->verify = b;
+		else if (k == CONFIG_HOST_PREFAULT)
+			c->host_prefault = b;
 		else
 			c->scan_at_start = b;
 		return 0;

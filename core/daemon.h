@@ -60,6 +60,7 @@ struct daemon_config {
 	size_t n_admin_uids;
 	bool handle_signals;		/* block SIGTERM/SIGINT/SIGPIPE and watch a signalfd */
 	bool scan_at_start;		/* scan the roots (on the worker) once started */
+	bool host_prefault;		/* populate the whole host cache at start */
 	const char *metrics_listen;	/* NULL: no /metrics server; else ADDR:PORT or PORT
 					 * (core/metrics.h) */
 	/* Recovery (core/recovery.h, core/psi.h). */

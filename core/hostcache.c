@@ -1652,6 +1652,9 @@ int hostcache_create(struct daemon *d)
 		log_error(MOD, "\"cannot start the loader\" err=%d", ret);
 		return ret;
 	}
+	/* Page allocation and clearing at start, not in the first loads (uring/arena.h). */
+	if (d->cfg.host_prefault && (ret = arena_prefault_start(hc->arena)))
+		log_warn(MOD, "\"cannot prefault the host cache\" err=%d", ret);
 	ret = evict_create(&(struct evict_options){ .budget = hc->budget,
 						   .default_ttl_ns = d->cfg.host_ttl_ns },
 			   &hc->pol);

@@ -414,6 +414,63 @@ static void test_release_on_free(void **state)
 	}
 }
 
+/*
+ * arena_populate() allocates an extent's pages in bulk before anything writes them, once:
+ * a second call finds the chunks marked; with ARENA_F_RELEASE a freed extent loses its pages
+ * and its marks, and the next populate allocates them again. The prefault thread does the
+ * whole arena.
+ */
+static void test_populate(void **state)
+{
+	static const unsigned int flags[] = { ARENA_F_RELEASE, 0 };
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(flags); i++) {
+		struct arena_options o = { .budget = 32u << 20, .flags = flags[i] | ARENA_F_NO_HUGETLB };
+		struct arena_stats st;
+		struct arena *a;
+		uint64_t off;
+		bool stop = false;
+
+		assert_int_equal(arena_create(&o, &a), 0);
+		assert_int_equal(arena_alloc(a, 8u << 20, &off), 0);
+		arena_get_stats(a, &st);
+		assert_true(st.resident < (1u << 20));
+		assert_int_equal(arena_populate(a, off, 8u << 20, NULL), 0);
+		arena_get_stats(a, &st);
+		assert_true(st.resident >= (8u << 20));
+		for (uint64_t c = off / ARENA_POPULATE_CHUNK;
+		     c * ARENA_POPULATE_CHUNK < off + (8u << 20); c++)
+			assert_int_equal(a->populated[c], 1);
+		assert_int_equal(arena_populate(a, off, 8u << 20, &stop), 0);
+		assert_int_equal(arena_populate(a, 32u << 20, 1, NULL), -EINVAL);
+		assert_int_equal(arena_free(a, off, 8u << 20), 0);
+		arena_get_stats(a, &st);
+		if (flags[i] & ARENA_F_RELEASE) {
+			assert_true(st.resident < (1u << 20));
+			assert_int_equal(a->populated[off / ARENA_POPULATE_CHUNK], 0);
+			assert_int_equal(arena_populate(a, off, 8u << 20, NULL), 0);
+			arena_get_stats(a, &st);
+			assert_true(st.resident >= (8u << 20));
+		} else {
+			assert_true(st.resident >= (8u << 20));
+			assert_int_equal(a->populated[off / ARENA_POPULATE_CHUNK], 1);
+		}
+		/* An abort before the first chunk populates nothing. */
+		stop = true;
+		assert_int_equal(arena_populate(a, 16u << 20, 8u << 20, &stop), 0);
+		assert_int_equal(a->populated[(16u << 20) / ARENA_POPULATE_CHUNK], 0);
+		/* The prefault thread: the whole arena, then arena_destroy() joins it. */
+		assert_int_equal(arena_prefault_start(a), 0);
+		for (int k = 0; k < 1000 && arena_prefaulted(a) < (32u << 20); k++)
+			usleep(10000);
+		assert_int_equal(arena_prefaulted(a), 32u << 20);
+		arena_get_stats(a, &st);
+		assert_true(st.resident >= (32u << 20));
+		arena_destroy(a);
+	}
+}
+
 /* NUMA: an extent bound to a node gets its pages there; unknown nodes are refused. */
 static void test_numa_bind(void **state)
 {
@@ -458,6 +515,7 @@ int main(void)
 		cmocka_unit_test(test_arena_hugepages),
 		cmocka_unit_test(test_ro_client_mapping),
 		cmocka_unit_test(test_release_on_free),
+		cmocka_unit_test(test_populate),
 		cmocka_unit_test(test_numa_bind),
 	};
 

@@ -92,6 +92,8 @@ static void dump(const struct daemon_config *c, const struct config_file *cf, ch
 		add(buf, size, " host_ttl_ns=%llu", (unsigned long long)c->host_ttl_ns);
 	if (c->verify != d.verify)
 		add(buf, size, " verify=%d", c->verify);
+	if (c->host_prefault != d.host_prefault)
+		add(buf, size, " host_prefault=%d", c->host_prefault);
 	if (c->spin_us != d.spin_us)
 		add(buf, size, " spin_us=%u", c->spin_us);
 	add_ids(buf, size, "allow_user", c->allow_uids, c->n_allow_uids);
@@ -262,6 +264,10 @@ static const struct row rows[] = {
 	{ "verify 1", "verify = 1\n", 0, 0, "verify=1", NULL },
 	{ "verify On", "verify = On\n", 0, 0, "verify=1", NULL },
 	{ "verify bad", "verify = y\n", 0, -EINVAL, NULL, ":1: verify: \"y\" is not a boolean" },
+	{ "host_prefault yes", "host_prefault = yes\n", 0, 0, "host_prefault=1", NULL },
+	{ "host_prefault no", "host_prefault = no\n", 0, 0, "", NULL },
+	{ "host_prefault bad", "host_prefault = 2\n", 0, -EINVAL, NULL,
+	  ":1: host_prefault: \"2\" is not a boolean" },
 	{ "spin_us 0", "spin_us = 0\n", 0, 0, "spin_us=0", NULL },
 	{ "spin_us max", "spin_us = 10000000\n", 0, 0, "spin_us=10000000", NULL },
 	{ "spin_us above max", "spin_us = 10000001\n", 0, -EINVAL, NULL,
@@ -479,7 +485,8 @@ static void test_apply_semantics(void **state)
 static void test_path_and_names(void **state)
 {
 	static const char *const names[CONFIG_KEY_COUNT] = {
-		"models", "scan_at_start", "state_dir", "socket", "host_budget", "keep_alive",
+		"models", "scan_at_start", "state_dir", "socket", "host_budget", "host_prefault",
+		"keep_alive",
 		"verify", "spin_us", "allow_user", "allow_group", "admin_user", "log_level",
 		"metrics_listen", "device_budget", "alert_budget_pct", "alert_slow_load_pct",
 		"alert_slow_load_history", "alert_error_count", "alert_error_window",

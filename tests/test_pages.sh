@@ -1,7 +1,8 @@
 #!/bin/sh
 # The host cache's page size in `weightctl status`, text and --json: what the arena got
 # (its log line says hugetlb, thp or 4k), with the size this machine gives that kind
-# (Hugepagesize for hugetlb, hpage_pmd_size for THP, 4096 otherwise).
+# (Hugepagesize for hugetlb, hpage_pmd_size for THP, 4096 otherwise); and --host-prefault,
+# which allocates every page of the host cache at start.
 set -u
 T=$(mktemp -d)
 P=
@@ -35,4 +36,25 @@ thp) words="transparent huge pages" ;;
 *) words="4 KiB" ;;
 esac
 grep -q "^pages .*$words" "$T/s.txt" || fail "status text has no pages line with '$words': $(cat "$T/s.txt")"
-echo "pages: $kind, $want bytes, in status text and --json"
+kill -TERM $P
+wait $P
+P=
+
+# --host-prefault: the whole host cache is allocated at start, in the background.
+"$WD_BUILD/weightd" --foreground --state-dir "$T" --socket "$T/sock" --no-scan \
+	--host-budget 64M --host-prefault 2>"$T/log" &
+P=$!
+i=0
+until grep -q '"prefaulted" bytes=67108864 ' "$T/log"; do
+	i=$((i + 1))
+	[ $i -lt 300 ] || fail "no 'prefaulted bytes=67108864' line within 30 s"
+	sleep 0.1
+done
+shmem=$(sed -n 's/^RssShmem:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/$P/status)
+[ "$shmem" -ge 65536 ] || fail "RssShmem ${shmem} kB after prefaulting 64 MiB"
+kill -TERM $P
+wait $P
+rc=$?
+P=
+[ $rc -eq 0 ] || fail "exit status $rc after prefaulting"
+echo "pages: $kind, $want bytes, in status text and --json; --host-prefault populated 64 MiB"

@@ -63,6 +63,17 @@ struct arena {
 	enum arena_pages pages;
 	uint64_t page_size;	/* 4096 or the huge page size */
 	unsigned int flags;
+	/*
+	 * One byte per ARENA_POPULATE_CHUNK: set once arena_populate() has allocated its pages
+	 * (atomic bytes). Without ARENA_F_RELEASE pages never go back, so each chunk is
+	 * populated at most once; arena_free() with it clears the chunks it releases.
+	 */
+	uint8_t *populated;
+	/* arena_prefault_start(): its thread, how far it got (atomic), and its stop flag. */
+	pthread_t prefault;
+	bool prefaulting;
+	uint64_t prefaulted;
+	bool prefault_stop;
 };
 
 struct arena_stats {
@@ -97,7 +108,7 @@ int arena_free(struct arena *a, uint64_t off, uint64_t size);
 
 /*
  * Binds [@off, @off + @len) (page-rounded outwards) to NUMA node @node with mbind(2)
- * MPOL_BIND, moving pages that already exist there. Call it before the loader touches a
+ * MPOL_BIND, moving pages that already exist there (on a machine with more than one node). Call it before the loader touches a
  * fresh extent so that first touch allocates on @node. Returns 0; -EINVAL for a range outside
  * the arena or a negative node; or the negative errno of mbind(2) (-EINVAL for a node that
  * does not exist, -ENOSYS without NUMA support).
@@ -115,6 +126,31 @@ int arena_page_node(struct arena *a, uint64_t off);
  * the caller closes it). Returns it or the negative errno of open(2).
  */
 int arena_ro_fd(const struct arena *a);
+
+#define ARENA_POPULATE_CHUNK (2u << 20)
+
+/*
+ * Allocates the pages of [@off, @off + @len) in bulk (MADV_POPULATE_WRITE), whole
+ * ARENA_POPULATE_CHUNKs at a time, skipping the chunks populated before; stops early once
+ * *@abort (may be NULL) is set. Faults and page clears then happen here, on the caller's CPU,
+ * not in the reads that fill the extent. Returns 0, or the negative errno of madvise(2)
+ * (the pages are then allocated by the first write instead).
+ */
+int arena_populate(struct arena *a, uint64_t off, uint64_t len, const bool *abort);
+
+/*
+ * Starts a thread that allocates (and the kernel clears) every page of the arena in bulk,
+ * arena_populate() in 64 MiB steps from offset 0, so that loads into pages nothing has
+ * touched yet no longer pay for that: on a machine without huge pages it costs far more than
+ * the read (bench/RESULTS.md). The memory is the budget's, committed at once instead of as
+ * loads arrive. Pages go where the daemon's default NUMA policy puts them; an extent bound
+ * later (arena_bind_node()) moves them. arena_destroy() stops the thread. Returns 0, or the
+ * negative errno of pthread_create().
+ */
+int arena_prefault_start(struct arena *a);
+
+/* Bytes the prefault thread has populated so far (0 without one). */
+uint64_t arena_prefaulted(const struct arena *a);
 
 /* Fills @st (takes the lock). */
 void arena_get_stats(struct arena *a, struct arena_stats *st);

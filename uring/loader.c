@@ -93,7 +93,7 @@ struct load_handle {
 	/* The populate thread's, under loader.pop_lock. */
 	struct load_handle *pop_next;
 	bool pop_queued;
-	atomic_bool pop_abort;
+	bool pop_abort;		/* atomic: read by arena_populate() */
 	int *slots;		/* registered file index per plan file and descriptor
 				 * (2 * file: buffered, 2 * file + 1: O_DIRECT), or -1 */
 };
@@ -147,8 +147,7 @@ struct loader {
 	bool pop_stop;
 };
 
-/* Bytes per MADV_POPULATE_WRITE call: small enough to notice an abort soon. */
-#define POPULATE_STEP (8u << 20)
+
 
 static void setmsg(char *msg, size_t len, const char *fmt, ...) WD_PRINTF(3, 4);
 static void setmsg(char *msg, size_t len, const char *fmt, ...)
@@ -913,6 +912,13 @@ static void prep(struct loader *l, struct req *r)
 	}
 	if (slot >= 0)
 		sqe->flags |= IOSQE_FIXED_FILE;
+	/*
+	 * A buffered read of cached pages is a memory copy, which io_uring would do inline in
+	 * this thread, one read at a time: sent to its workers instead (at most one per CPU,
+	 * loader_create()), the copies run on every CPU at once (1.6x on 2 CPUs, 1 GiB warm).
+	 */
+	if (!op->direct)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data(sqe, r);
 }
 
@@ -1158,7 +1164,6 @@ static void *populate_main(void *arg)
 	pthread_mutex_lock(&l->pop_lock);
 	for (;;) {
 		struct load_handle *h;
-		uint64_t lo, hi;
 
 		while (!l->pop_stop && !l->pop_head)
 			pthread_cond_wait(&l->pop_cond, &l->pop_lock);
@@ -1171,20 +1176,8 @@ static void *populate_main(void *arg)
 		h->pop_queued = false;
 		l->pop_cur = h;
 		pthread_mutex_unlock(&l->pop_lock);
-		/* Whole pages: a huge page's advice must start on its boundary. */
-		lo = h->extent / a->page_size * a->page_size;
-		hi = align_up(h->extent + h->plan->bytes, a->page_size);
-		if (hi > a->seg.size)
-			hi = a->seg.size;
-		for (uint64_t o = lo; o < hi; o += POPULATE_STEP) {
-			uint64_t len = hi - o < POPULATE_STEP ? hi - o : POPULATE_STEP;
-
-			if (atomic_load_explicit(&h->pop_abort, memory_order_relaxed))
-				break;
-			/* Failure is no error: the reads fault the pages in themselves. */
-			if (madvise(arena_ptr(a, o), len, MADV_POPULATE_WRITE) < 0)
-				break;
-		}
+		/* Failure is no error: the reads fault the pages in themselves. */
+		arena_populate(a, h->extent, h->plan->bytes, &h->pop_abort);
 		pthread_mutex_lock(&l->pop_lock);
 		l->pop_cur = NULL;
 		pthread_cond_broadcast(&l->pop_cond);
@@ -1232,7 +1225,7 @@ static void populate_forget(struct loader *l, struct load_handle *h)
 			l->pop_tail = pp;
 		h->pop_queued = false;
 	}
-	atomic_store_explicit(&h->pop_abort, true, memory_order_relaxed);
+	__atomic_store_n(&h->pop_abort, true, __ATOMIC_RELAXED);
 	while (l->pop_cur == h)
 		pthread_cond_wait(&l->pop_cond, &l->pop_lock);
 	pthread_mutex_unlock(&l->pop_lock);
@@ -1401,6 +1394,14 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 	l->fixed_bufs = rc == 0;
 	if (rc)
 		log_info("loader", "\"unregistered staging buffers\" rc=%d", rc);
+	{
+		/* Bounded workers (regular file reads) at most one per CPU; unbounded: default. */
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		unsigned int workers[2] = { ncpu > 0 ? (unsigned int)ncpu : 1, 0 };
+
+		if (io_uring_register_iowq_max_workers(&l->ring, workers) < 0)
+			log_info("loader", "\"io-wq worker limit not set\"");
+	}
 	rc = io_uring_register_files_sparse(&l->ring, MAX_FILE_SLOTS);
 	l->fixed_files = rc == 0;
 	if (rc)
