@@ -818,7 +818,8 @@ static void on_done(void *arg, struct load_handle *h)
 		const char *why = load_error(h);
 		int st_err = rc;
 
-		if (recovery_counts_toward_quarantine(rc) &&
+		/* A prefetch counts only once a request joined it (attach_req()). */
+		if (recovery_counts_toward_quarantine(rc, !e->prefetched || ld->n_reqs > 0) &&
 		    quarantine_fail(hc->q, e->ckey, e->qfp, rc, why))
 			st_err = -ENOTRECOVERABLE;
 		hc->failed++;
@@ -1132,7 +1133,7 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	return 0;
 fail:
 	/* The registry shows a quarantined component as failed with -ENOTRECOVERABLE. */
-	st_err = recovery_counts_toward_quarantine(ret) &&
+	st_err = recovery_counts_toward_quarantine(ret, r != NULL) &&
 		 quarantine_fail(hc->q, name, qfp, ret, msg[0] ? msg : strerror(-ret)) ?
 		 -ENOTRECOVERABLE : ret;
 	if (f->sel == SEL_ALL && ret != -EFBIG && ret != -ENOSPC && ret != -ENOMEM) {

@@ -42,8 +42,10 @@ uint64_t recovery_backoff_ns(unsigned int attempt)
 	return ns < RECOVERY_BACKOFF_MAX_NS ? ns : RECOVERY_BACKOFF_MAX_NS;
 }
 
-bool recovery_counts_toward_quarantine(int err)
+bool recovery_counts_toward_quarantine(int err, bool requested)
 {
+	if (!requested)
+		return false;
 	switch (err) {
 	case 0:
 	case -ENOSPC:

@@ -154,8 +154,11 @@ size_t quarantine_count(struct quarantine *q);
 /*
  * Whether a load failure with @err says something about the component (its files), and so
  * counts toward quarantine: not a full cache (-ENOSPC, -EFBIG), a lack of memory, a
- * cancellation or a refusal of the quarantine itself.
+ * cancellation or a refusal of the quarantine itself. @requested is false for a load that
+ * no client asked for (a co-access prefetch that no request joined): such a failure never
+ * counts, because the daemon chose the moment (the files may be mid-rewrite, the operator
+ * may have just unloaded them) and a client that asks next must get its own tries.
  */
-bool recovery_counts_toward_quarantine(int err);
+bool recovery_counts_toward_quarantine(int err, bool requested);
 
 #endif

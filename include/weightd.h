@@ -32,6 +32,14 @@
  *   -ECANCELED   the daemon cancelled the request while shutting down
  *   -EINVAL      a NULL handle or a bad argument (an empty name, a tier >= WEIGHTD_TIER_MAX)
  *   -ENAMETOOLONG  a name, key, value or path longer than the protocol allows (255 bytes)
+ *
+ * MODEL arguments: every function that takes @model accepts a registry name ("sd-tiny") or a
+ * path of a model the daemon scanned, or of one of its files: absolute, or (with a slash in
+ * it) relative to the working directory. weightd_lookup() documents how one is resolved. A
+ * name published in the registry costs no round trip (and the registry reads --
+ * weightd_tensor(), weightd_tensor_list(), weightd_tensor_table() -- never ask the daemon
+ * about a name), a path one LOOKUP per call: resolve it once with weightd_lookup() and
+ * weightd_model() to name the model by its name afterwards.
  */
 #ifndef WEIGHTD_H
 #define WEIGHTD_H
@@ -145,12 +153,16 @@ int weightd_fd(const struct weightd *w);
 int weightd_ping(struct weightd *w);
 
 /*
- * Resolves @model (a model name, or an absolute path of a model or of one of its files, which
- * the daemon resolves through its catalog) to its registry id. Reads the registry first, with no round
- * trip; asks the daemon (LOOKUP) only when the name is not published there.
+ * Resolves @model to its registry id, as every function that takes a MODEL does: a name
+ * published in the registry is read there, with no round trip; anything else is asked of the
+ * daemon (LOOKUP), which knows names published since and resolves the path of a model it
+ * scanned, or of one of its files, through its catalog (symlinks resolved). A path with a
+ * slash that does not start with one is relative to the caller's working directory, and is
+ * made absolute here before it goes to the daemon.
  * Returns 0 and stores the id in @model_id (may be NULL); -ENOENT when the daemon knows no
- * such model; -EBADMSG when the registry is corrupt; -EAGAIN when its record stayed under
- * rewrite for the whole retry budget; or a request error.
+ * such model or path; -ENAMETOOLONG when the absolute path is longer than 255 bytes;
+ * -EBADMSG when the registry is corrupt; -EAGAIN when its record stayed under rewrite for
+ * the whole retry budget; or a request error.
  */
 int weightd_lookup(struct weightd *w, const char *model, uint32_t *model_id);
 
@@ -210,8 +222,8 @@ struct weightd_tensor_info {
 };
 
 /*
- * Resolves tensor @name of @model with no round trip. @component names the component
- * ("unet"), or is NULL to search the whole model.
+ * Resolves tensor @name of @model with no round trip (one LOOKUP for a model named by a
+ * path). @component names the component ("unet"), or is NULL to search the whole model.
  * Returns 0 and fills @out; -ENOENT (no such model, component or tensor); -ENOTUNIQ when
  * @component is NULL and several components have a tensor of that name; -ENAMETOOLONG;
  * -EAGAIN; -EBADMSG; -EINVAL.
@@ -240,7 +252,6 @@ int weightd_tensor_list(struct weightd *w, const char *model, const char *compon
  * Makes @model (or one @component of it; NULL for every component) resident on @tier.
  * @flags: WEIGHTD_LOAD_*. @progress (may be NULL) is called with bytes done and total as the
  * daemon streams progress; @arg is passed through.
- * @model may also be an absolute path of a model the daemon has scanned.
  * Returns 0 once resident (and pinned, with WEIGHTD_LOAD_PIN); -ENOENT for an unknown model
  * or component; -EFBIG when a component can never fit the tier's budget; -ENOSPC when pinned
  * entries leave no room; -ESTALE when a file changed since it was scanned; -ENOTSUP when

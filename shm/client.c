@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -649,10 +650,36 @@ int weightd_ping(struct weightd *w)
 	return 0;
 }
 
-static int lookup_id(struct weightd *w, const char *model, uint32_t *id)
+/* One LOOKUP round trip for @model (a name or an absolute path). */
+static int lookup_daemon(struct weightd *w, const char *model, uint32_t *id)
 {
 	struct request rq = { .sqe = { .opcode = WD_OP_LOOKUP, .model = WD_ID_NONE,
 				       .component = WD_ID_NONE } };
+	int ret;
+
+	rq.payload = model;
+	rq.payload_len = strlen(model);
+	ret = simple(w, &rq, "lookup", model);
+	if (ret < 0)
+		return ret;
+	*id = (uint32_t)ret;
+	return 0;
+}
+
+/*
+ * Where a MODEL argument of the API becomes a registry id; every call that names a model
+ * comes here. A name published in the registry is read there, with no round trip. Anything
+ * else goes to the daemon (LOOKUP), which knows names published since this client last
+ * looked and resolves a path -- of a model it scanned or of one of its files -- through its
+ * catalog (catalog_resolve(), the one rule for paths). The daemon's working directory is not
+ * the caller's: a path with a slash that does not start with one is made absolute here first.
+ * With @paths_only (the registry reads, which promise no round trip for a name) a name with
+ * no slash that the registry lacks is -ENOENT at once.
+ */
+static int lookup_id_ex(struct weightd *w, const char *model, uint32_t *id, bool paths_only)
+{
+	char cwd[PATH_MAX], abs[PATH_MAX + WD_NAME_MAX + 1];
+	const char *ask = model;
 	int ret;
 
 	ret = check_name(model, "model name");
@@ -664,13 +691,44 @@ static int lookup_id(struct weightd *w, const char *model, uint32_t *id)
 			return fail(ret, "registry lookup of model %s: %s", model, strerror(-ret));
 		return 0;
 	}
-	/* Not published in our view: the daemon may know it under a newer registry. */
-	rq.payload = model;
-	rq.payload_len = strlen(model);
-	ret = simple(w, &rq, "lookup", model);
-	if (ret < 0)
+	if (model[0] != '/' && strchr(model, '/')) {
+		if (!realpath(model, abs)) {
+			if (!getcwd(cwd, sizeof(cwd)))
+				return fail(-errno, "model path %s: the working directory: %s", model,
+					    strerror(errno));
+			snprintf(abs, sizeof(abs), "%s/%s", cwd, model);
+		}
+		if (strlen(abs) >= WD_NAME_MAX)
+			return fail(-ENAMETOOLONG, "model path %s (%s) longer than %u bytes", model,
+				    abs, WD_NAME_MAX - 1);
+		ask = abs;
+	} else if (paths_only && model[0] != '/') {
+		return fail(-ENOENT, "model %s: not in the registry", model);
+	}
+	ret = lookup_daemon(w, ask, id);
+	if (ret == -ENOENT)
+		return fail(ret, "model %s: not in the registry, and not the path of a model the "
+			    "daemon scanned", model);
+	return ret;
+}
+
+static int lookup_id(struct weightd *w, const char *model, uint32_t *id)
+{
+	return lookup_id_ex(w, model, id, false);
+}
+
+/* For the registry reads: a name is looked up in the registry only, a path by the daemon. */
+static int find_model(struct weightd *w, const char *model, uint32_t *id,
+		      struct wd_reg_model *rec)
+{
+	int ret = lookup_id_ex(w, model, id, true);
+
+	if (ret || !rec)
 		return ret;
-	*id = (uint32_t)ret;
+	ret = registry_read_model(&w->reg, *id, rec);
+	if (ret)
+		return fail(ret, "model %s (id %u): %s", model, *id,
+			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
 	return 0;
 }
 
@@ -794,12 +852,8 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
 
 	if (!w || !out)
 		return fail(-EINVAL, "NULL argument");
-	if ((ret = check_name(model, "model name")) || (ret = check_name(name, "tensor name")))
+	if ((ret = check_name(name, "tensor name")) || (ret = find_model(w, model, &mid, NULL)))
 		return ret;
-	ret = registry_find_model(&w->reg, model, &mid, NULL);
-	if (ret)
-		return fail(ret, "model %s: %s", model,
-			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
 	if (component) {
 		if ((ret = check_name(component, "component name")))
 			return ret;
@@ -833,12 +887,8 @@ int weightd_tensor_list(struct weightd *w, const char *model, const char *compon
 
 	if (!w || (!out && max))
 		return fail(-EINVAL, "NULL argument");
-	if ((ret = check_name(model, "model name")))
+	if ((ret = find_model(w, model, &mid, NULL)))
 		return ret;
-	ret = registry_find_model(&w->reg, model, &mid, NULL);
-	if (ret)
-		return fail(ret, "model %s: %s", model,
-			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
 	if (component) {
 		if ((ret = check_name(component, "component name")))
 			return ret;
@@ -1396,12 +1446,8 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 	if (!w || !tab || (!out && max) || (!names && names_size))
 		return fail(-EINVAL, "NULL argument");
 	memset(tab, 0, sizeof(*tab));
-	if ((ret = check_name(model, "model name")))
+	if ((ret = find_model(w, model, &mid, &m)))
 		return ret;
-	ret = registry_find_model(&w->reg, model, &mid, &m);
-	if (ret)
-		return fail(ret, "model %s: %s", model,
-			    ret == -ENOENT ? "not in the registry" : strerror(-ret));
 	want = m.n_tensors;
 	if (component) {
 		if ((ret = check_name(component, "component name")))

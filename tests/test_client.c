@@ -6,6 +6,7 @@
  * weightctl daemon verbs, and an orderly SHUTDOWN request.
  */
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -484,6 +485,94 @@ static void test_load_and_status(void **state)
 	weightd_detach(w);
 }
 
+/*
+ * MODEL is a registry name or a path (absolute, relative to the working directory, of the
+ * model or of one of its files) in every call that names a model: each spelling reaches the
+ * same model through the same calls as its name.
+ */
+static void test_model_by_path(void **state)
+{
+	char cwd[PATH_MAX], abs_file[PATH_MAX], abs_dir[PATH_MAX], sd_file[PATH_MAX];
+	char names[WEIGHTD_NAME_MAX], meta[64];
+	struct weightd *w = attach_ok();
+	struct weightd_tensor_info ti, list[1];
+	struct weightd_tensor_loc loc[1];
+	struct weightd_tensor_table tab;
+	char tnames[WEIGHTD_NAME_MAX];
+	uint32_t want_vae, want_sd, id;
+	int n_want, ret;
+
+	(void)state;
+	CHECK(getcwd(cwd, sizeof(cwd)) && chdir(daemon_.models) == 0, "chdir %s",
+	      daemon_.models);
+	snprintf(abs_file, sizeof(abs_file), "%s/vae-tiny.safetensors", daemon_.models);
+	snprintf(abs_dir, sizeof(abs_dir), "%s/sd-tiny", daemon_.models);
+	snprintf(sd_file, sizeof(sd_file), "%s/sd-tiny/unet/diffusion_pytorch_model.safetensors",
+		 daemon_.models);
+	CHECK(weightd_lookup(w, "vae-tiny", &want_vae) == 0 &&
+	      weightd_lookup(w, "sd-tiny", &want_sd) == 0, "lookup by name: %s",
+	      weightd_last_error());
+	CHECK(weightd_meta_set(w, "vae-tiny", "note", "by path") == 0, "meta set: %s",
+	      weightd_last_error());
+	n_want = weightd_tensor_list(w, "vae-tiny", NULL, list, names, 1);
+	CHECK(n_want > 0, "tensor list by name: %d %s", n_want, weightd_last_error());
+	const struct {
+		const char *model;
+		uint32_t *id;
+	} rows[] = {
+		{ "vae-tiny", &want_vae },		{ abs_file, &want_vae },
+		{ "vae-tiny.safetensors", &want_vae },	{ "./vae-tiny.safetensors", &want_vae },
+		{ "sd-tiny/../vae-tiny.safetensors", &want_vae },
+		{ abs_dir, &want_sd },			{ sd_file, &want_sd },
+		{ "sd-tiny/unet/diffusion_pytorch_model.safetensors", &want_sd },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		const char *m = rows[i].model;
+		bool vae = rows[i].id == &want_vae;
+
+		/* A bare file name with no slash is a name, not a path: no such model. */
+		if (!strchr(m, '/') && strcmp(m, "vae-tiny")) {
+			ret = weightd_lookup(w, m, &id);
+			CHECK(ret == -ENOENT, "row %zu: %s without a slash: %d", i, m, ret);
+			continue;
+		}
+		ret = weightd_lookup(w, m, &id);
+		CHECK(ret == 0 && id == *rows[i].id, "row %zu: lookup %s: %d id %u, want %u %s", i,
+		      m, ret, id, *rows[i].id, weightd_last_error());
+		ret = weightd_load(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST, 0, NULL, NULL);
+		CHECK(ret == 0, "row %zu: load %s: %d %s", i, m, ret, weightd_last_error());
+		ret = weightd_status(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST, NULL);
+		CHECK(ret == WEIGHTD_RESIDENT, "row %zu: status %s: %d %s", i, m, ret,
+		      weightd_last_error());
+		ret = weightd_pin(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST);
+		CHECK(ret == 0, "row %zu: pin %s: %d %s", i, m, ret, weightd_last_error());
+		ret = weightd_unpin(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST);
+		CHECK(ret == 0, "row %zu: unpin %s: %d %s", i, m, ret, weightd_last_error());
+		if (!vae)
+			continue;
+		ret = weightd_tensor(w, m, NULL, names, &ti);
+		CHECK(ret == 0 && ti.model == want_vae, "row %zu: tensor %s of %s: %d %s", i, names,
+		      m, ret, weightd_last_error());
+		ret = weightd_tensor_list(w, m, NULL, list, NULL, 1);
+		CHECK(ret == n_want, "row %zu: tensor list of %s: %d, want %d %s", i, m, ret,
+		      n_want, weightd_last_error());
+		ret = weightd_tensor_table(w, m, NULL, loc, 1, tnames, sizeof(tnames), &tab);
+		CHECK((ret == 0 || ret == -ENOBUFS) && tab.n + tab.absent == (uint32_t)n_want,
+		      "row %zu: tensor table of %s: %d, %u listed + %u absent, want %d %s", i, m,
+		      ret, tab.n, tab.absent, n_want, weightd_last_error());
+		ret = weightd_meta_get(w, m, "note", meta, sizeof(meta));
+		CHECK(ret == 7 && !strcmp(meta, "by path"), "row %zu: meta get of %s: %d %s", i, m,
+		      ret, weightd_last_error());
+		ret = weightd_unload(w, m, NULL, WEIGHTD_TIER_HOST);
+		CHECK(ret == 0, "row %zu: unload %s: %d %s", i, m, ret, weightd_last_error());
+	}
+	ret = weightd_tensor(w, "/no/such/model.safetensors", NULL, names, &ti);
+	CHECK(ret == -ENOENT && strstr(weightd_last_error(), "not in the registry"),
+	      "an unknown path: %d %s", ret, weightd_last_error());
+	CHECK(chdir(cwd) == 0, "chdir back");
+	weightd_detach(w);
+}
+
 static void test_meta(void **state)
 {
 	static char big[300];
@@ -821,6 +910,7 @@ int main(void)
 		cmocka_unit_test(test_pins),
 		cmocka_unit_test(test_load_and_status),
 		cmocka_unit_test(test_meta),
+		cmocka_unit_test(test_model_by_path),
 		cmocka_unit_test(test_scan_validate),
 		cmocka_unit_test(test_threads_share_handle),
 		cmocka_unit_test(test_weightctl_verbs),

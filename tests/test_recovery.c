@@ -442,13 +442,27 @@ static void test_quarantine(void **state)
 		assert_false(quarantine_fail(q, "m/c", 1, -EIO, "x"));
 	assert_int_equal(quarantine_check(q, "m/c", 1, NULL, 0), 0);
 	quarantine_destroy(q);
-	/* What counts: the component's fault, not a full cache or a cancellation. */
-	assert_true(recovery_counts_toward_quarantine(-ESTALE));
-	assert_true(recovery_counts_toward_quarantine(-EINVAL));
-	assert_false(recovery_counts_toward_quarantine(-ENOSPC));
-	assert_false(recovery_counts_toward_quarantine(-EFBIG));
-	assert_false(recovery_counts_toward_quarantine(-ECANCELED));
-	assert_false(recovery_counts_toward_quarantine(-ENOTRECOVERABLE));
+	/*
+	 * What counts: the component's fault in a load a client asked for, not a full cache, a
+	 * cancellation, or any failure of a prefetch nobody requested.
+	 */
+	static const struct {
+		int err;
+		bool requested, want;
+	} counts[] = {
+		{ -ESTALE, true, true },	{ -EINVAL, true, true },
+		{ -ENOSPC, true, false },	{ -EFBIG, true, false },
+		{ -ECANCELED, true, false },	{ -ENOTRECOVERABLE, true, false },
+		{ -ESTALE, false, false },	{ -EIO, false, false },
+		{ -EBADMSG, false, false },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(counts); i++) {
+		bool got = recovery_counts_toward_quarantine(counts[i].err, counts[i].requested);
+
+		if (got != counts[i].want)
+			fail_msg("row %zu: err %d requested %d counts %d, want %d", i, counts[i].err,
+				 counts[i].requested, got, counts[i].want);
+	}
 }
 
 /* ---- PSI --------------------------------------------------------------------------------- */

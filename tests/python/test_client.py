@@ -173,6 +173,37 @@ def test_load_today_or_resident(daemon):
         pin.release()
 
 
+def test_model_named_by_path(daemon, monkeypatch):
+    """Every method that names a model takes its registry name or a path (absolute,
+    relative to the working directory, of the model or of one of its files): a pin by path
+    is the same lease as a pin by name."""
+    tensor = "encoder.conv_in.weight"
+    monkeypatch.chdir(daemon.models)
+    spellings = [os.path.join(daemon.models, "vae-tiny.safetensors"), "./vae-tiny.safetensors",
+                 os.path.join("sd-tiny", "..", "vae-tiny.safetensors")]
+    with daemon.client() as c:
+        want = c.tensor_meta("vae-tiny", tensor)
+        for m in spellings:
+            assert c.model(m).name == "vae-tiny", m
+            assert c.tensor_meta(m, tensor).shape == want.shape, m
+            with c.load(m) as pin:
+                assert pin.model == "vae-tiny", (m, pin.model)
+                assert pin.tensor(tensor).shape == want.shape, m
+            assert c.status(m)["state"] == "resident", m
+            p, q = c.pin(m), c.pin("vae-tiny")
+            assert c.stats()["pins"] == 1, (m, c.stats())
+            p.release()
+            q.release()
+            assert c.stats()["pins"] == 0, (m, c.stats())
+            c.unload(m)
+            assert c.status(m)["state"] == "absent", m
+        unet = os.path.join("sd-tiny", "unet", "diffusion_pytorch_model.safetensors")
+        with c.load(unet, component="unet") as pin:
+            assert pin.model == "sd-tiny", pin.model
+        with pytest.raises(weightd.NotFoundError):
+            c.load("/no/such/model.safetensors")
+
+
 def test_budget_exceeded(daemon_factory):
     d = daemon_factory(extra_args=("--host-budget", "64K"))
     with d.client() as c:

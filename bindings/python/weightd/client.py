@@ -16,6 +16,10 @@ Lifetime rules (README.md, "Pins and views", states them for users):
 * Garbage collection releases a Pin that was not released explicitly; a finalizer that runs
   while this client is in the middle of a call (another thread, or a progress callback)
   leaves the unpin to the end of that call instead of blocking.
+
+Wherever a method takes a model, it is a registry name or a path: of the model or of one of
+its files, absolute or relative to the working directory (libweightd resolves it, see
+weightd_lookup() in include/weightd.h). Pins name the model by its registry name.
 """
 
 import ctypes
@@ -264,6 +268,18 @@ class Client:
         raise error_from_code(-errno.ENOENT, "model %s vanished from the registry" % name,
                               "lookup")
 
+    def _canonical(self, model):
+        """The registry name of @model, a name or a path (of the model or of one of its
+        files, absolute or relative to the working directory). libweightd's weightd_lookup()
+        resolves it -- the one place that does -- and this reads the name back, so that the
+        pins and views of one model share one lease and name it with no round trip, whatever
+        spelling the caller used."""
+        mid = ctypes.c_uint32()
+        self._call("lookup", self._lib.weightd_lookup, _b(model), ctypes.byref(mid))
+        mi = N.ModelInfo()
+        self._call("lookup", self._lib.weightd_model, mid.value, ctypes.byref(mi))
+        return mi.name.decode("utf-8", "replace")
+
     def tensor_meta(self, model, name, component=None):
         """The registry's record of tensor @name of @model (TensorMeta); NotFoundError,
         or a WeightdError with ENOTUNIQ when @component is None and several have it."""
@@ -318,6 +334,7 @@ class Client:
         changed since the daemon scanned it).
         """
         t = N.tier_number(tier)
+        model = self._canonical(model)
         ex = getattr(self._lib, "weightd_load_ex", None)
         if tensors is not None:
             tensors = list(tensors)
@@ -435,7 +452,7 @@ class Client:
         the Pin; views of its tensors come from Pin.tensor(). NotFoundError for an unknown
         target."""
         t = N.tier_number(tier)
-        key = (str(model), component or "", t)
+        key = (self._canonical(model), component or "", t)
         self._enter()
         try:
             self._epoch += 1
