@@ -83,7 +83,7 @@ done
 grep -q "$(printf '\033')" "$T/out" && fail "--once output has escape codes"
 grep -E '^host +48.00 MiB' "$T/out" >/dev/null || fail "no host tier row with its budget"
 # The metrics block's lines and the (still empty) events area, read from the registry.
-for want in "latency  ring p50" "host load p50 [0-9]*ms" "errors   validation 0" \
+for want in "latency  ring p50" "host load p50 [0-9]*[mu]*s " "errors   validation 0" \
 	"free extents 1" "alerts (active/total) budget 0/0" "EVENT TIME" "(no events)"; do
 	grep -q -- "$want" "$T/out" || { cat "$T/out"; fail "top --once lacks '$want'"; }
 done
