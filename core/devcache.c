@@ -104,9 +104,18 @@ struct dwork {
 	bool held;			/* host -> VRAM: @l is the held host entry */
 	struct hostcache_layout l;
 	struct hostcache_src *src;
-	struct dgpu *g;			/* free_vram: the device of @v */
+	struct dgpu *g;			/* free_vram, trim: the device of @v, of @evicted */
 	struct gpu_vram v;
 	bool free_vram;
+	struct dentry *evicted;		/* trim: entries detached by evict_detach(), to finish */
+	struct trim_wait *trim;		/* trim: signalled once they are finished */
+};
+
+/* A DEVICE_TRIM waiting on its shard for the device thread to finish its evictions. */
+struct trim_wait {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
 };
 
 struct devcache {
@@ -1379,7 +1388,7 @@ static void *thread_main(void *arg)
 		pthread_mutex_unlock(&dc->qlock);
 		{
 			/* Every device operation of this item runs in its GPU's context. */
-			struct dgpu *g = w->free_vram ? w->g : w->e->g;
+			struct dgpu *g = w->free_vram || w->trim ? w->g : w->e->g;
 			char why[160];
 
 			if (dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why)))
@@ -1387,7 +1396,14 @@ static void *thread_main(void *arg)
 					  "why=\"%s\"", g->ordinal, why);
 			cur = g;
 		}
-		if (w->free_vram)
+		if (w->trim) {
+			/* Even when stopping: the shard waits for it. */
+			evict_finish(d, w->evicted);
+			pthread_mutex_lock(&w->trim->lock);
+			w->trim->done = true;
+			pthread_cond_signal(&w->trim->cond);
+			pthread_mutex_unlock(&w->trim->lock);
+		} else if (w->free_vram)
 			dc->ops->vram_free(w->g->dev, &w->v);
 		else if (w->stream && !dc->stop)
 			stream_fill(d, w->e, w);
@@ -2060,6 +2076,66 @@ uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_
 	pthread_mutex_unlock(&dc->lock);
 	*n_out = k;
 	return dc->n;
+}
+
+int64_t devcache_trim(struct daemon *d, uint32_t tier, uint64_t bytes, char *out,
+		      uint16_t *out_len)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = dc ? gpu_of(dc, tier) : NULL;
+	struct trim_wait tw = { .done = false };
+	char key[EVICT_KEY_MAX];
+	struct dentry *later = NULL;
+	struct dwork *w;
+	uint64_t now = wd_now_ns();
+	int64_t freed = 0;
+	unsigned int n = 0;
+
+	if (!g) {
+		*out_len = ops_msg(out, "device_trim: no GPU tier %u (%u GPUs%s%s)", tier,
+				   dc ? dc->n : 0, dc && !dc->n ? ": " : "", dc && !dc->n ? dc->why : "");
+		return -ENOTSUP;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		*out_len = ops_msg(out, "device_trim: out of memory");
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&dc->lock);
+	sync_pins(d);
+	while ((uint64_t)freed < bytes && !evict_next_victim(g->pol, now, key)) {
+		struct dentry *x = find_key(dc, g, key);
+
+		if (x) {
+			freed += (int64_t)x->size;
+			evict_detach(d, x, &later);
+			n++;
+		} else {
+			evict_remove(g->pol, key, true);
+		}
+	}
+	pthread_mutex_unlock(&dc->lock);
+	if (!later) {
+		free(w);
+		return 0;
+	}
+	/* Demotion copies and frees run on the device thread, in the GPU's context; the reply
+	 * waits for them, so that the client finds the room free when it retries. */
+	pthread_mutex_init(&tw.lock, NULL);
+	pthread_cond_init(&tw.cond, NULL);
+	w->trim = &tw;
+	w->g = g;
+	w->evicted = later;
+	queue_work(dc, w);
+	pthread_mutex_lock(&tw.lock);
+	while (!tw.done)
+		pthread_cond_wait(&tw.cond, &tw.lock);
+	pthread_mutex_unlock(&tw.lock);
+	pthread_cond_destroy(&tw.cond);
+	pthread_mutex_destroy(&tw.lock);
+	log_info(MOD, "\"trimmed\" tier=cuda:%d asked=%" PRIu64 " freed=%" PRId64 " entries=%u",
+		 g->ordinal, bytes, freed, n);
+	return freed;
 }
 
 uint64_t devcache_bytes(struct daemon *d)

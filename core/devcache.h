@@ -134,6 +134,16 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out,
 		       uint16_t *text_len);
 
+/*
+ * DEVICE_TRIM on the shard: evicts unpinned, unmapped entries of GPU @tier - 1, highest
+ * eviction score first, until @bytes were freed or none is left, as an admission would
+ * (demoted to the host tier where there is room). Returns once the device thread has
+ * demoted them and released their VRAM: the bytes freed (0: nothing evictable), or -ENOTSUP
+ * with a message in @out when @tier names no GPU.
+ */
+int64_t devcache_trim(struct daemon *d, uint32_t tier, uint64_t bytes, char *out,
+		      uint16_t *out_len);
+
 /* Bytes resident on all GPUs (WD_STAT_CUDA_BYTES). */
 uint64_t devcache_bytes(struct daemon *d);
 

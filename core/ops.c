@@ -213,6 +213,30 @@ static void op_devices(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe
 	cqe->data_len = text ? text : (uint16_t)(n * sizeof(struct wd_device_info));
 }
 
+/* DEVICE_TRIM: tier cuda:N, arg[0] bytes to free; aux0 = bytes freed. */
+static void op_device_trim(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe *cqe,
+			   char *out)
+{
+	uint16_t len = 0;
+	int64_t freed;
+
+	if (sqe->model != WD_ID_NONE || sqe->component != WD_ID_NONE ||
+	    sqe->tier == WD_TIER_HOST || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
+	    sqe->arg[4] || sqe->flags) {
+		cqe->data_len = ops_msg(out, "device_trim: a GPU tier and arg[0] (bytes) only");
+		fail(cqe, -EINVAL);
+		return;
+	}
+	freed = devcache_trim(d, sqe->tier, sqe->arg[0], out, &len);
+	if (freed < 0) {
+		cqe->data_len = len;
+		fail(cqe, (int)freed);
+		return;
+	}
+	cqe->res = 0;
+	cqe->aux0 = (uint64_t)freed;
+}
+
 /* The aggregate state of model @id (all components, or @comp) on @tier. */
 static uint32_t model_state(struct daemon *d, uint32_t id, uint32_t comp, uint32_t tier,
 			    uint64_t *done, uint64_t *total)
@@ -440,6 +464,9 @@ enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct w
 		return OPS_DONE;
 	case WD_OP_DEVICES:
 		op_devices(d, sqe, cqe, out);
+		return OPS_DONE;
+	case WD_OP_DEVICE_TRIM:
+		op_device_trim(d, sqe, cqe, out);
 		return OPS_DONE;
 	case WD_OP_UNLOAD:
 		op_unload(d, c, sqe, arg, arg_len, cqe, out);

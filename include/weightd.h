@@ -433,6 +433,17 @@ struct weightd_device_info {
 #define WEIGHTD_DEVICE_F_OFF_NODE 0x8u		/* slots not on the GPU's NUMA node */
 
 /*
+ * Asks the daemon for room on GPU @device (its cuda:@device): components on it that no client
+ * maps or pins are evicted, highest eviction score first (demoted to the host cache where it
+ * has room, as an admission would evict them), until @bytes are freed or nothing evictable
+ * is left. For a process that ran out of VRAM next to the daemon's cache (whose default
+ * budget is 90% of the GPU). Returns once the VRAM is released: the bytes freed (0: nothing
+ * could be evicted; possibly more than @bytes, whole components go), or -ENOTSUP (no such
+ * GPU, or no GPU tier), -EINVAL, or a request error.
+ */
+int64_t weightd_device_trim(struct weightd *w, unsigned int device, uint64_t bytes);
+
+/*
  * The daemon's GPUs: up to @max into @out. Returns how many the daemon has (0: host-only,
  * with the reason in @why, @why_size bytes, when not NULL), or a negative errno.
  */

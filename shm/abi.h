@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WD_ABI_VERSION 4u	/* 4: DEVICE_MAP names the device (device_id), DEVICES flags;
+#define WD_ABI_VERSION 4u	/* 4: DEVICE_MAP names the device (device_id), DEVICES flags,
+				 * DEVICE_TRIM;
 				 * 3: registry metrics block, last-load fields, DEVICE_MAP/DEVICES;
 				 * 2: the attach reply carries the host cache (3 fds) */
 
@@ -183,6 +184,8 @@ enum wd_op {
 	WD_OP_CACHE = 14,	/* list host cache entries (struct wd_cache_entry) from arg[0] */
 	WD_OP_DEVICE_MAP = 15,	/* share component's VRAM allocation on tier: fd on the socket */
 	WD_OP_DEVICES = 16,	/* GPU tiers (struct wd_device_info) from arg[0] */
+	WD_OP_DEVICE_TRIM = 17,	/* evict unpinned, unmapped entries of tier until arg[0] bytes
+				 * are freed; aux0 of the completion = bytes freed */
 	WD_OP_COUNT
 };
 

@@ -1972,6 +1972,26 @@ int weightd_devices(struct weightd *w, struct weightd_device_info *out, unsigned
 	return (int)total;
 }
 
+int64_t weightd_device_trim(struct weightd *w, unsigned int device, uint64_t bytes)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_DEVICE_TRIM, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE,
+				       .tier = (uint16_t)WD_TIER_CUDA(device), .arg = { bytes } } };
+	struct reply rp;
+	int ret;
+
+	if (!w)
+		return fail(-EINVAL, "NULL argument");
+	if (device >= WD_TIER_MAX - 1)
+		return fail(-EINVAL, "device %u out of range (0..%u)", device, WD_TIER_MAX - 2);
+	ret = submit_wait(w, &rq, &rp);
+	if (!ret)
+		ret = result(&rp, "device trim", NULL);
+	if (ret < 0)
+		return ret;
+	return rp.aux0 > INT64_MAX ? INT64_MAX : (int64_t)rp.aux0;
+}
+
 /* ---- metrics and events ----------------------------------------------------------------- */
 
 static_assert(WEIGHTD_HIST_BUCKETS == WD_HIST_BUCKETS, "histogram buckets");

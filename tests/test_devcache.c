@@ -49,7 +49,9 @@
  *               id, weightd_device_ordinal() is 0; a process that cannot see it is refused;
  *               map, read and unmap leave the thread's current context as it was;
  *   caps        a GPU without VMM or fd handles, or in EXCLUSIVE_PROCESS mode, is not used,
- *               and DEVICES says why.
+ *               and DEVICES says why;
+ *   trim        weightd_device_trim() evicts unmapped entries (demoted to the host), keeps a
+ *               mapped one, reports the bytes once released; -ENOTSUP for no such GPU.
  * The emulated device enforces the driver's rules (gpu/device.h): two_maps starts its
  * second client with fork+exec, since a child forked after the device layer was used in
  * this process cannot use it.
@@ -525,6 +527,50 @@ static void test_caps(void **state)
 		td_daemon_teardown(&d);
 		cur = NULL;
 	}
+}
+
+/*
+ * weightd_device_trim(): unmapped, unpinned entries go (demoted to the host tier), a mapped
+ * one stays; the bytes freed are reported once the VRAM is released (DEVICES shows it); a
+ * GPU the daemon does not have is -ENOTSUP.
+ */
+static void test_trim(void **state)
+{
+	struct weightd_device_info gi;
+	struct td_daemon d;
+	struct weightd *w;
+	struct weightd_device_map *m = NULL;
+	char why[256] = "";
+	int64_t freed;
+
+	(void)state;
+	start(&d, NULL);
+	w = attach(&d);
+	CHECK(load_gpu(w, "all_dtypes") == 0 && load_gpu(w, "metadata_rich") == 0, "load: %s",
+	      weightd_last_error());
+	CHECK(weightd_unload(w, "metadata_rich", NULL, WEIGHTD_TIER_HOST) == 0, "host unload: %s",
+	      weightd_last_error());
+	CHECK(weightd_device_map(w, "all_dtypes", NULL, 0, &m) == 0, "map: %s",
+	      weightd_last_error());
+	freed = weightd_device_trim(w, 0, 1);
+	CHECK(freed == 2 << 20, "trim of 1 byte with one unmapped 2 MiB entry: %" PRId64, freed);
+	CHECK(gpu_state(w, "metadata_rich") == WEIGHTD_ABSENT, "metadata_rich still on cuda:0");
+	CHECK(host_state(w, "metadata_rich") == WEIGHTD_RESIDENT, "metadata_rich not demoted to "
+	      "the host");
+	CHECK(gpu_state(w, "all_dtypes") == WEIGHTD_RESIDENT, "the mapped entry was trimmed");
+	freed = weightd_device_trim(w, 0, UINT64_MAX);
+	CHECK(freed == 0, "trim with only a mapped entry left: %" PRId64, freed);
+	weightd_device_unmap(w, m);
+	freed = weightd_device_trim(w, 0, UINT64_MAX);
+	CHECK(freed == 2 << 20, "trim after the unmap: %" PRId64, freed);
+	CHECK(weightd_devices(w, &gi, 1, why, sizeof(why)) == 1 && gi.used == 0,
+	      "cuda:0 uses %" PRIu64 " bytes after trimming everything", gi.used);
+	freed = weightd_device_trim(w, 5, 1);
+	CHECK(freed == -ENOTSUP, "trim of a GPU the daemon lacks: %" PRId64 " (%s)", freed,
+	      weightd_last_error());
+	weightd_detach(w);
+	td_daemon_teardown(&d);
+	cur = NULL;
 }
 
 static void test_two_maps(void **state)
@@ -1445,6 +1491,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_copy_path),
 		cmocka_unit_test(test_ordinals),
 		cmocka_unit_test(test_caps),
+		cmocka_unit_test(test_trim),
 	};
 	char why[256] = "";
 

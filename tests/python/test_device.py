@@ -341,6 +341,46 @@ def test_two_pins_share_one_map(gpu_daemon):
         assert b._maps[0].ptr is None
 
 
+def test_device_trim(gpu_daemon):
+    """Client.device_trim() (weightd.device.trim) evicts what no client maps or pins, keeps
+    a pinned component, returns the bytes freed; a GPU the daemon lacks raises."""
+    with gpu_daemon.client() as c:
+        kept = c.load("large_4MiB", tier="cuda:0")
+        c.load("metadata_rich", tier="cuda:0").release()
+        assert c.status("metadata_rich", tier="cuda:0")["state"] == "resident"
+        freed = c.device_trim(0, 1)
+        assert freed >= 1, freed
+        assert c.status("metadata_rich", tier="cuda:0")["state"] == "absent"
+        assert c.status("large_4MiB", tier="cuda:0")["state"] == "resident"
+        assert weightd.device.trim(c, 0, 1 << 40) == 0
+        kept.release()
+        assert c.device_trim(0, 1 << 40) >= 4 << 20
+        with pytest.raises(weightd.GPUTierUnavailableError):
+            c.device_trim(5, 1)
+
+
+def test_map_uses_this_process_ordinal(lib, daemon_factory, monkeypatch):
+    """The daemon sees two GPUs; this process sees only the daemon's cuda:1, as its cuda:0
+    (WEIGHTD_GPU_EMULATE_VISIBLE=1, as CUDA_VISIBLE_DEVICES=1 would): a pin on the daemon's
+    cuda:1 maps it, its tensors read back, and the mapping's ordinal in this process (what
+    DLPack names on a CUDA device) is 0."""
+    _device_api(lib)
+    monkeypatch.setenv("WEIGHTD_GPU_EMULATE", "2:64M")
+    d = daemon_factory(corpus_files=["large_4MiB"])
+    why = host_loads_work(d)
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("WEIGHTD_GPU_EMULATE_VISIBLE", "1")
+    ref = {r[0]: r[4] for r in corpus_listing("large_4MiB")}
+    with d.client() as c:
+        pin = c.load("large_4MiB", tier="cuda:1")
+        assert pin._maps[0].ordinal == 1 and pin._maps[0].local == 0, pin._maps[0].local
+        for n, t in pin.tensors().items():
+            assert fnv1a64(t.numpy().tobytes()) == ref[n], n
+        del t
+        pin.release()
+
+
 def test_whole_model_pin_over_components(gpu_daemon):
     """A pin of a model with several components maps each; a tensor is found by name or,
     when components share it, with component=."""

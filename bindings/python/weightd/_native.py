@@ -262,6 +262,7 @@ _OPTIONAL = {
     "weightd_device_read": (ctypes.c_int, [_P, _P, _P, ctypes.c_size_t]),
     "weightd_device_unmap": (None, [_P, _P]),
     "weightd_devices": (ctypes.c_int, [_P, _P, ctypes.c_uint, ctypes.c_char_p, ctypes.c_size_t]),
+    "weightd_device_trim": (ctypes.c_int64, [_P, ctypes.c_uint, c_u64]),
     "weightd_cache_list": (ctypes.c_int, [_P, c_u32, _P, c_u32, ctypes.POINTER(c_u32)]),
 }
 

@@ -476,6 +476,12 @@ class Client:
         from .device import devices
         return devices(self)
 
+    def device_trim(self, device, nbytes):
+        """Asks the daemon for @nbytes of room on its GPU cuda:@device (unpinned, unmapped
+        components evicted); returns the bytes freed. weightd.device.trim()."""
+        from .device import trim
+        return trim(self, device, nbytes)
+
     def cache_stats(self):
         """The host tier's counters (dict: budget, bytes, entries, hits, misses, evictions,
         loads, read_bytes (of which read_direct_bytes with O_DIRECT, read_buffered_bytes

@@ -42,7 +42,8 @@ from .client import Pin, _b, _s
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, WeightdError,
                      error_from_code)
 
-__all__ = ["DevicePin", "DeviceTensor", "devices", "KDL_CPU", "KDL_CUDA", "DLPACK_DTYPES"]
+__all__ = ["DevicePin", "DeviceTensor", "devices", "trim", "KDL_CPU", "KDL_CUDA",
+           "DLPACK_DTYPES"]
 
 KDL_CPU = 1
 KDL_CUDA = 2
@@ -196,6 +197,29 @@ def devices(client):
         row["kind"] = "emulated" if d.kind == N.DEVICE_EMULATED else "cuda"
         res.append(row)
     return res, _s(why.value)
+
+
+def trim(client, device, nbytes):
+    """Asks the daemon for room on its GPU cuda:@device: components on it that no client maps
+    or pins are evicted (demoted to the host cache) until @nbytes are freed or nothing
+    evictable is left; returns once the memory is released, with the bytes freed (0: nothing
+    could go). For a process out of VRAM next to the daemon's cache. Raises
+    GPUTierUnavailableError when the daemon has no such GPU."""
+    lib = client._lib
+    fn = getattr(lib, "weightd_device_trim", None)
+    if fn is None:
+        raise GPUTierUnavailableError(errno.ENOTSUP, "this libweightd (%s) has no "
+                                      "weightd_device_trim" % N.lib_path(), "device_trim")
+    if device < 0 or nbytes < 0:
+        raise ValueError("device and nbytes must be >= 0")
+    client._enter()
+    try:
+        ret = fn(client._h, device, nbytes)
+    finally:
+        client._leave()
+    if ret < 0:
+        raise _gpu_error(ret, "cuda:%d" % device, "device_trim")
+    return ret
 
 
 def _gpu_error(ret, tier, op):
