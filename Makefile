@@ -252,24 +252,34 @@ bench-gpu:
 		{ echo "bench-gpu: build $(BUILD)/bench/bench_gpu first (make all)"; exit 1; }
 	$(BUILD)/bench/bench_gpu -s $(SIZE)
 
-# The prepared device check (docs/gpu.md). `make STATIC=1 all gpu-bundle` makes build-static/
-# self-contained for a GPU machine with nothing installed: the shared libraries that have no
-# static archive (cmocka for the tests; GnuTLS's unistring, p11-kit and libudev, see
-# configure) go to lib/, the test corpus to corpus/. `make gpu-check` there runs
-# scripts/gpu-check.sh on it (test_gpu, test_devcache and bench_gpu on the real driver, one
-# JSON line); it builds nothing and never runs ./configure.
-GPU_CHECK_BUILD ?= build-static
-GPU_BUNDLE_LIBS := libcmocka.so.0 libunistring.so.2 libp11-kit.so.0 libudev.so.1
+# The prepared device check (docs/gpu.md). `make STATIC=1 all gpu-bundle` puts in
+# $(BUILD)/gpu-bundle/ what a GPU machine with nothing installed needs, stripped, to fit the
+# device tool's 64 MiB: the daemon, test_gpu (and its stub driver), test_devcache and
+# bench_gpu; in lib/ the shared libraries that have no static archive (cmocka for the tests;
+# GnuTLS's unistring, p11-kit with libffi, and libudev, see configure); in corpus/ the test
+# corpus. `make gpu-check` there runs scripts/gpu-check.sh on it (test_gpu, test_devcache
+# and bench_gpu on the real driver, one JSON line); it builds nothing and never runs
+# ./configure.
+GPU_CHECK_BUILD ?= build-static/gpu-bundle
+GPU_BUNDLE := $(BUILD)/gpu-bundle
+GPU_BUNDLE_LIBS := libcmocka.so.0 libunistring.so.2 libp11-kit.so.0 libffi.so.8 libudev.so.1
 .PHONY: gpu-bundle gpu-check
-gpu-bundle:
-	@mkdir -p $(BUILD)/lib $(BUILD)/corpus
+gpu-bundle: $(BUILD)/weightd $(BUILD)/tests/test_gpu $(BUILD)/tests/test_devcache \
+		$(BUILD)/bench/bench_gpu $(CUDA_STUB)
+	@rm -rf $(GPU_BUNDLE)
+	@mkdir -p $(GPU_BUNDLE)/lib $(GPU_BUNDLE)/corpus $(GPU_BUNDLE)/tests $(GPU_BUNDLE)/bench
+	@strip -o $(GPU_BUNDLE)/weightd $(BUILD)/weightd
+	@strip -o $(GPU_BUNDLE)/tests/test_gpu $(BUILD)/tests/test_gpu
+	@strip -o $(GPU_BUNDLE)/tests/test_devcache $(BUILD)/tests/test_devcache
+	@strip -o $(GPU_BUNDLE)/tests/libcuda-stub.so $(CUDA_STUB)
+	@strip -o $(GPU_BUNDLE)/bench/bench_gpu $(BUILD)/bench/bench_gpu
 	@for l in $(GPU_BUNDLE_LIBS); do \
 		p=$$(/sbin/ldconfig -p | awk -v l=$$l '$$1 == l && /x86-64/ { print $$NF; exit }'); \
 		[ -n "$$p" ] || { echo "gpu-bundle: $$l not found"; exit 1; }; \
-		cp -L "$$p" $(BUILD)/lib/; \
+		cp -L "$$p" $(GPU_BUNDLE)/lib/; \
 	done
-	@cp ../shared/corpus/* $(BUILD)/corpus/
-	@du -sh $(BUILD) | awk '{ print "gpu-bundle: $(BUILD)/ is " $$1 " (the device tool carries 64 MiB at most)" }'
+	@cp ../shared/corpus/* $(GPU_BUNDLE)/corpus/
+	@du -sh $(GPU_BUNDLE) | awk '{ print "gpu-bundle: $(GPU_BUNDLE)/ is " $$1 " (the device tool carries 64 MiB at most)" }'
 gpu-check:
 	@sh scripts/gpu-check.sh $(GPU_CHECK_BUILD)
 

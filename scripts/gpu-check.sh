@@ -1,6 +1,6 @@
 #!/bin/sh
-# The prepared device check (docs/gpu.md): on a GPU machine with nothing installed, from a
-# build carried there (make STATIC=1 all gpu-bundle), runs
+# The prepared device check (docs/gpu.md): on a GPU machine with nothing installed, from the
+# bundle carried there (make STATIC=1 all gpu-bundle: build-static/gpu-bundle), runs
 #   1. tests/test_gpu       the CUDA device layer on the real driver,
 #   2. tests/test_devcache  the device tier end to end on the real driver (WD_DEVCACHE_REAL=1),
 #   3. bench/bench_gpu      disk/host -> VRAM against pinned H2D, O_DIRECT storage and, when
@@ -12,11 +12,11 @@
 # It builds and installs nothing. Exit status: 0 when every check passed or skipped for lack
 # of a GPU, 1 when one failed.
 #
-# usage: scripts/gpu-check.sh [BUILD_DIR]     (default build-static)
+# usage: scripts/gpu-check.sh [DIR]   (default build-static/gpu-bundle; a build dir works too)
 # environment: GPU_CHECK_SIZE (bench model size, default 1G), GPU_CHECK_RUNS (default 2)
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-B=${1:-build-static}
+B=${1:-build-static/gpu-bundle}
 case $B in /*) ;; *) B="$ROOT/$B" ;; esac
 SIZE=${GPU_CHECK_SIZE:-1G}
 RUNS=${GPU_CHECK_RUNS:-2}
@@ -65,7 +65,7 @@ for f in tests/test_gpu tests/test_devcache bench/bench_gpu weightd; do
 	[ -x "$B/$f" ] || missing="$missing $f"
 done
 if [ -n "$missing" ]; then
-	say "gpu-check: $B lacks$missing: build it with make STATIC=1 all gpu-bundle"
+	say "gpu-check: $B lacks$missing: make it with make STATIC=1 all gpu-bundle"
 	echo "{\"gpu_check\":\"error\",\"why\":\"$B lacks$missing\"}"
 	exit 1
 fi

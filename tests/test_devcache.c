@@ -102,6 +102,16 @@
 
 static const char *corpus;
 static struct td_daemon *cur;	/* for failure messages */
+static bool real;		/* WD_DEVCACHE_REAL: the CUDA driver, not the emulated device */
+
+/* A case that needs the emulated device's knobs (two devices, visibility, capabilities). */
+#define EMULATED_ONLY()                                                                    \
+	do {                                                                               \
+		if (real) {                                                                \
+			printf("SKIP %s: needs the emulated device's settings\n", __func__);   \
+			skip();                                                            \
+		}                                                                          \
+	} while (0)
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -378,6 +388,7 @@ static void test_copy_path(void **state)
 	int n;
 
 	(void)state;
+	EMULATED_ONLY();
 	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
 	start(&d, extra);
 	setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
@@ -443,6 +454,7 @@ static void test_ordinals(void **state)
 	int rc;
 
 	(void)state;
+	EMULATED_ONLY();
 	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
 	start(&d, NULL);
 	w = attach(&d);
@@ -508,6 +520,7 @@ static void test_caps(void **state)
 	};
 
 	(void)state;
+	EMULATED_ONLY();
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
 		struct weightd_device_info info;
 		struct td_daemon d;
@@ -553,7 +566,8 @@ static void test_trim(void **state)
 	CHECK(weightd_device_map(w, "all_dtypes", NULL, 0, &m) == 0, "map: %s",
 	      weightd_last_error());
 	freed = weightd_device_trim(w, 0, 1);
-	CHECK(freed == 2 << 20, "trim of 1 byte with one unmapped 2 MiB entry: %" PRId64, freed);
+	CHECK(freed > 0 && (real || freed == 2 << 20), "trim of 1 byte with one unmapped entry "
+	      "(2 MiB emulated): %" PRId64, freed);
 	CHECK(gpu_state(w, "metadata_rich") == WEIGHTD_ABSENT, "metadata_rich still on cuda:0");
 	CHECK(host_state(w, "metadata_rich") == WEIGHTD_RESIDENT, "metadata_rich not demoted to "
 	      "the host");
@@ -562,7 +576,7 @@ static void test_trim(void **state)
 	CHECK(freed == 0, "trim with only a mapped entry left: %" PRId64, freed);
 	weightd_device_unmap(w, m);
 	freed = weightd_device_trim(w, 0, UINT64_MAX);
-	CHECK(freed == 2 << 20, "trim after the unmap: %" PRId64, freed);
+	CHECK(freed > 0 && (real || freed == 2 << 20), "trim after the unmap: %" PRId64, freed);
 	CHECK(weightd_devices(w, &gi, 1, why, sizeof(why)) == 1 && gi.used == 0,
 	      "cuda:0 uses %" PRIu64 " bytes after trimming everything", gi.used);
 	freed = weightd_device_trim(w, 5, 1);
@@ -1505,6 +1519,7 @@ int main(int argc, char **argv)
 		return 77;
 	}
 	if (getenv("WD_DEVCACHE_REAL")) {
+		real = true;
 		unsetenv("WEIGHTD_GPU_EMULATE");
 		if (!gpu_ops_pick(why, sizeof(why))) {
 			printf("SKIP: no GPU for the real device tier: %s\n", why);
