@@ -287,7 +287,9 @@ static json_t *gpu_json(const struct weightd_device_info *g)
 int ctl_status(struct ctl *c, int argc, char **argv)
 {
 	struct weightd_device_info gpus[GPU_LIST_MAX];
-	char gpu_why[256] = "";
+	char gpu_why[256] = "", alert_line[256] = "";
+	json_t *alerts = NULL;
+	struct weightd_metrics m;
 	int n_gpus;
 	struct weightd_stats st;
 	struct dopts o;
@@ -305,6 +307,7 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 	w = open_daemon("status", &o);
 	if (!w)
 		return CTL_FAIL;
+	alerts = json_array();
 	ret = weightd_stats(w, &st);
 	if (ret) {
 		ret = failed("status", &o, ret);
@@ -313,13 +316,24 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 	models = count_models(w);
 	pid = weightd_daemon_pid(w);
 	n_gpus = weightd_devices(w, gpus, GPU_LIST_MAX, gpu_why, sizeof(gpu_why));
+	/* Active alerts (a rebuilt catalog, a budget nearly full): what an operator must see. */
+	if (weightd_metrics(w, &m) == 0) {
+		for (unsigned int i = 0; i < WEIGHTD_ALERT_KINDS; i++) {
+			if (!m.alerts_active[i])
+				continue;
+			json_array_append_new(alerts, json_string(weightd_alert_name(i)));
+			snprintf(alert_line + strlen(alert_line),
+				 sizeof(alert_line) - strlen(alert_line), "%s%s",
+				 alert_line[0] ? ", " : "", weightd_alert_name(i));
+		}
+	}
 	if (o.json) {
 		json_t *ga = json_array();
 
 		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
 			json_array_append_new(ga, gpu_json(&gpus[i]));
 		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:s, s:I, s:f, "
-				     "s:o, s:s}",
+				     "s:o, s:s, s:o}",
 				     "daemon", 1, "socket", weightd_socket_path(w), "pid", pid,
 				     "clients", (json_int_t)st.clients, "pins",
 				     (json_int_t)st.pins_total, "models", models, "host_budget",
@@ -330,7 +344,8 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 				     (json_int_t)st.requests_total, "uptime_s",
 				     (double)st.uptime_ns / 1e9, "gpus", ga, "gpu_tier",
 				     n_gpus > 0 ? "available" : n_gpus == 0 ? gpu_why :
-				     weightd_last_error()));
+				     weightd_last_error(), "alerts_active", alerts));
+		alerts = NULL;
 	} else {
 		printf("daemon     running, pid %d, up %.0f s\n", pid, (double)st.uptime_ns / 1e9);
 		printf("socket     %s\n", weightd_socket_path(w));
@@ -352,9 +367,13 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 			printf("GPU tier   unknown: %s\n", weightd_last_error());
 		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
 			print_gpu(&gpus[i]);
+		if (alert_line[0])
+			printf("alerts     active: %s (weightctl top shows the events)\n",
+			       alert_line);
 	}
 	ret = CTL_OK;
 out:
+	json_decref(alerts);
 	weightd_detach(w);
 	return ret;
 }

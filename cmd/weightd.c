@@ -18,7 +18,8 @@
 enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, OPT_ALLOW_USER,
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
        OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS, OPT_DEVICE_BUDGET,
-       OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET, OPT_PREFAULT };
+       OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET, OPT_PREFAULT, OPT_HELLO_TIMEOUT,
+       OPT_UID_CONNS, OPT_UID_CLIENTS };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -41,6 +42,9 @@ static const struct option options[] = {
 	{ "quarantine-after", required_argument, NULL, OPT_QUARANTINE },
 	{ "memory-pressure", required_argument, NULL, OPT_PRESSURE },
 	{ "memory-pressure-target", required_argument, NULL, OPT_PRESSURE_TARGET },
+	{ "hello-timeout-ms", required_argument, NULL, OPT_HELLO_TIMEOUT },
+	{ "max-connections-per-uid", required_argument, NULL, OPT_UID_CONNS },
+	{ "max-clients-per-uid", required_argument, NULL, OPT_UID_CLIENTS },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ 0 }
@@ -89,6 +93,13 @@ static void usage(FILE *out)
 		"                          PCT (default %u; 0: off)\n"
 		"  --memory-pressure-target PCT\n"
 		"                          ... down to PCT%% of the host budget (default %u)\n"
+		"  --hello-timeout-ms MS   close a connection that sends no hello by then\n"
+		"                          (default %u)\n"
+		"  --max-connections-per-uid N\n"
+		"                          connections one uid may hold open (default %u; 0: no\n"
+		"                          limit); refused at accept\n"
+		"  --max-clients-per-uid N attached clients one uid may have (default %u; 0: no\n"
+		"                          limit)\n"
 		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
 		"  -V, --version           version, ABI and build features (GPU tier)\n"
 		"  -h, --help              this text\n\n"
@@ -96,7 +107,8 @@ static void usage(FILE *out)
 		"the socket is removed. SIGHUP reloads the configuration file and the command\n"
 		"line (docs/config.md says what can change without a restart).\n",
 		DAEMON_DEFAULT_SPIN_US, RECOVERY_QUARANTINE_AFTER, DAEMON_DEFAULT_PRESSURE_PCT,
-		DAEMON_DEFAULT_PRESSURE_TARGET_PCT);
+		DAEMON_DEFAULT_PRESSURE_TARGET_PCT, DAEMON_HELLO_TIMEOUT_MS,
+		DAEMON_DEFAULT_UID_CONNECTIONS, DAEMON_DEFAULT_UID_CLIENTS);
 }
 
 static int bad(const char *opt, const char *val, const char *why)
@@ -291,6 +303,23 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 				cfg->pressure_target_pct = (uint32_t)v;
 			break;
 		}
+		case OPT_HELLO_TIMEOUT:
+			if (wd_parse_bytes(optarg, &v) || v < 10 || v > 3600 * 1000)
+				return bad("--hello-timeout-ms", optarg,
+					   "expected milliseconds (10..3600000)");
+			cfg->hello_timeout_ms = (uint32_t)v;
+			break;
+		case OPT_UID_CONNS:
+		case OPT_UID_CLIENTS:
+			if (wd_parse_bytes(optarg, &v) || v > CONFIG_MAX_UID_LIMIT)
+				return bad(opt == OPT_UID_CONNS ? "--max-connections-per-uid" :
+					   "--max-clients-per-uid", optarg,
+					   "expected a count (0..1000000; 0: no limit)");
+			if (opt == OPT_UID_CONNS)
+				cfg->max_conns_per_uid = (uint32_t)v;
+			else
+				cfg->max_clients_per_uid = (uint32_t)v;
+			break;
 		case OPT_BUDGET:
 			if (wd_parse_bytes(optarg, &cfg->host_budget))
 				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
@@ -387,6 +416,7 @@ int main(int argc, char **argv)
 	struct config_file cf;
 	struct settings set;
 	struct daemon *d;
+	char why[512] = "";
 	int ret, report = -1;
 
 	ret = build_config(argc, argv, &cfg, &cf, &set);
@@ -401,6 +431,8 @@ int main(int argc, char **argv)
 	}
 	cfg.reload = reload;
 	cfg.reload_arg = &ra;
+	cfg.error = why;
+	cfg.error_size = sizeof(why);
 	ret = daemon_create(&cfg, &d);
 	if (report >= 0) {
 		char rc = ret ? 1 : 0;
@@ -410,9 +442,7 @@ int main(int argc, char **argv)
 		close(report);
 	}
 	if (ret) {
-		fprintf(stderr, "weightd: cannot start: %s\n", ret == -EADDRINUSE ?
-			"another weightd is running on this socket (see the log line above)" :
-			strerror(-ret));
+		fprintf(stderr, "weightd: cannot start: %s\n", why[0] ? why : strerror(-ret));
 		config_file_free(&cf);
 		return 1;
 	}

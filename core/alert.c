@@ -138,6 +138,15 @@ static void set_active(struct daemon *d, unsigned int kind, uint64_t n)
 	WRITE_ONCE(registry_metrics(d->reg)->alerts_active[kind], n);
 }
 
+void alert_catalog_rebuilt(struct daemon *d, const char *aside, const char *why)
+{
+	const char *base = strrchr(aside, '/');
+
+	emit(d, WD_ALERT_CATALOG, WD_EVENT_F_RAISED, 1, 0, "catalog corrupt (%s), rebuilt; "
+	     "old file %s", why, base ? base + 1 : aside);
+	set_active(d, WD_ALERT_CATALOG, 1);
+}
+
 /* ---- budget ---------------------------------------------------------------------------- */
 
 static void eval_budget(struct daemon *d)

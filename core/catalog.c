@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -384,6 +385,81 @@ int catalog_open(const char *state_dir, struct catalog **out)
 	}
 	*out = cat;
 	return 0;
+}
+
+int catalog_quick_check(struct catalog *cat, char *why, size_t why_size)
+{
+	sqlite3_stmt *st;
+	int rc, s;
+
+	if (why_size)
+		why[0] = '\0';
+	rc = prepare(cat, "PRAGMA quick_check(1)", &st);
+	if (rc)
+		return rc;
+	s = sqlite3_step(st);
+	if (s == SQLITE_ROW) {
+		const char *r = (const char *)sqlite3_column_text(st, 0);
+
+		if (!r || strcmp(r, "ok")) {
+			if (why_size)
+				snprintf(why, why_size, "%s", r ? r : "(no text)");
+			rc = -EBADMSG;
+		}
+	} else {
+		rc = sql_fail(cat, s, "quick_check");
+		if (rc == -EBADMSG && why_size)
+			snprintf(why, why_size, "%s", sqlite3_errmsg(cat->db));
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int catalog_open_repair(const char *state_dir, struct catalog **out, char *aside,
+			size_t aside_size, char *why, size_t why_size)
+{
+	static const char *const suffixes[] = { "", "-wal", "-shm" };
+	char from[PATH_MAX + 8], to[PATH_MAX + 48], stamp[32];
+	struct tm tm;
+	time_t now;
+	int rc;
+
+	if (aside_size)
+		aside[0] = '\0';
+	if (why_size)
+		why[0] = '\0';
+	rc = catalog_open(state_dir, out);
+	if (rc == -EBADMSG) {
+		if (why_size)
+			snprintf(why, why_size, "not an SQLite database, or its header is damaged");
+	} else if (rc) {
+		return rc;
+	} else {
+		rc = catalog_quick_check(*out, why, why_size);
+		if (!rc)
+			return 0;
+		catalog_close(*out);
+		*out = NULL;
+		if (rc != -EBADMSG)
+			return rc;
+	}
+	now = time(NULL);
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+	for (size_t i = 0; i < ARRAY_SIZE(suffixes); i++) {
+		snprintf(from, sizeof(from), "%s/%s%s", state_dir, CATALOG_FILE, suffixes[i]);
+		snprintf(to, sizeof(to), "%s/%s.corrupt-%s%s", state_dir, CATALOG_FILE, stamp,
+			 suffixes[i]);
+		if (rename(from, to) < 0 && errno != ENOENT) {
+			rc = -errno;
+			log_error("catalog", "\"cannot move the corrupt catalog aside\" from=%s to=%s "
+				  "err=%d", from, to, rc);
+			return rc;
+		}
+		if (!i && aside_size)
+			snprintf(aside, aside_size, "%s", to);
+	}
+	return catalog_open(state_dir, out);
 }
 
 void catalog_close(struct catalog *cat)
@@ -1574,8 +1650,22 @@ static int meta_change(struct catalog *cat, const char *model, const char *sql, 
 	return rc;
 }
 
+bool catalog_meta_text_ok(const char *s)
+{
+	/*
+	 * jansson's own check: `meta get --json` writes keys and values through jansson, which
+	 * refuses a string that is not valid UTF-8, so this is exactly what it can print.
+	 */
+	json_t *j = json_string(s);
+
+	json_decref(j);
+	return j != NULL;
+}
+
 int catalog_meta_set(struct catalog *cat, const char *model, const char *key, const char *value)
 {
+	if ((key && !catalog_meta_text_ok(key)) || (value && !catalog_meta_text_ok(value)))
+		return -EILSEQ;
 	return meta_change(cat, model,
 			   "INSERT INTO model_meta(model, key, value) VALUES(?1, ?2, ?3)"
 			   " ON CONFLICT(model, key) DO UPDATE SET value = excluded.value",

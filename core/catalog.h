@@ -61,6 +61,25 @@ struct catalog;
  */
 int catalog_open(const char *state_dir, struct catalog **out);
 
+/*
+ * Runs SQLite's `PRAGMA quick_check` (every page and b-tree of the file, without the index
+ * cross-checks of integrity_check, so O(size) and quick enough for every daemon start).
+ * Returns 0 when the file is sound; -EBADMSG when it is not, with SQLite's first complaint
+ * in @why (@why_size bytes; may be 0); or another mapped SQLite error.
+ */
+int catalog_quick_check(struct catalog *cat, char *why, size_t why_size);
+
+/*
+ * catalog_open() for the daemon: a catalog that is corrupt (catalog_open() or
+ * catalog_quick_check() says -EBADMSG) is closed, moved aside with its WAL and shared-memory
+ * files to catalog.db.corrupt-YYYYMMDDTHHMMSSZ (same directory, kept for the operator), and
+ * replaced with an empty one, which the caller must fill again by scanning. Then @aside
+ * holds the moved file's path and @why SQLite's complaint; both are empty when the catalog
+ * was sound. Returns catalog_open()'s values, or the errno of rename(2).
+ */
+int catalog_open_repair(const char *state_dir, struct catalog **out, char *aside,
+			size_t aside_size, char *why, size_t why_size);
+
 /* Closes the handle; NULL is allowed. */
 void catalog_close(struct catalog *cat);
 
@@ -190,8 +209,10 @@ int catalog_roots(struct catalog *cat, int (*cb)(const char *path, int64_t scann
  */
 int catalog_meta_get(struct catalog *cat, const char *model, const char *key, char **value);
 /* Sets @key to @value (replacing). Returns 0, -ENOENT (no such model), -EINVAL (empty
- * key), or a mapped SQLite error. */
+ * key), -EILSEQ (key or value not valid UTF-8), or a mapped SQLite error. */
 int catalog_meta_set(struct catalog *cat, const char *model, const char *key, const char *value);
+/* True when @s (NUL-terminated) is valid UTF-8, as metadata keys and values must be. */
+bool catalog_meta_text_ok(const char *s);
 /* Removes @key. Returns 0, -ENOENT when the model or the key does not exist, or a mapped
  * SQLite error. */
 int catalog_meta_unset(struct catalog *cat, const char *model, const char *key);

@@ -40,6 +40,8 @@ enum kind {
 	K_ALERT_NUM,	/* a decimal count; bounds per key in alert_num() */
 	K_ALERT_DUR,	/* a duration as K_DURATION; bounds per key in alert_dur() */
 	K_RECOVERY_NUM,	/* a decimal count; bounds per key in recovery_num() */
+	K_LIMIT_NUM,	/* a decimal count 0..1000000 (0: no limit); limit_num() */
+	K_LIMIT_DUR,	/* a duration, 10ms..1h; the hello timeout */
 };
 
 struct keydef {
@@ -74,6 +76,9 @@ static const struct keydef keys[CONFIG_KEY_COUNT] = {
 	[CONFIG_QUARANTINE_AFTER] = { "quarantine_after", K_RECOVERY_NUM, false },
 	[CONFIG_MEMORY_PRESSURE] = { "memory_pressure", K_RECOVERY_NUM, false },
 	[CONFIG_MEMORY_PRESSURE_TARGET] = { "memory_pressure_target", K_RECOVERY_NUM, false },
+	[CONFIG_HELLO_TIMEOUT] = { "hello_timeout", K_LIMIT_DUR, false },
+	[CONFIG_MAX_CONNECTIONS_PER_UID] = { "max_connections_per_uid", K_LIMIT_NUM, false },
+	[CONFIG_MAX_CLIENTS_PER_UID] = { "max_clients_per_uid", K_LIMIT_NUM, false },
 };
 
 /* The same bound as weightd --spin-us: ten seconds of spinning is already absurd. */
@@ -337,6 +342,37 @@ static int recovery_num(struct parser *p, enum config_key k, const char *v)
 	return 0;
 }
 
+/* A per-uid connection or client limit: 0 (none) to CONFIG_MAX_UID_LIMIT. */
+static int limit_num(struct parser *p, enum config_key k, const char *v)
+{
+	const char *end;
+	uint64_t u;
+	int ret = parse_u64(v, &end, &u);
+
+	if (ret || *end || u > CONFIG_MAX_UID_LIMIT)
+		return fail(p, -EINVAL, "\"%s\" is not a number in 0..%u (0: no limit)", v,
+			    CONFIG_MAX_UID_LIMIT);
+	if (k == CONFIG_MAX_CONNECTIONS_PER_UID)
+		p->cfg.max_conns_per_uid = (uint32_t)u;
+	else
+		p->cfg.max_clients_per_uid = (uint32_t)u;
+	return 0;
+}
+
+/* The hello timeout: 10ms to an hour. */
+static int limit_dur(struct parser *p, const char *v)
+{
+	uint64_t u;
+	int ret = parse_duration(v, &u);
+
+	if (ret == -EINVAL)
+		return fail(p, -EINVAL, "\"%s\" is not a duration (N[ms|s|m|h|d])", v);
+	if (ret || u < 10000000ull || u > 3600000000000ull)
+		return fail(p, -EINVAL, "\"%s\" is out of range (10ms..1h)", v);
+	p->cfg.hello_timeout_ms = (uint32_t)(u / 1000000);
+	return 0;
+}
+
 /* Parses one value @v of key @k and stores it in the working copy. */
 static int apply(struct parser *p, enum config_key k, char *v)
 {
@@ -448,6 +484,10 @@ static int apply(struct parser *p, enum config_key k, char *v)
 		return recovery_num(p, k, v);
 	case K_ALERT_DUR:
 		return alert_dur(p, k, v);
+	case K_LIMIT_NUM:
+		return limit_num(p, k, v);
+	case K_LIMIT_DUR:
+		return limit_dur(p, v);
 	}
 	return fail(p, -EINVAL, "internal error: key without a kind");
 }
@@ -507,7 +547,7 @@ static int parse_line(struct parser *p, char *s)
 	if (config_has(&p->cf, (enum config_key)k) && !keys[k].list)
 		return fail(p, -EINVAL, "set twice (first on line %u)", p->cf.line[k]);
 	if (!config_has(&p->cf, (enum config_key)k)) {
-		p->cf.set |= 1u << k;
+		p->cf.set |= 1ull << k;
 		p->cf.line[k] = p->line;
 		clear_list(&p->cfg, (enum config_key)k);
 	}

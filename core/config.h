@@ -31,6 +31,7 @@
 
 #define CONFIG_ENV "WEIGHTD_CONFIG"	/* the file to read when --config is not given */
 #define CONFIG_MAX_SIZE (1u << 20)	/* a bigger file is refused (-EFBIG) */
+#define CONFIG_MAX_UID_LIMIT 1000000u	/* max_connections_per_uid, max_clients_per_uid */
 
 /* The keys, in the order docs/config.md lists them. */
 enum config_key {
@@ -59,8 +60,12 @@ enum config_key {
 	CONFIG_QUARANTINE_AFTER,	/* recovery (core/recovery.h, core/psi.h) */
 	CONFIG_MEMORY_PRESSURE,
 	CONFIG_MEMORY_PRESSURE_TARGET,
+	CONFIG_HELLO_TIMEOUT,		/* connection limits (docs/security.md) */
+	CONFIG_MAX_CONNECTIONS_PER_UID,
+	CONFIG_MAX_CLIENTS_PER_UID,
 	CONFIG_KEY_COUNT
 };
+_Static_assert(CONFIG_KEY_COUNT <= 64, "config_file.set holds one bit per key");
 
 /*
  * What a loaded file holds besides the fields of struct daemon_config, and the memory its
@@ -69,7 +74,7 @@ enum config_key {
  */
 struct config_file {
 	char *text;			/* the file's bytes, decoded in place; owned */
-	uint32_t set;			/* bit (1 << enum config_key) for each key in the file */
+	uint64_t set;			/* bit (1 << enum config_key) for each key in the file */
 	uint32_t line[CONFIG_KEY_COUNT];	/* the line that first set each key */
 	enum log_level log_level;	/* meaningful when CONFIG_LOG_LEVEL is set */
 };
@@ -106,7 +111,7 @@ const char *config_key_name(enum config_key key);
 /* True when the loaded file set @key. */
 static inline bool config_has(const struct config_file *cf, enum config_key key)
 {
-	return cf->set & (1u << key);
+	return cf->set & (1ull << key);
 }
 
 #endif

@@ -12,6 +12,7 @@
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -28,6 +30,7 @@
 
 #include "core/devcache.h"
 #include "core/alert.h"
+#include "core/array.h"
 #include "core/hostcache.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -72,6 +75,25 @@ struct conn {
 	struct client *c;		/* CLIENT */
 };
 
+/* Connections and attached clients of one uid (d->uid_use, control thread only). */
+struct uid_use {
+	uid_t uid;
+	uint32_t conns, clients;
+};
+
+/*
+ * Log lines that any local process can cause at will, one per connection: rate-limited, so
+ * that a flood of connections cannot flood the log (each line says how many it stands for).
+ */
+static struct log_limit accept_limit = LOG_LIMIT_INIT(5, 10000);
+static struct log_limit refuse_limit = LOG_LIMIT_INIT(20, 10000);
+static struct log_limit hello_limit = LOG_LIMIT_INIT(5, 10000);
+
+/* How long the listening socket is left unwatched when an accept fails for lack of fds. */
+#define ACCEPT_PAUSE_NS (100ull * 1000 * 1000)
+/* Connections owing a hello are swept at most this often (the sweep walks all of them). */
+#define SWEEP_EVERY_NS (50ull * 1000 * 1000)
+
 static struct conn listen_watch = { .kind = CONN_LISTEN };
 static struct conn signal_watch = { .kind = CONN_SIGNAL };
 static struct conn stop_watch = { .kind = CONN_STOP };
@@ -88,6 +110,9 @@ void daemon_config_init(struct daemon_config *cfg)
 	cfg->quarantine_after = RECOVERY_QUARANTINE_AFTER;
 	cfg->pressure_pct = DAEMON_DEFAULT_PRESSURE_PCT;
 	cfg->pressure_target_pct = DAEMON_DEFAULT_PRESSURE_TARGET_PCT;
+	cfg->hello_timeout_ms = DAEMON_HELLO_TIMEOUT_MS;
+	cfg->max_conns_per_uid = DAEMON_DEFAULT_UID_CONNECTIONS;
+	cfg->max_clients_per_uid = DAEMON_DEFAULT_UID_CLIENTS;
 	alert_config_init(&cfg->alerts);
 }
 
@@ -753,7 +778,8 @@ static void *worker_main(void *arg)
 {
 	struct daemon *d = arg;
 
-	if (d->cfg.scan_at_start)
+	/* A catalog rebuilt from scratch (catalog_open_repair()) is filled again at once. */
+	if (d->cfg.scan_at_start || d->catalog_aside[0])
 		ops_scan_roots(d);
 	for (;;) {
 		struct job *j;
@@ -818,13 +844,16 @@ static void WD_PRINTF(3, 4) refuse(struct conn *cn, int status, const char *fmt,
 {
 	struct wd_hello_reply r = { .magic = WD_REPLY_MAGIC, .version = WD_ABI_VERSION,
 				    .reply_size = sizeof(r), .status = status };
+	uint64_t dropped;
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(r.message, sizeof(r.message), fmt, ap);
 	va_end(ap);
-	log_warn(MOD, "\"attach refused\" pid=%d uid=%u status=%d reason=\"%s\"", (int)cn->cred.pid,
-		 (unsigned)cn->cred.uid, status, r.message);
+	if (log_limit_ok(&refuse_limit, &dropped))
+		log_warn(MOD, "\"attach refused\" pid=%d uid=%u status=%d reason=\"%s\" "
+			 "suppressed=%" PRIu64, (int)cn->cred.pid, (unsigned)cn->cred.uid, status,
+			 r.message, dropped);
 	attach_send(cn->fd, &r, sizeof(r), NULL, 0);
 }
 
@@ -971,6 +1000,36 @@ static void spare_free(struct daemon *d)
 	d->spare = NULL;
 }
 
+/* The entry of @uid in d->uid_use, created with zero counts; NULL when out of memory. */
+static struct uid_use *uid_use(struct daemon *d, uid_t uid)
+{
+	for (size_t i = 0; i < d->n_uid_use; i++)
+		if (d->uid_use[i].uid == uid)
+			return &d->uid_use[i];
+	if (wd_grow(&d->uid_use, &d->cap_uid_use, d->n_uid_use + 1, sizeof(*d->uid_use)))
+		return NULL;
+	d->uid_use[d->n_uid_use] = (struct uid_use){ .uid = uid };
+	return &d->uid_use[d->n_uid_use++];
+}
+
+/* A connection of @uid closed; @client: it was an attached client. */
+static void uid_release(struct daemon *d, uid_t uid, bool client)
+{
+	for (size_t i = 0; i < d->n_uid_use; i++) {
+		struct uid_use *u = &d->uid_use[i];
+
+		if (u->uid != uid)
+			continue;
+		if (u->conns)
+			u->conns--;
+		if (client && u->clients)
+			u->clients--;
+		if (!u->conns)
+			*u = d->uid_use[--d->n_uid_use];
+		return;
+	}
+}
+
 /*
  * Checks a hello and, when it is acceptable, creates the client: its ring segment, its
  * lease, its shard. Returns the client, or NULL after a refusal was sent.
@@ -979,6 +1038,7 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 {
 	struct wd_hello h = { 0 };
 	struct ring_seg_params p = { 0 };
+	struct uid_use *use;
 	struct wd_hello_reply r = { .magic = WD_REPLY_MAGIC, .version = WD_ABI_VERSION,
 				    .reply_size = sizeof(r), .n_fds = 3 };
 	struct client *c;
@@ -1020,6 +1080,12 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	if (!pow2_in_range(p.sq_entries) || !pow2_in_range(p.cq_entries)) {
 		refuse(cn, -EINVAL, "bad hello: sq_entries %u, cq_entries %u: powers of two in "
 		       "[%u, %u] expected", h.sq_entries, h.cq_entries, WD_RING_MIN, WD_RING_MAX);
+		return NULL;
+	}
+	use = uid_use(d, cn->cred.uid);
+	if (use && d->cfg.max_clients_per_uid && use->clients >= d->cfg.max_clients_per_uid) {
+		refuse(cn, -EUSERS, "uid %u already has %u attached clients, the most one user may "
+		       "have (max_clients_per_uid)", (unsigned)cn->cred.uid, use->clients);
 		return NULL;
 	}
 	c = calloc(1, sizeof(*c));
@@ -1090,6 +1156,9 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	d->n_clients++;
 	atomic_fetch_add(&s->gen, 1);
 	pthread_mutex_unlock(&d->clients_lock);
+	use = uid_use(d, c->uid);	/* found: the connection is counted since its accept */
+	if (use)
+		use->clients++;
 	shard_wake(s);
 	log_info(MOD, "\"attach\" client=%u pid=%d uid=%u gid=%u name=\"%s\" sq=%u cq=%u "
 		 "shard=%u", c->id, (int)c->pid, (unsigned)c->uid, (unsigned)c->gid, c->name,
@@ -1121,6 +1190,7 @@ static void conn_unlink(struct daemon *d, struct conn *cn)
 
 static void conn_close(struct daemon *d, struct conn *cn)
 {
+	uid_release(d, cn->cred.uid, false);
 	if (cn->fd >= 0) {
 		epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, cn->fd, NULL);
 		close(cn->fd);
@@ -1140,6 +1210,7 @@ static void detach(struct daemon *d, struct conn *cn, const char *why)
 	size_t pins;
 
 	epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+	uid_release(d, c->uid, true);
 	conn_unlink(d, cn);
 	free(cn);
 	pthread_mutex_lock(&d->clients_lock);
@@ -1165,17 +1236,72 @@ static void detach(struct daemon *d, struct conn *cn, const char *why)
 	daemon_client_put(d, c);
 }
 
+/*
+ * No descriptor is left for accept(): the classic answer is a descriptor held in reserve.
+ * It is closed, the waiting connection accepted and closed at once (its client sees the
+ * connection reset and may retry), and the reserve taken again. Without a reserve (another
+ * thread took the slot) the listening socket is left unwatched for ACCEPT_PAUSE_NS instead,
+ * so that a level-triggered epoll does not spin on it. Returns true to go on accepting.
+ */
+static bool accept_without_fds(struct daemon *d, int err)
+{
+	uint64_t dropped;
+	int fd;
+
+	if (log_limit_ok(&accept_limit, &dropped))
+		log_warn(MOD, "\"accept failed: out of file descriptors, dropping connections\" "
+			 "err=%d connections=%u suppressed=%" PRIu64, err, d->n_clients, dropped);
+	if (d->reserve_fd >= 0) {
+		close(d->reserve_fd);
+		d->reserve_fd = -1;
+		fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd >= 0 && d->reserve_fd >= 0)
+			return true;
+	}
+	struct epoll_event ev = { .events = 0, .data.ptr = &listen_watch };
+
+	epoll_ctl(d->epoll_fd, EPOLL_CTL_MOD, d->listen_fd, &ev);
+	d->listen_paused_until_ns = wd_now_ns() + ACCEPT_PAUSE_NS;
+	return false;
+}
+
+/* Watches the listening socket again once a pause for lack of descriptors is over. */
+static void accept_resume(struct daemon *d)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &listen_watch };
+
+	if (!d->listen_paused_until_ns || wd_now_ns() < d->listen_paused_until_ns)
+		return;
+	d->listen_paused_until_ns = 0;
+	if (d->reserve_fd < 0)
+		d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	epoll_ctl(d->epoll_fd, EPOLL_CTL_MOD, d->listen_fd, &ev);
+}
+
 static void on_accept(struct daemon *d)
 {
 	for (;;) {
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+		struct uid_use *use;
+		uint64_t dropped;
 		socklen_t len;
 		struct conn *cn;
 		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				log_warn(MOD, "\"accept failed\" err=%d", -errno);
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				if (accept_without_fds(d, -errno))
+					continue;
+				return;
+			}
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED &&
+			    log_limit_ok(&accept_limit, &dropped))
+				log_warn(MOD, "\"accept failed\" err=%d suppressed=%" PRIu64, -errno,
+					 dropped);
 			return;
 		}
 		cn = calloc(1, sizeof(*cn));
@@ -1192,12 +1318,25 @@ static void on_accept(struct daemon *d)
 			free(cn);
 			continue;
 		}
+		/* The per-uid cap, before anything else is spent on the connection. */
+		use = uid_use(d, cn->cred.uid);
+		if (!use || (d->cfg.max_conns_per_uid && use->conns >= d->cfg.max_conns_per_uid)) {
+			if (use)
+				refuse(cn, -EUSERS, "uid %u already has %u connections open, the most "
+				       "one user may have (max_connections_per_uid)",
+				       (unsigned)cn->cred.uid, use->conns);
+			close(fd);
+			free(cn);
+			continue;
+		}
+		use->conns++;
 		len = sizeof(cn->groups);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, cn->groups, &len) == 0)
 			cn->n_groups = (int)(len / sizeof(gid_t));
-		cn->deadline_ns = wd_now_ns() + DAEMON_HELLO_TIMEOUT_MS * 1000000ull;
+		cn->deadline_ns = wd_now_ns() + d->cfg.hello_timeout_ms * 1000000ull;
 		ev.data.ptr = cn;
 		if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			uid_release(d, cn->cred.uid, false);
 			close(fd);
 			free(cn);
 			continue;
@@ -1250,12 +1389,19 @@ static void on_client(struct daemon *d, struct conn *cn, uint32_t events)
 
 static void sweep_pending(struct daemon *d)
 {
-	uint64_t now = wd_now_ns();
+	uint64_t now = wd_now_ns(), dropped;
 
+	accept_resume(d);
+	if (now - d->last_sweep_ns < SWEEP_EVERY_NS)
+		return;
+	d->last_sweep_ns = now;
 	for (struct conn *cn = d->conns, *next; cn; cn = next) {
 		next = cn->next;
 		if (cn->kind == CONN_PENDING && now >= cn->deadline_ns) {
-			log_warn(MOD, "\"no hello, closing\" pid=%d", (int)cn->cred.pid);
+			if (log_limit_ok(&hello_limit, &dropped))
+				log_warn(MOD, "\"no hello, closing\" pid=%d uid=%u timeout_ms=%u "
+					 "suppressed=%" PRIu64, (int)cn->cred.pid,
+					 (unsigned)cn->cred.uid, d->cfg.hello_timeout_ms, dropped);
 			conn_close(d, cn);
 		}
 	}
@@ -1271,6 +1417,35 @@ void daemon_stop(struct daemon *d)
 	do {
 		n = write(d->stop_efd, &one, sizeof(one));
 	} while (n < 0 && errno == EINTR);
+}
+
+/*
+ * Raises the soft limit on open descriptors to the hard one: every client holds two (its
+ * socket and its ring segment), and the default soft limit of 1024 would let a few hundred
+ * clients exhaust it. The per-uid caps (on_accept()) keep one user from taking them all.
+ */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn(MOD, "\"cannot raise the descriptor limit\" err=%d", -errno);
+	}
+}
+
+/* Writes the cause of a failing daemon_create() for its caller (daemon_config.error). */
+static void __attribute__((format(printf, 2, 3))) set_error(struct daemon *d, const char *fmt,
+							     ...)
+{
+	va_list ap;
+
+	if (!d->cfg.error || !d->cfg.error_size)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(d->cfg.error, d->cfg.error_size, fmt, ap);
+	va_end(ap);
 }
 
 static int take_lock(struct daemon *d)
@@ -1294,6 +1469,8 @@ static int take_lock(struct daemon *d)
 			pid[strcspn(pid, "\n")] = '\0';
 			log_error(MOD, "\"another weightd is running\" lock=%s pid=%s socket=%s",
 				  d->lock_path, pid[0] ? pid : "?", d->sock_path);
+			set_error(d, "another weightd (pid %s) is running on the socket %s: it "
+				  "holds %s", pid[0] ? pid : "?", d->sock_path, d->lock_path);
 			err = -EADDRINUSE;
 		}
 		close(d->lock_fd);
@@ -1382,6 +1559,9 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		return -ENOMEM;
 	d->cfg = *cfg;
 	d->lock_fd = d->listen_fd = d->epoll_fd = d->sig_fd = d->stop_efd = -1;
+	/* Taken first, so that it is there when descriptors run out (on_accept()). */
+	d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	raise_fd_limit();
 	d->self_uid = geteuid();
 	d->self_gid = getegid();
 	d->start_ns = wd_now_ns();
@@ -1417,11 +1597,17 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 	ret = take_lock(d);
 	if (ret)
 		goto fail;
-	ret = catalog_open(d->state_dir, &d->cat);
+	ret = catalog_open_repair(d->state_dir, &d->cat, d->catalog_aside,
+				  sizeof(d->catalog_aside), d->catalog_why, sizeof(d->catalog_why));
 	if (ret) {
 		log_error(MOD, "\"cannot open the catalog\" dir=%s err=%d", d->state_dir, ret);
+		set_error(d, "cannot open the catalog in %s: %s", d->state_dir, strerror(-ret));
 		goto fail;
 	}
+	if (d->catalog_aside[0])
+		log_error(MOD, "\"the catalog was corrupt: moved aside, rebuilding it from a scan "
+			  "(tags and notes are in the old file)\" moved_to=%s check=\"%s\"",
+			  d->catalog_aside, d->catalog_why);
 	ret = create_registry(d);
 	if (ret) {
 		log_error(MOD, "\"cannot build the registry\" err=%d", ret);
@@ -1475,8 +1661,18 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		ret = alert_create(d, &d->alerts);
 	if (!ret)
 		ret = watch(d, alert_fd(d->alerts), &alert_watch);
-	if (!ret && cfg->metrics_listen)
+	if (!ret && d->catalog_aside[0])
+		alert_catalog_rebuilt(d, d->catalog_aside, d->catalog_why);
+	if (!ret && cfg->metrics_listen) {
 		ret = metrics_start(d, cfg->metrics_listen, &d->metrics);
+		if (ret == -EADDRINUSE)
+			set_error(d, "the metrics address %s is already in use by another program "
+				  "(--metrics-listen, metrics_listen in the config file)",
+				  cfg->metrics_listen);
+		else if (ret)
+			set_error(d, "cannot serve /metrics on %s: %s", cfg->metrics_listen,
+				  strerror(-ret));
+	}
 	if (ret)
 		goto fail;
 	log_info(MOD, "\"ready\" socket=%s state_dir=%s models=%zu roots=%zu spin_us=%u "
@@ -1577,7 +1773,8 @@ int daemon_run(struct daemon *d)
 	spare_ring_make(d);
 	for (bool stop = false; !stop;) {
 		bool want = spare_wanted(d);
-		int n = epoll_wait(d->epoll_fd, ev, (int)ARRAY_SIZE(ev), want ? SPARE_IDLE_MS : 1000);
+		int n = epoll_wait(d->epoll_fd, ev, (int)ARRAY_SIZE(ev),
+				   want ? SPARE_IDLE_MS : d->listen_paused_until_ns ? 100 : 1000);
 
 		if (n == 0 && want)
 			spare_ring_make(d);
@@ -1670,6 +1867,9 @@ void daemon_destroy(struct daemon *d)
 		close(d->sig_fd);
 	if (d->stop_efd >= 0)
 		close(d->stop_efd);
+	if (d->reserve_fd >= 0)
+		close(d->reserve_fd);
+	free(d->uid_use);
 	reload_cleanup(d);
 	devcache_destroy(d);
 	alert_destroy(d->alerts);

@@ -39,6 +39,13 @@
 #define DAEMON_DEFAULT_SPIN_US 50u
 #define DAEMON_DEFAULT_SQ_ENTRIES 64u
 #define DAEMON_HELLO_TIMEOUT_MS 5000u	/* a connection that sends no hello is dropped */
+/*
+ * Per-uid limits (docs/security.md): connections open at once (attached clients and those
+ * still owing their hello), checked at accept; attached clients, checked at the hello. Half
+ * of the DAEMON_MAX_SHARDS * DAEMON_SHARD_CLIENTS slots, so that one user cannot take all.
+ */
+#define DAEMON_DEFAULT_UID_CONNECTIONS 1024u
+#define DAEMON_DEFAULT_UID_CLIENTS 1016u
 #define DAEMON_DEFAULT_PRESSURE_PCT 10u	/* PSI memory "some avg10" that sheds the cache */
 #define DAEMON_DEFAULT_PRESSURE_TARGET_PCT 75u	/* ... down to this share of the budget */
 
@@ -77,9 +84,20 @@ struct daemon_config {
 	void (*reload)(struct daemon *d, void *arg);
 	void *reload_arg;
 	struct alert_config alerts;	/* thresholds (core/alert.h) */
+	uint32_t hello_timeout_ms;	/* a connection without a hello by then is closed */
+	uint32_t max_conns_per_uid;	/* connections of one uid at once; 0: no limit */
+	uint32_t max_clients_per_uid;	/* attached clients of one uid; 0: no limit */
 	uint64_t device_budget;		/* bytes of each GPU's cache; 0: device_budget_pct */
 	unsigned int device_budget_pct;	/* percent of each GPU's memory; 0 with device_budget
 					 * 0: 100 - DEVCACHE_DEFAULT_HEADROOM_PCT (core/devcache.h) */
+	/*
+	 * When set, a failing daemon_create() writes its cause there as one line (at most
+	 * @error_size bytes with the NUL), for example which of the socket lock and the
+	 * metrics address is taken when both fail with -EADDRINUSE. Left empty when the
+	 * failure has no more to say than its errno.
+	 */
+	char *error;
+	size_t error_size;
 };
 
 struct daemon;
@@ -100,7 +118,8 @@ int daemon_parse_group(const char *s, gid_t *gid);
  * on the socket (mode 0660). No thread runs yet. @cfg is copied (the strings must outlive the
  * daemon). On success *@out owns everything; on failure nothing is left behind except the
  * directories it created.
- * Returns 0; -EADDRINUSE when another daemon holds the lock (it logs the holder's pid);
+ * Returns 0; -EADDRINUSE when another daemon holds the lock (it logs the holder's pid) or
+ * when the metrics address is taken (cfg->error says which);
  * -ENAMETOOLONG; -ENOMEM; or the negative errno of the step that failed (statedir, open,
  * flock, catalog_open, registry_create, socket, bind, listen, signalfd, eventfd, epoll,
  * metrics_start()).

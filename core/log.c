@@ -62,3 +62,28 @@ void log_msg(enum log_level level, const char *mod, const char *fmt, ...)
 	line[len + 1] = '\0';
 	fputs(line, stderr);
 }
+
+bool log_limit_ok(struct log_limit *l, uint64_t *suppressed)
+{
+	struct timespec ts;
+	uint64_t now;
+	bool ok;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	pthread_mutex_lock(&l->lock);
+	if (now - l->window_start_ns >= (uint64_t)l->period_ms * 1000000ull) {
+		l->window_start_ns = now;
+		l->in_window = 0;
+	}
+	ok = l->in_window < l->burst;
+	if (ok) {
+		l->in_window++;
+		*suppressed = l->suppressed;
+		l->suppressed = 0;
+	} else {
+		l->suppressed++;
+	}
+	pthread_mutex_unlock(&l->lock);
+	return ok;
+}

@@ -6,6 +6,10 @@
 #ifndef WD_CORE_LOG_H
 #define WD_CORE_LOG_H
 
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "core/common.h"
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_OFF };
@@ -19,6 +23,27 @@ enum log_level log_get_level(void);
  * of the line after msg=, so callers write `log_msg(LOG_INFO, "scan", "\"done\" files=%u", n)`.
  */
 void log_msg(enum log_level level, const char *mod, const char *fmt, ...) WD_PRINTF(3, 4);
+
+/*
+ * A rate limit for a log line that a peer can trigger at will (a refused connection, a
+ * failed accept): at most @burst lines per @period_ms, the rest counted and reported with the
+ * next line that goes out. Thread-safe. Initialise with LOG_LIMIT_INIT(burst, period_ms).
+ */
+struct log_limit {
+	pthread_mutex_t lock;
+	uint32_t burst, period_ms;
+	uint64_t window_start_ns;
+	uint32_t in_window;
+	uint64_t suppressed;
+};
+
+#define LOG_LIMIT_INIT(b, ms) { .lock = PTHREAD_MUTEX_INITIALIZER, .burst = (b), .period_ms = (ms) }
+
+/*
+ * True when a line may be written now; then *@suppressed is how many were dropped since the
+ * last line that went out (say so in the line: "suppressed=N").
+ */
+bool log_limit_ok(struct log_limit *l, uint64_t *suppressed);
 
 #define log_debug(mod, ...) log_msg(LOG_DEBUG, mod, __VA_ARGS__)
 #define log_info(mod, ...) log_msg(LOG_INFO, mod, __VA_ARGS__)

@@ -26,6 +26,15 @@
 #define MOD "metrics"
 #define RENDER_CAP 65536	/* enough for the host tier; doubled while it does not fit */
 #define RENDER_MAX (64u << 20)
+/*
+ * Connection limits of the HTTP server, so that a few slow clients cannot hold every slot
+ * (slowloris): one source address gets at most METRICS_PER_IP_CONNECTIONS of the
+ * METRICS_CONNECTIONS connections, and a connection idle for METRICS_IDLE_TIMEOUT_S is
+ * closed. A scrape is one short request, so Prometheus needs one or two of them.
+ */
+#define METRICS_CONNECTIONS 64u
+#define METRICS_PER_IP_CONNECTIONS 4u
+#define METRICS_IDLE_TIMEOUT_S 3u
 
 #ifndef WD_VERSION
 #define WD_VERSION "unknown"
@@ -622,8 +631,9 @@ int metrics_start(struct daemon *d, const char *listen, struct metrics_server **
 	m->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, m,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-				  MHD_OPTION_CONNECTION_LIMIT, 32u,
-				  MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+				  MHD_OPTION_CONNECTION_LIMIT, METRICS_CONNECTIONS,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, METRICS_PER_IP_CONNECTIONS,
+				  MHD_OPTION_CONNECTION_TIMEOUT, METRICS_IDLE_TIMEOUT_S,
 				  MHD_OPTION_END);
 	if (!m->mhd) {
 		ret = errno ? -errno : -EIO;

@@ -774,6 +774,16 @@ static void job_meta(struct daemon *d, struct job *j)
 		finish(d, j, -EINVAL, 0, 0, "%s: the value contains a NUL byte", op);
 		return;
 	}
+	/* Checked here too so that the refusal says which half is wrong; never quoted raw. */
+	if (!catalog_meta_text_ok(j->arg)) {
+		finish(d, j, -EILSEQ, 0, 0, "%s: %s: the key is not valid UTF-8", op, rm.name);
+		return;
+	}
+	if (!catalog_meta_text_ok(j->arg + klen + 1)) {
+		finish(d, j, -EILSEQ, 0, 0, "%s: %s: the value of key \"%s\" is not valid UTF-8",
+		       op, rm.name, j->arg);
+		return;
+	}
 	ret = catalog_meta_set(d->cat, rm.name, j->arg, j->arg + klen + 1);
 	if (ret)
 		finish(d, j, ret, 0, 0, "%s: %s: %s", op, rm.name, strerror(-ret));

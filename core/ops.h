@@ -142,6 +142,13 @@ struct daemon {
 	bool shut;			/* shutdown_all() ran */
 
 	struct conn *conns;		/* control thread only: every open connection */
+	/* Control thread only (core/daemon.c): connections and clients per uid, for the
+	 * per-uid limits; the descriptor kept in reserve for an accept at EMFILE; the last
+	 * sweep of the connections that owe a hello. */
+	struct uid_use *uid_use;
+	size_t n_uid_use, cap_uid_use;
+	int reserve_fd;
+	uint64_t listen_paused_until_ns, last_sweep_ns;
 
 	pthread_t worker;
 	bool worker_started;
@@ -161,6 +168,10 @@ struct daemon {
 	struct alerts *alerts;		/* alert timer and state (core/alert.h) */
 	struct devcache *dc;		/* the GPU tiers (core/devcache.h) */
 	struct attach_spare *spare;	/* core/daemon.c: what a hello's reply needs, made ahead */
+	/* Set once by daemon_create() when the catalog was corrupt (catalog_open_repair()):
+	 * where the old file went and SQLite's complaint; empty otherwise. */
+	char catalog_aside[PATH_MAX + 48];
+	char catalog_why[256];
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

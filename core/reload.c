@@ -199,6 +199,10 @@ int daemon_reload(struct daemon *d, const struct daemon_config *cfg)
 	cur->n_allow_gids = cfg->n_allow_gids;
 	memcpy(cur->admin_uids, cfg->admin_uids, sizeof(cur->admin_uids));
 	__atomic_store_n(&cur->n_admin_uids, cfg->n_admin_uids, __ATOMIC_RELAXED);
+	/* Connection limits: the control thread checks them at accept and at the hello. */
+	cur->hello_timeout_ms = cfg->hello_timeout_ms;
+	cur->max_conns_per_uid = cfg->max_conns_per_uid;
+	cur->max_clients_per_uid = cfg->max_clients_per_uid;
 
 	if (!budget) {
 		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);

@@ -683,7 +683,7 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 
 #define WEIGHTD_HIST_BUCKETS 28u	/* bucket i <= 1 us << i; the last: everything above */
 #define WEIGHTD_ERR_CLASSES 6u		/* validation, io, admission, protocol, device, other */
-#define WEIGHTD_ALERT_KINDS 4u		/* budget, slow_load, error_burst, pin_ttl */
+#define WEIGHTD_ALERT_KINDS 5u		/* budget, slow_load, error_burst, pin_ttl, catalog */
 #define WEIGHTD_NUMA_SLOTS 9u		/* nodes 0..7, then unbound */
 #define WEIGHTD_EVENT_TEXT 88u
 
@@ -732,7 +732,7 @@ struct weightd_event {
  */
 int weightd_events(struct weightd *w, struct weightd_event *out, size_t max);
 
-/* "budget", "slow_load", "error_burst", "pin_ttl", or "unknown". */
+/* "budget", "slow_load", "error_burst", "pin_ttl", "catalog", or "unknown". */
 const char *weightd_alert_name(unsigned int kind);
 
 /* "validation", "io", "admission", "protocol", "device", "other", or "unknown". */

@@ -174,6 +174,17 @@ static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
 		return fail(-ETIMEDOUT, "the daemon at %s did not answer the hello within %u ms",
 			    path, timeout_ms);
 	n = attach_recv(sock, rep, sizeof(*rep), got, &nfds);
+	/*
+	 * A daemon that refuses a connection at accept (a per-uid limit) writes its reply and
+	 * closes before reading the hello: the kernel reports that as a reset first, and the
+	 * reply is still queued behind it.
+	 */
+	if (n == -ECONNRESET) {
+		nfds = ARRAY_SIZE(got);
+		n = attach_recv(sock, rep, sizeof(*rep), got, &nfds);
+		if (n <= 0)
+			n = -ECONNRESET;
+	}
 	if (n < 0)
 		return fail((int)n, "receiving the hello reply from %s: %s", path,
 			    strerror((int)-n));
@@ -290,6 +301,9 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 		goto err;
 	fill_hello(&hello, &o);
 	ret = attach_send(w->sock, &hello, sizeof(hello), NULL, 0);
+	if ((ret == -EPIPE || ret == -ECONNRESET) &&
+	    recv_reply(w->sock, w->path, 0, &rep, fds) < 0 && rep.status < 0)
+		goto err;	/* refused at accept (a per-uid limit): its reply says why */
 	if (ret < 0) {
 		fail(ret, "sending the hello to %s: %s", w->path, strerror(-ret));
 		goto err;

@@ -71,11 +71,12 @@ enum wd_alert_kind {
 	WD_ALERT_SLOW_LOAD,	/* a load below alert_slow_load_pct of its component's median */
 	WD_ALERT_ERROR_BURST,	/* more than alert_error_count errors in alert_error_window */
 	WD_ALERT_PIN_TTL,	/* a client held a pin longer than alert_pin_ttl */
+	WD_ALERT_CATALOG,	/* the catalog was corrupt at start: moved aside and rebuilt */
 	WD_ALERT_COUNT
 };
 
 /* Their names, in enum order: the /metrics labels, the log and weightd_alert_name(). */
-#define WD_ALERT_NAMES { "budget", "slow_load", "error_burst", "pin_ttl" }
+#define WD_ALERT_NAMES { "budget", "slow_load", "error_burst", "pin_ttl", "catalog" }
 
 /* wd_event.flags */
 #define WD_EVENT_F_RAISED 0x1u	/* the alert became active (or fired, for one-shot kinds) */

@@ -209,6 +209,12 @@ static void test_meta_survives(void **state)
 		{ SET, "beta", "owner", "team-c", 0 },
 		{ SET, "nosuchmodel", "owner", "x", -ENOENT },
 		{ SET, "alpha", "", "x", -EINVAL },
+		/* Invalid UTF-8 is refused: `meta get --json` could not print it. */
+		{ SET, "alpha", "bin", "ok\xff\xfe", -EILSEQ },
+		{ SET, "alpha", "bin", "\xc0\xaf", -EILSEQ },	/* overlong '/' */
+		{ SET, "alpha", "k\xe2\x82", "x", -EILSEQ },	/* truncated sequence */
+		{ SET, "beta", "utf8", "caf\xc3\xa9 \xe2\x82\xac", 0 },
+		{ GET, "alpha", "bin", NULL, -ENOENT },
 		{ UNSET, "alpha", "missing-key", NULL, -ENOENT },
 		{ GET, "alpha", "missing-key", NULL, -ENOENT },
 		{ GET, "nosuchmodel", "owner", NULL, -ENOENT },

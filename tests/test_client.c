@@ -606,6 +606,12 @@ static void test_meta(void **state)
 	CHECK(ret == -ENAMETOOLONG, "meta set of %zu bytes: %d", strlen(big), ret);
 	ret = weightd_meta_set(w, "no-such", "note", "x");
 	CHECK(ret == -ENOENT, "meta set on an unknown model: %d", ret);
+	/* Invalid UTF-8 is refused by the daemon, and nothing is stored. */
+	ret = weightd_meta_set(w, "sd-tiny", "note", "bad\xff\xfe");
+	CHECK(ret == -EILSEQ && strstr(weightd_last_error(), "not valid UTF-8"),
+	      "meta set of invalid UTF-8: %d (%s)", ret, weightd_last_error());
+	ret = weightd_meta_get(w, "sd-tiny", "note", buf, sizeof(buf));
+	CHECK(ret == 16 && !strcmp(buf, "from test_client"), "meta get after: %d '%s'", ret, buf);
 	weightd_detach(w);
 }
 

@@ -113,6 +113,12 @@ static void dump(const struct daemon_config *c, const struct config_file *cf, ch
 		add(buf, size, " memory_pressure=%u", c->pressure_pct);
 	if (c->pressure_target_pct != d.pressure_target_pct)
 		add(buf, size, " memory_pressure_target=%u", c->pressure_target_pct);
+	if (c->hello_timeout_ms != d.hello_timeout_ms)
+		add(buf, size, " hello_timeout_ms=%u", c->hello_timeout_ms);
+	if (c->max_conns_per_uid != d.max_conns_per_uid)
+		add(buf, size, " max_connections_per_uid=%u", c->max_conns_per_uid);
+	if (c->max_clients_per_uid != d.max_clients_per_uid)
+		add(buf, size, " max_clients_per_uid=%u", c->max_clients_per_uid);
 	if (buf[0] == ' ')
 		memmove(buf, buf + 1, strlen(buf));
 }
@@ -230,6 +236,17 @@ static const struct row rows[] = {
 	  ":1: memory_pressure_target: \"0\" is not a number in 1..100" },
 	{ "memory_pressure junk", "memory_pressure = 5%\n", 0, -EINVAL, NULL,
 	  ":1: memory_pressure: \"5%\" is not a number" },
+	{ "hello_timeout", "hello_timeout = 1500ms\n", 0, 0, "hello_timeout_ms=1500", NULL },
+	{ "hello_timeout too short", "hello_timeout = 5ms\n", 0, -EINVAL, NULL,
+	  ":1: hello_timeout: \"5ms\" is out of range (10ms..1h)" },
+	{ "hello_timeout junk", "hello_timeout = soon\n", 0, -EINVAL, NULL,
+	  ":1: hello_timeout: \"soon\" is not a duration" },
+	{ "max_connections_per_uid", "max_connections_per_uid = 16\n", 0, 0,
+	  "max_connections_per_uid=16", NULL },
+	{ "max_clients_per_uid off", "max-clients-per-uid = 0\n", 0, 0, "max_clients_per_uid=0",
+	  NULL },
+	{ "max_clients_per_uid too big", "max_clients_per_uid = 1000001\n", 0, -EINVAL, NULL,
+	  ":1: max_clients_per_uid: \"1000001\" is not a number in 0..1000000" },
 	{ "host_budget m", "host_budget = 512m\n", 0, 0, "host_budget=536870912", NULL },
 	{ "host_budget KiB", "host_budget = 1KiB\n", 0, 0, "host_budget=1024", NULL },
 	{ "host_budget plain", "host_budget = 1048576\n", 0, 0, "host_budget=1048576", NULL },
@@ -491,7 +508,8 @@ static void test_path_and_names(void **state)
 		"metrics_listen", "device_budget", "alert_budget_pct", "alert_slow_load_pct",
 		"alert_slow_load_history", "alert_error_count", "alert_error_window",
 		"alert_pin_ttl", "alert_interval", "quarantine_after", "memory_pressure",
-		"memory_pressure_target",
+		"memory_pressure_target", "hello_timeout", "max_connections_per_uid",
+		"max_clients_per_uid",
 	};
 
 	(void)state;
