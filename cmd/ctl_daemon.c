@@ -158,6 +158,13 @@ static struct weightd *open_daemon(const char *verb, const struct dopts *o)
 					     "error", "no daemon"));
 		ctl_err(verb, "no weightd daemon at %s (start it with `weightd --foreground`)",
 			path);
+	} else if (ret == -ETIMEDOUT) {
+		/* Stopped (SIGSTOP) or wedged: the socket is there, nothing answers. */
+		if (o->json)
+			print_json(json_pack("{s:b, s:s, s:s, s:s}", "daemon", 0, "socket", path,
+					     "error", "not responding", "message",
+					     weightd_last_error()));
+		ctl_err(verb, "%s", weightd_last_error());
 	} else {
 		if (o->json)
 			print_json(json_pack("{s:b, s:s, s:s}", "daemon", 0, "socket", path,
@@ -206,7 +213,10 @@ static void status_usage(FILE *out)
 		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else the per-user\n"
 		"                 runtime directory)\n"
 		"  --json         one JSON object\n\n"
-		"Exit status: 0 the daemon answers, 1 no daemon or it failed, 2 usage error.\n");
+		"A daemon that does not answer within $WEIGHTD_REQUEST_TIMEOUT_MS (default: the\n"
+		"5 s hello timeout) is reported as \"not responding\".\n\n"
+		"Exit status: 0 the daemon answers, 1 no daemon, not responding or it failed,\n"
+		"2 usage error.\n");
 }
 
 #define GPU_LIST_MAX 16

@@ -1774,7 +1774,11 @@ int daemon_run(struct daemon *d)
 	for (bool stop = false; !stop;) {
 		bool want = spare_wanted(d);
 		int n = epoll_wait(d->epoll_fd, ev, (int)ARRAY_SIZE(ev),
-				   want ? SPARE_IDLE_MS : d->listen_paused_until_ns ? 100 : 1000);
+				   want ? SPARE_IDLE_MS : d->listen_paused_until_ns ? 100 :
+				   DAEMON_HEARTBEAT_MS);
+
+		/* Proof of life for waiting clients (shm/registry.h: heartbeat). */
+		registry_heartbeat(d->reg);
 
 		if (n == 0 && want)
 			spare_ring_make(d);

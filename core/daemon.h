@@ -39,6 +39,7 @@
 #define DAEMON_DEFAULT_SPIN_US 50u
 #define DAEMON_DEFAULT_SQ_ENTRIES 64u
 #define DAEMON_HELLO_TIMEOUT_MS 5000u	/* a connection that sends no hello is dropped */
+#define DAEMON_HEARTBEAT_MS 250	/* the registry heartbeat advances at least this often */
 /*
  * Per-uid limits (docs/security.md): connections open at once (attached clients and those
  * still owing their hello), checked at accept; attached clients, checked at the hello. Half

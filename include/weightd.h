@@ -88,7 +88,19 @@ struct weightd_attach_opts {
 	 * 0 means 5000.
 	 */
 	uint32_t attach_timeout_ms;
+	/*
+	 * How long a blocking call (a load, a scan, any request; the hello as well) waits while
+	 * the daemon shows no sign of life, in milliseconds: no completion for the call and no
+	 * heartbeat from the daemon's control thread (4 a second while it runs). Then the call
+	 * returns -ETIMEDOUT with "... is not responding". A load that reports progress from a
+	 * live daemon never times out, however long it takes. 0 means
+	 * $WEIGHTD_REQUEST_TIMEOUT_MS when set (where 0 means never), else 30000; UINT32_MAX
+	 * means never; values below 1000 count as 1000.
+	 */
+	uint32_t request_timeout_ms;
 };
+
+#define WEIGHTD_REQUEST_TIMEOUT_ENV "WEIGHTD_REQUEST_TIMEOUT_MS"
 
 /* Called with the bytes (or items, for a scan) done so far and the total, 0 when unknown. */
 typedef void (*weightd_progress_fn)(uint64_t done, uint64_t total, void *arg);

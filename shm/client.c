@@ -13,6 +13,12 @@
  * are checked, so a daemon that exits in order (status WD_RING_SHUTDOWN, which also wakes the
  * parked waiter at once) or dies (its end of the socket closes: POLLHUP) is noticed within one
  * slice. The error is sticky: a handle whose daemon is gone stays failed until detached.
+ *
+ * A daemon that is there but makes no progress (stopped with SIGSTOP, wedged) is noticed by
+ * the registry heartbeat (shm/registry.h), which its control thread advances every 250 ms:
+ * when neither a completion for the call nor a heartbeat came for the handle's request
+ * timeout, the call returns -ETIMEDOUT (not sticky: the daemon may come back). A long load
+ * that sends progress, from a live daemon, never times out.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -49,6 +55,8 @@
 #define PARK_SLICE_NS (150ull * 1000 * 1000)
 #define DEFAULT_SPIN_US 20u
 #define DEFAULT_ATTACH_TIMEOUT_MS 5000u
+#define DEFAULT_REQUEST_TIMEOUT_MS 30000u
+#define MIN_REQUEST_TIMEOUT_MS 1000u	/* four heartbeats: never less */
 
 /* The public header repeats a few ABI constants so that it needs no internal header. */
 static_assert(WEIGHTD_TIER_MAX == WD_TIER_MAX, "tier count");
@@ -75,6 +83,7 @@ struct weightd {
 	int sock;		/* the attach socket: the lease */
 	uint32_t client_id;
 	uint64_t spin_ns;
+	uint64_t timeout_ns;	/* no sign of life for this long: -ETIMEDOUT; 0: never */
 	int dead;		/* 0, or the sticky error once the daemon is gone */
 	char dead_msg[256];	/* and the message that came with it */
 	uint64_t seq;		/* user_data of the last request */
@@ -171,8 +180,8 @@ static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
 	if (ret < 0)
 		return fail(-errno, "poll on %s: %s", path, strerror(errno));
 	if (ret == 0)
-		return fail(-ETIMEDOUT, "the daemon at %s did not answer the hello within %u ms",
-			    path, timeout_ms);
+		return fail(-ETIMEDOUT, "the weightd daemon at %s is not responding: no answer to "
+			    "the hello within %u ms", path, timeout_ms);
 	n = attach_recv(sock, rep, sizeof(*rep), got, &nfds);
 	/*
 	 * A daemon that refuses a connection at accept (a per-uid limit) writes its reply and
@@ -263,6 +272,37 @@ static int map_segments(struct weightd *w, const struct wd_hello_reply *rep, int
 	return 0;
 }
 
+/*
+ * The request timeout in milliseconds (0: never) from the attach option @opt, else
+ * $WEIGHTD_REQUEST_TIMEOUT_MS, else the default. Returns 0 or -EINVAL for a bad value.
+ */
+static int request_timeout(uint32_t opt, uint32_t *out)
+{
+	const char *env = getenv(WEIGHTD_REQUEST_TIMEOUT_ENV);
+	unsigned long long v = opt;
+	char *end;
+
+	if (!opt && env && *env) {
+		errno = 0;
+		v = strtoull(env, &end, 10);
+		if (errno || *end || v > UINT32_MAX)
+			return fail(-EINVAL, "$%s=\"%s\": expected milliseconds (0: never)",
+				    WEIGHTD_REQUEST_TIMEOUT_ENV, env);
+		if (!v) {
+			*out = 0;
+			return 0;
+		}
+	}
+	if (!v)
+		v = DEFAULT_REQUEST_TIMEOUT_MS;
+	if (v == UINT32_MAX) {
+		*out = 0;
+		return 0;
+	}
+	*out = v < MIN_REQUEST_TIMEOUT_MS ? MIN_REQUEST_TIMEOUT_MS : (uint32_t)v;
+	return 0;
+}
+
 int weightd_attach(const char *socket_path, const struct weightd_attach_opts *opts,
 		   struct weightd **out)
 {
@@ -270,6 +310,7 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 	struct wd_hello_reply rep;
 	struct wd_hello hello;
 	struct weightd *w;
+	uint32_t timeout_ms = 0;
 	int fds[3] = { -1, -1, -1 }, ret;
 
 	last_error[0] = '\0';
@@ -281,8 +322,14 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 	if (!ring_size_ok(o.sq_entries) || !ring_size_ok(o.cq_entries))
 		return fail(-EINVAL, "ring sizes must be powers of two in [%u, %u] (got %u, %u)",
 			    WD_RING_MIN, WD_RING_MAX, o.sq_entries, o.cq_entries);
+	ret = request_timeout(o.request_timeout_ms, &timeout_ms);
+	if (ret)
+		return ret;
 	if (!o.attach_timeout_ms)
 		o.attach_timeout_ms = DEFAULT_ATTACH_TIMEOUT_MS;
+	/* The hello is a request too: a stopped daemon must not hold it longer. */
+	if (timeout_ms && o.attach_timeout_ms > timeout_ms)
+		o.attach_timeout_ms = timeout_ms;
 	w = calloc(1, sizeof(*w));
 	if (!w)
 		return fail(-ENOMEM, "out of memory");
@@ -290,6 +337,7 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 	w->ring_seg.fd = -1;
 	w->host_seg.fd = -1;
 	w->spin_ns = (uint64_t)o.spin_us * 1000;
+	w->timeout_ns = (uint64_t)timeout_ms * 1000000;
 	pthread_mutex_init(&w->lock, NULL);
 	ret = attach_resolve_path(socket_path, w->path, sizeof(w->path));
 	if (ret < 0) {
@@ -413,6 +461,49 @@ static int daemon_state(struct weightd *w)
 		    w->path);
 }
 
+/*
+ * Liveness of the daemon while one call waits: the last time a sign of life came (a
+ * completion for the call, or a new heartbeat value in the registry).
+ */
+struct liveness {
+	uint64_t beat;
+	uint64_t alive_ns;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void live_start(const struct weightd *w, struct liveness *l)
+{
+	l->beat = registry_heartbeat_read(&w->reg);
+	l->alive_ns = now_ns();
+}
+
+/*
+ * Returns 0 while the daemon shows life, or -ETIMEDOUT (with the message) once it showed
+ * none for the handle's request timeout.
+ */
+static int live_check(const struct weightd *w, struct liveness *l, const char *what)
+{
+	uint64_t beat = registry_heartbeat_read(&w->reg), now = now_ns();
+
+	if (beat != l->beat) {
+		l->beat = beat;
+		l->alive_ns = now;
+		return 0;
+	}
+	if (!w->timeout_ns || now - l->alive_ns < w->timeout_ns)
+		return 0;
+	return fail(-ETIMEDOUT, "the weightd daemon at %s is not responding: no progress on %s "
+		    "for %llu ms (is it stopped? see $%s)", w->path, what,
+		    (unsigned long long)(w->timeout_ns / 1000000), WEIGHTD_REQUEST_TIMEOUT_ENV);
+}
+
 /* Marks the handle dead with @err (sticky), keeping the message, and returns @err. */
 static int set_dead(struct weightd *w, int err)
 {
@@ -425,7 +516,9 @@ static int set_dead(struct weightd *w, int err)
 static int wait_sq_space(struct weightd *w)
 {
 	const struct timespec nap = { .tv_nsec = 200 * 1000 };
+	struct liveness live;
 
+	live_start(w, &live);
 	for (;;) {
 		int ret = ring_prod_space(&w->sq);
 
@@ -436,6 +529,9 @@ static int wait_sq_space(struct weightd *w)
 		ret = daemon_state(w);
 		if (ret)
 			return set_dead(w, ret);
+		ret = live_check(w, &live, "a free submission slot");
+		if (ret)
+			return ret;
 		nanosleep(&nap, NULL);
 	}
 }
@@ -445,12 +541,15 @@ static int wait_sq_space(struct weightd *w)
  * Returns 1 when that final completion was copied into @rp, 0 when it has not arrived yet,
  * or -EPROTO. Completions of other requests can only be leftovers and are dropped.
  */
-static int reap(struct weightd *w, uint64_t ud, const struct request *rq, struct reply *rp)
+static int reap(struct weightd *w, uint64_t ud, const struct request *rq, struct reply *rp,
+		struct liveness *live)
 {
 	int n = ring_cons_avail(&w->cq);
 
 	if (n < 0)
 		return fail(n, "the daemon broke the completion ring");
+	if (n > 0 && live)
+		live->alive_ns = now_ns();	/* a completion: progress */
 	for (; n > 0; n--) {
 		struct wd_cqe c;
 
@@ -487,6 +586,7 @@ static int reap(struct weightd *w, uint64_t ud, const struct request *rq, struct
 static int submit_wait(struct weightd *w, struct request *rq, struct reply *rp)
 {
 	struct wd_sqe *slot;
+	struct liveness live;
 	uint64_t ud;
 	bool first = true;
 	int ret;
@@ -514,8 +614,9 @@ static int submit_wait(struct weightd *w, struct request *rq, struct reply *rp)
 	ring_prod_advance(&w->sq);
 	ring_prod_publish(&w->sq);
 	ring_notify(&w->sq);
+	live_start(w, &live);
 	for (;;) {
-		ret = reap(w, ud, rq, rp);
+		ret = reap(w, ud, rq, rp, &live);
 		if (ret > 0) {
 			ret = 0;
 			break;
@@ -536,13 +637,17 @@ static int submit_wait(struct weightd *w, struct request *rq, struct reply *rp)
 		ret = daemon_state(w);
 		if (ret) {
 			/* A completion that raced with the shutdown still counts. */
-			if (reap(w, ud, rq, rp) > 0) {
+			if (reap(w, ud, rq, rp, NULL) > 0) {
 				ret = 0;
 				break;
 			}
 			set_dead(w, ret);
 			break;
 		}
+		/* The request stays queued; its completion, if it ever comes, is dropped. */
+		ret = live_check(w, &live, "this request");
+		if (ret)
+			break;
 	}
 out:
 	pthread_mutex_unlock(&w->lock);

@@ -610,6 +610,12 @@ void registry_publish(struct registry *reg)
 	store_release(&reg->hdr->generation, READ_ONCE(reg->hdr->generation) + 1);
 }
 
+void registry_heartbeat(struct registry *reg)
+{
+	/* Only the control thread writes it; a reader only compares values, so relaxed. */
+	WRITE_ONCE(reg->hdr->heartbeat, READ_ONCE(reg->hdr->heartbeat) + 1);
+}
+
 void registry_retire(struct registry *reg)
 {
 	store_release(&reg->hdr->flags, READ_ONCE(reg->hdr->flags) | WD_REG_F_RETIRED);
@@ -717,6 +723,11 @@ uint64_t registry_generation(const struct registry_view *v)
 {
 	/* Pairs with store_release(generation) in registry_publish(). */
 	return load_acquire(&vhdr(v)->generation);
+}
+
+uint64_t registry_heartbeat_read(const struct registry_view *v)
+{
+	return READ_ONCE(vhdr(v)->heartbeat);
 }
 
 bool registry_retired(const struct registry_view *v)

@@ -102,7 +102,14 @@ struct wd_reg_hdr {
 	uint64_t index_off;
 	uint64_t metrics_off;	/* struct wd_reg_metrics (shm/regmetrics.h); 0: none */
 	uint64_t metrics_size;	/* sizeof(struct wd_reg_metrics) */
-	uint8_t reserved1[120];
+	/*
+	 * Incremented by the daemon's control thread at least every DAEMON_HEARTBEAT_MS while
+	 * it runs (registry_heartbeat()). A client waiting on a request takes a change as
+	 * proof of life: a daemon that is stopped (SIGSTOP) or wedged leaves it still, and
+	 * the client's call ends with -ETIMEDOUT (include/weightd.h, request_timeout_ms).
+	 */
+	uint64_t heartbeat;
+	uint8_t reserved1[112];
 };
 
 /* Every record starts with seq and check; check is XXH3-64 of the bytes after it. */
@@ -184,6 +191,7 @@ static_assert(offsetof(struct wd_reg_hdr, tensor_off) == 104, "reg.tensor_off");
 static_assert(offsetof(struct wd_reg_hdr, index_off) == 112, "reg.index_off");
 static_assert(offsetof(struct wd_reg_hdr, metrics_off) == 120, "reg.metrics_off");
 static_assert(offsetof(struct wd_reg_hdr, metrics_size) == 128, "reg.metrics_size");
+static_assert(offsetof(struct wd_reg_hdr, heartbeat) == 136, "reg.heartbeat");
 
 static_assert(sizeof(struct wd_reg_model) == 384, "wd_reg_model size");
 static_assert(offsetof(struct wd_reg_model, check) == 8, "model.check");
@@ -355,6 +363,10 @@ void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta)
  */
 void registry_publish(struct registry *reg);
 
+/* Advances the heartbeat word (wd_reg_hdr.heartbeat); the control thread's, at least every
+ * second, so that clients can tell a live daemon from a stopped one. */
+void registry_heartbeat(struct registry *reg);
+
 /* Marks the registry as replaced, so readers know to re-attach (WD_REG_F_RETIRED). */
 void registry_retire(struct registry *reg);
 
@@ -390,6 +402,9 @@ void registry_detach(struct registry_view *v);
 
 /* The generation (acquire): it changes whenever the daemon publishes new records. */
 uint64_t registry_generation(const struct registry_view *v);
+
+/* The heartbeat word (relaxed): it changes while the daemon's control thread runs. */
+uint64_t registry_heartbeat_read(const struct registry_view *v);
 
 /* True when the daemon has replaced this registry with a newer one. */
 bool registry_retired(const struct registry_view *v);

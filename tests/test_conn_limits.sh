@@ -22,10 +22,11 @@ start() {
 	ctl status >/dev/null 2>&1 || fail "the daemon did not answer"
 }
 stop() { kill -TERM $P; wait $P; P=; }
-# idle N SECONDS: holds N connections that never send a hello for SECONDS, then prints how
-# many of them the daemon had closed (EOF or reset) by the end.
+# idle N SECONDS OUT: holds N connections that never send a hello for SECONDS; writes
+# "connected" to OUT once they are all open, then how many of them the daemon had closed
+# (EOF or reset) by the end.
 idle() {
-	python3 - "$T/sock" "$1" "$2" <<'PY'
+	python3 - "$T/sock" "$1" "$2" >"$3" <<'PY'
 import socket, sys, time
 path, n, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 socks = []
@@ -33,6 +34,7 @@ for _ in range(n):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.connect(path)
     socks.append(s)
+print("connected", flush=True)
 time.sleep(secs)
 closed = 0
 for s in socks:
@@ -46,6 +48,13 @@ for s in socks:
 print(closed)
 PY
 }
+wait_connected() {
+	i=0
+	while ! grep -q connected "$T/idle.out" 2>/dev/null && [ $i -lt 200 ]; do
+		sleep 0.05; i=$((i + 1))
+	done
+	grep -q connected "$T/idle.out" || fail "the idle connections did not open"
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 "$WD_BUILD/weightctl" gen --preset demo "$T/models" >/dev/null 2>&1 || fail "gen failed"
@@ -53,14 +62,14 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # 1 and 2: four connections per uid; idle ones go after 1 s.
 OPTS="--max-connections-per-uid 4 --max-clients-per-uid 2 --hello-timeout-ms 1000"
 start
-idle 4 3 >"$T/idle.out" &
+idle 4 3 "$T/idle.out" &
 H=$!
-sleep 0.5
+wait_connected
 ctl status >"$T/out" 2>&1 && fail "a fifth connection of the same uid was accepted"
 grep -q "max_connections_per_uid" "$T/out" || fail "refusal does not name the limit: $(cat "$T/out")"
 wait $H
 H=
-[ "$(cat "$T/idle.out")" = 4 ] || fail "idle connections closed after the hello timeout: $(cat "$T/idle.out") of 4"
+[ "$(tail -n 1 "$T/idle.out")" = 4 ] || fail "idle connections closed after the hello timeout: $(cat "$T/idle.out") of 4"
 grep -q '"no hello, closing".*timeout_ms=1000' "$T/log" || fail "hello timeout not logged"
 ctl status >/dev/null 2>&1 || fail "the cap did not free up after the connections closed"
 
@@ -92,9 +101,11 @@ OPTS="--max-connections-per-uid 0 --hello-timeout-ms 1500"
 start prlimit --nofile=64:64
 hz=$(getconf CLK_TCK)
 before=$(cpu_ticks $P)
-idle 150 3 >/dev/null &
+rm -f "$T/idle.out"
+idle 150 3 "$T/idle.out" &
 H=$!
-sleep 2.5
+wait_connected
+sleep 2
 used=$(($(cpu_ticks $P) - before))
 wait $H
 H=

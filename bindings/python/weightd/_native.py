@@ -43,6 +43,7 @@ class AttachOpts(ctypes.Structure):
         ("cq_entries", c_u32),
         ("client_name", ctypes.c_char_p),
         ("attach_timeout_ms", c_u32),
+        ("request_timeout_ms", c_u32),
     ]
 
 

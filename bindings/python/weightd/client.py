@@ -139,7 +139,8 @@ class _Lease:
 class Client:
     """A connection to the daemon (see connect())."""
 
-    def __init__(self, socket=None, spin_us=20, client_name="python", timeout_ms=0):
+    def __init__(self, socket=None, spin_us=20, client_name="python", timeout_ms=0,
+                 request_timeout_ms=0):
         lib = N.lib()
         self._lib = lib
         self._lock = threading.Lock()
@@ -159,8 +160,11 @@ class Client:
         # Room for this many records in the next weightd_tensor_list() (grows to fit).
         self._list_cap = 1024
         self._names_cap = 64 * 1024
+        # request_timeout_ms: a call raises (ETIMEDOUT, "not responding") when the daemon
+        # shows no sign of life for that long; 0: $WEIGHTD_REQUEST_TIMEOUT_MS, else 30 s.
         opts = N.AttachOpts(spin_us=spin_us, client_name=_b(client_name),
-                            attach_timeout_ms=timeout_ms)
+                            attach_timeout_ms=timeout_ms,
+                            request_timeout_ms=request_timeout_ms)
         h = ctypes.c_void_p()
         path = _b(os.fspath(socket)) if socket is not None else None
         ret = lib.weightd_attach(path, ctypes.byref(opts), ctypes.byref(h))
@@ -1081,7 +1085,8 @@ class _MultiPin(Pin):
 
 def connect(socket=None, **kwargs):
     """Attaches to the daemon at @socket (None: $WEIGHTD_SOCKET, else the per-user default)
-    and returns a Client. Keyword arguments: spin_us, client_name, timeout_ms.
+    and returns a Client. Keyword arguments: spin_us, client_name, timeout_ms (the attach),
+    request_timeout_ms (include/weightd.h: a daemon silent for that long fails the call).
     Raises DaemonUnavailableError when no daemon listens there, LibraryUnavailableError when
     libweightd cannot be loaded, or a WeightdError with the attach error."""
     return Client(socket, **kwargs)
