@@ -300,6 +300,7 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 	char gpu_why[256] = "", alert_line[256] = "";
 	json_t *alerts = NULL;
 	struct weightd_metrics m;
+	struct weightd_registry_usage ru = { 0 };
 	int n_gpus;
 	struct weightd_stats st;
 	struct dopts o;
@@ -337,12 +338,13 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 				 alert_line[0] ? ", " : "", weightd_alert_name(i));
 		}
 	}
+	weightd_registry_usage(w, &ru);
 	if (o.json) {
 		json_t *ga = json_array();
 
 		for (int i = 0; i < n_gpus && i < GPU_LIST_MAX; i++)
 			json_array_append_new(ga, gpu_json(&gpus[i]));
-		print_json(json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:s, s:I, s:f, "
+		json_t *jo = json_pack("{s:b, s:s, s:i, s:I, s:I, s:i, s:I, s:I, s:I, s:s, s:I, s:f, "
 				     "s:o, s:s, s:o}",
 				     "daemon", 1, "socket", weightd_socket_path(w), "pid", pid,
 				     "clients", (json_int_t)st.clients, "pins",
@@ -354,8 +356,19 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 				     (json_int_t)st.requests_total, "uptime_s",
 				     (double)st.uptime_ns / 1e9, "gpus", ga, "gpu_tier",
 				     n_gpus > 0 ? "available" : n_gpus == 0 ? gpu_why :
-				     weightd_last_error(), "alerts_active", alerts));
+				     weightd_last_error(), "alerts_active", alerts);
+
 		alerts = NULL;
+		/* Capacity use: the registry is sized at start (docs/security.md). */
+		json_object_set_new(jo, "registry",
+				    json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I}",
+					      "models", (int)ru.models, "model_cap",
+					      (int)ru.model_cap, "components", (int)ru.components,
+					      "component_cap", (int)ru.component_cap, "tensors",
+					      (int)ru.tensors, "tensor_cap", (int)ru.tensor_cap,
+					      "names_used", (json_int_t)ru.names_used,
+					      "names_size", (json_int_t)ru.names_size));
+		print_json(jo);
 	} else {
 		printf("daemon     running, pid %d, up %.0f s\n", pid, (double)st.uptime_ns / 1e9);
 		printf("socket     %s\n", weightd_socket_path(w));
@@ -369,6 +382,10 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		       "hugetlb" : st.host_page_kind == WEIGHTD_PAGES_THP ?
 		       "transparent huge pages" : "4 KiB (no huge pages on this machine)",
 		       ctl_human_bytes(st.host_page_size, b1, 32));
+		printf("registry   %u/%u models, %u/%u components, %u/%u tensors, %s/%s of long "
+		       "names\n", ru.models, ru.model_cap, ru.components, ru.component_cap,
+		       ru.tensors, ru.tensor_cap, ctl_human_bytes(ru.names_used, b1, 32),
+		       ctl_human_bytes(ru.names_size, b2, 32));
 		printf("requests   %llu served, %llu failed\n",
 		       (unsigned long long)st.requests_total, (unsigned long long)st.errors_total);
 		if (n_gpus == 0)

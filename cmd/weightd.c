@@ -19,7 +19,7 @@ enum { OPT_MODELS = 256, OPT_BUDGET, OPT_STATE, OPT_SOCKET, OPT_SPIN, OPT_LOG, O
        OPT_ALLOW_GROUP, OPT_ADMIN, OPT_NO_SCAN,
        OPT_VERIFY, OPT_KEEP_ALIVE, OPT_CONFIG, OPT_METRICS, OPT_DEVICE_BUDGET,
        OPT_QUARANTINE, OPT_PRESSURE, OPT_PRESSURE_TARGET, OPT_PREFAULT, OPT_HELLO_TIMEOUT,
-       OPT_UID_CONNS, OPT_UID_CLIENTS };
+       OPT_UID_CONNS, OPT_UID_CLIENTS, OPT_REG_MODELS, OPT_REG_TENSORS };
 
 static const struct option options[] = {
 	{ "foreground", no_argument, NULL, 'f' },
@@ -45,6 +45,8 @@ static const struct option options[] = {
 	{ "hello-timeout-ms", required_argument, NULL, OPT_HELLO_TIMEOUT },
 	{ "max-connections-per-uid", required_argument, NULL, OPT_UID_CONNS },
 	{ "max-clients-per-uid", required_argument, NULL, OPT_UID_CLIENTS },
+	{ "registry-models", required_argument, NULL, OPT_REG_MODELS },
+	{ "registry-tensors", required_argument, NULL, OPT_REG_TENSORS },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ 0 }
@@ -100,6 +102,11 @@ static void usage(FILE *out)
 		"                          limit); refused at accept\n"
 		"  --max-clients-per-uid N attached clients one uid may have (default %u; 0: no\n"
 		"                          limit)\n"
+		"  --registry-models N     registry capacity at start: models (default %u, 4\n"
+		"                          components each) ...\n"
+		"  --registry-tensors N    ... and tensors (default %u); at least twice what the\n"
+		"                          catalog holds. A scan finding more is refused, named\n"
+		"                          and counted until a restart\n"
 		"  --log-level LEVEL       debug, info (default), warn, error, off\n"
 		"  -V, --version           version, ABI and build features (GPU tier)\n"
 		"  -h, --help              this text\n\n"
@@ -108,7 +115,8 @@ static void usage(FILE *out)
 		"line (docs/config.md says what can change without a restart).\n",
 		DAEMON_DEFAULT_SPIN_US, RECOVERY_QUARANTINE_AFTER, DAEMON_DEFAULT_PRESSURE_PCT,
 		DAEMON_DEFAULT_PRESSURE_TARGET_PCT, DAEMON_HELLO_TIMEOUT_MS,
-		DAEMON_DEFAULT_UID_CONNECTIONS, DAEMON_DEFAULT_UID_CLIENTS);
+		DAEMON_DEFAULT_UID_CONNECTIONS, DAEMON_DEFAULT_UID_CLIENTS,
+		DAEMON_DEFAULT_REGISTRY_MODELS, DAEMON_DEFAULT_REGISTRY_TENSORS);
 }
 
 static int bad(const char *opt, const char *val, const char *why)
@@ -320,6 +328,20 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 			else
 				cfg->max_clients_per_uid = (uint32_t)v;
 			break;
+		case OPT_REG_MODELS:
+		case OPT_REG_TENSORS: {
+			uint64_t max = opt == OPT_REG_MODELS ? CONFIG_MAX_REGISTRY_MODELS :
+				       CONFIG_MAX_REGISTRY_TENSORS;
+
+			if (wd_parse_bytes(optarg, &v) || v < 16 || v > max)
+				return bad(opt == OPT_REG_MODELS ? "--registry-models" :
+					   "--registry-tensors", optarg, "out of range");
+			if (opt == OPT_REG_MODELS)
+				cfg->registry_models = (uint32_t)v;
+			else
+				cfg->registry_tensors = (uint32_t)v;
+			break;
+		}
 		case OPT_BUDGET:
 			if (wd_parse_bytes(optarg, &cfg->host_budget))
 				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");

@@ -42,6 +42,7 @@ enum kind {
 	K_RECOVERY_NUM,	/* a decimal count; bounds per key in recovery_num() */
 	K_LIMIT_NUM,	/* a decimal count 0..1000000 (0: no limit); limit_num() */
 	K_LIMIT_DUR,	/* a duration, 10ms..1h; the hello timeout */
+	K_REGISTRY,	/* a decimal count, 16..the key's maximum; registry capacity */
 };
 
 struct keydef {
@@ -79,6 +80,8 @@ static const struct keydef keys[CONFIG_KEY_COUNT] = {
 	[CONFIG_HELLO_TIMEOUT] = { "hello_timeout", K_LIMIT_DUR, false },
 	[CONFIG_MAX_CONNECTIONS_PER_UID] = { "max_connections_per_uid", K_LIMIT_NUM, false },
 	[CONFIG_MAX_CLIENTS_PER_UID] = { "max_clients_per_uid", K_LIMIT_NUM, false },
+	[CONFIG_REGISTRY_MODELS] = { "registry_models", K_REGISTRY, false },
+	[CONFIG_REGISTRY_TENSORS] = { "registry_tensors", K_REGISTRY, false },
 };
 
 /* The same bound as weightd --spin-us: ten seconds of spinning is already absurd. */
@@ -359,6 +362,25 @@ static int limit_num(struct parser *p, enum config_key k, const char *v)
 	return 0;
 }
 
+/* A registry capacity: 16 to CONFIG_MAX_REGISTRY_MODELS or _TENSORS. */
+static int registry_num(struct parser *p, enum config_key k, const char *v)
+{
+	uint64_t max = k == CONFIG_REGISTRY_MODELS ? CONFIG_MAX_REGISTRY_MODELS :
+		       CONFIG_MAX_REGISTRY_TENSORS;
+	const char *end;
+	uint64_t u;
+	int ret = parse_u64(v, &end, &u);
+
+	if (ret || *end || u < 16 || u > max)
+		return fail(p, -EINVAL, "\"%s\" is not a number in 16..%llu", v,
+			    (unsigned long long)max);
+	if (k == CONFIG_REGISTRY_MODELS)
+		p->cfg.registry_models = (uint32_t)u;
+	else
+		p->cfg.registry_tensors = (uint32_t)u;
+	return 0;
+}
+
 /* The hello timeout: 10ms to an hour. */
 static int limit_dur(struct parser *p, const char *v)
 {
@@ -488,6 +510,8 @@ static int apply(struct parser *p, enum config_key k, char *v)
 		return limit_num(p, k, v);
 	case K_LIMIT_DUR:
 		return limit_dur(p, v);
+	case K_REGISTRY:
+		return registry_num(p, k, v);
 	}
 	return fail(p, -EINVAL, "internal error: key without a kind");
 }

@@ -32,6 +32,8 @@
 #define CONFIG_ENV "WEIGHTD_CONFIG"	/* the file to read when --config is not given */
 #define CONFIG_MAX_SIZE (1u << 20)	/* a bigger file is refused (-EFBIG) */
 #define CONFIG_MAX_UID_LIMIT 1000000u	/* max_connections_per_uid, max_clients_per_uid */
+#define CONFIG_MAX_REGISTRY_MODELS (1u << 18)	/* registry_models (x4 components <= 2^20) */
+#define CONFIG_MAX_REGISTRY_TENSORS (1u << 26)	/* registry_tensors */
 
 /* The keys, in the order docs/config.md lists them. */
 enum config_key {
@@ -63,6 +65,8 @@ enum config_key {
 	CONFIG_HELLO_TIMEOUT,		/* connection limits (docs/security.md) */
 	CONFIG_MAX_CONNECTIONS_PER_UID,
 	CONFIG_MAX_CLIENTS_PER_UID,
+	CONFIG_REGISTRY_MODELS,		/* registry capacity at start */
+	CONFIG_REGISTRY_TENSORS,
 	CONFIG_KEY_COUNT
 };
 _Static_assert(CONFIG_KEY_COUNT <= 64, "config_file.set holds one bit per key");

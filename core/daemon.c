@@ -55,10 +55,12 @@
 #define NEW_CLIENT_SLICE_NS (20ull * 1000)
 #define MAX_PEER_GROUPS 64
 
-/* Minimum registry capacities; a catalog larger than half of them gets twice its size. */
-#define REG_MIN_MODELS 4096u
-#define REG_MIN_COMPS 16384u
-#define REG_MIN_TENSORS 262144u
+/*
+ * Registry capacities: registry_models and registry_tensors (components: four per model), or
+ * twice what the catalog holds when that is more. Records are never removed, so what a later
+ * SCAN finds beyond that is refused and reported (daemon_publish()) until a restart.
+ */
+#define REG_COMPS_PER_MODEL 4u
 
 enum conn_kind { CONN_LISTEN, CONN_SIGNAL, CONN_STOP, CONN_PENDING, CONN_CLIENT, CONN_ALERT,
 		CONN_PSI };
@@ -570,7 +572,22 @@ struct pub_ctx {
 	struct catalog_model *m;
 	uint32_t first_comp;
 	int err;
+	struct publish_report *rep;
 };
+
+/* Counts a refusal of the registry in @rep, keeping the first one's cause and target. */
+static void note_left(struct publish_report *rep, int err, const char *model, const char *tensor)
+{
+	if (!rep->err) {
+		rep->err = err;
+		if (tensor)
+			snprintf(rep->first, sizeof(rep->first), "model %s, tensor %.64s%s (%zu "
+				 "bytes)", model, tensor, strlen(tensor) > 64 ? "..." : "",
+				 strlen(tensor));
+		else
+			snprintf(rep->first, sizeof(rep->first), "model %s", model);
+	}
+}
 
 static int pub_tensor(const struct catalog_tensor *t, void *arg)
 {
@@ -590,9 +607,10 @@ static int pub_tensor(const struct catalog_tensor *t, void *arg)
 	ti.dtype = t->dtype < 0 ? 0xff : (uint8_t)t->dtype;
 	ti.rank = (uint8_t)(t->rank > WD_SHAPE_MAX ? WD_SHAPE_MAX : t->rank);
 	ret = registry_add_tensor(p->d->reg, &ti, &tid);
-	if (ret == -EEXIST || ret == -ENAMETOOLONG || ret == -EINVAL) {
-		log_debug(MOD, "\"tensor not published\" model=\"%s\" tensor=\"%s\" err=%d",
-			  p->m->name, t->name, ret);
+	if (ret == -EEXIST || ret == -ENAMETOOLONG || ret == -EINVAL || ret == -ENOSPC) {
+		/* Never silent: counted, and reported by daemon_publish() and the SCAN reply. */
+		p->rep->tensors_left++;
+		note_left(p->rep, ret, p->m->name, t->name);
 		return 0;
 	}
 	if (ret) {
@@ -660,9 +678,9 @@ static int models_reserve(struct daemon *d, size_t n)
  * Returns 0 or a negative errno.
  */
 static int add_model(struct daemon *d, struct catalog *cat, struct catalog_model *m,
-		     uint64_t fp)
+		     uint64_t fp, struct publish_report *rep)
 {
-	struct pub_ctx p = { .d = d, .m = m };
+	struct pub_ctx p = { .d = d, .m = m, .rep = rep };
 	char arch[WD_ARCH_MAX];
 	uint32_t id, cid;
 	int ret;
@@ -689,8 +707,9 @@ static int add_model(struct daemon *d, struct catalog *cat, struct catalog_model
 	return p.err ? p.err : ret;
 }
 
-int daemon_publish(struct daemon *d, struct catalog *cat)
+int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report *out)
 {
+	struct publish_report rep = { 0 };
 	struct catalog_model_list list;
 	bool *seen = NULL;
 	size_t old_n;
@@ -730,8 +749,14 @@ int daemon_publish(struct daemon *d, struct catalog *cat)
 				e->stale = stale;
 				registry_set_model_flags(d->reg, id, stale ? WD_REG_MODEL_F_STALE : 0);
 			}
+		} else if (!registry_has_room(d->reg, 1, m.n_components, m.n_tensors, 0)) {
+			/* Whole or not at all: a half-published model would serve "no such
+			 * tensor" for what did not fit. */
+			rep.models_left++;
+			rep.tensors_left += m.n_tensors;
+			note_left(&rep, -ENOSPC, m.name, NULL);
 		} else {
-			ret = add_model(d, cat, &m, fp);
+			ret = add_model(d, cat, &m, fp, &rep);
 			if (ret)
 				log_warn(MOD, "\"model not fully published\" model=\"%s\" err=%d",
 					 m.name, ret);
@@ -752,6 +777,20 @@ int daemon_publish(struct daemon *d, struct catalog *cat)
 	pthread_mutex_unlock(&d->state_lock);
 	free(seen);
 	catalog_model_list_free(&list);
+	if (rep.models_left || rep.tensors_left) {
+		struct registry_usage u;
+
+		registry_usage(&d->view, &u);
+		log_warn(MOD, "\"not published: the registry refused them\" models=%u tensors=%"
+			 PRIu64 " err=%d first=\"%s\" models_used=%u/%u components_used=%u/%u "
+			 "tensors_used=%u/%u names_used=%" PRIu64 "/%" PRIu64 " hint=\"%s\"",
+			 rep.models_left, rep.tensors_left, rep.err, rep.first, u.models,
+			 u.model_cap, u.comps, u.comp_cap, u.tensors, u.tensor_cap, u.names_used,
+			 u.names_size, rep.err == -ENOSPC ? "restart weightd: it sizes the "
+			 "registry from the catalog" : "see docs/security.md");
+	}
+	if (out)
+		*out = rep;
 	return ret ? ret : added;
 }
 
@@ -778,6 +817,16 @@ static void *worker_main(void *arg)
 {
 	struct daemon *d = arg;
 
+	/*
+	 * What the catalog held at start is published here rather than in daemon_create(),
+	 * so that the control thread answers (status, attach) while a large catalog is read.
+	 */
+	int ret = daemon_publish(d, d->cat, NULL);
+
+	if (ret < 0)
+		log_error(MOD, "\"cannot publish the catalog\" err=%d", ret);
+	else
+		log_info(MOD, "\"catalog published\" models=%d", ret);
 	/* A catalog rebuilt from scratch (catalog_open_repair()) is filled again at once. */
 	if (d->cfg.scan_at_start || d->catalog_aside[0])
 		ops_scan_roots(d);
@@ -1520,7 +1569,14 @@ static int watch(struct daemon *d, int fd, struct conn *w)
 static int create_registry(struct daemon *d)
 {
 	struct catalog_model_list list;
-	struct registry_limits lim = { REG_MIN_MODELS, REG_MIN_COMPS, REG_MIN_TENSORS };
+	uint32_t models = d->cfg.registry_models ? d->cfg.registry_models :
+			  DAEMON_DEFAULT_REGISTRY_MODELS;
+	struct registry_limits lim = {
+		.max_models = models,
+		.max_components = models * REG_COMPS_PER_MODEL,
+		.max_tensors = d->cfg.registry_tensors ? d->cfg.registry_tensors :
+			       DAEMON_DEFAULT_REGISTRY_TENSORS,
+	};
 	uint64_t comps = 0, tensors = 0;
 	int ret;
 
@@ -1541,12 +1597,10 @@ static int create_registry(struct daemon *d)
 	ret = registry_create(&lim, &d->reg);
 	if (ret)
 		return ret;
-	ret = registry_view_init(&d->view, registry_segment(d->reg)->base,
-				 registry_segment(d->reg)->size);
-	if (ret)
-		return ret;
-	ret = daemon_publish(d, d->cat);
-	return ret < 0 ? ret : 0;
+	/* Published by the worker once the daemon answers (worker_main()): with a large
+	 * catalog that takes seconds, and `status` must answer at once. */
+	return registry_view_init(&d->view, registry_segment(d->reg)->base,
+				  registry_segment(d->reg)->size);
 }
 
 int daemon_create(const struct daemon_config *cfg, struct daemon **out)

@@ -47,6 +47,8 @@
  */
 #define DAEMON_DEFAULT_UID_CONNECTIONS 1024u
 #define DAEMON_DEFAULT_UID_CLIENTS 1016u
+#define DAEMON_DEFAULT_REGISTRY_MODELS 4096u
+#define DAEMON_DEFAULT_REGISTRY_TENSORS 262144u
 #define DAEMON_DEFAULT_PRESSURE_PCT 10u	/* PSI memory "some avg10" that sheds the cache */
 #define DAEMON_DEFAULT_PRESSURE_TARGET_PCT 75u	/* ... down to this share of the budget */
 
@@ -88,6 +90,9 @@ struct daemon_config {
 	uint32_t hello_timeout_ms;	/* a connection without a hello by then is closed */
 	uint32_t max_conns_per_uid;	/* connections of one uid at once; 0: no limit */
 	uint32_t max_clients_per_uid;	/* attached clients of one uid; 0: no limit */
+	/* Registry capacity at start (at least twice what the catalog holds); 0: the default. */
+	uint32_t registry_models;	/* DAEMON_DEFAULT_REGISTRY_MODELS */
+	uint32_t registry_tensors;	/* DAEMON_DEFAULT_REGISTRY_TENSORS */
 	uint64_t device_budget;		/* bytes of each GPU's cache; 0: device_budget_pct */
 	unsigned int device_budget_pct;	/* percent of each GPU's memory; 0 with device_budget
 					 * 0: 100 - DEVCACHE_DEFAULT_HEADROOM_PCT (core/devcache.h) */

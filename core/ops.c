@@ -562,6 +562,7 @@ static void run_scan(struct daemon *d, struct job *j, const char *const *roots, 
 {
 	struct progress_ctx pc = { .d = d, .j = j };
 	struct scan_options opt = { .progress = post_progress, .progress_arg = &pc };
+	struct publish_report pr;
 	struct scan_result res;
 	int ret, added;
 
@@ -573,16 +574,28 @@ static void run_scan(struct daemon *d, struct job *j, const char *const *roots, 
 		scan_result_free(&res);
 		return;
 	}
-	added = daemon_publish(d, d->cat);
+	added = daemon_publish(d, d->cat, &pr);
 	log_info("daemon", "\"scan done\" roots=%zu models=%" PRIu64 " added=%" PRIu64
-		 " updated=%" PRIu64 " removed=%" PRIu64 " problems=%zu published=%d", n,
-		 res.n_models, res.n_added, res.n_updated, res.n_removed, res.n_problems, added);
+		 " updated=%" PRIu64 " removed=%" PRIu64 " problems=%zu published=%d"
+		 " not_published_models=%u not_published_tensors=%" PRIu64, n,
+		 res.n_models, res.n_added, res.n_updated, res.n_removed, res.n_problems, added,
+		 pr.models_left, pr.tensors_left);
 	if (j->c) {
 		int found = res.n_models > INT32_MAX ? INT32_MAX : (int)res.n_models;
+		struct registry_usage u;
 
+		registry_usage(&d->view, &u);
 		if (added < 0)
 			finish(d, j, added, 0, 0, "scan: publishing the registry failed: %s",
 			       strerror(-added));
+		else if (pr.models_left || pr.tensors_left)
+			/* Not a success: what was found cannot be served. aux0/aux1 count it. */
+			finish(d, j, pr.err, pr.models_left, pr.tensors_left,
+			       "scan: %u model(s) and %" PRIu64 " tensor(s) not published (%s; first: "
+			       "%s); registry: %u/%u models, %u/%u tensors%s", pr.models_left,
+			       pr.tensors_left, strerror(-pr.err), pr.first, u.models, u.model_cap,
+			       u.tensors, u.tensor_cap, pr.err == -ENOSPC ?
+			       "; restart weightd to size it from the catalog" : "");
 		else if (res.n_problems)
 			finish(d, j, found, res.n_added, res.n_updated + res.n_removed,
 			       "scan: %zu problem(s); first: %s", res.n_problems,

@@ -194,13 +194,23 @@ int daemon_post(struct daemon *d, struct client *c, const struct wd_cqe *cqe,
 /* Shard side: queues @j for the worker (it owns @j afterwards). Returns 0 or -ECANCELED. */
 int daemon_queue_job(struct daemon *d, struct job *j);
 
+/* What a daemon_publish() could not put in the registry: it was full, or refused a name. */
+struct publish_report {
+	uint32_t models_left;		/* models not published at all (no room for them whole) */
+	uint64_t tensors_left;		/* tensors not published, those of models_left included */
+	int err;			/* the first refusal (-ENOSPC, -ENAMETOOLONG, -EEXIST) */
+	char first[192];		/* and what it refused: "model M" or "model M, tensor T" */
+};
+
 /*
  * Publishes the catalog into the registry: adds every model not yet there (with its
  * components and tensors), flags as stale the published models whose files changed or
- * vanished, and calls registry_publish(). Takes the state lock. Returns the number of models
- * added, or a negative errno from the catalog (-ENOMEM, SQLite errors).
+ * vanished, and calls registry_publish(). A model is added whole or not at all when the
+ * registry has no room for it; what is left out is logged in one line and counted in @rep
+ * (may be NULL). Takes the state lock. Returns the number of models added, or a negative
+ * errno from the catalog (-ENOMEM, SQLite errors).
  */
-int daemon_publish(struct daemon *d, struct catalog *cat);
+int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report *rep);
 
 /* Asks the control thread to shut down (the SHUTDOWN op). */
 void daemon_stop(struct daemon *d);

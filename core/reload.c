@@ -191,6 +191,9 @@ int daemon_reload(struct daemon *d, const struct daemon_config *cfg)
 	if (cfg->device_budget != cur->device_budget ||
 	    cfg->device_budget_pct != cur->device_budget_pct)
 		needs_restart("device_budget", "(running)", "(changed)");
+	if (cfg->registry_models != cur->registry_models ||
+	    cfg->registry_tensors != cur->registry_tensors)
+		needs_restart("registry_*", "(running)", "(changed)");
 
 	/* Who may attach and who may shut down: the control thread checks them at attach. */
 	memcpy(cur->allow_uids, cfg->allow_uids, sizeof(cur->allow_uids));

@@ -210,6 +210,17 @@ struct weightd_component_info {
 	} tiers[WEIGHTD_TIER_MAX];
 };
 
+/* How full the daemon's registry is (its capacity is fixed when the daemon starts). */
+struct weightd_registry_usage {
+	uint32_t models, model_cap;
+	uint32_t components, component_cap;
+	uint32_t tensors, tensor_cap;
+	uint64_t names_used, names_size;	/* the area for tensor names over 255 bytes */
+};
+
+/* Fills @out from the registry header, with no round trip. Returns 0 or -EINVAL. */
+int weightd_registry_usage(struct weightd *w, struct weightd_registry_usage *out);
+
 /*
  * Reads model @id (ids are dense from 0) or component @id from the registry, with no round
  * trip; iterate from 0 until -ENOENT to list them all.
@@ -243,8 +254,21 @@ struct weightd_tensor_info {
 int weightd_tensor(struct weightd *w, const char *model, const char *component,
 		   const char *name, struct weightd_tensor_info *out);
 
-/* The size of a name field: names are up to WEIGHTD_NAME_MAX - 1 bytes. */
+/*
+ * The size of a name field: model and component names are up to WEIGHTD_NAME_MAX - 1 bytes.
+ * Tensor names are up to WEIGHTD_TENSOR_NAME_MAX - 1 bytes (the format sets no limit; the
+ * registry keeps longer ones whole): weightd_tensor() resolves them, weightd_tensor_table()
+ * and weightd_tensor_name() return them.
+ */
 #define WEIGHTD_NAME_MAX 256u
+#define WEIGHTD_TENSOR_NAME_MAX 65536u
+
+/*
+ * Copies the full name of tensor @id (weightd_tensor_info.id) into @buf (@size bytes, with
+ * the NUL). Returns its length; -ERANGE when @size is too small (the message says how much is
+ * needed); -ENOENT; -EAGAIN; -EBADMSG; -EINVAL.
+ */
+int weightd_tensor_name(struct weightd *w, uint32_t id, char *buf, size_t size);
 
 /*
  * Lists the tensors of @model (or of one @component; NULL for every component) with no round
@@ -254,8 +278,9 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
  * replaces a name lookup per tensor, for a binding that wants every tensor of a pin.
  * Returns the number of tensors the target has; when that is more than @max only @max were
  * filled (call again with room for all). Errors: -ENOENT (no such model or component);
- * -ENAMETOOLONG; -EAGAIN; -EBADMSG (a corrupt record); -EOVERFLOW; -EINVAL (NULL @w, or NULL
- * @out with @max > 0).
+ * -ENAMETOOLONG (also when @names is given and a listed tensor's name is longer than a slot
+ * holds: never cut, use weightd_tensor_name()); -EAGAIN; -EBADMSG (a corrupt record);
+ * -EOVERFLOW; -EINVAL (NULL @w, or NULL @out with @max > 0).
  */
 int weightd_tensor_list(struct weightd *w, const char *model, const char *component,
 			struct weightd_tensor_info *out, char *names, uint32_t max);

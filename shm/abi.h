@@ -16,7 +16,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WD_ABI_VERSION 4u	/* 4: DEVICE_MAP names the device (device_id), DEVICES flags,
+#define WD_ABI_VERSION 5u	/* 5: registry heartbeat, names area for tensor names longer
+				 * than 255 bytes (name_off/name_len in the tensor record);
+				 * 4: DEVICE_MAP names the device (device_id), DEVICES flags,
 				 * DEVICE_TRIM;
 				 * 3: registry metrics block, last-load fields, DEVICE_MAP/DEVICES;
 				 * 2: the attach reply carries the host cache (3 fds) */

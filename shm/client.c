@@ -180,8 +180,8 @@ static int recv_reply(int sock, const char *path, uint32_t timeout_ms,
 	if (ret < 0)
 		return fail(-errno, "poll on %s: %s", path, strerror(errno));
 	if (ret == 0)
-		return fail(-ETIMEDOUT, "the weightd daemon at %s is not responding: no answer to "
-			    "the hello within %u ms", path, timeout_ms);
+		return fail(-ETIMEDOUT, "the weightd daemon at %s is not responding: it did not "
+			    "answer the hello within %u ms", path, timeout_ms);
 	n = attach_recv(sock, rep, sizeof(*rep), got, &nfds);
 	/*
 	 * A daemon that refuses a connection at accept (a per-uid limit) writes its reply and
@@ -682,6 +682,16 @@ static int check_name(const char *s, const char *what)
 	return 0;
 }
 
+/* Tensor names have no limit in the format; the registry keeps up to 65,535 bytes whole. */
+static int check_tensor_name(const char *s)
+{
+	if (!s || !*s)
+		return fail(-EINVAL, "empty tensor name");
+	if (strlen(s) >= WD_LONG_NAME_MAX)
+		return fail(-ENAMETOOLONG, "tensor name longer than %u bytes", WD_LONG_NAME_MAX - 1);
+	return 0;
+}
+
 static int check_tier(unsigned int tier)
 {
 	if (tier >= WD_TIER_MAX)
@@ -971,7 +981,7 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
 
 	if (!w || !out)
 		return fail(-EINVAL, "NULL argument");
-	if ((ret = check_name(name, "tensor name")) || (ret = find_model(w, model, &mid, NULL)))
+	if ((ret = check_tensor_name(name)) || (ret = find_model(w, model, &mid, NULL)))
 		return ret;
 	if (component) {
 		if ((ret = check_name(component, "component name")))
@@ -993,6 +1003,45 @@ int weightd_tensor(struct weightd *w, const char *model, const char *component,
 	ret = registry_read_component(&w->reg, t.component, &c);
 	out->host_state = ret ? WEIGHTD_ABSENT : c.tiers[WD_TIER_HOST].state;
 	return 0;
+}
+
+int weightd_registry_usage(struct weightd *w, struct weightd_registry_usage *out)
+{
+	struct registry_usage u;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	registry_usage(&w->reg, &u);
+	*out = (struct weightd_registry_usage){
+		.models = u.models, .model_cap = u.model_cap,
+		.components = u.comps, .component_cap = u.comp_cap,
+		.tensors = u.tensors, .tensor_cap = u.tensor_cap,
+		.names_used = u.names_used, .names_size = u.names_size,
+	};
+	return 0;
+}
+
+int weightd_tensor_name(struct weightd *w, uint32_t id, char *buf, size_t size)
+{
+	struct wd_reg_tensor t;
+	const char *name;
+	size_t len;
+	int ret;
+
+	if (!w || (!buf && size))
+		return fail(-EINVAL, "NULL argument");
+	ret = registry_read_tensor(&w->reg, id, &t);
+	if (ret)
+		return registry_error(ret, "tensor", id);
+	name = registry_tensor_name(&w->reg, &t, &len);
+	if (!name)
+		return fail(-EBADMSG, "tensor %u: its name lies outside the registry's names area",
+			    id);
+	if (len + 1 > size)
+		return fail(-ERANGE, "tensor %u: its name takes %zu bytes and a NUL, room for %zu",
+			    id, len, size);
+	memcpy(buf, name, len + 1);
+	return (int)len;
 }
 
 int weightd_tensor_list(struct weightd *w, const char *model, const char *component,
@@ -1040,6 +1089,12 @@ int weightd_tensor_list(struct weightd *w, const char *model, const char *compon
 				state = ret ? WEIGHTD_ABSENT : c.tiers[WD_TIER_HOST].state;
 			}
 			out[n].host_state = state;
+			if (names && (t.flags & WD_REG_TENSOR_F_LONG_NAME))
+				return fail(-ENAMETOOLONG, "model %s: tensor %u has a name of %u "
+					    "bytes, more than the %u of a weightd_tensor_list() "
+					    "slot; weightd_tensor_name() or weightd_tensor_table() "
+					    "give it whole", model, id, t.name_len,
+					    WEIGHTD_NAME_MAX - 1);
 			if (names)
 				copy_name(names + (size_t)n * WEIGHTD_NAME_MAX, WEIGHTD_NAME_MAX,
 					  t.name, sizeof(t.name));
@@ -1657,7 +1712,7 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 				.name_len = (uint32_t)len,
 			};
 			memcpy(out[n].shape, t.shape, sizeof(uint64_t) * t.rank);
-			memcpy(names + names_len, t.name, len);
+			memcpy(names + names_len, t.long_name ? t.long_name : t.name, len);
 			names[names_len + len] = '\0';
 		}
 		names_len += len + 1;

@@ -35,9 +35,17 @@ struct registry {
 	uint8_t *tensors;
 	uint64_t *index;
 	struct wd_reg_metrics *metrics;
+	char *names;			/* the names area */
 	/* Private copies: the writer never trusts sizes read back from shared memory. */
 	uint32_t model_cap, comp_cap, tensor_cap, index_cap;
 	uint32_t n_models, n_comps, n_tensors;	/* added, published or not */
+	uint64_t names_size, names_used;
+};
+
+/* Where long tensor names live, for key_match(): the writer's area or a reader's mapping. */
+struct names_ref {
+	const char *base;
+	uint64_t size;
 };
 
 /* ---- records and the seqlock --------------------------------------------------------- */
@@ -118,7 +126,34 @@ static bool name_ok(const char *name, size_t *len, size_t max)
 /* A name field from the segment matches @name (@len bytes) and is NUL-terminated. */
 static bool name_eq(const char *field, const char *name, size_t len)
 {
-	return field[len] == '\0' && memcmp(field, name, len) == 0;
+	return len < WD_NAME_MAX && field[len] == '\0' && memcmp(field, name, len) == 0;
+}
+
+/*
+ * The full name of tensor record @t (a consistent copy): its field, or its string in the
+ * names area @nr, bounds-checked (the area is never rewritten, so no seqlock is needed).
+ */
+static const char *tensor_name(const struct wd_reg_tensor *t, const struct names_ref *nr,
+			       size_t *len)
+{
+	if (!(t->flags & WD_REG_TENSOR_F_LONG_NAME)) {
+		*len = strnlen(t->name, WD_NAME_MAX);
+		return *len < WD_NAME_MAX ? t->name : NULL;
+	}
+	if (t->name_len >= WD_LONG_NAME_MAX || t->name_off >= nr->size ||
+	    t->name_len >= nr->size - t->name_off || nr->base[t->name_off + t->name_len] != '\0')
+		return NULL;
+	*len = t->name_len;
+	return nr->base + t->name_off;
+}
+
+static bool tensor_name_eq(const struct wd_reg_tensor *t, const struct names_ref *nr,
+			   const char *name, size_t len)
+{
+	size_t n;
+	const char *full = tensor_name(t, nr, &n);
+
+	return full && n == len && memcmp(full, name, len) == 0;
 }
 
 static uint64_t key_hash(enum kind kind, uint32_t model, uint32_t comp, const char *name,
@@ -131,7 +166,7 @@ static uint64_t key_hash(enum kind kind, uint32_t model, uint32_t comp, const ch
 
 /* The record a key names matches the key; the record is a consistent private copy. */
 static bool key_match(enum kind kind, const void *rec, uint32_t model, uint32_t comp,
-		      const char *name, size_t len)
+		      const char *name, size_t len, const struct names_ref *nr)
 {
 	const struct wd_reg_model *m = rec;
 	const struct wd_reg_component *c = rec;
@@ -143,9 +178,10 @@ static bool key_match(enum kind kind, const void *rec, uint32_t model, uint32_t 
 	case K_COMP:
 		return c->model == model && name_eq(c->name, name, len);
 	case K_TENSOR:
-		return t->model == model && t->component == comp && name_eq(t->name, name, len);
+		return t->model == model && t->component == comp &&
+		       tensor_name_eq(t, nr, name, len);
 	case K_TENSOR_BY_MODEL:
-		return t->model == model && name_eq(t->name, name, len);
+		return t->model == model && tensor_name_eq(t, nr, name, len);
 	}
 	return false;
 }
@@ -207,6 +243,14 @@ int registry_create(const struct registry_limits *lim, struct registry **out)
 	h.metrics_off = off;
 	h.metrics_size = sizeof(struct wd_reg_metrics);
 	off += h.metrics_size;
+	h.names_off = off = align_up(off, WD_CACHELINE);
+	h.names_size = lim->names_bytes;
+	if (!h.names_size) {
+		h.names_size = (uint64_t)h.tensor_cap * REGISTRY_NAMES_PER_TENSOR;
+		if (h.names_size < REGISTRY_NAMES_MIN)
+			h.names_size = REGISTRY_NAMES_MIN;
+	}
+	off += h.names_size;
 	h.seg_size = align_up(off, PAGE);
 
 	reg = calloc(1, sizeof(*reg));
@@ -227,6 +271,8 @@ int registry_create(const struct registry_limits *lim, struct registry **out)
 	reg->tensors = (uint8_t *)reg->seg.base + h.tensor_off;
 	reg->index = (uint64_t *)((uint8_t *)reg->seg.base + h.index_off);
 	reg->metrics = (struct wd_reg_metrics *)((uint8_t *)reg->seg.base + h.metrics_off);
+	reg->names = (char *)reg->seg.base + h.names_off;
+	reg->names_size = h.names_size;
 	reg->metrics->size = sizeof(struct wd_reg_metrics);
 	reg->metrics->hist_buckets = WD_HIST_BUCKETS;
 	reg->metrics->n_tiers = WD_TIER_MAX;
@@ -301,6 +347,7 @@ static int index_probe(struct registry *reg, enum kind kind, uint32_t model, uin
 	uint64_t h = key_hash(kind, model, comp, name, len);
 	uint32_t tag = (uint32_t)(h >> 32);
 	uint32_t mask = reg->index_cap - 1;
+	const struct names_ref nr = { reg->names, reg->names_size };
 	union {
 		struct wd_reg_model m;
 		struct wd_reg_component c;
@@ -321,7 +368,7 @@ static int index_probe(struct registry *reg, enum kind kind, uint32_t model, uin
 		    ref >> REF_KIND_SHIFT != (uint32_t)kind)
 			continue;
 		rec_fetch(&img, w_record(reg, kind, ref & REF_IDX_MASK), rec_size(kind));
-		if (key_match(kind, &img, model, comp, name, len))
+		if (key_match(kind, &img, model, comp, name, len, &nr))
 			return -EEXIST;
 	}
 	return -ENOSPC;
@@ -427,7 +474,7 @@ int registry_add_tensor(struct registry *reg, const struct registry_tensor_info 
 		return -ENOENT;
 	if (t->rank > WD_SHAPE_MAX || (t->rank && !t->shape))
 		return -EINVAL;
-	if (!name_ok(t->name, &len, WD_NAME_MAX))
+	if (!name_ok(t->name, &len, WD_LONG_NAME_MAX))
 		return -ENAMETOOLONG;
 	if (!len)
 		return -EINVAL;
@@ -437,7 +484,21 @@ int registry_add_tensor(struct registry *reg, const struct registry_tensor_info 
 		return ret;
 	if (tid == reg->tensor_cap)
 		return -ENOSPC;
+	if (len >= WD_NAME_MAX && len + 1 > reg->names_size - reg->names_used)
+		return -ENOSPC;
 	memset(&rec, 0, sizeof(rec));
+	rec.name_len = (uint32_t)len;
+	if (len >= WD_NAME_MAX) {
+		/*
+		 * Written before the record: a reader reaches these bytes only through the
+		 * record, whose publication (store_release of the count) orders them.
+		 */
+		memcpy(reg->names + reg->names_used, t->name, len + 1);
+		rec.flags |= WD_REG_TENSOR_F_LONG_NAME;
+		rec.name_off = reg->names_used;
+		reg->names_used += len + 1;
+		WRITE_ONCE(reg->hdr->names_used, reg->names_used);
+	}
 	rec.model = c.model;
 	rec.component = t->component;
 	rec.dtype = t->dtype;
@@ -445,7 +506,7 @@ int registry_add_tensor(struct registry *reg, const struct registry_tensor_info 
 	for (unsigned int i = 0; i < t->rank; i++)
 		rec.shape[i] = t->shape[i];
 	rec.nbytes = t->nbytes;
-	memcpy(rec.name, t->name, len);
+	memcpy(rec.name, t->name, len < WD_NAME_MAX ? len : WD_NAME_MAX - 1);
 	rec_store(w_tensor(reg, tid), &rec, sizeof(rec));
 	index_set(slot, entry, K_TENSOR, tid);
 	/* The table is sized for two entries per tensor, so this cannot run out of slots. */
@@ -610,6 +671,14 @@ void registry_publish(struct registry *reg)
 	store_release(&reg->hdr->generation, READ_ONCE(reg->hdr->generation) + 1);
 }
 
+bool registry_has_room(const struct registry *reg, uint32_t models, uint64_t comps,
+		       uint64_t tensors, uint64_t name_bytes)
+{
+	return models <= reg->model_cap - reg->n_models && comps <= reg->comp_cap - reg->n_comps &&
+	       tensors <= reg->tensor_cap - reg->n_tensors &&
+	       name_bytes <= reg->names_size - reg->names_used;
+}
+
 void registry_heartbeat(struct registry *reg)
 {
 	/* Only the control thread writes it; a reader only compares values, so relaxed. */
@@ -673,6 +742,16 @@ int registry_view_init(struct registry_view *v, const void *base, uint64_t size)
 		if (ret)
 			return ret;
 	}
+	if (h.names_size) {
+		const struct shm_region all[] = {
+			rg[0], rg[1], rg[2], rg[3], rg[4], rg[5],
+			{ h.names_off, h.names_size, 1 },
+		};
+
+		ret = shm_check_regions(all, ARRAY_SIZE(all), h.seg_size);
+		if (ret)
+			return ret;
+	}
 	v->base = base;
 	v->size = size;
 	v->model_cap = h.model_cap;
@@ -686,6 +765,8 @@ int registry_view_init(struct registry_view *v, const void *base, uint64_t size)
 	v->tensor_off = h.tensor_off;
 	v->index_off = h.index_off;
 	v->metrics_off = h.metrics_off;
+	v->names_off = h.names_off;
+	v->names_size = h.names_size;
 	return 0;
 }
 
@@ -723,6 +804,20 @@ uint64_t registry_generation(const struct registry_view *v)
 {
 	/* Pairs with store_release(generation) in registry_publish(). */
 	return load_acquire(&vhdr(v)->generation);
+}
+
+void registry_usage(const struct registry_view *v, struct registry_usage *u)
+{
+	const struct wd_reg_hdr *h = vhdr(v);
+
+	u->models = READ_ONCE(h->model_count);
+	u->comps = READ_ONCE(h->comp_count);
+	u->tensors = READ_ONCE(h->tensor_count);
+	u->model_cap = v->model_cap;
+	u->comp_cap = v->comp_cap;
+	u->tensor_cap = v->tensor_cap;
+	u->names_used = READ_ONCE(h->names_used);
+	u->names_size = v->names_size;
 }
 
 uint64_t registry_heartbeat_read(const struct registry_view *v)
@@ -834,6 +929,19 @@ int registry_read_tensor(const struct registry_view *v, uint32_t id, struct wd_r
 	return read_by_id(v, K_TENSOR, id, out);
 }
 
+static struct names_ref view_names(const struct registry_view *v)
+{
+	return (struct names_ref){ (const char *)v->base + v->names_off, v->names_size };
+}
+
+const char *registry_tensor_name(const struct registry_view *v, const struct wd_reg_tensor *t,
+				 size_t *len)
+{
+	const struct names_ref nr = view_names(v);
+
+	return tensor_name(t, &nr, len);
+}
+
 /* True when one of the 8 bytes of @w is 0 (the classic has-zero-byte test). */
 static bool word_has_nul(uint64_t w)
 {
@@ -857,6 +965,9 @@ int registry_read_tensor_loc(const struct registry_view *v, uint32_t id,
 		uint64_t s1 = load_acquire(&t->seq);
 		const uint64_t *src = (const uint64_t *)t->name;
 		unsigned int rank, nw = 0;
+		uint64_t name_off = 0;
+		uint32_t name_len = 0;
+		uint16_t flags;
 		bool nul = false;
 
 		if (!(s1 & 1)) {
@@ -872,6 +983,11 @@ int registry_read_tensor_loc(const struct registry_view *v, uint32_t id,
 			out->resident = READ_ONCE(t->resident);
 			out->nbytes = READ_ONCE(t->nbytes);
 			out->host_offset = READ_ONCE(t->host_offset);
+			flags = READ_ONCE(t->flags);
+			if (flags & WD_REG_TENSOR_F_LONG_NAME) {
+				name_off = READ_ONCE(t->name_off);
+				name_len = READ_ONCE(t->name_len);
+			}
 			rank = out->rank <= WD_SHAPE_MAX ? out->rank : WD_SHAPE_MAX;
 			for (unsigned int d = 0; d < rank; d++)
 				out->shape[d] = READ_ONCE(t->shape[d]);
@@ -888,6 +1004,19 @@ int registry_read_tensor_loc(const struct registry_view *v, uint32_t id,
 				if (out->rank > WD_SHAPE_MAX || !nul)
 					return -EBADMSG;
 				out->name_len = (uint32_t)strnlen(out->name, 8 * nw);
+				out->long_name = NULL;
+				if (flags & WD_REG_TENSOR_F_LONG_NAME) {
+					struct wd_reg_tensor img = { .flags = flags,
+								     .name_off = name_off,
+								     .name_len = name_len };
+					const struct names_ref nr = view_names(v);
+					size_t len;
+
+					out->long_name = tensor_name(&img, &nr, &len);
+					if (!out->long_name)
+						return -EBADMSG;
+					out->name_len = (uint32_t)len;
+				}
 				return 0;
 			}
 		}
@@ -918,6 +1047,7 @@ static int find(const struct registry_view *v, enum kind kind, uint32_t model, u
 	enum kind rec_kind = kind == K_TENSOR_BY_MODEL ? K_TENSOR : kind;
 	uint32_t mask = v->index_cap - 1;
 	union any_rec buf, hit;
+	const struct names_ref nr = view_names(v);
 	uint32_t found = WD_ID_NONE;
 	struct table t;
 	uint64_t h;
@@ -927,7 +1057,7 @@ static int find(const struct registry_view *v, enum kind kind, uint32_t model, u
 
 	if (!name)
 		return -EINVAL;
-	if (!name_ok(name, &len, WD_NAME_MAX))
+	if (!name_ok(name, &len, rec_kind == K_TENSOR ? WD_LONG_NAME_MAX : WD_NAME_MAX))
 		return -ENAMETOOLONG;
 	ret = table_of(v, rec_kind, &t);
 	if (ret)
@@ -950,7 +1080,7 @@ static int find(const struct registry_view *v, enum kind kind, uint32_t model, u
 		ret = read_rec(&t, rec_kind, idx, &buf);
 		if (ret)
 			return ret;
-		if (!key_match(kind, &buf, model, comp, name, len))
+		if (!key_match(kind, &buf, model, comp, name, len, &nr))
 			continue;
 		if (found != WD_ID_NONE)
 			return -ENOTUNIQ;

@@ -6,6 +6,7 @@
  * the file carries F_SEAL_FUTURE_WRITE). Layout, all offsets from the start of the segment:
  *
  *   header (256 B) | counters (u64 x n_counters) | models | components | tensors | index
+ *   | metrics | names
  *
  * Records have a fixed size and start with a 64-bit sequence counter (seqlock): odd while the
  * daemon rewrites the record, even when stable. A reader copies the record and accepts the
@@ -22,6 +23,12 @@
  * registry_publish() stores the counts with release semantics, and readers ignore index
  * entries beyond the count they loaded with acquire semantics.
  *
+ * A tensor name longer than WD_NAME_MAX - 1 bytes (the format does not limit names) is kept
+ * whole in the names area, an append-only heap of NUL-terminated strings: the record has
+ * WD_REG_TENSOR_F_LONG_NAME set, name_off and name_len locate the full name, and its name
+ * field holds the first WD_NAME_MAX - 1 bytes (for display only). Names are written there
+ * before the record that points at them, and never change afterwards.
+ *
  * Readers treat the segment as semi-trusted: every offset, capacity, count, index entry and
  * name read from it is bounds-checked, and a corrupt segment yields -EBADMSG, never a crash.
  */
@@ -36,6 +43,7 @@
 #include "shm/segment.h"
 
 #define WD_NAME_MAX 256u	/* name fields, NUL-terminated: names up to 255 bytes */
+#define WD_LONG_NAME_MAX 65536u	/* tensor names in the names area: up to 65535 bytes */
 #define WD_ARCH_MAX 32u
 #define WD_SHAPE_MAX 16u	/* ranks up to ST_MAX_RANK */
 #define WD_REG_COUNTERS 64u	/* counter slots; enum wd_counter names the used ones */
@@ -48,6 +56,9 @@
  * the daemon), so a model that a later scan found changed or gone is flagged instead.
  */
 #define WD_REG_MODEL_F_STALE 0x1u	/* the files changed or vanished since it was published */
+
+/* wd_reg_tensor.flags */
+#define WD_REG_TENSOR_F_LONG_NAME 0x1u	/* the full name is in the names area (name_off) */
 
 /* Load state of a component on one tier. */
 enum wd_state {
@@ -109,7 +120,10 @@ struct wd_reg_hdr {
 	 * the client's call ends with -ETIMEDOUT (include/weightd.h, request_timeout_ms).
 	 */
 	uint64_t heartbeat;
-	uint8_t reserved1[112];
+	uint64_t names_off;	/* the names area (long tensor names) */
+	uint64_t names_size;	/* its bytes */
+	uint64_t names_used;	/* bytes of it in use (published or not); relaxed */
+	uint8_t reserved1[88];
 };
 
 /* Every record starts with seq and check; check is XXH3-64 of the bytes after it. */
@@ -166,8 +180,11 @@ struct wd_reg_tensor {
 	uint64_t nbytes;
 	uint64_t host_offset;	/* offset within the host cache segment when bit 0 is set */
 	uint64_t shape[WD_SHAPE_MAX];
-	char name[WD_NAME_MAX];
-	uint8_t reserved[80];
+	char name[WD_NAME_MAX];	/* the name; with WD_REG_TENSOR_F_LONG_NAME its first bytes */
+	uint64_t name_off;	/* WD_REG_TENSOR_F_LONG_NAME: the name's offset in the names area */
+	uint32_t name_len;	/* the full name's length in bytes (without the NUL) */
+	uint32_t reserved0;
+	uint8_t reserved[64];
 };
 
 static_assert(sizeof(struct wd_reg_hdr) == 256, "wd_reg_hdr size");
@@ -192,6 +209,9 @@ static_assert(offsetof(struct wd_reg_hdr, index_off) == 112, "reg.index_off");
 static_assert(offsetof(struct wd_reg_hdr, metrics_off) == 120, "reg.metrics_off");
 static_assert(offsetof(struct wd_reg_hdr, metrics_size) == 128, "reg.metrics_size");
 static_assert(offsetof(struct wd_reg_hdr, heartbeat) == 136, "reg.heartbeat");
+static_assert(offsetof(struct wd_reg_hdr, names_off) == 144, "reg.names_off");
+static_assert(offsetof(struct wd_reg_hdr, names_size) == 152, "reg.names_size");
+static_assert(offsetof(struct wd_reg_hdr, names_used) == 160, "reg.names_used");
 
 static_assert(sizeof(struct wd_reg_model) == 384, "wd_reg_model size");
 static_assert(offsetof(struct wd_reg_model, check) == 8, "model.check");
@@ -232,6 +252,8 @@ static_assert(offsetof(struct wd_reg_tensor, nbytes) == 32, "tensor.nbytes");
 static_assert(offsetof(struct wd_reg_tensor, host_offset) == 40, "tensor.host_offset");
 static_assert(offsetof(struct wd_reg_tensor, shape) == 48, "tensor.shape");
 static_assert(offsetof(struct wd_reg_tensor, name) == 176, "tensor.name");
+static_assert(offsetof(struct wd_reg_tensor, name_off) == 432, "tensor.name_off");
+static_assert(offsetof(struct wd_reg_tensor, name_len) == 440, "tensor.name_len");
 
 /* ---- daemon side: the writer ---------------------------------------------------------- */
 
@@ -241,12 +263,17 @@ struct registry_limits {
 	uint32_t max_models;		/* 1 .. 2^20 */
 	uint32_t max_components;	/* 1 .. 2^22 */
 	uint32_t max_tensors;		/* 1 .. 2^26 */
+	uint64_t names_bytes;		/* names area; 0: REGISTRY_NAMES_PER_TENSOR per tensor,
+					 * at least REGISTRY_NAMES_MIN */
 };
+
+#define REGISTRY_NAMES_PER_TENSOR 32u
+#define REGISTRY_NAMES_MIN (1u << 20)
 
 /* What the daemon knows about a tensor when it registers it. */
 struct registry_tensor_info {
 	uint32_t component;	/* index from registry_add_component() */
-	const char *name;	/* up to WD_NAME_MAX - 1 bytes */
+	const char *name;	/* up to WD_LONG_NAME_MAX - 1 bytes */
 	uint8_t dtype;		/* enum st_dtype */
 	uint8_t rank;		/* <= WD_SHAPE_MAX */
 	const uint64_t *shape;	/* rank dims (may be NULL when rank is 0) */
@@ -293,9 +320,11 @@ int registry_add_component(struct registry *reg, uint32_t model, const char *nam
 /*
  * Adds a tensor to a component (and counts its bytes into the component and model). The
  * tensor is indexed under its component and under its model, so readers can resolve it with
- * or without naming the component. @id receives its index. Returns 0; -ENOENT for an unknown
- * component; -EINVAL for a rank above WD_SHAPE_MAX, an empty name, or a missing shape;
- * -ENAMETOOLONG; -EEXIST when the component has a tensor of that name; -ENOSPC.
+ * or without naming the component. A name longer than WD_NAME_MAX - 1 bytes goes to the names
+ * area. @id receives its index. Returns 0; -ENOENT for an unknown component; -EINVAL for a
+ * rank above WD_SHAPE_MAX, an empty name, or a missing shape; -ENAMETOOLONG for a name of
+ * WD_LONG_NAME_MAX bytes or more; -EEXIST when the component has a tensor of that name;
+ * -ENOSPC when max_tensors are registered or the names area is full.
  */
 int registry_add_tensor(struct registry *reg, const struct registry_tensor_info *t,
 			uint32_t *id);
@@ -354,6 +383,20 @@ int registry_set_last_load(struct registry *reg, uint32_t component, uint32_t ti
  */
 struct wd_reg_metrics *registry_metrics(struct registry *reg);
 
+/*
+ * True when @models models, @comps components and @tensors tensors (with @name_bytes bytes of
+ * names longer than WD_NAME_MAX - 1, NULs included) still fit, so that a model is published
+ * whole or not at all.
+ */
+bool registry_has_room(const struct registry *reg, uint32_t models, uint64_t comps,
+		       uint64_t tensors, uint64_t name_bytes);
+
+/* Capacity use, for logs and `weightctl status` (clients read the header: registry_usage()). */
+struct registry_usage {
+	uint32_t models, model_cap, comps, comp_cap, tensors, tensor_cap;
+	uint64_t names_used, names_size;
+};
+
 /* Adds @delta to counter @ctr (enum wd_counter); unknown counters are ignored. */
 void registry_counter_add(struct registry *reg, unsigned int ctr, int64_t delta);
 
@@ -380,6 +423,7 @@ struct registry_view {
 	uint32_t model_cap, comp_cap, tensor_cap, index_cap, n_counters;
 	uint64_t counters_off, model_off, comp_off, tensor_off, index_off;
 	uint64_t metrics_off;		/* 0: the segment has no metrics block */
+	uint64_t names_off, names_size;	/* the names area (long tensor names) */
 };
 
 /*
@@ -416,6 +460,9 @@ bool registry_retired(const struct registry_view *v);
  */
 const struct wd_reg_metrics *registry_view_metrics(const struct registry_view *v);
 
+/* Published records and capacities, from the header (relaxed loads). */
+void registry_usage(const struct registry_view *v, struct registry_usage *u);
+
 /* Value of counter @ctr, 0 for a counter outside the segment's counter area. */
 uint64_t registry_counter(const struct registry_view *v, unsigned int ctr);
 
@@ -423,7 +470,8 @@ uint64_t registry_counter(const struct registry_view *v, unsigned int ctr);
  * Name lookups. Each copies the record into @out (may be NULL) and its index into @id (may
  * be NULL). The copy is consistent (seqlock) and its checksum verified.
  * Return 0; -ENOENT when no published record matches; -ENAMETOOLONG for a name longer than
- * WD_NAME_MAX - 1 bytes; -EAGAIN when the record stayed under rewrite for the whole retry
+ * WD_NAME_MAX - 1 bytes (WD_LONG_NAME_MAX - 1 for a tensor's); -EAGAIN when the record stayed
+ * under rewrite for the whole retry
  * budget; -EBADMSG when the segment is corrupt (index entry out of bounds, checksum or
  * name mismatch).
  */
@@ -448,6 +496,15 @@ int registry_read_component(const struct registry_view *v, uint32_t id,
 int registry_read_tensor(const struct registry_view *v, uint32_t id, struct wd_reg_tensor *out);
 
 /*
+ * The full name of tensor record @t (a copy read from @v): its name field, or for
+ * WD_REG_TENSOR_F_LONG_NAME the string in the names area, which stays valid while @v is
+ * mapped. *@len gets its length. NULL when the record points outside the names area or the
+ * name there is not NUL-terminated at name_len (a corrupt segment).
+ */
+const char *registry_tensor_name(const struct registry_view *v, const struct wd_reg_tensor *t,
+				 size_t *len);
+
+/*
  * The fields of a tensor record that place a view of its bytes, as registry_read_tensor_loc()
  * reads them. shape[] holds rank entries (the rest is not written); name is NUL-terminated,
  * name_len bytes long.
@@ -463,6 +520,9 @@ struct registry_tensor_loc {
 	uint32_t name_len;
 	uint64_t shape[WD_SHAPE_MAX];
 	char name[WD_NAME_MAX];
+	const char *long_name;	/* the full name in the names area when it is longer than
+				 * WD_NAME_MAX - 1 bytes (name then holds its first bytes), else
+				 * NULL; name_len is the full length either way */
 };
 
 /*

@@ -119,6 +119,10 @@ static void dump(const struct daemon_config *c, const struct config_file *cf, ch
 		add(buf, size, " max_connections_per_uid=%u", c->max_conns_per_uid);
 	if (c->max_clients_per_uid != d.max_clients_per_uid)
 		add(buf, size, " max_clients_per_uid=%u", c->max_clients_per_uid);
+	if (c->registry_models != d.registry_models)
+		add(buf, size, " registry_models=%u", c->registry_models);
+	if (c->registry_tensors != d.registry_tensors)
+		add(buf, size, " registry_tensors=%u", c->registry_tensors);
 	if (buf[0] == ' ')
 		memmove(buf, buf + 1, strlen(buf));
 }
@@ -245,6 +249,9 @@ static const struct row rows[] = {
 	  "max_connections_per_uid=16", NULL },
 	{ "max_clients_per_uid off", "max-clients-per-uid = 0\n", 0, 0, "max_clients_per_uid=0",
 	  NULL },
+	{ "registry_tensors", "registry_tensors = 2048\n", 0, 0, "registry_tensors=2048", NULL },
+	{ "registry_models too small", "registry_models = 8\n", 0, -EINVAL, NULL,
+	  ":1: registry_models: \"8\" is not a number in 16..262144" },
 	{ "max_clients_per_uid too big", "max_clients_per_uid = 1000001\n", 0, -EINVAL, NULL,
 	  ":1: max_clients_per_uid: \"1000001\" is not a number in 0..1000000" },
 	{ "host_budget m", "host_budget = 512m\n", 0, 0, "host_budget=536870912", NULL },
@@ -509,7 +516,7 @@ static void test_path_and_names(void **state)
 		"alert_slow_load_history", "alert_error_count", "alert_error_window",
 		"alert_pin_ttl", "alert_interval", "quarantine_after", "memory_pressure",
 		"memory_pressure_target", "hello_timeout", "max_connections_per_uid",
-		"max_clients_per_uid",
+		"max_clients_per_uid", "registry_models", "registry_tensors",
 	};
 
 	(void)state;

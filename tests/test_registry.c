@@ -176,12 +176,16 @@ static void test_writer_contract(void **unused)
 {
 	struct fixture f;
 	char toolong[WD_NAME_MAX + 1];
+	/* Too long for a model: WD_NAME_MAX bytes; for a tensor (the names area): WD_LONG_NAME_MAX. */
+	static char toolong_t[WD_LONG_NAME_MAX + 1];
 	const uint64_t shape[WD_SHAPE_MAX + 1] = { 1 };
 	uint32_t id;
 
 	build(&f);
 	memset(toolong, 'n', WD_NAME_MAX);
 	toolong[WD_NAME_MAX] = '\0';
+	memset(toolong_t, 'n', WD_LONG_NAME_MAX);
+	toolong_t[WD_LONG_NAME_MAX] = '\0';
 	const struct registry_tensor_info ok = { .component = f.vae, .name = "decoder.w",
 						 .rank = 1, .shape = shape, .nbytes = 2 };
 	struct registry_tensor_info bad_rank = ok, no_shape = ok, dup = ok, unknown = ok,
@@ -192,7 +196,7 @@ static void test_writer_contract(void **unused)
 	dup.name = "conv_in.weight";
 	unknown.component = 99;
 	empty.name = "";
-	longt.name = toolong;
+	longt.name = toolong_t;
 	static const char *const what[] = {
 		"duplicate model", "model name too long", "empty model name", "arch too long",
 		"component of unknown model", "duplicate component", "rank 17", "rank without shape",
@@ -480,6 +484,91 @@ static uint64_t *slot_of(uint8_t *copy, uint32_t tensor_id)
 	return NULL;
 }
 
+/*
+ * Tensor names longer than a record's field (the format does not limit them): kept whole in
+ * the names area, found by their exact name (also when two share the first 255 bytes), read
+ * back whole by registry_tensor_name() and registry_read_tensor_loc(); a full names area is
+ * -ENOSPC, and a record pointing outside it is refused by the reader.
+ */
+static void test_long_tensor_names(void **unused)
+{
+	static const size_t lens[] = { WD_NAME_MAX - 1, WD_NAME_MAX, 1000, 1000,
+				       WD_LONG_NAME_MAX - 1 };
+	const struct registry_limits lim = { .max_models = 2, .max_components = 2,
+					     .max_tensors = 64, .names_bytes = 80000 };
+	const uint64_t shape[1] = { 2 };
+	struct registry_view v;
+	struct registry *reg;
+	char *names[ARRAY_SIZE(lens)];
+	uint32_t mid, cid, ids[ARRAY_SIZE(lens)], id;
+
+	CHECK(registry_create(&lim, &reg) == 0, "registry_create");
+	CHECK(registry_add_model(reg, "m", NULL, 0, &mid) == 0, "model");
+	CHECK(registry_add_component(reg, mid, "", 0, &cid) == 0, "component");
+	for (size_t i = 0; i < ARRAY_SIZE(lens); i++) {
+		struct registry_tensor_info ti = { .component = cid, .dtype = 1, .rank = 1,
+						   .shape = shape, .nbytes = 2 };
+
+		names[i] = malloc(lens[i] + 1);
+		CHECK(names[i], "malloc");
+		memset(names[i], 'a' + (char)(i % 3), lens[i]);
+		/* Rows 2 and 3: 1000 bytes each, equal but for the last byte. */
+		names[i][lens[i] - 1] = (char)('0' + i);
+		names[i][lens[i]] = '\0';
+		ti.name = names[i];
+		CHECK(registry_add_tensor(reg, &ti, &ids[i]) == 0, "row %zu: %zu bytes", i, lens[i]);
+	}
+	/* The area holds 80,000 bytes: 67,793 are used, one more 65,535-byte name is not. */
+	{
+		struct registry_tensor_info ti = { .component = cid, .name = names[4], .dtype = 1,
+						   .rank = 1, .shape = shape, .nbytes = 2 };
+
+		names[4][0] = 'z';
+		CHECK(registry_add_tensor(reg, &ti, &id) == -ENOSPC, "names area full");
+		names[4][0] = 'a' + 1;
+	}
+	registry_publish(reg);
+	CHECK(registry_view_init(&v, registry_segment(reg)->base, registry_segment(reg)->size) ==
+	      0, "view");
+	for (size_t i = 0; i < ARRAY_SIZE(lens); i++) {
+		struct registry_tensor_loc loc;
+		struct wd_reg_tensor t;
+		const char *full;
+		size_t len;
+
+		CHECK(registry_find_tensor(&v, mid, WD_ID_NONE, names[i], &id, &t) == 0 &&
+		      id == ids[i], "row %zu: find by model", i);
+		CHECK(registry_find_tensor(&v, mid, cid, names[i], &id, NULL) == 0 && id == ids[i],
+		      "row %zu: find by component", i);
+		full = registry_tensor_name(&v, &t, &len);
+		CHECK(full && len == lens[i] && !strcmp(full, names[i]), "row %zu: name back", i);
+		CHECK(!!(t.flags & WD_REG_TENSOR_F_LONG_NAME) == (lens[i] >= WD_NAME_MAX),
+		      "row %zu: flags 0x%x", i, t.flags);
+		CHECK(registry_read_tensor_loc(&v, ids[i], &loc) == 0 && loc.name_len == lens[i] &&
+		      !strcmp(loc.long_name ? loc.long_name : loc.name, names[i]),
+		      "row %zu: loc name_len %u", i, loc.name_len);
+	}
+	/* A prefix of a long name is another name. */
+	names[2][WD_NAME_MAX - 1] = '\0';
+	CHECK(registry_find_tensor(&v, mid, WD_ID_NONE, names[2], NULL, NULL) == -ENOENT,
+	      "a 255-byte prefix of a long name");
+	/* A record that points outside the names area: the reader refuses it. */
+	{
+		struct wd_reg_tensor t;
+		size_t len;
+
+		CHECK(registry_read_tensor(&v, ids[3], &t) == 0, "read");
+		t.name_off = v.names_size - 10;
+		CHECK(registry_tensor_name(&v, &t, &len) == NULL, "name_off past the area");
+		t.name_off = 0;
+		t.name_len = WD_LONG_NAME_MAX;
+		CHECK(registry_tensor_name(&v, &t, &len) == NULL, "name_len too long");
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(lens); i++)
+		free(names[i]);
+	registry_destroy(reg);
+}
+
 static void test_hostile_segment(void **unused)
 {
 	static const struct {
@@ -608,6 +697,7 @@ int main(void)
 		cmocka_unit_test(test_client_readonly),
 		cmocka_unit_test(test_seqlock),
 		cmocka_unit_test(test_hostile_segment),
+		cmocka_unit_test(test_long_tensor_names),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -114,7 +114,7 @@ assert f["counters"]["loads"] >= 1, f["counters"]
 m = f["metrics"]
 assert m["host_loads"] >= 1 and m["host_load_p50_s"] > 0, m
 assert m["ring_roundtrips"] >= 1 and m["free_extents"] == 1, m
-assert set(m["alerts"]) == {"budget", "slow_load", "error_burst", "pin_ttl"}, m["alerts"]
+assert set(m["alerts"]) == {"budget", "slow_load", "error_burst", "pin_ttl", "catalog"}, m["alerts"]
 assert set(m["errors"]) == {"validation", "io", "admission", "protocol", "device", "other"}
 assert f["events"] == [], f["events"]
 PY
