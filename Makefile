@@ -62,7 +62,7 @@ CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda
 	core/convert.c
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
-.PHONY: all deps run test check test-unit test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
+.PHONY: all deps run test check test-unit pyenv test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
 	bench-ring bench-load bench-hit bench-python clean help gpu-bundle gpu-check
 .DEFAULT_GOAL := all
 
@@ -155,8 +155,13 @@ test: deps-test
 	@$(MAKE) --no-print-directory test-tsan
 	@$(MAKE) --no-print-directory test-san
 
+# The Python tests run in a cached virtual environment of pinned PyPI packages (torch,
+# safetensors, transformers, diffusers): scripts/pyenv.sh makes it on first use.
 test-unit check: all
-	@tests/run.sh $(BUILD)
+	@py=$$(scripts/pyenv.sh test) && WD_PYTHON=$$py tests/run.sh $(BUILD)
+
+pyenv:
+	@scripts/pyenv.sh test
 
 # The GPU tests on the real CUDA driver (../shared/GPU.md): tests/test_gpu.c (the CUDA device layer
 # directly: VRAM, streams, events, staging, fd export/import, conversion kernels), then
@@ -319,6 +324,7 @@ install: $(BINS) $(CLIENT_LIB)
 		install -m 644 deploy/weightd.conf $(DESTDIR)$(SYSCONFDIR)/weightd/weightd.conf
 	$(if $(PY_FILES),install -d $(DESTDIR)$(PYTHONDIR)/weightd)
 	$(if $(PY_FILES),install -m 644 $(PY_FILES) $(DESTDIR)$(PYTHONDIR)/weightd/)
+	$(if $(PY_FILES),install -m 644 bindings/python/weightd-patch.pth $(DESTDIR)$(PYTHONDIR)/)
 
 # Removes what install put in place, except the configuration in SYSCONFDIR.
 uninstall:
@@ -327,7 +333,8 @@ uninstall:
 		$(DESTDIR)$(INCLUDEDIR)/weightd.h $(DESTDIR)$(LIBDIR)/pkgconfig/weightd.pc \
 		$(DESTDIR)$(MANDIR)/man1/weightctl.1 $(DESTDIR)$(MANDIR)/man8/weightd.8 \
 		$(DESTDIR)$(UNITDIR)/weightd.service $(DESTDIR)$(SYSUSERSDIR)/weightd.conf
-	rm -rf $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PYTHONDIR)/weightd
+	rm -rf $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PYTHONDIR)/weightd \
+		$(DESTDIR)$(PYTHONDIR)/weightd-patch.pth
 
 clean:
 	rm -rf build build-san build-tsan build-static build-fuzz

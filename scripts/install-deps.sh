@@ -20,7 +20,7 @@ set -eu
 RUN_PKGS="gcc make pkg-config liburing-dev libjansson-dev libsqlite3-dev libxxhash-dev
 libhwloc-dev libhwloc-plugins libnuma-dev libmicrohttpd-dev xxd"
 TEST_PKGS="clang libclang-rt-14-dev libcmocka-dev python3 python3-numpy python3-pytest
-sqlite3 gnuplot-nox tmux groff-base man-db python3-yaml prometheus util-linux passwd
+python3-venv sqlite3 gnuplot-nox tmux groff-base man-db python3-yaml prometheus util-linux passwd
 procps"
 
 case "${1:-run}" in

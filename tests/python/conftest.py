@@ -202,4 +202,42 @@ def wait_for(pred, timeout=5.0, what="condition"):
         time.sleep(0.01)
 
 
-__all__ = ["fnv1a64", "corpus_listing", "wait_for", "host_loads_work", "errno"]
+def need(module):
+    """Imports and returns @module (a PyPI package of scripts/python/test.txt: torch,
+    safetensors, transformers, diffusers). `make test` runs the tests in the environment
+    scripts/pyenv.sh makes, which has them, and sets WD_PYENV=1: there a missing one is a
+    failure. Under a plain interpreter (pytest by hand) the test skips, saying so."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if os.environ.get("WD_PYENV") == "1":
+            raise AssertionError("%s is missing from the test environment (%s): rerun "
+                                 "scripts/pyenv.sh test" % (module, e)) from None
+        pytest.skip("%s is not installed in this python (make test runs these tests in "
+                    "the environment of scripts/pyenv.sh test)" % module)
+
+
+def file_range(path, name):
+    """The bytes of tensor @name in safetensors file @path, read with plain file I/O."""
+    import json
+    import struct
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        hdr = json.loads(f.read(n))
+        b, e = hdr[name]["data_offsets"]
+        f.seek(8 + n + b)
+        return f.read(e - b)
+
+
+def read_bytes_of(pid):
+    """read_bytes of /proc/PID/io (what the process made the kernel read from storage)."""
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+__all__ = ["fnv1a64", "corpus_listing", "wait_for", "host_loads_work", "errno", "need",
+           "file_range"]

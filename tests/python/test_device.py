@@ -23,7 +23,7 @@ import pytest
 import weightd
 from weightd import _native as N
 
-from conftest import CORPUS, ROOT, corpus_listing, fnv1a64, host_loads_work, wait_for
+from conftest import CORPUS, ROOT, corpus_listing, fnv1a64, host_loads_work, need, wait_for
 
 EMULATE = "1:256M"
 CORPUS_NAMES = sorted(os.path.basename(p)[:-len(".safetensors")]
@@ -566,8 +566,8 @@ def test_safe_open_cuda_device(gpu_daemon):
 
 def test_torch_emulated(gpu_daemon):
     """With torch: an emulated device tensor becomes a CPU torch tensor (kDLCPU) over the
-    same memory, with the file's bytes."""
-    torch = pytest.importorskip("torch", reason="torch is not installed")
+    same memory, with the file's bytes (torch.from_dlpack of the DeviceTensor)."""
+    torch = need("torch")
     from weightd.torch import from_device_tensor
     with gpu_daemon.client() as c:
         pin = c.load("all_dtypes", tier="cuda:0")

@@ -58,7 +58,13 @@ def test_corpus_bytes_equal_reference(corpus, name):
             assert fnv1a64(got) == h, "%s: fnv %016x, reference %016x" % (t, fnv1a64(got), h)
         if dt not in ("F6_E2M3", "F6_E3M2", "F4"):
             assert arr.shape == shape, (t, arr.shape, shape)
-        assert not arr.flags.writeable, t
+        # Writable like the package's arrays, but copy-on-write: the file never changes.
+        assert arr.flags.writeable, t
+        if arr.size:
+            arr.reshape(-1)[:1] = 0
+            again = weightd.safe_open(path, socket=NO_SOCKET).get_tensor(t)
+            assert again.tobytes() == file_bytes(path, stf, t), t
+            assert file_bytes(path, stf, t) == got, t
 
 
 def test_raw_dtypes_are_unsigned_views(corpus):
@@ -117,7 +123,7 @@ def test_connect_without_daemon_raises(lib):
 SLICES = [
     ("t_f64", np.s_[1:4]),
     ("t_f64", np.s_[:, 1]),
-    ("t_f64", np.s_[-2:, :2]),
+    ("t_f64", np.s_[4:, :2]),
     ("t_f64", np.s_[...]),
     ("t_f64", np.s_[..., 2]),
     ("t_f64", np.s_[3]),
@@ -141,11 +147,11 @@ def test_get_slice_matches_numpy(corpus, name, index):
 
 
 BAD_SLICES = [
-    ("t_f64", np.s_[::2], "step"),
-    ("t_f64", np.s_[0, 0, 0], "rank"),
+    ("t_f64", np.s_[::-1], "step"),
+    ("t_f64", np.s_[0, 0, 0], "more slicing indexes"),
     ("t_f64", np.s_[6], "out of bounds"),
     ("t_f64", np.s_[..., ...], "ellipsis"),
-    ("t_f64", np.s_["a"], "not an int"),
+    ("t_f64", np.s_["a"], "expected slice, int, or ellipsis"),
 ]
 
 
@@ -250,15 +256,24 @@ def test_missing_file(tmp_path):
 
 
 def test_torch_framework_without_torch(corpus):
-    try:
-        import torch  # noqa: F401,F811
-        pytest.skip("torch is installed: tests/python/test_torch.py covers framework pt")
-    except ImportError:
-        pass
+    """framework "pt" in a python without torch: get_tensor() says torch is needed. Run in a
+    child whose `import torch` fails (the test environment has torch)."""
     path = os.path.join(corpus, "all_dtypes.safetensors")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", weightd.WeightdFallbackWarning)
-        f = weightd.safe_open(path, framework="pt", socket=NO_SOCKET)
-    with pytest.raises(weightd.NotSupportedError) as ei:
-        f.get_tensor("t_f32")
-    assert "torch" in str(ei.value)
+    code = (
+        "import sys, warnings; sys.modules['torch'] = None\n"
+        "import weightd\n"
+        "warnings.simplefilter('ignore', weightd.WeightdFallbackWarning)\n"
+        "f = weightd.safe_open(%r, framework='pt', socket=%r)\n"
+        "try:\n"
+        "    f.get_tensor('t_f32')\n"
+        "except weightd.NotSupportedError as e:\n"
+        "    assert 'torch' in str(e), str(e)\n"
+        "    print('refused:', e)\n"
+        "else:\n"
+        "    raise SystemExit('get_tensor() gave a tensor without torch')\n" % (path, NO_SOCKET))
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(weightd.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0 and "refused:" in r.stdout, r.stdout + r.stderr

@@ -11,6 +11,9 @@
         t = pin.tensor("conv_in.weight")       # weightd.device.DeviceTensor: data_ptr,
                                                # numpy() (host copy), torch.from_dlpack(t)
 
+    weightd.patch()                            # safetensors' own names now go through
+                                               # weightd: from_pretrained() unchanged
+
 bindings/python/README.md documents the API, the pin/view lifetime rules and the fallback.
 """
 
@@ -19,7 +22,8 @@ from .errors import (BudgetExceededError, BusyError, DaemonUnavailableError,
                      GPUTierUnavailableError, LibraryUnavailableError, MalformedFileError,
                      NotFoundError, NotSupportedError, ReleasedError, WeightdError,
                      WeightdFallbackWarning)
-from .safe import SafetensorError, load_file, safe_open
+from .patching import patch, unpatch
+from .safe import SafetensorError, load, load_file, safe_open
 from .views import tensor_dtype
 
 __all__ = [
@@ -27,5 +31,5 @@ __all__ = [
     "tensor_dtype", "WeightdError", "LibraryUnavailableError", "DaemonUnavailableError",
     "NotFoundError", "BudgetExceededError", "NotSupportedError", "GPUTierUnavailableError",
     "BusyError", "MalformedFileError", "ReleasedError", "WeightdFallbackWarning",
-    "SafetensorError",
+    "SafetensorError", "load", "patch", "unpatch",
 ]

@@ -37,7 +37,7 @@ from . import _native as N
 from . import dtypes
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, BusyError,
                      WeightdError, error_from_code)
-from .views import ViewSet, make_view, map_base
+from .views import ViewSet, make_view, map_base, populate
 
 __all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
 
@@ -843,11 +843,14 @@ class Pin:
         """
         return self.tensor_with_dtype(name, component)[0]
 
-    def tensors(self, names=None):
+    def tensors(self, names=None, cow=False):
         """A dict name -> array (as tensor() gives them) of @names, or of every tensor of
         this pin that is resident on the host (on a whole-model pin, leaving out names that
         several components share: take those with tensor(name, component)). One call for
-        all is cheaper than tensor() per name. Errors as tensor()."""
+        all is cheaper than tensor() per name, and for all of them the pages of the pin's
+        extent are mapped at once (madvise MADV_POPULATE_READ) instead of faulted in one
+        4 KiB page at a time when first read. @cow as tensor_with_dtype(). Errors as
+        tensor()."""
         if self._released:
             raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
                                 % self._target(), "tensor")
@@ -857,7 +860,9 @@ class Pin:
         if names is None and self._dtype is None and tab.keys:
             # Every tensor of the table: the view tensor_with_dtype() makes, for all of them
             # at once (np.ndarray mapped over the columns: no per-tensor Python code).
-            bases = {dt: self._base(tab, dt) for dt in tab.dtypes}
+            bases = {dt: self._base(tab, dt, cow) for dt in tab.dtypes}
+            for b in bases.values():
+                populate(b)
             if len(bases) == 1:
                 per = itertools.repeat(next(iter(bases.values())), len(tab.keys))
             else:
@@ -869,12 +874,12 @@ class Pin:
             if self._released:
                 # release() ran meanwhile (see tensor_with_dtype()): it decides, locked.
                 del out
-                return self.tensors(names)
+                return self.tensors(names, cow)
             return out
         if names is None:
             names = list(tab.keys)
         tw = self.tensor_with_dtype
-        return {n: tw(n)[0] for n in names}
+        return {n: tw(n, cow=cow)[0] for n in names}
 
     def _current_table(self):
         c = self._client
@@ -893,33 +898,41 @@ class Pin:
             self._table = tab
         return tab
 
-    def tensor_with_dtype(self, name, component=None):
-        """(array, safetensors dtype name) for tensor @name; see tensor()."""
+    def tensor_with_dtype(self, name, component=None, cow=False, populate_now=False):
+        """(array, safetensors dtype name) for tensor @name; see tensor().
+        @cow: a writable view of a private mapping of the cache (copy-on-write: a write copies
+        the page it touches into this process, the shared cache never changes; torch tensors
+        are made from these). A tensor that has to be looked up by name (not in the pin's
+        table) is then a private copy. @populate_now: the tensor's pages are mapped now, in
+        one madvise(MADV_POPULATE_READ)."""
         tab = self._table
         if (tab is None or tab.epoch != self._client._epoch) and not self._released:
             tab = self._current_table()
         where = tab.get(name) if tab is not None else None
         if where is None or self._released or (component is not None
                                                and component != self.component):
-            return self._tensor_by_name(name, component)
+            return self._tensor_by_name(name, component, cow)
         dt, npdt, shape, off = where
-        base = self._base(tab, dt)
+        base = self._base(tab, dt, cow)
         arr = np.ndarray(shape, npdt, base, off)
+        if populate_now and arr.nbytes:
+            populate(base, off, arr.nbytes)
         # release() marks the pin released before it counts the views: if it did so since the
         # check above, this view may have been missed, so it is dropped and the locked path
         # decides (ReleasedError when the release went through).
         if self._released:
             del arr, base
-            return self._tensor_by_name(name, component)
+            return self._tensor_by_name(name, component, cow)
         if self._dtype is not None:
             arr = _convert(arr, dt, self._dtype)
         return arr, dt
 
-    def _base(self, tab, dt):
-        """The base of this pin's views of dtype @dt over @tab's extent (views.map_base), or
-        the one alive from an earlier call. It is mapped with the client entered: that
-        proves the handle, and so tab.host_fd, still open (close() takes the same lock)."""
-        key = (dt, tab.host_offset, tab.size)
+    def _base(self, tab, dt, cow=False):
+        """The base of this pin's views of dtype @dt over @tab's extent (views.map_base; with
+        @cow its private copy-on-write form), or the one alive from an earlier call. It is
+        mapped with the client entered: that proves the handle, and so tab.host_fd, still
+        open (close() takes the same lock)."""
+        key = (dt, tab.host_offset, tab.size, cow)
         ref = self._views.bases.get(key)
         base = ref() if ref is not None else None
         if base is not None:
@@ -927,7 +940,7 @@ class Pin:
         c = self._client
         c._enter()
         try:
-            base = map_base(tab.host_fd, tab.host_offset, tab.size, dt, self)
+            base = map_base(tab.host_fd, tab.host_offset, tab.size, dt, self, cow)
         except (OSError, ValueError) as e:
             raise WeightdError(getattr(e, "errno", None) or errno.EFAULT,
                                "mapping %d bytes of the host cache at offset %d for %s: %s"
@@ -938,9 +951,10 @@ class Pin:
         self._views.bases[key] = weakref.ref(base)
         return base
 
-    def _tensor_by_name(self, name, component):
+    def _tensor_by_name(self, name, component, cow=False):
         """tensor_with_dtype() through weightd_tensor(): one registry lookup and one
-        ctypes array for this view."""
+        ctypes array for this view (with @cow a private copy: the library's mapping of the
+        cache is read-only)."""
         c = self._client
         comp = component if component is not None else (self.component or None)
         ti = N.TensorInfo()
@@ -973,6 +987,8 @@ class Pin:
             c._leave()
         if self._dtype is not None:
             arr = _convert(arr, dt, self._dtype)
+        elif cow:
+            arr = arr.copy()
         return arr, dt
 
     def live_views(self):

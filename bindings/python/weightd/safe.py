@@ -18,28 +18,109 @@ get_tensor() gives CUDA tensors through DLPack (weightd.device; no copy). A daem
 GPU tier serves it from the host tier, copied with .to(device) (`gpu_fallback_reason` says
 why); without a daemon the file is read and copied the same way.
 
-Differences from safetensors, all deliberate: arrays are read-only views (no copy) on both
-paths; BF16 and F8 tensors are raw uint16/uint8 arrays in framework "np" (numpy has no such
-types; weightd.tensor_dtype() names the real dtype); get_slice() results are views too.
+What it gives matches the safetensors package (tests/python/test_st_compat.py compares the
+two in one process, for the pinned releases): keys, offset_keys(), metadata(), dtypes,
+shapes and bytes; get_slice() indexing (numpy: the package's own rules, steps and one `...`;
+torch: torch's indexing of the tensor, as the package does); the exceptions (a
+SafetensorError that is also the package's SafetensorError when that is installed, and
+FileNotFoundError for a missing file). Arrays and tensors are views of a private,
+copy-on-write mapping of the shared cache (or of the file): no copy; they are writable like
+the package's, and a write copies the touched page into this process only, so the cache and
+the file never change. Deliberate difference: where the package raises because numpy has no
+such type (BF16, F8, F4 and F6 in framework "np"), weightd gives the raw bytes (uint16 /
+uint8; weightd.tensor_dtype() names the real dtype).
 """
 
 import ctypes
 import errno
 import json
+import operator
 import os
 import struct
+import sys
 import threading
 import warnings
+
+import numpy as np
 
 from . import dtypes
 from .client import Client
 from .errors import (DaemonUnavailableError, GPUTierUnavailableError, LibraryUnavailableError,
-                     NotSupportedError, WeightdError, WeightdFallbackWarning)
+                     NotFoundError, NotSupportedError, WeightdError, WeightdFallbackWarning)
 from .stfile import STFile
 
-__all__ = ["safe_open", "load_file", "SafetensorError"]
+__all__ = ["safe_open", "load_file", "load", "SafetensorError", "FRAMEWORKS"]
 
-SafetensorError = WeightdError
+# The frameworks weightd serves; safetensors' others (tf, flax, mlx, paddle) are left to it.
+FRAMEWORKS = ("np", "numpy", "pt", "pytorch", "torch")
+
+
+class SafetensorError(WeightdError):
+    """What safe_open(), load_file() and load() raise for a malformed file, a missing tensor or
+    a refused index, like the safetensors package's SafetensorError. The instance raised is
+    also of the package's class when safetensors is installed (_st_error()), so `except
+    safetensors.SafetensorError` catches it, and of the weightd class it was (e.g.
+    MalformedFileError), so `except weightd.MalformedFileError` does too."""
+
+
+class SafetensorFileNotFoundError(NotFoundError, FileNotFoundError):
+    """A missing file: FileNotFoundError, as the package raises, and a weightd NotFoundError."""
+
+    def __init__(self, path):
+        FileNotFoundError.__init__(self, errno.ENOENT, "No such file or directory", path)
+        self.message = "%s: No such file or directory" % path
+        self.code = "ENOENT"
+        self.op = "open"
+
+    def __str__(self):
+        return "No such file or directory: %s" % self.filename
+
+
+_compat_classes = {}
+
+
+def _real_st_error():
+    """The safetensors package's SafetensorError, or None when it is not installed."""
+    mod = sys.modules.get("safetensors")
+    if mod is None:
+        try:
+            import safetensors as mod
+        except ImportError:
+            return None
+    return getattr(mod, "SafetensorError", None)
+
+
+def _st_error(e):
+    """@e (a WeightdError) as a SafetensorError of the same weightd class and, when safetensors
+    is installed, of its SafetensorError; or @e itself when it already is one."""
+    real = _real_st_error()
+    if isinstance(e, SafetensorError) and (real is None or isinstance(e, real)):
+        return e
+    cls = type(e)
+    key = (cls, real)
+    compat = _compat_classes.get(key)
+    if compat is None:
+        if issubclass(cls, SafetensorError):
+            bases = (cls,)
+        elif cls is WeightdError:
+            bases = (SafetensorError,)
+        else:
+            bases = (cls, SafetensorError)
+        try:
+            compat = type("SafetensorError", bases + ((real,) if real else ()), {})
+        except TypeError:
+            compat = type("SafetensorError", bases, {})
+        compat.__module__ = __name__
+        _compat_classes[key] = compat
+    out = compat(e.errno, e.message, e.op)
+    out.__cause__ = e.__cause__
+    return out
+
+
+def _raise_compat(e):
+    if isinstance(e, FileNotFoundError):
+        raise e
+    raise _st_error(e) from None
 
 _clients = {}
 _clients_lock = threading.Lock()
@@ -143,6 +224,11 @@ def _fingerprints(stf):
     return out
 
 
+# The longest tensor name the registry holds (bytes); a file's longer or empty names are
+# served from the file (safe_open._array()).
+_REGISTRY_NAME_MAX = 255
+
+
 def _find_component(client, stf):
     """(model name, component name) of the registry component that is @stf, or None."""
     fps = _fingerprints(stf)
@@ -154,8 +240,10 @@ def _find_component(client, stf):
             if c.fingerprint not in fps:
                 continue
             # The fingerprint covers headers; a tensor name check guards against a hash
-            # collision before any view is handed out.
-            probe = next(iter(names), None)
+            # collision before any view is handed out. The probe is a name the registry can
+            # hold (1 to 255 bytes; the daemon leaves other names out).
+            probe = next((n for n in sorted(names) if 0 < len(n.encode()) <= _REGISTRY_NAME_MAX),
+                         None)
             if probe is not None:
                 try:
                     client.tensor_meta(m.name, probe, c.name or None)
@@ -174,7 +262,7 @@ def _torch():
     return torch
 
 
-def _to_framework(arr, st_dtype, framework, device):
+def _to_framework(arr, st_dtype, framework, device, shape=None):
     if getattr(arr, "__dlpack_device__", None) is not None and not hasattr(arr, "ndim"):
         # A device tensor of the daemon's GPU tier (weightd.device.DeviceTensor).
         if framework in ("np", "numpy"):
@@ -194,7 +282,7 @@ def _to_framework(arr, st_dtype, framework, device):
         return arr
     _torch()
     from .torch import from_numpy_view
-    t = from_numpy_view(arr, st_dtype)
+    t = from_numpy_view(arr, st_dtype, shape)
     if device not in ("cpu", None):
         t = t.to(device)
     return t
@@ -220,9 +308,110 @@ def _cuda_tier(device):
 _gpu_warned = []
 
 
+def _np_index(shape, index):
+    """safetensors' numpy slicing rules (PySafeSlice.__getitem__ of the package, 0.8): the
+    numpy index that selects what the package would give for @index on a tensor of @shape,
+    or the exception it would raise, in its order. Each item is an int (anything with
+    __index__), a slice with non-negative bounds and a positive step, or one `...`."""
+    if isinstance(index, list):
+        # A list is taken only whole and empty, as the range [0:0].
+        if index:
+            raise WeightdError(errno.EINVAL, "Non empty lists are not implemented", "get_slice")
+        index = slice(0, 0)
+    items = index if isinstance(index, tuple) else (index,)
+    parsed = []
+    for pos, it in enumerate(items):
+        if it is Ellipsis:
+            parsed.append(it)
+        elif isinstance(it, slice):
+            bounds = []
+            for b in (it.start, it.stop):
+                if b is not None:
+                    b = operator.index(b)
+                    if b < 0:
+                        # The package converts bounds to usize: OverflowError, as it raises.
+                        raise OverflowError("can't convert negative int to unsigned")
+                bounds.append(b)
+            step = 1 if it.step is None else operator.index(it.step)
+            if step <= 0:
+                raise WeightdError(errno.EINVAL, "Slice step must be a positive integer, got "
+                                   "%d" % step, "get_slice")
+            parsed.append(slice(bounds[0], bounds[1], step))
+        elif hasattr(type(it), "__index__"):
+            parsed.append(operator.index(it))
+        else:
+            raise WeightdError(errno.EINVAL, "Unsupported slice index at position %d: expected "
+                               "slice, int, or ellipsis, got %s" % (pos, type(it).__name__),
+                               "get_slice")
+    n_ell = sum(1 for it in parsed if it is Ellipsis)
+    if n_ell > 1:
+        raise WeightdError(errno.EINVAL, "Only one ellipsis (...) is allowed in slice index",
+                           "get_slice")
+    rank = len(shape)
+    if n_ell:
+        k = parsed.index(Ellipsis)
+        parsed[k:k + 1] = [slice(None, None, 1)] * max(0, rank - (len(parsed) - 1))
+    for axis, it in enumerate(parsed):
+        if isinstance(it, int) and it < 0:
+            size = shape[axis] if axis < rank else 0
+            if it < -size:
+                raise WeightdError(errno.EINVAL, "Invalid index %d for dimension %d of size %d"
+                                   % (it, axis, size), "get_slice")
+            parsed[axis] = it + size
+
+    def shown():
+        def one(it):
+            if isinstance(it, int):
+                return str(it)
+            txt = "%s:%s" % ("" if it.start is None else it.start,
+                             "" if it.stop is None else it.stop)
+            return txt + (":%d" % it.step if it.step != 1 else "")
+        return "[%s]" % ", ".join(one(it) for it in parsed)
+    if len(parsed) > rank:
+        raise WeightdError(errno.EINVAL, "Error during slicing %s with shape %s: more slicing "
+                           "indexes than dimensions in tensor" % (shown(), list(shape)),
+                           "get_slice")
+    lengths = list(shape)
+    backwards = False
+    for axis, it in enumerate(parsed):
+        size = shape[axis]
+        if isinstance(it, int):
+            lengths[axis] = 1
+            if it >= size:
+                raise WeightdError(errno.EINVAL, "Error during slicing %s with shape %s: index "
+                                   "%d out of bounds for tensor dimension #%d of size %d"
+                                   % (shown(), list(shape), it, axis, size), "get_slice")
+            continue
+        start = 0 if it.start is None else it.start
+        stop = size if it.stop is None else it.stop
+        if start >= size:
+            bad = start
+        elif stop > size:
+            bad = stop - 1
+        else:
+            bad = None
+        if bad is not None:
+            raise WeightdError(errno.EINVAL, "Error during slicing %s with shape %s: index %d "
+                               "out of bounds for tensor dimension #%d of size %d"
+                               % (shown(), list(shape), bad, axis, size), "get_slice")
+        lengths[axis] = -(-(stop - start) // it.step)
+        backwards = backwards or start > stop
+    if backwards:
+        # A start past the stop: the package computes a negative length. With any other
+        # axis empty the byte count is 0 and numpy refuses the shape; otherwise CPython
+        # refuses the byte count. Both are what it raises, so both are what this raises.
+        if any(n == 0 for n in lengths):
+            raise ValueError("Maximum allowed dimension exceeded")
+        raise SystemError("Negative size passed to PyByteArray_FromStringAndSize")
+    return tuple(parsed)
+
+
 class _Slice:
-    """safetensors' PySafeSlice: get_shape(), get_dtype(), and basic indexing (integers,
-    slices with step 1, Ellipsis) that reads only the selected part."""
+    """safetensors' PySafeSlice: get_shape(), get_dtype(), and indexing. Framework "np"
+    follows the package's own rules (_np_index: ints, slices with a positive step, one `...`);
+    framework "pt" indexes the torch tensor, as the package does (torch's rules and errors).
+    The result is a view of the handle's copy-on-write mapping: only the selected bytes are
+    read."""
 
     def __init__(self, owner, name):
         self._owner = owner
@@ -241,68 +430,70 @@ class _Slice:
         return self._shape[0]
 
     def __getitem__(self, index):
+        try:
+            return self._getitem(index)
+        except WeightdError as e:
+            _raise_compat(e)
+
+    def _getitem(self, index):
+        owner = self._owner
+        if owner._framework == "pt":
+            if self._dtype == "F4":
+                # The package builds the sliced tensor with the shape in values, over half as
+                # many bytes, and torch refuses it: every F4 slice raises this there.
+                n = 1
+                for d in self._shape:
+                    n *= d
+                if n:
+                    raise RuntimeError("shape '%s' is invalid for input of size %d"
+                                       % (list(self._shape), n // 2))
+                torch = _torch()
+                return torch.zeros(self._shape, dtype=torch.uint8).view(
+                    torch.float4_e2m1fn_x2)[index]
+            return owner._get(self._name, populate=False)[index]
         if self._dtype in dtypes.SUBBYTE:
             raise WeightdError(errno.EINVAL, "%s is %s, packed below one byte per element: "
                                "it cannot be sliced" % (self._name, self._dtype), "get_slice")
-        if not isinstance(index, tuple):
-            index = (index,)
-        n_ell = sum(1 for i in index if i is Ellipsis)
-        if n_ell > 1:
-            raise WeightdError(errno.EINVAL, "an index can only have a single ellipsis",
-                               "get_slice")
-        rank = len(self._shape)
-        if len(index) - n_ell > rank:
-            raise WeightdError(errno.EINVAL, "%d indices for tensor %s of rank %d"
-                               % (len(index) - n_ell, self._name, rank), "get_slice")
-        for i in index:
-            if isinstance(i, slice):
-                if i.step not in (None, 1):
-                    raise WeightdError(errno.EINVAL, "slice steps other than 1 are not "
-                                       "supported (got %r)" % (i.step,), "get_slice")
-            elif i is not Ellipsis and not (isinstance(i, int) and not isinstance(i, bool)):
-                raise WeightdError(errno.EINVAL, "index %r is not an int, a slice or ..."
-                                   % (i,), "get_slice")
-        # Integers out of range raise like Python sequences do.
-        full = list(index)
-        if n_ell:
-            k = full.index(Ellipsis)
-            full[k:k + 1] = [slice(None)] * (rank - (len(full) - 1))
-        for axis, i in enumerate(full):
-            if isinstance(i, int) and not -self._shape[axis] <= i < self._shape[axis]:
-                raise WeightdError(errno.EINVAL, "index %d is out of bounds for axis %d "
-                                   "with size %d" % (i, axis, self._shape[axis]), "get_slice")
-        arr = self._owner._array(self._name)
+        idx = _np_index(self._shape, index)
+        arr = owner._array(self._name)
         if not hasattr(arr, "ndim"):
-            # A device tensor: sliced as a framework tensor, on the device.
-            whole = _to_framework(arr, self._dtype, self._owner._framework, self._owner._device)
-            return whole[tuple(full)]
-        arr = arr[tuple(full)]
-        return _to_framework(arr, self._dtype, self._owner._framework, self._owner._device)
+            raise WeightdError(errno.EINVAL, "framework \"np\" holds arrays in host memory; "
+                               "device %r needs framework \"pt\"" % (owner._device,),
+                               "get_slice")
+        # The trailing `...` keeps a 0-d result an array (numpy gives a scalar for ints
+        # on every axis; the package gives a 0-d array).
+        return arr[idx + (Ellipsis,)]
 
 
 class safe_open:
     """safetensors.safe_open over the daemon (module comment).
 
-    safe_open(filename, framework="np"|"pt", device="cpu"|"cuda:N", socket=None)
-    Methods: keys(), metadata(), get_tensor(name), get_slice(name); attributes source,
-    fallback_reason, tier ("host", or "cuda:N" when the daemon's GPU tier serves a CUDA
-    device) and gpu_fallback_reason (why a CUDA device is served from the host tier and
-    copied with .to(device): a daemon without a GPU tier). Use it as a context manager or
-    call close(); arrays taken from it stay valid after either (they keep their pin or file
-    mapping alive themselves).
-    Raises MalformedFileError for a file that breaks the format, WeightdError(ENOENT...) when
-    it cannot be opened.
+    safe_open(filename, framework="np"|"pt", device="cpu"|"cuda:N", socket=None,
+    backend="mmap") -- @backend is accepted for the package's signature; weightd always maps.
+    Methods: keys(), offset_keys(), metadata(), get_tensor(name), get_tensors(),
+    get_slice(name); attributes source, fallback_reason, tier ("host", or "cuda:N" when the
+    daemon's GPU tier serves a CUDA device) and gpu_fallback_reason (why a CUDA device is
+    served from the host tier and copied with .to(device): a daemon without a GPU tier). Use
+    it as a context manager or call close(); arrays taken from it stay valid after either
+    (they keep their pin or file mapping alive themselves).
+    Raises FileNotFoundError for a missing file and SafetensorError (module comment) for a
+    file that breaks the format or a tensor it does not hold.
     """
 
-    def __init__(self, filename, framework="np", device="cpu", socket=None):
-        if framework not in ("np", "numpy", "pt", "pytorch", "torch"):
-            raise WeightdError(errno.EINVAL, "framework %r: use \"np\" or \"pt\"" % (framework,),
-                               "safe_open")
+    def __init__(self, filename, framework="np", device="cpu", socket=None, *, backend="mmap"):
+        if str(framework) not in FRAMEWORKS:
+            raise _st_error(WeightdError(errno.EINVAL, "framework %r: use \"np\" or \"pt\""
+                                         % (framework,), "safe_open"))
         self._framework = "np" if framework in ("np", "numpy") else "pt"
         self._device = device
-        self._file = STFile(filename)
         self._pin = None
         self._component = None
+        try:
+            self._file = STFile(filename)
+        except WeightdError as e:
+            if e.errno == errno.ENOENT and not isinstance(e, SafetensorError):
+                raise SafetensorFileNotFoundError(os.fspath(filename)) from None
+            _raise_compat(e)
         self.source = "file"
         self.fallback_reason = None
         self.tier = "host"
@@ -372,25 +563,45 @@ class safe_open:
     def _describe(self, name):
         e = self._file.entries.get(name)
         if e is None:
-            raise WeightdError(errno.ENOENT, "no tensor %r in %s" % (name, self._file.path),
+            raise WeightdError(errno.ENOENT, "File does not contain tensor %s" % (name,),
                                "get_tensor")
         return e.dtype, e.shape
 
-    def _array(self, name):
-        dt, _ = self._describe(name)
-        if self.source == "daemon":
-            return self._pin.tensor(name, self._component[1] or None)
-        return self._file.array(name)
+    def _array(self, name, populate=False):
+        """The numpy view of @name: a private copy-on-write mapping of the shared cache (or
+        of the file), its pages mapped now when @populate (one madvise, not page faults)."""
+        if self.source == "daemon" and 0 < len(name.encode()) <= _REGISTRY_NAME_MAX:
+            if self.tier != "host":
+                return self._pin.tensor(name, self._component[1] or None)
+            return self._pin.tensor_with_dtype(name, self._component[1] or None, cow=True,
+                                               populate_now=populate)[0]
+        # No daemon, or a name the registry cannot hold: the file's bytes.
+        return self._file.array(name, cow=True, populate=populate)
+
+    def _get(self, name, populate=True):
+        dt, shape = self._describe(name)
+        return _to_framework(self._array(name, populate), dt, self._framework, self._device,
+                             shape)
 
     def get_tensor(self, name):
-        """Tensor @name: a read-only numpy array (framework "np") or a torch tensor ("pt"),
-        for a CUDA device the daemon's GPU tier serves through DLPack (no copy)."""
-        dt, _ = self._describe(name)
-        return _to_framework(self._array(name), dt, self._framework, self._device)
+        """Tensor @name: a numpy array (framework "np") or a torch tensor ("pt") viewing the
+        shared cache or the file copy-on-write; for a CUDA device, the daemon's GPU tier
+        serves it through DLPack (no copy)."""
+        try:
+            return self._get(name)
+        except WeightdError as e:
+            _raise_compat(e)
+
+    def get_tensors(self):
+        """Every tensor, as a dict name -> tensor in the order of their data in the file."""
+        return {k: self.get_tensor(k) for k in self.offset_keys()}
 
     def get_slice(self, name):
         """A lazy slice object for @name (get_shape(), get_dtype(), [indices])."""
-        self._describe(name)
+        try:
+            self._describe(name)
+        except WeightdError as e:
+            _raise_compat(e)
         return _Slice(self, name)
 
     def close(self):
@@ -405,8 +616,40 @@ class safe_open:
         self.close()
 
 
-def load_file(filename, device="cpu", framework="np", socket=None):
-    """Every tensor of @filename as a dict name -> array (read-only numpy views, or torch
-    tensors with framework="pt"), through the daemon when it serves the file."""
-    with safe_open(filename, framework=framework, device=device, socket=socket) as f:
-        return {k: f.get_tensor(k) for k in f.offset_keys()}
+def load_file(filename, device="cpu", framework="np", socket=None, *, backend="mmap"):
+    """Every tensor of @filename as a dict name -> array (numpy, or torch tensors with
+    framework="pt"), through the daemon when it serves the file (safe_open's rules)."""
+    with safe_open(filename, framework=framework, device=device, socket=socket,
+                   backend=backend) as f:
+        return f.get_tensors()
+
+
+def load(data, framework="np"):
+    """safetensors.numpy.load / safetensors.torch.load: every tensor of the safetensors file
+    in the bytes @data, as a dict name -> array (framework "np") or torch tensor ("pt"). The
+    header is checked with the file reader's rules (SafetensorError when it breaks them). The
+    arrays are read-only views of @data for "np" (as the package's), and the torch tensors
+    writable copies (as the package's)."""
+    if str(framework) not in FRAMEWORKS:
+        raise _st_error(WeightdError(errno.EINVAL, "framework %r: use \"np\" or \"pt\""
+                                     % (framework,), "load"))
+    try:
+        stf = STFile.from_bytes(data)
+        out = {}
+        buf = memoryview(data).cast("B")
+        base = 8 + stf.header_len
+        for name, e in stf.entries.items():
+            npdt = dtypes.NUMPY[e.dtype]
+            ashape = dtypes.array_shape(e.dtype, e.shape)
+            arr = np.frombuffer(buf[base + e.begin:base + e.end], dtype=npdt).reshape(ashape)
+            if framework in ("np", "numpy"):
+                out[name] = arr
+            elif e.dtype in dtypes.SUBBYTE and e.dtype != "F4":
+                # No torch dtype: the package's torch load() fails its dtype lookup, so does
+                # this one, with the same KeyError.
+                raise KeyError(e.dtype)
+            else:
+                out[name] = _to_framework(arr.copy(), e.dtype, "pt", "cpu", e.shape)
+        return out
+    except WeightdError as e:
+        _raise_compat(e)

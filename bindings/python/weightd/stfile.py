@@ -19,6 +19,7 @@ import numpy as np
 from . import dtypes
 from .errors import MalformedFileError, WeightdError
 from .views import ViewCounter, make_view
+from .views import populate as populate_range
 
 __all__ = ["STFile", "MAX_HEADER", "MAX_RANK"]
 
@@ -78,21 +79,13 @@ class STFile:
     def __init__(self, path):
         self.path = os.fspath(path)
         self._map = None
+        self._cow_map = None
         try:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
                 self.size = st.st_size
                 head = f.read(8)
-                if len(head) < 8:
-                    self._fail("file_too_small", "%d bytes, fewer than the 8 of the length"
-                               % self.size, offset=0)
-                (n,) = struct.unpack("<Q", head)
-                if n > MAX_HEADER:
-                    self._fail("header_too_large", "N = %d is more than %d" % (n, MAX_HEADER),
-                               offset=0)
-                if 8 + n > self.size:
-                    self._fail("header_out_of_bounds", "8 + N = %d exceeds the file size %d"
-                               % (8 + n, self.size), offset=0)
+                n = self._check_prefix(head)
                 body = f.read(n)
         except OSError as e:
             raise WeightdError(e.errno or 0, "%s: %s" % (self.path, e.strerror or e),
@@ -102,6 +95,40 @@ class STFile:
         self.metadata = None
         self.entries = {}
         self._parse(body)
+
+    @classmethod
+    def from_bytes(cls, data, name="<bytes>"):
+        """The header of the safetensors file held in @data (bytes-like), checked with the
+        same rules; @name stands for the path in messages. array() is not available (no
+        file): the caller reads the tensors' bytes from @data itself."""
+        self = cls.__new__(cls)
+        self.path = name
+        self._map = None
+        self._cow_map = None
+        mv = memoryview(data).cast("B")
+        self.size = len(mv)
+        head = bytes(mv[:8])
+        n = self._check_prefix(head)
+        body = bytes(mv[8:8 + n])
+        self.header_len = n
+        self.header = head + body
+        self.metadata = None
+        self.entries = {}
+        self._parse(body)
+        return self
+
+    def _check_prefix(self, head):
+        """N from the first 8 bytes @head, checked against the limits and self.size."""
+        if len(head) < 8:
+            self._fail("file_too_small", "%d bytes, fewer than the 8 of the length"
+                       % self.size, offset=0)
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            self._fail("header_too_large", "N = %d is more than %d" % (n, MAX_HEADER), offset=0)
+        if 8 + n > self.size:
+            self._fail("header_out_of_bounds", "8 + N = %d exceeds the file size %d"
+                       % (8 + n, self.size), offset=0)
+        return n
 
     def _fail(self, rule, what, tensor=None, offset=None):
         where = ""
@@ -202,39 +229,50 @@ class STFile:
 
     # ---- data ----
 
-    def _mapping(self):
+    def _mapping(self, cow=False):
+        if cow:
+            if self._cow_map is None:
+                self._cow_map = _FileMap(self.path, self.size, cow=True)
+            return self._cow_map
         if self._map is None:
             self._map = _FileMap(self.path, self.size)
         return self._map
 
-    def array(self, name):
+    def array(self, name, cow=False, populate=False):
         """A read-only numpy view of tensor @name's bytes in the file mapping (no copy); it
-        keeps the mapping alive. KeyError when the file has no such tensor."""
+        keeps the mapping alive. KeyError when the file has no such tensor.
+        @cow: a writable view of a private mapping instead (a write copies the page into this
+        process; the file never changes). @populate: its pages are read in and mapped now, in
+        one madvise(MADV_POPULATE_READ), not faulted in one by one later."""
         e = self.entries[name]
-        m = self._mapping()
-        return make_view(m.address + 8 + self.header_len + e.begin, e.dtype, e.shape, m,
-                         m.views)
+        m = self._mapping(cow)
+        start = 8 + self.header_len + e.begin
+        if populate and m.mm is not None and e.end > e.begin:
+            populate_range(m.mm, start, e.end - e.begin)
+        return make_view(m.address + start, e.dtype, e.shape, m, m.views, writable=cow)
 
     def live_views(self):
         """How many arrays of this file are alive."""
-        return len(self._map.views) if self._map is not None else 0
+        return sum(len(m.views) for m in (self._map, self._cow_map) if m is not None)
 
     def close(self):
         """Drops this object's reference to the file mapping. Arrays still alive keep it
         mapped; it is unmapped when the last one is collected."""
         self._map = None
+        self._cow_map = None
 
 
 class _FileMap:
-    """A read-only mapping of a whole file. The numpy export of it pins the mmap object
+    """A read-only mapping of a whole file (with @cow a private writable one: copy-on-write). The numpy export of it pins the mmap object
     (mmap.close() is refused while it exists), so the memory stays mapped for as long as this
     object lives, and views keep this object alive."""
 
     __slots__ = ("mm", "_export", "address", "views", "__weakref__")
 
-    def __init__(self, path, size):
+    def __init__(self, path, size, cow=False):
+        access = mmap.ACCESS_COPY if cow else mmap.ACCESS_READ
         with open(path, "rb") as f:
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            self.mm = mmap.mmap(f.fileno(), 0, access=access) if size else None
         if self.mm is not None:
             self._export = np.frombuffer(self.mm, dtype=np.uint8)
             self.address = self._export.__array_interface__["data"][0]

@@ -26,7 +26,12 @@ import numpy as np
 
 from . import dtypes
 
-__all__ = ["make_view", "map_base", "tensor_dtype", "ViewCounter", "ViewSet"]
+__all__ = ["make_view", "map_base", "populate", "tensor_dtype", "ViewCounter", "ViewSet"]
+
+# madvise(MADV_POPULATE_READ) (Linux 5.14): maps every page of a range in one call. Python's
+# mmap module names it only when it was built on a kernel that had it; the number is ABI.
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_PAGE = mmap.PAGESIZE
 
 
 class _ViewOwner:
@@ -88,20 +93,47 @@ class _HostMap(mmap.mmap):
         self.close()
 
 
-def map_base(fd, offset, nbytes, dtype_name, keeper):
+def map_base(fd, offset, nbytes, dtype_name, keeper, cow=False):
     """A read-only mapping (mmap, shared) of @nbytes (>= 1) of the host cache behind @fd from
     @offset (a multiple of the page size): the base of views made with np.ndarray(shape,
     dtype, buffer=base, offset=...). Its owner keeps @keeper alive and names safetensors dtype
     @dtype_name. The mapping is O(1): no byte is read until a view is used. mmap checks that
-    the range lies inside the file (OSError/ValueError otherwise)."""
-    base = _HostMap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=offset)
+    the range lies inside the file (OSError/ValueError otherwise).
+    With @cow the mapping is private and writable instead (MAP_PRIVATE, PROT_READ|PROT_WRITE):
+    reads share the cache's pages, a write copies the page it touches into this process only
+    (copy-on-write), so the shared cache never changes. The sealed memfd allows that: its
+    seals refuse only shared writable mappings. Views over it are writable (torch's case)."""
+    if cow:
+        base = _HostMap(fd, nbytes, flags=mmap.MAP_PRIVATE,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+    else:
+        base = _HostMap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=offset)
     base._wd_owner = _ViewOwner(keeper, dtype_name)
     return base
 
 
-def make_view(address, dtype_name, shape, keeper, counter):
+def populate(mm, start=0, length=None):
+    """Maps the pages of [@start, @start + @length) of mmap @mm (default: all of it) into this
+    process in one madvise(MADV_POPULATE_READ) instead of one page fault per 4 KiB page when
+    the views are first read. Best effort: a kernel without it (before 5.14) or a range that
+    cannot be read leaves the pages to fault in as before."""
+    size = len(mm)
+    if length is None:
+        length = size - start
+    if length <= 0 or size == 0:
+        return
+    lo = start - start % _PAGE
+    hi = min(size, start + length)
+    try:
+        mm.madvise(MADV_POPULATE_READ, lo, hi - lo)
+    except (OSError, ValueError):
+        pass
+
+
+def make_view(address, dtype_name, shape, keeper, counter, writable=False):
     """A read-only ndarray of safetensors dtype @dtype_name and @shape over the memory at
-    @address (an int). @keeper is kept alive by the array; @counter counts it."""
+    @address (an int). @keeper is kept alive by the array; @counter counts it. @writable: a
+    writable one, for memory the caller mapped privately (copy-on-write)."""
     npdt = dtypes.NUMPY[dtype_name]
     ashape = dtypes.array_shape(dtype_name, shape)
     count = 1
@@ -113,7 +145,8 @@ def make_view(address, dtype_name, shape, keeper, counter):
     # A zero-byte tensor has no address to point at; ctypes needs a length >= 1 anyway.
     carr = (ctypes.c_char * max(nbytes, 1)).from_address(address)
     carr._wd_owner = owner
-    arr = np.frombuffer(memoryview(carr).toreadonly(), dtype=npdt, count=count)
+    mv = memoryview(carr) if writable else memoryview(carr).toreadonly()
+    arr = np.frombuffer(mv, dtype=npdt, count=count)
     return arr.reshape(ashape)
 
 
