@@ -122,6 +122,10 @@ def _raise_compat(e):
         raise e
     raise _st_error(e) from None
 
+# How many safe_open handles of this process each path served (diagnostics, and how the
+# tests of weightd.patch() see that a program's loads went through the daemon).
+opened = {"daemon": 0, "file": 0}
+
 _clients = {}
 _clients_lock = threading.Lock()
 _warned = []
@@ -504,6 +508,7 @@ class safe_open:
             _warn_once(reason)
         else:
             self.source = "daemon"
+        opened[self.source] += 1
 
     def _attach(self, socket):
         if _xxhash() is None:
