@@ -62,8 +62,11 @@ pytest_step() {
 	asan=$(ldd "$ROOT/$BUILD/libweightd.so" 2>/dev/null | awk '/libasan/ { print $3 }')
 	if [ -n "$asan" ]; then
 		[ -f "$asan" ] || { echo "SKIP: the ASan runtime $asan of libweightd.so is missing"; return 77; }
-		echo "preloading $asan into python (ASAN_OPTIONS detect_leaks=0)"
-		LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
+		# libstdc++ goes with it: ASan's __cxa_throw interceptor binds the real one at start,
+		# and torch (loaded later with dlopen) throws C++ exceptions for indexing errors.
+		cxx=$(/sbin/ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 .*x86-64/ { print $NF; exit }')
+		echo "preloading $asan $cxx into python (ASAN_OPTIONS detect_leaks=0)"
+		LD_PRELOAD="$asan${cxx:+ $cxx}" ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
 			"$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$xml" "$what"
 	else
 		"$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$xml" "$what"
