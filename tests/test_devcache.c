@@ -555,8 +555,11 @@ static void test_trim(void **state)
 	struct weightd_device_map *m = NULL;
 	char why[256] = "";
 	int64_t freed;
+	int n;
 
 	(void)state;
+	if (!real)	/* one GPU, whatever an earlier failed case left set */
+		setenv("WEIGHTD_GPU_EMULATE", EMULATE, 1);
 	start(&d, NULL);
 	w = attach(&d);
 	CHECK(load_gpu(w, "all_dtypes") == 0 && load_gpu(w, "metadata_rich") == 0, "load: %s",
@@ -577,8 +580,9 @@ static void test_trim(void **state)
 	weightd_device_unmap(w, m);
 	freed = weightd_device_trim(w, 0, UINT64_MAX);
 	CHECK(freed > 0 && (real || freed == 2 << 20), "trim after the unmap: %" PRId64, freed);
-	CHECK(weightd_devices(w, &gi, 1, why, sizeof(why)) == 1 && gi.used == 0,
-	      "cuda:0 uses %" PRIu64 " bytes after trimming everything", gi.used);
+	n = weightd_devices(w, &gi, 1, why, sizeof(why));
+	CHECK(n >= 1 && gi.used == 0, "cuda:0 (of %d GPUs) uses %" PRIu64 " bytes after "
+	      "trimming everything", n, gi.used);
 	freed = weightd_device_trim(w, 5, 1);
 	CHECK(freed == -ENOTSUP, "trim of a GPU the daemon lacks: %" PRId64 " (%s)", freed,
 	      weightd_last_error());
