@@ -203,13 +203,59 @@ static int count_models(struct weightd *w)
 /* ---------------------------------------------------------------------------------- */
 /* status                                                                             */
 
+/*
+ * The daemon's read path in words: "io_uring, fixed buffers (N registered)" or why not, e.g.
+ * io_uring refused to register 32 MiB of staging buffers: Cannot allocate memory; the
+ * locked-memory limit (RLIMIT_MEMLOCK) is 8.00 MiB.
+ */
+static void io_path_text(const struct weightd_daemon_info *di, char *buf, size_t size)
+{
+	char b1[32], b2[32];
+
+	if (di->flags & WEIGHTD_INFO_NO_LOADER) {
+		snprintf(buf, size, "no io_uring loader");
+		return;
+	}
+	if (di->flags & WEIGHTD_INFO_FIXED_BUFFERS) {
+		snprintf(buf, size, "io_uring, fixed buffers (%s registered)%s",
+			 ctl_human_bytes(di->staging_bytes, b1, sizeof(b1)),
+			 di->flags & WEIGHTD_INFO_FIXED_FILES ? ", fixed files" : "");
+		return;
+	}
+	snprintf(buf, size, "io_uring without fixed buffers: registering %s of staging buffers "
+		 "failed (%s)%s%s%s", ctl_human_bytes(di->staging_bytes, b1, sizeof(b1)),
+		 strerror(-di->fixed_buffers_error),
+		 di->fixed_buffers_error == -ENOMEM ? "; the locked-memory limit (RLIMIT_MEMLOCK) is "
+						       : "",
+		 di->fixed_buffers_error != -ENOMEM ? "" :
+		 di->memlock_limit == UINT64_MAX ? "unlimited" :
+		 ctl_human_bytes(di->memlock_limit, b2, sizeof(b2)),
+		 di->fixed_buffers_error == -ENOMEM ? ": raise it (LimitMEMLOCK=, ulimit -l)" : "");
+}
+
+static json_t *io_json(const struct weightd_daemon_info *di)
+{
+	char why[256];
+
+	io_path_text(di, why, sizeof(why));
+	return json_pack("{s:b, s:b, s:i, s:i, s:I, s:I, s:s}", "fixed_buffers",
+			 !!(di->flags & WEIGHTD_INFO_FIXED_BUFFERS), "fixed_files",
+			 !!(di->flags & WEIGHTD_INFO_FIXED_FILES), "fixed_buffers_errno",
+			 -di->fixed_buffers_error, "fixed_files_errno", -di->fixed_files_error,
+			 "memlock_limit", di->memlock_limit == UINT64_MAX ? (json_int_t)-1 :
+			 (json_int_t)di->memlock_limit, "staging_bytes",
+			 (json_int_t)di->staging_bytes, "path", why);
+}
+
 static void status_usage(FILE *out)
 {
 	fprintf(out,
 		"usage: weightctl status [--socket PATH] [--json]\n\n"
 		"Says whether a weightd daemon answers on the socket, and shows its pid, its\n"
 		"clients, the models it publishes and the host cache it uses, with the size and\n"
-		"kind of the pages behind it (4k, thp or hugetlb).\n\n"
+		"kind of the pages behind it (4k, thp or hugetlb), how it reads model files\n"
+		"(io_uring with fixed buffers, or why not: a locked-memory limit too small for\n"
+		"them, for instance) and where its catalog is.\n\n"
 		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else the per-user\n"
 		"                 runtime directory)\n"
 		"  --json         one JSON object\n\n"
@@ -297,11 +343,12 @@ static json_t *gpu_json(const struct weightd_device_info *g)
 int ctl_status(struct ctl *c, int argc, char **argv)
 {
 	struct weightd_device_info gpus[GPU_LIST_MAX];
-	char gpu_why[256] = "", alert_line[256] = "";
+	struct weightd_daemon_info di;
+	char gpu_why[256] = "", alert_line[256] = "", info_why[256] = "";
 	json_t *alerts = NULL;
-	struct weightd_metrics m;
+	struct weightd_metrics mt;
 	struct weightd_registry_usage ru = { 0 };
-	int n_gpus;
+	int n_gpus, info_ret;
 	struct weightd_stats st;
 	struct dopts o;
 	struct weightd *w;
@@ -328,9 +375,9 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 	pid = weightd_daemon_pid(w);
 	n_gpus = weightd_devices(w, gpus, GPU_LIST_MAX, gpu_why, sizeof(gpu_why));
 	/* Active alerts (a rebuilt catalog, a budget nearly full): what an operator must see. */
-	if (weightd_metrics(w, &m) == 0) {
+	if (weightd_metrics(w, &mt) == 0) {
 		for (unsigned int i = 0; i < WEIGHTD_ALERT_KINDS; i++) {
-			if (!m.alerts_active[i])
+			if (!mt.alerts_active[i])
 				continue;
 			json_array_append_new(alerts, json_string(weightd_alert_name(i)));
 			snprintf(alert_line + strlen(alert_line),
@@ -339,6 +386,9 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		}
 	}
 	weightd_registry_usage(w, &ru);
+	info_ret = weightd_daemon_info(w, &di);
+	if (info_ret)
+		snprintf(info_why, sizeof(info_why), "%s", weightd_last_error());
 	if (o.json) {
 		json_t *ga = json_array();
 
@@ -368,6 +418,12 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 					      (int)ru.tensors, "tensor_cap", (int)ru.tensor_cap,
 					      "names_used", (json_int_t)ru.names_used,
 					      "names_size", (json_int_t)ru.names_size));
+		if (info_ret) {
+			json_object_set_new(jo, "io", json_pack("{s:s}", "error", info_why));
+		} else {
+			json_object_set_new(jo, "io", io_json(&di));
+			json_object_set_new(jo, "state_dir", json_string(di.state_dir));
+		}
 		print_json(jo);
 	} else {
 		printf("daemon     running, pid %d, up %.0f s\n", pid, (double)st.uptime_ns / 1e9);
@@ -388,6 +444,15 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		       ctl_human_bytes(ru.names_size, b2, 32));
 		printf("requests   %llu served, %llu failed\n",
 		       (unsigned long long)st.requests_total, (unsigned long long)st.errors_total);
+		if (info_ret) {
+			printf("reads      unknown: %s\n", info_why);
+		} else {
+			char why[256];
+
+			io_path_text(&di, why, sizeof(why));
+			printf("reads      %s\n", why);
+			printf("catalog    %s/catalog.db\n", di.state_dir);
+		}
 		if (n_gpus == 0)
 			printf("GPU tier   not available: %s\n", gpu_why);
 		else if (n_gpus < 0)

@@ -1558,6 +1558,23 @@ uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n
 	return i;
 }
 
+void hostcache_io_info(struct daemon *d, struct wd_info *info)
+{
+	struct loader_io io;
+
+	if (!d->hc || !d->hc->loader) {
+		info->flags |= WD_INFO_NO_LOADER;
+		return;
+	}
+	/* Set once by loader_create(), before any client could attach: no lock needed. */
+	loader_io_path(d->hc->loader, &io);
+	info->flags |= (io.fixed_bufs ? WD_INFO_FIXED_BUFFERS : 0) |
+		       (io.fixed_files ? WD_INFO_FIXED_FILES : 0);
+	info->buffers_error = io.bufs_err;
+	info->files_error = io.files_err;
+	info->staging_bytes = io.staging_bytes;
+}
+
 void hostcache_stats(struct daemon *d, uint64_t *v)
 {
 	struct hostcache *hc = d->hc;

@@ -104,6 +104,9 @@ uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n
 /* Fills the WD_STAT_HOST_* and WD_STAT_CUDA_* entries of @v (WD_STAT_COUNT values). */
 void hostcache_stats(struct daemon *d, uint64_t *v);
 
+/* The INFO op's view of the loader: the WD_INFO_* I/O flags and errors of @info. */
+void hostcache_io_info(struct daemon *d, struct wd_info *info);
+
 /*
  * Stores the host cache's state into the registry's metrics block (shm/regmetrics.h): budget,
  * bytes used, free extents and the largest one (arena_get_stats()), and resident bytes per

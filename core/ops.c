@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "core/devcache.h"
@@ -415,6 +416,28 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 	cqe->res = WD_STAT_COUNT;
 }
 
+/* INFO: the daemon's I/O path, its locked-memory limit and its state directory. */
+static void op_info(struct daemon *d, struct wd_cqe *cqe, char *out)
+{
+	struct wd_info info = { 0 };
+	const char *dir = daemon_state_dir(d);
+	struct rlimit lim;
+	size_t n = strlen(dir);
+
+	info.memlock_limit = getrlimit(RLIMIT_MEMLOCK, &lim) ? 0 :
+			     lim.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)lim.rlim_cur;
+	hostcache_io_info(d, &info);
+	if (n <= sizeof(info.state_dir)) {
+		memcpy(info.state_dir, dir, n);
+		info.state_dir_len = (uint32_t)n;
+	} else {
+		info.flags |= WD_INFO_STATE_DIR_LONG;
+	}
+	memcpy(out, &info, sizeof(info));
+	cqe->data_len = sizeof(info);
+	cqe->res = 0;
+}
+
 static bool privileged(const struct daemon *d, uid_t uid)
 {
 	if (uid == 0)
@@ -483,6 +506,9 @@ enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct w
 		return OPS_DONE;
 	case WD_OP_SHUTDOWN:
 		op_shutdown(d, c, cqe, out);
+		return OPS_DONE;
+	case WD_OP_INFO:
+		op_info(d, cqe, out);
 		return OPS_DONE;
 	case WD_OP_SCAN:
 	case WD_OP_VALIDATE:

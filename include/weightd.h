@@ -487,6 +487,32 @@ int64_t weightd_device_trim(struct weightd *w, unsigned int device, uint64_t byt
 int weightd_devices(struct weightd *w, struct weightd_device_info *out, unsigned int max,
 		    char *why, size_t why_size);
 
+/* weightd_daemon_info.flags */
+#define WEIGHTD_INFO_FIXED_BUFFERS 0x1u	/* io_uring reads into registered (fixed) buffers */
+#define WEIGHTD_INFO_FIXED_FILES 0x2u	/* io_uring uses a registered file table */
+#define WEIGHTD_INFO_NO_LOADER 0x8u	/* the daemon's host tier has no io_uring loader */
+
+/* What the daemon runs with (INFO). */
+struct weightd_daemon_info {
+	uint32_t flags;			/* WEIGHTD_INFO_* */
+	int32_t fixed_buffers_error;	/* negative errno io_uring refused the fixed buffers
+					   with (-ENOMEM: RLIMIT_MEMLOCK too small), or 0 */
+	int32_t fixed_files_error;	/* the same for the registered file table */
+	uint32_t reserved;
+	uint64_t memlock_limit;		/* the daemon's RLIMIT_MEMLOCK, bytes; UINT64_MAX: none */
+	uint64_t staging_bytes;		/* the loader's staging buffers (what registering locks) */
+	char state_dir[256];		/* its state directory: its catalog is catalog.db there */
+};
+
+/*
+ * Asks the daemon how it runs: its I/O path (registered buffers and files, or why not) and
+ * its state directory, where it keeps the catalog that `weightctl ls` shows.
+ * Returns 0 and fills @out; -ENAMETOOLONG when the state directory is longer than a reply
+ * holds (224 bytes; the other fields are filled); -EPROTO for a malformed reply;
+ * -EINVAL (NULL); or a request error (-EOPNOTSUPP from a daemon older than this call).
+ */
+int weightd_daemon_info(struct weightd *w, struct weightd_daemon_info *out);
+
 /* weightd_cache_entry.flags */
 #define WEIGHTD_CACHE_LOADING 0x1u	/* being loaded; bytes are reserved */
 #define WEIGHTD_CACHE_SUBSET 0x2u	/* a selection of the component's tensors */

@@ -188,6 +188,7 @@ enum wd_op {
 	WD_OP_DEVICES = 16,	/* GPU tiers (struct wd_device_info) from arg[0] */
 	WD_OP_DEVICE_TRIM = 17,	/* evict unpinned, unmapped entries of tier until arg[0] bytes
 				 * are freed; aux0 of the completion = bytes freed */
+	WD_OP_INFO = 18,	/* the daemon's setup (struct wd_info) in the CQ payload */
 	WD_OP_COUNT
 };
 
@@ -224,6 +225,27 @@ struct wd_cache_entry {
 #define WD_CACHE_F_PREFETCHED 0x4u	/* loaded as a prefetch and not requested since */
 #define WD_CACHE_F_SHARED 0x8u		/* bound to several components (deduplicated) */
 #define WD_CACHE_PER_REPLY (WD_DATA_SLOT_SIZE / 32u)
+
+/*
+ * INFO: what the daemon runs with, for operators (`weightctl status`) and for clients that
+ * read its catalog (`weightctl ls`). No arguments; res is 0 and the payload one struct
+ * wd_info. The daemon's state directory holds its catalog (catalog.db): a client reads it
+ * there itself, with its own permissions (the daemon opens nothing on a client's behalf).
+ */
+#define WD_INFO_FIXED_BUFFERS 0x1u	/* io_uring reads into registered (fixed) buffers */
+#define WD_INFO_FIXED_FILES 0x2u	/* io_uring uses a registered file table */
+#define WD_INFO_STATE_DIR_LONG 0x4u	/* the state directory did not fit state_dir[] */
+#define WD_INFO_NO_LOADER 0x8u		/* the host tier has no io_uring loader */
+#define WD_INFO_STATE_DIR_MAX 224u
+struct wd_info {
+	uint64_t memlock_limit;	/* RLIMIT_MEMLOCK (soft) of the daemon, bytes; UINT64_MAX: none */
+	uint64_t staging_bytes;	/* the loader's staging buffers, registered or not */
+	uint32_t flags;		/* WD_INFO_* */
+	int32_t buffers_error;	/* negative errno io_uring refused the fixed buffers with, or 0 */
+	int32_t files_error;	/* the same for the file table */
+	uint32_t state_dir_len;	/* bytes of state_dir used (no NUL); 0 with STATE_DIR_LONG */
+	char state_dir[WD_INFO_STATE_DIR_MAX];
+};
 
 /*
  * DEVICE_MAP. Before the final completion the daemon sends, on the client's attach socket,
@@ -474,6 +496,11 @@ static_assert(offsetof(struct wd_cqe, flags) == 12, "cqe.flags");
 static_assert(offsetof(struct wd_cqe, data_len) == 14, "cqe.data_len");
 static_assert(offsetof(struct wd_cqe, aux0) == 16, "cqe.aux0");
 static_assert(offsetof(struct wd_cqe, aux1) == 24, "cqe.aux1");
+
+static_assert(sizeof(struct wd_info) == WD_DATA_SLOT_SIZE, "wd_info fills one payload slot");
+static_assert(offsetof(struct wd_info, flags) == 16, "info.flags");
+static_assert(offsetof(struct wd_info, state_dir_len) == 28, "info.state_dir_len");
+static_assert(offsetof(struct wd_info, state_dir) == 32, "info.state_dir");
 
 static_assert(WD_DATA_SLOT_SIZE <= UINT16_MAX, "arg_len/data_len are 16-bit");
 static_assert(WD_STAT_COUNT * 8 <= WD_DATA_SLOT_SIZE, "STATS fits one payload slot");

@@ -2166,6 +2166,42 @@ int64_t weightd_device_trim(struct weightd *w, unsigned int device, uint64_t byt
 	return rp.aux0 > INT64_MAX ? INT64_MAX : (int64_t)rp.aux0;
 }
 
+static_assert(WEIGHTD_INFO_FIXED_BUFFERS == WD_INFO_FIXED_BUFFERS &&
+	      WEIGHTD_INFO_FIXED_FILES == WD_INFO_FIXED_FILES &&
+	      WEIGHTD_INFO_NO_LOADER == WD_INFO_NO_LOADER, "info flags");
+
+int weightd_daemon_info(struct weightd *w, struct weightd_daemon_info *out)
+{
+	struct request rq = { .sqe = { .opcode = WD_OP_INFO, .model = WD_ID_NONE,
+				       .component = WD_ID_NONE } };
+	struct wd_info info;
+	struct reply rp;
+	int ret;
+
+	if (!w || !out)
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = submit_wait(w, &rq, &rp)) || (ret = result(&rp, "info", NULL)) < 0)
+		return ret;
+	if (rp.data_len != sizeof(info))
+		return fail(-EPROTO, "info: a reply of %u bytes, want %zu", rp.data_len,
+			    sizeof(info));
+	memcpy(&info, rp.data, sizeof(info));
+	if (info.state_dir_len > sizeof(info.state_dir) ||
+	    memchr(info.state_dir, '\0', info.state_dir_len))
+		return fail(-EPROTO, "info: a state directory of %u bytes", info.state_dir_len);
+	memset(out, 0, sizeof(*out));
+	out->flags = info.flags & (WD_INFO_FIXED_BUFFERS | WD_INFO_FIXED_FILES | WD_INFO_NO_LOADER);
+	out->fixed_buffers_error = info.buffers_error;
+	out->fixed_files_error = info.files_error;
+	out->memlock_limit = info.memlock_limit;
+	out->staging_bytes = info.staging_bytes;
+	if (info.flags & WD_INFO_STATE_DIR_LONG)
+		return fail(-ENAMETOOLONG, "info: the daemon's state directory is longer than %u "
+			    "bytes", WD_INFO_STATE_DIR_MAX);
+	memcpy(out->state_dir, info.state_dir, info.state_dir_len);
+	return 0;
+}
+
 /* ---- metrics and events ----------------------------------------------------------------- */
 
 static_assert(WEIGHTD_HIST_BUCKETS == WD_HIST_BUCKETS, "histogram buckets");

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -121,6 +122,7 @@ struct loader {
 	uint32_t *free_bufs;
 	uint32_t n_free_bufs;
 	bool fixed_files;
+	int bufs_err, files_err;	/* why io_uring refused them (loader_io_path()) */
 	bool slot_used[MAX_FILE_SLOTS];
 	struct req *reqs;
 	struct req *free_reqs;
@@ -1392,8 +1394,19 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 	l->n_free_bufs = o.n_staging;
 	rc = io_uring_register_buffers(&l->ring, iov, o.n_staging);
 	l->fixed_bufs = rc == 0;
-	if (rc)
-		log_info("loader", "\"unregistered staging buffers\" rc=%d", rc);
+	l->bufs_err = rc;
+	if (rc) {
+		struct rlimit lim = { 0 };
+
+		getrlimit(RLIMIT_MEMLOCK, &lim);
+		/* Not silent: reads still work, through unregistered buffers, but slower. */
+		log_warn("loader", "\"io_uring refused the fixed staging buffers, reading through "
+			 "unregistered ones\" rc=%d err=\"%s\" bytes=%zu memlock_limit=%lld%s", rc,
+			 strerror(-rc), (size_t)o.n_staging * o.chunk,
+			 lim.rlim_cur == RLIM_INFINITY ? -1LL : (long long)lim.rlim_cur,
+			 rc == -ENOMEM ? " hint=\"raise RLIMIT_MEMLOCK (LimitMEMLOCK= in "
+					 "weightd.service, ulimit -l)\"" : "");
+	}
 	{
 		/* Bounded workers (regular file reads) at most one per CPU; unbounded: default. */
 		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1404,6 +1417,7 @@ int loader_create(struct arena *arena, const struct loader_options *opt, struct 
 	}
 	rc = io_uring_register_files_sparse(&l->ring, MAX_FILE_SLOTS);
 	l->fixed_files = rc == 0;
+	l->files_err = rc;
 	if (rc)
 		log_info("loader", "\"unregistered files\" rc=%d", rc);
 	for (uint32_t i = 0; i < o.qd; i++) {
@@ -1474,6 +1488,13 @@ int loader_cpu(const struct loader *l)
 uint32_t loader_chunk(const struct loader *l)
 {
 	return l->chunk;
+}
+
+void loader_io_path(const struct loader *l, struct loader_io *out)
+{
+	*out = (struct loader_io){ .fixed_bufs = l->fixed_bufs, .fixed_files = l->fixed_files,
+				   .bufs_err = l->bufs_err, .files_err = l->files_err,
+				   .staging_bytes = (uint64_t)l->n_staging * l->chunk };
 }
 
 int loader_submit(struct loader *l, struct load_plan *plan, uint64_t extent_off,

@@ -176,6 +176,19 @@ int loader_cpu(const struct loader *l);
 /* The read size the loader was created with. */
 uint32_t loader_chunk(const struct loader *l);
 
+/*
+ * How the loader reads: whether io_uring took its staging buffers and its file table as
+ * registered (fixed) ones, and if not the error it refused them with. Registering buffers
+ * locks them in memory, so an unprivileged daemon under a small RLIMIT_MEMLOCK (8 MiB by
+ * default) gets -ENOMEM and reads through unregistered buffers instead: correct, slower.
+ */
+struct loader_io {
+	bool fixed_bufs, fixed_files;
+	int bufs_err, files_err;	/* negative errno of the registration, or 0 */
+	uint64_t staging_bytes;
+};
+void loader_io_path(const struct loader *l, struct loader_io *out);
+
 enum load_state {
 	LOAD_QUEUED = 0,
 	LOAD_RUNNING,
