@@ -15,9 +15,25 @@
 #define CTL_FAIL 1
 #define CTL_USAGE 2
 
+struct weightd;
+
+/* Where the catalog a verb reads comes from (ctl_catalog_dir()). */
+enum ctl_cat_source {
+	CTL_CAT_NONE = 0,	/* not chosen yet */
+	CTL_CAT_OPTION,		/* --state-dir on the command line */
+	CTL_CAT_DAEMON,		/* the running daemon's (its INFO reply names its state dir) */
+	CTL_CAT_STATE_DIR,	/* no daemon answers: $WEIGHTD_STATE_DIR, XDG, ~/.local/state */
+};
+
 struct ctl {
 	const char *state_dir_opt; /* --state-dir, given anywhere on the command line */
 	char state_dir[4096];	   /* resolved by ctl_state_dir() */
+	/* The catalog verbs' catalog, chosen once by ctl_catalog_dir(). */
+	enum ctl_cat_source cat_source;
+	char cat_dir[4096];
+	char cat_socket[108];	/* the socket asked (and, with CTL_CAT_DAEMON, answering) */
+	int cat_pid;		/* the daemon's pid with CTL_CAT_DAEMON */
+	struct weightd *w;	/* the daemon's handle with CTL_CAT_DAEMON, detached at exit */
 };
 
 struct ctl_verb {
@@ -28,6 +44,25 @@ struct ctl_verb {
 
 /* Resolves (and creates) the state directory; prints the error and returns NULL on failure. */
 const char *ctl_state_dir(struct ctl *c);
+
+/*
+ * The state directory whose catalog the catalog verbs (ls, info, meta, scan, history, bench)
+ * read: --state-dir when given on the command line; else, whenever a daemon answers on
+ * @socket (NULL: $WEIGHTD_SOCKET, else the per-user default), the daemon's own (it says
+ * where in its INFO reply), so that `ls` shows what the daemon serves; else, when none
+ * answers, ctl_state_dir(). Unless @quiet, says on stderr which one it is. A daemon whose
+ * catalog this user may not open (a root daemon's, say), or that refuses this user, is an
+ * error with the way out in the message, not a silent switch to another catalog.
+ * Returns the directory, or NULL after printing why.
+ */
+const char *ctl_catalog_dir(struct ctl *c, const char *verb, const char *socket, bool quiet);
+
+/* {"source": "daemon"|"state_dir"|"option", "path": DIR/catalog.db[, "socket", "pid"]}:
+ * the choice ctl_catalog_dir() made, for a verb's --json (a jansson json_t *). */
+struct json_t *ctl_catalog_json(const struct ctl *c);
+
+/* Releases what ctl_catalog_dir() holds (the daemon handle). */
+void ctl_done(struct ctl *c);
 
 /* Prints "weightctl VERB: <msg>" to stderr. */
 void ctl_err(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -98,11 +98,15 @@ static void usage_bench(FILE *out)
 static void usage_history(FILE *out)
 {
 	fprintf(out,
-		"usage: weightctl history [--json] [MODEL]\n\n"
+		"usage: weightctl history [--socket PATH] [--json] [MODEL]\n\n"
 		"Lists the `weightctl bench` runs recorded in the catalog, oldest first, for MODEL\n"
-		"(or every model): when, host cold and warm load rates, the storage limits, and the\n"
-		"load rate to the first GPU (cuda:0) when there was one.\n\n"
-		"  --json   one JSON object {\"runs\": [{\"id\", \"model\", \"time\", \"figures\"}]}\n\n"
+		"(a name or a path; or every model): when, host cold and warm load rates, the\n"
+		"storage limits, and the load rate to the first GPU (cuda:0) when there was one.\n"
+		"The catalog is the running daemon's when one answers on the socket, else the\n"
+		"state directory's.\n\n"
+		"  --json         one JSON object {\"runs\": [{\"id\", \"model\", \"time\",\n"
+		"                 \"figures\"}], \"catalog\": {\"source\", \"path\"}}\n"
+		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else per user)\n\n"
 		"Exit status: 0, 1 the catalog cannot be read, 2 usage error.\n");
 }
 
@@ -482,7 +486,7 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 	struct weightd_model_info mi;
 	struct weightd_stats st;
 	struct files f;
-	const char *sd = ctl_state_dir(c);
+	const char *sd = ctl_catalog_dir(c, "bench", o->socket, false);
 	enum rawread_drop drop;
 	double t_cold, t_warm, t_sc = NAN, t_sw = NAN, t_ar = NAN, t_fill, mbps;
 	struct rawread_warm wb;
@@ -636,7 +640,7 @@ static int record(struct ctl *c, json_t *r)
 	int ret = txt ? 0 : -ENOMEM;
 
 	if (!ret)
-		ret = catalog_open(ctl_state_dir(c), &cat);
+		ret = catalog_open(ctl_catalog_dir(c, "bench", NULL, true), &cat);
 	if (!ret) {
 		ret = catalog_bench_add(cat, json_string_value(json_object_get(r, "model")),
 					wd_wall_ns(), txt);
@@ -838,12 +842,13 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "socket", required_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	struct hist_ctx h = { 0 };
 	struct catalog *cat;
-	const char *sd, *model = NULL;
+	const char *sd, *model = NULL, *socket = NULL;
 	char name[WEIGHTD_NAME_MAX];
 	int opt, ret;
 
@@ -851,6 +856,7 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "hj", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j': h.json = true; break;
+		case 's': socket = optarg; break;
 		case 'h': usage_history(stdout); return CTL_OK;
 		default: usage_history(stderr); return CTL_USAGE;
 		}
@@ -860,7 +866,7 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 		usage_history(stderr);
 		return CTL_USAGE;
 	}
-	sd = ctl_state_dir(c);
+	sd = ctl_catalog_dir(c, "history", socket, h.json);
 	if (!sd)
 		return CTL_FAIL;
 	ret = catalog_open(sd, &cat);
@@ -892,7 +898,8 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 		return CTL_FAIL;
 	}
 	if (h.json) {
-		json_t *j = json_pack("{s:o}", "runs", h.runs);
+		json_t *j = json_pack("{s:o, s:o}", "runs", h.runs, "catalog",
+				      ctl_catalog_json(c));
 		char *txt = json_dumps(j, JSON_INDENT(2));
 
 		if (txt)

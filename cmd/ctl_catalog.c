@@ -2,8 +2,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "weightd.h"
 
 #include "cmd/ctl.h"
 #include "core/catalog.h"
@@ -21,11 +24,18 @@ static void print_json(json_t *j)
 	json_decref(j);
 }
 
-/* Parses the common "--json / --help" pair; returns -1 to go on, else an exit code. */
-static int parse_simple(int argc, char **argv, bool *json, void (*usage)(FILE *))
+enum { OPT_SOCKET = 0x100 };
+
+/*
+ * Parses the common "--json / --socket / --help" options; returns -1 to go on, else an exit
+ * code.
+ */
+static int parse_simple(int argc, char **argv, bool *json, const char **socket,
+			void (*usage)(FILE *))
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -35,6 +45,7 @@ static int parse_simple(int argc, char **argv, bool *json, void (*usage)(FILE *)
 	while ((opt = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j': *json = true; break;
+		case OPT_SOCKET: *socket = optarg; break;
 		case 'h': usage(stdout); return CTL_OK;
 		default: usage(stderr); return CTL_USAGE;
 		}
@@ -42,9 +53,11 @@ static int parse_simple(int argc, char **argv, bool *json, void (*usage)(FILE *)
 	return -1;
 }
 
-static struct catalog *open_catalog(struct ctl *c, const char *verb)
+/* The catalog ctl_catalog_dir() chooses (the running daemon's, else the state dir's). */
+static struct catalog *open_catalog(struct ctl *c, const char *verb, const char *socket,
+				    bool json)
 {
-	const char *dir = ctl_state_dir(c);
+	const char *dir = ctl_catalog_dir(c, verb, socket, json);
 	struct catalog *cat = NULL;
 	int rc;
 
@@ -96,9 +109,13 @@ static void scan_usage(FILE *out)
 		"Discovers the models under each DIR (recursively), validates their files and\n"
 		"records them in the catalog. Only files whose fingerprint (device, inode, size,\n"
 		"mtime) changed are read again. Without DIR, rescans every root scanned before.\n"
-		"Unreadable paths, symlink loops and files that vanish are reported and skipped.\n\n"
-		"  --json       one JSON object with the counts, changes and problems\n"
-		"  --threads N  header reader threads (default min(8, 2 x CPUs))\n\n"
+		"Unreadable paths, symlink loops and files that vanish are reported and skipped.\n"
+		"When a daemon answers on the socket, it scans (so that it also publishes what it\n"
+		"finds) into its own catalog, and its invalid models are listed; otherwise the\n"
+		"scan runs here, on the state directory's catalog (see `weightctl --help`).\n\n"
+		"  --json         one JSON object with the counts, changes and problems\n"
+		"  --threads N    header reader threads (default min(8, 2 x CPUs))\n"
+		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else per user)\n\n"
 		"Exit status: 0 scanned and everything valid, 1 problems or invalid models,\n"
 		"2 usage error.\n");
 }
@@ -131,7 +148,7 @@ static void scan_progress(uint64_t done, uint64_t total, void *arg)
 
 static const char *const change_names[] = { "added", "updated", "removed" };
 
-static void scan_report_json(const struct scan_result *res)
+static void scan_report_json(const struct scan_result *res, json_t *catalog)
 {
 	json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:f}",
 			      "files", (json_int_t)res->n_files, "models",
@@ -159,7 +176,93 @@ static void scan_report_json(const struct scan_result *res)
 						"message", res->problems[i].message));
 	json_object_set_new(j, "changes", changes);
 	json_object_set_new(j, "problems", problems);
+	json_object_set_new(j, "catalog", catalog);
 	print_json(j);
+}
+
+/* Whether catalog path @path lies in one of @dirs (all of them when @n is 0). */
+static bool under(const char *path, char **dirs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		size_t len = strlen(dirs[i]);
+
+		if (!strncmp(path, dirs[i], len) && (path[len] == '/' || !path[len]))
+			return true;
+	}
+	return n == 0;
+}
+
+/*
+ * scan with a daemon: it scans each DIR (all its roots without one) into its catalog and
+ * publishes what it finds; the invalid models under those directories are then listed
+ * from that catalog. Exit status as for a local scan.
+ */
+static int scan_by_daemon(struct ctl *c, char **dirs, int n, bool json)
+{
+	struct catalog_model_list list = { 0 };
+	json_t *roots = json_array(), *invalid = json_array();
+	char **abs = calloc((size_t)n + 1, sizeof(*abs));
+	struct ctl_progress prog;
+	struct catalog *cat;
+	int status = CTL_OK, n_abs = 0, ret;
+
+	for (int i = 0; abs && i <= n; i++) {
+		const char *d = NULL;
+
+		if (i == n && n)
+			break;
+		if (n) {
+			abs[n_abs] = realpath(dirs[i], NULL);
+			if (!abs[n_abs]) {
+				ctl_err("scan", "%s: %s", dirs[i], strerror(errno));
+				status = CTL_FAIL;
+				continue;
+			}
+			d = abs[n_abs++];
+		}
+		ctl_progress_begin(&prog, "scan", false);
+		ret = weightd_scan(c->w, d, scan_progress, &prog);
+		ctl_progress_end(&prog, 0, 0);
+		if (ret < 0) {
+			ctl_err("scan", "the daemon's scan of %s: %s", d ? d : "its roots",
+				weightd_last_error());
+			status = CTL_FAIL;
+			continue;
+		}
+		json_array_append_new(roots, json_pack("{s:s?, s:i}", "dir", d, "models", ret));
+		if (!json)
+			printf("scanned  %s: %d models, published by the daemon\n",
+			       d ? d : "the daemon's --models roots", ret);
+	}
+	cat = abs ? open_catalog(c, "scan", NULL, true) : NULL;
+	ret = cat ? catalog_list_models(cat, &list) : -ENOMEM;
+	catalog_close(cat);
+	if (ret < 0) {
+		ctl_err("scan", "cannot read the daemon's catalog: %s", strerror(-ret));
+		status = CTL_FAIL;
+	}
+	for (size_t i = 0; i < list.n; i++) {
+		const struct catalog_model *m = &list.models[i];
+
+		if (m->valid || !under(m->path, abs, n_abs))
+			continue;
+		status = CTL_FAIL;
+		json_array_append_new(invalid, json_pack("{s:s, s:s, s:s?}", "name", m->name,
+							 "path", m->path, "error", m->error));
+		if (!json)
+			printf("invalid  %s  %s\n         %s\n", m->name, m->path,
+			       m->error ? m->error : "");
+	}
+	if (json)
+		print_json(json_pack("{s:o, s:o, s:o}", "roots", roots, "invalid", invalid,
+				     "catalog", ctl_catalog_json(c)));
+	else
+		json_decref(roots), json_decref(invalid);
+	catalog_model_list_free(&list);
+	for (int i = 0; i < n_abs; i++)
+		free(abs[i]);
+	free(abs);
+	return status;
 }
 
 static void scan_report_text(const struct scan_result *res)
@@ -197,9 +300,11 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
 		{ "threads", required_argument, NULL, 't' },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
+	const char *socket = NULL;
 	struct scan_options so = { 0 };
 	struct scan_result res = { 0 };
 	struct ctl_progress prog;
@@ -220,11 +325,16 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 				return CTL_USAGE;
 			}
 			break;
+		case OPT_SOCKET: socket = optarg; break;
 		case 'h': scan_usage(stdout); return CTL_OK;
 		default: scan_usage(stderr); return CTL_USAGE;
 		}
 	}
-	cat = open_catalog(c, "scan");
+	if (!ctl_catalog_dir(c, "scan", socket, json))
+		return CTL_FAIL;
+	if (c->cat_source == CTL_CAT_DAEMON)
+		return scan_by_daemon(c, argv + optind, argc - optind, json);
+	cat = open_catalog(c, "scan", socket, json);
 	if (!cat)
 		return CTL_FAIL;
 	if (optind >= argc) {
@@ -252,7 +362,7 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 		goto out;
 	}
 	if (json)
-		scan_report_json(&res);
+		scan_report_json(&res, ctl_catalog_json(c));
 	else
 		scan_report_text(&res);
 	status = res.n_problems || res.n_invalid ? CTL_FAIL : CTL_OK;
@@ -270,10 +380,12 @@ out:
 
 static void ls_usage(FILE *out)
 {
-	fprintf(out, "usage: weightctl ls [--json]\n\n"
+	fprintf(out, "usage: weightctl ls [--socket PATH] [--json]\n\n"
 		     "Lists the models in the catalog: name, format, architecture, components,\n"
-		     "tensors, parameters, bytes, validity and tags. --json prints one JSON object\n"
-		     "{\"models\": [...]}.\n");
+		     "tensors, parameters, bytes, validity and tags. The catalog is the running\n"
+		     "daemon's when one answers on the socket, else the state directory's; stderr\n"
+		     "says which. --json prints one JSON object {\"models\": [...], \"catalog\":\n"
+		     "{\"source\": \"daemon\"|\"state_dir\"|\"option\", \"path\": ...}}.\n");
 }
 
 static json_t *kv_json(const struct st_kv *kv, size_t n)
@@ -336,9 +448,10 @@ static void tags_text(const struct catalog_model *m, char *buf, size_t size)
 int ctl_ls(struct ctl *c, int argc, char **argv)
 {
 	struct catalog_model_list list = { 0 };
+	const char *socket = NULL;
 	struct catalog *cat;
 	bool json = false;
-	int rc = parse_simple(argc, argv, &json, ls_usage);
+	int rc = parse_simple(argc, argv, &json, &socket, ls_usage);
 
 	if (rc >= 0)
 		return rc;
@@ -346,7 +459,7 @@ int ctl_ls(struct ctl *c, int argc, char **argv)
 		ctl_err("ls", "unexpected argument '%s'", argv[optind]);
 		return CTL_USAGE;
 	}
-	cat = open_catalog(c, "ls");
+	cat = open_catalog(c, "ls", socket, json);
 	if (!cat)
 		return CTL_FAIL;
 	rc = catalog_list_models(cat, &list);
@@ -360,7 +473,7 @@ int ctl_ls(struct ctl *c, int argc, char **argv)
 
 		for (size_t i = 0; i < list.n; i++)
 			json_array_append_new(arr, model_json(&list.models[i], false));
-		print_json(json_pack("{s:o}", "models", arr));
+		print_json(json_pack("{s:o, s:o}", "models", arr, "catalog", ctl_catalog_json(c)));
 	} else {
 		printf("%-28s %-11s %-18s %5s %8s %10s %11s  %s\n", "NAME", "FORMAT", "ARCH",
 		       "COMP", "TENSORS", "PARAMS", "SIZE", "STATUS");
@@ -389,11 +502,12 @@ int ctl_ls(struct ctl *c, int argc, char **argv)
 static void info_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: weightctl info [--json] PATH_OR_MODEL\n\n"
+		"usage: weightctl info [--socket PATH] [--json] PATH_OR_MODEL\n\n"
 		"Describes a model: format, architecture, components with bytes per dtype,\n"
 		"metadata, then every tensor with its name, dtype, shape, byte size and data\n"
 		"offset in its file. A catalog model is named by name or path; a path that was\n"
-		"never scanned is read directly (and not added to the catalog).\n");
+		"never scanned is read directly (and not added to the catalog). The catalog is\n"
+		"the running daemon's when one answers on the socket, else the state directory's.\n");
 }
 
 struct info_out {
@@ -448,7 +562,8 @@ static void info_header_text(const char *name, const char *path, int format, con
 		printf("error      %s\n", error);
 }
 
-static int info_from_catalog(struct catalog *cat, const char *arg, struct info_out *o)
+static int info_from_catalog(struct ctl *c, struct catalog *cat, const char *arg,
+			     struct info_out *o)
 {
 	struct catalog_model m = { 0 };
 	int rc = catalog_get_model(cat, arg, &m);
@@ -461,6 +576,7 @@ static int info_from_catalog(struct catalog *cat, const char *arg, struct info_o
 		o->tensors = json_array();
 		rc = catalog_model_tensors(cat, m.id, info_catalog_tensor, o);
 		json_object_set_new(j, "tensor_list", o->tensors);
+		json_object_set_new(j, "catalog", ctl_catalog_json(c));
 		if (rc == 0)
 			print_json(j);
 		else
@@ -552,8 +668,9 @@ static int info_from_path(const char *path, struct info_out *o)
 int ctl_info(struct ctl *c, int argc, char **argv)
 {
 	struct info_out o = { 0 };
+	const char *socket = NULL;
 	struct catalog *cat;
-	int rc = parse_simple(argc, argv, &o.json, info_usage);
+	int rc = parse_simple(argc, argv, &o.json, &socket, info_usage);
 
 	if (rc >= 0)
 		return rc;
@@ -562,10 +679,10 @@ int ctl_info(struct ctl *c, int argc, char **argv)
 		info_usage(stderr);
 		return CTL_USAGE;
 	}
-	cat = open_catalog(c, "info");
+	cat = open_catalog(c, "info", socket, o.json);
 	if (!cat)
 		return CTL_FAIL;
-	rc = info_from_catalog(cat, argv[optind], &o);
+	rc = info_from_catalog(c, cat, argv[optind], &o);
 	catalog_close(cat);
 	if (rc == -ENOENT) {
 		rc = info_from_path(argv[optind], &o);
@@ -589,14 +706,16 @@ int ctl_info(struct ctl *c, int argc, char **argv)
 static void meta_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: weightctl meta get [--json] MODEL [KEY]\n"
+		"usage: weightctl meta get [--socket PATH] [--json] MODEL [KEY]\n"
 		"       weightctl meta set MODEL KEY VALUE\n"
 		"       weightctl meta unset MODEL KEY\n\n"
 		"Reads and writes a model's user metadata, kept in the catalog by model name so\n"
 		"it survives rescans and restarts. Two keys are special:\n"
 		"  tags   a comma-separated list; `set MODEL tags a,b` replaces the tag set\n"
 		"  note   free text\n"
-		"Any other KEY holds a string. `get` without KEY prints every key.\n");
+		"Any other KEY holds a string. `get` without KEY prints every key. MODEL is a\n"
+		"name or a path. The catalog is the running daemon's when one answers on the\n"
+		"socket (--socket, before or after the sub-verb), else the state directory's.\n");
 }
 
 struct meta_get {
@@ -654,18 +773,22 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	struct meta_get g = { 0 };
+	struct catalog_model cm;
 	struct catalog *cat;
-	const char *sub, *model;
+	const char *sub, *model, *socket = NULL;
+	char name[256];
 	int opt, rc, nargs;
 
 	optind = 1;
 	while ((opt = getopt_long(argc, argv, "+jh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j': g.json = true; break;
+		case OPT_SOCKET: socket = optarg; break;
 		case 'h': meta_usage(stdout); return CTL_OK;
 		default: meta_usage(stderr); return CTL_USAGE;
 		}
@@ -679,6 +802,7 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j': g.json = true; break;
+		case OPT_SOCKET: socket = optarg; break;
 		case 'h': meta_usage(stdout); return CTL_OK;
 		default: meta_usage(stderr); return CTL_USAGE;
 		}
@@ -691,9 +815,15 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 		return CTL_USAGE;
 	}
 	model = argv[optind];
-	cat = open_catalog(c, "meta");
+	cat = open_catalog(c, "meta", socket, g.json);
 	if (!cat)
 		return CTL_FAIL;
+	/* Metadata is kept by model name: a path names the model it belongs to. */
+	if (catalog_get_model(cat, model, &cm) == 0) {
+		snprintf(name, sizeof(name), "%s", cm.name);
+		model = name;
+		catalog_model_free(&cm);
+	}
 	if (!strcmp(sub, "set")) {
 		const char *key = argv[optind + 1], *value = argv[optind + 2];
 
@@ -709,8 +839,9 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 		rc = catalog_meta_get(cat, model, argv[optind + 1], &value);
 		if (rc == 0) {
 			if (g.json)
-				print_json(json_pack("{s:s, s:s, s:s}", "model", model, "key",
-						     argv[optind + 1], "value", value));
+				print_json(json_pack("{s:s, s:s, s:s, s:o}", "model", model, "key",
+						     argv[optind + 1], "value", value, "catalog",
+						     ctl_catalog_json(c)));
 			else
 				printf("%s\n", value);
 		}
@@ -720,7 +851,8 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 
 		rc = catalog_meta_list(cat, model, tag_drop, tags);
 		if (rc == 0 && g.json) {
-			print_json(json_pack("{s:s, s:o}", "model", model, "tags", tags));
+			print_json(json_pack("{s:s, s:o, s:o}", "model", model, "tags", tags,
+					     "catalog", ctl_catalog_json(c)));
 			tags = NULL;
 		} else if (rc == 0) {
 			size_t i;
@@ -735,7 +867,8 @@ int ctl_meta(struct ctl *c, int argc, char **argv)
 		g.obj = json_object();
 		rc = catalog_meta_list(cat, model, meta_print, &g);
 		if (rc == 0 && g.json)
-			print_json(json_pack("{s:s, s:O}", "model", model, "meta", g.obj));
+			print_json(json_pack("{s:s, s:O, s:o}", "model", model, "meta", g.obj,
+					     "catalog", ctl_catalog_json(c)));
 		json_decref(g.obj);
 	}
 	catalog_close(cat);

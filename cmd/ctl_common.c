@@ -6,9 +6,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <limits.h>
+
+#include "weightd.h"
+
 #include "cmd/ctl.h"
+#include "core/catalog.h"
 #include "core/common.h"
 #include "core/statedir.h"
+#include "shm/attach.h"
 
 const char *ctl_state_dir(struct ctl *c)
 {
@@ -24,6 +31,93 @@ const char *ctl_state_dir(struct ctl *c)
 		return NULL;
 	}
 	return c->state_dir;
+}
+
+static const char *const source_names[] = {
+	[CTL_CAT_NONE] = "none", [CTL_CAT_OPTION] = "option", [CTL_CAT_DAEMON] = "daemon",
+	[CTL_CAT_STATE_DIR] = "state_dir",
+};
+
+const char *ctl_catalog_dir(struct ctl *c, const char *verb, const char *socket, bool quiet)
+{
+	struct weightd_attach_opts ao = { .spin_us = 0, .client_name = "weightctl",
+					  .attach_timeout_ms = 2000 };
+	struct weightd_daemon_info di;
+	const char *dir;
+	char db[PATH_MAX + 16];
+	int ret;
+
+	if (c->cat_source != CTL_CAT_NONE)
+		return c->cat_dir;
+	if (attach_resolve_path(socket, c->cat_socket, sizeof(c->cat_socket)))
+		snprintf(c->cat_socket, sizeof(c->cat_socket), "%s", socket ? socket : "(default)");
+	if (c->state_dir_opt) {
+		if (!(dir = ctl_state_dir(c)))
+			return NULL;
+		c->cat_source = CTL_CAT_OPTION;
+		snprintf(c->cat_dir, sizeof(c->cat_dir), "%s", dir);
+		if (!quiet)
+			fprintf(stderr, "catalog: %s/%s (--state-dir)\n", dir, CATALOG_FILE);
+		return c->cat_dir;
+	}
+	ret = weightd_attach(socket, &ao, &c->w);
+	if (ret == -ENOENT || ret == -ECONNREFUSED) {
+		if (!(dir = ctl_state_dir(c)))
+			return NULL;
+		c->cat_source = CTL_CAT_STATE_DIR;
+		snprintf(c->cat_dir, sizeof(c->cat_dir), "%s", dir);
+		if (!quiet)
+			fprintf(stderr, "catalog: %s/%s (the state directory: no daemon answers at "
+				"%s)\n", dir, CATALOG_FILE, c->cat_socket);
+		return c->cat_dir;
+	}
+	if (ret) {
+		ctl_err(verb, "the daemon at %s answers but cannot be used (%s): its catalog is the "
+			"one to show; name another with --state-dir", c->cat_socket,
+			weightd_last_error());
+		return NULL;
+	}
+	ret = weightd_daemon_info(c->w, &di);
+	if (ret) {
+		ctl_err(verb, "the daemon at %s does not say where its catalog is (%s); name it "
+			"with --state-dir", c->cat_socket, weightd_last_error());
+		return NULL;
+	}
+	c->cat_pid = weightd_daemon_pid(c->w);
+	snprintf(db, sizeof(db), "%s/%s", di.state_dir, CATALOG_FILE);
+	/* The catalog is opened read-write (SQLite's WAL needs its -shm file writable). */
+	if (access(di.state_dir, X_OK) || access(db, R_OK | W_OK)) {
+		ctl_err(verb, "the daemon at %s (pid %d) keeps its catalog in %s, which this user "
+			"cannot open (%s): run weightctl as the daemon's user or root, or name a "
+			"catalog of your own with --state-dir", c->cat_socket, c->cat_pid, db,
+			strerror(errno));
+		return NULL;
+	}
+	c->cat_source = CTL_CAT_DAEMON;
+	snprintf(c->cat_dir, sizeof(c->cat_dir), "%s", di.state_dir);
+	if (!quiet)
+		fprintf(stderr, "catalog: %s (the daemon's, pid %d, at %s)\n", db, c->cat_pid,
+			c->cat_socket);
+	return c->cat_dir;
+}
+
+json_t *ctl_catalog_json(const struct ctl *c)
+{
+	json_t *j = json_pack("{s:s, s:s}", "source", source_names[c->cat_source], "socket",
+			      c->cat_socket);
+	char db[PATH_MAX + 16];
+
+	snprintf(db, sizeof(db), "%s/%s", c->cat_dir, CATALOG_FILE);
+	json_object_set_new(j, "path", json_string(db));
+	if (c->cat_source == CTL_CAT_DAEMON)
+		json_object_set_new(j, "pid", json_integer(c->cat_pid));
+	return j;
+}
+
+void ctl_done(struct ctl *c)
+{
+	weightd_detach(c->w);
+	c->w = NULL;
 }
 
 void ctl_err(const char *verb, const char *fmt, ...)

@@ -30,8 +30,12 @@ static void usage(FILE *out)
 		     "Verbs (each has --help):\n");
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
 		fprintf(out, "  %-10s %s\n", verbs[i].name, verbs[i].summary);
-	fprintf(out, "\nThe state directory (catalog) is --state-dir, else $WEIGHTD_STATE_DIR,\n"
-		     "else $XDG_STATE_HOME/weightd, else ~/.local/state/weightd.\n");
+	fprintf(out, "\nThe catalog verbs (scan, ls, info, meta, history, bench) use the catalog of\n"
+		     "the daemon that answers on --socket (else $WEIGHTD_SOCKET, else the per-user\n"
+		     "socket), so that they show what it serves; with no daemon, the state\n"
+		     "directory's: --state-dir, else $WEIGHTD_STATE_DIR, else\n"
+		     "$XDG_STATE_HOME/weightd, else ~/.local/state/weightd. --state-dir on the\n"
+		     "command line names a catalog and wins. Each says on stderr which it read.\n");
 }
 
 int main(int argc, char **argv)
@@ -62,9 +66,14 @@ int main(int argc, char **argv)
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? CTL_USAGE : CTL_OK;
 	}
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		if (!strcmp(argv[1], verbs[i].name))
-			return verbs[i].run(&c, argc - 1, argv + 1);
+	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		if (!strcmp(argv[1], verbs[i].name)) {
+			int rc = verbs[i].run(&c, argc - 1, argv + 1);
+
+			ctl_done(&c);
+			return rc;
+		}
+	}
 	fprintf(stderr, "weightctl: unknown verb '%s'\n", argv[1]);
 	usage(stderr);
 	return CTL_USAGE;

@@ -1,11 +1,17 @@
 #!/bin/sh
 # weightctl's offline verbs end to end, on generated models and the reference corpus:
 # scan/ls/info/validate/meta, their exit codes and JSON, --help on every verb, and user
-# metadata surviving a rescan and a new process.
+# metadata surviving a rescan and a new process. Then with a daemon running: the catalog
+# verbs (ls, info, meta, scan, history, bench) show the daemon's catalog, not the state
+# directory's, and say which they read; MODEL is a name or a path in every verb (load, cat,
+# pin, unload, info, meta, bench); as another user, a daemon catalog that user cannot open
+# is a clear error.
 set -u
 W="$WD_BUILD/weightctl"
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+DP='' U=''
+D=''
+trap '[ -n "$DP" ] && kill $DP 2>/dev/null; [ -n "$U" ] && userdel "$U" 2>/dev/null; rm -rf "$T" $D' EXIT
 S="--state-dir $T/state"
 n=0
 fail() { echo "FAIL: $*"; exit 1; }
@@ -89,4 +95,95 @@ has "invalid"
 check "ls after" 0 $W $S ls
 has "INVALID"
 has "sd-tiny"
+
+# ---- with a daemon: its catalog, and MODEL as a name or a path ----
+# Not under $TMPDIR (the runner's, private to its user): the unprivileged check below must
+# reach the socket. The daemon's state dir is 0700.
+D=$(mktemp -d /tmp/wdcli.XXXXXX)
+chmod 0755 "$D"
+check "gen demo (daemon)" 0 $W gen --preset demo "$D/m"
+"$WD_BUILD/weightd" --foreground --socket "$D/sock" --state-dir "$D/state" --models "$D/m" \
+	--allow-user 0 --allow-user "$(id -u)" ${WD_CLI_ALLOW:-} 2>"$D/log" &
+DP=$!
+i=0
+until $W status --socket "$D/sock" --json 2>/dev/null | grep -q '"models":3'; do
+	i=$((i + 1))
+	[ $i -lt 200 ] || { tail "$D/log"; fail "the daemon did not publish the demo models"; }
+	sleep 0.05
+done
+export WEIGHTD_SOCKET="$D/sock"
+# No --state-dir: the default state directory's catalog is empty, the daemon's has three.
+check "ls (daemon)" 0 $W ls
+[ "$(grep -c ' valid' "$T/out")" -eq 3 ] || { cat "$T/out"; fail "ls does not show the daemon's three models"; }
+grep -q "^catalog: $D/state/catalog.db (the daemon's, pid $DP, at $D/sock)" "$T/err" ||
+	{ cat "$T/err"; fail "ls does not say it read the daemon's catalog"; }
+check "ls --json (daemon)" 0 $W ls --json
+python3 - "$T/out" "$D/state/catalog.db" <<'PY' || fail "ls --json (daemon)"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert sorted(m["name"] for m in j["models"]) == ["llama-tiny", "sd-tiny", "vae-tiny"], j
+assert j["catalog"]["source"] == "daemon" and j["catalog"]["path"] == sys.argv[2], j["catalog"]
+PY
+check "info (daemon)" 0 $W info llama-tiny
+has "model      llama-tiny"
+check "info by path (daemon)" 0 $W info --json "$D/m/sd-tiny/unet/diffusion_pytorch_model.safetensors"
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+assert j["name"] == "sd-tiny" and j["catalog"]["source"] == "daemon", j' "$T/out" || fail "info --json by path"
+check "meta set by path (daemon)" 0 $W meta set "$D/m/vae-tiny.safetensors" note by-path
+check "meta get (daemon)" 0 $W meta get vae-tiny note
+has "^by-path$"
+check "history (daemon)" 0 $W history --json
+grep -q '"source": "daemon"' "$T/out" || { cat "$T/out"; fail "history --json source"; }
+check "scan (daemon)" 0 $W scan "$D/m"
+has "scanned  $D/m: 3 models, published by the daemon"
+check "scan --json (daemon)" 0 $W scan --json
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+assert j["roots"] == [{"dir": None, "models": 3}] and j["invalid"] == [], j
+assert j["catalog"]["source"] == "daemon", j' "$T/out" || fail "scan --json (daemon)"
+# bench finds the model in the daemon's catalog (no WEIGHTD_STATE_DIR needed).
+check "bench (daemon catalog)" 0 $W bench --no-record --json vae-tiny
+# MODEL as a path in the daemon verbs: absolute, relative, a member file of a model.
+check "load by path" 0 $W load "$D/m/vae-tiny.safetensors"
+check "cat by name" 0 $W cat vae-tiny encoder.conv_in.weight
+cp "$T/out" "$T/by-name"
+[ -s "$T/by-name" ] || fail "cat by name printed nothing"
+check "cat by path" 0 $W cat "$D/m/vae-tiny.safetensors" encoder.conv_in.weight
+cmp -s "$T/out" "$T/by-name" || fail "cat by path differs from cat by name"
+(cd "$D/m" && check "cat by relative path" 0 $W cat ./vae-tiny.safetensors encoder.conv_in.weight) || exit 1
+cmp -s "$T/out" "$T/by-name" || fail "cat by relative path differs from cat by name"
+check "pin by path" 0 $W pin "$D/m/vae-tiny.safetensors"
+check "load a member file" 0 $W load --component unet "$D/m/sd-tiny/unet/diffusion_pytorch_model.safetensors"
+check "unload by path" 0 $W unload "$D/m/vae-tiny.safetensors"
+check "unload by directory" 0 $W unload "$D/m/sd-tiny"
+check "cat of an unknown path" 1 $W cat "$D/m/none.safetensors" x
+grep -q "not in the registry" "$T/err" || { cat "$T/err"; fail "cat of an unknown path: unclear"; }
+# Another user, allowed to attach (group root reaches the 0660 socket) but not to open the
+# daemon's catalog (its state dir is 0700): a clear error, not that user's own catalog.
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && command -v useradd >/dev/null; then
+	U="wdcli$$"
+	useradd --system --no-create-home --shell /usr/sbin/nologin "$U" || fail "useradd $U"
+	kill $DP && wait $DP 2>/dev/null
+	"$WD_BUILD/weightd" --foreground --socket "$D/sock" --state-dir "$D/state" --models "$D/m" \
+		--allow-user 0 --allow-user "$U" 2>>"$D/log" &
+	DP=$!
+	i=0
+	until $W status --json 2>/dev/null | grep -q '"models":3'; do
+		i=$((i + 1))
+		[ $i -lt 200 ] || { tail "$D/log"; fail "the daemon did not restart"; }
+		sleep 0.05
+	done
+	check "ls as a user who cannot open the daemon's catalog" 1 \
+		env HOME="$D" setpriv --reuid="$U" --regid=0 --clear-groups $W ls
+	grep -q "keeps its catalog in $D/state/catalog.db, which this user cannot open" "$T/err" ||
+		{ cat "$T/err"; fail "no clear message for an unreadable daemon catalog"; }
+fi
+# No daemon: the state directory's catalog, and it says so.
+kill $DP && wait $DP 2>/dev/null
+DP=''
+check "ls (no daemon)" 0 $W ls --json
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+assert j["models"] == [] and j["catalog"]["source"] == "state_dir", j' "$T/out" || fail "ls with no daemon"
+check "ls text (no daemon)" 0 $W ls
+grep -q "^catalog: .*(the state directory: no daemon answers at $D/sock)" "$T/err" ||
+	{ cat "$T/err"; fail "ls does not say it read the state directory"; }
 echo "$n checks passed"
