@@ -38,6 +38,7 @@
 #include "core/st.h"
 #include "core/st_write.h"
 #include "tests/helpers_daemon.h"
+#include "uring/residency.h"
 
 #define CHECK(cond, ...)                                                                   \
 	do {                                                                               \
@@ -695,6 +696,77 @@ static void test_stale(void **state)
 	weightd_detach(w);
 }
 
+/*
+ * The daemon reads by where the bytes are: a file loaded cold is read O_DIRECT, a warm one
+ * through the page cache, a half cached one both ways; weightd_cache_stats() counts each.
+ */
+static void test_read_path(void **state)
+{
+	enum warmth { COLD, WARM, HALF };
+	static const struct {
+		const char *name;
+		enum warmth how;
+	} rows[] = { { "cold", COLD }, { "warm", WARM }, { "half", HALF } };
+	struct weightd *w = attach();
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		struct st_write_tensor t[] = { { "x", ST_F32, 1, { 2u << 20 }, NULL } }; /* 8 MiB */
+		struct weightd_cache_stats a, b;
+		uint64_t cached = 1, direct, buffered;
+		char name[64], path[PATH_MAX];
+		struct stat sb;
+		int fd, ret;
+		bool ok;
+
+		snprintf(name, sizeof(name), "readpath-%s", rows[i].name);
+		snprintf(path, sizeof(path), "%s/%s.safetensors", dm.models, name);
+		CHECK(st_write_file(path, t, 1, NULL, 0, 3 + i) == 0, "write %s", path);
+		CHECK(weightd_scan(w, dm.models, NULL, NULL) >= 1, "scan: %s", weightd_last_error());
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		CHECK(fd >= 0 && fstat(fd, &sb) == 0, "open %s", path);
+		fdatasync(fd);
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		if (residency_bytes(fd, 0, (uint64_t)sb.st_size, &cached) || cached) {
+			close(fd);
+			weightd_detach(w);
+			print_message("SKIP read path: the kernel keeps %s in the page cache\n", path);
+			skip();
+		}
+		/* No readahead: exactly the bytes read here are cached. */
+		posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+		for (off_t o = 0; rows[i].how != COLD && o < (rows[i].how == WARM ? sb.st_size :
+							       sb.st_size / 2); o += 65536) {
+			char buf[65536];
+
+			CHECK(pread(fd, buf, sizeof(buf), o) > 0, "read %s", path);
+		}
+		close(fd);
+		CHECK(weightd_cache_stats(w, &a) == 0, "stats: %s", weightd_last_error());
+		ret = weightd_load(w, name, NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
+		CHECK(ret == 0, "load %s: %s", name, weightd_last_error());
+		CHECK(weightd_cache_stats(w, &b) == 0, "stats: %s", weightd_last_error());
+		direct = b.read_direct_bytes - a.read_direct_bytes;
+		buffered = b.read_buffered_bytes - a.read_buffered_bytes;
+		switch (rows[i].how) {
+		case COLD:
+			ok = buffered == 0 && direct >= (8u << 20);
+			break;
+		case WARM:
+			ok = direct == 0 && buffered >= (8u << 20);
+			break;
+		default:
+			ok = direct >= (3u << 20) && buffered >= (3u << 20);
+			break;
+		}
+		CHECK(ok && direct + buffered == b.read_bytes - a.read_bytes,
+		      "%s: %llu bytes read: %llu O_DIRECT, %llu buffered", rows[i].name,
+		      (unsigned long long)(b.read_bytes - a.read_bytes),
+		      (unsigned long long)direct, (unsigned long long)buffered);
+	}
+	weightd_detach(w);
+}
+
 /* The mapping is read-only: a forked client's write dies; the daemon and others go on. */
 static void test_read_only(void **state)
 {
@@ -988,6 +1060,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_churn_pins_ttl, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_read_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cli, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_coaccess_restart, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prefetch_failure_not_quarantined,

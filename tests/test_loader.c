@@ -822,11 +822,15 @@ static void test_concurrent_and_shared(void **state)
 static void test_residency_choice(void **state)
 {
 	static const struct st_write_tensor t[] = {
-		{ "small", ST_U8, 1, { 1000 }, NULL },
+		/* 1104 bytes puts "b", "c" and "e" at 64-byte aligned file offsets (with this
+		 * header's length): O_DIRECT straight into their slots; "d" is not aligned,
+		 * so it goes through staging. The test checks that both kinds are there. */
+		{ "small", ST_U8, 1, { 1104 }, NULL },
 		{ "b", ST_F32, 1, { 1u << 20 }, NULL },		/* 4 MiB */
 		{ "mid", ST_U8, 1, { 4032 }, NULL },
 		{ "c", ST_F32, 2, { 1024, 2048 }, NULL },	/* 8 MiB */
-		{ "d", ST_F16, 1, { 1u << 20 }, NULL },		/* 2 MiB */
+		{ "e", ST_U8, 1, { (1u << 20) + 5 }, NULL },	/* an unaligned end */
+		{ "d", ST_F16, 1, { 1u << 20 }, NULL },		/* 2 MiB, unaligned */
 		{ "tail", ST_U8, 1, { 7 }, NULL },
 	};
 	enum warmth { COLD, WARM, HEAD, STRIPES };
@@ -875,6 +879,25 @@ static void test_residency_choice(void **state)
 				     g * (1u << 20) < (uint64_t)sb.st_size; g += 2)
 					make_warm(path, g << 20, 1u << 20);
 				assert_int_equal(loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)), 0);
+				if (!layouts[l]) {
+					uint32_t in_place = 0, staged = 0;
+
+					for (uint32_t k = 0; k < p->n_tensors; k++) {
+						const struct load_tensor *T = &p->tensors[k];
+
+						if (T->src_bytes < (1u << 20))
+							continue;
+						if ((T->off - T->src_off) % 4096 == 0)
+							in_place++;
+						else
+							staged++;
+					}
+					if (in_place != 3 || staged != 1) {
+						fprintf(stderr, "%s: %u large tensors in place, %u "
+							"staged (want 3 and 1)\n", row, in_place, staged);
+						fail();
+					}
+				}
 				switch (rows[i].warmth) {
 				case COLD:
 					ok = p->buffered_bytes == 0 && p->direct_bytes == p->read_bytes;
