@@ -80,7 +80,7 @@ help:
 	@echo "make test        build and run every test (unit, integration, ASan+UBSan, fuzz)"
 	@echo "make test-unit   run the test suite on the release build only"
 	@echo "make install     install into DESTDIR/PREFIX (default /usr/local); also uninstall"
-	@echo "make bench-scan  discovery benchmark (10,000 files)"
+	@echo "make bench-scan  discovery benchmark (10,000 and 100,000 files)"
 	@echo "make bench-ring  ring round-trip latency and throughput vs. baselines"
 	@echo "make bench-load  disk -> host cache through the daemon vs. best warm read/raw O_DIRECT (SIZE=1G)"
 	@echo "make bench-hit   new process: attach + resolve 1,000 resident tensors"
@@ -226,8 +226,9 @@ fuzz fuzz-ci: $(FUZZ_BINS)
 		fi; \
 	done
 
-bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl
+bench-scan: $(BUILD)/bench/bench_scan $(BUILD)/weightctl $(BUILD)/weightd
 	$(BUILD)/bench/bench_scan
+	$(BUILD)/bench/bench_scan --count 100000 --runs 1
 
 # Kept so make does not delete it after the run: the JSON must stay the last line printed.
 # Keep intermediate objects (tests, benches) so a rebuild is incremental and quiet.

@@ -140,7 +140,14 @@ static void set_active(struct daemon *d, unsigned int kind, uint64_t n)
 
 void alert_catalog_rebuilt(struct daemon *d, const char *aside, const char *why)
 {
+	struct alerts *a = d->alerts;
 	const char *base = strrchr(aside, '/');
+
+	/* This handle still points at the file that was moved aside: take the new one. */
+	catalog_close(a->cat);
+	a->cat = NULL;
+	if (catalog_open(d->state_dir, &a->cat))
+		a->cat = NULL;
 
 	emit(d, WD_ALERT_CATALOG, WD_EVENT_F_RAISED, 1, 0, "catalog corrupt (%s), rebuilt; "
 	     "old file %s", why, base ? base + 1 : aside);
@@ -287,6 +294,8 @@ static void judge_load(struct daemon *d, const struct queued_load *q, double *ra
 	unsigned int n = 0;
 	int ret;
 
+	if (!a->cat)
+		return;	/* reopening it after a rebuild failed (alert_catalog_rebuilt()) */
 	ret = catalog_load_rates(a->cat, q->key, a->cfg.slow_load_history, rates, &n);
 	if (ret)
 		log_warn(MOD, "\"cannot read the load history\" key=\"%s\" err=%d", q->key, ret);

@@ -17,10 +17,10 @@
  *   pin_ttl      a client has held a pin for longer than pin_ttl. A pin's age is counted from
  *                the first timer tick that saw it, so it is exact to one interval. Active
  *                while such pins exist; raised once per pin.
- *   catalog      the catalog failed its check at start (catalog_open_repair()): it was moved
- *                aside and rebuilt from a scan. Raised once by daemon_create(); active for the
- *                daemon's life, since tags and notes stay in the old file until an operator
- *                looks at it.
+ *   catalog      the catalog failed its check at start (PRAGMA quick_check on the worker, or
+ *                not a database at all): it was moved aside and rebuilt from a scan. Raised
+ *                once by the control thread; active for the daemon's life, since tags and
+ *                notes stay in the old file until an operator looks at it.
  *
  * Each raise is a log line (log_warn, module "alert"), a count in the metrics block
  * (alerts_total[kind], exported as weightd_alerts_total{kind=...}), the active gauge
@@ -63,7 +63,10 @@ void alert_config_init(struct alert_config *c);
  */
 int alert_create(struct daemon *d, struct alerts **out);
 
-/* Raises the catalog alert: the corrupt catalog is now @aside; @why is SQLite's complaint. */
+/*
+ * Control thread: raises the catalog alert (the corrupt catalog is now @aside; @why is
+ * SQLite's complaint) and reopens the alerts' own catalog handle on the new file.
+ */
 void alert_catalog_rebuilt(struct daemon *d, const char *aside, const char *why);
 
 /* Frees @a (NULL is ignored); pending loads not yet judged are dropped. */

@@ -415,35 +415,14 @@ int catalog_quick_check(struct catalog *cat, char *why, size_t why_size)
 	return rc;
 }
 
-int catalog_open_repair(const char *state_dir, struct catalog **out, char *aside,
-			size_t aside_size, char *why, size_t why_size)
+int catalog_move_aside(const char *state_dir, char *aside, size_t aside_size)
 {
 	static const char *const suffixes[] = { "", "-wal", "-shm" };
 	char from[PATH_MAX + 8], to[PATH_MAX + 48], stamp[32];
 	struct tm tm;
-	time_t now;
+	time_t now = time(NULL);
 	int rc;
 
-	if (aside_size)
-		aside[0] = '\0';
-	if (why_size)
-		why[0] = '\0';
-	rc = catalog_open(state_dir, out);
-	if (rc == -EBADMSG) {
-		if (why_size)
-			snprintf(why, why_size, "not an SQLite database, or its header is damaged");
-	} else if (rc) {
-		return rc;
-	} else {
-		rc = catalog_quick_check(*out, why, why_size);
-		if (!rc)
-			return 0;
-		catalog_close(*out);
-		*out = NULL;
-		if (rc != -EBADMSG)
-			return rc;
-	}
-	now = time(NULL);
 	gmtime_r(&now, &tm);
 	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
 	for (size_t i = 0; i < ARRAY_SIZE(suffixes); i++) {
@@ -459,7 +438,37 @@ int catalog_open_repair(const char *state_dir, struct catalog **out, char *aside
 		if (!i && aside_size)
 			snprintf(aside, aside_size, "%s", to);
 	}
-	return catalog_open(state_dir, out);
+	return 0;
+}
+
+int catalog_open_repair(const char *state_dir, bool check, struct catalog **out, char *aside,
+			size_t aside_size, char *why, size_t why_size)
+{
+	int rc;
+
+	if (aside_size)
+		aside[0] = '\0';
+	if (why_size)
+		why[0] = '\0';
+	rc = catalog_open(state_dir, out);
+	if (rc == -EBADMSG) {
+		if (why_size)
+			snprintf(why, why_size, "not an SQLite database, or its header is damaged");
+	} else if (rc) {
+		return rc;
+	} else if (!check) {
+		return 0;
+	} else {
+		rc = catalog_quick_check(*out, why, why_size);
+		if (!rc)
+			return 0;
+		catalog_close(*out);
+		*out = NULL;
+		if (rc != -EBADMSG)
+			return rc;
+	}
+	rc = catalog_move_aside(state_dir, aside, aside_size);
+	return rc ? rc : catalog_open(state_dir, out);
 }
 
 void catalog_close(struct catalog *cat)
@@ -1230,6 +1239,34 @@ static int cmp_id(const void *a, const void *b)
 	const struct id_slot *x = a, *y = b;
 
 	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int count_query(struct catalog *cat, const char *sql, uint64_t *out)
+{
+	sqlite3_stmt *st;
+	int rc = prepare(cat, sql, &st), s;
+
+	if (rc)
+		return rc;
+	s = sqlite3_step(st);
+	if (s == SQLITE_ROW)
+		*out = (uint64_t)sqlite3_column_int64(st, 0);
+	else
+		rc = sql_fail(cat, s, "count");
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int catalog_counts(struct catalog *cat, uint64_t *models, uint64_t *components,
+		   uint64_t *tensors)
+{
+	int rc = count_query(cat, "SELECT COUNT(*) FROM models", models);
+
+	if (!rc)
+		rc = count_query(cat, "SELECT COUNT(*) FROM components", components);
+	if (!rc)
+		rc = count_query(cat, "SELECT COALESCE(SUM(n_tensors), 0) FROM models", tensors);
+	return rc;
 }
 
 int catalog_list_models(struct catalog *cat, struct catalog_model_list *out)

@@ -70,14 +70,20 @@ int catalog_open(const char *state_dir, struct catalog **out);
 int catalog_quick_check(struct catalog *cat, char *why, size_t why_size);
 
 /*
- * catalog_open() for the daemon: a catalog that is corrupt (catalog_open() or
- * catalog_quick_check() says -EBADMSG) is closed, moved aside with its WAL and shared-memory
- * files to catalog.db.corrupt-YYYYMMDDTHHMMSSZ (same directory, kept for the operator), and
- * replaced with an empty one, which the caller must fill again by scanning. Then @aside
- * holds the moved file's path and @why SQLite's complaint; both are empty when the catalog
- * was sound. Returns catalog_open()'s values, or the errno of rename(2).
+ * Moves @state_dir/catalog.db, with its WAL and shared-memory files, aside to
+ * catalog.db.corrupt-YYYYMMDDTHHMMSSZ in the same directory (kept for the operator) and writes
+ * the new path into @aside. Close every handle first. Returns 0 or the errno of rename(2).
  */
-int catalog_open_repair(const char *state_dir, struct catalog **out, char *aside,
+int catalog_move_aside(const char *state_dir, char *aside, size_t aside_size);
+
+/*
+ * catalog_open() for the daemon: a file that is not a database (-EBADMSG from the open) or,
+ * with @check, fails catalog_quick_check() is moved aside (catalog_move_aside()) and replaced
+ * with an empty catalog, which the caller must fill again by scanning. Then @aside holds the
+ * moved file's path and @why the complaint; both are empty when the catalog was sound.
+ * Returns catalog_open()'s values, or the errno of rename(2).
+ */
+int catalog_open_repair(const char *state_dir, bool check, struct catalog **out, char *aside,
 			size_t aside_size, char *why, size_t why_size);
 
 /* Closes the handle; NULL is allowed. */
@@ -146,6 +152,13 @@ struct catalog_model_list {
 	size_t n;
 	struct catalog_model *models; /* sorted by name */
 };
+
+/*
+ * How many models, components and tensors the catalog holds (three aggregate queries, no
+ * rows read out: what the daemon sizes its registry with). Returns 0 or a mapped SQLite error.
+ */
+int catalog_counts(struct catalog *cat, uint64_t *models, uint64_t *components,
+		   uint64_t *tensors);
 
 /*
  * Lists every model with its components (without their files) and user metadata.

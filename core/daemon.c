@@ -732,6 +732,10 @@ int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report 
 		uint64_t fp;
 		uint32_t id;
 
+		/* A large catalog takes a while (the worker publishes it after the start):
+		 * SIGTERM must not wait for all of it. */
+		if (atomic_load(&d->stopping))
+			break;
 		ret = catalog_get_model(cat, list.models[i].name, &m);
 		if (ret) {
 			log_warn(MOD, "\"cannot read model from catalog\" model=\"%s\" err=%d",
@@ -813,9 +817,58 @@ int daemon_queue_job(struct daemon *d, struct job *j)
 	return 0;
 }
 
+/*
+ * The worker's first step: PRAGMA quick_check of the catalog (seconds for a large one, which
+ * is why it does not run before the daemon answers). A catalog that fails it is moved aside
+ * and replaced with an empty one that the scan below fills; the control thread raises the
+ * alert. The worker owns d->cat once the daemon runs (every job that reads the catalog runs
+ * here), and nothing was published from it yet, so the swap races with nobody.
+ */
+static void check_catalog(struct daemon *d)
+{
+	char why[sizeof(d->catalog_why)];
+	uint64_t t0 = wd_now_ns();
+	int ret = catalog_quick_check(d->cat, why, sizeof(why));
+
+	if (ret != -EBADMSG) {
+		if (ret)
+			log_warn(MOD, "\"cannot check the catalog\" err=%d", ret);
+		else
+			log_info(MOD, "\"catalog checked\" ms=%.1f", (wd_now_ns() - t0) / 1e6);
+		return;
+	}
+	catalog_close(d->cat);
+	d->cat = NULL;
+	ret = catalog_move_aside(d->state_dir, d->catalog_aside, sizeof(d->catalog_aside));
+	if (!ret)
+		ret = catalog_open(d->state_dir, &d->cat);
+	if (ret) {
+		/* Keep serving from what is there; the operator sees why in the log. */
+		log_error(MOD, "\"the catalog is corrupt and cannot be replaced\" check=\"%s\" "
+			  "err=%d", why, ret);
+		d->catalog_aside[0] = '\0';
+		if (!d->cat && catalog_open(d->state_dir, &d->cat))
+			d->cat = NULL;
+		return;
+	}
+	snprintf(d->catalog_why, sizeof(d->catalog_why), "%s", why);
+	log_error(MOD, "\"the catalog was corrupt: moved aside, rebuilding it from a scan "
+		  "(tags and notes are in the old file)\" moved_to=%s check=\"%s\"",
+		  d->catalog_aside, d->catalog_why);
+	/* Pairs with the control thread's atomic_exchange(): it then reads the two strings. */
+	atomic_store(&d->catalog_rebuilt, true);
+}
+
 static void *worker_main(void *arg)
 {
 	struct daemon *d = arg;
+
+	if (!d->catalog_aside[0])
+		check_catalog(d);
+	if (!d->cat) {
+		log_error(MOD, "\"no catalog: the worker stops\"");
+		return NULL;
+	}
 
 	/*
 	 * What the catalog held at start is published here rather than in daemon_create(),
@@ -1568,7 +1621,6 @@ static int watch(struct daemon *d, int fd, struct conn *w)
 
 static int create_registry(struct daemon *d)
 {
-	struct catalog_model_list list;
 	uint32_t models = d->cfg.registry_models ? d->cfg.registry_models :
 			  DAEMON_DEFAULT_REGISTRY_MODELS;
 	struct registry_limits lim = {
@@ -1577,23 +1629,20 @@ static int create_registry(struct daemon *d)
 		.max_tensors = d->cfg.registry_tensors ? d->cfg.registry_tensors :
 			       DAEMON_DEFAULT_REGISTRY_TENSORS,
 	};
-	uint64_t comps = 0, tensors = 0;
+	uint64_t n_models, comps, tensors;
 	int ret;
 
-	ret = catalog_list_models(d->cat, &list);
+	/* Counts, not the models themselves: a large catalog must not delay the start. */
+	ret = catalog_counts(d->cat, &n_models, &comps, &tensors);
 	if (ret)
 		return ret;
-	for (size_t i = 0; i < list.n; i++) {
-		comps += list.models[i].n_components;
-		tensors += list.models[i].n_tensors;
-	}
-	if (2 * list.n > lim.max_models)
-		lim.max_models = (uint32_t)(2 * list.n);
+	/* Twice what the catalog holds, within the registry's own bounds (shm/registry.c). */
+	if (2 * n_models > lim.max_models)
+		lim.max_models = n_models >= (1u << 19) ? 1u << 20 : (uint32_t)(2 * n_models);
 	if (2 * comps > lim.max_components)
-		lim.max_components = (uint32_t)(2 * comps);
+		lim.max_components = comps >= (1u << 21) ? 1u << 22 : (uint32_t)(2 * comps);
 	if (2 * tensors > lim.max_tensors)
-		lim.max_tensors = tensors > (1u << 25) ? (1u << 26) : (uint32_t)(2 * tensors);
-	catalog_model_list_free(&list);
+		lim.max_tensors = tensors >= (1u << 25) ? 1u << 26 : (uint32_t)(2 * tensors);
 	ret = registry_create(&lim, &d->reg);
 	if (ret)
 		return ret;
@@ -1651,7 +1700,8 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 	ret = take_lock(d);
 	if (ret)
 		goto fail;
-	ret = catalog_open_repair(d->state_dir, &d->cat, d->catalog_aside,
+	/* Not a database at all: replaced at once. The full check runs on the worker. */
+	ret = catalog_open_repair(d->state_dir, false, &d->cat, d->catalog_aside,
 				  sizeof(d->catalog_aside), d->catalog_why, sizeof(d->catalog_why));
 	if (ret) {
 		log_error(MOD, "\"cannot open the catalog\" dir=%s err=%d", d->state_dir, ret);
@@ -1662,6 +1712,7 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		log_error(MOD, "\"the catalog was corrupt: moved aside, rebuilding it from a scan "
 			  "(tags and notes are in the old file)\" moved_to=%s check=\"%s\"",
 			  d->catalog_aside, d->catalog_why);
+	atomic_init(&d->catalog_rebuilt, false);
 	ret = create_registry(d);
 	if (ret) {
 		log_error(MOD, "\"cannot build the registry\" err=%d", ret);
@@ -1833,6 +1884,9 @@ int daemon_run(struct daemon *d)
 
 		/* Proof of life for waiting clients (shm/registry.h: heartbeat). */
 		registry_heartbeat(d->reg);
+		/* The worker replaced a corrupt catalog (check_catalog()): the alert is ours. */
+		if (atomic_load(&d->catalog_rebuilt) && atomic_exchange(&d->catalog_rebuilt, false))
+			alert_catalog_rebuilt(d, d->catalog_aside, d->catalog_why);
 
 		if (n == 0 && want)
 			spare_ring_make(d);

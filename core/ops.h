@@ -168,10 +168,12 @@ struct daemon {
 	struct alerts *alerts;		/* alert timer and state (core/alert.h) */
 	struct devcache *dc;		/* the GPU tiers (core/devcache.h) */
 	struct attach_spare *spare;	/* core/daemon.c: what a hello's reply needs, made ahead */
-	/* Set once by daemon_create() when the catalog was corrupt (catalog_open_repair()):
+	/* Set when the catalog was corrupt, by daemon_create() (not a database) or by the
+	 * worker's check (check_catalog(), then catalog_rebuilt tells the control thread):
 	 * where the old file went and SQLite's complaint; empty otherwise. */
 	char catalog_aside[PATH_MAX + 48];
 	char catalog_why[256];
+	atomic_bool catalog_rebuilt;
 };
 
 /* ---- provided by core/daemon.c for the ops ------------------------------------------ */

@@ -1,6 +1,6 @@
 #!/bin/sh
-# A catalog corrupt in the middle (docs/security.md, "Catalog"): at start the daemon runs
-# PRAGMA quick_check; the damaged file is moved aside (kept), the catalog is rebuilt from a
+# A catalog corrupt in the middle (docs/security.md, "Catalog"): once started, before it
+# publishes anything, the daemon runs PRAGMA quick_check; the damaged file is moved aside (kept), the catalog is rebuilt from a
 # scan (every model published again, with its tensors), the event is logged, and the
 # "catalog" alert is raised, which `weightctl status` shows.
 set -u
@@ -39,6 +39,10 @@ aside=$(ls "$T/state" | grep '^catalog\.db\.corrupt-' | grep -v -e '-wal$' -e '-
 cmp -s "$T/state/$aside" "$T/state/catalog.db" && fail "the catalog was not rebuilt"
 grep -q '"the catalog was corrupt: moved aside, rebuilding it from a scan' "$T/log" ||
 	fail "not logged"
+i=0
+while ! grep -q 'mod=alert msg="alert raised" kind=catalog' "$T/log" && [ $i -lt 100 ]; do
+	sleep 0.05; i=$((i + 1))
+done
 grep -q 'mod=alert msg="alert raised" kind=catalog' "$T/log" || fail "no alert raised"
 ctl status >"$T/status" || fail "status failed"
 grep -q "alerts     active: catalog" "$T/status" || fail "status does not show it: $(cat "$T/status")"
