@@ -38,7 +38,7 @@
 	} while (0)
 
 #define TIMEOUT_MS 2000u
-#define BIG_MODEL_SIZE "48M"
+#define BIG_MODEL_SIZE "64M"
 
 static struct td_daemon daemon_;
 
@@ -135,11 +135,11 @@ struct stopper {
 	unsigned int cycles;
 };
 
-/* Stops the daemon for 1 s (half the timeout), lets it run 50 ms, again and again. */
+/* Stops the daemon for 1 s (half the timeout), lets it run 10 ms, again and again. */
 static void *stop_go(void *arg)
 {
 	struct stopper *s = arg;
-	const struct timespec stopped = { .tv_sec = 1 }, running = { .tv_nsec = 50 * 1000000 };
+	const struct timespec stopped = { .tv_sec = 1 }, running = { .tv_nsec = 10 * 1000000 };
 
 	while (!atomic_load(&s->stop)) {
 		kill(s->pid, SIGSTOP);
