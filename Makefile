@@ -85,6 +85,7 @@ help:
 	@echo "make bench-load  disk -> host cache through the daemon vs. best warm read/raw O_DIRECT (SIZE=1G)"
 	@echo "make bench-hit   new process: attach + resolve 1,000 resident tensors"
 	@echo "make bench-python  new Python process: 1,000 resident tensors vs. file read"
+	@echo "make bench-peers weightd vs. safetensors, fastsafetensors, Run:ai, from_pretrained (SIZE=2G)"
 	@echo "make bench-gpu   disk/host -> VRAM vs. pinned H2D, storage, safetensors (SIZE=1G)"
 	@echo "make test-tsan   ring tests under ThreadSanitizer (clang)"
 	@echo "make fuzz        run the libFuzzer targets for FUZZ_SECONDS (default 60)"
@@ -248,6 +249,15 @@ bench-hit: $(BUILD)/bench/bench_hit $(BINS)
 
 bench-python: $(BINS) $(CLIENT_LIB)
 	/usr/bin/python3 bench/bench_python.py --build $(BUILD)
+
+# weightd against safetensors, fastsafetensors, Run:ai's streamer, from_pretrained and
+# numpy.fromfile on one LLaMA-like checkpoint (2G unless SIZE= is given), each reader in a
+# fresh process. The peers come from PyPI into a cached virtual environment
+# (scripts/pyenv.sh bench, pinned in scripts/python/bench.txt). Not part of make test.
+.PHONY: bench-peers
+bench-peers: $(BINS) $(CLIENT_LIB)
+	@py=$$(scripts/pyenv.sh bench) && $$py bench/bench_peers.py --build $(BUILD) \
+		--size $(if $(filter command line environment,$(origin SIZE)),$(SIZE),2G)
 
 # disk -> VRAM and host -> VRAM vs. pinned H2D, O_DIRECT storage and safetensors (../shared/GPU.md).
 # No driver: prints why and {"skipped": ...}. WEIGHTD_GPU_EMULATE=1 runs it emulated (labelled).

@@ -228,9 +228,10 @@ def _fingerprints(stf):
     return out
 
 
-# The longest tensor name the registry holds (bytes); a file's longer or empty names are
-# served from the file (safe_open._array()).
-_REGISTRY_NAME_MAX = 255
+# The longest tensor name the registry holds (bytes: WEIGHTD_TENSOR_NAME_MAX - 1 of
+# include/weightd.h); a file's longer or empty names are served from the file
+# (safe_open._array()).
+_REGISTRY_NAME_MAX = 65535
 
 
 def _find_component(client, stf):
@@ -245,7 +246,7 @@ def _find_component(client, stf):
                 continue
             # The fingerprint covers headers; a tensor name check guards against a hash
             # collision before any view is handed out. The probe is a name the registry can
-            # hold (1 to 255 bytes; the daemon leaves other names out).
+            # hold (1 to _REGISTRY_NAME_MAX bytes).
             probe = next((n for n in sorted(names) if 0 < len(n.encode()) <= _REGISTRY_NAME_MAX),
                          None)
             if probe is not None:
