@@ -53,7 +53,8 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 INTERNAL_LIB := $(BUILD)/libwd-internal.a
 BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
-CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c) \
+CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c \
+	shm/stats.c) \
 	core/log.c core/time.c core/units.c core/st_dtype.c
 # The GPU tier's import side (weightd_device_map): the device layer and the conversion
 # routines the emulated device runs (core/convert.c). The client library links no internal

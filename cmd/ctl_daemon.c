@@ -1083,20 +1083,23 @@ static void stats_usage(FILE *out)
 {
 	fprintf(out,
 		"usage: weightctl stats [--socket PATH] [--json]\n\n"
-		"Prints the daemon's counters: clients, ring segments, pins, requests, loads,\n"
-		"evictions, cache hits and bytes, and the host cache's (host_*: hits, misses,\n"
-		"evictions, prefetches, loads and bytes read from disk, coalesced requests,\n"
-		"deduplicated bytes) and the GPU tiers' bytes (cuda_bytes).\n\n"
+		"Prints the daemon's counters, one set: clients, pins, requests, the host cache's\n"
+		"(host_*: hits, misses, evictions, prefetches, loads and bytes read from disk,\n"
+		"coalesced requests, deduplicated bytes), recovery and the GPU tiers' bytes. Each\n"
+		"has the name it has in /metrics, without the weightd_ prefix and a counter's\n"
+		"_total suffix; docs/metrics.md says what each counts.\n\n"
 		"Exit status: 0, 1 no daemon or it failed, 2 usage error.\n");
 }
 
 int ctl_stats(struct ctl *c, int argc, char **argv)
 {
-	struct weightd_cache_stats cs;
+	enum { COUNTERS_MAX = 64 };
 	struct weightd_stats st;
+	uint64_t v[COUNTERS_MAX];
 	struct dopts o;
 	struct weightd *w;
-	int ret;
+	json_t *j;
+	int ret, n;
 
 	(void)c;
 	if ((ret = parse(argc, argv, &o, "", stats_usage)) >= 0)
@@ -1108,59 +1111,30 @@ int ctl_stats(struct ctl *c, int argc, char **argv)
 	w = open_daemon("stats", &o);
 	if (!w)
 		return CTL_FAIL;
-	ret = weightd_stats(w, &st);
-	if (!ret)
-		ret = weightd_cache_stats(w, &cs);
-	if (ret) {
+	n = weightd_counters(w, v, COUNTERS_MAX);
+	ret = n < 0 ? n : weightd_stats(w, &st);
+	if (ret < 0) {
 		ret = failed("stats", &o, ret);
 		goto out;
 	}
-	const struct {
-		const char *name;
-		uint64_t v;
-	} rows[] = {
-		{ "clients", st.clients },
-		{ "ring_segments", st.ring_segments },
-		{ "pins", st.pins_total },
-		{ "models", st.models },
-		{ "requests", st.requests_total },
-		{ "errors", st.errors_total },
-		{ "loads", st.loads },
-		{ "load_bytes", st.load_bytes },
-		{ "evictions", st.evictions },
-		{ "evict_bytes", st.evict_bytes },
-		{ "hits", st.hits },
-		{ "misses", st.misses },
-		{ "host_bytes", cs.bytes },
-		{ "host_budget", cs.budget },
-		{ "host_entries", cs.entries },
-		{ "host_hits", cs.hits },
-		{ "host_misses", cs.misses },
-		{ "host_evictions", cs.evictions },
-		{ "host_evict_bytes", cs.evict_bytes },
-		{ "host_prefetches", cs.prefetches },
-		{ "host_prefetch_hits", cs.prefetch_hits },
-		{ "host_loads", cs.loads },
-		{ "host_read_bytes", cs.read_bytes },
-		{ "host_coalesced", cs.coalesced },
-		{ "host_dedup_bytes", cs.dedup_bytes },
-		{ "host_refused", cs.refused },
-		{ "host_failed", cs.failed },
-		{ "cuda_bytes", cs.cuda_bytes },
-		{ "uptime_ns", st.uptime_ns },
-	};
-	json_t *j = json_object();
+	j = json_object();
+	for (unsigned int i = 0; i < (unsigned int)n && i < COUNTERS_MAX; i++) {
+		const char *name = weightd_counter_name(i, NULL);
 
-	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		if (!name)
+			continue;
 		if (o.json)
-			json_object_set_new(j, rows[i].name, json_integer((json_int_t)rows[i].v));
+			json_object_set_new(j, name, json_integer((json_int_t)v[i]));
 		else
-			printf("%-18s %llu\n", rows[i].name, (unsigned long long)rows[i].v);
+			printf("%-28s %llu\n", name, (unsigned long long)v[i]);
 	}
-	if (o.json)
+	if (o.json) {
+		json_object_set_new(j, "uptime_seconds", json_real((double)st.uptime_ns / 1e9));
 		print_json(j);
-	else
+	} else {
+		printf("%-28s %.3f\n", "uptime_seconds", (double)st.uptime_ns / 1e9);
 		json_decref(j);
+	}
 	ret = CTL_OK;
 out:
 	weightd_detach(w);

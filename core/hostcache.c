@@ -405,10 +405,6 @@ static void drop_entry(struct daemon *d, struct entry *e, bool evicted)
 		refresh_state(d, e->binds[i].comp);
 	}
 	registry_counter_add(d->reg, WD_CTR_HOST_BYTES, -(int64_t)e->size);
-	if (evicted) {
-		registry_counter_add(d->reg, WD_CTR_EVICTIONS, 1);
-		registry_counter_add(d->reg, WD_CTR_EVICT_BYTES, (int64_t)e->size);
-	}
 	pthread_mutex_unlock(&d->state_lock);
 	arena_free(hc->arena, e->off, e->size);
 	evict_remove(hc->pol, e->key, evicted);
@@ -797,8 +793,6 @@ static void on_done(void *arg, struct load_handle *h)
 				refresh_state(d, e->binds[i].comp);
 			}
 			registry_counter_add(d->reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
-			registry_counter_add(d->reg, WD_CTR_LOADS, 1);
-			registry_counter_add(d->reg, WD_CTR_LOAD_BYTES, (int64_t)ld->total);
 			metrics_note_load(d->reg, WD_TIER_HOST, ns);
 			for (uint32_t i = 0; i < e->n_binds; i++)
 				registry_set_last_load(d->reg, e->binds[i].comp, WD_TIER_HOST,

@@ -1,7 +1,7 @@
 /*
- * The Prometheus endpoint (core/metrics.h). The metric table below is the one place that
- * names what is exported; rendering walks it, so a metric cannot get a value without its
- * HELP and TYPE lines.
+ * The Prometheus endpoint (core/metrics.h). The STATS counters come from shm/stats.h's
+ * table, the one `weightctl stats` prints too; rendering walks it, so a metric cannot get a
+ * value without its HELP and TYPE lines, nor a name that stats does not use.
  */
 #include "core/metrics.h"
 
@@ -22,6 +22,7 @@
 #include "core/ops.h"
 #include "shm/barrier.h"
 #include "shm/regmetrics.h"
+#include "shm/stats.h"
 
 #define MOD "metrics"
 #define RENDER_CAP 65536	/* enough for the host tier; doubled while it does not fit */
@@ -45,74 +46,10 @@ struct metrics_server {
 	struct MHD_Daemon *mhd;
 };
 
-enum source { SRC_STAT, SRC_CTR };
-
-/* One exported metric: its name, kind, help text and where its value comes from. */
-struct metric {
-	const char *name;
-	bool counter;		/* else a gauge */
-	enum source src;
-	unsigned int idx;	/* enum wd_stat or enum wd_ctr */
-	const char *help;
-};
-
-static const struct metric metrics[] = {
-	{ "weightd_clients", false, SRC_STAT, WD_STAT_CLIENTS, "Clients attached now." },
-	{ "weightd_ring_segments", false, SRC_STAT, WD_STAT_RING_SEGS,
-	  "Client ring segments the daemon still maps." },
-	{ "weightd_requests_total", true, SRC_STAT, WD_STAT_REQUESTS,
-	  "Requests served, all clients." },
-	{ "weightd_request_errors_total", true, SRC_STAT, WD_STAT_ERRORS,
-	  "Requests that completed with an error." },
-	{ "weightd_pins", false, SRC_STAT, WD_STAT_PINS, "Pins held by all attached clients." },
-	{ "weightd_models", false, SRC_STAT, WD_STAT_MODELS,
-	  "Models published in the registry." },
-	{ "weightd_host_budget_bytes", false, SRC_STAT, WD_STAT_HOST_BUDGET,
-	  "Size of the host cache in bytes." },
-	{ "weightd_host_bytes_used", false, SRC_STAT, WD_STAT_HOST_BYTES,
-	  "Bytes of the host cache held by entries." },
-	{ "weightd_host_entries", false, SRC_STAT, WD_STAT_HOST_ENTRIES,
-	  "Host cache entries, loading ones included." },
-	{ "weightd_host_hits_total", true, SRC_STAT, WD_STAT_HOST_HITS,
-	  "Component requests answered from the host cache." },
-	{ "weightd_host_misses_total", true, SRC_STAT, WD_STAT_HOST_MISSES,
-	  "Component requests that had to wait for a load." },
-	{ "weightd_host_evictions_total", true, SRC_STAT, WD_STAT_HOST_EVICTIONS,
-	  "Host cache entries evicted." },
-	{ "weightd_host_evicted_bytes_total", true, SRC_STAT, WD_STAT_HOST_EVICT_BYTES,
-	  "Bytes released by evictions." },
-	{ "weightd_host_prefetches_total", true, SRC_STAT, WD_STAT_HOST_PREFETCHES,
-	  "Entries loaded because of co-access statistics." },
-	{ "weightd_host_prefetch_hits_total", true, SRC_STAT, WD_STAT_HOST_PREFETCH_HITS,
-	  "Prefetched entries requested afterwards." },
-	{ "weightd_host_loads_total", true, SRC_STAT, WD_STAT_HOST_LOADS,
-	  "Host cache loads started (each reads its files once)." },
-	{ "weightd_host_disk_read_bytes_total", true, SRC_STAT, WD_STAT_HOST_READ_BYTES,
-	  "Bytes read from disk by host cache loads." },
-	{ "weightd_host_disk_read_direct_bytes_total", true, SRC_STAT,
-	  WD_STAT_HOST_READ_DIRECT_BYTES, "Of those, bytes read with O_DIRECT (not cached)." },
-	{ "weightd_host_coalesced_total", true, SRC_STAT, WD_STAT_HOST_COALESCED,
-	  "Requests that joined a load already running." },
-	{ "weightd_host_dedup_bytes", false, SRC_STAT, WD_STAT_HOST_DEDUP_BYTES,
-	  "Bytes not stored twice because identical content is shared." },
-	{ "weightd_host_refused_total", true, SRC_STAT, WD_STAT_HOST_REFUSED,
-	  "Host cache admissions refused (too big, no space)." },
-	{ "weightd_host_failed_loads_total", true, SRC_STAT, WD_STAT_HOST_FAILED,
-	  "Host cache loads that failed or were cancelled." },
-	{ "weightd_component_loads_total", true, SRC_CTR, WD_CTR_LOADS,
-	  "Component loads completed, any tier." },
-	{ "weightd_loaded_bytes_total", true, SRC_CTR, WD_CTR_LOAD_BYTES,
-	  "Bytes loaded into any tier." },
-	/* Recovery (core/recovery.h). */
-	{ "weightd_io_retries_total", true, SRC_STAT, WD_STAT_IO_RETRIES,
-	  "Reads retried after EINTR, EAGAIN or a short read." },
-	{ "weightd_alloc_retries_total", true, SRC_STAT, WD_STAT_ALLOC_RETRIES,
-	  "Cache allocations retried after evicting unpinned entries." },
-	{ "weightd_pressure_sheds_total", true, SRC_STAT, WD_STAT_PRESSURE_SHEDS,
-	  "Host cache entries shed under memory pressure (PSI)." },
-	{ "weightd_quarantined_total", true, SRC_STAT, WD_STAT_QUARANTINED,
-	  "Components quarantined after repeated load failures." },
-};
+/*
+ * The STATS counters are exported from shm/stats.h's table, the one `weightctl stats` prints:
+ * "weightd_" NAME, with "_total" after a counter's name.
+ */
 
 /* ---- recording ------------------------------------------------------------------------ */
 
@@ -520,12 +457,15 @@ int metrics_render(const struct metrics_snapshot *s, char *buf, size_t cap)
 	     put(buf, cap, &off, "# HELP weightd_uptime_seconds Seconds since the daemon "
 		 "started.\n# TYPE weightd_uptime_seconds gauge\nweightd_uptime_seconds %.3f\n",
 		 (double)s->uptime_ns / 1e9);
-	for (size_t i = 0; ok && i < ARRAY_SIZE(metrics); i++) {
-		const struct metric *m = &metrics[i];
-		uint64_t v = m->src == SRC_STAT ? s->stat[m->idx] : s->ctr[m->idx];
+	for (size_t i = 0; ok && i < WD_STAT_COUNT; i++) {
+		const struct wd_stat_info *m = &wd_stat_info[i];
+		const char *total = m->counter ? "_total" : "";
 
-		ok = put(buf, cap, &off, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", m->name,
-			 m->help, m->name, m->counter ? "counter" : "gauge", m->name, v);
+		if (!m->name)
+			continue;
+		ok = put(buf, cap, &off, "# HELP weightd_%s%s %s\n# TYPE weightd_%s%s %s\n"
+			 "weightd_%s%s %" PRIu64 "\n", m->name, total, m->help, m->name, total,
+			 m->counter ? "counter" : "gauge", m->name, total, s->stat[i]);
 	}
 	if (ok && s->have_block)
 		ok = render_block(s, buf, cap, &off);

@@ -640,7 +640,24 @@ int weightd_meta_get(struct weightd *w, const char *model, const char *key, char
  */
 int weightd_meta_set(struct weightd *w, const char *model, const char *key, const char *value);
 
-/* Counters from the daemon (STATS) and from the registry. */
+/*
+ * The daemon's counters: the one set that `weightctl stats` and the Prometheus endpoint
+ * show, under the names weightd_counter_name() gives (docs/metrics.md says what each
+ * counts). Fills @v[i] for i < @max (0 past what the daemon sent) and returns how many
+ * values the daemon sent (possibly more than @max), or a request error; -EINVAL for a NULL
+ * @w, or a NULL @v with @max > 0.
+ */
+int weightd_counters(struct weightd *w, uint64_t *v, unsigned int max);
+
+/*
+ * Counter @i's name ("host_hits"; /metrics exports it as weightd_NAME, with _total after a
+ * counter's) and, in *@is_counter (may be NULL), 1 when it only grows, 0 for a gauge.
+ * NULL for an index that is not one of the set (this client's own values, packed words,
+ * or past the end): iterate i from 0 while i < the count weightd_counters() returned.
+ */
+const char *weightd_counter_name(unsigned int i, int *is_counter);
+
+/* Counters from the daemon (STATS). */
 struct weightd_stats {
 	/* This client's lease, as the daemon counts it. */
 	uint64_t requests;		/* requests this client made, the STATS itself included */
@@ -656,6 +673,9 @@ struct weightd_stats {
 	uint64_t host_bytes;		/* bytes of the host cache in use */
 	uint64_t requests_total;	/* requests served to every client */
 	uint64_t errors_total;
+	/* The host tier's (the same values as weightd_cache_stats() and /metrics,
+	 * docs/metrics.md): loads started, bytes they read from disk, evictions and the bytes
+	 * they freed, component requests found resident (hits) and not (misses). */
 	uint64_t loads, load_bytes, evictions, evict_bytes, hits, misses;
 	/* How many u64 values the daemon's reply held (newer daemons may send more). */
 	uint32_t n_values;
@@ -673,7 +693,7 @@ struct weightd_stats {
 const char *weightd_pages_name(uint32_t kind);
 
 /*
- * Fills @out from a STATS request and the registry's host-wide counters.
+ * Fills @out from a STATS request.
  * Returns 0 or a request error.
  */
 int weightd_stats(struct weightd *w, struct weightd_stats *out);

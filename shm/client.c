@@ -45,6 +45,7 @@
 #include "shm/registry.h"
 #include "shm/ring.h"
 #include "shm/segment.h"
+#include "shm/stats.h"
 #include "gpu/device.h"
 
 /*
@@ -1474,6 +1475,29 @@ int weightd_meta_set(struct weightd *w, const char *model, const char *key, cons
 	return ret < 0 ? ret : 0;
 }
 
+int weightd_counters(struct weightd *w, uint64_t *v, unsigned int max)
+{
+	uint64_t all[WD_STAT_COUNT] = { 0 };
+	int ret;
+
+	if (!w || (!v && max))
+		return fail(-EINVAL, "NULL argument");
+	if ((ret = fetch_stats(w, all)) < 0)
+		return ret;
+	for (unsigned int i = 0; i < max; i++)
+		v[i] = i < WD_STAT_COUNT ? all[i] : 0;
+	return ret;
+}
+
+const char *weightd_counter_name(unsigned int i, int *is_counter)
+{
+	if (i >= WD_STAT_COUNT || !wd_stat_info[i].name)
+		return NULL;
+	if (is_counter)
+		*is_counter = wd_stat_info[i].counter;
+	return wd_stat_info[i].name;
+}
+
 int weightd_stats(struct weightd *w, struct weightd_stats *out)
 {
 	uint64_t v[WD_STAT_COUNT] = { 0 };
@@ -1495,13 +1519,15 @@ int weightd_stats(struct weightd *w, struct weightd_stats *out)
 		.host_budget = v[WD_STAT_HOST_BUDGET],
 		.requests_total = v[WD_STAT_REQUESTS],
 		.errors_total = v[WD_STAT_ERRORS],
-		.host_bytes = registry_counter(&w->reg, WD_CTR_HOST_BYTES),
-		.loads = registry_counter(&w->reg, WD_CTR_LOADS),
-		.load_bytes = registry_counter(&w->reg, WD_CTR_LOAD_BYTES),
-		.evictions = registry_counter(&w->reg, WD_CTR_EVICTIONS),
-		.evict_bytes = registry_counter(&w->reg, WD_CTR_EVICT_BYTES),
-		.hits = registry_counter(&w->reg, WD_CTR_HITS),
-		.misses = registry_counter(&w->reg, WD_CTR_MISSES),
+		/* The STATS counters are the one set (shm/stats.h): the same values as
+		 * weightd_cache_stats() and /metrics. */
+		.host_bytes = v[WD_STAT_HOST_BYTES],
+		.loads = v[WD_STAT_HOST_LOADS],
+		.load_bytes = v[WD_STAT_HOST_READ_BYTES],
+		.evictions = v[WD_STAT_HOST_EVICTIONS],
+		.evict_bytes = v[WD_STAT_HOST_EVICT_BYTES],
+		.hits = v[WD_STAT_HOST_HITS],
+		.misses = v[WD_STAT_HOST_MISSES],
 		.n_values = (uint32_t)ret,
 		.host_page_kind = (uint32_t)(v[WD_STAT_HOST_PAGES] & 0xfff),
 		.host_page_size = v[WD_STAT_HOST_PAGES] & ~(uint64_t)0xfff,

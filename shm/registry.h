@@ -75,12 +75,17 @@ enum wd_counter {
 	WD_CTR_CLIENTS = 0,	/* attached clients now */
 	WD_CTR_REQUESTS,	/* requests served */
 	WD_CTR_ERRORS,		/* requests that completed with an error */
-	WD_CTR_LOADS,		/* component loads completed */
-	WD_CTR_LOAD_BYTES,	/* bytes loaded into any tier */
-	WD_CTR_EVICTIONS,	/* component evictions */
-	WD_CTR_EVICT_BYTES,
-	WD_CTR_HITS,		/* loads answered from an already resident copy */
-	WD_CTR_MISSES,
+	/*
+	 * Slots 3..8 held loads, load bytes, evictions, evict bytes, hits and misses: copies of
+	 * the host tier's STATS counters (two of them never counted). They are not written any
+	 * more: the STATS counters are the one set (shm/stats.h); kept so the layout stays.
+	 */
+	WD_CTR_UNUSED_3,
+	WD_CTR_UNUSED_4,
+	WD_CTR_UNUSED_5,
+	WD_CTR_UNUSED_6,
+	WD_CTR_UNUSED_7,
+	WD_CTR_UNUSED_8,
 	WD_CTR_HOST_BYTES,	/* bytes of the host cache in use */
 	WD_CTR_PINS,		/* pins held by all attached clients */
 	WD_CTR_RING_SEGS,	/* client ring segments the daemon still maps */

@@ -478,6 +478,39 @@ static void test_load_and_status(void **state)
 		CHECK((ret == -ENOTSUP || ret == -EOPNOTSUPP) && strlen(weightd_last_error()) > 10,
 		      "load: %d, message '%s'", ret, weightd_last_error());
 	}
+	/*
+	 * One set of counters: weightd_stats(), weightd_cache_stats() and weightd_counters()
+	 * show the same host hits and misses (the load above was a miss), each counter named
+	 * once.
+	 */
+	{
+		struct weightd_cache_stats cs;
+		struct weightd_stats s;
+		uint64_t v[64];
+		int n = weightd_counters(w, v, 64), hits = -1, misses = -1;
+
+		CHECK(n > 0 && weightd_stats(w, &s) == 0 && weightd_cache_stats(w, &cs) == 0,
+		      "counters: %d %s", n, weightd_last_error());
+		for (int i = 0; i < n && i < 64; i++) {
+			const char *name = weightd_counter_name((unsigned int)i, NULL);
+
+			for (int k = 0; name && k < i; k++) {
+				const char *other = weightd_counter_name((unsigned int)k, NULL);
+
+				CHECK(!other || strcmp(name, other), "counter name %s twice", name);
+			}
+			if (name && !strcmp(name, "host_hits"))
+				hits = i;
+			if (name && !strcmp(name, "host_misses"))
+				misses = i;
+		}
+		CHECK(hits >= 0 && misses >= 0 && v[misses] >= 1 && s.misses == v[misses] &&
+		      cs.misses == v[misses] && s.hits == v[hits] && cs.hits == v[hits],
+		      "misses: stats %" PRIu64 ", cache %" PRIu64 ", counters %" PRIu64 "; hits %"
+		      PRIu64 ", %" PRIu64, s.misses, cs.misses, misses >= 0 ? v[misses] : 0,
+		      s.hits, cs.hits);
+		CHECK(weightd_counter_name(9999, NULL) == NULL, "a name past the end");
+	}
 	ret = weightd_load(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, 0x80, NULL, NULL);
 	CHECK(ret == -EINVAL, "load with an unknown flag: %d", ret);
 	ret = weightd_load(w, "no-such", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);

@@ -81,8 +81,9 @@ weightd_host_coalesced_total counter 0 -
 weightd_host_dedup_bytes gauge 0 -
 weightd_host_refused_total counter 0 0
 weightd_host_failed_loads_total counter 0 0
-weightd_component_loads_total counter 1 -
-weightd_loaded_bytes_total counter 1 -
+weightd_cuda_bytes gauge 0 0
+weightd_io_retries_total counter 0 0
+weightd_quarantined_total counter 0 0
 weightd_load_duration_seconds_count histogram 1 -
 weightd_ring_roundtrip_seconds_count histogram 1 -
 weightd_errors_total counter 0 -
@@ -110,6 +111,33 @@ echo "$rows" | while read -r name type min max; do
 		'BEGIN { print (v + 0 >= lo + 0 && (hi == "-" || v + 0 <= hi + 0)) ? 1 : 0 }')
 	[ "$ok" = 1 ] || { echo "$name = $v, expected [$min, $max]"; exit 1; }
 done >"$T/rows" 2>&1 || { cat "$T/rows"; echo "--- exposition"; cat "$T/m"; fail "metric rows"; }
+# One set of counters: `weightctl stats --json` has exactly the counters /metrics exports,
+# under the same names (weightd_ prefix and a counter's _total dropped) and, taken after the
+# scrape, values no smaller; no second, never-counted hits/misses pair next to the host's.
+"$WD_BUILD/weightctl" stats --json >"$T/stats.json" || fail "stats --json"
+"$WD_BUILD/weightctl" stats >"$T/stats.txt" || fail "stats"
+python3 - "$T/m" "$T/stats.json" "$T/stats.txt" <<'PY' || fail "stats and /metrics disagree"
+import json, re, sys
+text = open(sys.argv[1]).read()
+stats = json.load(open(sys.argv[2]))
+exported = {}
+for line in text.split("\n")[1:]:
+    m = re.match(r"weightd_(\w+?)(_total)? (\d+)$", line)
+    if m and not line.startswith("weightd_up ") and not line.startswith("weightd_errors"):
+        exported[m.group(1)] = int(m.group(3))
+counters = {k: v for k, v in stats.items() if k != "uptime_seconds"}
+# The STATS counters in /metrics: every stats key is there, with the same name.
+missing = sorted(set(counters) - set(exported))
+assert not missing, "stats keys not in /metrics: %s" % missing
+for k, v in counters.items():
+    if k.endswith(("hits", "misses", "loads", "requests", "bytes")) and k != "host_bytes_used":
+        assert v >= exported[k], (k, v, exported[k])
+assert "hits" not in stats and "misses" not in stats and "loads" not in stats, stats
+# Two loads of llama-tiny: one miss, then one hit.
+assert stats["host_misses"] >= 1 and stats["host_hits"] >= 1, stats
+rows = dict(l.split() for l in open(sys.argv[3]) if l.strip())
+assert set(rows) == set(stats), sorted(set(rows) ^ set(stats))
+PY
 used=$(grep '^weightd_host_bytes_used ' "$T/m" | awk '{print $2}')
 grep -q '^weightd_build_info{version="[^"]*",microhttpd="[^"]*"} 1$' "$T/m" ||
 	fail "build_info labels: $(grep '^weightd_build_info' "$T/m")"

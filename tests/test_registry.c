@@ -104,7 +104,7 @@ static void build(struct fixture *f)
 	CHECK(registry_set_state(f->reg, f->unet, WD_TIER_CUDA(0), WD_STATE_LOADING, 0) == 0,
 	      "state");
 	CHECK(registry_set_progress(f->reg, f->unet, WD_TIER_CUDA(0), 100, 400) == 0, "progress");
-	registry_counter_add(f->reg, WD_CTR_LOADS, 3);
+	registry_counter_add(f->reg, WD_CTR_REQUESTS, 3);
 	registry_publish(f->reg);
 }
 
@@ -280,8 +280,8 @@ static void test_publish_gates(void **unused)
 		      m.nbytes == N_LLAMA_TENSORS * 4096ull * 4096 * 2 && !strcmp(m.arch, "llama"),
 	      "llama totals: tensors=%u comps=%u bytes=%" PRIu64, m.n_tensors, m.n_components,
 	      m.nbytes);
-	CHECK(registry_counter(&v, WD_CTR_LOADS) == 3, "counter %" PRIu64,
-	      registry_counter(&v, WD_CTR_LOADS));
+	CHECK(registry_counter(&v, WD_CTR_REQUESTS) == 3, "counter %" PRIu64,
+	      registry_counter(&v, WD_CTR_REQUESTS));
 	CHECK(!registry_retired(&v), "retired too early");
 	registry_retire(f.reg);
 	CHECK(registry_retired(&v), "retire not visible");
