@@ -421,8 +421,14 @@ static void op_info(struct daemon *d, struct wd_cqe *cqe, char *out)
 {
 	struct wd_info info = { 0 };
 	const char *dir = daemon_state_dir(d);
+	char abs[PATH_MAX];
 	struct rlimit lim;
-	size_t n = strlen(dir);
+	size_t n;
+
+	/* A client's working directory is not the daemon's: say where, absolutely. */
+	if (dir[0] != '/' && realpath(dir, abs))
+		dir = abs;
+	n = strlen(dir);
 
 	info.memlock_limit = getrlimit(RLIMIT_MEMLOCK, &lim) ? 0 :
 			     lim.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)lim.rlim_cur;

@@ -177,6 +177,20 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && command -v useradd >/d
 	grep -q "keeps its catalog in $D/state/catalog.db, which this user cannot open" "$T/err" ||
 		{ cat "$T/err"; fail "no clear message for an unreadable daemon catalog"; }
 fi
+# A daemon started with a relative --state-dir (as `make run` does) names it absolutely.
+kill $DP && wait $DP 2>/dev/null
+(cd "$D" && exec "$WD_BUILD/weightd" --foreground --socket "$D/sock" --state-dir rel-state \
+	--models m --allow-user 0 --allow-user "$(id -u)" 2>>"$D/log") &
+DP=$!
+i=0
+until $W status --json 2>/dev/null | grep -q '"models":3'; do
+	i=$((i + 1))
+	[ $i -lt 200 ] || { tail "$D/log"; fail "the daemon (relative state dir) did not start"; }
+	sleep 0.05
+done
+(cd / && check "ls (daemon with a relative state dir)" 0 $W ls) || exit 1
+[ "$(grep -c ' valid' "$T/out")" -eq 3 ] || { cat "$T/out" "$T/err"; fail "ls via a relative state dir"; }
+grep -q "^catalog: $D/rel-state/catalog.db (the daemon's" "$T/err" || { cat "$T/err"; fail "relative state dir not made absolute"; }
 # No daemon: the state directory's catalog, and it says so.
 kill $DP && wait $DP 2>/dev/null
 DP=''
