@@ -66,6 +66,13 @@ void ctl_done(struct ctl *c);
 
 /* Prints "weightctl VERB: <msg>" to stderr. */
 void ctl_err(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * @s made safe to print on a terminal: control characters, quotes and backslashes escaped
+ * (log_escape()). Every name from disk or from the daemon that human output shows goes
+ * through this; --json output is escaped by jansson instead. The result lives until eight
+ * more calls on this thread.
+ */
+const char *ctl_esc(const char *s);
 
 /*
  * A progress line on stderr (only when stderr is a terminal, or when forced with
@@ -88,6 +95,8 @@ const char *ctl_human_bytes(uint64_t bytes, char *buf, size_t size);
 
 /* The verbs. */
 int ctl_scan(struct ctl *c, int argc, char **argv);
+/* `weightctl scan --daemon`: SCAN through the daemon at @socket (NULL: the default). */
+int ctl_scan_daemon(const char *socket, const char *dir, bool json);
 int ctl_ls(struct ctl *c, int argc, char **argv);
 int ctl_info(struct ctl *c, int argc, char **argv);
 int ctl_validate(struct ctl *c, int argc, char **argv);

@@ -105,16 +105,21 @@ static void dtype_bytes_text(const uint64_t *dtype_bytes, char *buf, size_t size
 static void scan_usage(FILE *out)
 {
 	fprintf(out,
-		"usage: weightctl scan [--json] [--threads N] [DIR...]\n\n"
+		"usage: weightctl scan [--json] [--threads N] [DIR...]\n"
+		"       weightctl scan --daemon [--socket PATH] [--json] [DIR]\n\n"
 		"Discovers the models under each DIR (recursively), validates their files and\n"
 		"records them in the catalog. Only files whose fingerprint (device, inode, size,\n"
-		"mtime) changed are read again. Without DIR, rescans every root scanned before.\n"
+		"mtime, ctime) changed are read again. Without DIR, rescans every root scanned before.\n"
 		"Unreadable paths, symlink loops and files that vanish are reported and skipped.\n"
 		"When a daemon answers on the socket, it scans (so that it also publishes what it\n"
 		"finds) into its own catalog, and its invalid models are listed; otherwise the\n"
 		"scan runs here, on the state directory's catalog (see `weightctl --help`).\n\n"
 		"  --json         one JSON object with the counts, changes and problems\n"
 		"  --threads N    header reader threads (default min(8, 2 x CPUs))\n"
+		"  --daemon       send the SCAN to the daemon without reading its catalog here\n"
+		"                 (for a user who may not open it): the daemon reads only what\n"
+		"                 you could read yourself, under its model roots\n"
+		"                 (docs/security.md); at most one DIR\n"
 		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else per user)\n\n"
 		"Exit status: 0 scanned and everything valid, 1 problems or invalid models,\n"
 		"2 usage error.\n");
@@ -270,7 +275,7 @@ static void scan_report_text(const struct scan_result *res)
 	for (size_t i = 0; i < res->n_changes; i++) {
 		const struct scan_change *ch = &res->changes[i];
 
-		printf("%-8s %s  %s\n", change_names[ch->kind], ch->name, ch->path);
+		printf("%-8s %s  %s\n", change_names[ch->kind], ctl_esc(ch->name), ctl_esc(ch->path));
 		if (!ch->valid && ch->error) {
 			/* Indent every line of a multi-line error. */
 			const char *p = ch->error;
@@ -278,14 +283,16 @@ static void scan_report_text(const struct scan_result *res)
 			while (*p) {
 				const char *nl = strchr(p, '\n');
 				int len = nl ? (int)(nl - p) : (int)strlen(p);
+				char *line = strndup(p, (size_t)len);
 
-				printf("         invalid: %.*s\n", len, p);
+				printf("         invalid: %s\n", line ? ctl_esc(line) : "?");
+				free(line);
 				p += len + (nl != NULL);
 			}
 		}
 	}
 	for (size_t i = 0; i < res->n_problems; i++)
-		printf("skipped  %s\n", res->problems[i].message);
+		printf("skipped  %s\n", ctl_esc(res->problems[i].message));
 	printf("%llu models (%llu invalid), %llu files: %llu read, %llu unchanged; "
 	       "%llu added, %llu updated, %llu removed; %zu problems; %.3f s\n",
 	       (unsigned long long)res->n_models, (unsigned long long)res->n_invalid,
@@ -301,6 +308,7 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "daemon", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -310,7 +318,7 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 	struct ctl_progress prog;
 	struct roots known = { 0 };
 	struct catalog *cat;
-	bool json = false;
+	bool json = false, daemon = false;
 	int opt, rc, status;
 	char *end;
 
@@ -318,6 +326,7 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "jt:h", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'j': json = true; break;
+		case 'd': daemon = true; break;
 		case 't':
 			so.threads = (unsigned)strtoul(optarg, &end, 10);
 			if (*end || so.threads == 0 || so.threads > 256) {
@@ -329,6 +338,13 @@ int ctl_scan(struct ctl *c, int argc, char **argv)
 		case 'h': scan_usage(stdout); return CTL_OK;
 		default: scan_usage(stderr); return CTL_USAGE;
 		}
+	}
+	if (daemon) {
+		if (argc - optind > 1) {
+			ctl_err("scan", "--daemon takes at most one DIR");
+			return CTL_USAGE;
+		}
+		return ctl_scan_daemon(socket, optind < argc ? argv[optind] : NULL, json);
 	}
 	if (!ctl_catalog_dir(c, "scan", socket, json))
 		return CTL_FAIL;
@@ -482,12 +498,12 @@ int ctl_ls(struct ctl *c, int argc, char **argv)
 			char size[32], tags[256];
 
 			tags_text(m, tags, sizeof(tags));
-			printf("%-28s %-11s %-18s %5zu %8llu %10llu %11s  %s%s%s\n", m->name,
-			       model_format_name(m->format), m->arch ? m->arch : "unknown",
+			printf("%-28s %-11s %-18s %5zu %8llu %10llu %11s  %s%s%s\n", ctl_esc(m->name),
+			       model_format_name(m->format), m->arch ? ctl_esc(m->arch) : "unknown",
 			       m->n_components, (unsigned long long)m->n_tensors,
 			       (unsigned long long)m->params,
 			       ctl_human_bytes(m->bytes, size, sizeof(size)),
-			       m->valid ? "valid" : "INVALID", tags[0] ? "  tags=" : "", tags);
+			       m->valid ? "valid" : "INVALID", tags[0] ? "  tags=" : "", ctl_esc(tags));
 		}
 		if (list.n == 0)
 			printf("(the catalog is empty: run `weightctl scan DIR`)\n");
@@ -531,11 +547,11 @@ static void info_tensor(struct info_out *o, const char *component, const char *f
 	}
 	if (!o->component || strcmp(o->component, component)) {
 		printf("\n%s%s\n  %-52s %-8s %-22s %12s %12s\n", component[0] ? "component " : "",
-		       component[0] ? component : "tensors", "NAME", "DTYPE", "SHAPE", "BYTES",
+		       component[0] ? ctl_esc(component) : "tensors", "NAME", "DTYPE", "SHAPE", "BYTES",
 		       "OFFSET");
 		o->component = component;
 	}
-	printf("  %-52s %-8s %-22s %12llu %12llu\n", name, dtype, shape,
+	printf("  %-52s %-8s %-22s %12llu %12llu\n", ctl_esc(name), dtype, shape,
 	       (unsigned long long)bytes, (unsigned long long)offset);
 }
 
@@ -552,14 +568,14 @@ static void info_header_text(const char *name, const char *path, int format, con
 {
 	char size[32];
 
-	printf("model      %s\npath       %s\nformat     %s\narch       %s\n", name, path,
-	       model_format_name(format), arch ? arch : "unknown");
+	printf("model      %s\npath       %s\nformat     %s\narch       %s\n", ctl_esc(name),
+	       ctl_esc(path), model_format_name(format), arch ? ctl_esc(arch) : "unknown");
 	printf("tensors    %llu\nparameters %llu\nbytes      %llu (%s)\nstatus     %s\n",
 	       (unsigned long long)n_tensors, (unsigned long long)params,
 	       (unsigned long long)bytes, ctl_human_bytes(bytes, size, sizeof(size)),
 	       valid ? "valid" : "INVALID");
 	if (error)
-		printf("error      %s\n", error);
+		printf("error      %s\n", ctl_esc(error));
 }
 
 static int info_from_catalog(struct ctl *c, struct catalog *cat, const char *arg,
@@ -592,17 +608,18 @@ static int info_from_catalog(struct ctl *c, struct catalog *cat, const char *arg
 
 		dtype_bytes_text(cc->dtype_bytes, dt, sizeof(dt));
 		printf("component  %-14s %-18s %6llu tensors %12llu params  %s  [%s]%s\n",
-		       cc->name[0] ? cc->name : "(main)", cc->arch ? cc->arch : "unknown",
+		       cc->name[0] ? ctl_esc(cc->name) : "(main)",
+		       cc->arch ? ctl_esc(cc->arch) : "unknown",
 		       (unsigned long long)cc->n_tensors, (unsigned long long)cc->params,
 		       ctl_human_bytes(cc->bytes, bytes, sizeof(bytes)), dt,
 		       cc->valid ? "" : "  INVALID");
 		for (size_t f = 0; f < cc->n_files; f++)
-			printf("           file %s\n", cc->files[f].path);
+			printf("           file %s\n", ctl_esc(cc->files[f].path));
 	}
 	for (size_t i = 0; i < m.n_meta; i++)
-		printf("metadata   %s = %s\n", m.meta[i].key, m.meta[i].value);
+		printf("metadata   %s = %s\n", ctl_esc(m.meta[i].key), ctl_esc(m.meta[i].value));
 	for (size_t i = 0; i < m.n_user; i++)
-		printf("user       %s = %s\n", m.user[i].key, m.user[i].value);
+		printf("user       %s = %s\n", ctl_esc(m.user[i].key), ctl_esc(m.user[i].value));
 	rc = catalog_model_tensors(cat, m.id, info_catalog_tensor, o);
 	catalog_model_free(&m);
 	return rc;
@@ -630,7 +647,8 @@ static int info_from_path(const char *path, struct info_out *o)
 		info_header_text(m.name, m.path, m.format, m.arch, m.valid, m.error, m.n_tensors,
 				 m.params, m.bytes);
 		for (size_t i = 0; i < m.n_meta; i++)
-			printf("metadata   %s = %s\n", m.meta[i].key, m.meta[i].value);
+			printf("metadata   %s = %s\n", ctl_esc(m.meta[i].key),
+			       ctl_esc(m.meta[i].value));
 	}
 	for (size_t ci = 0; ci < m.n_components; ci++) {
 		const struct model_component *mc = &m.components[ci];
@@ -640,8 +658,8 @@ static int info_from_path(const char *path, struct info_out *o)
 
 			if (f->rc < 0) {
 				if (!o->json)
-					printf("\nfile %s: %s\n", f->path,
-					       f->rc == -EINVAL ? f->err.message
+					printf("\nfile %s: %s\n", ctl_esc(f->path),
+					       f->rc == -EINVAL ? ctl_esc(f->err.message)
 								: strerror(-f->rc));
 				continue;
 			}
@@ -732,7 +750,7 @@ static int meta_print(const char *key, const char *value, void *arg)
 	if (g->json)
 		json_object_set_new(g->obj, key, json_string(value));
 	else
-		printf("%s=%s\n", key, value);
+		printf("%s=%s\n", ctl_esc(key), ctl_esc(value));
 	return 0;
 }
 

@@ -13,6 +13,7 @@
 
 #include "cmd/ctl.h"
 #include "core/catalog.h"
+#include "core/log.h"
 #include "core/common.h"
 #include "core/statedir.h"
 #include "shm/attach.h"
@@ -122,13 +123,34 @@ void ctl_done(struct ctl *c)
 
 void ctl_err(const char *verb, const char *fmt, ...)
 {
+	char msg[8192], esc[4 * sizeof(msg)];
 	va_list ap;
 
-	fprintf(stderr, "weightctl %s: ", verb);
+	/* Messages quote names from disk and from the daemon: no control byte reaches the tty. */
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "weightctl %s: %s\n", verb, log_escape(msg, esc, sizeof(esc), 0));
+}
+
+const char *ctl_esc(const char *s)
+{
+	/* A few at a time, so that one printf() can show several names. */
+	static __thread char *ring[8];
+	static __thread size_t cap[8];
+	static __thread unsigned next;
+	unsigned i = next++ % 8;
+	size_t need = 4 * strlen(s ? s : "") + 4;
+
+	if (cap[i] < need) {
+		char *p = realloc(ring[i], need);
+
+		if (!p)
+			return "(out of memory)";
+		ring[i] = p;
+		cap[i] = need;
+	}
+	return log_escape(s, ring[i], cap[i], LOG_ESC_QUOTES);
 }
 
 const char *ctl_human_bytes(uint64_t bytes, char *buf, size_t size)

@@ -201,6 +201,42 @@ static int count_models(struct weightd *w)
 }
 
 /* ---------------------------------------------------------------------------------- */
+/* scan --daemon                                                                      */
+
+int ctl_scan_daemon(const char *socket, const char *dir, bool json)
+{
+	struct dopts o = { .socket = socket, .json = json };
+	char abs[PATH_MAX];
+	struct weightd *w;
+	int ret;
+
+	/* The daemon resolves paths in its own working directory: send an absolute one. */
+	if (dir && !realpath(dir, abs)) {
+		ctl_err("scan", "%s: %s", ctl_esc(dir), strerror(errno));
+		return CTL_FAIL;
+	}
+	w = open_daemon("scan", &o);
+	if (!w)
+		return CTL_FAIL;
+	ret = weightd_scan(w, dir ? abs : NULL, NULL, NULL);
+	if (ret < 0) {
+		ret = failed("scan", &o, ret);
+	} else {
+		const char *m = weightd_last_error();
+
+		if (json)
+			print_json(json_pack("{s:b, s:i, s:s}", "ok", 1, "models", ret, "problems",
+					     m));
+		else
+			printf("%d models under %s%s%s\n", ret, dir ? ctl_esc(abs) : "the roots",
+			       *m ? "; " : "", *m ? ctl_esc(m) : "");
+		ret = *m ? CTL_FAIL : CTL_OK;
+	}
+	weightd_detach(w);
+	return ret;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* status                                                                             */
 
 /*
@@ -316,7 +352,7 @@ static void print_gpu(const struct weightd_device_info *g)
 	else
 		snprintf(numa, sizeof(numa), "numa none");
 	printf("%-10s %s \"%s\" %s, %s in use of %s (device %s), %u entries, %llu hits, "
-	       "%llu misses, %llu evictions\n", tier, gpu_kind(g), g->name, numa,
+	       "%llu misses, %llu evictions\n", tier, gpu_kind(g), ctl_esc(g->name), numa,
 	       ctl_human_bytes(g->used, b1, sizeof(b1)), ctl_human_bytes(g->budget, b2, sizeof(b2)),
 	       ctl_human_bytes(g->total_bytes, b3, sizeof(b3)), g->entries,
 	       (unsigned long long)g->hits, (unsigned long long)g->misses,
@@ -568,8 +604,8 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 					(e->flags & WEIGHTD_CACHE_PREFETCHED) != 0));
 				continue;
 			}
-			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s%s%s\n", e->model_name,
-			       e->component_name[0] ? e->component_name : "-", "host", state, form,
+			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s%s%s\n", ctl_esc(e->model_name),
+			       e->component_name[0] ? ctl_esc(e->component_name) : "-", "host", state, form,
 			       ctl_human_bytes(e->bytes, size, sizeof(size)), e->pins,
 			       ago(e->idle_ns, when, sizeof(when)),
 			       e->flags & WEIGHTD_CACHE_SHARED ? " (shared)" : "",
@@ -625,8 +661,8 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 				json_array_append_new(rows, r);
 				continue;
 			}
-			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s\n", mi.name,
-			       ci.name[0] ? ci.name : "-", tier, state, "-",
+			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s\n", ctl_esc(mi.name),
+			       ci.name[0] ? ctl_esc(ci.name) : "-", tier, state, "-",
 			       ctl_human_bytes(ci.nbytes, size, sizeof(size)), mi.pins,
 			       t < WEIGHTD_TIER_MAX && ci.tiers[t].state == WEIGHTD_FAILED ?
 			       (ci.tiers[t].error == -ENOTRECOVERABLE ? "load refused until its "
@@ -774,7 +810,7 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 	}
 	lo.dtype = o.dtype;
 	lo.prefix = o.prefix;
-	snprintf(label, sizeof(label), "load %s", argv[optind]);
+	snprintf(label, sizeof(label), "load %s", ctl_esc(argv[optind]));
 	ctl_progress_begin(&prog, label, true);
 	ret = weightd_load_ex(w, model, o.component, o.tier, o.pin ? WEIGHTD_LOAD_PIN : 0, &lo,
 			      load_progress, &prog, &res);
@@ -799,8 +835,8 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 		json_object_set_new(j, "pinned", json_boolean(o.pin));
 		print_json(j);
 	} else {
-		printf("%s%s%s: %s resident in %.3f s, %.2f GB/s, %s\n", argv[optind],
-		       o.component ? "/" : "", o.component ? o.component : "",
+		printf("%s%s%s: %s resident in %.3f s, %.2f GB/s, %s\n", ctl_esc(argv[optind]),
+		       o.component ? "/" : "", o.component ? ctl_esc(o.component) : "",
 		       ctl_human_bytes(res.bytes, b1, sizeof(b1)), secs, gbps,
 		       res.hit ? "hit (already resident)" : "miss");
 		if (res.read_bytes)
@@ -852,10 +888,10 @@ int ctl_unload(struct ctl *c, int argc, char **argv)
 			json_object_set_new(j, "was_resident", json_boolean(was != WEIGHTD_ABSENT));
 			print_json(j);
 		} else if (was == WEIGHTD_ABSENT) {
-			printf("%s: not resident on %s, nothing to unload\n", argv[optind],
+			printf("%s: not resident on %s, nothing to unload\n", ctl_esc(argv[optind]),
 			       weightd_tier_name(o.tier, tier, sizeof(tier)));
 		} else {
-			printf("%s: unloaded\n", argv[optind]);
+			printf("%s: unloaded\n", ctl_esc(argv[optind]));
 		}
 		ret = CTL_OK;
 	}
@@ -948,18 +984,18 @@ int ctl_pin(struct ctl *c, int argc, char **argv)
 			printf("pinned %s on %s, released again as this command exits: a pin lives "
 			       "as long as the client connection that took it (use --hold to keep "
 			       "it until Ctrl-C)\n",
-			       model, tier);
+			       ctl_esc(model), tier);
 		ret = CTL_OK;
 		goto out;
 	}
 	if (!o.json)
-		printf("pinned %s on %s; holding the pin until Ctrl-C\n", model, tier);
+		printf("pinned %s on %s; holding the pin until Ctrl-C\n", ctl_esc(model), tier);
 	fflush(stdout);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	if (hold(w)) {
 		if (!o.json)
-			printf("released %s\n", model);
+			printf("released %s\n", ctl_esc(model));
 		ret = CTL_OK;
 	} else {
 		ctl_err("pin", "the daemon at %s went away; the pin is gone",

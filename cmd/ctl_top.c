@@ -30,6 +30,7 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
+#include "core/log.h"
 #include "core/common.h"
 #include "shm/attach.h"
 
@@ -370,7 +371,7 @@ struct screen {
 
 static void WD_PRINTF(2, 3) put(struct screen *s, const char *fmt, ...)
 {
-	char buf[1024];
+	char raw[1024], buf[4 * sizeof(raw)];
 	va_list ap;
 	size_t n;
 
@@ -383,8 +384,10 @@ static void WD_PRINTF(2, 3) put(struct screen *s, const char *fmt, ...)
 		return;
 	}
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	/* Model and component names come from disk: none of their bytes may drive the tty. */
+	log_escape(raw, buf, sizeof(buf), 0);
 	n = strlen(buf);
 	while (n && buf[n - 1] == ' ')
 		buf[--n] = '\0';

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cmd/ctl.h"
+#include "core/file.h"
 #include "core/st.h"
 
 struct vopts {
@@ -121,13 +122,15 @@ static void validate_file(struct vopts *o, const char *path)
 	struct st_file f = { 0 };
 	struct st_error err = { 0 };
 	struct st_deep_tensor *deep = NULL;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat sb;
+	int fd = wd_open_regular(AT_FDCWD, path, 0, &sb);
 
 	if (fd < 0) {
 		err.code = ST_ERR_IO;
 		err.offset = UINT64_MAX;
-		snprintf(err.message, sizeof(err.message), "%s: io: cannot open: %s", path,
-			 strerror(errno));
+		snprintf(err.message, sizeof(err.message), "%s: io: %s%s", path,
+			 fd == -EINVAL ? "not a regular file: " : "cannot open: ",
+			 fd == -EINVAL ? wd_file_kind(sb.st_mode) : strerror(-fd));
 		report(o, path, NULL, &err, NULL);
 		return;
 	}

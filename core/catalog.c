@@ -65,6 +65,7 @@ static const char schema_sql[] =
 	"  ino INTEGER NOT NULL,"
 	"  size INTEGER NOT NULL,"
 	"  mtime_ns INTEGER NOT NULL,"
+	"  ctime_ns INTEGER NOT NULL DEFAULT 0,"
 	"  header_hash INTEGER NOT NULL,"
 	"  header_len INTEGER NOT NULL,"
 	"  valid INTEGER NOT NULL,"
@@ -141,6 +142,12 @@ static const char schema_sql[] =
 #define MIGRATE_V4_FMT \
 	"ALTER TABLE co_access ADD COLUMN at_ns INTEGER NOT NULL DEFAULT 0;" \
 	"UPDATE co_access SET at_ns = %" PRIu64 ";"
+
+/*
+ * Version 4 to 5: a file's fingerprint holds its ctime too (core/model.h says why). Rows of
+ * older catalogs read 0, which matches no file: the next scan reads each file once more.
+ */
+static const char migrate_v5_sql[] = "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;";
 
 /* Version 2 to 3: the two tables above; nothing else changes. */
 static const char migrate_v3_sql[] = LOAD_HISTORY_SQL BENCH_RUNS_SQL;
@@ -264,6 +271,24 @@ static int migrate_v4(struct catalog *cat)
 	return exec(cat, sql);
 }
 
+static int migrate_v5(struct catalog *cat)
+{
+	sqlite3_stmt *st;
+	int rc, s;
+
+	/* As in migrate_v4(): the column may be there already. */
+	rc = prepare(cat, "SELECT 1 FROM pragma_table_info('files') WHERE name = 'ctime_ns'", &st);
+	if (rc)
+		return rc;
+	s = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (s == SQLITE_ROW)
+		return 0;
+	if (s != SQLITE_DONE)
+		return sql_fail(cat, s, "read files columns");
+	return exec(cat, migrate_v5_sql);
+}
+
 static int create_schema(struct catalog *cat)
 {
 	sqlite3_stmt *st;
@@ -313,6 +338,8 @@ static int create_schema(struct catalog *cat)
 			rc = exec(cat, migrate_v3_sql);
 		if (!rc)
 			rc = migrate_v4(cat);
+		if (!rc)
+			rc = migrate_v5(cat);
 		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
 		if (!rc)
 			rc = exec(cat, sql);
@@ -547,7 +574,8 @@ static int load_scope_files(struct catalog *cat, const struct scope_keys *k,
 	int rc;
 
 	rc = prepare(cat,
-		     "SELECT id, path, kind, dev, ino, size, mtime_ns, valid, json_info FROM files"
+		     "SELECT id, path, kind, dev, ino, size, mtime_ns, valid, json_info, ctime_ns"
+		     " FROM files"
 		     " WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
 		     &st);
 	if (rc)
@@ -570,6 +598,7 @@ static int load_scope_files(struct catalog *cat, const struct scope_keys *k,
 		r->fp.mtime_ns = sqlite3_column_int64(st, 6);
 		r->valid = sqlite3_column_int(st, 7);
 		r->json_info = col_strdup(st, 8, &nomem);
+		r->fp.ctime_ns = sqlite3_column_int64(st, 9);
 	}
 	return rows_done(cat, st, rc, nomem, "load files");
 }
@@ -683,11 +712,11 @@ static int apply_prepare(struct apply *a)
 		"DELETE FROM files WHERE id = ?",
 		"INSERT INTO files(path, kind, dev, ino, size, mtime_ns, header_hash, header_len,"
 		" valid, error_code, error_message, n_tensors, data_bytes, params, json_info,"
-		" scanned_at, error_offset, error_tensor) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-		" ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+		" scanned_at, error_offset, error_tensor, ctime_ns) VALUES(?1, ?2, ?3, ?4, ?5,"
+		" ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
 		" ON CONFLICT(path) DO UPDATE SET kind = excluded.kind,"
 		" dev = excluded.dev, ino = excluded.ino, size = excluded.size,"
-		" mtime_ns = excluded.mtime_ns, header_hash = excluded.header_hash,"
+		" mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns, header_hash = excluded.header_hash,"
 		" header_len = excluded.header_len, valid = excluded.valid,"
 		" error_code = excluded.error_code, error_message = excluded.error_message,"
 		" n_tensors = excluded.n_tensors, data_bytes = excluded.data_bytes,"
@@ -811,6 +840,7 @@ static int put_file(struct apply *a, struct model_file *f)
 		sqlite3_bind_null(st, 18);
 	else
 		sqlite3_bind_text(st, 18, f->err.tensor, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 19, f->fp.ctime_ns);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		f->db_id = sqlite3_column_int64(st, 0);
@@ -1438,8 +1468,8 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 	rc = prepare(cat,
 		     "SELECT f.id, f.path, f.kind, f.dev, f.ino, f.size, f.mtime_ns, f.header_hash,"
 		     " f.header_len, f.valid, f.error_code, f.error_message, f.n_tensors,"
-		     " f.data_bytes, f.params, f.scanned_at, f.error_offset, f.error_tensor"
-		     " FROM component_files cf"
+		     " f.data_bytes, f.params, f.scanned_at, f.error_offset, f.error_tensor,"
+		     " f.ctime_ns FROM component_files cf"
 		     " JOIN files f ON f.id = cf.file_id WHERE cf.component_id = ?"
 		     " ORDER BY cf.ordinal",
 		     &st);
@@ -1473,6 +1503,7 @@ static int load_files(struct catalog *cat, struct catalog_component *c)
 		f->error_offset = sqlite3_column_type(st, 16) == SQLITE_NULL ? UINT64_MAX
 									     : col_u64(st, 16);
 		f->error_tensor = col_strdup(st, 17, &nomem);
+		f->fp.ctime_ns = sqlite3_column_int64(st, 18);
 	}
 	return rows_done(cat, st, rc, nomem, "load component files");
 }

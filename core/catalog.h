@@ -44,7 +44,7 @@
 #include "core/model.h"
 #include "core/st.h"
 
-#define CATALOG_SCHEMA_VERSION 4
+#define CATALOG_SCHEMA_VERSION 5
 #define CATALOG_FILE "catalog.db"
 
 /* User metadata conventions: a tag is the key "tag:NAME" with an empty value. */

@@ -3,6 +3,7 @@
  * See core/devcache.h for the model, the threads and the locks.
  */
 #include "core/devcache.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1173,18 +1174,24 @@ static void stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 		ret = -ENOMEM;
 		goto fail;
 	}
+	for (uint32_t i = 0; i < n; i++)
+		fds[i] = -1; /* the failure path closes every fds[i] >= 0 */
 	for (uint32_t i = 0; i < n; i++) {
-		fds[i] = -1;
 		/* Tensors of one file share its descriptor. */
 		for (uint32_t k = 0; k < i && fds[i] < 0; k++)
 			if (!strcmp(w->src[k].path, w->src[i].path))
 				fds[i] = dup(fds[k]);
-		if (fds[i] < 0)
-			fds[i] = open(w->src[i].path, O_RDONLY | O_CLOEXEC);
 		if (fds[i] < 0) {
-			ret = -errno;
-			snprintf(msg, sizeof(msg), "%.200s: %s", w->src[i].path, strerror(errno));
-			goto fail;
+			struct stat sb;
+
+			fds[i] = wd_open_regular(AT_FDCWD, w->src[i].path, 0, &sb);
+			if (fds[i] < 0) {
+				ret = fds[i];
+				snprintf(msg, sizeof(msg), "%.200s: %s", w->src[i].path,
+					 ret == -EINVAL ? wd_file_kind(sb.st_mode) : strerror(-ret));
+				fds[i] = -1;
+				goto fail;
+			}
 		}
 	}
 	gran = dc->ops->granularity(g->dev);

@@ -3,6 +3,7 @@
  * and their publication in the registry. See core/hostcache.h for the model and the threads.
  */
 #include "core/hostcache.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -895,7 +896,7 @@ static int check_headers(const struct catalog_component *cc, const char *name, c
 		if (cf->kind != MODEL_FILE_ST)
 			continue;
 		buf = malloc(len);
-		fd = open(cf->path, O_RDONLY | O_CLOEXEC);
+		fd = wd_open_regular(AT_FDCWD, cf->path, 0, NULL);
 		n = buf && fd >= 0 ? pread(fd, buf, len, 0) : -1;
 		if (fd >= 0)
 			close(fd);
@@ -1151,7 +1152,13 @@ fail:
 		req_fail(r, ret, msg[0] ? msg : NULL);
 		pthread_mutex_unlock(&hc->lock);
 	}
-	log_info(MOD, "\"load refused\" component=\"%s\" err=%d msg=\"%s\"", name, ret, msg);
+	{
+		char en[LOG_ESCAPE_MAX], em[LOG_ESCAPE_MAX];
+
+		log_info(MOD, "\"load refused\" component=\"%s\" err=%d msg=\"%s\"",
+			 log_escape(name, en, sizeof(en), LOG_ESC_QUOTES), ret,
+			 log_escape(msg, em, sizeof(em), LOG_ESC_QUOTES));
+	}
 	return ret;
 }
 

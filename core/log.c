@@ -55,8 +55,17 @@ void log_msg(enum log_level level, const char *mod, const char *fmt, ...)
 	if (n > 0 && (size_t)n < sizeof(line))
 		vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
-	/* One fputs per line so lines from different threads do not interleave. */
+	/*
+	 * A control character in a value would end the line or drive the reader's terminal:
+	 * callers escape names with log_escape(), and this pass catches what one missed
+	 * (a strerror() text never has any, so nothing legitimate is lost).
+	 */
 	size_t len = strnlen(line, sizeof(line) - 2);
+
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+			line[i] = '?';
+	/* One fputs per line so lines from different threads do not interleave. */
 
 	line[len] = '\n';
 	line[len + 1] = '\0';
@@ -86,4 +95,50 @@ bool log_limit_ok(struct log_limit *l, uint64_t *suppressed)
 	}
 	pthread_mutex_unlock(&l->lock);
 	return ok;
+}
+
+const char *log_escape(const char *in, char *out, size_t size, int flags)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (!size)
+		return out;
+	for (const unsigned char *p = (const unsigned char *)(in ? in : ""); *p; p++) {
+		char e[5];
+		size_t n;
+
+		if (*p == '\n' || *p == '\r' || *p == '\t') {
+			e[0] = '\\';
+			e[1] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+			n = 2;
+		} else if (*p < 0x20 || *p == 0x7f) {
+			e[0] = '\\';
+			e[1] = 'x';
+			e[2] = hex[*p >> 4];
+			e[3] = hex[*p & 15];
+			n = 4;
+		} else if ((flags & LOG_ESC_QUOTES) && (*p == '"' || *p == '\\')) {
+			e[0] = '\\';
+			e[1] = (char)*p;
+			n = 2;
+		} else {
+			e[0] = (char)*p;
+			n = 1;
+		}
+		if (o + n + 1 > size) {
+			/* Cut short: mark it, on a whole escape. */
+			while (o && o + 4 > size)
+				o--;
+			if (o + 4 <= size) {
+				memcpy(out + o, "...", 3);
+				o += 3;
+			}
+			break;
+		}
+		memcpy(out + o, e, n);
+		o += n;
+	}
+	out[o] = '\0';
+	return out;
 }

@@ -45,6 +45,23 @@ struct log_limit {
  */
 bool log_limit_ok(struct log_limit *l, uint64_t *suppressed);
 
+/*
+ * Copies @in to @out (@size bytes, always NUL-terminated when @size > 0) with every byte a
+ * log line or a terminal could act on made visible: control characters (newline, ESC, DEL)
+ * become \n, \r, \t or \xHH, and, with LOG_ESC_QUOTES in @flags, a double quote and a
+ * backslash get a backslash (inside a quoted logfmt value; a whole message keeps its own
+ * quotes). Names that come from disk or from a client (paths, model and tensor names) go
+ * through this before they are logged or printed, so a directory called
+ * "x\nlevel=error" cannot forge a log line and "\e[2J" cannot clear a terminal. Bytes >=
+ * 0x80 pass unchanged (UTF-8 names stay readable). A result cut short ends with "...".
+ * Returns @out, so it can sit in a printf argument list.
+ */
+#define LOG_ESC_QUOTES 1
+const char *log_escape(const char *in, char *out, size_t size, int flags);
+
+/* Room for a logged name: a log line is at most 2 KiB, so longer would be cut anyway. */
+#define LOG_ESCAPE_MAX 1024
+
 #define log_debug(mod, ...) log_msg(LOG_DEBUG, mod, __VA_ARGS__)
 #define log_info(mod, ...) log_msg(LOG_INFO, mod, __VA_ARGS__)
 #define log_warn(mod, ...) log_msg(LOG_WARN, mod, __VA_ARGS__)

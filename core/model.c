@@ -20,6 +20,7 @@
 #include "core/arch.h"
 #include "core/common.h"
 #include "core/model.h"
+#include "core/file.h"
 
 /* An index or model_index.json larger than this is refused rather than read into memory. */
 #define JSON_MAX_BYTES (64u << 20)
@@ -281,30 +282,19 @@ int model_file_load(struct model_file *f)
 	if (f->loaded && f->missing)
 		return f->rc;
 	f->loaded = true;
-	fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	fd = wd_open_regular(AT_FDCWD, f->path, 0, &sb);
+	if (fd == -EINVAL) {
+		f->rc = st_error_set(&f->err, -EINVAL, ST_ERR_IO, f->path, NULL, UINT64_MAX,
+				     NULL, "not a regular file (%s)", wd_file_kind(sb.st_mode));
+		return f->rc;
+	}
 	if (fd < 0) {
-		rc = -errno;
+		rc = fd;
 		f->rc = st_error_set(&f->err, rc, ST_ERR_IO, f->path, NULL, UINT64_MAX, NULL,
 				     "open: %s", strerror(-rc));
 		return f->rc;
 	}
-	if (fstat(fd, &sb) < 0) {
-		rc = -errno;
-		close(fd);
-		f->rc = st_error_set(&f->err, rc, ST_ERR_IO, f->path, NULL, UINT64_MAX, NULL,
-				     "fstat: %s", strerror(-rc));
-		return f->rc;
-	}
-	f->fp.dev = (uint64_t)sb.st_dev;
-	f->fp.ino = (uint64_t)sb.st_ino;
-	f->fp.size = (uint64_t)sb.st_size;
-	f->fp.mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
-	if (!S_ISREG(sb.st_mode)) {
-		close(fd);
-		f->rc = st_error_set(&f->err, -EINVAL, ST_ERR_IO, f->path, NULL, UINT64_MAX,
-				     NULL, "not a regular file");
-		return f->rc;
-	}
+	model_fp_of(&sb, &f->fp);
 	if (f->kind == MODEL_FILE_ST) {
 		rc = st_open_fd(fd, f->path, &f->st, &f->err);
 		if (rc == 0)
@@ -815,7 +805,7 @@ static int json_fail(const char *path, const json_error_t *je, const char *what,
 		return st_error_set(err, -ENOMEM, ST_ERR_NOMEM, path, NULL, UINT64_MAX, NULL,
 				    "out of memory");
 	return st_error_set(err, -EINVAL, code, path, NULL, (uint64_t)je->position, what,
-			    "%s", je->text);
+			    "%.*s", st_json_error_len(je->text), je->text);
 }
 
 void model_index_free(struct model_index *idx)

@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -50,18 +51,35 @@ enum model_file_kind {
 	MODEL_FILE_MODEL_INDEX = 2, /* diffusers model_index.json */
 };
 
-/* What tells a file changed without reading it: equal fingerprints mean "unchanged". */
+/*
+ * What tells a file changed without reading it: equal fingerprints mean "unchanged".
+ * The mtime alone is not enough: anyone who can write the file can set it back
+ * (`touch -d`) after rewriting the bytes in place. The ctime cannot be set by any user
+ * (every write and every utimensat() moves it to "now"), and the inode changes when the
+ * file is replaced, so both are part of it.
+ */
 struct model_fp {
 	uint64_t dev;
 	uint64_t ino;
 	uint64_t size;
 	int64_t mtime_ns;
+	int64_t ctime_ns;
 };
 
 static inline bool model_fp_equal(const struct model_fp *a, const struct model_fp *b)
 {
 	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	       a->mtime_ns == b->mtime_ns;
+	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
+}
+
+/* The fingerprint of a file from its stat(). */
+static inline void model_fp_of(const struct stat *sb, struct model_fp *fp)
+{
+	fp->dev = (uint64_t)sb->st_dev;
+	fp->ino = (uint64_t)sb->st_ino;
+	fp->size = (uint64_t)sb->st_size;
+	fp->mtime_ns = (int64_t)sb->st_mtim.tv_sec * 1000000000 + sb->st_mtim.tv_nsec;
+	fp->ctime_ns = (int64_t)sb->st_ctim.tv_sec * 1000000000 + sb->st_ctim.tv_nsec;
 }
 
 /* A parsed *.safetensors.index.json. */

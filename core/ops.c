@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/devcache.h"
+#include "core/file.h"
 #include "core/hostcache.h"
 #include "core/log.h"
 #include "core/scan.h"
@@ -686,10 +687,13 @@ static int validate_file(struct daemon *d, struct job *j, const char *path, bool
 	struct st_file f;
 	int fd, ret;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	struct stat sb;
+
+	fd = wd_open_regular(AT_FDCWD, path, 0, &sb);
 	if (fd < 0) {
-		ret = -errno;
-		finish(d, j, ret, 0, 0, "validate: %s: %s", path, strerror(-ret));
+		ret = fd;
+		finish(d, j, ret, 0, 0, "validate: %s: %s", path,
+		       ret == -EINVAL ? "not a regular file" : strerror(-ret));
 		return ret;
 	}
 	ret = st_open_fd(fd, path, &f, &err);

@@ -200,7 +200,13 @@ static void problem(struct scan *sc, const char *path, int err, const char *fmt,
 		return;
 	}
 	r->n_problems++;
-	log_info("scan", "\"problem\" path=\"%s\" error=\"%s\"", path, msg);
+	{
+		char ep[LOG_ESCAPE_MAX], em[LOG_ESCAPE_MAX];
+
+		log_info("scan", "\"problem\" path=\"%s\" error=\"%s\"",
+			 log_escape(path, ep, sizeof(ep), LOG_ESC_QUOTES),
+			 log_escape(msg, em, sizeof(em), LOG_ESC_QUOTES));
+	}
 }
 
 /* Reports why @name in directory @dfd could not be stat()ed or opened. */
@@ -242,14 +248,6 @@ static char *join(const char *dir, const char *name)
 	return p;
 }
 
-static void fp_of(const struct stat *sb, struct model_fp *fp)
-{
-	fp->dev = (uint64_t)sb->st_dev;
-	fp->ino = (uint64_t)sb->st_ino;
-	fp->size = (uint64_t)sb->st_size;
-	fp->mtime_ns = (int64_t)sb->st_mtim.tv_sec * 1000000000 + sb->st_mtim.tv_nsec;
-}
-
 static int add_dir(struct root_scan *rs, const char *path, uint32_t parent, uint32_t *out)
 {
 	struct dir *d;
@@ -284,7 +282,7 @@ static int add_entry(struct root_scan *rs, char *path, uint32_t dir, int kind,
 	e->base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
 	e->dir = dir;
 	e->kind = kind;
-	fp_of(sb, &e->fp);
+	model_fp_of(sb, &e->fp);
 	rs->dirs[dir].n++;
 	if (kind == MODEL_FILE_MODEL_INDEX)
 		rs->dirs[dir].model_index = (uint32_t)rs->n_entries;
@@ -445,7 +443,8 @@ static int walk_root(struct root_scan *rs)
 	uint32_t di;
 	int fd, rc;
 
-	fd = open(rs->root, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* O_NONBLOCK: a FIFO given as the root must not block the walk; it is refused below. */
+	fd = open(rs->root, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		problem(sc, rs->root, -errno, "cannot open the root: %s", strerror(errno));
 		return 1;

@@ -310,9 +310,8 @@ static json_t *parse_json(const struct parse *p, int *rc)
 
 	if (n == 0 || h[0] != '{') {
 		*rc = st_error_set(p->err, -EINVAL, ST_ERR_HEADER_START, p->path, NULL, 8, "header",
-				   n ? "the header starts with byte 0x%02x, not '{'" :
-				       "the header is empty (N = 0), not a JSON object",
-				   n ? (unsigned char)h[0] : 0);
+				   n ? "the header does not start with '{'" :
+				       "the header is empty (N = 0), not a JSON object");
 		return NULL;
 	}
 	/* The format allows right-padding with spaces; jansson need not see them. */
@@ -337,8 +336,8 @@ static json_t *parse_json(const struct parse *p, int *rc)
 			code = ST_ERR_JSON;
 			break;
 		}
-		*rc = st_error_set(p->err, -EINVAL, code, p->path, NULL, at, "header", "%s",
-				   je.text);
+		*rc = st_error_set(p->err, -EINVAL, code, p->path, NULL, at, "header", "%.*s",
+				   st_json_error_len(je.text), je.text);
 		return NULL;
 	}
 	/*
@@ -715,15 +714,15 @@ static int check_length(const char *path, const void *buf, size_t len, uint64_t 
 	if (n > ST_MAX_HEADER)
 		return st_error_set(err, -EINVAL, ST_ERR_HEADER_TOO_LARGE, path, NULL, 0,
 				    "length field",
-				    "the header length %llu exceeds the limit of %llu bytes",
-				    (unsigned long long)n, ST_MAX_HEADER);
+				    /* Never the value: it is the file's first 8 bytes, and the
+				     * file may be one the reader of this message cannot read. */
+				    "the header length field exceeds the limit of %llu bytes",
+				    ST_MAX_HEADER);
 	/* file_size >= 8 here, so the subtraction cannot wrap, where 8 + n could. */
 	if (n > file_size - 8)
 		return st_error_set(err, -EINVAL, ST_ERR_HEADER_BOUNDS, path, NULL, 8, "header",
-				    "a header of %llu bytes ends at byte %llu, past the end of "
-				    "the %llu-byte file",
-				    (unsigned long long)n, (unsigned long long)(8 + n),
-				    (unsigned long long)file_size);
+				    "the header length field points past the end of the "
+				    "%llu-byte file", (unsigned long long)file_size);
 	*n_out = n;
 	return 0;
 }

@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <stdio.h>
 #include <sys/types.h>
 
@@ -132,6 +133,18 @@ struct st_error {
 int st_error_set(struct st_error *err, int rc, int code, const char *path, const char *tensor,
 		 uint64_t offset, const char *where, const char *fmt, ...)
 	__attribute__((format(printf, 8, 9)));
+
+/*
+ * How much of jansson's error text @text to show: all of it but a trailing " near '...'",
+ * which quotes the file's own bytes (docs/security.md: no message quotes a file's bytes;
+ * the byte offset says where instead).
+ */
+static inline int st_json_error_len(const char *text)
+{
+	const char *near = strstr(text, " near '");
+
+	return (int)(near ? (size_t)(near - text) : strlen(text));
+}
 
 struct st_tensor {
 	char *name;	   /* NUL-terminated, valid UTF-8 (jansson checked it) */

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/file.h"
 #include "core/log.h"
 
 #define DIO_ALIGN 4096u
@@ -311,7 +312,8 @@ static void probe_direct(struct staging *st, struct sfile *f)
 	if (st->no_direct)
 		return;
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", f->orig);
-	fd = open(proc, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	/* @f->orig is a regular file (checked in staging_load()); the reopen cannot block. */
+	fd = wd_open_regular(AT_FDCWD, proc, O_DIRECT, NULL);
 	if (fd < 0)
 		return;
 	if (posix_memalign(&blk, DIO_ALIGN, DIO_ALIGN) || pread(fd, blk, DIO_ALIGN, 0) < 0) {
@@ -728,6 +730,14 @@ int staging_load(struct staging *st, const struct staging_transfer *t, size_t n,
 			rc = t[i].fd < 0 ? -EBADF : -errno;
 			snprintf(why, why_size, "staging: transfer %zu (%s): bad fd %d", i,
 				 t[i].name ? t[i].name : "?", t[i].fd);
+			goto out;
+		}
+		if (!S_ISREG(sb.st_mode)) {
+			/* A FIFO or a device would block the ring's reads, or never end. */
+			rc = -EINVAL;
+			snprintf(why, why_size, "staging: transfer %zu (%s): fd %d is %s, not a "
+				 "regular file", i, t[i].name ? t[i].name : "?", t[i].fd,
+				 wd_file_kind(sb.st_mode));
 			goto out;
 		}
 		c.file_of[i] = (uint32_t)add_file(st, &c, &t[i]);

@@ -606,8 +606,11 @@ int weightd_status(struct weightd *w, const char *model, const char *component,
  * rescans the daemon's --models roots) and publish new ones in the registry. @progress sees
  * files done of files found.
  * Returns the number of models found (>= 0; a directory that is missing or unreadable is
- * one of the scan's problems, logged by the daemon, and yields 0); -EINVAL when @dir is NULL
- * and the daemon has no roots; or a request error.
+ * one of the scan's problems, logged by the daemon, and yields 0; after a scan with
+ * problems weightd_last_error() holds "scan: N problem(s); first: ..."); -EINVAL when @dir
+ * is NULL and the daemon has no roots; -EPERM when @dir lies outside the daemon's model
+ * roots and the caller is neither root nor the daemon's own user (docs/security.md); or a
+ * request error.
  */
 int weightd_scan(struct weightd *w, const char *dir, weightd_progress_fn progress, void *arg);
 

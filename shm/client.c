@@ -1374,6 +1374,7 @@ int weightd_status(struct weightd *w, const char *model, const char *component,
 
 int weightd_scan(struct weightd *w, const char *dir, weightd_progress_fn progress, void *arg)
 {
+	struct reply rp;
 	struct request rq = { .sqe = { .opcode = WD_OP_SCAN, .model = WD_ID_NONE,
 				       .component = WD_ID_NONE },
 			      .progress = progress, .arg = arg };
@@ -1385,7 +1386,13 @@ int weightd_scan(struct weightd *w, const char *dir, weightd_progress_fn progres
 		return ret;
 	rq.payload = dir;
 	rq.payload_len = dir ? strlen(dir) : 0;
-	return simple(w, &rq, "scan", dir);
+	ret = submit_wait(w, &rq, &rp);
+	if (ret)
+		return ret;
+	last_error[0] = '\0';
+	if (rp.res >= 0 && rp.data_len) /* a scan that found problems names the first one */
+		copy_text(last_error, sizeof(last_error), rp.data, rp.data_len);
+	return result(&rp, "scan", dir);
 }
 
 int weightd_validate(struct weightd *w, const char *model, const char *component,

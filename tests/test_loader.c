@@ -404,7 +404,28 @@ static void test_buffered_fallback(void **state)
 
 /* ---- files that change during their load -------------------------------------------- */
 
-enum tamper { TAMPER_TRUNCATE, TAMPER_REWRITE, TAMPER_REPLACE };
+enum tamper { TAMPER_TRUNCATE, TAMPER_REWRITE, TAMPER_REPLACE, TAMPER_REWRITE_TOUCH };
+
+/*
+ * Rewrites bytes of @path in place and sets its mtime back to what it was, as
+ * `touch -d` would: size, inode and mtime are all unchanged afterwards; only the ctime
+ * (which no user can set) moved.
+ */
+static void rewrite_keep_mtime(const char *path, off_t off)
+{
+	struct stat sb;
+	struct timespec ts[2];
+	int fd;
+
+	assert_int_equal(stat(path, &sb), 0);
+	fd = open(path, O_WRONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "torn!", 5, off), 5);
+	ts[0] = sb.st_atim;
+	ts[1] = sb.st_mtim;
+	assert_int_equal(futimens(fd, ts), 0);
+	close(fd);
+}
 
 struct tamper_ctx {
 	const char *path;
@@ -433,6 +454,9 @@ static void tamper(void *arg, uint64_t done, uint64_t total)
 		assert_int_equal(pwrite(fd, "torn!", 5, 1500000), 5);
 		close(fd);
 		break;
+	case TAMPER_REWRITE_TOUCH:
+		rewrite_keep_mtime(c->path, 1500000);
+		break;
 	case TAMPER_REPLACE:
 		snprintf(tmp, sizeof(tmp), "%s.new", c->path);
 		assert_int_equal(write_victim(tmp, 99), 0);
@@ -457,6 +481,11 @@ static void test_file_changed_during_load(void **state)
 		{ "rewrite, direct", TAMPER_REWRITE, 0, "changed during the load" },
 		{ "rewrite, buffered", TAMPER_REWRITE, LOAD_F_NO_DIRECT, "changed during the load" },
 		{ "replace, buffered", TAMPER_REPLACE, LOAD_F_NO_DIRECT, "replaced or removed" },
+		/* Torn bytes: size, inode and mtime as before; the ctime tells. */
+		{ "rewrite + mtime restored, direct", TAMPER_REWRITE_TOUCH, 0,
+		  "changed during the load" },
+		{ "rewrite + mtime restored, buffered", TAMPER_REWRITE_TOUCH, LOAD_F_NO_DIRECT,
+		  "changed during the load" },
 	};
 
 	(void)state;
@@ -502,11 +531,16 @@ static void test_stale_fingerprint(void **state)
 	in_root(path, "stale.safetensors");
 	assert_int_equal(write_victim(path, 3), 0);
 	assert_int_equal(stat(path, &sb), 0);
-	fp = (struct model_fp){ sb.st_dev, sb.st_ino, (uint64_t)sb.st_size,
-				(int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec };
+	model_fp_of(&sb, &fp);
 	assert_int_equal(loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)), 0);
 	loader_plan_free(p);
 	fp.size++;
+	assert_int_equal(loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)), -ESTALE);
+	assert_non_null(strstr(msg, "changed since it was scanned"));
+	assert_null(p);
+	/* Rewritten in place after the scan with the mtime put back: still refused. */
+	fp.size--;
+	rewrite_keep_mtime(path, 100);
 	assert_int_equal(loader_plan(&spec, CHUNK, &p, msg, sizeof(msg)), -ESTALE);
 	assert_non_null(strstr(msg, "changed since it was scanned"));
 	assert_null(p);

@@ -797,6 +797,50 @@ static void make_sparse(const char *path, uint64_t n, const void *hdr, size_t hd
  * field alone (a sparse file, so the file really is big enough); exactly the limit is
  * read and accepted (a "{}" padded with spaces, the largest header there can be).
  */
+/*
+ * No rejection quotes a file's bytes (docs/security.md): a symlink to /etc/shadow in a
+ * scanned directory once leaked its first 8 bytes as "header length 3619251681095544690".
+ * One row per check that reads a file's bytes before it knows they are a safetensors file.
+ */
+static void test_no_bytes_quoted(void **state)
+{
+	static const struct {
+		const char *name;
+		const char *bytes; /* the file's content */
+		size_t len;
+		const char *secret; /* what must not appear, besides the bytes themselves */
+	} rows[] = {
+		{ "text as a length", "root:$y$j9T$secretsecret", 24, "3619251681095544690" },
+		{ "small length past the end", "\x20\x00\x00\x00\x00\x00\x00\x00{abc", 12,
+		  "32" },
+		{ "header not an object", "\x08\x00\x00\x00\x00\x00\x00\x00Zsecret!", 16,
+		  "0x5a" },
+		{ "invalid JSON near a token",
+		  "\x0e\x00\x00\x00\x00\x00\x00\x00{\"a\": secret9}", 22, "secret9" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		char path[512];
+		struct st_file f;
+		struct st_error err;
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/quoted-%zu.safetensors", tmp_dir(), i);
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, rows[i].bytes, rows[i].len), (ssize_t)rows[i].len);
+		close(fd);
+		assert_int_equal(st_open(path, &f, &err), -EINVAL);
+		if (strstr(err.message, rows[i].secret) || strstr(err.message, "secret") ||
+		    strstr(err.message, "root:")) {
+			fprintf(stderr, "%s: the message quotes the file: %s\n", rows[i].name,
+				err.message);
+			fail();
+		}
+	}
+}
+
 static void test_header_limit(void **state)
 {
 	char path[512];
@@ -809,7 +853,9 @@ static void test_header_limit(void **state)
 	make_sparse(path, ST_MAX_HEADER + 1, "{}", 2, 8 + ST_MAX_HEADER + 1);
 	assert_int_equal(st_open(path, &f, &err), -EINVAL);
 	assert_int_equal(err.code, ST_ERR_HEADER_TOO_LARGE);
-	assert_non_null(strstr(err.message, "100000001"));
+	/* The length field is the file's own bytes: the message never quotes it. */
+	assert_null(strstr(err.message, "100000001"));
+	assert_non_null(strstr(err.message, "exceeds the limit"));
 
 	make_sparse(path, ST_MAX_HEADER, "{}", 2, 8 + 1000);
 	assert_int_equal(st_open(path, &f, &err), -EINVAL);
@@ -992,6 +1038,7 @@ int main(void)
 		cmocka_unit_test(test_accessors),
 		cmocka_unit_test(test_message_escaping),
 		cmocka_unit_test(test_message_format),
+		cmocka_unit_test(test_no_bytes_quoted),
 		cmocka_unit_test(test_header_limit),
 		cmocka_unit_test(test_open_errors),
 	};

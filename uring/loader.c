@@ -22,6 +22,7 @@
 
 #include "core/convert.h"
 #include "core/fault.h"
+#include "core/file.h"
 #include "core/log.h"
 #include "core/recovery.h"
 #include "uring/loader.h"
@@ -166,14 +167,6 @@ static void setmsg(char *msg, size_t len, const char *fmt, ...)
 static uint64_t align_up(uint64_t x, uint64_t a)
 {
 	return (x + a - 1) & ~(a - 1);
-}
-
-static void fp_of(const struct stat *sb, struct model_fp *fp)
-{
-	fp->dev = sb->st_dev;
-	fp->ino = sb->st_ino;
-	fp->size = (uint64_t)sb->st_size;
-	fp->mtime_ns = (int64_t)sb->st_mtim.tv_sec * 1000000000 + sb->st_mtim.tv_nsec;
 }
 
 /* ---- planning ------------------------------------------------------------------------- */
@@ -545,24 +538,25 @@ static int open_file(const struct load_spec *spec, size_t i, struct load_file *f
 	f->path = strdup(fs->path);
 	if (!f->path)
 		return -ENOMEM;
-	f->fd = open(fs->path, O_RDONLY | O_CLOEXEC);
-	if (f->fd < 0 || fstat(f->fd, &sb) < 0) {
-		rc = -errno;
+	rc = wd_open_regular(AT_FDCWD, fs->path, 0, &sb);
+	if (rc == -EINVAL) {
+		setmsg(msg, msg_len, "component %s: %s is not a regular file (%s)", spec->name,
+		       fs->path, wd_file_kind(sb.st_mode));
+		return rc;
+	}
+	if (rc < 0) {
 		setmsg(msg, msg_len, "component %s: cannot open %s: %s", spec->name, fs->path,
 		       strerror(-rc));
 		return rc;
 	}
-	if (!S_ISREG(sb.st_mode)) {
-		setmsg(msg, msg_len, "component %s: %s is not a regular file", spec->name,
-		       fs->path);
-		return -EINVAL;
-	}
-	fp_of(&sb, &f->fp);
+	f->fd = rc;
+	model_fp_of(&sb, &f->fp);
 	if (fs->expect_fp && !model_fp_equal(fs->expect_fp, &f->fp)) {
 		setmsg(msg, msg_len, "component %s: file %s changed since it was scanned "
-		       "(size %lu -> %lu, mtime_ns %ld -> %ld, inode %lu -> %lu)", spec->name,
-		       fs->path, fs->expect_fp->size, f->fp.size, fs->expect_fp->mtime_ns,
-		       f->fp.mtime_ns, fs->expect_fp->ino, f->fp.ino);
+		       "(size %lu -> %lu, mtime_ns %ld -> %ld, ctime_ns %ld -> %ld, inode %lu -> "
+		       "%lu)", spec->name, fs->path, fs->expect_fp->size, f->fp.size,
+		       fs->expect_fp->mtime_ns, f->fp.mtime_ns, fs->expect_fp->ctime_ns,
+		       f->fp.ctime_ns, fs->expect_fp->ino, f->fp.ino);
 		return -ESTALE;
 	}
 	rc = st_open_fd(f->fd, fs->path, &f->st, &err);
@@ -1126,19 +1120,24 @@ static void final_checks(struct loader *l, struct load_handle *h)
 				  strerror(errno));
 			break;
 		}
-		fp_of(&sb, &now);
+		model_fp_of(&sb, &now);
 		if (stat(f->path, &sb) < 0)
 			memset(&path_now, 0, sizeof(path_now));
 		else
-			fp_of(&sb, &path_now);
-		if (!model_fp_equal(&now, &f->fp))
-			fail_load(h, -ESTALE, "component %s: file %s changed during the load "
-				  "(size %lu -> %lu, mtime_ns %ld -> %ld)", p->name, f->path,
-				  f->fp.size, now.size, f->fp.mtime_ns, now.mtime_ns);
-		else if (!model_fp_equal(&path_now, &f->fp))
+			model_fp_of(&sb, &path_now);
+		/*
+		 * Replaced first: a rename over the file also moves the old inode's ctime (its
+		 * link count drops), and "replaced" is the better message for it.
+		 */
+		if (path_now.dev != f->fp.dev || path_now.ino != f->fp.ino)
 			fail_load(h, -ESTALE, "component %s: file %s was replaced or removed "
 				  "during the load (inode %lu -> %lu)", p->name, f->path,
 				  f->fp.ino, path_now.ino);
+		else if (!model_fp_equal(&now, &f->fp) || !model_fp_equal(&path_now, &f->fp))
+			fail_load(h, -ESTALE, "component %s: file %s changed during the load "
+				  "(size %lu -> %lu, mtime_ns %ld -> %ld, ctime_ns %ld -> %ld)",
+				  p->name, f->path, f->fp.size, now.size, f->fp.mtime_ns,
+				  now.mtime_ns, f->fp.ctime_ns, now.ctime_ns);
 	}
 	if (h->failed || !(p->flags & LOAD_F_VERIFY))
 		return;
@@ -1251,8 +1250,11 @@ static void finish(struct loader *l, struct load_handle *h)
 	} else if (h->failed) {
 		rc = h->fail_rc;
 		st = LOAD_FAILED;
+		char en[LOG_ESCAPE_MAX], em[LOG_ESCAPE_MAX];
+
 		log_warn("loader", "\"load failed\" component=\"%s\" rc=%d msg=\"%s\"",
-			 h->plan->name, rc, h->msg);
+			 log_escape(h->plan->name, en, sizeof(en), LOG_ESC_QUOTES), rc,
+			 log_escape(h->msg, em, sizeof(em), LOG_ESC_QUOTES));
 	} else {
 		rc = 0;
 		st = LOAD_DONE;

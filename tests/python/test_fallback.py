@@ -277,3 +277,35 @@ def test_torch_framework_without_torch(corpus):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=60)
     assert r.returncode == 0 and "refused:" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_not_a_regular_file(tmp_path, kind):
+    """A FIFO (or a directory) where a model file was is refused at once with "not a regular
+    file": opening a FIFO for reading would otherwise block until a writer came
+    (docs/security.md). safe_open() goes through the same file path."""
+    import signal
+
+    path = tmp_path / "w.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+    def hung(signum, frame):
+        raise AssertionError("opening a %s blocked" % kind)
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(weightd.WeightdError) as ei:
+            STFile(path)
+        assert "not a regular file" in str(ei.value)
+        with pytest.raises(weightd.WeightdError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with weightd.safe_open(str(path), socket=NO_SOCKET):
+                    pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -47,7 +47,7 @@ from . import dtypes
 from .client import Client
 from .errors import (DaemonUnavailableError, GPUTierUnavailableError, LibraryUnavailableError,
                      NotFoundError, NotSupportedError, WeightdError, WeightdFallbackWarning)
-from .stfile import STFile
+from .stfile import STFile, open_regular
 
 __all__ = ["safe_open", "load_file", "load", "SafetensorError", "FRAMEWORKS"]
 
@@ -204,7 +204,7 @@ def _fingerprints(stf):
         return out
     for idx in sorted(n for n in names if n.endswith(".index.json")):
         try:
-            with open(os.path.join(d, idx)) as f:
+            with open_regular(os.path.join(d, idx)) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
@@ -214,7 +214,7 @@ def _fingerprints(stf):
         for s in shards:
             p = os.path.join(d, s)
             try:
-                with open(p, "rb") as f:
+                with open_regular(p) as f:
                     (n,) = struct.unpack("<Q", f.read(8))
                     if n > 100_000_000:
                         raise ValueError(p)

@@ -12,6 +12,7 @@ import errno
 import json
 import mmap
 import os
+import stat
 import struct
 
 import numpy as np
@@ -21,11 +22,34 @@ from .errors import MalformedFileError, WeightdError
 from .views import ViewCounter, make_view
 from .views import populate as populate_range
 
-__all__ = ["STFile", "MAX_HEADER", "MAX_RANK"]
+__all__ = ["STFile", "MAX_HEADER", "MAX_RANK", "open_regular"]
 
 MAX_HEADER = 100_000_000
 MAX_RANK = 16
 _U64_LIMIT = 1 << 64
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path):
+    """Opens @path for reading as a binary file object, the way core/file.h does: the open
+    never blocks (a FIFO put where a model file was would otherwise hang this process until
+    a writer comes), and anything but a regular file is refused with OSError(EINVAL)
+    naming what it is."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % kind, path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Entry:
@@ -81,7 +105,7 @@ class STFile:
         self._map = None
         self._cow_map = None
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 st = os.fstat(f.fileno())
                 self.size = st.st_size
                 head = f.read(8)
@@ -124,10 +148,11 @@ class STFile:
                        % self.size, offset=0)
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER:
-            self._fail("header_too_large", "N = %d is more than %d" % (n, MAX_HEADER), offset=0)
+            # N is the file's first 8 bytes: never quoted (docs/security.md).
+            self._fail("header_too_large", "N is more than %d" % MAX_HEADER, offset=0)
         if 8 + n > self.size:
-            self._fail("header_out_of_bounds", "8 + N = %d exceeds the file size %d"
-                       % (8 + n, self.size), offset=0)
+            self._fail("header_out_of_bounds", "8 + N exceeds the file size %d" % self.size,
+                       offset=0)
         return n
 
     def _fail(self, rule, what, tensor=None, offset=None):
@@ -271,7 +296,7 @@ class _FileMap:
 
     def __init__(self, path, size, cow=False):
         access = mmap.ACCESS_COPY if cow else mmap.ACCESS_READ
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             self.mm = mmap.mmap(f.fileno(), 0, access=access) if size else None
         if self.mm is not None:
             self._export = np.frombuffer(self.mm, dtype=np.uint8)
