@@ -1201,6 +1201,8 @@ static struct client *handshake(struct daemon *d, struct conn *cn, const void *b
 	c->pid = cn->cred.pid;
 	c->uid = cn->cred.uid;
 	c->gid = cn->cred.gid;
+	c->n_groups = cn->n_groups < CLIENT_MAX_GROUPS ? cn->n_groups : CLIENT_MAX_GROUPS;
+	memcpy(c->groups, cn->groups, (size_t)c->n_groups * sizeof(gid_t));
 	sanitize_name(c->name, h.client_name, sizeof(h.client_name));
 	pthread_mutex_init(&c->pend_lock, NULL);
 
@@ -1686,6 +1688,17 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		log_error(MOD, "\"cannot resolve the socket path\" err=%d", ret);
 		goto fail;
 	}
+	{
+		char why[512];
+
+		/* Never bind where another user could swap the socket (docs/security.md). */
+		ret = attach_check_dir(d->sock_path, geteuid(), (uid_t)-1, true, why, sizeof(why));
+		if (ret) {
+			log_error(MOD, "\"refusing the socket path\" path=%s err=%d why=\"%s\"",
+				  d->sock_path, ret, ret == -EPERM ? why : strerror(-ret));
+			goto fail;
+		}
+	}
 	for (size_t i = 0; i < cfg->n_roots && i < DAEMON_MAX_ROOTS; i++)
 		d->roots[d->n_roots++] = cfg->roots[i];
 	if (!d->n_roots) {
@@ -1782,7 +1795,7 @@ int daemon_create(const struct daemon_config *cfg, struct daemon **out)
 		goto fail;
 	log_info(MOD, "\"ready\" socket=%s state_dir=%s models=%zu roots=%zu spin_us=%u "
 		 "host_budget=%" PRIu64, d->sock_path, d->state_dir, d->n_models, d->n_roots,
-		 cfg->spin_us, cfg->host_budget);
+		 cfg->spin_us, d->cfg.host_budget);
 	*out = d;
 	return 0;
 fail:

@@ -4,6 +4,7 @@
  */
 #include "core/hostcache.h"
 #include "core/file.h"
+#include "core/memlimit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1648,17 +1649,13 @@ int hostcache_create(struct daemon *d)
 	struct hostcache *hc = calloc(1, sizeof(*hc));
 	struct gpu_driver drv = { 0 };
 	char why[160] = "";
-	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
 	int ret;
 
 	if (!hc)
 		return -ENOMEM;
 	pthread_mutex_init(&hc->lock, NULL);
 	d->hc = hc;
-	hc->budget = d->cfg.host_budget;
-	if (!hc->budget)
-		hc->budget = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 4 : 1ull << 30;
-	hc->budget = round_extent(hc->budget);
+	hc->budget = round_extent(hostcache_fit_budget(d->cfg.host_budget));
 	d->cfg.host_budget = hc->budget;
 	ret = arena_create(&(struct arena_options){ .budget = hc->budget }, &hc->arena);
 	if (ret) {
@@ -2092,6 +2089,25 @@ uint64_t hostcache_budget(struct daemon *d)
 	b = hc->budget;
 	pthread_mutex_unlock(&hc->lock);
 	return b;
+}
+
+uint64_t hostcache_fit_budget(uint64_t budget)
+{
+	struct wd_memlimit ml;
+	uint64_t cap;
+
+	wd_memlimit_read(&ml);
+	cap = wd_memlimit_budget_cap(&ml);
+	if (!budget) /* the default: a quarter of what this daemon may use */
+		return ml.limit != UINT64_MAX ? ml.limit / 4 : 1ull << 30;
+	if (budget <= cap)
+		return budget;
+	log_warn(MOD, "\"host budget clamped: more than this daemon may use\" asked=%" PRIu64
+		 " budget=%" PRIu64 " mem_total=%" PRIu64 " cgroup_limit=%" PRIu64
+		 " cgroup_file=\"%s\"", budget, cap, ml.mem_total,
+		 ml.cgroup_limit == UINT64_MAX ? 0 : ml.cgroup_limit,
+		 ml.cgroup_file[0] ? ml.cgroup_file : "none");
+	return cap;
 }
 
 int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len)

@@ -132,12 +132,18 @@ void hostcache_client_gone(struct daemon *d, struct client *c);
  * fit, nothing changes and it returns -EBUSY. @msg (@msg_len bytes) says why on failure.
  * hostcache_budget() is the budget in force.
  *
+ * hostcache_fit_budget() is the budget to use for a configured @budget (0: the default, a
+ * quarter of the memory this daemon may use): at most three quarters of min(MemTotal, the
+ * memory cgroup's limit) (core/memlimit.h). A larger one is clamped to that, with a
+ * warning that names the limit and where it came from; start and reload both use it.
+ *
  * hostcache_set_ttl() sets the keep-alive of every resident and future entry;
  * hostcache_set_quarantine() the failures in a row that quarantine a component (0: never).
  */
 uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes);
 uint64_t hostcache_budget(struct daemon *d);
 int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len);
+uint64_t hostcache_fit_budget(uint64_t budget);
 void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns);
 void hostcache_set_quarantine(struct daemon *d, uint32_t after);
 

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "core/cred.h"
 #include "core/devcache.h"
 #include "core/file.h"
 #include "core/hostcache.h"
@@ -591,15 +592,36 @@ static void post_progress(uint64_t done, uint64_t total, void *arg)
 	daemon_post(p->d, p->j->c, &cqe, NULL, NULL, 0);
 }
 
-static void run_scan(struct daemon *d, struct job *j, const char *const *roots, size_t n)
+/*
+ * Scans @roots for @j's client (NULL: the daemon itself, at start or reload). Symlinks are
+ * followed only into the model roots, and into @extra_root (a directory outside them that
+ * root or the daemon's user asked for); files a client could not read itself are not
+ * read on its behalf (docs/security.md).
+ */
+static void run_scan(struct daemon *d, struct job *j, const char *const *roots, size_t n,
+		     const char *extra_root)
 {
 	struct progress_ctx pc = { .d = d, .j = j };
-	struct scan_options opt = { .progress = post_progress, .progress_arg = &pc };
+	struct scan_options opt = { .progress = j->c ? post_progress : NULL, .progress_arg = &pc };
+	const char *allowed[DAEMON_MAX_ROOTS + 1];
+	struct wd_cred cred;
 	struct publish_report pr;
 	struct scan_result res;
+	size_t n_allowed = 0;
 	int ret, added;
 
-	ret = scan_roots(d->cat, roots, n, j->c ? &opt : NULL, &res);
+	for (size_t i = 0; i < d->n_roots; i++)
+		allowed[n_allowed++] = d->roots[i];
+	if (extra_root)
+		allowed[n_allowed++] = extra_root;
+	opt.allowed_roots = allowed;
+	opt.n_allowed_roots = n_allowed;
+	if (j->c && j->c->uid != 0 && j->c->uid != d->self_uid) {
+		cred = (struct wd_cred){ .uid = j->c->uid, .gid = j->c->gid,
+					 .groups = j->c->groups, .n_groups = j->c->n_groups };
+		opt.cred = &cred;
+	}
+	ret = scan_roots(d->cat, roots, n, &opt, &res);
 	if (ret) {
 		log_warn("daemon", "\"scan failed\" err=%d", ret);
 		if (j->c)
@@ -644,7 +666,24 @@ void ops_scan_roots(struct daemon *d)
 	struct job j = { .c = NULL };
 
 	if (d->n_roots)
-		run_scan(d, &j, d->roots, d->n_roots);
+		run_scan(d, &j, d->roots, d->n_roots, NULL);
+}
+
+/* @path (resolved) lies under one of the daemon's model roots. */
+static bool under_roots(const struct daemon *d, const char *path)
+{
+	for (size_t i = 0; i < d->n_roots; i++) {
+		char root[PATH_MAX];
+		size_t n;
+
+		if (!realpath(d->roots[i], root))
+			continue;
+		n = strlen(root);
+		if ((n == 1 && root[0] == '/') ||
+		    (!strncmp(path, root, n) && (path[n] == '/' || path[n] == '\0')))
+			return true;
+	}
+	return false;
 }
 
 static void job_scan(struct daemon *d, struct job *j)
@@ -652,13 +691,40 @@ static void job_scan(struct daemon *d, struct job *j)
 	const char *root = j->arg;
 
 	if (j->arg_len) {
+		char real[PATH_MAX];
+		bool trusted = j->c->uid == 0 || j->c->uid == d->self_uid;
+
 		if (strlen(j->arg) != j->arg_len) {
 			finish(d, j, -EINVAL, 0, 0, "scan: the path contains a NUL byte");
 			return;
 		}
-		run_scan(d, j, &root, 1);
+		/*
+		 * The daemon reads model files only under its model roots; elsewhere only for
+		 * root and for its own user, who could read those files anyway. The check is on
+		 * the resolved path, so "ROOT/../etc" and symlinks count as where they lead.
+		 */
+		if (!realpath(root, real)) {
+			if (trusted) {
+				run_scan(d, j, &root, 1, NULL); /* reports why as a problem */
+				return;
+			}
+			real[0] = '\0'; /* refused below, in the same words as any path outside */
+		}
+		if (!real[0] || !under_roots(d, real)) {
+			if (!trusted) {
+				log_info("daemon", "\"scan refused: outside the model roots\" uid=%u",
+					 (unsigned)j->c->uid);
+				finish(d, j, -EPERM, 0, 0, "scan: %.200s is not under the daemon's "
+				       "model roots (--models); only root or uid %u may scan elsewhere",
+				       root, (unsigned)d->self_uid);
+				return;
+			}
+			run_scan(d, j, &root, 1, real);
+			return;
+		}
+		run_scan(d, j, &root, 1, NULL);
 	} else if (d->n_roots) {
-		run_scan(d, j, d->roots, d->n_roots);
+		run_scan(d, j, d->roots, d->n_roots, NULL);
 	} else {
 		finish(d, j, -EINVAL, 0, 0, "scan: no path given and no --models roots");
 	}

@@ -47,6 +47,8 @@ struct pending {
 struct shard;
 struct conn;
 
+#define CLIENT_MAX_GROUPS 64
+
 struct client {
 	atomic_int refs;		/* control thread, shard snapshot, queued jobs */
 	uint32_t id;
@@ -54,6 +56,8 @@ struct client {
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
+	gid_t groups[CLIENT_MAX_GROUPS]; /* supplementary groups (SO_PEERGROUPS), for SCAN */
+	int n_groups;
 	char name[33];			/* from the hello, sanitized for logs */
 	struct shm_segment seg;		/* the ring segment (daemon's read-write mapping) */
 	struct ring sq, cq;		/* daemon views, built from trusted parameters only */

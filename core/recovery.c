@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/memlimit.h"
 #include "core/fault.h"
 #include "core/log.h"
 #include "core/recovery.h"
@@ -113,7 +114,20 @@ bool recovery_populate_needed(uint64_t bytes)
 			break;
 		}
 	fclose(f);
-	return found && kb < UINT64_MAX / 2048 && kb * 1024 < bytes * 2;
+	if (!found || kb >= UINT64_MAX / 2048)
+		return false;
+	{
+		/* In a memory cgroup, what it still allows may be far less than MemAvailable. */
+		struct wd_memlimit ml;
+		uint64_t avail = kb * 1024;
+
+		wd_memlimit_read(&ml);
+		if (ml.cgroup_limit != UINT64_MAX)
+			avail = ml.cgroup_usage < ml.cgroup_limit ?
+				(avail < ml.cgroup_limit - ml.cgroup_usage ? avail :
+				 ml.cgroup_limit - ml.cgroup_usage) : 0;
+		return avail < bytes * 2;
+	}
 }
 
 int recovery_populate(void *addr, size_t len)

@@ -207,11 +207,8 @@ int daemon_reload(struct daemon *d, const struct daemon_config *cfg)
 	cur->max_conns_per_uid = cfg->max_conns_per_uid;
 	cur->max_clients_per_uid = cfg->max_clients_per_uid;
 
-	if (!budget) {
-		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-
-		budget = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 4 : 1ull << 30;
-	}
+	/* Checked against the memory this daemon may use, as at start (clamped, logged). */
+	budget = hostcache_fit_budget(budget);
 	budget = (budget + ARENA_EXTENT_ALIGN - 1) / ARENA_EXTENT_ALIGN * ARENA_EXTENT_ALIGN;
 	if (budget != hostcache_budget(d)) {
 		uint64_t old = hostcache_budget(d);

@@ -23,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -34,7 +36,6 @@
 #include "core/scan.h"
 
 #define NONE UINT32_MAX
-#define MAX_DEPTH 128
 #define MAX_THREADS 8
 /* Seed of model signatures; change it when the grouping rules change, so that every model
  * is read again by the first scan of the new version. */
@@ -120,6 +121,7 @@ struct entry {
 	int kind; /* enum model_file_kind */
 	struct model_fp fp;
 	bool claimed;
+	bool denied; /* scan_options.cred could not read it */
 };
 
 struct dir {
@@ -129,6 +131,7 @@ struct dir {
 	uint32_t n;
 	uint32_t model_index; /* entry of its model_index.json, or NONE */
 	uint32_t owner;	      /* the diffusers directory that owns it, or NONE */
+	bool denied;	      /* scan_options.cred could not list it */
 };
 
 struct pending {
@@ -137,6 +140,7 @@ struct pending {
 	const struct catalog_model_row *row; /* the catalog's model at this path, or NULL */
 	bool rebuild;
 	bool drop; /* a single file that could not be read: not a model this time */
+	bool denied; /* it has a file the scan's cred could not read: left as it was */
 };
 
 struct root_scan {
@@ -156,11 +160,13 @@ struct root_scan {
 	bool *model_seen;	  /* per scope model row */
 	struct pending *models;
 	size_t n_models, cap_models;
-	/* The walk's current path of directories, for loop detection. */
-	struct {
-		dev_t dev;
-		ino_t ino;
-	} stack[MAX_DEPTH + 1];
+	uint64_t n_listed; /* directory entries seen by the walk, against the bound */
+	bool partial;	   /* the walk stopped at a bound: remove nothing under this root */
+};
+
+/* Directories already walked, by (device, inode), over the whole scan (every root). */
+struct devino {
+	uint64_t dev, ino;
 };
 
 struct scan {
@@ -169,6 +175,15 @@ struct scan {
 	struct scan_result *res;
 	size_t cap_problems;
 	int nomem;
+	struct devino *seen; /* open addressing; {0, 0} is empty (no inode 0 directory) */
+	size_t cap_seen, n_seen;
+	char **allowed; /* scan_options.allowed_roots, resolved */
+	size_t n_allowed;
+	const struct root_scan *all_roots; /* the scan's own roots, for directory symlinks */
+	size_t n_roots;
+	uint64_t max_entries;
+	unsigned max_depth;
+	dev_t devtmpfs; /* the device of a devtmpfs /dev, or 0 */
 };
 
 static void problem(struct scan *sc, const char *path, int err, const char *fmt, ...)
@@ -248,6 +263,114 @@ static char *join(const char *dir, const char *name)
 	return p;
 }
 
+/* Adds (@dev, @ino) to the walked set. 1: it was there already; 0: added; -ENOMEM. */
+static int seen_add(struct scan *sc, uint64_t dev, uint64_t ino)
+{
+	size_t i, mask;
+	uint64_t h;
+
+	if ((sc->n_seen + 1) * 2 > sc->cap_seen) {
+		size_t cap = sc->cap_seen ? sc->cap_seen * 2 : 1024;
+		struct devino *n = calloc(cap, sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		for (size_t j = 0; j < sc->cap_seen; j++) {
+			struct devino v = sc->seen[j];
+
+			if (!v.dev && !v.ino)
+				continue;
+			h = XXH3_64bits(&v, sizeof(v));
+			for (i = h & (cap - 1); n[i].dev || n[i].ino; i = (i + 1) & (cap - 1))
+				;
+			n[i] = v;
+		}
+		free(sc->seen);
+		sc->seen = n;
+		sc->cap_seen = cap;
+	}
+	mask = sc->cap_seen - 1;
+	{
+		struct devino v = { dev, ino };
+
+		h = XXH3_64bits(&v, sizeof(v));
+		for (i = h & mask; sc->seen[i].dev || sc->seen[i].ino; i = (i + 1) & mask)
+			if (sc->seen[i].dev == dev && sc->seen[i].ino == ino)
+				return 1;
+		sc->seen[i] = v;
+	}
+	sc->n_seen++;
+	return 0;
+}
+
+/*
+ * The name of the pseudo filesystem directory @fd lies on, or NULL for a real one. A walk
+ * never enters them: /proc alone lists every process's files and loops back to / through
+ * /proc/N/root, and reading files in /sys or debugfs has side effects.
+ */
+static const char *pseudo_fs(const struct scan *sc, int fd, const struct stat *sb)
+{
+	static const struct {
+		unsigned long magic;
+		const char *name;
+	} fs[] = {
+		{ PROC_SUPER_MAGIC, "proc" }, { SYSFS_MAGIC, "sysfs" },
+		{ CGROUP_SUPER_MAGIC, "cgroup" }, { CGROUP2_SUPER_MAGIC, "cgroup2" },
+		{ DEBUGFS_MAGIC, "debugfs" }, { TRACEFS_MAGIC, "tracefs" },
+		{ SECURITYFS_MAGIC, "securityfs" }, { SELINUX_MAGIC, "selinuxfs" },
+		{ BPF_FS_MAGIC, "bpf" }, { DEVPTS_SUPER_MAGIC, "devpts" },
+		{ PSTOREFS_MAGIC, "pstore" }, { EFIVARFS_MAGIC, "efivarfs" },
+		{ NSFS_MAGIC, "nsfs" }, { BINFMTFS_MAGIC, "binfmt_misc" },
+		{ AUTOFS_SUPER_MAGIC, "autofs" }, { 0x62656570, "configfs" },
+		{ 0x65735543, "fusectl" }, { 0x19800202, "mqueue" },
+	};
+	struct statfs f;
+
+	if (sc->devtmpfs && sb->st_dev == sc->devtmpfs)
+		return "devtmpfs"; /* tmpfs's magic: told apart by being /dev's device */
+	if (fstatfs(fd, &f) < 0)
+		return NULL;
+	for (size_t i = 0; i < ARRAY_SIZE(fs); i++)
+		if ((unsigned long)f.f_type == fs[i].magic)
+			return fs[i].name;
+	return NULL;
+}
+
+/* @path is @root or lies below it (both resolved, no trailing slash but "/"). */
+static bool path_under(const char *path, const char *root)
+{
+	size_t n = strlen(root);
+
+	if (n == 1 && root[0] == '/')
+		return true;
+	return !strncmp(path, root, n) && (path[n] == '/' || path[n] == '\0');
+}
+
+/*
+ * Whether the symlink at @path may be followed: its target, resolved, must lie under an
+ * allowed root (scan_options.allowed_roots), or for a directory without those, under one
+ * of the scan's own roots. A symlink is never a way out of the trees the operator chose.
+ */
+static bool link_allowed(const struct scan *sc, const char *path, bool dir)
+{
+	char real[PATH_MAX];
+
+	if (!sc->allowed && !dir)
+		return true;
+	if (!realpath(path, real))
+		return false;
+	if (sc->allowed) {
+		for (size_t i = 0; i < sc->n_allowed; i++)
+			if (path_under(real, sc->allowed[i]))
+				return true;
+		return false;
+	}
+	for (size_t i = 0; i < sc->n_roots; i++)
+		if (sc->all_roots[i].root[0] && path_under(real, sc->all_roots[i].root))
+			return true;
+	return false;
+}
+
 static int add_dir(struct root_scan *rs, const char *path, uint32_t parent, uint32_t *out)
 {
 	struct dir *d;
@@ -304,7 +427,7 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 	size_t n_subs = 0, cap_subs = 0;
 	struct dirent *de;
 	DIR *d;
-	int rc = 0;
+	int rc = 0, ret;
 
 	d = fdopendir(dfd);
 	if (!d) {
@@ -330,6 +453,14 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 		name = de->d_name;
 		if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])))
 			continue;
+		if (++rs->n_listed > sc->max_entries) {
+			problem(sc, rs->root, -E2BIG, "more than %llu directory entries under this "
+				"root: the walk stopped at %s, and nothing under the root is removed "
+				"from the catalog this time", (unsigned long long)sc->max_entries,
+				rs->dirs[di].path);
+			rs->partial = true;
+			break;
+		}
 		kind = model_name_kind(name);
 		if (de->d_type == DT_DIR) {
 			if (wd_grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
@@ -355,6 +486,20 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 			free(path);
 			continue;
 		}
+		if ((S_ISDIR(sb.st_mode) || (S_ISREG(sb.st_mode) && kind >= 0)) &&
+		    de->d_type != DT_DIR && de->d_type != DT_REG) {
+			struct stat lsb;
+
+			/* A symlink (or a name of unknown type): where does it lead? */
+			if (fstatat(dirfd(d), name, &lsb, AT_SYMLINK_NOFOLLOW) == 0 &&
+			    S_ISLNK(lsb.st_mode) && !link_allowed(sc, path, S_ISDIR(sb.st_mode))) {
+				problem(sc, path, -EPERM, "a symlink to a %s outside the model "
+					"roots: not followed", S_ISDIR(sb.st_mode) ? "directory" :
+					"file");
+				free(path);
+				continue;
+			}
+		}
 		if (S_ISDIR(sb.st_mode)) {
 			free(path);
 			if (wd_grow(&subs, &cap_subs, n_subs, sizeof(*subs)) ||
@@ -373,8 +518,9 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 		if (rc)
 			break;
 	}
-	for (size_t i = 0; !rc && i < n_subs; i++) {
+	for (size_t i = 0; !rc && !rs->partial && i < n_subs; i++) {
 		char *path = join(rs->dirs[di].path, subs[i]);
+		const char *pseudo;
 		struct stat sb;
 		uint32_t ci;
 		int fd;
@@ -395,26 +541,31 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 			free(path);
 			continue;
 		}
-		for (int k = 0; k <= depth; k++) {
-			if (rs->stack[k].dev == sb.st_dev && rs->stack[k].ino == sb.st_ino) {
-				uint32_t a = di;
-
-				for (int up = depth; up > k; up--)
-					a = rs->dirs[a].parent;
-				problem(sc, path, -ELOOP,
-					"symlink loop: this is the directory %s again",
-					rs->dirs[a].path);
-				close(fd);
-				fd = -1;
+		if ((pseudo = pseudo_fs(sc, fd, &sb))) {
+			problem(sc, path, -EXDEV, "on a %s pseudo filesystem: not walked", pseudo);
+			close(fd);
+			free(path);
+			continue;
+		}
+		/* Over the whole scan, not only the current path: a bind mount or a symlink to
+		 * a sibling would otherwise have the same tree walked again and again. */
+		ret = seen_add(sc, (uint64_t)sb.st_dev, (uint64_t)sb.st_ino);
+		if (ret) {
+			if (ret == 1)
+				problem(sc, path, -ELOOP, "a directory already walked (a symlink "
+					"loop, or a second path to it): not walked again");
+			close(fd);
+			free(path);
+			if (ret < 0) {
+				rc = ret;
 				break;
 			}
+			continue;
 		}
-		if (fd >= 0 && depth + 1 > MAX_DEPTH) {
-			problem(sc, path, -ELOOP, "more than %d directories deep", MAX_DEPTH);
+		if ((unsigned)depth + 1 > sc->max_depth) {
+			problem(sc, path, -ELOOP, "more than %u directories deep: not walked",
+				sc->max_depth);
 			close(fd);
-			fd = -1;
-		}
-		if (fd < 0) {
 			free(path);
 			continue;
 		}
@@ -424,8 +575,6 @@ static int walk(struct root_scan *rs, int dfd, uint32_t di, int depth)
 			close(fd);
 			break;
 		}
-		rs->stack[depth + 1].dev = sb.st_dev;
-		rs->stack[depth + 1].ino = sb.st_ino;
 		rc = walk(rs, fd, ci, depth + 1);
 	}
 	for (size_t i = 0; i < n_subs; i++)
@@ -455,13 +604,24 @@ static int walk_root(struct root_scan *rs)
 		return 1;
 	}
 	if (S_ISDIR(sb.st_mode)) {
+		const char *pseudo = pseudo_fs(sc, fd, &sb);
+
+		if (pseudo) {
+			problem(sc, rs->root, -EXDEV, "on a %s pseudo filesystem: not scanned",
+				pseudo);
+			close(fd);
+			return 1;
+		}
+		rc = seen_add(sc, (uint64_t)sb.st_dev, (uint64_t)sb.st_ino);
+		if (rc) {
+			close(fd);
+			return rc < 0 ? rc : 1; /* the same tree as an earlier root */
+		}
 		rc = add_dir(rs, rs->root, NONE, &di);
 		if (rc) {
 			close(fd);
 			return rc;
 		}
-		rs->stack[0].dev = sb.st_dev;
-		rs->stack[0].ino = sb.st_ino;
 		return walk(rs, fd, di, 0);
 	}
 	close(fd);
@@ -489,6 +649,71 @@ static int walk_root(struct root_scan *rs)
 		}
 		return add_entry(rs, path, di, MODEL_FILE_ST, &sb);
 	}
+}
+
+/* ---- on whose authority ---- */
+
+/*
+ * Marks what scan_options.cred could not read itself: directories it cannot list and
+ * model files it cannot open. One problem per top-most refusal (the names inside a
+ * directory it may not list are not its to learn).
+ */
+static int check_access(struct root_scan *rs)
+{
+	struct scan *sc = rs->sc;
+	size_t n = rs->n_dirs + rs->n_entries;
+	const char **paths = calloc(n + 1, sizeof(*paths));
+	bool *is_dir = calloc(n + 1, sizeof(*is_dir)), *ok = calloc(n + 1, sizeof(*ok));
+	int ret;
+
+	if (!paths || !is_dir || !ok) {
+		free(paths);
+		free(is_dir);
+		free(ok);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < rs->n_dirs; i++) {
+		paths[i] = rs->dirs[i].path;
+		is_dir[i] = true;
+	}
+	for (size_t i = 0; i < rs->n_entries; i++)
+		paths[rs->n_dirs + i] = rs->entries[i].path;
+	ret = wd_cred_may_read(sc->opt->cred, paths, is_dir, n, ok);
+	if (ret == -ENOMEM) {
+		free(paths);
+		free(is_dir);
+		free(ok);
+		return ret;
+	}
+	if (ret)
+		problem(sc, rs->root, ret, "cannot check the access of uid %u (%s): nothing "
+			"under this root is read on its behalf", (unsigned)sc->opt->cred->uid,
+			ret == -EPERM ? "the daemon lacks CAP_SETUID/CAP_SETGID" : strerror(-ret));
+	/* Parents precede children in dirs[]. */
+	for (size_t i = 0; i < rs->n_dirs; i++) {
+		struct dir *d = &rs->dirs[i];
+		bool up = d->parent != NONE && rs->dirs[d->parent].denied;
+
+		/* A single-file root does not list its directory: the file's own check (which
+		 * needs search permission on every parent) is the one that counts. */
+		d->denied = up || (!ok[i] && !rs->is_file);
+		if (d->denied && !up && !ret)
+			problem(sc, d->path, -EACCES, "permission denied for uid %u: not read on "
+				"its behalf", (unsigned)sc->opt->cred->uid);
+	}
+	for (size_t i = 0; i < rs->n_entries; i++) {
+		struct entry *e = &rs->entries[i];
+		bool up = rs->dirs[e->dir].denied;
+
+		e->denied = up || !ok[rs->n_dirs + i];
+		if (e->denied && !up && !ret)
+			problem(sc, e->path, -EACCES, "permission denied for uid %u: not read or "
+				"published on its behalf", (unsigned)sc->opt->cred->uid);
+	}
+	free(paths);
+	free(is_dir);
+	free(ok);
+	return 0;
 }
 
 /* ---- grouping ---- */
@@ -542,6 +767,7 @@ static int claim(struct pending *p, struct entry *e)
 	if (i < 0)
 		return i;
 	e->claimed = true;
+	p->denied |= e->denied;
 	mix_file(&p->sig, 'f', e->path, &e->fp);
 	return i;
 }
@@ -607,6 +833,12 @@ static int json_names(struct root_scan *rs, struct pending *p, int fi, struct na
 	int rc;
 
 	memset(out, 0, sizeof(*out));
+	if (p->denied) {
+		/* Not read on behalf of a client that could not read it (the model is kept
+		 * as the catalog has it, see plan_reads()). */
+		out->failed = true;
+		return 0;
+	}
 	if (ri != NONE) {
 		const struct catalog_fp_row *row = &rs->scope.files[ri];
 
@@ -964,6 +1196,12 @@ static int plan_reads(struct root_scan *rs, struct plan *pl)
 		p->rebuild = !p->row || p->row->sig != p->sig;
 		if (mi != NONE)
 			rs->model_seen[mi] = true;
+		if (p->denied) {
+			/* Neither added nor changed on behalf of who could not read it. */
+			p->rebuild = false;
+			p->drop = !p->row;
+			continue;
+		}
 		for (size_t f = 0; f < p->m.n_files; f++) {
 			struct model_file *mf = &p->m.files[f];
 
@@ -997,6 +1235,16 @@ static int plan_writes(struct root_scan *rs, struct plan *pl)
 	for (size_t i = 0; i < rs->n_models; i++) {
 		struct pending *p = &rs->models[i];
 
+		if (p->denied) {
+			/* The catalog keeps what it had of this model and its files. */
+			for (size_t f = 0; f < p->m.n_files; f++) {
+				uint32_t ri = map_get(&rs->file_rows, p->m.files[f].path);
+
+				if (ri != NONE)
+					rs->row_kept[ri] = true;
+			}
+			continue;
+		}
 		for (size_t f = 0; f < p->m.n_files; f++) {
 			struct model_file *mf = &p->m.files[f];
 
@@ -1054,14 +1302,15 @@ static int plan_writes(struct root_scan *rs, struct plan *pl)
 			.m = &p->m, .id = p->row ? p->row->id : 0, .sig = p->sig, .root = rs->root,
 		};
 	}
-	for (size_t i = 0; i < rs->scope.n_files; i++) {
+	/* A walk cut short by a bound did not see everything: remove nothing. */
+	for (size_t i = 0; i < rs->scope.n_files && !rs->partial; i++) {
 		if (rs->row_kept[i])
 			continue;
 		if (wd_grow(&pl->del_files, &pl->cap_del_files, pl->n_del_files, sizeof(int64_t)))
 			return -ENOMEM;
 		pl->del_files[pl->n_del_files++] = rs->scope.files[i].id;
 	}
-	for (size_t i = 0; i < rs->scope.n_models; i++) {
+	for (size_t i = 0; i < rs->scope.n_models && !rs->partial; i++) {
 		if (rs->model_seen[i])
 			continue;
 		if (wd_grow(&pl->del_models, &pl->cap_del_models, pl->n_del_models, sizeof(int64_t)))
@@ -1117,7 +1366,7 @@ static int report(struct scan *sc, struct root_scan *rs, size_t *cap)
 					p->row ? p->row->name : p->m.name, p->m.path, valid,
 					p->m.error);
 	}
-	for (size_t i = 0; !rc && i < rs->scope.n_models; i++)
+	for (size_t i = 0; !rc && !rs->partial && i < rs->scope.n_models; i++)
 		if (!rs->model_seen[i])
 			rc = add_change(sc, cap, SCAN_REMOVED, rs->scope.models[i].name,
 					rs->scope.models[i].path, true, NULL);
@@ -1181,6 +1430,8 @@ int scan_roots(struct catalog *cat, const char *const *roots, size_t n,
 {
 	struct scan sc = { .cat = cat, .opt = opt, .res = res };
 	struct root_scan *rss;
+	struct stat dev_sb, root_sb;
+	struct statfs dev_fs;
 	struct plan pl = { 0 };
 	uint64_t t0 = wd_now_ns(), reused;
 	size_t nr = 0, cap_changes = 0;
@@ -1194,7 +1445,29 @@ int scan_roots(struct catalog *cat, const char *const *roots, size_t n,
 		free(pl.roots);
 		return -ENOMEM;
 	}
+	sc.max_entries = opt && opt->max_entries ? opt->max_entries : SCAN_MAX_ENTRIES;
+	sc.max_depth = opt && opt->max_depth ? opt->max_depth : SCAN_MAX_DEPTH;
+	/* devtmpfs has tmpfs's magic: it is told apart as the device /dev lives on. */
+	if (stat("/dev", &dev_sb) == 0 && stat("/", &root_sb) == 0 &&
+	    dev_sb.st_dev != root_sb.st_dev && statfs("/dev", &dev_fs) == 0 &&
+	    (unsigned long)dev_fs.f_type == TMPFS_MAGIC)
+		sc.devtmpfs = dev_sb.st_dev;
+	if (opt && opt->allowed_roots) {
+		sc.allowed = calloc(opt->n_allowed_roots + 1, sizeof(*sc.allowed));
+		if (!sc.allowed)
+			rc = -ENOMEM;
+		for (size_t i = 0; !rc && i < opt->n_allowed_roots; i++) {
+			char buf[PATH_MAX];
+
+			/* A root that does not resolve allows nothing. */
+			if (realpath(opt->allowed_roots[i], buf) &&
+			    !(sc.allowed[sc.n_allowed++] = strdup(buf)))
+				rc = -ENOMEM;
+		}
+	}
 	prepare_roots(&sc, roots, n, rss, &nr);
+	sc.all_roots = rss;
+	sc.n_roots = nr;
 	for (size_t i = 0; !rc && i < nr; i++) {
 		struct root_scan *rs = &rss[i];
 		int w;
@@ -1207,6 +1480,8 @@ int scan_roots(struct catalog *cat, const char *const *roots, size_t n,
 			continue;
 		}
 		rc = w;
+		if (!rc && opt && opt->cred)
+			rc = check_access(rs);
 		if (!rc)
 			rc = load_scope(rs);
 		if (!rc)
@@ -1250,6 +1525,10 @@ int scan_roots(struct catalog *cat, const char *const *roots, size_t n,
 		root_free(&rss[i]);
 	free(rss);
 	plan_free(&pl);
+	for (size_t i = 0; i < sc.n_allowed; i++)
+		free(sc.allowed[i]);
+	free(sc.allowed);
+	free(sc.seen);
 	res->elapsed_ns = wd_now_ns() - t0;
 	log_info("scan", "\"scan done\" roots=%zu files=%llu parsed=%llu reused=%llu models=%llu "
 		 "problems=%zu wrote=%d ms=%.1f rc=%d", n, (unsigned long long)res->n_files,

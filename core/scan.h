@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "core/catalog.h"
+#include "core/cred.h"
 
 /* One path the scan could not use, and why. */
 struct scan_problem {
@@ -67,7 +68,29 @@ struct scan_options {
 	/* Called by a reader thread just before it opens @path; for tests. May be NULL. */
 	void (*before_read)(const char *path, void *arg);
 	void *hook_arg;
+	/*
+	 * On whose authority the scan reads (docs/security.md). NULL: the caller's own. Else
+	 * a file or directory that @cred could not read itself is not read: a model that
+	 * needs one is neither added nor changed (the catalog keeps what it had), and the
+	 * path is a problem ("permission denied for uid N").
+	 */
+	const struct wd_cred *cred;
+	/*
+	 * Where symlinks may lead: a symlink is followed only when its target resolves under
+	 * one of these directories (a file, or a directory to walk into). NULL: symlinked
+	 * files anywhere, symlinked directories only under the scan's own roots.
+	 */
+	const char *const *allowed_roots;
+	size_t n_allowed_roots;
+	/* Bounds of one root's walk: entries listed (files and directories) and depth.
+	 * 0: SCAN_MAX_ENTRIES and SCAN_MAX_DEPTH. Past one, the walk of that root stops with
+	 * a problem and nothing under that root is removed from the catalog. */
+	uint64_t max_entries;
+	unsigned max_depth;
 };
+
+#define SCAN_MAX_ENTRIES 10000000ull
+#define SCAN_MAX_DEPTH 64u
 
 struct scan_result {
 	uint64_t n_files;	/* safetensors files found */

@@ -98,6 +98,14 @@ struct weightd_attach_opts {
 	 * means never; values below 1000 count as 1000.
 	 */
 	uint32_t request_timeout_ms;
+	/*
+	 * A uid besides your own and root's that the daemon may run as (a dedicated
+	 * "weightd" user); 0 means none. weightd_attach() checks the socket's peer with
+	 * SO_PEERCRED and refuses (-EPERM) a daemon of any other uid; $WEIGHTD_DAEMON_UID
+	 * (comma-separated uids) adds more. It also refuses a socket whose directory belongs
+	 * to none of these uids (docs/security.md).
+	 */
+	uint32_t daemon_uid;
 };
 
 #define WEIGHTD_REQUEST_TIMEOUT_ENV "WEIGHTD_REQUEST_TIMEOUT_MS"

@@ -195,3 +195,93 @@ int attach_connect(const char *path)
 	}
 	return fd;
 }
+
+/* The directory part of @path ("." for a bare name), in @dir. */
+static int dir_of(const char *path, char *dir, size_t size)
+{
+	const char *slash = strrchr(path, '/');
+	size_t n;
+
+	if (!slash) {
+		snprintf(dir, size, ".");
+		return 0;
+	}
+	n = slash == path ? 1 : (size_t)(slash - path);
+	if (n >= size)
+		return -ENAMETOOLONG;
+	memcpy(dir, path, n);
+	dir[n] = '\0';
+	return 0;
+}
+
+static bool uid_listed(const char *list, uid_t uid);
+
+int attach_check_dir(const char *path, uid_t uid, uid_t extra, bool daemon, char *why,
+		     size_t why_size)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct stat st;
+	int ret = dir_of(path, dir, sizeof(dir));
+
+	if (ret)
+		return ret;
+	if (stat(dir, &st) < 0)
+		return -errno;
+	if (daemon && st.st_uid != uid) {
+		snprintf(why, why_size, "the socket's directory %s belongs to uid %u, not to this "
+			 "daemon's uid %u: another user could replace the socket there; use "
+			 "--socket in a directory of your own", dir, (unsigned)st.st_uid,
+			 (unsigned)uid);
+		return -EPERM;
+	}
+	if (daemon && (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		snprintf(why, why_size, "the socket's directory %s is writable by %s (mode %04o): "
+			 "another user could replace the socket there; chmod go-w it or use "
+			 "--socket elsewhere", dir, st.st_mode & S_IWOTH ? "others" : "its group",
+			 (unsigned)(st.st_mode & 07777));
+		return -EPERM;
+	}
+	if (!daemon && st.st_uid != uid && st.st_uid != 0 &&
+	    !(extra != (uid_t)-1 && st.st_uid == extra) &&
+	    !uid_listed(getenv("WEIGHTD_DAEMON_UID"), st.st_uid)) {
+		snprintf(why, why_size, "the socket's directory %s belongs to uid %u, neither you "
+			 "(uid %u) nor root: a daemon there may not be the one you mean (set "
+			 "WEIGHTD_SOCKET to your daemon's socket, or WEIGHTD_DAEMON_UID to a uid "
+			 "you trust)", dir, (unsigned)st.st_uid, (unsigned)uid);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* @uid is one of the comma-separated numbers in @list. */
+static bool uid_listed(const char *list, uid_t uid)
+{
+	while (list && *list) {
+		char *end;
+		unsigned long v = strtoul(list, &end, 10);
+
+		if (end != list && (*end == ',' || !*end) && v == uid)
+			return true;
+		list = strchr(list, ',');
+		if (list)
+			list++;
+	}
+	return false;
+}
+
+int attach_check_peer(int fd, uid_t self, uid_t extra, char *why, size_t why_size)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return -errno;
+	if (cr.uid == self || cr.uid == 0 || (extra != (uid_t)-1 && cr.uid == extra) ||
+	    uid_listed(getenv("WEIGHTD_DAEMON_UID"), cr.uid))
+		return 0;
+	snprintf(why, why_size, "the daemon behind the socket runs as uid %u (pid %d), neither "
+		 "you (uid %u) nor root: not attaching (name its uid in WEIGHTD_DAEMON_UID or "
+		 "the attach options' daemon_uid to trust it)", (unsigned)cr.uid, (int)cr.pid,
+		 (unsigned)self);
+	return -EPERM;
+}

@@ -10,6 +10,7 @@
 #ifndef WD_SHM_ATTACH_H
 #define WD_SHM_ATTACH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -63,5 +64,24 @@ int attach_resolve_path(const char *option, char *out, size_t size);
  * negative errno of socket/connect (-ENOENT: no socket there; -ECONNREFUSED: nobody listens).
  */
 int attach_connect(const char *path);
+
+/*
+ * Checks the directory that holds the socket at @path, so that nobody else can put a
+ * socket of their own there (docs/security.md). Daemon side (@daemon true): the directory
+ * must be owned by @uid and writable by neither group nor others. Client side: it must be
+ * owned by @uid, by root, or by a daemon uid the client trusts (@extra when not (uid_t)-1,
+ * or one listed in $WEIGHTD_DAEMON_UID). Returns 0; -EPERM with @why (@why_size bytes)
+ * saying which rule failed; or -errno when it cannot be examined (-ENOENT: no such
+ * directory).
+ */
+int attach_check_dir(const char *path, uid_t uid, uid_t extra, bool daemon, char *why,
+		     size_t why_size);
+
+/*
+ * Checks who serves the connected socket @fd (SO_PEERCRED): its uid must be @self, root,
+ * @extra (when not (uid_t)-1), or one of the comma-separated uids in $WEIGHTD_DAEMON_UID.
+ * Returns 0, or -EPERM with @why filled (-errno when SO_PEERCRED fails).
+ */
+int attach_check_peer(int fd, uid_t self, uid_t extra, char *why, size_t why_size);
 
 #endif

@@ -345,9 +345,29 @@ int weightd_attach(const char *socket_path, const struct weightd_attach_opts *op
 		fail(ret, "cannot determine the daemon's socket path: %s", strerror(-ret));
 		goto err;
 	}
-	ret = connect_to(w->path, &w->sock);
-	if (ret)
-		goto err;
+	{
+		char why[512];
+
+		/*
+		 * Whose socket is it? Refuse a directory another user owns (one could have
+		 * made /tmp/weightd-UID first) and a daemon of an unexpected uid behind it.
+		 */
+		ret = attach_check_dir(w->path, geteuid(), o.daemon_uid ? o.daemon_uid : (uid_t)-1,
+				       false, why, sizeof(why));
+		if (ret == -EPERM) {
+			fail(ret, "%s", why);
+			goto err;
+		}
+		ret = connect_to(w->path, &w->sock);
+		if (ret)
+			goto err;
+		ret = attach_check_peer(w->sock, geteuid(), o.daemon_uid ? o.daemon_uid : (uid_t)-1,
+					why, sizeof(why));
+		if (ret) {
+			fail(ret, "%s: %s", w->path, ret == -EPERM ? why : strerror(-ret));
+			goto err;
+		}
+	}
 	fill_hello(&hello, &o);
 	ret = attach_send(w->sock, &hello, sizeof(hello), NULL, 0);
 	if ((ret == -EPIPE || ret == -ECONNRESET) &&

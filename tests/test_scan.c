@@ -768,6 +768,241 @@ static void test_roots_table(void **state)
 	catalog_close(cat);
 }
 
+
+/* ---- hostile trees (issue 12; docs/security.md) ------------------------------------- */
+
+enum { NO_UID = 0 };
+
+struct hostile_row {
+	const char *label;
+	void (*build)(const char *root, const char *outside);
+	const char *scan;	   /* the root to scan, relative to the row's dir; NULL: "m" */
+	bool allowed;		   /* allowed_roots = { the row's "m" } (what the daemon passes) */
+	uid_t cred_uid;		   /* scan on behalf of this uid (NO_UID: the caller's own) */
+	uint64_t max_entries;
+	unsigned max_depth;
+	bool full_scan_first;	   /* scan once without limits and credentials before */
+	uint64_t models;	   /* models the (last) scan reports */
+	const char *problem;	   /* a problem message must hold this; NULL: no problem */
+};
+
+static void h_link_to_slash(const char *m, const char *out)
+{
+	(void)out;
+	write_st(m, "a.safetensors", "w", 2);
+	symlink_at("/", m, "up");
+}
+
+static void h_sibling_links(const char *m, const char *out)
+{
+	(void)out;
+	write_st(m, "d1/a.safetensors", "w", 2);
+	symlink_at("d1", m, "l1");
+	symlink_at("d1", m, "l2");
+}
+
+static void h_twenty(const char *m, const char *out)
+{
+	char rel[64];
+
+	(void)out;
+	for (int i = 0; i < 20; i++) {
+		fmt(rel, sizeof(rel), "f%02d.safetensors", i);
+		write_st(m, rel, "w", 2);
+	}
+}
+
+static void h_deep(const char *m, const char *out)
+{
+	(void)out;
+	write_st(m, "1/2/3/4/5/6/deep.safetensors", "w", 2);
+	write_st(m, "top.safetensors", "w", 2);
+}
+
+static void h_file_link_out(const char *m, const char *out)
+{
+	char target[4096];
+
+	write_st(m, "ok.safetensors", "w", 2);
+	write_st(out, "secret.safetensors", "s", 2);
+	fmt(target, sizeof(target), "%s/secret.safetensors", out);
+	symlink_at(target, m, "leak.safetensors");
+}
+
+static void h_component_link_out(const char *m, const char *out)
+{
+	char target[4096];
+
+	write_text(m, "pipe/model_index.json",
+		   "{\"_class_name\": \"StableDiffusionPipeline\", \"unet\": [\"diffusers\", "
+		   "\"UNet2DConditionModel\"], \"vae\": [\"diffusers\", \"AutoencoderKL\"]}");
+	write_st(m, "pipe/vae/diffusion_pytorch_model.safetensors", "v", 2);
+	write_st(out, "unet/diffusion_pytorch_model.safetensors", "u", 2);
+	fmt(target, sizeof(target), "%s/unet", out);
+	symlink_at(target, m, "pipe/unet");
+}
+
+static void h_shard_link_out(const char *m, const char *out)
+{
+	char target[4096];
+
+	write_text(m, "ll/model.safetensors.index.json",
+		   "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
+		   "\"b\": \"model-00002-of-00002.safetensors\"}}");
+	write_st(m, "ll/model-00001-of-00002.safetensors", "a", 2);
+	write_st(out, "shard2.safetensors", "b", 2);
+	fmt(target, sizeof(target), "%s/shard2.safetensors", out);
+	symlink_at(target, m, "ll/model-00002-of-00002.safetensors");
+}
+
+/* The Hugging Face hub cache: snapshot files are symlinks into the repo's blobs/. */
+static void h_hf_hub(const char *m, const char *out)
+{
+	(void)out;
+	write_st(m, "models--org--name/blobs/0123456789abcdef0123456789abcdef01234567", "w", 2);
+	write_text(m, "models--org--name/refs/main", "a1b2c3");
+	write_st(m, "models--org--name/snapshots/a1b2c3/placeholder", "x", 1);
+	rm(m, "models--org--name/snapshots/a1b2c3/placeholder");
+	symlink_at("../../blobs/0123456789abcdef0123456789abcdef01234567", m,
+		   "models--org--name/snapshots/a1b2c3/model.safetensors");
+}
+
+static void h_locked(const char *m, const char *out)
+{
+	char path[4096];
+
+	(void)out;
+	write_st(m, "ok.safetensors", "a", 2);
+	write_st(m, "locked/hidden.safetensors", "a", 2);
+	write_st(m, "secret.safetensors", "a", 2);
+	fmt(path, sizeof(path), "%s/locked", m);
+	assert_int_equal(chmod(path, 0700), 0);
+	fmt(path, sizeof(path), "%s/secret.safetensors", m);
+	assert_int_equal(chmod(path, 0600), 0);
+}
+
+/* Runs one row; 0 or 1 after printing why. In a child: a runaway walk is killed. */
+static int hostile_child(const struct hostile_row *h, const char *dir)
+{
+	char m[4096], out[4096], st[4096], scan_root[4096], probs[8192];
+	const char *allowed[1] = { m };
+	gid_t no_groups[1] = { 0 };
+	struct wd_cred cred = { .uid = h->cred_uid, .gid = h->cred_uid, .groups = no_groups,
+				.n_groups = 0 };
+	struct scan_options o = { .max_entries = h->max_entries, .max_depth = h->max_depth };
+	const char *roots[1] = { scan_root };
+	struct catalog *cat;
+	struct scan_result r;
+	bool bad;
+	int rc;
+
+	fmt(m, sizeof(m), "%s/m", dir);
+	fmt(out, sizeof(out), "%s/outside", dir);
+	fmt(st, sizeof(st), "%s/state", dir);
+	fmt(scan_root, sizeof(scan_root), "%s", h->scan ? h->scan : m);
+	assert_int_equal(mkdir_p(m, 0755), 0);
+	assert_int_equal(mkdir_p(out, 0755), 0);
+	if (h->build)
+		h->build(m, out);
+	if (catalog_open(st, &cat))
+		return printf("%s: cannot open the catalog\n", h->label), 1;
+	if (h->full_scan_first) {
+		rc = scan_roots(cat, roots, 1, NULL, &r);
+		scan_result_free(&r);
+		if (rc)
+			return printf("%s: the first scan failed: %d\n", h->label, rc), 1;
+	}
+	if (h->allowed) {
+		o.allowed_roots = allowed;
+		o.n_allowed_roots = 1;
+	}
+	if (h->cred_uid != NO_UID)
+		o.cred = &cred;
+	rc = scan_roots(cat, roots, 1, &o, &r);
+	problems_str(&r, probs, sizeof(probs));
+	bad = rc || r.n_models != h->models || r.n_removed ||
+	      (h->problem ? !strstr(probs, h->problem) : r.n_problems != 0) ||
+	      (double)r.elapsed_ns / 1e9 > 5;
+	if (bad)
+		printf("%s: rc %d models %llu (want %llu) removed %llu, %.3f s; want %s%s; "
+		       "problems:%s\n", h->label, rc, (unsigned long long)r.n_models,
+		       (unsigned long long)h->models, (unsigned long long)r.n_removed,
+		       (double)r.elapsed_ns / 1e9, h->problem ? "a problem with " : "no problem",
+		       h->problem ? h->problem : "", probs);
+	scan_result_free(&r);
+	catalog_close(cat);
+	return bad;
+}
+
+static void test_hostile_trees(void **state)
+{
+	static const struct hostile_row rows[] = {
+		{ "scan of /proc", NULL, "/proc", false, NO_UID, 0, 0, false, 0,
+		  "on a proc pseudo filesystem" },
+		{ "scan of /sys", NULL, "/sys", false, NO_UID, 0, 0, false, 0,
+		  "on a sysfs pseudo filesystem" },
+		{ "symlink to /", h_link_to_slash, NULL, false, NO_UID, 0, 0, false, 1,
+		  "a symlink to a directory outside the model roots" },
+		{ "two symlinks to one sibling", h_sibling_links, NULL, false, NO_UID, 0, 0, false,
+		  1, "a directory already walked" },
+		{ "entry bound, nothing removed", h_twenty, NULL, false, NO_UID, 5, 0, true, 5,
+		  "more than 5 directory entries" },
+		{ "depth bound", h_deep, NULL, false, NO_UID, 0, 3, false, 1,
+		  "more than 3 directories deep" },
+		{ "single file symlinked out", h_file_link_out, NULL, true, NO_UID, 0, 0, false, 1,
+		  "a symlink to a file outside the model roots" },
+		{ "diffusers component symlinked out", h_component_link_out, NULL, true, NO_UID, 0,
+		  0, false, 1, "a symlink to a directory outside the model roots" },
+		{ "weight_map shard symlinked out", h_shard_link_out, NULL, true, NO_UID, 0, 0,
+		  false, 1, "a symlink to a file outside the model roots" },
+		{ "Hugging Face hub cache layout", h_hf_hub, NULL, true, NO_UID, 0, 0, false, 1,
+		  NULL },
+		{ "files the client cannot read", h_locked, NULL, true, 54321, 0, 0, false, 1,
+		  "permission denied for uid 54321" },
+		{ "unreadable models already published are kept", h_locked, NULL, true, 54321, 0,
+		  0, true, 3, "permission denied for uid 54321" },
+	};
+	char dir[4096];
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+		const struct hostile_row *h = &rows[i];
+		int status;
+		pid_t pid;
+
+		if (h->cred_uid != NO_UID && geteuid() != 0) {
+			print_message("row \"%s\" skipped: needs root to check as another uid\n",
+				      h->label);
+			continue;
+		}
+		if (h->cred_uid != NO_UID) {
+			/* Under /tmp itself, so that every parent is searchable by that uid. */
+			fmt(dir, sizeof(dir), "/tmp/wd-scan-cred.XXXXXX");
+			assert_non_null(mkdtemp(dir));
+			assert_int_equal(chmod(dir, 0755), 0);
+		} else {
+			fmt(dir, sizeof(dir), "%s/hostile-%zu", tmp_root, i);
+			assert_int_equal(mkdir_p(dir, 0755), 0);
+		}
+		fflush(NULL);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			alarm(20); /* a runaway walk fails the row instead of the whole run */
+			int bad = hostile_child(h, dir);
+
+			fflush(NULL);
+			_exit(bad);
+		}
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		if (h->cred_uid != NO_UID)
+			assert_int_equal(td_rmtree(dir), 0);
+		if (!WIFEXITED(status) || WEXITSTATUS(status))
+			fail_msg("row \"%s\": %s", h->label, WIFEXITED(status) ? "failed (above)" :
+				 "killed (a walk that did not end within 20 s)");
+	}
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -789,6 +1024,7 @@ int main(void)
 		cmocka_unit_test(test_nested_roots_and_names),
 		cmocka_unit_test(test_progress_and_threads),
 		cmocka_unit_test(test_roots_table),
+		cmocka_unit_test(test_hostile_trees),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

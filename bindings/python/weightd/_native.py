@@ -44,6 +44,7 @@ class AttachOpts(ctypes.Structure):
         ("client_name", ctypes.c_char_p),
         ("attach_timeout_ms", c_u32),
         ("request_timeout_ms", c_u32),
+        ("daemon_uid", c_u32),
     ]
 
 
