@@ -529,6 +529,25 @@ static const char *form_of(const struct weightd_cache_entry *e, char *buf, size_
 	return buf;
 }
 
+/* Whether a host cache entry of model @id holds the bytes of files that changed since. */
+static bool has_stale_copy(struct weightd *w, uint32_t id)
+{
+	struct weightd_cache_entry ce[64];
+	uint32_t start = 0, n = 0;
+	int total;
+
+	do {
+		total = weightd_cache_list(w, start, ce, sizeof(ce) / sizeof(ce[0]), &n);
+		if (total < 0)
+			return false;
+		for (uint32_t i = 0; i < n; i++)
+			if (ce[i].model == id && (ce[i].flags & WEIGHTD_CACHE_STALE))
+				return true;
+		start += n;
+	} while (n && start < (uint32_t)total);
+	return false;
+}
+
 static const char *ago(uint64_t ns, char *buf, size_t size)
 {
 	double s = (double)ns / 1e9;
@@ -589,6 +608,7 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 		for (uint32_t i = 0; i < n; i++) {
 			const struct weightd_cache_entry *e = &ce[i];
 			const char *state = e->flags & WEIGHTD_CACHE_LOADING ? "loading" : "resident";
+			bool stale = e->flags & WEIGHTD_CACHE_STALE;
 
 			shown++;
 			form_of(e, form, sizeof(form));
@@ -602,14 +622,17 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 					(int)e->n_tensors, "shared",
 					(e->flags & WEIGHTD_CACHE_SHARED) != 0, "prefetched",
 					(e->flags & WEIGHTD_CACHE_PREFETCHED) != 0));
+				json_object_set_new(json_array_get(rows, json_array_size(rows) - 1),
+						    "stale", json_boolean(stale));
 				continue;
 			}
-			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s%s%s\n", ctl_esc(e->model_name),
+			printf("%-24s %-14s %-7s %-9s %-12s %12s %5u  %s%s%s%s\n", ctl_esc(e->model_name),
 			       e->component_name[0] ? ctl_esc(e->component_name) : "-", "host", state, form,
 			       ctl_human_bytes(e->bytes, size, sizeof(size)), e->pins,
 			       ago(e->idle_ns, when, sizeof(when)),
 			       e->flags & WEIGHTD_CACHE_SHARED ? " (shared)" : "",
-			       e->flags & WEIGHTD_CACHE_PREFETCHED ? " (prefetched)" : "");
+			       e->flags & WEIGHTD_CACHE_PREFETCHED ? " (prefetched)" : "",
+			       stale ? " (stale: its files changed; the next load reads them)" : "");
 		}
 		start += n;
 	} while (n && start < (uint32_t)total);
@@ -785,6 +808,8 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 	const char *model;
 	char label[300], abs[PATH_MAX], b1[32], b2[32];
 	double secs, gbps;
+	uint32_t id;
+	bool stale;
 	int ret;
 
 	(void)c;
@@ -810,6 +835,8 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 	}
 	lo.dtype = o.dtype;
 	lo.prefix = o.prefix;
+	/* Said after the load: it replaces a copy older than the files. */
+	stale = weightd_lookup(w, model, &id) == 0 && has_stale_copy(w, id);
 	snprintf(label, sizeof(label), "load %s", ctl_esc(argv[optind]));
 	ctl_progress_begin(&prog, label, true);
 	ret = weightd_load_ex(w, model, o.component, o.tier, o.pin ? WEIGHTD_LOAD_PIN : 0, &lo,
@@ -827,6 +854,7 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 	if (o.json) {
 		json_t *j = target_json("load", argv[optind], &o);
 
+		json_object_set_new(j, "stale", json_boolean(stale));
 		json_object_set_new(j, "bytes", json_integer((json_int_t)res.bytes));
 		json_object_set_new(j, "read_bytes", json_integer((json_int_t)res.read_bytes));
 		json_object_set_new(j, "seconds", json_real(secs));
@@ -839,6 +867,9 @@ int ctl_load(struct ctl *c, int argc, char **argv)
 		       o.component ? "/" : "", o.component ? ctl_esc(o.component) : "",
 		       ctl_human_bytes(res.bytes, b1, sizeof(b1)), secs, gbps,
 		       res.hit ? "hit (already resident)" : "miss");
+		if (stale)
+			printf("stale: the resident copy was older than its files (changed since "
+			       "it was loaded); this load used the files as they are now\n");
 		if (res.read_bytes)
 			printf("read %s from disk\n", ctl_human_bytes(res.read_bytes, b2,
 								      sizeof(b2)));

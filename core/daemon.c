@@ -729,8 +729,8 @@ int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report 
 	}
 	for (size_t i = 0; i < list.n; i++) {
 		struct catalog_model m;
+		uint32_t id, first = WD_ID_NONE;
 		uint64_t fp;
-		uint32_t id;
 
 		/* A large catalog takes a while (the worker publishes it after the start):
 		 * SIGTERM must not wait for all of it. */
@@ -753,6 +753,8 @@ int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report 
 				e->stale = stale;
 				registry_set_model_flags(d->reg, id, stale ? WD_REG_MODEL_F_STALE : 0);
 			}
+			if (e->n_comps == m.n_components)
+				first = e->first_comp;
 		} else if (!registry_has_room(d->reg, 1, m.n_components, m.n_tensors, 0)) {
 			/* Whole or not at all: a half-published model would serve "no such
 			 * tensor" for what did not fit. */
@@ -767,6 +769,9 @@ int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report 
 			added++;
 		}
 		pthread_mutex_unlock(&d->state_lock);
+		/* Outside state_lock: the host tier takes its own lock first (core/hostcache.h). */
+		for (size_t k = 0; first != WD_ID_NONE && k < m.n_components; k++)
+			hostcache_note_files(d, first + (uint32_t)k, &m.components[k]);
 		catalog_model_free(&m);
 	}
 	pthread_mutex_lock(&d->state_lock);

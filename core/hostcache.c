@@ -131,6 +131,10 @@ struct hostcache {
 	char gpu_why[160];
 	struct entry *entries;
 	uint64_t next_seq;
+	/* Per registry component: its files' fingerprints (files_fp()) as the catalog had
+	 * them at the last publication; 0 unknown. An entry loaded from other ones is stale. */
+	uint64_t *cur_qfp;
+	size_t n_cur_qfp;
 	/* Counters the policy does not keep. */
 	uint64_t loads, read_bytes, coalesced, dedup_bytes, failed, prefetch_started;
 	uint64_t read_direct;	/* of read_bytes, read with O_DIRECT */
@@ -600,6 +604,36 @@ static uint64_t files_fp(const struct catalog_component *cc)
 	for (size_t k = 0; k < cc->n_files; k++)
 		h = XXH3_64bits_withSeed(&cc->files[k].fp, sizeof(cc->files[k].fp), h);
 	return h;
+}
+
+/* Whether @e, bound to @comp, holds the bytes of files that changed since (under the lock). */
+static bool entry_stale(const struct hostcache *hc, const struct entry *e, uint32_t comp)
+{
+	return comp < hc->n_cur_qfp && hc->cur_qfp[comp] && e->qfp &&
+	       hc->cur_qfp[comp] != e->qfp;
+}
+
+void hostcache_note_files(struct daemon *d, uint32_t comp, const struct catalog_component *cc)
+{
+	struct hostcache *hc = d->hc;
+
+	if (!hc)
+		return; /* the publication at start comes before the host tier */
+	pthread_mutex_lock(&hc->lock);
+	if (comp >= hc->n_cur_qfp) {
+		size_t n = comp + 1 > 2 * hc->n_cur_qfp ? comp + 1 : 2 * hc->n_cur_qfp;
+		uint64_t *p = realloc(hc->cur_qfp, n * sizeof(*p));
+
+		if (!p) {
+			pthread_mutex_unlock(&hc->lock);
+			return; /* unknown: such entries are not called stale */
+		}
+		memset(p + hc->n_cur_qfp, 0, (n - hc->n_cur_qfp) * sizeof(*p));
+		hc->cur_qfp = p;
+		hc->n_cur_qfp = n;
+	}
+	hc->cur_qfp[comp] = files_fp(cc);
+	pthread_mutex_unlock(&hc->lock);
 }
 
 /* ---- requests -------------------------------------------------------------------------- */
@@ -1429,7 +1463,8 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	for (uint32_t cid = first; cid < first + n; cid++) {
 		struct entry *e = find_form(hc, cid, &f);
 
-		if (!e || !e->resident)
+		/* A stale copy is not an answer: the worker loads the files as they are now. */
+		if (!e || !e->resident || entry_stale(hc, e, cid))
 			break;
 		hit[hits++] = e;
 	}
@@ -1550,7 +1585,9 @@ uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n
 			.flags = (uint8_t)((e->resident ? 0 : WD_CACHE_F_LOADING) |
 					   (e->sel ? WD_CACHE_F_SUBSET : 0) |
 					   (e->prefetched ? WD_CACHE_F_PREFETCHED : 0) |
-					   (e->n_binds > 1 ? WD_CACHE_F_SHARED : 0)),
+					   (e->n_binds > 1 ? WD_CACHE_F_SHARED : 0) |
+					   (e->n_binds && entry_stale(hc, e, e->binds[0].comp) ?
+					    WD_CACHE_F_STALE : 0)),
 			.n_tensors = e->n_t,
 		};
 		n++;
@@ -1735,6 +1772,7 @@ void hostcache_destroy(struct daemon *d)
 	}
 	evict_destroy(hc->pol);
 	quarantine_destroy(hc->q);
+	free(hc->cur_qfp);
 	placement_close(hc->pl);
 	arena_destroy(hc->arena);
 	pthread_mutex_destroy(&hc->lock);

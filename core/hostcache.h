@@ -144,6 +144,15 @@ uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes);
 uint64_t hostcache_budget(struct daemon *d);
 int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len);
 uint64_t hostcache_fit_budget(uint64_t budget);
+
+/*
+ * Tells the host tier the current fingerprints of registry component @comp's files, as the
+ * catalog @cc has them (daemon_publish() after every scan). A resident entry loaded from
+ * other fingerprints is stale: a LOAD is then not answered from it (the worker loads the
+ * files as they are now), and the cache listing flags it WD_CACHE_F_STALE. Takes the cache
+ * lock: never call it with state_lock held.
+ */
+void hostcache_note_files(struct daemon *d, uint32_t comp, const struct catalog_component *cc);
 void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns);
 void hostcache_set_quarantine(struct daemon *d, uint32_t after);
 

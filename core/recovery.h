@@ -95,8 +95,9 @@ int recovery_alloc_retry(const struct recovery_alloc *ra, char *msg, size_t msg_
 
 /*
  * Whether a fresh extent of @bytes should be faulted in before it is written: when the
- * machine's available memory (MemAvailable) is less than twice @bytes, or a FAULT_POPULATE
- * fault is armed. Faulting in up front costs time the loader otherwise overlaps with its
+ * available memory is less than twice @bytes (MemAvailable, or what the daemon's memory
+ * cgroup still allows when that is less: core/memlimit.h), or a FAULT_POPULATE fault is
+ * armed. Faulting in up front costs time the loader otherwise overlaps with its
  * copies (measured: about 0.4 s per GiB more on the development VM), so it is paid only when
  * memory is tight enough for the difference between a clean -ENOMEM and the OOM killer or
  * SIGBUS to matter.

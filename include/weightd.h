@@ -525,6 +525,8 @@ int weightd_daemon_info(struct weightd *w, struct weightd_daemon_info *out);
 #define WEIGHTD_CACHE_LOADING 0x1u	/* being loaded; bytes are reserved */
 #define WEIGHTD_CACHE_SUBSET 0x2u	/* a selection of the component's tensors */
 #define WEIGHTD_CACHE_PREFETCHED 0x4u	/* prefetched (co-access) and not requested since */
+#define WEIGHTD_CACHE_STALE 0x10u	/* holds the bytes of files that changed since (a rescan saw
+					 * it); the next load of the component reads them again */
 #define WEIGHTD_CACHE_SHARED 0x8u	/* one copy shared by several components (dedup) */
 
 /* One entry of the host cache. */

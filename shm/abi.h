@@ -224,6 +224,7 @@ struct wd_cache_entry {
 #define WD_CACHE_F_SUBSET 0x2u		/* a selection of the component's tensors */
 #define WD_CACHE_F_PREFETCHED 0x4u	/* loaded as a prefetch and not requested since */
 #define WD_CACHE_F_SHARED 0x8u		/* bound to several components (deduplicated) */
+#define WD_CACHE_F_STALE 0x10u		/* its files changed since it was loaded (a rescan saw it) */
 #define WD_CACHE_PER_REPLY (WD_DATA_SLOT_SIZE / 32u)
 
 /*

@@ -75,7 +75,8 @@ static_assert(WEIGHTD_DTYPE_F16 == ST_F16 && WEIGHTD_DTYPE_BF16 == ST_BF16, "dty
 static_assert(WEIGHTD_CACHE_LOADING == WD_CACHE_F_LOADING &&
 		      WEIGHTD_CACHE_SUBSET == WD_CACHE_F_SUBSET &&
 		      WEIGHTD_CACHE_PREFETCHED == WD_CACHE_F_PREFETCHED &&
-		      WEIGHTD_CACHE_SHARED == WD_CACHE_F_SHARED, "cache entry flags");
+		      WEIGHTD_CACHE_SHARED == WD_CACHE_F_SHARED &&
+		      WEIGHTD_CACHE_STALE == WD_CACHE_F_STALE, "cache entry flags");
 static_assert(sizeof(((struct weightd_tensor_info *)0)->shape) ==
 		      WD_SHAPE_MAX * sizeof(uint64_t), "tensor rank");
 

@@ -13,6 +13,7 @@
 #              read, and a symlink to a secret outside the roots, are not published
 #   spoof      the socket in a directory another user controls, or a daemon of another uid
 #   budget     --host-budget above the RAM or the memory cgroup's limit is clamped
+#   stale      a resident model whose file changed: ps shows it, load replaces it
 set -u
 T=$(mktemp -d)
 chmod 700 "$T"
@@ -291,6 +292,32 @@ case_budget() {
 	echo "budget: beyond the RAM and beyond the cgroup limit, clamped with a warning at start and reload, in $how"
 }
 
-for c in ${WD_SECURITY_CASES:-fifo names torn walk priv spoof budget}; do
+# A resident model whose file changes (same layout, new bytes): after the daemon's rescan
+# marks it stale, `ps` says so, and `load` reads the new bytes instead of answering from
+# the old copy.
+case_stale() {
+	fresh_models st1
+	start_daemon
+	f="$T/m/st1.safetensors"
+	"$W" load st1 >/dev/null || fail "stale: first load"
+	"$W" cat st1 weight >"$T/old.bin" || fail "stale: cat"
+	# 64 KiB of tensor data from byte 112: overwrite the first 4 KiB of it.
+	head -c 4096 /dev/urandom | dd of="$f" bs=1 seek=112 conv=notrunc 2>/dev/null
+	out=$("$W" scan --daemon "$T/m" 2>&1) || fail "stale: rescan: $out"
+	out=$("$W" ps 2>&1)
+	echo "$out" | grep "st1" | grep -q "(stale" || fail "stale: ps does not show it: $out"
+	"$W" ps --json | grep -q '"stale": *true' || fail "stale: ps --json does not say stale"
+	out=$("$W" load st1 2>&1) || fail "stale: load: $out"
+	echo "$out" | grep -q "^stale: " || fail "stale: load does not say stale: $out"
+	echo "$out" | grep -q "miss" || fail "stale: load answered from the old copy: $out"
+	"$W" cat st1 weight >"$T/new.bin" || fail "stale: cat after the reload"
+	dd if="$f" bs=1 skip=112 count=65536 of="$T/file.bin" 2>/dev/null
+	cmp -s "$T/new.bin" "$T/file.bin" || fail "stale: the reloaded bytes are not the file's"
+	cmp -s "$T/new.bin" "$T/old.bin" && fail "stale: still the old bytes"
+	stop_daemon
+	echo "stale: ps shows a stale copy; load replaces it with the file's new bytes"
+}
+
+for c in ${WD_SECURITY_CASES:-fifo names torn walk priv spoof budget stale}; do
 	"case_$c"
 done
