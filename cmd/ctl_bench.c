@@ -679,7 +679,7 @@ static void print_text(json_t *r)
 
 	char cold_base[96], warm_base[96];
 
-	printf("model %s: %lld bytes\n", json_string_value(json_object_get(r, "model")),
+	printf("model %s: %lld bytes\n", ctl_esc(json_string_value(json_object_get(r, "model"))),
 	       (long long)json_integer_value(json_object_get(r, "bytes")));
 	snprintf(cold_base, sizeof(cold_base), "raw %s read, caches dropped by %s",
 		 json_is_true(json_object_get(s, "direct")) ? "O_DIRECT" : "buffered",
@@ -829,7 +829,7 @@ static int on_run(int64_t id, const char *model, uint64_t at_ns, const char *fig
 	}
 	localtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
-	printf("%-5lld %-19s %-24s %9s %9s %9s %9s %9s\n", (long long)id, when, model,
+	printf("%-5lld %-19s %-24s %9s %9s %9s %9s %9s\n", (long long)id, when, ctl_esc(model),
 	       gbps(fig(f, "host", "cold_bps"), b[0]), gbps(fig(f, "host", "warm_bps"), b[1]),
 	       gbps(fig(f, "storage", "cold_bps"), b[2]),
 	       gbps(fig(f, "storage", "warm_bps"), b[3]),
@@ -907,7 +907,7 @@ int ctl_history(struct ctl *c, int argc, char **argv)
 		free(txt);
 		json_decref(j);
 	} else if (!h.n) {
-		printf("(no bench runs recorded%s%s)\n", model ? " for " : "", model ? model : "");
+		printf("(no bench runs recorded%s%s)\n", model ? " for " : "", model ? ctl_esc(model) : "");
 	}
 	return CTL_OK;
 }
