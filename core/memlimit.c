@@ -42,8 +42,10 @@ static void tightest(struct wd_memlimit *out, const char *mount, const char *cg,
 		if (v < (1ull << 62) && v < out->cgroup_limit) {
 			out->cgroup_limit = v;
 			/* Cut at the buffer's end if it must: it only names the file in a log. */
-			strncpy(out->cgroup_file, path, sizeof(out->cgroup_file) - 1);
-			out->cgroup_file[sizeof(out->cgroup_file) - 1] = '\0';
+			size_t l = strnlen(path, sizeof(out->cgroup_file) - 1);
+
+			memcpy(out->cgroup_file, path, l);
+			out->cgroup_file[l] = '\0';
 		}
 		if (leaf) {
 			snprintf(path, sizeof(path), "%s%s/%s", mount, strcmp(p, "/") ? p : "",

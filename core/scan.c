@@ -1355,10 +1355,11 @@ static int report(struct scan *sc, struct root_scan *rs, size_t *cap)
 
 	for (size_t i = 0; !rc && i < rs->n_models; i++) {
 		struct pending *p = &rs->models[i];
-		bool valid = p->rebuild ? p->m.valid : p->row->valid;
+		bool valid;
 
 		if (p->drop)
-			continue;
+			continue; /* before p->row: a dropped model may have none */
+		valid = p->rebuild ? p->m.valid : p->row->valid;
 		sc->res->n_models++;
 		sc->res->n_invalid += !valid;
 		if (p->rebuild)
