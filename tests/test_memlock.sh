@@ -29,6 +29,9 @@ if [ "$(id -u)" = 0 ]; then
 	chmod 0755 "$T"
 	run_as="setpriv --reuid=$U --regid=$U --clear-groups --"
 	allow="--allow-user 0"
+	# Clients trust only their own uid and root unless told (docs/security.md).
+	WEIGHTD_DAEMON_UID=$(id -u "$U")
+	export WEIGHTD_DAEMON_UID
 fi
 
 # start LIMIT: the daemon under RLIMIT_MEMLOCK = LIMIT ("unlimited" for none).
@@ -70,6 +73,8 @@ stop
 # same daemon reports fixed buffers.
 if [ -n "$U" ]; then
 	run_as='' allow='' limit=8388608
+	# A daemon binds only in a directory of its own uid (docs/security.md).
+	chown 0 "$T"
 elif prlimit --memlock=unlimited true 2>/dev/null; then
 	limit=unlimited
 else
