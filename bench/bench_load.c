@@ -798,18 +798,31 @@ int main(int argc, char **argv)
 		snprintf(p, sizeof(p), "%s/load.dat", out);
 		f = fopen(p, "w");
 		if (f) {
-			for (size_t i = 0; i < ARRAY_SIZE(base); i++)
-				if (base[i].f.best > 0 && strncmp(base[i].label, "  ", 2))
-					fprintf(f, "\"%s\" %.3f\n", base[i].key, gbs(base[i].f.best));
-			for (size_t i = 0; i < ARRAY_SIZE(prod); i++)
-				fprintf(f, "\"%s\" %.3f\n", prod[i].key, gbs(prod[i].f.best));
+			/* Each kind of load beside its baseline: warm ones, then cold ones. */
+			const struct row chart[] = {
+				{ NULL, "warm: raw read (baseline)", base[0].f },
+				{ NULL, "warm: weightd_load", pr.warm },
+				{ NULL, "warm: fresh arena", pr.fresh_warm },
+				{ NULL, "warm: fresh, prefault", pr.pf_warm },
+				{ NULL, "warm: weightctl load", pr.ctl_warm },
+				{ NULL, "warm: Python load()", pr.py_warm },
+				{ NULL, "cold: O_DIRECT read (baseline)", dio },
+				{ NULL, "cold: weightd_load", pr.cold },
+				{ NULL, "cold: fresh arena", pr.fresh_cold },
+				{ NULL, "cold: fresh, prefault", pr.pf_cold },
+				{ NULL, "cold: weightctl load", pr.ctl_cold },
+			};
+
+			for (size_t i = 0; i < ARRAY_SIZE(chart); i++)
+				fprintf(f, "\"%s\" %.3f\n", chart[i].label, gbs(chart[i].f.best));
 			fclose(f);
 		}
 		if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
 			snprintf(cmd, sizeof(cmd),
-				 "gnuplot -e \"set terminal png size 1100,500; set output '%s/load.png';"
+				 "gnuplot -e \"set terminal png size 1200,600; set output '%s/load.png';"
 				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
-				 " set xtics rotate by -30; set title 'disk -> host cache through the "
+				 " set xtics rotate by -30; set yrange [0:*]; set termoption noenhanced;"
+				 " set bmargin 11; set title 'disk -> host cache through the "
 				 "daemon (%.2f GB, cold = %s)'; plot '%s/load.dat' using 2:xtic(1) "
 				 "notitle\" 2>/dev/null", out, (double)set.total_file / 1e9, cold_method,
 				 out);

@@ -63,6 +63,7 @@ for tier in ("cold", "warm"):
     assert r["host"][tier + "_s"] > 0 and r["host"][tier + "_bps"] > 0, r["host"]
     assert r["storage"][tier + "_bps"] > 0, r["storage"]
 assert r["host"]["bytes"] == r["bytes"], r["host"]
+assert r["host"]["runs"] == 2 and r["host"]["first_s"] >= r["host"]["cold_s"] > 0, r["host"]
 assert isinstance(r["storage"]["direct"], bool)
 assert r["memcpy_bps"] > 0
 for k in ("host_cold_vs_storage_cold", "host_warm_vs_storage_warm"):
