@@ -133,8 +133,8 @@ void hostcache_client_gone(struct daemon *d, struct client *c);
  * hostcache_budget() is the budget in force.
  *
  * hostcache_fit_budget() is the budget to use for a configured @budget (0: the default, a
- * quarter of the memory this daemon may use): at most three quarters of min(MemTotal, the
- * memory cgroup's limit) (core/memlimit.h). A larger one is clamped to that, with a
+ * quarter of the memory this daemon may use): at most min(MemTotal, the memory cgroup's
+ * limit) less a headroom (wd_memlimit_budget_cap() in core/memlimit.h). A larger one is clamped to that, with a
  * warning that names the limit and where it came from; start and reload both use it.
  *
  * hostcache_set_ttl() sets the keep-alive of every resident and future entry;

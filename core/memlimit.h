@@ -27,11 +27,20 @@ struct wd_memlimit {
  */
 void wd_memlimit_read(struct wd_memlimit *out);
 
-/* The host cache budget a daemon with limit @l may have: three quarters of it, leaving
- * the rest to the daemon itself and the page cache charged to its cgroup. */
+/*
+ * The largest host cache budget a daemon with limit @l may have: the limit less a headroom
+ * for the daemon itself (threads, catalog, buffers) of 1/32 of it, at least 256 MiB (half
+ * of a limit under 512 MiB). The cache is shared memory the kernel cannot reclaim without
+ * swap, so a budget at the limit itself ends in the OOM killer.
+ */
 static inline uint64_t wd_memlimit_budget_cap(const struct wd_memlimit *l)
 {
-	return l->limit == UINT64_MAX ? UINT64_MAX : l->limit / 4 * 3;
+	uint64_t head;
+
+	if (l->limit == UINT64_MAX)
+		return UINT64_MAX;
+	head = l->limit / 32 > (256ull << 20) ? l->limit / 32 : 256ull << 20;
+	return l->limit > 2 * head ? l->limit - head : l->limit / 2;
 }
 
 #endif

@@ -234,8 +234,8 @@ case_spoof() {
 }
 
 # --host-budget beyond what the daemon may use: more than the RAM, or more than its memory
-# cgroup allows. Both are clamped to 3/4 of the limit with a warning naming it, at start and
-# at reload (SIGHUP). The cgroup is a real one when this machine lets us make it (v2 or
+# cgroup allows. Both are clamped to the limit less a headroom (768M of 1G) with a warning,
+# at start and at reload (SIGHUP). The cgroup is a real one when this machine lets us make it (v2 or
 # v1); otherwise a copy of our cgroup paths under $WEIGHTD_CGROUP_FS, which the daemon
 # reads the same way.
 case_budget() {
