@@ -186,7 +186,7 @@ def child(reader, model, socket, hold, bf16):
         import weightd
         c = weightd.connect(socket)
         pin = c.load(os.path.basename(model), dtype="BF16" if bf16 else None)
-        arrs = pin.tensors()
+        arrs = pin.tensors(populate=True)
         for k in sorted(arrs):
             acc, n = _xor_np(arrs[k], acc)
             nbytes += n
@@ -278,13 +278,17 @@ class Bench:
                                  % os.path.join(self.tmp, "weightd.log"))
             time.sleep(0.05)
 
-    def stop(self):
+    def stop_daemon(self):
         if self.daemon and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
                 self.daemon.wait(10)
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
+                self.daemon.wait()
+
+    def stop(self):
+        self.stop_daemon()
         if not self.args.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -339,7 +343,10 @@ class Bench:
 
     def four(self, reader, bf16=False):
         if reader in WEIGHTD:
-            self.unload()
+            # A fresh daemon: its arena then holds no page of earlier runs, so its PSS
+            # counts this run's cache and nothing else (freed extents keep their pages).
+            self.stop_daemon()
+            self.start_daemon()
         self.drop_caches()
         d0 = proc_read_bytes(self.daemon.pid)
         c0 = proc_cpu(self.daemon.pid)

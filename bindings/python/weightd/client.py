@@ -37,7 +37,8 @@ from . import _native as N
 from . import dtypes
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, BusyError,
                      WeightdError, error_from_code)
-from .views import ViewSet, make_view, map_base, populate
+from .views import ViewSet, make_view, map_base
+from .views import populate as views_populate
 
 __all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
 
@@ -843,14 +844,15 @@ class Pin:
         """
         return self.tensor_with_dtype(name, component)[0]
 
-    def tensors(self, names=None, cow=False):
+    def tensors(self, names=None, cow=False, populate=False):
         """A dict name -> array (as tensor() gives them) of @names, or of every tensor of
         this pin that is resident on the host (on a whole-model pin, leaving out names that
         several components share: take those with tensor(name, component)). One call for
-        all is cheaper than tensor() per name, and for all of them the pages of the pin's
-        extent are mapped at once (madvise MADV_POPULATE_READ) instead of faulted in one
-        4 KiB page at a time when first read. @cow as tensor_with_dtype(). Errors as
-        tensor()."""
+        all is cheaper than tensor() per name. With @populate (for a caller that will read
+        every byte) the pages of the pin's extent are mapped now, in one madvise
+        (MADV_POPULATE_READ) per dtype, instead of faulted in one 4 KiB page at a time when
+        first read; without it the views cost no page until used. @cow as
+        tensor_with_dtype(). Errors as tensor()."""
         if self._released:
             raise ReleasedError(errno.EBADF, "pin on %s was released; take a new one"
                                 % self._target(), "tensor")
@@ -861,8 +863,9 @@ class Pin:
             # Every tensor of the table: the view tensor_with_dtype() makes, for all of them
             # at once (np.ndarray mapped over the columns: no per-tensor Python code).
             bases = {dt: self._base(tab, dt, cow) for dt in tab.dtypes}
-            for b in bases.values():
-                populate(b)
+            if populate:
+                for b in bases.values():
+                    views_populate(b)
             if len(bases) == 1:
                 per = itertools.repeat(next(iter(bases.values())), len(tab.keys))
             else:
@@ -874,12 +877,12 @@ class Pin:
             if self._released:
                 # release() ran meanwhile (see tensor_with_dtype()): it decides, locked.
                 del out
-                return self.tensors(names, cow)
+                return self.tensors(names, cow, populate)
             return out
         if names is None:
             names = list(tab.keys)
         tw = self.tensor_with_dtype
-        return {n: tw(n, cow=cow)[0] for n in names}
+        return {n: tw(n, cow=cow, populate_now=populate)[0] for n in names}
 
     def _current_table(self):
         c = self._client
@@ -916,7 +919,7 @@ class Pin:
         base = self._base(tab, dt, cow)
         arr = np.ndarray(shape, npdt, base, off)
         if populate_now and arr.nbytes:
-            populate(base, off, arr.nbytes)
+            views_populate(base, off, arr.nbytes)
         # release() marks the pin released before it counts the views: if it did so since the
         # check above, this view may have been missed, so it is dropped and the locked path
         # decides (ReleasedError when the release went through).
