@@ -201,7 +201,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_SAN := address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude
 # Only the parsers of untrusted files and what they call.
-FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,core/st.c core/st_dtype.c core/st_deep.c \
+FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,core/st.c core/st_dtype.c core/st_deep.c core/file.c \
 	core/model.c core/arch.c core/log.c core/time.c)
 
 $(FUZZ_BUILD)/%.o: %.c $(BUILD)/config-host.h
