@@ -76,12 +76,24 @@ as_root apt-get update -qq
 # shellcheck disable=SC2086
 as_root apt-get install -y -qq --no-install-recommends $missing
 
-# ... nor at the next boot: the units these packages enabled are disabled again.
-if command -v systemctl >/dev/null 2>&1; then
-	for p in $missing; do
-		for unit in $(dpkg-query -L "$p" 2>/dev/null |
-			grep -E '^/lib/systemd/system/[^/]+\.service$' | xargs -r -n1 basename); do
-			as_root systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
-		done
+# ... nor at the next boot: what these packages enabled is disabled again, systemd units
+# (deb-systemd-helper works without a running systemd, as in a container or chroot) and
+# SysV init scripts alike.
+for p in $missing; do
+	for f in $(dpkg-query -L "$p" 2>/dev/null); do
+		case $f in
+		/lib/systemd/system/*.service | /usr/lib/systemd/system/*.service)
+			unit=${f##*/}
+			if command -v deb-systemd-helper >/dev/null 2>&1; then
+				as_root deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+			fi
+			if command -v systemctl >/dev/null 2>&1; then
+				as_root systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
+			fi
+			;;
+		/etc/init.d/*)
+			as_root update-rc.d "${f##*/}" disable >/dev/null 2>&1 || true
+			;;
+		esac
 	done
-fi
+done
