@@ -250,42 +250,47 @@ static void bind_u64(sqlite3_stmt *st, int i, uint64_t v)
 	sqlite3_bind_int64(st, i, (sqlite3_int64)v);
 }
 
-static int migrate_v4(struct catalog *cat)
+/*
+ * has_column: 1 when @table has a column named @column, 0 when not, else a negative errno. A
+ * catalog written by a newer version and then marked older has a migration's column
+ * already, so each migration that adds one asks first.
+ */
+static int has_column(struct catalog *cat, const char *table, const char *column)
 {
-	char sql[sizeof(MIGRATE_V4_FMT) + 24];
 	sqlite3_stmt *st;
 	int rc, s;
 
-	/* A catalog written by this version and then marked older has the column already. */
-	rc = prepare(cat, "SELECT 1 FROM pragma_table_info('co_access') WHERE name = 'at_ns'",
-		     &st);
+	rc = prepare(cat, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2", &st);
 	if (rc)
 		return rc;
+	sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, column, -1, SQLITE_STATIC);
 	s = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (s == SQLITE_ROW)
-		return 0;
+		return 1;
 	if (s != SQLITE_DONE)
-		return sql_fail(cat, s, "read co_access columns");
+		return sql_fail(cat, s, "read table columns");
+	return 0;
+}
+
+static int migrate_v4(struct catalog *cat)
+{
+	char sql[sizeof(MIGRATE_V4_FMT) + 24];
+	int rc = has_column(cat, "co_access", "at_ns");
+
+	if (rc)
+		return rc < 0 ? rc : 0;
 	snprintf(sql, sizeof(sql), MIGRATE_V4_FMT, wd_wall_ns());
 	return exec(cat, sql);
 }
 
 static int migrate_v5(struct catalog *cat)
 {
-	sqlite3_stmt *st;
-	int rc, s;
+	int rc = has_column(cat, "files", "ctime_ns");
 
-	/* As in migrate_v4(): the column may be there already. */
-	rc = prepare(cat, "SELECT 1 FROM pragma_table_info('files') WHERE name = 'ctime_ns'", &st);
 	if (rc)
-		return rc;
-	s = sqlite3_step(st);
-	sqlite3_finalize(st);
-	if (s == SQLITE_ROW)
-		return 0;
-	if (s != SQLITE_DONE)
-		return sql_fail(cat, s, "read files columns");
+		return rc < 0 ? rc : 0;
 	return exec(cat, migrate_v5_sql);
 }
 
