@@ -41,7 +41,7 @@ ALL_CFLAGS := -std=gnu11 $(CFLAGS) $(WARN) -pthread -fPIC -D_GNU_SOURCE \
 	-I$(BUILD) -I. -Iinclude $(CUDA_CFLAGS) $(SANFLAGS)
 ALL_LDFLAGS := $(LDFLAGS) -pthread $(SANFLAGS)
 
-LAYER_SRCS := $(wildcard core/*.c shm/*.c uring/*.c gpu/*.c)
+LAYER_SRCS := $(wildcard core/*/*.c shm/*.c uring/*.c gpu/*.c)
 LAYER_OBJS := $(LAYER_SRCS:%.c=$(BUILD)/%.o)
 CTL_SRCS := $(wildcard cmd/ctl_*.c)
 CTL_OBJS := $(CTL_SRCS:%.c=$(BUILD)/%.o)
@@ -55,12 +55,12 @@ BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
 CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c \
 	shm/stats.c) \
-	core/log.c core/time.c core/units.c core/st_dtype.c
+	core/base/log.c core/base/time.c core/base/units.c core/format/st_dtype.c
 # The GPU tier's import side (weightd_device_map): the device layer and the conversion
-# routines the emulated device runs (core/convert.c). The client library links no internal
+# routines the emulated device runs (core/format/convert.c). The client library links no internal
 # archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
 CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c) \
-	core/convert.c
+	core/format/convert.c
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
 .PHONY: all deps run test check test-unit pyenv test-san test-tsan test-gpu fuzz fuzz-ci bench-scan \
@@ -118,8 +118,8 @@ $(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) $(CLIENT_GPU_SRCS:%.c=$(
 
 WD_SOVERSION := 1
 WD_VERSION := 0.1.0
-# The /metrics build_info label (core/metrics.c).
-$(BUILD)/core/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
+# The /metrics build_info label (core/daemon/metrics.c).
+$(BUILD)/core/daemon/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 # The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that
 # libweightd.so needs libc alone (ldd, readelf -d).
 $(BUILD)/shm/registry.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
@@ -201,8 +201,8 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_SAN := address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude
 # Only the parsers of untrusted files and what they call.
-FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,core/st.c core/st_dtype.c core/st_deep.c core/file.c \
-	core/model.c core/arch.c core/log.c core/time.c)
+FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,core/format/st.c core/format/st_dtype.c core/format/st_deep.c core/base/file.c \
+	core/format/model.c core/format/arch.c core/base/log.c core/base/time.c)
 
 $(FUZZ_BUILD)/%.o: %.c $(BUILD)/config-host.h
 	@mkdir -p $(@D)

@@ -31,10 +31,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/common.h"
-#include "core/gen.h"
-#include "core/placement.h"
-#include "core/st.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
+#include "core/policy/placement.h"
+#include "core/format/st.h"
 #include "gpu/device.h"
 #include "gpu/staging.h"
 #include "gpu/topo.h"

@@ -26,10 +26,10 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
-#include "core/log.h"
-#include "core/st.h"
-#include "core/st_write.h"
+#include "core/base/common.h"
+#include "core/base/log.h"
+#include "core/format/st.h"
+#include "core/format/st_write.h"
 
 struct sample {
 	uint64_t attach_ns, resolve_ns, total_ns, baseline_ns;

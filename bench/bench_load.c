@@ -45,9 +45,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/common.h"
-#include "core/gen.h"
-#include "core/log.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
+#include "core/base/log.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
 #include "uring/rawread.h"

@@ -42,7 +42,7 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/barrier.h"
 #include "shm/ring.h"
 #include "shm/segment.h"

@@ -37,10 +37,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/catalog.h"
-#include "core/common.h"
-#include "core/gen.h"
-#include "core/scan.h"
+#include "core/catalog/catalog.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
+#include "core/catalog/scan.h"
 
 #define TARGET_COLD_S_PER_10K 2.0
 #define TARGET_RESCAN_S_PER_10K 0.100

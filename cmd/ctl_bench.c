@@ -39,8 +39,8 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
-#include "core/catalog.h"
-#include "core/common.h"
+#include "core/catalog/catalog.h"
+#include "core/base/common.h"
 #include "gpu/device.h"
 #include "uring/rawread.h"
 

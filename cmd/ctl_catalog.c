@@ -9,9 +9,9 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
-#include "core/catalog.h"
-#include "core/model.h"
-#include "core/scan.h"
+#include "core/catalog/catalog.h"
+#include "core/format/model.h"
+#include "core/catalog/scan.h"
 
 /* Prints @j as one compact line on stdout and releases it. */
 static void print_json(json_t *j)

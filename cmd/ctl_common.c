@@ -12,10 +12,10 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
-#include "core/catalog.h"
-#include "core/log.h"
-#include "core/common.h"
-#include "core/statedir.h"
+#include "core/catalog/catalog.h"
+#include "core/base/log.h"
+#include "core/base/common.h"
+#include "core/base/statedir.h"
 #include "shm/attach.h"
 
 const char *ctl_state_dir(struct ctl *c)

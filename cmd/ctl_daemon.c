@@ -664,7 +664,7 @@ int ctl_ps(struct ctl *c, int argc, char **argv)
 				weightd_tier_name(t, tier, sizeof(tier));
 				state = weightd_state_name(ci.tiers[t].state);
 				/* The daemon marks a quarantined component failed with
-				 * -ENOTRECOVERABLE (core/recovery.h). */
+				 * -ENOTRECOVERABLE (core/policy/recovery.h). */
 				if (ci.tiers[t].state == WEIGHTD_FAILED &&
 				    ci.tiers[t].error == -ENOTRECOVERABLE)
 					state = "quarantined";

@@ -1,4 +1,4 @@
-/* weightctl gen: writes synthetic models (core/gen.h) for tests, demos and benchmarks. */
+/* weightctl gen: writes synthetic models (core/format/gen.h) for tests, demos and benchmarks. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cmd/ctl.h"
-#include "core/gen.h"
+#include "core/format/gen.h"
 
 #define MODELS_LISTED 10
 

@@ -30,8 +30,8 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
-#include "core/log.h"
-#include "core/common.h"
+#include "core/base/log.h"
+#include "core/base/common.h"
 #include "shm/attach.h"
 
 #define MAX_INTERVAL_S 3600.0

@@ -10,8 +10,8 @@
 #include <unistd.h>
 
 #include "cmd/ctl.h"
-#include "core/file.h"
-#include "core/st.h"
+#include "core/base/file.h"
+#include "core/format/st.h"
 
 struct vopts {
 	bool json;

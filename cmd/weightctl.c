@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "cmd/ctl.h"
-#include "core/log.h"
+#include "core/base/log.h"
 
 static const struct ctl_verb verbs[] = {
 	{ "scan", ctl_scan, "scan model roots into the catalog" },

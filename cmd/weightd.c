@@ -1,4 +1,4 @@
-/* weightd: the daemon's main(). Thin: parses options, then core/daemon.h does the work. */
+/* weightd: the daemon's main(). Thin: parses options, then core/daemon/daemon.h does the work. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -6,12 +6,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/config.h"
-#include "core/daemon.h"
-#include "core/devcache.h"
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/recovery.h"
+#include "core/daemon/config.h"
+#include "core/daemon/daemon.h"
+#include "core/tier/devcache.h"
+#include "core/base/log.h"
+#include "core/daemon/metrics.h"
+#include "core/policy/recovery.h"
 #include "gpu/cuda.h"
 #include "shm/abi.h"
 

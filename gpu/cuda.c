@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/log.h"
+#include "core/base/log.h"
 
 /*
  * CUresult -> errno for the results a loader can meet. The names are kept here too so

@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 
 #ifdef CONFIG_HAVE_CUDA_H
 #include <cuda.h>

@@ -54,7 +54,7 @@ struct gpu_dev {
 /*
  * The conversion kernels, in PTX: the driver JIT-compiles them for whatever GPU it runs
  * (sm_50 and later), so no nvcc is needed at build time. One thread per element, in a grid-
- * stride loop over n (u64). Both reproduce core/convert.c bit for bit:
+ * stride loop over n (u64). Both reproduce core/format/convert.c bit for bit:
  *   F16   cvt.rn.f16.f32 (IEEE round to nearest even: overflow to infinity, subnormals
  *         kept) for every value but NaN; a NaN becomes sign | 0x7e00 | the top 9 payload
  *         bits, as on the host (the instruction would give a canonical NaN instead).

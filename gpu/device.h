@@ -163,7 +163,7 @@ struct gpu_ops {
 	/*
 	 * [ctx] Queues on @s, after what is queued there, the conversion of @n F32 elements at device
 	 * address @src into dtype @to (GPU_DTYPE_F16 or GPU_DTYPE_BF16) at @dst. The result is
-	 * bit for bit what core/convert.h gives on the host (round to nearest even; NaN quietened
+	 * bit for bit what core/format/convert.h gives on the host (round to nearest even; NaN quietened
 	 * with its sign and top payload bits), so a converted device copy equals the host tier's
 	 * converted copy. @src must be 4-byte and @dst 2-byte aligned, both inside live
 	 * allocations of this device, and the ranges must not overlap. Returns 0 (the result is
@@ -237,7 +237,7 @@ const char *gpu_cuda_convert_ptx(void);
  *     (caps() says so and vram_alloc fails with -EOPNOTSUPP). A refused void operation
  *     (vram_free, host_unregister, stream_destroy...) does nothing and is counted
  *     (gpu_emu_process_stats().refused).
- *   - convert_f32 is an op of the stream: its thread runs core/convert.c's routines over the
+ *   - convert_f32 is an op of the stream: its thread runs core/format/convert.c's routines over the
  *     two ranges (checked live when queued and again when run, as copies are).
  */
 

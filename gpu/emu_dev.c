@@ -36,7 +36,7 @@
 
 #include <xxhash.h>
 
-#include "core/convert.h"
+#include "core/format/convert.h"
 
 #define EMU_GRANULARITY (2ull << 20)
 #define EMU_DEFAULT_SIZE (4ull << 30)

@@ -17,8 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/file.h"
-#include "core/log.h"
+#include "core/base/file.h"
+#include "core/base/log.h"
 
 #define DIO_ALIGN 4096u
 #define PIECE_ALIGN 64u		/* buffered pieces packed into a slot start at this */

@@ -1,7 +1,7 @@
 /*
  * Where a GPU's host-side work belongs: the NUMA node local to the GPU (for its pinned
  * staging ring, gpu/staging.h, and the host cache extents meant for it) and that node's
- * CPUs (for the thread that feeds it). The decision is core/placement.h's rule, applied to
+ * CPUs (for the thread that feeds it). The decision is core/policy/placement.h's rule, applied to
  * the PCI bus id that gpu_ops.info() reports; this module adds the CPUs and one log line.
  *
  * A device with no PCI bus id (an emulated one, unless $WEIGHTD_GPU_EMULATE_PCI gives it
@@ -10,7 +10,7 @@
 #ifndef WD_GPU_TOPO_H
 #define WD_GPU_TOPO_H
 
-#include "core/placement.h"
+#include "core/policy/placement.h"
 #include "gpu/cuda.h"
 
 struct gpu_topo_entry {

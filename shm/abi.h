@@ -354,7 +354,7 @@ enum wd_stat {
 	WD_STAT_HOST_FAILED,	/* loads that failed or were cancelled */
 	WD_STAT_CUDA_BYTES,	/* bytes resident on the GPU tiers (0: no GPU tier yet) */
 	WD_STAT_IO_RETRIES,	/* reads retried after EINTR, EAGAIN or a short read */
-	WD_STAT_ALLOC_RETRIES,	/* allocations retried after evicting (core/recovery.h) */
+	WD_STAT_ALLOC_RETRIES,	/* allocations retried after evicting (core/policy/recovery.h) */
 	WD_STAT_PRESSURE_SHEDS,	/* cache entries shed under memory pressure (PSI) */
 	WD_STAT_QUARANTINED,	/* components quarantined after repeated load failures */
 	WD_STAT_HOST_READ_DIRECT_BYTES,	/* of WD_STAT_HOST_READ_BYTES, read with O_DIRECT (the

@@ -37,8 +37,8 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
-#include "core/st.h"
+#include "core/base/common.h"
+#include "core/format/st.h"
 #include "shm/abi.h"
 #include "shm/attach.h"
 #include "shm/barrier.h"

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/barrier.h"
 #include "shm/registry.h"
 

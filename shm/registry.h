@@ -178,7 +178,7 @@ struct wd_reg_tensor {
 	uint64_t check;
 	uint32_t model;
 	uint32_t component;
-	uint8_t dtype;		/* enum st_dtype (core/st.h) */
+	uint8_t dtype;		/* enum st_dtype (core/format/st.h) */
 	uint8_t rank;		/* <= WD_SHAPE_MAX */
 	uint16_t flags;
 	uint32_t resident;	/* bit t set: resident on tier t */

@@ -24,7 +24,7 @@
  *
  * Hot paths: a shard does not touch this block per request. It accumulates round-trip times
  * and error classes in thread-private memory and adds them here when it flushes its counters
- * before parking (core/metrics.h: metrics_flush_local()).
+ * before parking (core/daemon/metrics.h: metrics_flush_local()).
  */
 #ifndef WD_SHM_REGMETRICS_H
 #define WD_SHM_REGMETRICS_H
@@ -51,7 +51,7 @@
 #define WD_EVENTS 64u		/* the recent-events ring */
 #define WD_EVENT_TEXT 88u
 
-/* Error classes of failed completions (core/metrics.c: metrics_error_class()). */
+/* Error classes of failed completions (core/daemon/metrics.c: metrics_error_class()). */
 enum wd_err_class {
 	WD_ERRC_VALIDATION = 0,	/* a file or tensor failed validation (-EBADMSG, -EILSEQ) */
 	WD_ERRC_IO,		/* reading a file failed (-EIO, -ENOENT, -ESTALE, -ENODATA ...) */
@@ -65,7 +65,7 @@ enum wd_err_class {
 /* Their names, in enum order: the /metrics labels and weightd_error_class_name(). */
 #define WD_ERRC_NAMES { "validation", "io", "admission", "protocol", "device", "other" }
 
-/* Alert kinds (core/alert.h). */
+/* Alert kinds (core/daemon/alert.h). */
 enum wd_alert_kind {
 	WD_ALERT_BUDGET = 0,	/* host cache use above alert_budget_pct of the budget */
 	WD_ALERT_SLOW_LOAD,	/* a load below alert_slow_load_pct of its component's median */

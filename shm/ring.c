@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/ring.h"
 #include "shm/segment.h"
 

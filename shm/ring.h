@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/abi.h"
 #include "shm/barrier.h"
 

@@ -15,8 +15,8 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
-#include "core/gen.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
 #include "tests/helpers_daemon.h"
 
 const char *td_build_dir(void)

@@ -1,5 +1,5 @@
 /*
- * The alert_* keys of the configuration file (core/config.c, core/alert.h): the defaults, one
+ * The alert_* keys of the configuration file (core/daemon/config.c, core/daemon/alert.h): the defaults, one
  * row per accepted value (checked against the field it sets) and one per refused value
  * (checked for the key named in the message). The alerts themselves run against a real
  * daemon in tests/test_alert.sh.
@@ -15,9 +15,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "core/alert.h"
-#include "core/common.h"
-#include "core/config.h"
+#include "core/daemon/alert.h"
+#include "core/base/common.h"
+#include "core/daemon/config.h"
 
 static char dir[256];
 

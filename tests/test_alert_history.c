@@ -15,8 +15,8 @@
 #include <sqlite3.h>
 #include <cmocka.h>
 
-#include "core/catalog.h"
-#include "core/common.h"
+#include "core/catalog/catalog.h"
+#include "core/base/common.h"
 #include "helpers_tmp.h"
 
 static char dir[256];

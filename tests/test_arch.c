@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "core/arch.h"
-#include "core/common.h"
+#include "core/format/arch.h"
+#include "core/base/common.h"
 
 struct tdef {
 	const char *name;

@@ -22,8 +22,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/extent.h"
+#include "core/base/common.h"
+#include "core/policy/extent.h"
 #include "uring/arena.h"
 
 #define K 4096ull
@@ -159,7 +159,7 @@ static uint64_t rnd(uint64_t *s)
  * rounds a random unpinned one is evicted and a new one loaded, evicting more while it does
  * not fit. A fifth of the components are pinned and never freed.
  *
- * Bound checked (the fragmentation metric of core/extent.h): after every round the free
+ * Bound checked (the fragmentation metric of core/policy/extent.h): after every round the free
  * list has at most one extent more than there are live allocations, and whenever at least
  * 25% of the arena is free, the largest free extent holds at least 10% of the free bytes
  * (external fragmentation <= 0.9). Averages are printed for the report.

@@ -23,14 +23,14 @@
 #include <sqlite3.h>
 
 #include "tests/helpers_tmp.h"
-#include "core/catalog.h"
-#include "core/common.h"
-#include "core/evict.h"
-#include "core/gen.h"
-#include "core/log.h"
-#include "core/scan.h"
-#include "core/st_write.h"
-#include "core/statedir.h"
+#include "core/catalog/catalog.h"
+#include "core/base/common.h"
+#include "core/policy/evict.h"
+#include "core/format/gen.h"
+#include "core/base/log.h"
+#include "core/catalog/scan.h"
+#include "core/format/st_write.h"
+#include "core/base/statedir.h"
 
 static char tmp_root[1024];
 

@@ -28,8 +28,8 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
-#include "core/st.h"
+#include "core/base/common.h"
+#include "core/format/st.h"
 #include "shm/abi.h"
 #include "shm/attach.h"
 #include "tests/helpers_daemon.h"

@@ -1,5 +1,5 @@
 /*
- * The configuration file parser (core/config.c), on real files.
+ * The configuration file parser (core/daemon/config.c), on real files.
  *
  * The main table has one row per case: the file's text, the result config_load() must
  * return, and either the settings it must produce (a canonical dump of every field that
@@ -24,8 +24,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/config.h"
+#include "core/base/common.h"
+#include "core/daemon/config.h"
 
 struct row {
 	const char *name;

@@ -28,8 +28,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/gen.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
 #include "shm/abi.h"
 #include "shm/attach.h"
 #include "shm/registry.h"

@@ -1,5 +1,5 @@
 /*
- * The device tier end to end (core/devcache.h): a real weightd with GPU tiers, clients that
+ * The device tier end to end (core/tier/devcache.h): a real weightd with GPU tiers, clients that
  * map components' VRAM allocations through libweightd and read tensors back.
  *
  * By default the GPU is the emulated device ($WEIGHTD_GPU_EMULATE=1:64M, set here for the
@@ -76,7 +76,7 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "gpu/device.h"
 #include "shm/abi.h"
 #include "shm/attach.h"

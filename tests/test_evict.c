@@ -15,8 +15,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/evict.h"
+#include "core/base/common.h"
+#include "core/policy/evict.h"
 #include "uring/arena.h"
 
 #define S 1000000000ull	/* one second in ns */

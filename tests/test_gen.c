@@ -22,11 +22,11 @@
 #include <cmocka.h>
 
 #include "tests/helpers_tmp.h"
-#include "core/arch.h"
-#include "core/common.h"
-#include "core/gen.h"
-#include "core/st.h"
-#include "core/st_write.h"
+#include "core/format/arch.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
+#include "core/format/st.h"
+#include "core/format/st_write.h"
 
 static char root[1024];
 

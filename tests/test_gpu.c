@@ -4,7 +4,7 @@
  * device tier (gpu/cuda_dev.c): VRAM round trip through a stream and events, copies from
  * registered host memory, the staging ring from a file, and a VMM allocation exported as
  * an fd and imported by another process, and the F32 -> F16/BF16 conversion kernels (PTX,
- * bit-identical to core/convert.c over a sweep of bit patterns). Exits 77 (SKIP, with the
+ * bit-identical to core/format/convert.c over a sweep of bit patterns). Exits 77 (SKIP, with the
  * reason) when the machine
  * has no CUDA driver, after the driver-less cases ran.
  *
@@ -25,7 +25,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "core/convert.h"
+#include "core/format/convert.h"
 #include "gpu/cuda.h"
 #include "gpu/device.h"
 #include "gpu/staging.h"
@@ -389,7 +389,7 @@ static void test_staging_cuda(void **state)
 }
 
 /*
- * The conversion kernels against core/convert.c: a sweep of F32 bit patterns (a stride
+ * The conversion kernels against core/format/convert.c: a sweep of F32 bit patterns (a stride
  * prime to 2^32 covers every exponent, sign and many payloads: NaNs, infinities, F16
  * subnormals, ties) converted on the GPU to F16 and BF16 and compared bit for bit.
  */

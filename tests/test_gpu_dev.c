@@ -3,7 +3,7 @@
  * $WEIGHTD_GPU_EMULATE parsing, gpu_ops_pick(), allocation and the budget, copies and their
  * bounds checks, stream order and events, a stream failing on memory freed under a queued
  * copy, the source-change instrument, fd export/import to another process (fork+exec), and
- * F32 -> F16/BF16 conversion on a stream (bit-identical to core/convert.c, arguments
+ * F32 -> F16/BF16 conversion on a stream (bit-identical to core/format/convert.c, arguments
  * checked). Then the CUDA driver's rules the emulated device enforces, one test each: no use
  * in a child forked after init, no second registration of a host range, ordinals of the
  * visible-devices list (and bus ids that resolve them), a per-thread current context,
@@ -25,8 +25,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/convert.h"
+#include "core/base/common.h"
+#include "core/format/convert.h"
 #include "gpu/device.h"
 
 static const struct gpu_ops *E = &gpu_emu_ops;

@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/placement.h"
+#include "core/base/common.h"
+#include "core/policy/placement.h"
 #include "gpu/device.h"
 #include "gpu/topo.h"
 

@@ -31,12 +31,12 @@
 
 #include "weightd.h"
 
-#include "core/catalog.h"
-#include "core/common.h"
-#include "core/convert.h"
-#include "core/gen.h"
-#include "core/st.h"
-#include "core/st_write.h"
+#include "core/catalog/catalog.h"
+#include "core/base/common.h"
+#include "core/format/convert.h"
+#include "core/format/gen.h"
+#include "core/format/st.h"
+#include "core/format/st_write.h"
 #include "tests/helpers_daemon.h"
 #include "uring/residency.h"
 

@@ -26,11 +26,11 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/convert.h"
-#include "core/gen.h"
-#include "core/st.h"
-#include "core/st_write.h"
+#include "core/base/common.h"
+#include "core/format/convert.h"
+#include "core/format/gen.h"
+#include "core/format/st.h"
+#include "core/format/st_write.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
 #include "uring/residency.h"

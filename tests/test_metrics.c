@@ -1,5 +1,5 @@
 /*
- * core/metrics.c without a daemon: the listen-address parser (a table of accepted and
+ * core/daemon/metrics.c without a daemon: the listen-address parser (a table of accepted and
  * refused forms) and the exposition renderer (every sample has its HELP and TYPE lines,
  * counters end in _total, values come from the right snapshot slot, a small buffer is
  * refused), the registry metrics block's histogram buckets and error classes (tables), and
@@ -19,8 +19,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/metrics.h"
+#include "core/base/common.h"
+#include "core/daemon/metrics.h"
 #include "shm/stats.h"
 
 struct listen_row {

@@ -16,10 +16,10 @@
 #include <cmocka.h>
 
 #include "tests/helpers_tmp.h"
-#include "core/common.h"
-#include "core/model.h"
-#include "core/st_write.h"
-#include "core/statedir.h"
+#include "core/base/common.h"
+#include "core/format/model.h"
+#include "core/format/st_write.h"
+#include "core/base/statedir.h"
 
 static char tmp_root[4096];
 static unsigned case_no;

@@ -15,8 +15,8 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/placement.h"
+#include "core/base/common.h"
+#include "core/policy/placement.h"
 
 static void xml_path(char *buf, size_t len)
 {

@@ -1,5 +1,5 @@
 /*
- * Recovery policy (core/recovery.h, core/fault.h, core/psi.h) on real files and syscalls:
+ * Recovery policy (core/policy/recovery.h, core/base/fault.h, core/daemon/psi.h) on real files and syscalls:
  * loads that meet injected EINTR, EAGAIN and short reads still land every byte, and fail
  * clearly after too many; the allocation retry on a real arena; the quarantine table; the
  * PSI parser and a PSI monitor polling a file that stands in for /proc/pressure/memory.
@@ -21,11 +21,11 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
-#include "core/fault.h"
-#include "core/psi.h"
-#include "core/recovery.h"
-#include "core/st_write.h"
+#include "core/base/common.h"
+#include "core/base/fault.h"
+#include "core/daemon/psi.h"
+#include "core/policy/recovery.h"
+#include "core/format/st_write.h"
 #include "uring/arena.h"
 #include "uring/loader.h"
 

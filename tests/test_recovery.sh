@@ -1,5 +1,5 @@
 #!/bin/sh
-# Recovery end to end on a running weightd (core/recovery.h, core/fault.h, core/psi.h):
+# Recovery end to end on a running weightd (core/policy/recovery.h, core/base/fault.h, core/daemon/psi.h):
 #   1. injected faults ($WEIGHTD_FAULT): reads that fail with EINTR are retried and the bytes
 #      served are the file's; an extent allocation that fails is retried after evicting the
 #      unpinned entry; faulting in pages that fails with nothing left to evict gives a clear
@@ -94,7 +94,7 @@ done
 truncate -s -64 "$T/m/vae-tiny.safetensors"
 # That prefetch may also have loaded it again between the unload and the truncate: unload
 # until it is neither resident nor loading. A prefetch from here on fails on the truncated
-# file, and a failed prefetch does not count toward quarantine (core/recovery.h; the
+# file, and a failed prefetch does not count toward quarantine (core/policy/recovery.h; the
 # deterministic test is test_hostcache's test_prefetch_failure_not_quarantined).
 i=0
 until "$W" unload vae-tiny >/dev/null 2>&1 && ! hoststate vae-tiny | grep -q 'resident\|loading'; do

@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/barrier.h"
 #include "shm/registry.h"
 

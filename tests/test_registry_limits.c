@@ -25,7 +25,7 @@
 
 #include "weightd.h"
 
-#include "core/st_write.h"
+#include "core/format/st_write.h"
 #include "tests/helpers_daemon.h"
 
 #define CHECK(cond, ...)                                                                   \

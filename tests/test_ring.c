@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/ring.h"
 #include "shm/segment.h"
 

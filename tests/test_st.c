@@ -27,8 +27,8 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
-#include "core/common.h"
-#include "core/st.h"
+#include "core/base/common.h"
+#include "core/format/st.h"
 
 /* How a row's expected byte offset is found. */
 enum off_kind {

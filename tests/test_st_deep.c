@@ -24,8 +24,8 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
-#include "core/common.h"
-#include "core/st.h"
+#include "core/base/common.h"
+#include "core/format/st.h"
 
 struct wtensor {
 	const char *name;

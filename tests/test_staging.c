@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "gpu/device.h"
 #include "gpu/staging.h"
 #include "tests/helpers_tmp.h"

@@ -34,7 +34,7 @@
 
 #include "weightd.h"
 
-#include "core/common.h"
+#include "core/base/common.h"
 #include "shm/abi.h"
 #include "shm/attach.h"
 #include "shm/barrier.h"

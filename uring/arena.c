@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/common.h"
-#include "core/log.h"
+#include "core/base/common.h"
+#include "core/base/log.h"
 #include "uring/arena.h"
 
 #define HUGE_2M (2u << 20)

@@ -5,7 +5,7 @@
  * Why one segment: a client maps it once at attach time and resolves any resident tensor to
  * base + offset (the offset is published in the registry's tensor record), with no copy and
  * no per-model descriptor passing. Space inside it is managed by an extent allocator
- * (core/extent.h) with ARENA_EXTENT_ALIGN granularity; a cache entry (one component, or a
+ * (core/policy/extent.h) with ARENA_EXTENT_ALIGN granularity; a cache entry (one component, or a
  * converted copy of one) owns one extent, and its tensors sit inside that extent at
  * ARENA_TENSOR_ALIGN (or as the file aligns them, see uring/loader.h).
  *
@@ -34,7 +34,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "core/extent.h"
+#include "core/policy/extent.h"
 #include "shm/segment.h"
 
 #define ARENA_EXTENT_ALIGN 4096u	/* extent granularity: O_DIRECT reads can target any */

@@ -20,11 +20,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "core/convert.h"
-#include "core/fault.h"
-#include "core/file.h"
-#include "core/log.h"
-#include "core/recovery.h"
+#include "core/format/convert.h"
+#include "core/base/fault.h"
+#include "core/base/file.h"
+#include "core/base/log.h"
+#include "core/policy/recovery.h"
 #include "uring/loader.h"
 #include "uring/residency.h"
 
@@ -106,7 +106,7 @@ struct req {
 	uint32_t done;
 	int buf;
 	struct req *next_free;
-	/* Transient failures (core/recovery.h): retries so far, short reads so far, and when
+	/* Transient failures (core/policy/recovery.h): retries so far, short reads so far, and when
 	 * the next retry is due. */
 	uint32_t tries;
 	uint32_t shorts;
@@ -981,7 +981,7 @@ static void scatter(struct loader *l, struct load_handle *h, const struct load_o
 }
 
 /*
- * A fault injected at this completion (core/fault.h): an errno replaces the result, SHORT
+ * A fault injected at this completion (core/base/fault.h): an errno replaces the result, SHORT
  * cuts a positive one to 1 byte (DIO_ALIGN for O_DIRECT, where a read that is not aligned
  * would mean the end of the file), so the rest must be read again.
  */
@@ -1001,7 +1001,7 @@ static int inject(const struct load_op *op, int res)
  * A transient failure of @r (@res: -EINTR or -EAGAIN; 0 for a short read that did not reach
  * the end of the file): the read of its missing bytes is queued again, after a backoff for an
  * error and at once for a short read (bytes are flowing), or the load fails when it used up
- * its retries (core/recovery.h).
+ * its retries (core/policy/recovery.h).
  */
 static void retry_later(struct loader *l, struct req *r, int res)
 {

@@ -11,8 +11,8 @@
  *                      tensors out: plan->bytes is exactly the extent size the load needs
  *                      (the admission estimate), plan->tensors[i].off each tensor's offset
  *                      inside the extent.
- *   2. the caller      makes room (core/evict.h), arena_alloc(plan->bytes), optionally
- *                      arena_bind_node() (core/placement.h says which node).
+ *   2. the caller      makes room (core/policy/evict.h), arena_alloc(plan->bytes), optionally
+ *                      arena_bind_node() (core/policy/placement.h says which node).
  *   3. loader_submit() queues the plan for the loader thread, which reads it with every
  *                      other queued load in one io_uring; the returned handle reports
  *                      progress, can be cancelled, and can be waited on by any number of
@@ -56,8 +56,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/model.h"
-#include "core/st.h"
+#include "core/format/model.h"
+#include "core/format/st.h"
 #include "uring/arena.h"
 
 #define LOADER_DEFAULT_QD 32u
@@ -169,7 +169,7 @@ void loader_destroy(struct loader *l);
 /*
  * The CPU the loader thread last woke up on (it records sched_getcpu() each time it takes
  * new loads), or -1 before its first wake-up: placement puts a component's pages on that
- * CPU's NUMA node when no GPU claims them (core/placement.h).
+ * CPU's NUMA node when no GPU claims them (core/policy/placement.h).
  */
 int loader_cpu(const struct loader *l);
 

@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/common.h"
-#include "core/gen.h"
+#include "core/base/common.h"
+#include "core/format/gen.h"
 
 const char *rawread_drop_name(enum rawread_drop d)
 {

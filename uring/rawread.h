@@ -89,7 +89,7 @@ struct rawread_set {
 
 /*
  * The benchmarks' checkpoint: a generated LLaMA-like model of @size tensor bytes in 4 shards
- * (core/gen.h), written into @dir the first time (a stamp file, .complete, marks a whole one;
+ * (core/format/gen.h), written into @dir the first time (a stamp file, .complete, marks a whole one;
  * progress goes to stderr), and its safetensors files in name order in @set. Returns 0;
  * -ENOENT when @dir holds none; -ENOMEM; or the error of gen_preset() or stat(2).
  * Free @set with rawread_set_free().

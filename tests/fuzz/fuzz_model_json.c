@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "core/model.h"
+#include "core/format/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

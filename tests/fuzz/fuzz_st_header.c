@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/st.h"
+#include "core/format/st.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,6 +1,6 @@
 """safetensors dtypes: their registry numbers, bit widths and numpy representations.
 
-The numbering is `enum st_dtype` of core/st.h, which the registry publishes (ABI).
+The numbering is `enum st_dtype` of core/format/st.h, which the registry publishes (ABI).
 Types numpy has no native type for are exposed as raw unsigned integers of the same width:
 BF16 as uint16 and the 8-bit floats as uint8, keeping the shape. The sub-byte types (F6_*,
 F4) cannot be shaped in bytes, so they are exposed as a flat uint8 array of the packed bytes.

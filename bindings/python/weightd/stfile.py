@@ -1,8 +1,8 @@
 """A pure-Python safetensors reader: the fallback when no daemon serves a file.
 
-It checks the same rules as the daemon's reader (core/st.c, DESIGN.md "safetensors,
+It checks the same rules as the daemon's reader (core/format/st.c, DESIGN.md "safetensors,
 exactly") and rejects a file with a MalformedFileError whose message names the file, the
-rule (the stable names of core/st.h: "duplicate_key", "data_gap", ...), the tensor and the
+rule (the stable names of core/format/st.h: "duplicate_key", "data_gap", ...), the tensor and the
 byte offset in the file where one applies. Tensor data is not read at open: the file is
 mapped read-only and each array is a read-only numpy view of the mapping (numpy.memmap's
 technique without its writable default), so a tensor costs page faults only when touched.
@@ -35,7 +35,7 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
 
 
 def open_regular(path):
-    """Opens @path for reading as a binary file object, the way core/file.h does: the open
+    """Opens @path for reading as a binary file object, the way core/base/file.h does: the open
     never blocks (a FIFO put where a model file was would otherwise hang this process until
     a writer comes), and anything but a regular file is refused with OSError(EINVAL)
     naming what it is."""
