@@ -199,6 +199,208 @@ static const char *find_config(int argc, char **argv, bool *help, bool *version)
 }
 
 /*
+ * A list option on the command line replaces the file's list: the first time @opt names one
+ * that the file set (not yet in @replaced), the list is emptied.
+ */
+static void replace_file_list(int opt, const struct config_file *cf, struct daemon_config *cfg,
+			      uint32_t *replaced)
+{
+	static const struct {
+		int opt;
+		enum config_key key;
+	} lists[] = {
+		{ OPT_MODELS, CONFIG_MODELS }, { OPT_ALLOW_USER, CONFIG_ALLOW_USER },
+		{ OPT_ALLOW_GROUP, CONFIG_ALLOW_GROUP }, { OPT_ADMIN, CONFIG_ADMIN_USER },
+	};
+
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+		if (opt != lists[i].opt || !config_has(cf, lists[i].key) ||
+		    (*replaced & (1u << lists[i].key)))
+			continue;
+		*replaced |= 1u << lists[i].key;
+		if (opt == OPT_MODELS)
+			cfg->n_roots = 0;
+		else if (opt == OPT_ALLOW_USER)
+			cfg->n_allow_uids = 0;
+		else if (opt == OPT_ALLOW_GROUP)
+			cfg->n_allow_gids = 0;
+		else
+			cfg->n_admin_uids = 0;
+	}
+}
+
+/* The options with a number in a range. Returns -1 to go on, else the exit status. */
+static int apply_number(int opt, struct daemon_config *cfg)
+{
+	uint64_t v;
+
+	switch (opt) {
+	case OPT_KEEP_ALIVE:
+		if (wd_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
+			return bad("--keep-alive", optarg, "expected seconds");
+		cfg->host_ttl_ns = v * 1000000000ull;
+		return -1;
+	case OPT_QUARANTINE:
+	case OPT_PRESSURE:
+	case OPT_PRESSURE_TARGET: {
+		uint64_t max = opt == OPT_QUARANTINE ? 1000 : 100;
+		uint64_t min = opt == OPT_PRESSURE_TARGET ? 1 : 0;
+		const char *name = opt == OPT_QUARANTINE ? "--quarantine-after" :
+				   opt == OPT_PRESSURE ? "--memory-pressure" :
+				   "--memory-pressure-target";
+
+		if (wd_parse_bytes(optarg, &v) || strpbrk(optarg, "KMGTkmgt") || v < min ||
+		    v > max)
+			return bad(name, optarg, opt == OPT_QUARANTINE ? "expected 0..1000" :
+				   opt == OPT_PRESSURE ? "expected 0..100" : "expected 1..100");
+		if (opt == OPT_QUARANTINE)
+			cfg->quarantine_after = (uint32_t)v;
+		else if (opt == OPT_PRESSURE)
+			cfg->pressure_pct = (uint32_t)v;
+		else
+			cfg->pressure_target_pct = (uint32_t)v;
+		return -1;
+	}
+	case OPT_HELLO_TIMEOUT:
+		if (wd_parse_bytes(optarg, &v) || v < 10 || v > 3600 * 1000)
+			return bad("--hello-timeout-ms", optarg,
+				   "expected milliseconds (10..3600000)");
+		cfg->hello_timeout_ms = (uint32_t)v;
+		return -1;
+	case OPT_UID_CONNS:
+	case OPT_UID_CLIENTS:
+		if (wd_parse_bytes(optarg, &v) || v > CONFIG_MAX_UID_LIMIT)
+			return bad(opt == OPT_UID_CONNS ? "--max-connections-per-uid" :
+				   "--max-clients-per-uid", optarg,
+				   "expected a count (0..1000000; 0: no limit)");
+		if (opt == OPT_UID_CONNS)
+			cfg->max_conns_per_uid = (uint32_t)v;
+		else
+			cfg->max_clients_per_uid = (uint32_t)v;
+		return -1;
+	case OPT_REG_MODELS:
+	case OPT_REG_TENSORS: {
+		uint64_t max = opt == OPT_REG_MODELS ? CONFIG_MAX_REGISTRY_MODELS :
+			       CONFIG_MAX_REGISTRY_TENSORS;
+
+		if (wd_parse_bytes(optarg, &v) || v < 16 || v > max)
+			return bad(opt == OPT_REG_MODELS ? "--registry-models" :
+				   "--registry-tensors", optarg, "out of range");
+		if (opt == OPT_REG_MODELS)
+			cfg->registry_models = (uint32_t)v;
+		else
+			cfg->registry_tensors = (uint32_t)v;
+		return -1;
+	}
+	case OPT_SPIN:
+		if (wd_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
+			return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
+		cfg->spin_us = (uint32_t)v;
+		return -1;
+	}
+	return -1;
+}
+
+/* The options that name users and groups. Returns -1 to go on, else the exit status. */
+static int apply_id(int opt, struct daemon_config *cfg)
+{
+	switch (opt) {
+	case OPT_ALLOW_USER:
+		if (cfg->n_allow_uids == DAEMON_MAX_IDS ||
+		    daemon_parse_user(optarg, &cfg->allow_uids[cfg->n_allow_uids++]))
+			return bad("--allow-user", optarg, "unknown user (or too many)");
+		return -1;
+	case OPT_ALLOW_GROUP:
+		if (cfg->n_allow_gids == DAEMON_MAX_IDS ||
+		    daemon_parse_group(optarg, &cfg->allow_gids[cfg->n_allow_gids++]))
+			return bad("--allow-group", optarg, "unknown group (or too many)");
+		return -1;
+	case OPT_ADMIN:
+		if (cfg->n_admin_uids == DAEMON_MAX_IDS)
+			return bad("--admin-user", optarg ? optarg : "", "too many");
+		if (!optarg)
+			cfg->admin_uids[cfg->n_admin_uids++] = geteuid();
+		else if (daemon_parse_user(optarg, &cfg->admin_uids[cfg->n_admin_uids++]))
+			return bad("--admin-user", optarg, "unknown user");
+		return -1;
+	}
+	return -1;
+}
+
+/* Applies command-line option @opt. Returns -1 to go on, else the exit status. */
+static int apply_option(int opt, struct daemon_config *cfg, struct settings *set)
+{
+	switch (opt) {
+	case 'f':
+		set->foreground = true;
+		return -1;
+	case OPT_CONFIG:
+		return -1;
+	case OPT_MODELS:
+		if (cfg->n_roots == DAEMON_MAX_ROOTS)
+			return bad("--models", optarg, "too many roots");
+		cfg->roots[cfg->n_roots++] = optarg;
+		return -1;
+	case OPT_NO_SCAN:
+		cfg->scan_at_start = false;
+		return -1;
+	case OPT_VERIFY:
+		cfg->verify = true;
+		return -1;
+	case OPT_PREFAULT:
+		cfg->host_prefault = true;
+		return -1;
+	case OPT_DEVICE_BUDGET:
+		if (devcache_parse_budget(optarg, &cfg->device_budget, &cfg->device_budget_pct))
+			return bad("--device-budget", optarg,
+				   "expected BYTES[K|M|G|T] or a percentage (1%..100%)");
+		return -1;
+	case OPT_BUDGET:
+		if (wd_parse_bytes(optarg, &cfg->host_budget))
+			return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
+		return -1;
+	case OPT_STATE:
+		cfg->state_dir = optarg;
+		return -1;
+	case OPT_SOCKET:
+		cfg->socket_path = optarg;
+		return -1;
+	case OPT_METRICS: {
+		struct sockaddr_storage ss;
+		socklen_t len;
+
+		if (metrics_parse_listen(optarg, &ss, &len))
+			return bad("--metrics-listen", optarg,
+				   "expected PORT, A.B.C.D:PORT or [IPV6]:PORT");
+		cfg->metrics_listen = optarg;
+		return -1;
+	}
+	case OPT_LOG:
+		if (parse_level(optarg, &set->level))
+			return bad("--log-level", optarg, "expected debug|info|warn|error|off");
+		return -1;
+	case OPT_KEEP_ALIVE:
+	case OPT_QUARANTINE:
+	case OPT_PRESSURE:
+	case OPT_PRESSURE_TARGET:
+	case OPT_HELLO_TIMEOUT:
+	case OPT_UID_CONNS:
+	case OPT_UID_CLIENTS:
+	case OPT_REG_MODELS:
+	case OPT_REG_TENSORS:
+	case OPT_SPIN:
+		return apply_number(opt, cfg);
+	case OPT_ALLOW_USER:
+	case OPT_ALLOW_GROUP:
+	case OPT_ADMIN:
+		return apply_id(opt, cfg);
+	default:
+		usage(stderr);
+		return 2;
+	}
+}
+
+/*
  * Settles the configuration: defaults, then the file (--config, else $WEIGHTD_CONFIG), then
  * the command line. @cf receives the file's storage, which @cfg's strings point into; it must
  * outlive the daemon. The process environment is read, never changed, so this can run again
@@ -213,7 +415,6 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 	uint32_t replaced = 0;
 	char err[512];
 	int opt, ret;
-	uint64_t v;
 
 	daemon_config_init(cfg);
 	cfg->handle_signals = true;
@@ -238,163 +439,10 @@ static int build_config(int argc, char **argv, struct daemon_config *cfg, struct
 		set->level = cf->log_level;
 	optind = 0;
 	while ((opt = getopt_long(argc, argv, "fhV", options, NULL)) != -1) {
-		/* A list on the command line replaces the file's: empty it at the first entry. */
-		static const struct {
-			int opt;
-			enum config_key key;
-		} lists[] = {
-			{ OPT_MODELS, CONFIG_MODELS }, { OPT_ALLOW_USER, CONFIG_ALLOW_USER },
-			{ OPT_ALLOW_GROUP, CONFIG_ALLOW_GROUP }, { OPT_ADMIN, CONFIG_ADMIN_USER },
-		};
-
-		for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-			if (opt != lists[i].opt || !config_has(cf, lists[i].key) ||
-			    (replaced & (1u << lists[i].key)))
-				continue;
-			replaced |= 1u << lists[i].key;
-			if (opt == OPT_MODELS)
-				cfg->n_roots = 0;
-			else if (opt == OPT_ALLOW_USER)
-				cfg->n_allow_uids = 0;
-			else if (opt == OPT_ALLOW_GROUP)
-				cfg->n_allow_gids = 0;
-			else
-				cfg->n_admin_uids = 0;
-		}
-		switch (opt) {
-		case 'f':
-			set->foreground = true;
-			break;
-		case OPT_CONFIG:
-			break;
-		case OPT_MODELS:
-			if (cfg->n_roots == DAEMON_MAX_ROOTS)
-				return bad("--models", optarg, "too many roots");
-			cfg->roots[cfg->n_roots++] = optarg;
-			break;
-		case OPT_NO_SCAN:
-			cfg->scan_at_start = false;
-			break;
-		case OPT_VERIFY:
-			cfg->verify = true;
-			break;
-		case OPT_PREFAULT:
-			cfg->host_prefault = true;
-			break;
-		case OPT_KEEP_ALIVE:
-			if (wd_parse_bytes(optarg, &v) || v > 365ull * 24 * 3600)
-				return bad("--keep-alive", optarg, "expected seconds");
-			cfg->host_ttl_ns = v * 1000000000ull;
-			break;
-		case OPT_DEVICE_BUDGET:
-			if (devcache_parse_budget(optarg, &cfg->device_budget,
-						  &cfg->device_budget_pct))
-				return bad("--device-budget", optarg,
-					   "expected BYTES[K|M|G|T] or a percentage (1%..100%)");
-			break;
-		case OPT_QUARANTINE:
-		case OPT_PRESSURE:
-		case OPT_PRESSURE_TARGET: {
-			uint64_t max = opt == OPT_QUARANTINE ? 1000 : 100;
-			uint64_t min = opt == OPT_PRESSURE_TARGET ? 1 : 0;
-			const char *name = opt == OPT_QUARANTINE ? "--quarantine-after" :
-					   opt == OPT_PRESSURE ? "--memory-pressure" :
-					   "--memory-pressure-target";
-
-			if (wd_parse_bytes(optarg, &v) || strpbrk(optarg, "KMGTkmgt") || v < min ||
-			    v > max)
-				return bad(name, optarg, opt == OPT_QUARANTINE ? "expected 0..1000" :
-					   opt == OPT_PRESSURE ? "expected 0..100" : "expected 1..100");
-			if (opt == OPT_QUARANTINE)
-				cfg->quarantine_after = (uint32_t)v;
-			else if (opt == OPT_PRESSURE)
-				cfg->pressure_pct = (uint32_t)v;
-			else
-				cfg->pressure_target_pct = (uint32_t)v;
-			break;
-		}
-		case OPT_HELLO_TIMEOUT:
-			if (wd_parse_bytes(optarg, &v) || v < 10 || v > 3600 * 1000)
-				return bad("--hello-timeout-ms", optarg,
-					   "expected milliseconds (10..3600000)");
-			cfg->hello_timeout_ms = (uint32_t)v;
-			break;
-		case OPT_UID_CONNS:
-		case OPT_UID_CLIENTS:
-			if (wd_parse_bytes(optarg, &v) || v > CONFIG_MAX_UID_LIMIT)
-				return bad(opt == OPT_UID_CONNS ? "--max-connections-per-uid" :
-					   "--max-clients-per-uid", optarg,
-					   "expected a count (0..1000000; 0: no limit)");
-			if (opt == OPT_UID_CONNS)
-				cfg->max_conns_per_uid = (uint32_t)v;
-			else
-				cfg->max_clients_per_uid = (uint32_t)v;
-			break;
-		case OPT_REG_MODELS:
-		case OPT_REG_TENSORS: {
-			uint64_t max = opt == OPT_REG_MODELS ? CONFIG_MAX_REGISTRY_MODELS :
-				       CONFIG_MAX_REGISTRY_TENSORS;
-
-			if (wd_parse_bytes(optarg, &v) || v < 16 || v > max)
-				return bad(opt == OPT_REG_MODELS ? "--registry-models" :
-					   "--registry-tensors", optarg, "out of range");
-			if (opt == OPT_REG_MODELS)
-				cfg->registry_models = (uint32_t)v;
-			else
-				cfg->registry_tensors = (uint32_t)v;
-			break;
-		}
-		case OPT_BUDGET:
-			if (wd_parse_bytes(optarg, &cfg->host_budget))
-				return bad("--host-budget", optarg, "expected BYTES[K|M|G|T]");
-			break;
-		case OPT_STATE:
-			cfg->state_dir = optarg;
-			break;
-		case OPT_SOCKET:
-			cfg->socket_path = optarg;
-			break;
-		case OPT_SPIN:
-			if (wd_parse_bytes(optarg, &v) || v > 10 * 1000 * 1000)
-				return bad("--spin-us", optarg, "expected microseconds (0..10000000)");
-			cfg->spin_us = (uint32_t)v;
-			break;
-		case OPT_METRICS: {
-			struct sockaddr_storage ss;
-			socklen_t len;
-
-			if (metrics_parse_listen(optarg, &ss, &len))
-				return bad("--metrics-listen", optarg,
-					   "expected PORT, A.B.C.D:PORT or [IPV6]:PORT");
-			cfg->metrics_listen = optarg;
-			break;
-		}
-		case OPT_LOG:
-			if (parse_level(optarg, &set->level))
-				return bad("--log-level", optarg, "expected debug|info|warn|error|off");
-			break;
-		case OPT_ALLOW_USER:
-			if (cfg->n_allow_uids == DAEMON_MAX_IDS ||
-			    daemon_parse_user(optarg, &cfg->allow_uids[cfg->n_allow_uids++]))
-				return bad("--allow-user", optarg, "unknown user (or too many)");
-			break;
-		case OPT_ALLOW_GROUP:
-			if (cfg->n_allow_gids == DAEMON_MAX_IDS ||
-			    daemon_parse_group(optarg, &cfg->allow_gids[cfg->n_allow_gids++]))
-				return bad("--allow-group", optarg, "unknown group (or too many)");
-			break;
-		case OPT_ADMIN:
-			if (cfg->n_admin_uids == DAEMON_MAX_IDS)
-				return bad("--admin-user", optarg ? optarg : "", "too many");
-			if (!optarg)
-				cfg->admin_uids[cfg->n_admin_uids++] = geteuid();
-			else if (daemon_parse_user(optarg, &cfg->admin_uids[cfg->n_admin_uids++]))
-				return bad("--admin-user", optarg, "unknown user");
-			break;
-		default:
-			usage(stderr);
-			return 2;
-		}
+		replace_file_list(opt, cf, cfg, &replaced);
+		ret = apply_option(opt, cfg, set);
+		if (ret >= 0)
+			return ret;
 	}
 	if (optind < argc) {
 		fprintf(stderr, "weightd: unexpected argument \"%s\"\n", argv[optind]);

@@ -20,7 +20,7 @@
 #include "core/policy/evict.h"
 #include "core/tier/hostcache.h"
 #include "core/base/log.h"
-#include "core/daemon/ops.h"
+#include "core/daemon/internal.h"
 #include "shm/regmetrics.h"
 
 #define MOD "alert"

@@ -19,7 +19,7 @@
 #include "core/base/common.h"
 #include "core/tier/hostcache.h"
 #include "core/base/log.h"
-#include "core/daemon/ops.h"
+#include "core/daemon/internal.h"
 #include "shm/barrier.h"
 #include "shm/regmetrics.h"
 #include "shm/stats.h"

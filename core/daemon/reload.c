@@ -10,7 +10,7 @@
 #include "core/daemon/daemon.h"
 #include "core/tier/hostcache.h"
 #include "core/base/log.h"
-#include "core/daemon/ops.h"
+#include "core/daemon/internal.h"
 #include "core/daemon/psi.h"
 #include "core/policy/recovery.h"
 #include "core/daemon/reload.h"

@@ -1,7 +1,8 @@
 /*
  * The daemon's live reconfiguration (SIGHUP, daemon_reload() in core/daemon/daemon.h) and its
  * memory-pressure watch (core/daemon/psi.h), both run by the control thread. Internal to
- * core/daemon/daemon.c; the contract users see is docs/config.md's "Reload (SIGHUP)".
+ * the daemon (core/daemon/daemon.c, control.c, worker.c call it); the contract users see is
+ * docs/config.md's "Reload (SIGHUP)".
  *
  * Roots: the control thread copies a reload's roots into d->new_roots and sets d->rescan
  * under job_lock; the worker, the only reader of d->roots after start, takes them with

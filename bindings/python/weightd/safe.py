@@ -5,7 +5,7 @@ weightd.torch import load_file`) replaces the safetensors import of the same nam
 
 How a path reaches the daemon: the file's header is read (it is needed anyway for keys() and
 metadata()), and its XXH3-64 hash is combined the way the daemon fingerprints components
-(core/daemon/daemon.c: a single file, or every shard of an HF sharded index in name order). The
+(core/daemon/publish.c: a single file, or every shard of an HF sharded index in name order). The
 registry component with that fingerprint is the file (or the sharded checkpoint it belongs
 to); the binding loads it to the host tier with a pin and serves read-only views of the shared
 host cache. When that is impossible -- libweightd missing, no daemon, the file not under the
