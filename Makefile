@@ -54,6 +54,7 @@ INTERNAL_LIB := $(BUILD)/libwd-internal.a
 BINS := $(BUILD)/weightctl $(if $(wildcard cmd/weightd.c),$(BUILD)/weightd)
 # libweightd: the public client library (include/weightd.h), the client side of shm/.
 CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c shm/registry.c \
+	shm/registry_view.c \
 	shm/stats.c) \
 	core/base/log.c core/base/time.c core/base/units.c core/format/st_dtype.c
 # The GPU tier's import side (weightd_device_map): the device layer and the conversion
@@ -122,7 +123,7 @@ WD_VERSION := 0.1.0
 $(BUILD)/core/daemon/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 # The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that
 # libweightd.so needs libc alone (ldd, readelf -d).
-$(BUILD)/shm/registry.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
+$(BUILD)/shm/registry.o $(BUILD)/shm/registry_view.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
 PREFIX ?= /usr/local
 $(BUILD)/weightd.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: weightd\nDescription: weightd client library (shared-memory model residency)\nVersion: %s\nLibs: -L$${libdir} -lweightd\nCflags: -I$${includedir}\n' '$(PREFIX)' '$(WD_VERSION)' > $@

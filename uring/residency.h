@@ -1,7 +1,7 @@
 /*
  * Page cache residency: which parts of a file sit in the page cache, so that the loader reads
  * those buffered (a memory copy) and the rest with O_DIRECT (no copy through the page cache,
- * the disk's full speed). uring/loader.c asks once per file when it plans a load.
+ * the disk's full speed). uring/loader_plan.c asks once per file when it plans a load.
  *
  * Methods, cheapest first (bench/bench_load.c measures both on the benchmark's files):
  *   cachestat(2)  Linux 6.5 and later: one system call per range, no mapping;

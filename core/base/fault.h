@@ -12,7 +12,7 @@
  *
  * Points (enum fault_point) and what an injected fault does there:
  *
- *   read      a read completion of the io_uring loader (uring/loader.c). ERR is EINTR,
+ *   read      a read completion of the io_uring loader (uring/loader_read.c). ERR is EINTR,
  *             EAGAIN or EIO (the completion is reported as -ERR, whatever the kernel read),
  *             or SHORT: the completion reports only the first byte it read (the first 4096
  *             for an O_DIRECT file), so the loader must resubmit the rest.
