@@ -25,20 +25,21 @@
  * hands the allocation on to an alias.
  *
  * Load path (LOAD with tier cuda:N):
- *   shard   devcache_load(): validates the tier, answers a hit inline when every target
- *           component is resident on the GPU, else the request goes to the worker.
- *   worker  devcache_load_job(): per component, joins a device load already running or
- *           starts one: the component is first made resident in the host cache through the
- *           host tier's own load (hostcache_load_for(): coalescing, admission, progress
- *           completions to the requester come with it).
- *   device  the tier's thread (the only thread that calls gpu_ops after start): holds the
- *           host entry (hostcache_hold()), admits the allocation against the GPU's budget
- *           (refusing with -EFBIG what can never fit, else evicting unpinned, unmapped
- *           entries by score and re-reading mem_info, because frees land late), allocates
- *           (an allocation that fails for lack of memory evicts and is retried once:
- *           core/policy/recovery.h), copies host -> VRAM on its stream (converting on the GPU for a
- *           converted form), records the load in the cuda:N histogram, and completes the
- *           requesters.
+ *   shard   devcache_load() (dev_load.c): validates the tier, answers a hit inline when
+ *           every target component is resident on the GPU, else the request goes to the
+ *           worker.
+ *   worker  devcache_load_job() (dev_load.c): per component, joins a device load already
+ *           running or starts one: the component is first made resident in the host cache
+ *           through the host tier's own load (hostcache_load_for(): coalescing, admission,
+ *           progress completions to the requester come with it).
+ *   device  the tier's thread (dev_thread.c, the only thread that calls gpu_ops after
+ *           start; dev_fill.c): holds the host entry (hostcache_hold()), admits the
+ *           allocation against the GPU's budget (refusing with -EFBIG what can never fit,
+ *           else evicting unpinned, unmapped entries by score and re-reading mem_info,
+ *           because frees land late), allocates (an allocation that fails for lack of memory
+ *           evicts and is retried once: core/policy/recovery.h), copies host -> VRAM through
+ *           the GPU's staging ring or on its stream (converting on the GPU for a converted
+ *           form), records the load in the cuda:N histogram, and completes the requesters.
  *
  * Sharing (DEVICE_MAP, docs/protocol.md): the client gets the allocation's fd on its attach
  * socket and a table of tensor offsets; the mapping is a lease pin on (model, component,
@@ -50,11 +51,17 @@
  * and only then are the bytes copied back device -> host into it, so that the next promotion
  * is a host -> device copy. Converted entries are dropped (the host keeps the stored form).
  *
- * Locking: the tier's lock comes before the host cache's lock and state_lock; the host cache
- * never takes it (its callback only queues work for the device thread, under a separate
- * queue lock). An eviction takes the victim out of the list under the lock and demotes it
- * (the device -> host copy) after dropping it, so that the shards' DEVICE_MAP, DEVICES and
- * LOAD hits do not wait on the copy.
+ * Locking: the tier's lock comes before state_lock and a client's pend_lock, and is never held
+ * together with the host cache's lock: the tier calls the host tier only without it, and the
+ * host tier's completion callback only queues work for the device thread, under a separate
+ * queue lock. What each lock guards, and the order in full, are at struct devcache
+ * (core/tier/dev_internal.h); an eviction demotes its victims after dropping the lock
+ * (core/tier/dev_evict.c), so that the shards' DEVICE_MAP, DEVICES and LOAD hits do not wait
+ * on the device -> host copy.
+ *
+ * Files: devcache.c (life), dev_entry.c, dev_form.c, dev_thread.c, dev_load.c, dev_fill.c,
+ * dev_copy.c, dev_evict.c, dev_alias.c, dev_share.c, dev_unload.c; core/tier/dev_internal.h
+ * says what each holds.
  */
 #ifndef WD_CORE_DEVCACHE_H
 #define WD_CORE_DEVCACHE_H
@@ -78,8 +85,9 @@ int devcache_parse_budget(const char *s, uint64_t *bytes, unsigned int *pct);
  * Creates the device tier of @d: picks the gpu_ops (gpu_ops_pick), opens every device on the
  * tier's thread, reads its info, sets its budget (d->cfg.device_budget bytes, or
  * d->cfg.device_budget_pct percent of its memory; default: total minus
- * DEVCACHE_DEFAULT_HEADROOM_PCT percent), and registers the host cache arena with it. Call it
- * after hostcache_create(). No GPU is not an error: the tier is then empty and says why.
+ * DEVCACHE_DEFAULT_HEADROOM_PCT percent) and makes its stream, its eviction policy and its
+ * pinned staging ring (the host cache arena itself is never page-locked). Call it after
+ * hostcache_create(). No GPU is not an error: the tier is then empty and says why.
  * Returns 0 and sets d->dc, or -ENOMEM / the error of pthread_create.
  */
 int devcache_create(struct daemon *d);
@@ -88,7 +96,8 @@ int devcache_create(struct daemon *d);
  * hostcache_stop(), whose cancelled loads it completes. */
 void devcache_stop(struct daemon *d);
 
-/* Frees the VRAM, unregisters the arena and closes the devices; NULL d->dc is ignored.
+/* Frees the VRAM, the staging rings and the streams, and closes the devices; NULL d->dc is
+ * ignored.
  * Before hostcache_destroy(). */
 void devcache_destroy(struct daemon *d);
 
@@ -112,10 +121,10 @@ void devcache_load_job(struct daemon *d, struct job *j);
 /*
  * DEVICE_MAP on the shard: takes the lease pin, sends the fd and the tensor table on the
  * client's socket (non-blocking: a client that does not read its socket gets -EAGAIN), and
- * fills @cqe. arg[0] and the payload name the form as for LOAD. Errors: -ENOTSUP (no such GPU), -EINVAL (bad
- * arguments, or a model of several components without one named), -ENODATA (not resident
- * on that GPU in that form), -ECONNRESET, the sendmsg errno. A selection's payload is @arg
- * (@arg_len bytes), the same bytes as its LOAD's.
+ * fills @cqe. arg[0] and the payload name the form as for LOAD. Errors: -ENOTSUP (no such
+ * GPU), -EINVAL (bad arguments, or a model of several components without one named),
+ * -ENODATA (not resident on that GPU in that form), -ECONNRESET, the sendmsg errno. A
+ * selection's payload is @arg (@arg_len bytes), the same bytes as its LOAD's.
  */
 void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
 		  const char *arg, uint16_t arg_len, uint32_t model, struct wd_cqe *cqe, char *out);
