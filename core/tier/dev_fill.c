@@ -64,121 +64,212 @@ static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_l
 		 e->key, size, read_bytes, (double)(now - t0) / 1e6);
 }
 
-/* The host load of @e ended with @err: copy it to the GPU and complete its requesters. */
-void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
-		 uint64_t read_bytes, struct hostcache_layout *held)
+/* Gives back the @size bytes dev_admit() reserved on @g, for an allocation that failed. */
+static void unreserve(struct devcache *dc, struct dgpu *g, uint64_t size)
 {
-	struct devcache *dc = d->dc;
-	struct dgpu *g = e->g;
-	struct hostcache_layout l = { 0 }, cl = { 0 };
-	struct gpu_vram v = { .fd = -1 };
-	char msg[WD_DATA_SLOT_SIZE] = "";
-	uint64_t t0 = wd_now_ns(), gran, size, need, scratch_off = 0, scratch = 0;
-	int ret = err;
+	pthread_mutex_lock(&dc->lock);
+	evict_unreserve(g->pol, size);
+	pthread_mutex_unlock(&dc->lock);
+}
 
+/*
+ * Room and VRAM for @size bytes of @e on @g: admission (evicting), then the allocation (which
+ * evicts and retries once). A failed allocation counts as a device error and gives the
+ * reservation back. Returns 0 or the error, with @msg. Device thread.
+ */
+static int admit_alloc(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t size,
+		       struct gpu_vram *v, char *msg)
+{
+	int ret = dev_admit(d, g, e, size, msg);
+
+	if (ret)
+		return ret;
+	ret = dev_alloc_vram(d, g, e, size, v, msg);
 	if (ret) {
-		snprintf(msg, sizeof(msg), "%s", hmsg);
-		goto fail;
+		metrics_note_device_error(d->reg);
+		unreserve(d->dc, g, size);
 	}
+	return ret;
+}
+
+/* A device copy in the making (dev_fill()). */
+struct fill_plan {
+	struct hostcache_layout l;	/* the held host entry; for a selection, its table holds
+					 * only the selected tensors (the hold is the extent's) */
+	struct hostcache_layout cl;	/* converted or selected: the device copy's own compact
+					 * layout (dev_convert_layout()); else empty */
+	uint64_t scratch_off, scratch;	/* the conversion's scratch area in the allocation */
+	uint64_t need;			/* bytes of VRAM, before the granularity */
+};
+
+/*
+ * First step of dev_fill(): holds the host entry of @e (@held: the one the host load handed
+ * over, taken; NULL: hold it now) and lays out @e's form in @p. Returns 0, or the error with
+ * @msg and nothing held.
+ */
+static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout *held,
+		     struct fill_plan *p, char *msg)
+{
+	int ret = 0;
+
 	if (held) {
-		l = *held;
+		p->l = *held;
 		memset(held, 0, sizeof(*held));
 	} else {
-		ret = hostcache_hold(d, e->comp, &l);
+		ret = hostcache_hold(d, e->comp, &p->l);
 	}
 	if (ret) {
-		snprintf(msg, sizeof(msg), "%.150s: the host copy went before the GPU copy could start "
-			 "(retry)", e->key);
-		ret = -EAGAIN;
-		goto fail;
+		snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: the host copy went before the GPU copy "
+			 "could start (retry)", e->key);
+		return -EAGAIN;
 	}
-	gran = dc->ops->granularity(g->dev);
-	need = l.size;
+	p->need = p->l.size;
 	if (e->sel) {
 		struct hostcache_layout sl;
 
-		/* From here on @l describes the selected tensors only; the hold is the
+		/* From here on p->l describes the selected tensors only; the hold is the
 		 * extent's, which the copy keeps. */
-		ret = dev_select_layout(d, e, &l, &sl, msg);
+		ret = dev_select_layout(d, e, &p->l, &sl, msg);
 		if (ret) {
-			hostcache_unhold(d, &l);
-			free(l.t);
-			goto fail;
+			hostcache_unhold(d, &p->l);
+			free(p->l.t);
+			return ret;
 		}
-		free(l.t);
-		l.t = sl.t;
-		l.n_t = sl.n_t;
-		l.tensor_bytes = sl.tensor_bytes;
+		free(p->l.t);
+		p->l.t = sl.t;
+		p->l.n_t = sl.n_t;
+		p->l.tensor_bytes = sl.tensor_bytes;
 	}
 	if (e->conv || e->sel) {
 		/* A compact layout of its own; with conv 0 nothing is converted and the
 		 * scratch area is empty. */
-		ret = dev_convert_layout(&l, e->conv, &cl, &scratch_off, &scratch);
+		ret = dev_convert_layout(&p->l, e->conv, &p->cl, &p->scratch_off, &p->scratch);
 		if (ret) {
-			snprintf(msg, sizeof(msg), "%.150s: out of memory", e->key);
-			hostcache_unhold(d, &l);
-			free(l.t);
-			goto fail;
+			snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: out of memory", e->key);
+			hostcache_unhold(d, &p->l);
+			free(p->l.t);
+			return ret;
 		}
-		need = scratch_off + scratch;
+		p->need = p->scratch_off + p->scratch;
 	}
-	{
-		/* The same content (one host entry) already on this GPU in this form, for
-		 * another model's component: share its allocation instead of a second copy. */
-		struct dentry *twin;
+	return 0;
+}
 
-		pthread_mutex_lock(&dc->lock);
-		twin = dev_find_twin(dc, e, l.id);
-		if (twin)
-			dev_alias_resident(d, e, twin, e->conv || e->sel ? &cl : &l, read_bytes);
-		pthread_mutex_unlock(&dc->lock);
-		if (twin) {
-			hostcache_unhold(d, &l);
-			free(l.t);
-			free(cl.t);
-			return;
-		}
-	}
-	size = gran ? (need + gran - 1) / gran * gran : need;
-	ret = dev_admit(d, g, e, size, msg);
-	if (!ret) {
-		ret = dev_alloc_vram(d, g, e, size, &v, msg);
-		if (ret) {
-			metrics_note_device_error(d->reg);
-			pthread_mutex_lock(&dc->lock);
-			evict_unreserve(g->pol, size);
-			pthread_mutex_unlock(&dc->lock);
-		}
-	}
-	if (!ret) {
-		ret = e->conv || e->sel ?
-		      dev_convert_in(d, e, &v, &l, &cl, scratch_off, scratch, msg) :
-		      dev_copy_in(d, e, v.dptr, l.base, l.size, msg);
-		if (ret) {
-			metrics_note_device_error(d->reg);
-			dc->ops->vram_free(g->dev, &v);
-			pthread_mutex_lock(&dc->lock);
-			evict_unreserve(g->pol, size);
-			pthread_mutex_unlock(&dc->lock);
-		}
-	}
-	hostcache_unhold(d, &l);
+/*
+ * Second step: the same content (one host entry) already on this GPU in this form, for
+ * another model's component: @e shares its allocation instead of a second copy. Returns
+ * whether it did (@e is then resident, the hold given back, @p freed).
+ */
+static bool share_twin(struct daemon *d, struct dentry *e, struct fill_plan *p,
+		       uint64_t read_bytes)
+{
+	struct devcache *dc = d->dc;
+	struct dentry *twin;
+
+	pthread_mutex_lock(&dc->lock);
+	twin = dev_find_twin(dc, e, p->l.id);
+	if (twin)
+		dev_alias_resident(d, e, twin, e->conv || e->sel ? &p->cl : &p->l, read_bytes);
+	pthread_mutex_unlock(&dc->lock);
+	if (!twin)
+		return false;
+	hostcache_unhold(d, &p->l);
+	free(p->l.t);
+	free(p->cl.t);
+	return true;
+}
+
+/*
+ * Third step: host -> VRAM into @v (@size bytes reserved), converting for a converted or
+ * selected form. A failure counts as a device error and frees @v and the reservation.
+ */
+static int copy_form(struct daemon *d, struct dentry *e, struct fill_plan *p,
+		     struct gpu_vram *v, uint64_t size, char *msg)
+{
+	struct dgpu *g = e->g;
+	int ret = e->conv || e->sel ?
+		  dev_convert_in(d, e, v, &p->l, &p->cl, p->scratch_off, p->scratch, msg) :
+		  dev_copy_in(d, e, v->dptr, p->l.base, p->l.size, msg);
+
 	if (ret) {
-		free(l.t);
-		free(cl.t);
+		metrics_note_device_error(d->reg);
+		d->dc->ops->vram_free(g->dev, v);
+		unreserve(d->dc, g, size);
+	}
+	return ret;
+}
+
+/* The host load of @e ended with @err: copy it to the GPU and complete its requesters. */
+void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
+	      uint64_t read_bytes, struct hostcache_layout *held)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = e->g;
+	struct fill_plan p = { 0 };
+	struct gpu_vram v = { .fd = -1 };
+	char msg[WD_DATA_SLOT_SIZE] = "";
+	uint64_t t0 = wd_now_ns(), gran, size;
+	int ret = err;
+
+	if (ret)
+		snprintf(msg, sizeof(msg), "%s", hmsg);
+	else
+		ret = hold_form(d, e, held, &p, msg);
+	if (ret)
+		goto fail;
+	if (share_twin(d, e, &p, read_bytes))
+		return;
+	gran = dc->ops->granularity(g->dev);
+	size = gran ? (p.need + gran - 1) / gran * gran : p.need;
+	ret = admit_alloc(d, g, e, size, &v, msg);
+	if (!ret)
+		ret = copy_form(d, e, &p, &v, size, msg);
+	hostcache_unhold(d, &p.l);
+	if (ret) {
+		free(p.l.t);
+		free(p.cl.t);
 		goto fail;
 	}
 	if (e->conv || e->sel) {
 		/* The device copy's own layout; the host entry's table is no longer needed. */
-		free(l.t);
-		l = cl;
+		free(p.l.t);
+		p.l = p.cl;
 	}
-	make_resident(d, e, &l, &v, size, t0, read_bytes);
+	make_resident(d, e, &p.l, &v, size, t0, read_bytes);
 	return;
 fail:
 	pthread_mutex_lock(&dc->lock);
 	dev_fail_entry(d, e, ret, msg);
 	pthread_mutex_unlock(&dc->lock);
+}
+
+/*
+ * Opens the @n files that @src names into @fds (tensors of one file share its descriptor;
+ * every fds[i] is -1 or open on return, for the caller to close). Returns 0, or the error
+ * with @msg naming the file.
+ */
+static int open_sources(const struct hostcache_src *src, uint32_t n, int *fds, char *msg)
+{
+	for (uint32_t i = 0; i < n; i++)
+		fds[i] = -1;
+	for (uint32_t i = 0; i < n; i++) {
+		struct stat sb;
+		int ret;
+
+		for (uint32_t k = 0; k < i && fds[i] < 0; k++)
+			if (!strcmp(src[k].path, src[i].path))
+				fds[i] = dup(fds[k]);
+		if (fds[i] >= 0)
+			continue;
+		ret = wd_open_regular(AT_FDCWD, src[i].path, 0, &sb);
+		if (ret < 0) {
+			snprintf(msg, WD_DATA_SLOT_SIZE, "%.200s: %s", src[i].path,
+				 ret == -EINVAL ? wd_file_kind(sb.st_mode) : strerror(-ret));
+			return ret;
+		}
+		fds[i] = ret;
+	}
+	return 0;
 }
 
 /*
@@ -191,6 +282,7 @@ void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 	struct dgpu *g = e->g;
 	struct gpu_vram v = { .fd = -1 };
 	struct staging_transfer *t = NULL;
+	struct progress_arg pa = { d, e };
 	int *fds = NULL;
 	char msg[WD_DATA_SLOT_SIZE] = "", why[STAGING_MSG_MAX] = "";
 	uint64_t t0 = wd_now_ns(), gran, size, total = 0;
@@ -206,63 +298,35 @@ void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 	t = calloc(n ? n : 1, sizeof(*t));
 	fds = calloc(n ? n : 1, sizeof(*fds));
 	if (!t || !fds) {
+		/* Not yet opened: the failure path must not close the zeroes of calloc(). */
+		free(fds);
+		fds = NULL;
 		ret = -ENOMEM;
 		goto fail;
 	}
-	for (uint32_t i = 0; i < n; i++)
-		fds[i] = -1; /* the failure path closes every fds[i] >= 0 */
-	for (uint32_t i = 0; i < n; i++) {
-		/* Tensors of one file share its descriptor. */
-		for (uint32_t k = 0; k < i && fds[i] < 0; k++)
-			if (!strcmp(w->src[k].path, w->src[i].path))
-				fds[i] = dup(fds[k]);
-		if (fds[i] < 0) {
-			struct stat sb;
-
-			fds[i] = wd_open_regular(AT_FDCWD, w->src[i].path, 0, &sb);
-			if (fds[i] < 0) {
-				ret = fds[i];
-				snprintf(msg, sizeof(msg), "%.200s: %s", w->src[i].path,
-					 ret == -EINVAL ? wd_file_kind(sb.st_mode) : strerror(-ret));
-				fds[i] = -1;
-				goto fail;
-			}
-		}
-	}
-	gran = dc->ops->granularity(g->dev);
-	size = gran ? (w->l.size + gran - 1) / gran * gran : w->l.size;
-	ret = dev_admit(d, g, e, size, msg);
+	ret = open_sources(w->src, n, fds, msg);
 	if (ret)
 		goto fail;
-	ret = dev_alloc_vram(d, g, e, size, &v, msg);
-	if (ret) {
-		metrics_note_device_error(d->reg);
-		pthread_mutex_lock(&dc->lock);
-		evict_unreserve(g->pol, size);
-		pthread_mutex_unlock(&dc->lock);
+	gran = dc->ops->granularity(g->dev);
+	size = gran ? (w->l.size + gran - 1) / gran * gran : w->l.size;
+	ret = admit_alloc(d, g, e, size, &v, msg);
+	if (ret)
 		goto fail;
-	}
 	for (uint32_t i = 0; i < n; i++) {
 		t[i] = (struct staging_transfer){ .fd = fds[i], .name = w->src[i].path,
 						  .off = w->src[i].off, .len = w->src[i].len,
 						  .dst = v.dptr + w->l.t[i].off };
 		total += w->src[i].len;
 	}
-	{
-		struct progress_arg pa = { d, e };
-
-		ret = staging_load(g->st, t, n, &(struct staging_call){
-					   .progress = dev_staging_progress, .arg = &pa },
-				   why, sizeof(why));
-	}
+	ret = staging_load(g->st, t, n, &(struct staging_call){
+				   .progress = dev_staging_progress, .arg = &pa },
+			   why, sizeof(why));
 	if (ret) {
 		/* Not counted as a device error: the file's reads fail here as well. */
 		snprintf(msg, sizeof(msg), "%.50s: disk -> cuda:%d: %.160s", e->key, g->ordinal,
 			 why);
 		dc->ops->vram_free(g->dev, &v);
-		pthread_mutex_lock(&dc->lock);
-		evict_unreserve(g->pol, size);
-		pthread_mutex_unlock(&dc->lock);
+		unreserve(dc, g, size);
 		goto fail;
 	}
 	for (uint32_t i = 0; i < n; i++)

@@ -114,6 +114,80 @@ static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
 	return true;
 }
 
+/*
+ * A miss: a new entry for component @cid of @model on @g in form @f, keyed "cuda:N/model/
+ * component" (with "@F16"/"@BF16" and "#sel:<hash>" for its form), with @r waiting on it,
+ * linked into the table. @rc gets the component's registry record. Under dc->lock. Returns 0,
+ * -ENOENT (not in the registry) or -ENOMEM (nothing linked).
+ */
+static int new_entry(struct daemon *d, struct dgpu *g, uint32_t model, uint32_t cid,
+		     const struct dform *f, struct dreq *r, uint64_t now,
+		     struct wd_reg_component *rc, struct dentry **out)
+{
+	struct devcache *dc = d->dc;
+	struct wd_reg_model rm;
+	struct dentry *e = calloc(1, sizeof(*e));
+	int ret = 0;
+
+	if (!e)
+		return -ENOMEM;
+	evict_lookup(g->pol, "", now);	/* a miss */
+	e->g = g;
+	e->model = model;
+	e->comp = cid;
+	e->conv = f->conv;
+	e->sel = f->sel;
+	e->sel_hash = f->sel_hash;
+	e->sel_len = f->len;
+	if (f->len)
+		memcpy(e->sel_arg, f->payload, f->len);
+	e->v.fd = -1;
+	if (registry_read_model(&d->view, e->model, &rm) ||
+	    registry_read_component(&d->view, cid, rc))
+		ret = -ENOENT;
+	snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s%s", g->ordinal,
+		 ret ? "?" : rm.name, !ret && rc->name[0] ? "/" : "", ret ? "" : rc->name,
+		 f->conv == GPU_DTYPE_F16 ? "@F16" : f->conv == GPU_DTYPE_BF16 ? "@BF16" : "");
+	if (f->sel) {
+		size_t kl = strlen(e->key);
+
+		snprintf(e->key + kl, sizeof(e->key) - kl, "#sel:%016" PRIx64, f->sel_hash);
+	}
+	if (!ret)
+		ret = dev_add_waiter(e, r);
+	if (ret) {
+		dev_free_entry(e);
+		return ret;
+	}
+	e->next = dc->entries;
+	dc->entries = e;
+	*out = e;
+	return 0;
+}
+
+/*
+ * Starts the load of new entry @e (component @rc) for job @j: streamed from disk when the
+ * host budget can never take it, else through the host tier, whose callback
+ * (dev_host_ready()) hands it to the device thread. Failures are completed through @e.
+ */
+static void start_load(struct daemon *d, struct job *j, const struct dreq *r,
+		       struct dentry *e, const struct wd_reg_component *rc)
+{
+	int ret;
+
+	dev_set_state(d, e, WD_STATE_LOADING, 0);
+	log_info(MOD, "\"device load started\" key=\"%s\"", e->key);
+	if (stream_instead(d, e, rc->nbytes, rc->n_tensors))
+		return;
+	ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, e->comp,
+				 e->g->numa, dev_host_ready, e);
+	if (ret) {
+		pthread_mutex_lock(&d->dc->lock);
+		dev_fail_entry(d, e, ret, "load: out of memory");
+		pthread_mutex_unlock(&d->dc->lock);
+	}
+}
+
 void devcache_load_job(struct daemon *d, struct job *j)
 {
 	struct devcache *dc = d->dc;
@@ -150,11 +224,11 @@ void devcache_load_job(struct daemon *d, struct job *j)
 		dev_req_fail(r, -ENOENT, "load: the model has no component");
 	for (uint32_t cid = first; cid < first + n; cid++) {
 		struct dentry *e;
-		struct wd_reg_model rm;
 		struct wd_reg_component rc;
 		bool start = false;
 		int ret = 0;
 
+		/* Resident: counted at once; loading: joined; else a new entry, started. */
 		pthread_mutex_lock(&dc->lock);
 		e = dev_find(dc, g, cid, &f);
 		if (e && e->resident) {
@@ -163,42 +237,9 @@ void devcache_load_job(struct daemon *d, struct job *j)
 		} else if (e) {
 			evict_lookup(g->pol, e->key, now);
 			ret = dev_add_waiter(e, r);
-		} else if ((e = calloc(1, sizeof(*e)))) {
-			evict_lookup(g->pol, "", now);	/* a miss */
-			e->g = g;
-			e->model = j->sqe.model;
-			e->comp = cid;
-			e->conv = f.conv;
-			e->sel = f.sel;
-			e->sel_hash = f.sel_hash;
-			e->sel_len = f.len;
-			if (f.len)
-				memcpy(e->sel_arg, f.payload, f.len);
-			e->v.fd = -1;
-			if (registry_read_model(&d->view, e->model, &rm) ||
-			    registry_read_component(&d->view, cid, &rc))
-				ret = -ENOENT;
-			snprintf(e->key, sizeof(e->key), "cuda:%d/%.150s%s%.150s%s", g->ordinal,
-				 ret ? "?" : rm.name, !ret && rc.name[0] ? "/" : "",
-				 ret ? "" : rc.name, f.conv == GPU_DTYPE_F16 ? "@F16" :
-				 f.conv == GPU_DTYPE_BF16 ? "@BF16" : "");
-			if (f.sel) {
-				size_t kl = strlen(e->key);
-
-				snprintf(e->key + kl, sizeof(e->key) - kl, "#sel:%016" PRIx64,
-					 f.sel_hash);
-			}
-			if (!ret)
-				ret = dev_add_waiter(e, r);
-			if (ret) {
-				dev_free_entry(e);
-			} else {
-				e->next = dc->entries;
-				dc->entries = e;
-				start = true;
-			}
 		} else {
-			ret = -ENOMEM;
+			ret = new_entry(d, g, j->sqe.model, cid, &f, r, now, &rc, &e);
+			start = !ret;
 		}
 		pthread_mutex_unlock(&dc->lock);
 		if (ret) {
@@ -207,19 +248,8 @@ void devcache_load_job(struct daemon *d, struct job *j)
 			pthread_mutex_unlock(&dc->lock);
 			break;
 		}
-		if (!start)
-			continue;
-		dev_set_state(d, e, WD_STATE_LOADING, 0);
-		log_info(MOD, "\"device load started\" key=\"%s\"", e->key);
-		if (stream_instead(d, e, rc.nbytes, rc.n_tensors))
-			continue;
-		ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, cid,
-					 e->g->numa, dev_host_ready, e);
-		if (ret) {
-			pthread_mutex_lock(&dc->lock);
-			dev_fail_entry(d, e, ret, "load: out of memory");
-			pthread_mutex_unlock(&dc->lock);
-		}
+		if (start)
+			start_load(d, j, r, e, &rc);
 	}
 	pthread_mutex_lock(&dc->lock);
 	dev_req_done_one(d, r);

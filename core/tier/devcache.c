@@ -70,6 +70,83 @@ static int usable(const struct gpu_ops *ops, struct gpu_dev *dev, int i, char *w
 	return 0;
 }
 
+/*
+ * Opens GPU @i as dc->g[dc->n]: checks it (usable()), makes its stream, its budget and
+ * policy, and its staging ring (optional), in its context, and counts it. Returns false, with
+ * dc->why, when it is not used: ordinals are tier numbers, so a device that fails to open ends
+ * the list. @why (@why_size bytes) keeps the last driver message. Device thread.
+ */
+static bool open_one(struct daemon *d, int i, struct placement *pl, char *why,
+		     size_t why_size)
+{
+	struct devcache *dc = d->dc;
+	struct dgpu *g = &dc->g[dc->n];
+	uint64_t pct = d->cfg.device_budget_pct ? d->cfg.device_budget_pct :
+		       100u - DEVCACHE_DEFAULT_HEADROOM_PCT;
+	char tier[16];
+	void *saved = NULL;
+	bool entered = false;
+	int ret;
+
+	memset(g, 0, sizeof(*g));
+	g->ordinal = i;
+	g->numa = -1;
+	ret = dc->ops->open(i, &g->dev, why, why_size);
+	if (!ret)
+		ret = usable(dc->ops, g->dev, i, why, why_size);
+	if (!ret)
+		ret = dc->ops->info(g->dev, &g->info, why, why_size);
+	if (!ret)
+		ret = dc->ops->ctx_enter(g->dev, &saved, why, why_size);
+	entered = !ret;
+	if (!ret)
+		ret = dc->ops->stream_create(g->dev, &g->stream, why, why_size);
+	if (ret) {
+		log_warn(MOD, "\"GPU not used\" ordinal=%d err=%d why=\"%s\"", i, ret, why);
+		if (entered)
+			dc->ops->ctx_leave(g->dev, saved);
+		if (g->dev)
+			dc->ops->close(g->dev);
+		snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: %s", i, why);
+		return false;
+	}
+	g->budget = d->cfg.device_budget ? d->cfg.device_budget :
+		    g->info.total_bytes / 100 * pct;
+	if (g->budget > g->info.total_bytes)
+		g->budget = g->info.total_bytes;
+	snprintf(tier, sizeof(tier), "cuda:%d", i);
+	if (!g->budget || evict_create(&(struct evict_options){ .budget = g->budget,
+								.tier = tier }, &g->pol)) {
+		log_warn(MOD, "\"GPU not used: zero budget or no memory\" ordinal=%d", i);
+		dc->ops->stream_destroy(g->dev, g->stream);
+		dc->ops->ctx_leave(g->dev, saved);
+		dc->ops->close(g->dev);
+		snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: zero budget", i);
+		return false;
+	}
+	if (pl && g->info.pci_bus_id[0]) {
+		int node = placement_pci_node(pl, g->info.pci_bus_id, NULL);
+
+		g->numa = node >= 0 ? node : -1;
+	}
+	ret = staging_create(dc->ops, g->dev, &(struct staging_options){ .node = g->numa },
+			     &g->st, why, why_size);
+	if (ret) {
+		g->st = NULL;
+		log_warn(MOD, "\"no staging ring: host copies use one stream, components larger "
+			 "than the host budget cannot be loaded\" ordinal=%d err=%d why=\"%s\"", i,
+			 ret, why);
+	}
+	dc->ops->ctx_leave(g->dev, saved);
+	dc->n++;
+	log_info(MOD, "\"GPU ready\" tier=%s kind=%s name=\"%s\" pci=\"%s\" numa=%d total=%"
+		 PRIu64 " budget=%" PRIu64, tier, dc->ops->kind, g->info.name, g->info.pci_bus_id,
+		 g->numa, g->info.total_bytes, g->budget);
+	return true;
+}
+
+/* Picks the gpu_ops and opens the GPUs (open_one()); with none, dc->why says why. Device
+ * thread, before it reports ready. */
 void dev_open_devices(struct daemon *d)
 {
 	struct devcache *dc = d->dc;
@@ -91,71 +168,9 @@ void dev_open_devices(struct daemon *d)
 		n = (int)WD_TIER_MAX - 1;
 	if (strcmp(dc->ops->kind, "emulated"))
 		placement_open_this_system(true, &pl);
-	for (int i = 0; i < n; i++) {
-		struct dgpu *g = &dc->g[dc->n];
-		uint64_t pct = d->cfg.device_budget_pct ? d->cfg.device_budget_pct :
-			       100u - DEVCACHE_DEFAULT_HEADROOM_PCT;
-		char tier[16];
-		void *saved = NULL;
-		bool entered = false;
-		int ret;
-
-		memset(g, 0, sizeof(*g));
-		g->ordinal = i;
-		g->numa = -1;
-		ret = dc->ops->open(i, &g->dev, why, sizeof(why));
-		if (!ret)
-			ret = usable(dc->ops, g->dev, i, why, sizeof(why));
-		if (!ret)
-			ret = dc->ops->info(g->dev, &g->info, why, sizeof(why));
-		if (!ret)
-			ret = dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why));
-		entered = !ret;
-		if (!ret)
-			ret = dc->ops->stream_create(g->dev, &g->stream, why, sizeof(why));
-		if (ret) {
-			log_warn(MOD, "\"GPU not used\" ordinal=%d err=%d why=\"%s\"", i, ret, why);
-			if (entered)
-				dc->ops->ctx_leave(g->dev, saved);
-			if (g->dev)
-				dc->ops->close(g->dev);
-			/* Ordinals are tier numbers: a device that fails to open ends the list. */
-			snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: %s", i, why);
+	for (int i = 0; i < n; i++)
+		if (!open_one(d, i, pl, why, sizeof(why)))
 			break;
-		}
-		g->budget = d->cfg.device_budget ? d->cfg.device_budget :
-			    g->info.total_bytes / 100 * pct;
-		if (g->budget > g->info.total_bytes)
-			g->budget = g->info.total_bytes;
-		snprintf(tier, sizeof(tier), "cuda:%d", i);
-		if (!g->budget || evict_create(&(struct evict_options){ .budget = g->budget,
-									.tier = tier }, &g->pol)) {
-			log_warn(MOD, "\"GPU not used: zero budget or no memory\" ordinal=%d", i);
-			dc->ops->stream_destroy(g->dev, g->stream);
-			dc->ops->ctx_leave(g->dev, saved);
-			dc->ops->close(g->dev);
-			snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: zero budget", i);
-			break;
-		}
-		if (pl && g->info.pci_bus_id[0]) {
-			int node = placement_pci_node(pl, g->info.pci_bus_id, NULL);
-
-			g->numa = node >= 0 ? node : -1;
-		}
-		ret = staging_create(dc->ops, g->dev, &(struct staging_options){ .node = g->numa },
-				     &g->st, why, sizeof(why));
-		if (ret) {
-			g->st = NULL;
-			log_warn(MOD, "\"no staging ring: host copies use one stream, components "
-				 "larger than the host budget cannot be loaded\" ordinal=%d err=%d "
-				 "why=\"%s\"", i, ret, why);
-		}
-		dc->ops->ctx_leave(g->dev, saved);
-		dc->n++;
-		log_info(MOD, "\"GPU ready\" tier=%s kind=%s name=\"%s\" pci=\"%s\" numa=%d "
-			 "total=%" PRIu64 " budget=%" PRIu64, tier, dc->ops->kind, g->info.name,
-			 g->info.pci_bus_id, g->numa, g->info.total_bytes, g->budget);
-	}
 	placement_close(pl);
 	if (!dc->n)
 		snprintf(dc->why, sizeof(dc->why), "no GPU could be opened (%s)", why);
