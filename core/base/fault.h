@@ -19,7 +19,7 @@
  *   alloc     a host cache extent allocation (core/tier/hostcache.c): arena_alloc() is reported
  *             as failed with -ERR (ENOSPC or ENOMEM) without being called.
  *   populate  faulting in a fresh extent (recovery_populate()): reported as -ERR (ENOMEM).
- *   vram      a VRAM allocation of the device tier (core/tier/devcache.c, right before
+ *   vram      a VRAM allocation of the device tier (core/tier/dev_evict.c, right before
  *             gpu_ops.vram_alloc): reported as failed with -ERR (ENOMEM or ENOSPC) without
  *             allocating, as a GPU that is out of memory would; the tier then evicts and
  *             retries once (recovery_alloc_retry()).

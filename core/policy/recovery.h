@@ -18,7 +18,7 @@
  *                     extent large enough: fragmentation) or -ENOMEM (the pages could not be
  *                     faulted in), evict unpinned entries and retry once, then fail with a
  *                     message that says what was tried. The host tier uses it for extents and
- *                     for populating them; the device tier (core/tier/devcache.c) for VRAM.
+ *                     for populating them; the device tier (core/tier/dev_evict.c) for VRAM.
  *   memory pressure   core/daemon/psi.h: shed unpinned cache entries when the kernel reports memory
  *                     pressure.
  *   quarantine        a component whose loads fail RECOVERY_QUARANTINE_AFTER times in a row
