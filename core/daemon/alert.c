@@ -1,6 +1,8 @@
 /*
- * Alerts (core/daemon/alert.h): the timer's evaluation of each kind, and the events it writes into
- * the registry's recent-events ring.
+ * Alerts (core/daemon/alert.h): the timer's evaluation of each kind, and the events it writes
+ * into the registry's recent-events ring. The slow-load verdicts read and write the load
+ * history through the alerts' own catalog connection, which only the control thread uses
+ * (not the worker's: core/daemon/internal.h, "Catalog connections").
  */
 #include "core/daemon/alert.h"
 

@@ -1,22 +1,28 @@
 /*
  * weightd, the daemon: lifecycle, threads and the client table.
  *
- * Threads:
+ * Threads (the files that hold each: core/daemon/internal.h):
  *   control   the thread that calls daemon_run(): one epoll set over the listening socket,
  *             every client socket (the lease), a signalfd for SIGTERM/SIGINT and SIGHUP
  *             (reload; when asked for), the memory-pressure (PSI) descriptor (core/daemon/psi.h)
  *             and an eventfd that daemon_stop() writes. It accepts, checks SO_PEERCRED,
  *             answers the handshake, tears a client down when its socket closes, applies
- *             reloads (daemon_reload()) and sheds the host cache under memory pressure.
+ *             reloads (daemon_reload()), sheds the host cache under memory pressure and
+ *             evaluates the alerts on their timer.
  *   shards    serving threads. Each serves the rings of up to DAEMON_SHARD_CLIENTS clients
  *             (futex_waitv parks on at most 128 words, and each shard keeps one for its own
  *             wake-up ring, which the control and worker threads use to tell it that the
  *             client set changed or that a completion is waiting). A new client goes to the
  *             least loaded shard; a new shard thread starts when all are full, up to
  *             DAEMON_MAX_SHARDS. A shard spins for spin_us after the last request, then parks.
- *   worker    runs the ops that touch the catalog or the disk (scan, validate, metadata), so
- *             a shard keeps answering pings while a scan runs. Its completions travel back
- *             through the owning shard, which stays the only producer on each client's CQ.
+ *   worker    runs the ops that touch the catalog or the disk (scan, validate, metadata, and
+ *             the planning of a LOAD that is not a hit), so a shard keeps answering pings
+ *             while a scan runs. Its completions travel back through the owning shard, which
+ *             stays the only producer on each client's CQ.
+ *   others    the tiers' threads: the host tier's loader and populate threads (uring/loader.c)
+ *             and its arena's prefault thread (uring/arena.h), the device tier's thread
+ *             (core/tier/devcache.h); and the /metrics server's thread (libmicrohttpd,
+ *             core/daemon/metrics.h) when it is on.
  *
  * Exclusion: a lock file next to the socket (SOCKET.lock, flock) is held for the daemon's
  * life. When it is held by another process start fails with -EADDRINUSE; when it is free

@@ -21,10 +21,43 @@
  * narrow interface (issue 14), core/tier/hostcache.h and core/tier/devcache.h through
  * core/daemon/ops.h.
  *
- * Locks, always taken in this order: clients_lock (client table, shard membership), the
- * host cache's lock (core/tier/hostcache.h: cache entries, loads, the eviction policy),
- * state_lock (registry writes, lease table, model table), a client's pend_lock, a shard's
- * wake_lock. job_lock is never held with another.
+ * Locks: the complete order for the daemon and its tiers (the tiers' headers point here).
+ * A thread that holds one of these takes only locks further down the list:
+ *   1. clients_lock (struct daemon): the client table and shard membership. Under it: a
+ *      shard's member snapshot, detach, a hello's join; the last daemon_client_put() of a
+ *      client then takes state_lock.
+ *   2. the device tier's lock (struct devcache.lock, core/tier/dev_internal.h): device
+ *      entries, their policies and pins. Under it the device tier takes state_lock (pins,
+ *      states, metrics_note_load()), posts completions (pend_lock) and queues device work
+ *      (qlock). It comes before the host cache's lock, but the two are never held together:
+ *      the device tier calls the host tier only without it, and the host tier never takes it.
+ *   3. the host cache's lock (struct hostcache.lock, core/tier/hostcache.c): cache entries,
+ *      loads, the eviction policy. Under it the host tier takes state_lock, posts completions
+ *      (pend_lock, then wake_lock), queues a finished load for the alerts (the alert lock),
+ *      hands finished loads to the device tier (qlock), and calls the loader and the arena.
+ *   4. state_lock (struct daemon): registry writes, the lease table, the model table. Under
+ *      it daemon_publish() reads the worker's catalog connection (catalog_model_tensors()).
+ *   5. a client's pend_lock: its pending completions (daemon_post(), which drops it before
+ *      it wakes the shard, and daemon_deliver_pending()).
+ *   Leaves: nothing is taken while one of these is held.
+ *      a shard's wake_lock (daemon_shard_wake());
+ *      the device tier's queue lock (qlock) and a DEVICE_TRIM's wait lock
+ *      (core/tier/dev_internal.h);
+ *      the alerts' lock (struct alerts.lock, core/daemon/alert.c: the queue of finished loads);
+ *      the layers below: uring/loader.c's locks (the loader's, its populate queue's, a load
+ *      handle's) and uring/arena.c's; the loader runs its callbacks with none of them held.
+ *   job_lock (struct daemon: the worker's queue, the reload's roots) is never held with
+ *   another: daemon_queue_job() is called with no lock held.
+ *   The metrics module has no lock: the shards' sums are thread-private and the metrics block
+ *   is written with atomics; its server thread takes only the host cache's lock
+ *   (hostcache_stats()).
+ * Catalog connections (SQLite, opened without SQLite's own mutex, so each is used by one
+ * thread at a time): d->cat is daemon_create()'s until the threads start, then the worker's
+ * alone (jobs, publishing, the host tier's catalog reads and co-access writes), and
+ * daemon_destroy()'s once the worker is joined; the alerts keep a second connection of their
+ * own (core/daemon/alert.c), used by the control thread only, for the load history. The two
+ * meet only at the database's own file locks (WAL, a busy timeout), and the control thread
+ * holds no daemon lock when it uses its connection.
  */
 #ifndef WD_CORE_DAEMON_INTERNAL_H
 #define WD_CORE_DAEMON_INTERNAL_H
@@ -138,7 +171,7 @@ struct daemon {
 	int lock_fd, listen_fd, epoll_fd, sig_fd, stop_efd;
 	uint64_t start_ns;
 
-	struct catalog *cat;		/* the worker's (and daemon_create()'s) only */
+	struct catalog *cat;		/* the worker's connection (see "Catalog connections") */
 	struct registry *reg;
 	struct registry_view view;	/* the daemon's own reader over reg */
 

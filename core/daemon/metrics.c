@@ -1,7 +1,9 @@
 /*
- * The Prometheus endpoint (core/daemon/metrics.h). The STATS counters come from shm/stats.h's
- * table, the one `weightctl stats` prints too; rendering walks it, so a metric cannot get a
- * value without its HELP and TYPE lines, nor a name that stats does not use.
+ * The Prometheus endpoint (core/daemon/metrics.h), and the daemon side of the metrics block's
+ * recording (the shards' thread-private sums, the per-tier load histograms). The STATS
+ * counters come from shm/stats.h's table, the one `weightctl stats` prints too; rendering
+ * walks it, so a metric cannot get a value without its HELP and TYPE lines, nor a name that
+ * stats does not use.
  */
 #include "core/daemon/metrics.h"
 

@@ -10,9 +10,10 @@
  *   only to change pins.
  *   on the worker (queued as a struct job, answered later): SCAN, VALIDATE, META_GET,
  *   META_SET, and a LOAD that is not a hit (core/tier/hostcache.h: it plans and submits the
- *   load; the loader thread posts the final completion). They use the catalog, which only
- *   the worker touches once the daemon runs, and post progress and final completions back
- *   with daemon_post().
+ *   load; the loader thread posts the final completion). They use the worker's catalog
+ *   connection (d->cat), which no other thread uses while the worker runs (the alerts have
+ *   their own: core/daemon/internal.h, "Catalog connections"), and post progress and final
+ *   completions back with daemon_post().
  */
 #ifndef WD_CORE_OPS_H
 #define WD_CORE_OPS_H

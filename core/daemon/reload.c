@@ -1,4 +1,7 @@
-/* Live reconfiguration (daemon_reload()) and the memory-pressure watch (core/daemon/reload.h). */
+/*
+ * Live reconfiguration (daemon_reload()), the handing of new model roots to the worker, and
+ * the memory-pressure watch that sheds the host cache (core/daemon/reload.h).
+ */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>

@@ -54,8 +54,9 @@
  * Locking: the tier's lock comes before state_lock and a client's pend_lock, and is never held
  * together with the host cache's lock: the tier calls the host tier only without it, and the
  * host tier's completion callback only queues work for the device thread, under a separate
- * queue lock. What each lock guards, and the order in full, are at struct devcache
- * (core/tier/dev_internal.h); an eviction demotes its victims after dropping the lock
+ * queue lock. What each lock guards, and the tier's order, are at struct devcache
+ * (core/tier/dev_internal.h); the complete order of the daemon and both tiers is in
+ * core/daemon/internal.h. An eviction demotes its victims after dropping the lock
  * (core/tier/dev_evict.c), so that the shards' DEVICE_MAP, DEVICES and LOAD hits do not wait
  * on the device -> host copy.
  *

@@ -34,7 +34,8 @@
  *           cancelled.
  *
  * Locking: the cache's own lock is taken after clients_lock and before state_lock (registry
- * writes, the lease table); nothing that holds state_lock takes the cache lock.
+ * writes, the lease table); nothing that holds state_lock takes the cache lock. The complete
+ * lock order of the daemon and both tiers is in core/daemon/internal.h.
  */
 #ifndef WD_CORE_HOSTCACHE_H
 #define WD_CORE_HOSTCACHE_H
