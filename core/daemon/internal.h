@@ -44,8 +44,9 @@
  *      the device tier's queue lock (qlock) and a DEVICE_TRIM's wait lock
  *      (core/tier/dev_internal.h);
  *      the alerts' lock (struct alerts.lock, core/daemon/alert.c: the queue of finished loads);
- *      the layers below: uring/loader.c's locks (the loader's, its populate queue's, a load
- *      handle's) and uring/arena.c's; the loader runs its callbacks with none of them held.
+ *      the layers below: the loader's locks (uring/loader_int.h: the loader's, its populate
+ *      queue's, a load handle's) and the arena's (uring/arena.h); the loader runs its
+ *      callbacks with none of them held.
  *   job_lock (struct daemon: the worker's queue, the reload's roots) is never held with
  *   another: daemon_queue_job() is called with no lock held.
  *   The metrics module has no lock: the shards' sums are thread-private and the metrics block
