@@ -819,40 +819,46 @@ static void h_deep(const char *m, const char *out)
 	write_st(m, "top.safetensors", "w", 2);
 }
 
+/*
+ * The part of a model under @m that lives outside the roots: writes the safetensors file
+ * @file (tensors @names) under @out, and links @link, under @m, to @target under @out. The
+ * three "... symlinked out" rows differ only in the layout around that link.
+ */
+static void plant_outside(const char *m, const char *out, const char *file, const char *names,
+			  const char *target, const char *link)
+{
+	char path[4096];
+
+	write_st(out, file, names, 2);
+	fmt(path, sizeof(path), "%s/%s", out, target);
+	symlink_at(path, m, link);
+}
+
 static void h_file_link_out(const char *m, const char *out)
 {
-	char target[4096];
-
 	write_st(m, "ok.safetensors", "w", 2);
-	write_st(out, "secret.safetensors", "s", 2);
-	fmt(target, sizeof(target), "%s/secret.safetensors", out);
-	symlink_at(target, m, "leak.safetensors");
+	plant_outside(m, out, "secret.safetensors", "s", "secret.safetensors",
+		      "leak.safetensors");
 }
 
 static void h_component_link_out(const char *m, const char *out)
 {
-	char target[4096];
-
 	write_text(m, "pipe/model_index.json",
 		   "{\"_class_name\": \"StableDiffusionPipeline\", \"unet\": [\"diffusers\", "
 		   "\"UNet2DConditionModel\"], \"vae\": [\"diffusers\", \"AutoencoderKL\"]}");
 	write_st(m, "pipe/vae/diffusion_pytorch_model.safetensors", "v", 2);
-	write_st(out, "unet/diffusion_pytorch_model.safetensors", "u", 2);
-	fmt(target, sizeof(target), "%s/unet", out);
-	symlink_at(target, m, "pipe/unet");
+	plant_outside(m, out, "unet/diffusion_pytorch_model.safetensors", "u", "unet",
+		      "pipe/unet");
 }
 
 static void h_shard_link_out(const char *m, const char *out)
 {
-	char target[4096];
-
 	write_text(m, "ll/model.safetensors.index.json",
 		   "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
 		   "\"b\": \"model-00002-of-00002.safetensors\"}}");
 	write_st(m, "ll/model-00001-of-00002.safetensors", "a", 2);
-	write_st(out, "shard2.safetensors", "b", 2);
-	fmt(target, sizeof(target), "%s/shard2.safetensors", out);
-	symlink_at(target, m, "ll/model-00002-of-00002.safetensors");
+	plant_outside(m, out, "shard2.safetensors", "b", "shard2.safetensors",
+		      "ll/model-00002-of-00002.safetensors");
 }
 
 /* The Hugging Face hub cache: snapshot files are symlinks into the repo's blobs/. */
