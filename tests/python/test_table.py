@@ -16,7 +16,7 @@ import pytest
 
 import weightd
 from weightd import _native as N
-from weightd import client as wclient
+from weightd import pin as wpin
 from weightd import dtypes
 from weightd.stfile import STFile
 
@@ -82,7 +82,7 @@ def test_forged_table_cannot_reach_outside(loaded_daemon, case, change):
                       npdts=[np.dtype(np.uint8)] * len(good.keys), shapes=good.shapes,
                       offs=good.offs)
         fields.update(change(good))
-        pin._table = wclient._Table(good.epoch, fields["host_fd"], fields["host_offset"],
+        pin._table = wpin._Table(good.epoch, fields["host_fd"], fields["host_offset"],
                                     fields["size"], (fields["keys"], fields["dtnames"],
                                                      fields["npdts"], fields["shapes"],
                                                      fields["offs"]))
@@ -95,7 +95,7 @@ def test_forged_table_cannot_reach_outside(loaded_daemon, case, change):
 
 
 def test_one_tuple_per_distinct_shape(loaded_daemon):
-    """The table holds one tuple object per distinct shape (client._Shapes), equal to the
+    """The table holds one tuple object per distinct shape (pin._Shapes), equal to the
     file's shape (the byte shape for sub-byte dtypes): a thousand tensors of a few shapes
     leave a few objects for the garbage collector, not a thousand."""
     d = loaded_daemon

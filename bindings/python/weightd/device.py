@@ -38,9 +38,10 @@ import numpy as np
 
 from . import _native as N
 from . import dtypes
-from .client import Pin, _b, _s
+from ._common import _b, _s
 from .errors import (GPUTierUnavailableError, NotSupportedError, ReleasedError, WeightdError,
                      error_from_code)
+from .pin import Pin
 
 __all__ = ["DevicePin", "DeviceTensor", "devices", "trim", "KDL_CPU", "KDL_CUDA",
            "DLPACK_DTYPES"]

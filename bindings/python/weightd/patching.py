@@ -23,6 +23,8 @@ import importlib.machinery
 import sys
 import threading
 
+from . import safe as wsafe
+
 __all__ = ["patch", "unpatch", "patched"]
 
 _TARGETS = ("safetensors", "safetensors.torch", "safetensors.numpy")
@@ -33,7 +35,6 @@ _originals = {}  # (module name, attribute) -> the original object
 
 def _replacements(modname):
     """attribute -> replacement for module @modname, built over the originals."""
-    from . import safe as wsafe
     socket = _state["socket"]
     if modname == "safetensors":
         orig = _originals.get(("safetensors", "safe_open"))

@@ -9,6 +9,8 @@ import os
 import runpy
 import sys
 
+from .patching import patch
+
 USAGE = ("usage: python -m weightd.run SCRIPT [ARGS...]\n"
          "       python -m weightd.run -m MODULE [ARGS...]\n"
          "Runs the program with weightd.patch(): safetensors.safe_open, safetensors.torch."
@@ -20,7 +22,6 @@ def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if argv else 2
-    from .patching import patch
     patch()
     if argv[0] == "-m":
         if len(argv) < 2:

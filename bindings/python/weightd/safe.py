@@ -44,9 +44,10 @@ import warnings
 import numpy as np
 
 from . import dtypes
+from ._frameworks import _torch, to_framework
 from .client import Client
 from .errors import (DaemonUnavailableError, GPUTierUnavailableError, LibraryUnavailableError,
-                     NotFoundError, NotSupportedError, WeightdError, WeightdFallbackWarning)
+                     NotFoundError, WeightdError, WeightdFallbackWarning)
 from .stfile import STFile, open_regular
 
 __all__ = ["safe_open", "load_file", "load", "SafetensorError", "FRAMEWORKS"]
@@ -256,41 +257,6 @@ def _find_component(client, stf):
                     continue
             return m.name, c.name
     return None
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotSupportedError(errno.ENOTSUP, "framework \"pt\" needs torch, which is not "
-                                "installed", "safe_open") from None
-    return torch
-
-
-def _to_framework(arr, st_dtype, framework, device, shape=None):
-    if getattr(arr, "__dlpack_device__", None) is not None and not hasattr(arr, "ndim"):
-        # A device tensor of the daemon's GPU tier (weightd.device.DeviceTensor).
-        if framework in ("np", "numpy"):
-            raise WeightdError(errno.EINVAL, "framework \"np\" holds arrays in host memory; "
-                               "device %r needs framework \"pt\"" % (device,), "get_tensor")
-        _torch()
-        from .torch import from_device_tensor
-        t = from_device_tensor(arr)
-        if t.device.type != "cuda":
-            # The emulated device's memory is host memory (kDLCPU): copy it where asked.
-            t = t.to(device)
-        return t
-    if framework in ("np", "numpy"):
-        if device not in ("cpu", None):
-            raise WeightdError(errno.EINVAL, "framework \"np\" holds arrays in host memory; "
-                               "device %r needs framework \"pt\"" % (device,), "get_tensor")
-        return arr
-    _torch()
-    from .torch import from_numpy_view
-    t = from_numpy_view(arr, st_dtype, shape)
-    if device not in ("cpu", None):
-        t = t.to(device)
-    return t
 
 
 def _is_cuda(device):
@@ -586,7 +552,7 @@ class safe_open:
 
     def _get(self, name, populate=True):
         dt, shape = self._describe(name)
-        return _to_framework(self._array(name, populate), dt, self._framework, self._device,
+        return to_framework(self._array(name, populate), dt, self._framework, self._device,
                              shape)
 
     def get_tensor(self, name):
@@ -655,7 +621,7 @@ def load(data, framework="np"):
                 # this one, with the same KeyError.
                 raise KeyError(e.dtype)
             else:
-                out[name] = _to_framework(arr.copy(), e.dtype, "pt", "cpu", e.shape)
+                out[name] = to_framework(arr.copy(), e.dtype, "pt", "cpu", e.shape)
         return out
     except WeightdError as e:
         _raise_compat(e)
