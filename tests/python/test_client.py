@@ -106,7 +106,7 @@ def test_each_attach_gets_its_own_ring(daemon, pause_s):
             lib.weightd_detach(h)
 
 
-def test_models_and_status(daemon):
+def test_models_and_state(daemon):
     with daemon.client() as c:
         models = {m.name: m for m in c.models()}
         assert set(DEMO_MODELS) <= set(models), sorted(models)
@@ -115,7 +115,7 @@ def test_models_and_status(daemon):
             sd.components
         assert sd.n_tensors == sum(x.n_tensors for x in sd.components)
         assert c.model("llama-tiny").components[0].name == ""
-        st = c.status("sd-tiny")
+        st = c.state("sd-tiny")
         assert st["state"] in ("absent", "resident"), st
         assert st["total"] == sd.nbytes, (st, sd.nbytes)
         meta = c.tensor_meta("sd-tiny", "conv_in.weight", "unet")
@@ -126,9 +126,53 @@ def test_models_and_status(daemon):
         assert s["host_pages"] in ("4k", "thp", "hugetlb"), s
         assert s["host_page_size"] == 4096 if s["host_pages"] == "4k" else \
             s["host_page_size"] >= 2 << 20, s
-        cs = c.cache_stats()
+        cs = c.host_stats()
         assert cs["read_direct_bytes"] + cs["read_buffered_bytes"] == cs["read_bytes"], cs
         c.ping()
+
+
+def test_meta_get_set(daemon):
+    """Client.meta_get/meta_set are META_GET/META_SET (weightd_meta_get/_set): a value set is
+    read back, by this client and another; unknown keys and models are NotFoundError; a key
+    and value over one payload are refused with ENAMETOOLONG."""
+    with daemon.client() as c, daemon.client() as d:
+        c.meta_set("sd-tiny", "owner", "team-ü")
+        assert c.meta_get("sd-tiny", "owner") == "team-ü"
+        assert d.meta_get("sd-tiny", "owner") == "team-ü"
+        c.meta_set("sd-tiny", "owner", "")
+        assert c.meta_get("sd-tiny", "owner") == ""
+        with pytest.raises(weightd.NotFoundError):
+            c.meta_get("sd-tiny", "no-such-key")
+        with pytest.raises(weightd.NotFoundError):
+            c.meta_get("no-such-model", "owner")
+        with pytest.raises(weightd.NotFoundError):
+            c.meta_set("no-such-model", "owner", "x")
+        with pytest.raises(weightd.WeightdError) as e:
+            c.meta_set("sd-tiny", "k", "v" * 300)
+        assert e.value.errno == errno.ENAMETOOLONG, e.value
+        # 250 bytes fit in one payload with the key; read back, the reply carries 256.
+        c.meta_set("sd-tiny", "k", "v" * 250)
+        assert c.meta_get("sd-tiny", "k") == "v" * 250
+
+
+def test_deprecated_names_warn(daemon):
+    """The names docs/names.md retired still work, each with a DeprecationWarning that names
+    its replacement: Client.status() is state(), Client.cache_stats() is host_stats()."""
+    with daemon.client() as c:
+        with pytest.warns(DeprecationWarning, match=r"Client\.state\(\)"):
+            st = c.status("sd-tiny")
+        assert st == c.state("sd-tiny"), st
+        with pytest.warns(DeprecationWarning, match=r"Client\.state\(\)"):
+            with pytest.raises(weightd.NotFoundError):
+                c.status("no-such-model")
+        with pytest.warns(DeprecationWarning, match=r"Client\.host_stats\(\)"):
+            cs = c.cache_stats()
+        assert set(cs) == set(c.host_stats()), cs
+        # The new names warn about nothing.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            c.state("sd-tiny", "unet", tier="host")
+            c.host_stats()
 
 
 # One row per error case: the call, the exception class, words the message must contain.
@@ -139,7 +183,7 @@ ERRORS = [
      "no-such-model"),
     ("pin unknown component", lambda c: c.pin("sd-tiny", "nope"), weightd.NotFoundError,
      "nope"),
-    ("status unknown model", lambda c: c.status("no-such-model"), weightd.NotFoundError,
+    ("state unknown model", lambda c: c.state("no-such-model"), weightd.NotFoundError,
      "no-such-model"),
     ("tensor unknown", lambda c: c.tensor_meta("sd-tiny", "nope.weight"),
      weightd.NotFoundError, ""),
@@ -168,7 +212,7 @@ def test_load_today_or_resident(daemon):
             assert "loader" in e.message, e.message
             assert e.code in ("ENOTSUP", "EOPNOTSUPP"), e.code
             return
-        assert c.status("vae-tiny")["state"] == "resident"
+        assert c.state("vae-tiny")["state"] == "resident"
         assert c.stats()["pins"] == 1
         pin.release()
 
@@ -189,14 +233,14 @@ def test_model_named_by_path(daemon, monkeypatch):
             with c.load(m) as pin:
                 assert pin.model == "vae-tiny", (m, pin.model)
                 assert pin.tensor(tensor).shape == want.shape, m
-            assert c.status(m)["state"] == "resident", m
+            assert c.state(m)["state"] == "resident", m
             p, q = c.pin(m), c.pin("vae-tiny")
             assert c.stats()["pins"] == 1, (m, c.stats())
             p.release()
             q.release()
             assert c.stats()["pins"] == 0, (m, c.stats())
             c.unload(m)
-            assert c.status(m)["state"] == "absent", m
+            assert c.state(m)["state"] == "absent", m
         unet = os.path.join("sd-tiny", "unet", "diffusion_pytorch_model.safetensors")
         with c.load(unet, component="unet") as pin:
             assert pin.model == "sd-tiny", pin.model

@@ -84,7 +84,7 @@ def test_corpus_file_reads_back_from_cuda0(gpu_daemon, name):
     with gpu_daemon.client() as c:
         pin = c.load(name, tier="cuda:0")
         assert pin.tier == "cuda:0" and pin.kind == "emulated", pin
-        assert c.status(name, tier="cuda:0")["state"] == "resident"
+        assert c.state(name, tier="cuda:0")["state"] == "resident"
         ts = pin.tensors()
         ref = corpus_listing(name)
         assert sorted(ts) == sorted(r[0] for r in ref), (sorted(ts), ref)
@@ -347,11 +347,11 @@ def test_device_trim(gpu_daemon):
     with gpu_daemon.client() as c:
         kept = c.load("large_4MiB", tier="cuda:0")
         c.load("metadata_rich", tier="cuda:0").release()
-        assert c.status("metadata_rich", tier="cuda:0")["state"] == "resident"
+        assert c.state("metadata_rich", tier="cuda:0")["state"] == "resident"
         freed = c.device_trim(0, 1)
         assert freed >= 1, freed
-        assert c.status("metadata_rich", tier="cuda:0")["state"] == "absent"
-        assert c.status("large_4MiB", tier="cuda:0")["state"] == "resident"
+        assert c.state("metadata_rich", tier="cuda:0")["state"] == "absent"
+        assert c.state("large_4MiB", tier="cuda:0")["state"] == "resident"
         assert weightd.device.trim(c, 0, 1 << 40) == 0
         kept.release()
         assert c.device_trim(0, 1 << 40) >= 4 << 20
@@ -419,7 +419,7 @@ def test_tensor_selection_pins_their_components(gpu_daemon):
                 h = hp.tensor(n)
                 assert pin.tensor(n).numpy().tobytes() == h.tobytes(), (comp, n)
                 del h
-        assert c.status("sd-tiny", "text_encoder", tier="cuda:0")["state"] == "absent"
+        assert c.state("sd-tiny", "text_encoder", tier="cuda:0")["state"] == "absent"
         pin.release()
         assert c.stats()["pins"] == 0
 
@@ -477,7 +477,7 @@ def test_killed_client_releases_its_map(gpu_daemon):
             proc.wait(10)
             wait_for(lambda: c.model("large_4MiB").pins == 0, what="the dead client's pin")
             c.unload("large_4MiB", tier="cuda:0")
-            assert c.status("large_4MiB", tier="cuda:0")["state"] == "absent"
+            assert c.state("large_4MiB", tier="cuda:0")["state"] == "absent"
     finally:
         if proc.poll() is None:
             proc.kill()

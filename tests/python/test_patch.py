@@ -83,14 +83,14 @@ def test_from_pretrained_through_weightd(hf):
     assert not plain["patched"] and plain["opened"] is None, plain
 
     with daemon.client() as c:
-        before = c.cache_stats()["read_bytes"]
+        before = c.host_stats()["read_bytes"]
     first = _run(["-m", "weightd.run"] + args, _env(daemon.socket))
     assert first["patched"], first
     assert first["digests"] == plain["digests"], (first, plain)
     # One handle per file at least; a sharded model opens each shard.
     assert first["opened"]["daemon"] >= len(MODELS) and first["opened"]["file"] == 0, first
     with daemon.client() as c:
-        mid = c.cache_stats()["read_bytes"]
+        mid = c.host_stats()["read_bytes"]
     assert mid > before, "the first patched process made the daemon read nothing"
 
     # A second process, switched on by the environment through the .pth file.
@@ -101,7 +101,7 @@ def test_from_pretrained_through_weightd(hf):
     assert second["digests"] == plain["digests"], (second, plain)
     assert second["opened"] == first["opened"], (second, first)
     with daemon.client() as c:
-        after = c.cache_stats()["read_bytes"]
+        after = c.host_stats()["read_bytes"]
     assert after == mid, "the second process made the daemon read %d bytes" % (after - mid)
 
 

@@ -248,11 +248,18 @@ _OPTIONAL = {
                                        ctypes.POINTER(LoadOpts), PROGRESS_FN, ctypes.c_void_p,
                                        ctypes.POINTER(LoadResult)]),
     "weightd_cache_stats": (ctypes.c_int, [_P, ctypes.POINTER(CacheStats)]),
+    # The names of docs/names.md, in a libweightd that has them (else the deprecated ones
+    # above: weightd_status, weightd_cache_stats). Same structs.
+    "weightd_state": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint, ctypes.POINTER(Status)]),
+    "weightd_host_stats": (ctypes.c_int, [_P, ctypes.POINTER(CacheStats)]),
     # Buffers are passed as addresses (numpy arrays' data pointers): no ctypes array objects.
     "weightd_tensor_table": (ctypes.c_int, [_P, _S, _S, ctypes.c_void_p, c_u32, ctypes.c_void_p,
                                             ctypes.c_size_t, ctypes.POINTER(TensorTable)]),
     # The GPU tier (include/weightd.h, "the GPU tier"); weightd/device.py uses them. Maps are
     # opaque pointers; tensor infos are passed by address.
+    "weightd_device_map_opts": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint,
+                                               ctypes.POINTER(LoadOpts), ctypes.POINTER(_P)]),
+    # Deprecated (docs/names.md): used only with a libweightd that has no _opts.
     "weightd_device_map_ex": (ctypes.c_int, [_P, _S, _S, ctypes.c_uint, ctypes.c_uint,
                                              ctypes.POINTER(_P)]),
     "weightd_device_base": (c_u64, [_P]),

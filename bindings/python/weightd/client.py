@@ -25,6 +25,7 @@ weightd_lookup() in include/weightd.h). Pins name the model by its registry name
 import ctypes
 import errno
 import os
+import warnings
 
 import numpy as np
 
@@ -37,6 +38,14 @@ from .pin import Pin
 
 __all__ = ["connect", "Client", "Pin", "Model", "Component", "TensorMeta"]
 
+# The longest metadata value one META_GET reply carries (include/weightd.h).
+_META_VALUE_MAX = 256
+
+
+def _deprecated(old, new):
+    warnings.warn("Client.%s() is deprecated, use Client.%s() (docs/names.md)" % (old, new),
+                  DeprecationWarning, stacklevel=3)
+
 
 class Client(_Handle):
     """A connection to the daemon (see connect()): the registry reads and the handle's
@@ -47,14 +56,42 @@ class Client(_Handle):
     def ping(self):
         self._call("ping", self._lib.weightd_ping)
 
-    def status(self, model, component=None, tier="host"):
-        """The daemon's state of @model (or @component) on @tier: a dict with state
-        ("absent", "loading", "resident", "evicting", "failed"), done and total bytes."""
+    def state(self, model, component=None, tier="host"):
+        """The daemon's state of @model (or @component) on @tier (the STATE op,
+        weightd_state()): a dict with state ("absent", "loading", "resident", "evicting",
+        "failed"), done and total bytes. NotFoundError for an unknown model or component."""
+        fn = getattr(self._lib, "weightd_state", None) or self._lib.weightd_status
         st = N.Status()
-        ret = self._call("status", self._lib.weightd_status, _b(model), _b(component),
-                         N.tier_number(tier), ctypes.byref(st))
+        ret = self._call("state", fn, _b(model), _b(component), N.tier_number(tier),
+                         ctypes.byref(st))
         name = N.STATE_NAMES[ret] if ret < len(N.STATE_NAMES) else "?"
         return {"state": name, "done": st.done, "total": st.total}
+
+    def status(self, model, component=None, tier="host"):
+        """Deprecated name of state() (docs/names.md: `weightctl status` is whether the
+        daemon is up; one target's state is STATE in every layer)."""
+        _deprecated("status", "state")
+        return self.state(model, component, tier)
+
+    # ---- metadata (META_GET, META_SET) ----
+
+    def meta_get(self, model, key):
+        """The value (str) of metadata @key of @model (weightd_meta_get()). NotFoundError
+        when the model or the key does not exist; a WeightdError with EOVERFLOW when the
+        value is longer than one reply carries (256 bytes: `weightctl meta get` reads it from
+        the catalog)."""
+        buf = ctypes.create_string_buffer(_META_VALUE_MAX + 1)
+        n = self._call("meta_get", self._lib.weightd_meta_get, _b(model), _b(key), buf,
+                       len(buf))
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def meta_set(self, model, key, value):
+        """Sets metadata @key of @model to @value (str; weightd_meta_set(), kept in the
+        catalog across rescans). NotFoundError for an unknown model; a WeightdError with
+        ENAMETOOLONG when the key and value together take more than 254 bytes, EILSEQ when
+        they are not valid UTF-8."""
+        self._call("meta_set", self._lib.weightd_meta_set, _b(model), _b(key), _b(value))
+
     def load(self, model, tier="host", tensors=None, dtype=None, progress=None, component=None,
              pin=True):
         """Makes @model resident on @tier and returns a Pin on it (None with pin=False).
@@ -221,18 +258,25 @@ class Client(_Handle):
         components evicted); returns the bytes freed. weightd.device.trim()."""
         return trim(self, device, nbytes)
 
-    def cache_stats(self):
-        """The host tier's counters (dict: budget, bytes, entries, hits, misses, evictions,
-        loads, read_bytes (of which read_direct_bytes with O_DIRECT, read_buffered_bytes
-        through the page cache), coalesced, dedup_bytes, mapped_bytes, ...). NotSupportedError
-        with a libweightd that has no host tier."""
-        fn = getattr(self._lib, "weightd_cache_stats", None)
+    def host_stats(self):
+        """The host tier's counters (weightd_host_stats(); dict: budget, bytes, entries,
+        hits, misses, evictions, loads, read_bytes (of which read_direct_bytes with O_DIRECT,
+        read_buffered_bytes through the page cache), coalesced, dedup_bytes, mapped_bytes,
+        ...). NotSupportedError with a libweightd that has no host tier."""
+        fn = getattr(self._lib, "weightd_host_stats", None) or \
+            getattr(self._lib, "weightd_cache_stats", None)
         if fn is None:
             raise NotSupportedError(errno.ENOTSUP, "this libweightd has no host-tier counters "
-                                    "(weightd_cache_stats)", "cache_stats")
+                                    "(weightd_host_stats)", "host_stats")
         st = N.CacheStats()
-        self._call("cache_stats", fn, ctypes.byref(st))
+        self._call("host_stats", fn, ctypes.byref(st))
         return {n: getattr(st, n) for n in N.CACHE_STATS_FIELDS}
+
+    def cache_stats(self):
+        """Deprecated name of host_stats() (docs/names.md: these are the host tier's
+        counters of the STATS reply, not the CACHE op)."""
+        _deprecated("cache_stats", "host_stats")
+        return self.host_stats()
 
     def stats(self):
         """The daemon's counters and this client's (dict: requests, errors, pins, clients,

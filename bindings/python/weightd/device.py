@@ -258,8 +258,16 @@ class DeviceMap:
         """Maps; called with the client entered."""
         c = self.client
         m = ctypes.c_void_p()
-        ret = c._lib.weightd_device_map_ex(c._h, _b(self.model), _b(self.component or None),
-                                          self.ordinal, self.form, ctypes.byref(m))
+        fn = getattr(c._lib, "weightd_device_map_opts", None)
+        if fn is not None:
+            # The one device-map call (docs/names.md): the load's form, NULL for as stored.
+            opts = ctypes.byref(N.LoadOpts(dtype=self.form)) if self.form else None
+            ret = fn(c._h, _b(self.model), _b(self.component or None), self.ordinal, opts,
+                     ctypes.byref(m))
+        else:
+            ret = c._lib.weightd_device_map_ex(c._h, _b(self.model),
+                                              _b(self.component or None), self.ordinal,
+                                              self.form, ctypes.byref(m))
         if ret < 0:
             raise _gpu_error(ret, "cuda:%d" % self.ordinal, "device_map")
         self.ptr = m.value
