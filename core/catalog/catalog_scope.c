@@ -4,6 +4,7 @@
  * transaction that writes a scan's changes (catalog_apply): roots, files and their tensors,
  * models and their components.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,13 +172,18 @@ struct apply {
 	sqlite3_stmt *model_by_path;
 };
 
+/* The statements of @a, in the order of apply_prepare()'s SQL. */
+#define APPLY_STMTS(a)                                                                     \
+	{                                                                                  \
+		&(a)->root, &(a)->del_model, &(a)->del_file, &(a)->put_file,               \
+		&(a)->del_tensors, &(a)->put_tensor, &(a)->name_used, &(a)->ins_model,     \
+		&(a)->upd_model, &(a)->del_components, &(a)->put_component,                \
+		&(a)->put_cfile, &(a)->model_by_path,                                      \
+	}
+
 static void apply_finalize(struct apply *a)
 {
-	sqlite3_stmt **v[] = {
-		&a->root, &a->del_model, &a->del_file, &a->put_file, &a->del_tensors,
-		&a->put_tensor, &a->name_used, &a->ins_model, &a->upd_model,
-		&a->del_components, &a->put_component, &a->put_cfile, &a->model_by_path,
-	};
+	sqlite3_stmt **v[] = APPLY_STMTS(a);
 
 	for (size_t i = 0; i < ARRAY_SIZE(v); i++) {
 		sqlite3_finalize(*v[i]);
@@ -221,12 +227,9 @@ static int apply_prepare(struct apply *a)
 		"INSERT INTO component_files(component_id, ordinal, file_id) VALUES(?, ?, ?)",
 		"SELECT id FROM models WHERE path = ?",
 	};
-	sqlite3_stmt **v[] = {
-		&a->root, &a->del_model, &a->del_file, &a->put_file, &a->del_tensors,
-		&a->put_tensor, &a->name_used, &a->ins_model, &a->upd_model,
-		&a->del_components, &a->put_component, &a->put_cfile, &a->model_by_path,
-	};
+	sqlite3_stmt **v[] = APPLY_STMTS(a);
 
+	static_assert(ARRAY_SIZE(sql) == ARRAY_SIZE(v), "one SQL text per statement");
 	for (size_t i = 0; i < ARRAY_SIZE(v); i++) {
 		int rc = sql_prepare(a->cat, sql[i], v[i]);
 
