@@ -331,7 +331,7 @@ install: $(BINS) $(CLIENT_LIB)
 		>$(DESTDIR)$(LIBDIR)/pkgconfig/weightd.pc
 	install -m 644 docs/man/weightctl.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 docs/man/weightd.8 $(DESTDIR)$(MANDIR)/man8/
-	install -m 644 docs/config.md deploy/weightd.conf $(DESTDIR)$(DOCDIR)/
+	install -m 644 docs/config.md deploy/weightd.conf deploy/weightd-thp.tmpfiles $(DESTDIR)$(DOCDIR)/
 	sed -e 's|/usr/local/|$(PREFIX)/|g' -e 's|/etc/weightd/|$(SYSCONFDIR)/weightd/|g' \
 		deploy/weightd.service >$(DESTDIR)$(UNITDIR)/weightd.service
 	install -m 644 deploy/weightd.sysusers $(DESTDIR)$(SYSUSERSDIR)/weightd.conf

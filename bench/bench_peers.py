@@ -32,6 +32,12 @@ checkpoint: the peers convert in each process (load_file + .to(bfloat16)), weigh
 converts once (load(dtype="BF16")) and the four share it: total CPU time (user + system of
 the four, plus the daemon's for weightd) and total PSS.
 
+The host cache's pages: as root, the run sets /sys/kernel/mm/transparent_hugepage/
+shmem_enabled from never (or deny) to advise before the daemon starts, the deployment step of
+docs/config.md ("Huge pages"), and puts the old value back at exit (--shmem-thp keep, or
+SHMEM_THP=keep, leaves it); the output and the JSON say which value ran and which pages the
+cache got. It changes nothing for the peers (the page cache does not go through it).
+
 Printed: a table per part (GB/s, seconds, RSS, PSS, ratios against the fastest peer and
 the raw read), the targets and whether they are met, and as the last line one JSON object.
 Targets (issue 16): weightd cold >= the fastest peer cold and >= 90% of the raw O_DIRECT read;
@@ -288,6 +294,13 @@ class Bench:
                                  % os.path.join(self.tmp, "weightd.log"))
             time.sleep(0.05)
 
+    def host_pages(self):
+        """The pages behind the daemon's host cache ("4k", "thp", "hugetlb")."""
+        import weightd
+        with weightd.connect(self.sock) as c:
+            st = c.stats()
+        return "%s (%d bytes)" % (st["host_pages"], st["host_page_size"])
+
     def stop_daemon(self):
         if self.daemon and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
@@ -345,11 +358,24 @@ class Bench:
                 self.unload()
             self.drop_caches()
         d0 = proc_read_bytes(self.daemon.pid)
+        h0 = self.host_reads()
         p = self.spawn(reader)
         r = self.result(p)
         p.wait()
         r["daemon_disk"] = proc_read_bytes(self.daemon.pid) - d0
+        if reader in WEIGHTD:
+            # How the daemon read the files for this run: O_DIRECT, or through the page
+            # cache (parts it found cached when it planned the load).
+            h1 = self.host_reads()
+            r["daemon_read_direct"] = h1[0] - h0[0]
+            r["daemon_read_buffered"] = h1[1] - h0[1]
         return r
+
+    def host_reads(self):
+        import weightd
+        with weightd.connect(self.sock) as c:
+            st = c.host_stats()
+        return st["read_direct_bytes"], st["read_buffered_bytes"]
 
     def four(self, reader, bf16=False):
         if reader in WEIGHTD:
@@ -414,6 +440,64 @@ class Bench:
         return json.loads(r.stdout)
 
 
+SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+def shmem_mode():
+    """The selected value of shmem_enabled ("never", "advise", ...), or None."""
+    try:
+        with open(SHMEM_ENABLED) as f:
+            text = f.read()
+        return text.split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return None
+
+
+def shmem_set(mode):
+    """Writes @mode into shmem_enabled; None when done, else why not."""
+    try:
+        with open(SHMEM_ENABLED, "w") as f:
+            f.write(mode)
+    except OSError as e:
+        return str(e)
+    return None if shmem_mode() == mode else "the kernel kept %s" % shmem_mode()
+
+
+class ShmemTHP:
+    """The deployment step of docs/config.md ("Huge pages") for the length of the run: with
+    --shmem-thp advise, as root, a shmem_enabled of never/deny is set to advise before the
+    daemon starts (so its host cache gets transparent huge pages) and put back at exit."""
+
+    def __init__(self, want):
+        self.before = shmem_mode()
+        self.run = self.before
+        self.changed = False
+        self.why = None
+        if want != "advise" or self.before not in ("never", "deny"):
+            return
+        if os.geteuid() != 0:
+            self.why = "not root"
+            return
+        self.why = shmem_set("advise")
+        if self.why is None:
+            self.run, self.changed = "advise", True
+
+    def restore(self):
+        if self.changed:
+            self.why = shmem_set(self.before)
+            self.changed = self.why is not None
+
+    def describe(self):
+        if self.run == self.before:
+            return "shmem_enabled %s (unchanged%s)" % (self.before, ": " + self.why
+                                                      if self.why else "")
+        return "shmem_enabled %s for this run (was %s, put back at exit)" % (self.run,
+                                                                          self.before)
+
+    def json(self):
+        return {"before": self.before, "run": self.run, "why_unchanged": self.why}
+
+
 def fmt_b(n):
     return "%.2f GB" % (n / GB)
 
@@ -431,6 +515,11 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--keep", help="keep the checkpoint in this folder (reused next time)")
     ap.add_argument("--readers", default=",".join(PEERS + WEIGHTD))
+    ap.add_argument("--shmem-thp", choices=("advise", "keep"),
+                    default=os.environ.get("SHMEM_THP", "advise"),
+                    help="advise (default): as root, set shmem_enabled from never to advise "
+                    "for the run, as docs/config.md says to deploy (put back at exit); keep: "
+                    "leave it")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.model, args.socket, args.hold, args.bf16)
@@ -441,13 +530,22 @@ def main():
     readers = args.readers.split(",")
     b = Bench(args)
     res = {"size": args.size_bytes, "shards": args.shards, "cold": {}, "warm": {},
-           "four": {}, "bf16_four": {}, "errors": {}}
+           "four": {}, "bf16_four": {}, "errors": {},
+           "loadavg_start": round(os.getloadavg()[0], 2)}
+    # SIGTERM (and SIGINT, as KeyboardInterrupt) unwind through the finally below, which
+    # stops the daemon and puts shmem_enabled back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    thp = ShmemTHP(args.shmem_thp)
+    res["shmem_enabled"] = thp.json()
     try:
         b.gen()
         b.start_daemon()
         res["model_bytes"] = b.model_bytes
+        res["host_pages"] = b.host_pages()
         print("bench-peers: %s LLaMA-like F32 checkpoint in %d shards (%s), python %s"
               % (fmt_b(b.model_bytes), args.shards, b.model, sys.version.split()[0]))
+        print("  host cache pages: %s; %s; load average %.2f"
+              % (res["host_pages"], thp.describe(), res["loadavg_start"]), flush=True)
         try:
             raw = b.raw_read()
             res["raw"] = raw
@@ -464,6 +562,15 @@ def main():
                           % (reader, mode, r["bytes"] / r["secs"] / GB, r["secs"],
                              fmt_b(r["rss"]), fmt_b(r["pss"]), fmt_b(r["pss"] - r["pss0"]),
                              r["cpu"], r["xor"]), flush=True)
+                    ph = r.get("phases")
+                    if ph:
+                        print("  %-16s      connect %.3f s, load %.3f s, views + populate "
+                              "%.3f s, touch %.3f s; the daemon read %s O_DIRECT, %s "
+                              "buffered" % ("", ph["connect"], ph["load"],
+                                            ph["views_populate"], ph["touch"],
+                                            fmt_b(r.get("daemon_read_direct", 0)),
+                                            fmt_b(r.get("daemon_read_buffered", 0))),
+                              flush=True)
                 except Exception as e:  # noqa: BLE001
                     res["errors"]["%s_%s" % (reader, mode)] = str(e)[-300:]
                     print("  %-16s %-4s failed: %s" % (reader, mode, str(e)[-200:]),
@@ -495,6 +602,14 @@ def main():
                 print("  4 x %-12s BF16 failed: %s" % (reader, str(e)[-200:]), flush=True)
     finally:
         b.stop()
+        thp.restore()
+        if thp.changed:
+            print("bench-peers: could not put shmem_enabled back to %s: %s"
+                  % (thp.before, thp.why), file=sys.stderr)
+    res["loadavg_end"] = round(os.getloadavg()[0], 2)
+    res["shmem_enabled"]["restored_to"] = shmem_mode()
+    print("  shmem_enabled now %s; load average %.2f at the end"
+          % (shmem_mode(), res["loadavg_end"]))
     summarize(res, raw)
     print(json.dumps(res, sort_keys=True))
     return 0

@@ -283,6 +283,33 @@ static json_t *io_json(const struct weightd_daemon_info *di)
 			 (json_int_t)di->staging_bytes, "path", why);
 }
 
+/*
+ * The words for the host cache's pages. On 4 KiB pages, says so when shmem THP is off on this
+ * machine (where weightctl runs, which is the daemon's in the usual case): the one setting
+ * that gives the arena huge pages without reserving hugetlb pages (docs/config.md).
+ */
+static const char *pages_text(uint32_t kind)
+{
+	char buf[128] = "";
+	FILE *f;
+
+	if (kind == WEIGHTD_PAGES_HUGETLB)
+		return "hugetlb";
+	if (kind == WEIGHTD_PAGES_THP)
+		return "transparent huge pages";
+	f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = '\0';
+		fclose(f);
+	}
+	if (strstr(buf, "[never]") || strstr(buf, "[deny]"))
+		return "4 KiB (no huge pages: shmem THP is off in "
+		       "/sys/kernel/mm/transparent_hugepage/shmem_enabled; docs/config.md, "
+		       "\"Huge pages\")";
+	return "4 KiB (no huge pages on this machine)";
+}
+
 static void status_usage(FILE *out)
 {
 	fprintf(out,
@@ -470,9 +497,7 @@ int ctl_status(struct ctl *c, int argc, char **argv)
 		       (unsigned long long)st.pins_total);
 		printf("host cache %s in use of %s\n", ctl_human_bytes(st.host_bytes, b1, 32),
 		       st.host_budget ? ctl_human_bytes(st.host_budget, b2, 32) : "no budget set");
-		printf("pages      %s, %s each\n", st.host_page_kind == WEIGHTD_PAGES_HUGETLB ?
-		       "hugetlb" : st.host_page_kind == WEIGHTD_PAGES_THP ?
-		       "transparent huge pages" : "4 KiB (no huge pages on this machine)",
+		printf("pages      %s, %s each\n", pages_text(st.host_page_kind),
 		       ctl_human_bytes(st.host_page_size, b1, 32));
 		printf("registry   %u/%u models, %u/%u components, %u/%u tensors, %s/%s of long "
 		       "names\n", ru.models, ru.model_cap, ru.components, ru.component_cap,

@@ -38,7 +38,7 @@ make -C "$ROOT" --no-print-directory install BUILD="$B" DESTDIR="$ST" PREFIX=/us
 for f in bin/weightd bin/weightctl lib/libweightd.so.1 include/weightd.h \
 	lib/pkgconfig/weightd.pc share/man/man8/weightd.8 share/man/man1/weightctl.1 \
 	lib/systemd/system/weightd.service lib/sysusers.d/weightd.conf \
-	share/doc/weightd/config.md; do
+	share/doc/weightd/config.md share/doc/weightd/weightd-thp.tmpfiles; do
 	[ -f "$U/$f" ] || fail "not installed: $f"
 done
 [ -f "$ST/etc/weightd/weightd.conf" ] || fail "not installed: /etc/weightd/weightd.conf"

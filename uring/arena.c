@@ -34,17 +34,28 @@ static uint64_t free_huge_bytes(uint64_t *page)
 	return nfree * kb * 1024;
 }
 
-/* Whether shmem THP is on for a MADV_HUGEPAGE mapping (shmem_enabled is not never/deny). */
-static bool shmem_thp_enabled(void)
+#define SHMEM_ENABLED "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+/*
+ * Whether shmem THP is on for a MADV_HUGEPAGE mapping (shmem_enabled is not never/deny).
+ * @mode gets the selected value ("never", "advise", ...; "unknown" when unreadable).
+ */
+static bool shmem_thp_enabled(char *mode, size_t size)
 {
 	char buf[256] = "";
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+	FILE *f = fopen(SHMEM_ENABLED, "re");
+	const char *lb, *rb;
 	bool on;
 
+	snprintf(mode, size, "unknown");
 	if (!f)
 		return false;
 	on = fgets(buf, sizeof(buf), f) && !strstr(buf, "[never]") && !strstr(buf, "[deny]");
 	fclose(f);
+	lb = strchr(buf, '[');
+	rb = lb ? strchr(lb, ']') : NULL;
+	if (rb)
+		snprintf(mode, size, "%.*s", (int)(rb - lb - 1), lb + 1);
 	return on;
 }
 
@@ -83,16 +94,29 @@ int arena_create(const struct arena_options *opt, struct arena **out)
 		}
 	}
 	if (a->seg.fd < 0) {
+		char mode[32];
+
 		size = (opt->budget + 4095) & ~(uint64_t)4095;
 		rc = shm_segment_create(name, size, seg, &a->seg);
 		if (rc)
 			goto fail;
 		a->page_size = 4096;
 		/* Advice only: without shmem THP the kernel keeps 4 KiB pages and says nothing. */
-		if (madvise(a->seg.base, size, MADV_HUGEPAGE) == 0 && shmem_thp_enabled())
+		if (madvise(a->seg.base, size, MADV_HUGEPAGE) == 0 &&
+		    shmem_thp_enabled(mode, sizeof(mode))) {
 			a->pages = ARENA_PAGES_THP;
-		else
+		} else {
 			a->pages = ARENA_PAGES_SMALL;
+			/*
+			 * Said at warn level: every client then maps the cache one 4 KiB page at a
+			 * time (a warm second process pays ~0.2 s per GiB to populate them), where
+			 * huge pages map it in 2 MiB steps (docs/config.md, "Huge pages").
+			 */
+			if (!strcmp(mode, "never") || !strcmp(mode, "deny"))
+				log_warn("arena", "\"4 KiB pages: shmem THP is off\" shmem_enabled=%s "
+					 "fix=\"echo advise >" SHMEM_ENABLED "\" see=\"docs/config.md "
+					 "Huge pages, deploy/weightd-thp.tmpfiles\"", mode);
+		}
 	}
 	if ((opt->flags & ARENA_F_RELEASE) && fchmod(a->seg.fd, 0444) < 0) {
 		rc = -errno;
