@@ -8,7 +8,8 @@
  * a keep-alive TTL is honoured; a file rewritten or truncated after the scan is caught
  * (-ESTALE naming it); subsets and F32 -> BF16 conversion; the client's mapping is read-only
  * (a forked client's write dies with SIGSEGV, the daemon and other clients carry on); and
- * weightctl load / cat.
+ * weightctl load / cat; and the one set of rules both tiers decode a LOAD or DEVICE_MAP form
+ * with (tier_parse_form(), core/tier/tier.h), row by row.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -37,6 +38,7 @@
 #include "core/format/gen.h"
 #include "core/format/st.h"
 #include "core/format/st_write.h"
+#include "core/tier/tier.h"
 #include "tests/helpers_daemon.h"
 #include "uring/residency.h"
 
@@ -1059,6 +1061,83 @@ static void test_prefetch_failure_not_quarantined(void **state)
 	weightd_detach(w);
 }
 
+/*
+ * The form of a LOAD or DEVICE_MAP (arg[0] and the payload): one set of rules for both tiers,
+ * the stricter of the two the tiers had (core/tier/tier.h), checked in order, each refusal
+ * -EINVAL with a message that names the op and the rule.
+ */
+static void test_form_rules(void **state)
+{
+	static const struct {
+		const char *what;
+		uint64_t arg0, arg1;
+		bool by_name;		/* sqe.model WD_ID_NONE: the payload names the model */
+		const char *payload;
+		uint16_t len;
+		int want;
+		const char *msg;	/* in the message after "load: " / "device_map: " */
+		uint8_t convert, sel;
+	} rows[] = {
+		{ "as stored", 0, 0, true, "m", 1, 0, NULL, 0, TIER_SEL_ALL },
+		{ "to F16", WD_LOAD_CONVERT | ST_F16, 0, true, "m", 1, 0, NULL, ST_F16,
+		  TIER_SEL_ALL },
+		{ "to BF16, a prefix", WD_LOAD_CONVERT | ST_BF16 | WD_LOAD_PREFIX, 0, false, "l.",
+		  2, 0, NULL, ST_BF16, TIER_SEL_PREFIX },
+		{ "names", WD_LOAD_NAMES, 0, false, "a\0b", 3, 0, NULL, 0, TIER_SEL_NAMES },
+		{ "an unknown arg[0] bit", 1u << 20, 0, true, "m", 1, -EINVAL,
+		  "unknown bits in arg[0] (0x100000) or arg[1..4]", 0, 0 },
+		{ "arg[1] set", 0, 1, true, "m", 1, -EINVAL, "unknown bits in arg[0]", 0, 0 },
+		{ "a dtype without CONVERT", ST_F16, 0, true, "m", 1, -EINVAL,
+		  "a dtype in arg[0] without WD_LOAD_CONVERT", 0, 0 },
+		{ "conversion to I32", WD_LOAD_CONVERT | 6, 0, true, "m", 1, -EINVAL,
+		  "F32 converts to F16 (9) or BF16 (10), not dtype 6", 0, 0 },
+		{ "conversion to F32", WD_LOAD_CONVERT | ST_F32, 0, true, "m", 1, -EINVAL,
+		  "F32 converts to F16 (9) or BF16 (10)", 0, 0 },
+		{ "prefix and names", WD_LOAD_PREFIX | WD_LOAD_NAMES, 0, false, "x", 1, -EINVAL,
+		  "WD_LOAD_PREFIX and WD_LOAD_NAMES together", 0, 0 },
+		{ "a selection, the model by name", WD_LOAD_PREFIX, 0, true, "x", 1, -EINVAL,
+		  "a tensor selection needs the model by index", 0, 0 },
+		{ "an empty selection", WD_LOAD_NAMES, 0, false, "", 0, -EINVAL,
+		  "empty or malformed tensor selection", 0, 0 },
+		{ "a prefix with a NUL", WD_LOAD_PREFIX, 0, false, "a\0b", 3, -EINVAL,
+		  "empty or malformed tensor selection", 0, 0 },
+		{ "a selection with no payload", WD_LOAD_PREFIX, 0, false, NULL, 4, -EINVAL,
+		  "empty or malformed tensor selection", 0, 0 },
+		{ "a selection longer than the slot", WD_LOAD_NAMES, 0, false, "x",
+		  WD_DATA_SLOT_SIZE + 1, -EINVAL, "empty or malformed tensor selection", 0, 0 },
+	};
+	static const char *const ops[] = { "load", "device_map" };
+
+	(void)state;
+	for (size_t o = 0; o < ARRAY_SIZE(ops); o++) {
+		for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+			struct wd_sqe sqe = { .opcode = WD_OP_LOAD, .arg = { rows[i].arg0, rows[i].arg1 },
+					      .model = rows[i].by_name ? WD_ID_NONE : 3 };
+			char out[WD_DATA_SLOT_SIZE], want[WD_DATA_SLOT_SIZE];
+			struct tier_form f;
+			uint16_t len = 0;
+			int ret = tier_parse_form(&sqe, rows[i].payload, rows[i].len, ops[o], &f,
+						  out, &len);
+
+			out[len < sizeof(out) ? len : sizeof(out) - 1] = '\0';
+			CHECK(ret == rows[i].want, "%s, row \"%s\": %d, expected %d (\"%s\")", ops[o],
+			      rows[i].what, ret, rows[i].want, out);
+			if (ret) {
+				snprintf(want, sizeof(want), "%s: %s", ops[o], rows[i].msg);
+				CHECK(!strncmp(out, want, strlen(want)),
+				      "%s, row \"%s\": message \"%s\", expected \"%s...\"", ops[o],
+				      rows[i].what, out, want);
+				continue;
+			}
+			CHECK(f.convert == rows[i].convert && f.sel == rows[i].sel &&
+			      (f.sel == TIER_SEL_ALL || (f.len == rows[i].len &&
+							 f.payload == rows[i].payload)),
+			      "%s, row \"%s\": convert %u sel %u len %u", ops[o], rows[i].what,
+			      f.convert, f.sel, f.len);
+		}
+	}
+}
+
 static int setup_quarantine1(void **state)
 {
 	static const char *const extra[] = { "--quarantine-after", "1", NULL };
@@ -1069,6 +1148,7 @@ static int setup_quarantine1(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_form_rules),
 		cmocka_unit_test_setup_teardown(test_bytes_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_subset_convert, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_coalesce, setup, teardown),

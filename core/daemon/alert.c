@@ -442,7 +442,7 @@ void alert_on_timer(struct daemon *d)
 	if (read(d->alerts->tfd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
 		log_warn(MOD, "\"timerfd read failed\" err=%d", -errno);
 	now = wd_now_ns();
-	hostcache_publish_metrics(d);
+	hostcache_publish_metrics(d->hc);
 	eval_budget(d);
 	eval_burst(d, now);
 	eval_loads(d);
@@ -481,7 +481,7 @@ int alert_create(struct daemon *d, struct alerts **out)
 		goto fail;
 	push_sample(a, wd_now_ns(), 0);
 	/* Readers see the host cache's state from the start, not after the first tick. */
-	hostcache_publish_metrics(d);
+	hostcache_publish_metrics(d->hc);
 	*out = a;
 	return 0;
 fail:

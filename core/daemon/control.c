@@ -22,6 +22,7 @@
 #include "core/daemon/internal.h"
 #include "core/daemon/metrics.h"
 #include "core/daemon/reload.h"
+#include "core/daemon/tiers.h"
 #include "core/tier/devcache.h"
 #include "core/tier/hostcache.h"
 #include "shm/attach.h"
@@ -159,7 +160,7 @@ static void detach(struct daemon *d, struct conn *cn, const char *why)
 	pthread_mutex_unlock(&d->state_lock);
 	pthread_mutex_unlock(&d->clients_lock);
 	daemon_shard_wake(s);
-	hostcache_client_gone(d, c);
+	hostcache_client_gone(d->hc, tier_client_of(c));
 	log_info(MOD, "\"detach\" client=%u pid=%d name=\"%s\" reason=%s pins_released=%zu "
 		 "requests=%" PRIu64, c->id, (int)c->pid, c->name, why, pins, c->requests);
 	daemon_client_put(d, c);
@@ -365,7 +366,7 @@ void daemon_shutdown(struct daemon *d)
 
 	daemon_worker_stop(d);
 	/* Loads in flight end now (cancelled); their requesters' completions are queued. */
-	hostcache_stop(d);
+	hostcache_stop(d->hc);
 	/* After the loader: device loads waiting for cancelled host loads complete here. */
 	devcache_stop(d);
 

@@ -32,6 +32,7 @@
 #include "core/daemon/internal.h"
 #include "core/daemon/metrics.h"
 #include "core/daemon/reload.h"
+#include "core/daemon/tiers.h"
 #include "core/policy/recovery.h"
 #include "core/tier/devcache.h"
 #include "core/tier/hostcache.h"
@@ -364,12 +365,17 @@ static int watch_signals(struct daemon *d)
  */
 static int start_services(struct daemon *d)
 {
+	struct hostcache_config hcfg;
+	struct tier_env tenv;
 	int ret;
 
 	/* After the signal mask: the loader thread must not take SIGTERM's default action. */
-	ret = hostcache_create(d);
+	daemon_host_config(d, &hcfg);
+	daemon_tier_env(d, &tenv);
+	ret = hostcache_create(&tenv, &hcfg, &d->hc);
 	if (ret)
 		return ret;
+	d->cfg.host_budget = hostcache_budget(d->hc);	/* as fitted and rounded */
 	/* Unavailable PSI is logged, not an error. */
 	reload_psi_start(d, daemon_watch_tag(CONN_PSI));
 	/* After the host tier: the GPUs page-lock its arena. */
@@ -472,7 +478,8 @@ void daemon_destroy(struct daemon *d)
 	devcache_destroy(d);
 	alert_destroy(d->alerts);
 	daemon_spare_free(d);
-	hostcache_destroy(d);
+	hostcache_destroy(d->hc);
+	d->hc = NULL;
 	registry_destroy(d->reg);
 	catalog_close(d->cat);
 	lease_table_free(&d->leases);

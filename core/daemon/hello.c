@@ -183,7 +183,7 @@ static int attach_fds(struct daemon *d, int *reg_fd, int *host_fd, const char **
 		return ret;
 	}
 	*what = "the host cache";
-	if (sp->host_fd < 0 && (sp->host_fd = hostcache_client_fd(d)) < 0) {
+	if (sp->host_fd < 0 && (sp->host_fd = hostcache_client_fd(d->hc)) < 0) {
 		int ret = sp->host_fd;
 
 		sp->host_fd = -1;
@@ -317,7 +317,7 @@ static int hello_reply(struct daemon *d, struct conn *cn, struct client *c,
 	r.client_id = c->id;
 	r.ring_seg_size = c->seg.size;
 	r.registry_seg_size = registry_segment(d->reg)->size;
-	r.host_seg_size = hostcache_size(d);
+	r.host_seg_size = hostcache_size(d->hc);
 	/* Counted before the reply, so the client's first look at the registry includes it. */
 	pthread_mutex_lock(&d->state_lock);
 	registry_counter_add(d->reg, WD_CTR_CLIENTS, 1);

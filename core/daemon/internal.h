@@ -13,13 +13,15 @@
  *   publish.c  publishing the catalog into the registry (daemon_publish())
  *   ops.c      the ops a shard answers, and the routing of the others (core/daemon/ops.h)
  *   jobs.c     the ops the worker runs
- *   lease.c    pins; reload.c, psi.c: reload and memory pressure; alert.c, metrics.c: the
- *              alerts and the /metrics server; config.c: the configuration file
+ *   tiers.c    the cache tiers' interface (core/tier/tier.h): their env and sink
+ *   reload.c, psi.c: reload and memory pressure; alert.c, metrics.c: the alerts and the
+ *   /metrics server; config.c: the configuration file. Pins (the lease table) are in
+ *   core/tier/lease.c, below the tiers that count them.
  * Thread model: core/daemon/daemon.h.
  *
- * Only the daemon's own files include this header, and, until the tiers take their own
- * narrow interface (issue 14), core/tier/hostcache.h and core/tier/devcache.h through
- * core/daemon/ops.h.
+ * Only the daemon's own files include this header, and, until the device tier takes the
+ * narrow interface of core/tier/tier.h as the host tier did (issue 14),
+ * core/tier/devcache.h through core/daemon/ops.h.
  *
  * Locks: the complete order for the daemon and its tiers (the tiers' headers point here).
  * A thread that holds one of these takes only locks further down the list:
@@ -74,7 +76,7 @@
 #include "core/base/common.h"
 #include "core/catalog/catalog.h"
 #include "core/daemon/daemon.h"
-#include "core/daemon/lease.h"
+#include "core/tier/lease.h"
 #include "shm/abi.h"
 #include "shm/registry.h"
 #include "shm/ring.h"

@@ -19,6 +19,7 @@
 #include "core/base/log.h"
 #include "core/catalog/scan.h"
 #include "core/daemon/ops.h"
+#include "core/daemon/tiers.h"
 #include "core/format/st.h"
 #include "core/tier/devcache.h"
 #include "core/tier/hostcache.h"
@@ -413,10 +414,7 @@ void ops_run_job(struct daemon *d, struct job *j)
 		job_meta(d, j);
 		break;
 	case WD_OP_LOAD:
-		if (j->sqe.tier != WD_TIER_HOST && d->dc)
-			devcache_load_job(d, j);
-		else
-			hostcache_load_job(d, j);
+		daemon_tier_load_job(d, j);
 		break;
 	case WD_OP_LOOKUP:
 		job_lookup(d, j);

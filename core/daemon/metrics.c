@@ -272,7 +272,7 @@ void metrics_snapshot(struct daemon *d, struct metrics_snapshot *s)
 	s->uptime_ns = wd_now_ns() - d->start_ns;
 	s->stat[WD_STAT_UPTIME_NS] = s->uptime_ns;
 	/* The host tier's counters, consistent with each other: taken under the cache lock. */
-	hostcache_stats(d, s->stat);
+	hostcache_stats(d->hc, s->stat);
 	snapshot_block(d, s);
 }
 

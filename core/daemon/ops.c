@@ -21,6 +21,7 @@
 #include "core/tier/devcache.h"
 #include "core/base/file.h"
 #include "core/tier/hostcache.h"
+#include "core/daemon/tiers.h"
 #include "core/base/log.h"
 #include "core/catalog/scan.h"
 #include "core/format/st.h"
@@ -148,7 +149,8 @@ static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct
 		/* The device tier (core/tier/devcache.h) loads through the host tier itself. */
 		if (devcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE)
 			return OPS_DONE;
-	} else if (hostcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE) {
+	} else if (hostcache_load(d->hc, tier_client_of(c), sqe, arg, len, id, cqe, out) ==
+		   TIER_DONE) {
 		return OPS_DONE;
 	}
 	*job = *sqe;
@@ -159,7 +161,7 @@ static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct
 static void op_cache(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe *cqe, char *out)
 {
 	uint16_t n = 0;
-	uint32_t total = hostcache_list(d, sqe->arg[0] > UINT32_MAX ? UINT32_MAX :
+	uint32_t total = hostcache_list(d->hc, sqe->arg[0] > UINT32_MAX ? UINT32_MAX :
 					(uint32_t)sqe->arg[0], out, &n);
 
 	cqe->res = (int32_t)(total > INT32_MAX ? INT32_MAX : total);
@@ -333,7 +335,7 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 		}
 	}
 	if (sqe->tier == WD_TIER_HOST) {
-		int64_t freed = hostcache_unload(d, id, sqe->component, out, &cqe->data_len);
+		int64_t freed = hostcache_unload(d->hc, id, sqe->component, out, &cqe->data_len);
 
 		if (freed < 0) {
 			fail(cqe, (int)freed);
@@ -406,7 +408,7 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 	pthread_mutex_unlock(&d->state_lock);
 	v[WD_STAT_MY_REQUESTS] = c->requests;
 	v[WD_STAT_MY_ERRORS] = c->errors;
-	hostcache_stats(d, v);
+	hostcache_stats(d->hc, v);
 	v[WD_STAT_CUDA_BYTES] = devcache_bytes(d);
 	memcpy(out, v, sizeof(v));
 	cqe->data_len = sizeof(v);
@@ -429,7 +431,7 @@ static void op_info(struct daemon *d, struct wd_cqe *cqe, char *out)
 
 	info.memlock_limit = getrlimit(RLIMIT_MEMLOCK, &lim) ? 0 :
 			     lim.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)lim.rlim_cur;
-	hostcache_io_info(d, &info);
+	hostcache_io_info(d->hc, &info);
 	if (n <= sizeof(info.state_dir)) {
 		memcpy(info.state_dir, dir, n);
 		info.state_dir_len = (uint32_t)n;

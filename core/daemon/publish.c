@@ -221,7 +221,7 @@ int daemon_publish(struct daemon *d, struct catalog *cat, struct publish_report 
 		pthread_mutex_unlock(&d->state_lock);
 		/* Outside state_lock: the host tier takes its own lock first (core/tier/hostcache.h). */
 		for (size_t k = 0; first != WD_ID_NONE && k < m.n_components; k++)
-			hostcache_note_files(d, first + (uint32_t)k, &m.components[k]);
+			hostcache_note_files(d->hc, first + (uint32_t)k, &m.components[k]);
 		catalog_model_free(&m);
 	}
 	pthread_mutex_lock(&d->state_lock);

@@ -82,9 +82,9 @@ void reload_psi_event(struct daemon *d)
 	}
 	if (!ret)
 		return;
-	budget = hostcache_budget(d);
+	budget = hostcache_budget(d->hc);
 	target = budget / 100 * d->cfg.pressure_target_pct;
-	n = hostcache_shed(d, target, &bytes);
+	n = hostcache_shed(d->hc, target, &bytes);
 	if (n)
 		log_warn(MOD, "\"memory pressure: host cache shed\" some_avg10=%.2f threshold=%u "
 			 "entries=%" PRIu64 " bytes=%" PRIu64 " target=%" PRIu64, avg10,
@@ -213,26 +213,28 @@ int daemon_reload(struct daemon *d, const struct daemon_config *cfg)
 	/* Checked against the memory this daemon may use, as at start (clamped, logged). */
 	budget = hostcache_fit_budget(budget);
 	budget = (budget + ARENA_EXTENT_ALIGN - 1) / ARENA_EXTENT_ALIGN * ARENA_EXTENT_ALIGN;
-	if (budget != hostcache_budget(d)) {
-		uint64_t old = hostcache_budget(d);
+	if (budget != hostcache_budget(d->hc)) {
+		uint64_t old = hostcache_budget(d->hc);
 
-		if (hostcache_set_budget(d, budget, msg, sizeof(msg))) {
+		if (hostcache_set_budget(d->hc, budget, msg, sizeof(msg))) {
 			log_warn(MOD, "\"reload: host_budget refused; keeping the running value\" "
 				 "old=%" PRIu64 " msg=\"%s\"", old, msg);
 			ret = -EAGAIN;
 		} else {
+			/* What the tier rounded it to (hostcache_set_budget()). */
+			cur->host_budget = hostcache_budget(d->hc);
 			log_info(MOD, "\"reload: host_budget\" old=%" PRIu64 " new=%" PRIu64, old,
 				 budget);
 		}
 	}
 	if (cfg->host_ttl_ns != cur->host_ttl_ns) {
-		hostcache_set_ttl(d, cfg->host_ttl_ns);
+		hostcache_set_ttl(d->hc, cfg->host_ttl_ns);
 		cur->host_ttl_ns = cfg->host_ttl_ns;
 	}
 	__atomic_store_n(&cur->verify, cfg->verify, __ATOMIC_RELAXED);
 	__atomic_store_n(&cur->spin_us, cfg->spin_us, __ATOMIC_RELAXED);
 	if (cfg->quarantine_after != cur->quarantine_after) {
-		hostcache_set_quarantine(d, cfg->quarantine_after);
+		hostcache_set_quarantine(d->hc, cfg->quarantine_after);
 		cur->quarantine_after = cfg->quarantine_after;
 	}
 	cur->pressure_target_pct = cfg->pressure_target_pct;
@@ -268,7 +270,7 @@ int daemon_reload(struct daemon *d, const struct daemon_config *cfg)
 	}
 	log_info(MOD, "\"configuration reloaded\" host_budget=%" PRIu64 " keep_alive_ns=%" PRIu64
 		 " spin_us=%u verify=%d allow_users=%zu allow_groups=%zu admins=%zu%s",
-		 hostcache_budget(d), cur->host_ttl_ns, cur->spin_us, cur->verify,
+		 hostcache_budget(d->hc), cur->host_ttl_ns, cur->spin_us, cur->verify,
 		 cur->n_allow_uids, cur->n_allow_gids, cur->n_admin_uids,
 		 ret ? " (partly refused, see above)" : "");
 	return ret;

@@ -32,9 +32,9 @@ static void demote(struct daemon *d, struct dentry *e)
 	int ret;
 
 	/* A converted copy or a selection cannot rebuild the stored form the host tier keeps. */
-	if (e->conv || e->sel || hostcache_has(d, e->comp))
+	if (e->conv || e->sel || hostcache_has(d->hc, e->comp))
 		return;
-	ret = hostcache_adopt_reserve(d, &e->l, &dst, hmsg, sizeof(hmsg));
+	ret = hostcache_adopt_reserve(d->hc, &e->l, &dst, hmsg, sizeof(hmsg));
 	if (ret == -EEXIST)
 		return;
 	if (ret) {
@@ -45,9 +45,9 @@ static void demote(struct daemon *d, struct dentry *e)
 	}
 	ret = dc->ops->copy_d2h(e->g->dev, dst, e->v.dptr, e->l.size, why, sizeof(why));
 	if (ret)
-		hostcache_adopt_cancel(d, &e->l, dst);
+		hostcache_adopt_cancel(d->hc, &e->l, dst);
 	else
-		ret = hostcache_adopt_commit(d, &e->l, e->model, e->comp, dst);
+		ret = hostcache_adopt_commit(d->hc, &e->l, e->model, e->comp, dst);
 	log_info(MOD, "\"demotion to the host\" key=\"%s\" bytes=%" PRIu64 " err=%d%s%s",
 		 e->key, e->l.size, ret, why[0] ? " why=" : "", why);
 }

@@ -116,7 +116,7 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 		p->l = *held;
 		memset(held, 0, sizeof(*held));
 	} else {
-		ret = hostcache_hold(d, e->comp, &p->l);
+		ret = hostcache_hold(d->hc, e->comp, &p->l);
 	}
 	if (ret) {
 		snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: the host copy went before the GPU copy "
@@ -131,7 +131,7 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 		 * extent's, which the copy keeps. */
 		ret = dev_select_layout(d, e, &p->l, &sl, msg);
 		if (ret) {
-			hostcache_unhold(d, &p->l);
+			hostcache_unhold(d->hc, &p->l);
 			free(p->l.t);
 			return ret;
 		}
@@ -146,7 +146,7 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 		ret = dev_convert_layout(&p->l, e->conv, &p->cl, &p->scratch_off, &p->scratch);
 		if (ret) {
 			snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: out of memory", e->key);
-			hostcache_unhold(d, &p->l);
+			hostcache_unhold(d->hc, &p->l);
 			free(p->l.t);
 			return ret;
 		}
@@ -173,7 +173,7 @@ static bool share_twin(struct daemon *d, struct dentry *e, struct fill_plan *p,
 	pthread_mutex_unlock(&dc->lock);
 	if (!twin)
 		return false;
-	hostcache_unhold(d, &p->l);
+	hostcache_unhold(d->hc, &p->l);
 	free(p->l.t);
 	free(p->cl.t);
 	return true;
@@ -224,7 +224,7 @@ void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 	ret = admit_alloc(d, g, e, size, &v, msg);
 	if (!ret)
 		ret = copy_form(d, e, &p, &v, size, msg);
-	hostcache_unhold(d, &p.l);
+	hostcache_unhold(d->hc, &p.l);
 	if (ret) {
 		free(p.l.t);
 		free(p.cl.t);

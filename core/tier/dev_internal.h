@@ -222,7 +222,7 @@ int dev_select_layout(struct daemon *d, const struct dentry *e,
 void dev_queue_work(struct devcache *dc, struct dwork *w);
 void dev_free_later(struct devcache *dc, struct dgpu *g, struct gpu_vram *v);
 void *dev_thread_main(void *arg);
-void dev_host_ready(struct daemon *d, void *arg, int err, const char *msg,
+void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
 		    uint64_t read_bytes, struct hostcache_layout *held);
 
 /* ---- devcache.c: the tier's life ------------------------------------------------------------ */

@@ -77,7 +77,7 @@ static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
 	int ret;
 
 	/* At most one alignment gap per tensor: the smallest extent it could need. */
-	if (nbytes + (uint64_t)n_tensors * 64 <= hostcache_budget(d))
+	if (nbytes + (uint64_t)n_tensors * 64 <= hostcache_budget(d->hc))
 		return false;
 	if (e->conv || e->sel) {
 		char msg[WD_DATA_SLOT_SIZE];
@@ -98,7 +98,7 @@ static bool stream_instead(struct daemon *d, struct dentry *e, uint64_t nbytes,
 		pthread_mutex_unlock(&d->dc->lock);
 		return true;
 	}
-	ret = hostcache_plan_layout(d, e->model, e->comp, &w->l, &w->src, w->msg);
+	ret = hostcache_plan_layout(d->hc, e->model, e->comp, &w->l, &w->src, w->msg);
 	if (ret) {
 		pthread_mutex_lock(&d->dc->lock);
 		dev_fail_entry(d, e, ret, w->msg);
@@ -179,8 +179,8 @@ static void start_load(struct daemon *d, struct job *j, const struct dreq *r,
 	log_info(MOD, "\"device load started\" key=\"%s\"", e->key);
 	if (stream_instead(d, e, rc->nbytes, rc->n_tensors))
 		return;
-	ret = hostcache_load_for(d, j->c, r->user_data, r->flags, e->model, e->comp,
-				 e->g->numa, dev_host_ready, e);
+	ret = hostcache_load_for(d->hc, (struct tier_client *)j->c, r->user_data, r->flags,
+				 e->model, e->comp, e->g->numa, dev_host_ready, d, e);
 	if (ret) {
 		pthread_mutex_lock(&d->dc->lock);
 		dev_fail_entry(d, e, ret, "load: out of memory");

@@ -94,7 +94,7 @@ void *dev_thread_main(void *arg)
 			dev_fill(d, w->e, w->err, w->msg, w->read_bytes, w->held ? &w->l : NULL);
 		if (w->held && w->l.key[0]) {
 			/* Not consumed (shutdown): give the hold back. */
-			hostcache_unhold(d, &w->l);
+			hostcache_unhold(d->hc, &w->l);
 		}
 		free(w->l.t);
 		hostcache_src_free(w->src, w->l.n_t);
@@ -107,9 +107,10 @@ void *dev_thread_main(void *arg)
 }
 
 /* hostcache_then_fn: runs under the host cache's lock, so it only queues. */
-void dev_host_ready(struct daemon *d, void *arg, int err, const char *msg,
-		       uint64_t read_bytes, struct hostcache_layout *held)
+void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
+		    uint64_t read_bytes, struct hostcache_layout *held)
 {
+	struct daemon *d = ctx;
 	struct dwork *w = calloc(1, sizeof(*w));
 
 	if (!w) {

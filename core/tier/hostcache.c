@@ -20,9 +20,7 @@
 #include "core/format/convert.h"
 #include "core/policy/evict.h"
 #include "core/base/fault.h"
-#include "core/daemon/alert.h"
 #include "core/base/log.h"
-#include "core/daemon/metrics.h"
 #include "core/policy/placement.h"
 #include "core/policy/recovery.h"
 #include "gpu/cuda.h"
@@ -36,16 +34,6 @@
 #define PREFETCH_MAX 4u
 #define SAVE_BATCH 64u			/* co-access pairs written to the catalog per drain */
 
-enum sel_kind { SEL_ALL = 0, SEL_PREFIX = 1, SEL_NAMES = 2 };
-
-/* What a request asks for in each component: the form of the cache entry. */
-struct form {
-	uint8_t convert;	/* 0, or the enum st_dtype F32 tensors are stored as */
-	uint8_t sel;		/* enum sel_kind */
-	uint64_t sel_hash;	/* XXH3 of the selection payload */
-	const char *payload;	/* the selection (prefix, or NUL-separated names) */
-	uint16_t len;
-};
 
 /* A component bound to an entry, with its registry tensor ids in entry tensor order. */
 struct bind {
@@ -89,24 +77,18 @@ struct entry {
 	struct load *ld;	/* while loading */
 };
 
+/* A request (LOAD, or the device tier's hostcache_load_for()) waiting on its loads. */
 struct req {
-	struct client *c;
-	uint64_t user_data;
-	struct pending *spare;
-	uint8_t flags;
-	uint32_t model, comp;
-	int pending;		/* loads not finished, plus one while fanning out */
-	int err;
-	char msg[WD_DATA_SLOT_SIZE];
-	uint64_t bytes, read_bytes, done, total, last_post_ns;
+	struct tier_request q;	/* q.pin: the request's model and component (WD_ID_NONE: all) */
+	uint64_t done, total, last_post_ns;
 	bool orphan;		/* its client disconnected */
 	int node;		/* NUMA node for new extents (a GPU's); -1: the loader's */
 	hostcache_then_fn then;	/* hostcache_load_for(): called instead of the completion */
-	void *then_arg;
+	void *then_ctx, *then_arg;
 };
 
 struct load {
-	struct daemon *d;
+	struct hostcache *hc;
 	struct entry *e;
 	struct load_handle *h;
 	struct load_plan *plan;
@@ -117,6 +99,7 @@ struct load {
 };
 
 struct hostcache {
+	struct tier_env env;	/* the daemon's registry, state lock, pins and sink */
 	pthread_mutex_t lock;
 	struct arena *arena;
 	struct loader *loader;
@@ -189,55 +172,7 @@ static uint64_t round_extent(uint64_t n)
 	return (n + ARENA_EXTENT_ALIGN - 1) & ~(uint64_t)(ARENA_EXTENT_ALIGN - 1);
 }
 
-/* Reads arg[0] and the payload of a LOAD into @f. Returns 0 or -EINVAL with a message. */
-static int parse_form(const struct wd_sqe *sqe, const char *arg, uint16_t len, struct form *f,
-		      char *out, uint16_t *out_len)
-{
-	uint64_t a = sqe->arg[0];
-
-	memset(f, 0, sizeof(*f));
-	if (a & ~(uint64_t)WD_LOAD_ARG_ALL || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
-	    sqe->arg[4]) {
-		*out_len = ops_msg(out, "load: unknown bits in arg[0] (%#" PRIx64 ") or arg[1..4]",
-				   a);
-		return -EINVAL;
-	}
-	if (a & WD_LOAD_CONVERT) {
-		uint8_t to = (uint8_t)(a & WD_LOAD_DTYPE_MASK);
-
-		if (!convert_supported(ST_F32, (enum st_dtype)to)) {
-			*out_len = ops_msg(out, "load: conversion to dtype %u is not supported (F16 "
-					   "or BF16)", to);
-			return -EINVAL;
-		}
-		f->convert = to;
-	} else if (a & WD_LOAD_DTYPE_MASK) {
-		*out_len = ops_msg(out, "load: a dtype in arg[0] without WD_LOAD_CONVERT");
-		return -EINVAL;
-	}
-	if ((a & WD_LOAD_PREFIX) && (a & WD_LOAD_NAMES)) {
-		*out_len = ops_msg(out, "load: WD_LOAD_PREFIX and WD_LOAD_NAMES together");
-		return -EINVAL;
-	}
-	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
-		if (sqe->model == WD_ID_NONE) {
-			*out_len = ops_msg(out, "load: a tensor selection needs the model by index "
-					   "(the payload is the selection)");
-			return -EINVAL;
-		}
-		if (!len || ((a & WD_LOAD_PREFIX) && memchr(arg, '\0', len))) {
-			*out_len = ops_msg(out, "load: empty or malformed tensor selection");
-			return -EINVAL;
-		}
-		f->sel = (a & WD_LOAD_PREFIX) ? SEL_PREFIX : SEL_NAMES;
-		f->sel_hash = XXH3_64bits(arg, len);
-		f->payload = arg;
-		f->len = len;
-	}
-	return 0;
-}
-
-static bool form_equal(const struct entry *e, const struct form *f)
+static bool form_equal(const struct entry *e, const struct tier_form *f)
 {
 	return e->convert == f->convert && e->sel == f->sel && e->sel_hash == f->sel_hash;
 }
@@ -259,7 +194,7 @@ static struct entry *find_id(struct hostcache *hc, uint64_t id)
 }
 
 /* The entry that holds component @comp in form @f, or NULL. */
-static struct entry *find_form(struct hostcache *hc, uint32_t comp, const struct form *f)
+static struct entry *find_form(struct hostcache *hc, uint32_t comp, const struct tier_form *f)
 {
 	for (struct entry *e = hc->entries; e; e = e->next)
 		if (!e->cancelled && form_equal(e, f) && find_bind(e, comp))
@@ -271,30 +206,30 @@ static struct entry *find_form(struct hostcache *hc, uint32_t comp, const struct
 static bool has_resident(struct hostcache *hc, uint32_t comp)
 {
 	for (struct entry *e = hc->entries; e; e = e->next)
-		if (e->resident && e->sel == SEL_ALL && find_bind(e, comp))
+		if (e->resident && e->sel == TIER_SEL_ALL && find_bind(e, comp))
 			return true;
 	return false;
 }
 
 /* ---- registry publication (callers hold the cache lock; these take state_lock) --------- */
 
-static void publish_bind(struct daemon *d, const struct entry *e, const struct bind *b)
+static void publish_bind(struct hostcache *hc, const struct entry *e, const struct bind *b)
 {
 	for (uint32_t i = 0; i < e->n_t; i++) {
 		if (b->tids[i] == NO_TID)
 			continue;
-		registry_set_tensor_host(d->reg, b->tids[i], true, e->off + e->t[i].off,
+		registry_set_tensor_host(hc->env.reg, b->tids[i], true, e->off + e->t[i].off,
 					 e->t[i].dtype, e->t[i].nbytes);
 	}
 }
 
 /* The host state of @comp from the entries bound to it. Under state_lock. */
-static void refresh_state(struct daemon *d, uint32_t comp)
+static void refresh_state(struct hostcache *hc, uint32_t comp)
 {
 	uint32_t state = WD_STATE_ABSENT;
 
-	for (struct entry *e = d->hc->entries; e; e = e->next) {
-		if (e->sel != SEL_ALL || e->cancelled || !find_bind(e, comp))
+	for (struct entry *e = hc->entries; e; e = e->next) {
+		if (e->sel != TIER_SEL_ALL || e->cancelled || !find_bind(e, comp))
 			continue;
 		if (e->resident) {
 			state = WD_STATE_RESIDENT;
@@ -303,7 +238,7 @@ static void refresh_state(struct daemon *d, uint32_t comp)
 		state = WD_STATE_LOADING;
 	}
 	if (state != WD_STATE_LOADING)
-		registry_set_state(d->reg, comp, WD_TIER_HOST, state, 0);
+		registry_set_state(hc->env.reg, comp, WD_TIER_HOST, state, 0);
 }
 
 /*
@@ -311,21 +246,21 @@ static void refresh_state(struct daemon *d, uint32_t comp)
  * then republishes every other resident entry bound to @comp in creation order, so that a
  * tensor another form still holds stays resident. Under state_lock.
  */
-static void unpublish_comp(struct daemon *d, struct entry *e, const struct bind *b)
+static void unpublish_comp(struct hostcache *hc, struct entry *e, const struct bind *b)
 {
 	uint64_t seq = 0;
 
 	for (uint32_t i = 0; i < e->n_t; i++) {
 		if (b->tids[i] == NO_TID)
 			continue;
-		registry_set_tensor_host(d->reg, b->tids[i], false, UINT64_MAX,
+		registry_set_tensor_host(hc->env.reg, b->tids[i], false, UINT64_MAX,
 					 e->t[i].src_dtype, e->t[i].src_bytes);
 	}
 	for (;;) {
 		struct entry *next = NULL;
 		const struct bind *nb = NULL;
 
-		for (struct entry *f = d->hc->entries; f; f = f->next) {
+		for (struct entry *f = hc->entries; f; f = f->next) {
 			const struct bind *fb;
 
 			if (f == e || !f->resident || f->seq < seq || (next && f->seq > next->seq))
@@ -337,13 +272,13 @@ static void unpublish_comp(struct daemon *d, struct entry *e, const struct bind 
 		}
 		if (!next)
 			break;
-		publish_bind(d, next, nb);
+		publish_bind(hc, next, nb);
 		seq = next->seq + 1;
 	}
 }
 
 /* Binds @comp of @model to @e: looks its tensors up in the registry. Returns 0 or -ENOMEM. */
-static int bind_comp(struct daemon *d, struct entry *e, uint32_t model, uint32_t comp)
+static int bind_comp(struct hostcache *hc, struct entry *e, uint32_t model, uint32_t comp)
 {
 	struct bind *b;
 
@@ -360,15 +295,15 @@ static int bind_comp(struct daemon *d, struct entry *e, uint32_t model, uint32_t
 	if (!b->tids)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < e->n_t; i++)
-		if (registry_find_tensor(&d->view, model, comp, e->t[i].name, &b->tids[i], NULL))
+		if (registry_find_tensor(hc->env.view, model, comp, e->t[i].name, &b->tids[i], NULL))
 			b->tids[i] = NO_TID;
 	e->n_binds++;
-	pthread_mutex_lock(&d->state_lock);
+	pthread_mutex_lock(hc->env.state_lock);
 	if (e->resident) {
-		publish_bind(d, e, b);
-		refresh_state(d, comp);
+		publish_bind(hc, e, b);
+		refresh_state(hc, comp);
 	}
-	pthread_mutex_unlock(&d->state_lock);
+	pthread_mutex_unlock(hc->env.state_lock);
 	return 0;
 }
 
@@ -400,18 +335,16 @@ static void unlink_entry(struct hostcache *hc, struct entry *e)
  * Drops resident entry @e: unpublished from every component, its extent freed, removed from
  * the policy (@evicted: counted as an eviction). Under the cache lock.
  */
-static void drop_entry(struct daemon *d, struct entry *e, bool evicted)
+static void drop_entry(struct hostcache *hc, struct entry *e, bool evicted)
 {
-	struct hostcache *hc = d->hc;
-
 	unlink_entry(hc, e);
-	pthread_mutex_lock(&d->state_lock);
+	pthread_mutex_lock(hc->env.state_lock);
 	for (uint32_t i = 0; i < e->n_binds; i++) {
-		unpublish_comp(d, e, &e->binds[i]);
-		refresh_state(d, e->binds[i].comp);
+		unpublish_comp(hc, e, &e->binds[i]);
+		refresh_state(hc, e->binds[i].comp);
 	}
-	registry_counter_add(d->reg, WD_CTR_HOST_BYTES, -(int64_t)e->size);
-	pthread_mutex_unlock(&d->state_lock);
+	registry_counter_add(hc->env.reg, WD_CTR_HOST_BYTES, -(int64_t)e->size);
+	pthread_mutex_unlock(hc->env.state_lock);
 	arena_free(hc->arena, e->off, e->size);
 	evict_remove(hc->pol, e->key, evicted);
 	log_info(MOD, "\"%s\" key=\"%s\" bytes=%" PRIu64, evicted ? "evicted" : "dropped", e->key,
@@ -432,43 +365,30 @@ static struct entry *find_key(struct hostcache *hc, const char *key)
  * client pin on the host tier that covers one of its components (or their whole model).
  * Run before choosing victims, so that pins taken or dropped on any thread count.
  */
-static void sync_pins(struct daemon *d)
+/* Whether client pin @p covers one of host entry @ent's components (tier_pins_count()). */
+static bool pin_covers_entry(const void *ent, const struct lease_pin *p)
 {
-	struct hostcache *hc = d->hc;
+	const struct entry *e = ent;
 
-	pthread_mutex_lock(&d->state_lock);
-	for (struct entry *e = hc->entries; e; e = e->next) {
-		uint32_t want = 0;
+	for (uint32_t k = 0; k < e->n_binds; k++)
+		if (tier_pin_covers(p, WD_TIER_HOST, e->binds[k].model, e->binds[k].comp))
+			return true;
+	return false;
+}
 
-		if (!e->resident)
-			continue;
-		for (const struct lease *l = d->leases.head; l; l = l->next) {
-			for (size_t i = 0; i < l->n; i++) {
-				const struct lease_pin *p = &l->pins[i];
-
-				if (p->tier != WD_TIER_HOST)
-					continue;
-				for (uint32_t k = 0; k < e->n_binds; k++) {
-					if (p->model == e->binds[k].model &&
-					    (p->component == WD_ID_NONE ||
-					     p->component == e->binds[k].comp)) {
-						want++;
-						break;
-					}
-				}
-			}
-		}
-		for (; e->pins < want; e->pins++)
-			evict_pin(hc->pol, e->key);
-		for (; e->pins > want; e->pins--)
-			evict_unpin(hc->pol, e->key);
-	}
-	pthread_mutex_unlock(&d->state_lock);
+static void sync_pins(struct hostcache *hc)
+{
+	pthread_mutex_lock(hc->env.state_lock);
+	for (struct entry *e = hc->entries; e; e = e->next)
+		if (e->resident)
+			tier_pins_apply(hc->pol, e->key, &e->pins,
+					tier_pins_count(hc->env.leases, pin_covers_entry, e));
+	pthread_mutex_unlock(hc->env.state_lock);
 }
 
 /* What recovery_alloc_retry() works on for one extent (make_room, populate_extent). */
 struct alloc_ctx {
-	struct daemon *d;
+	struct hostcache *hc;
 	uint64_t bytes, off, now;
 };
 
@@ -477,14 +397,14 @@ static int try_extent(void *arg)
 	struct alloc_ctx *a = arg;
 	int err = fault_take(FAULT_ALLOC);
 
-	return err ? -err : arena_alloc(a->d->hc->arena, a->bytes, &a->off);
+	return err ? -err : arena_alloc(a->hc->arena, a->bytes, &a->off);
 }
 
 static int try_populate(void *arg)
 {
 	struct alloc_ctx *a = arg;
 
-	return recovery_populate(arena_ptr(a->d->hc->arena, a->off), a->bytes);
+	return recovery_populate(arena_ptr(a->hc->arena, a->off), a->bytes);
 }
 
 /*
@@ -495,7 +415,7 @@ static int try_populate(void *arg)
 static int64_t evict_for(void *arg, uint64_t bytes, int err)
 {
 	struct alloc_ctx *a = arg;
-	struct hostcache *hc = a->d->hc;
+	struct hostcache *hc = a->hc;
 	char key[EVICT_KEY_MAX];
 	int64_t freed = 0;
 
@@ -513,7 +433,7 @@ static int64_t evict_for(void *arg, uint64_t bytes, int err)
 
 		if (e) {
 			freed += (int64_t)e->size;
-			drop_entry(a->d, e, true);
+			drop_entry(a->hc, e, true);
 		} else {
 			evict_remove(hc->pol, key, true);
 		}
@@ -522,15 +442,13 @@ static int64_t evict_for(void *arg, uint64_t bytes, int err)
 }
 
 /* Drops the entries evict_admit() chose (or forgets a key it has no entry for), frees @v. */
-static void evict_victims(struct daemon *d, struct evict_victims *v)
+static void evict_victims(struct hostcache *hc, struct evict_victims *v)
 {
-	struct hostcache *hc = d->hc;
-
 	for (size_t i = 0; i < v->n; i++) {
 		struct entry *e = find_key(hc, v->keys[i]);
 
 		if (e)
-			drop_entry(d, e, true);
+			drop_entry(hc, e, true);
 		else
 			evict_remove(hc->pol, v->keys[i], true);
 	}
@@ -543,19 +461,18 @@ static void evict_victims(struct daemon *d, struct evict_victims *v)
  * extent is large enough, evict more and retry once). Returns 0 with *@off set, or
  * -EFBIG/-ENOSPC with @msg.
  */
-static int make_room(struct daemon *d, const char *name, uint64_t bytes, uint64_t *off,
+static int make_room(struct hostcache *hc, const char *name, uint64_t bytes, uint64_t *off,
 		     char *msg)
 {
-	struct hostcache *hc = d->hc;
 	struct evict_victims v;
-	struct alloc_ctx a = { .d = d, .bytes = bytes, .now = wd_now_ns() };
+	struct alloc_ctx a = { .hc = hc, .bytes = bytes, .now = wd_now_ns() };
 	int ret;
 
-	sync_pins(d);
+	sync_pins(hc);
 	ret = evict_admit(hc->pol, name, bytes, a.now, &v, msg, WD_DATA_SLOT_SIZE);
 	if (ret)
 		return ret;
-	evict_victims(d, &v);
+	evict_victims(hc, &v);
 	ret = recovery_alloc_retry(&(struct recovery_alloc){
 		.tier = "host", .name = name, .what = "an extent", .bytes = bytes,
 		.try_alloc = try_extent, .evict = evict_for, .arg = &a }, msg, WD_DATA_SLOT_SIZE);
@@ -572,10 +489,10 @@ static int make_room(struct daemon *d, const char *name, uint64_t bytes, uint64_
  * the OOM killer or SIGBUS in the loader; on -ENOMEM unpinned entries are evicted and it is
  * tried once more. Under the cache lock. Returns 0 or -errno with @msg.
  */
-static int populate_extent(struct daemon *d, const char *name, uint64_t off, uint64_t bytes,
+static int populate_extent(struct hostcache *hc, const char *name, uint64_t off, uint64_t bytes,
 			   char *msg)
 {
-	struct alloc_ctx a = { .d = d, .bytes = bytes, .off = off, .now = wd_now_ns() };
+	struct alloc_ctx a = { .hc = hc, .bytes = bytes, .off = off, .now = wd_now_ns() };
 
 	if (!recovery_populate_needed(bytes))
 		return 0;
@@ -588,11 +505,11 @@ static int populate_extent(struct daemon *d, const char *name, uint64_t off, uin
  * The policy key of a host entry: "<model>/<component>@<form>[selection]#<identity>". The
  * device tier's plan of a stored-form entry (hostcache_plan_layout()) must name it the same.
  */
-static void entry_key(char *key, size_t size, const char *name, const struct form *f,
+static void entry_key(char *key, size_t size, const char *name, const struct tier_form *f,
 		      uint64_t id)
 {
 	snprintf(key, size - 18, "%.280s@%s%s", name, form_name(f->convert),
-		 f->sel == SEL_PREFIX ? "[prefix]" : f->sel == SEL_NAMES ? "[names]" : "");
+		 f->sel == TIER_SEL_PREFIX ? "[prefix]" : f->sel == TIER_SEL_NAMES ? "[names]" : "");
 	snprintf(key + strlen(key), 18, "#%016" PRIx64, id);
 }
 
@@ -613,10 +530,8 @@ static bool entry_stale(const struct hostcache *hc, const struct entry *e, uint3
 	       hc->cur_qfp[comp] != e->qfp;
 }
 
-void hostcache_note_files(struct daemon *d, uint32_t comp, const struct catalog_component *cc)
+void hostcache_note_files(struct hostcache *hc, uint32_t comp, const struct catalog_component *cc)
 {
-	struct hostcache *hc = d->hc;
-
 	if (!hc)
 		return; /* the publication at start comes before the host tier */
 	pthread_mutex_lock(&hc->lock);
@@ -638,61 +553,41 @@ void hostcache_note_files(struct daemon *d, uint32_t comp, const struct catalog_
 
 /* ---- requests -------------------------------------------------------------------------- */
 
-static void take_pin(struct daemon *d, struct client *c, uint32_t model, uint32_t comp)
-{
-	struct lease_pin p = { .model = model, .component = comp, .tier = WD_TIER_HOST };
-
-	pthread_mutex_lock(&d->state_lock);
-	if (!c->gone && lease_pin(&d->leases, &c->lease, &p) == 0) {
-		registry_set_model_pins(d->reg, model, lease_model_pins(&d->leases, model));
-		registry_counter_add(d->reg, WD_CTR_PINS, 1);
-	}
-	pthread_mutex_unlock(&d->state_lock);
-}
-
 static int hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out);
 
 /* Posts @r's final completion and frees it. Under the cache lock. */
-static void finish_req(struct daemon *d, struct req *r)
+static void finish_req(struct hostcache *hc, struct req *r)
 {
-	struct wd_cqe cqe = { .user_data = r->user_data, .res = r->err, .aux0 = r->bytes,
-			      .aux1 = r->read_bytes };
-	size_t len = r->err ? strnlen(r->msg, sizeof(r->msg) - 1) : 0;
-
 	if (r->then) {
 		struct hostcache_layout l;
-		int err = r->err;
+		int err = r->q.err;
 
 		/* Held now, under the lock that made it resident: no eviction can come between. */
-		if (!err && (err = hold_locked(d->hc, r->comp, &l)))
-			snprintf(r->msg, sizeof(r->msg), "load: component %u went from the host cache "
-				 "before it could be held (%s)", r->comp, strerror(-err));
-		r->then(d, r->then_arg, err, r->msg, r->read_bytes, err ? NULL : &l);
-		daemon_client_put(d, r->c);
-		free(r->spare);
+		if (!err && (err = hold_locked(hc, r->q.pin.component, &l)))
+			snprintf(r->q.msg, sizeof(r->q.msg), "load: component %u went from the host "
+				 "cache before it could be held (%s)", r->q.pin.component,
+				 strerror(-err));
+		r->then(r->then_ctx, r->then_arg, err, r->q.msg, r->q.read_bytes,
+			err ? NULL : &l);
+		hc->env.sink.client_put(hc->env.sink.ctx, r->q.c);
+		free(r->q.spare);
 		free(r);
 		return;
 	}
-	if (!r->err && (r->flags & WD_SQE_F_PIN))
-		take_pin(d, r->c, r->model, r->comp);
-	daemon_post(d, r->c, &cqe, &r->spare, r->msg, len);
-	daemon_client_put(d, r->c);
-	free(r->spare);
+	tier_req_finish(&hc->env, &r->q);
 	free(r);
 }
 
 static void req_fail(struct req *r, int err, const char *msg)
 {
-	if (r->err)
-		return;
-	r->err = err;
-	snprintf(r->msg, sizeof(r->msg), "%s", msg && *msg ? msg : strerror(-err));
+	tier_req_fail(&r->q, err, msg);
 }
 
-static void req_done_one(struct daemon *d, struct req *r)
+/* One of @r's loads ended (or its fan-out did): the last one finishes it. Under the lock. */
+static void req_done_one(struct hostcache *hc, struct req *r)
 {
-	if (--r->pending == 0)
-		finish_req(d, r);
+	if (tier_req_done_one(&r->q))
+		finish_req(hc, r);
 }
 
 static int attach_req(struct load *ld, struct req *r)
@@ -701,10 +596,10 @@ static int attach_req(struct load *ld, struct req *r)
 		return -ENOMEM;
 	ld->reqs[ld->n_reqs++] = r;
 	ld->had_reqs = true;
-	r->pending++;
+	r->q.pending++;
 	r->total += ld->total;
 	r->done += ld->done;
-	r->read_bytes += ld->total;
+	r->q.read_bytes += ld->total;
 	return 0;
 }
 
@@ -713,35 +608,35 @@ static int attach_req(struct load *ld, struct req *r)
 static void on_progress(void *arg, uint64_t done, uint64_t total)
 {
 	struct load *ld = arg;
-	struct daemon *d = ld->d;
+	struct hostcache *hc = ld->hc;
 	uint64_t now = wd_now_ns(), delta;
 
-	pthread_mutex_lock(&d->hc->lock);
+	pthread_mutex_lock(&hc->lock);
 	delta = done > ld->done ? done - ld->done : 0;
 	ld->done = done;
 	for (uint32_t i = 0; i < ld->n_reqs; i++) {
 		struct req *r = ld->reqs[i];
-		struct wd_cqe cqe = { .user_data = r->user_data, .flags = WD_CQE_F_PROGRESS };
+		struct wd_cqe cqe = { .user_data = r->q.user_data, .flags = WD_CQE_F_PROGRESS };
 
 		r->done += delta;
-		if ((r->flags & WD_SQE_F_NO_PROGRESS) || r->orphan ||
+		if ((r->q.flags & WD_SQE_F_NO_PROGRESS) || r->orphan ||
 		    (now - r->last_post_ns < PROGRESS_NS && r->done < r->total))
 			continue;
 		r->last_post_ns = now;
 		cqe.aux0 = r->done;
 		cqe.aux1 = r->total;
-		daemon_post(d, r->c, &cqe, NULL, NULL, 0);
+		hc->env.sink.post(hc->env.sink.ctx, r->q.c, &cqe, NULL, NULL, 0);
 	}
 	if (now - ld->last_pub_ns >= PROGRESS_NS || done == total) {
 		ld->last_pub_ns = now;
-		pthread_mutex_lock(&d->state_lock);
+		pthread_mutex_lock(hc->env.state_lock);
 		for (uint32_t i = 0; i < ld->e->n_binds; i++)
-			if (ld->e->sel == SEL_ALL)
-				registry_set_progress(d->reg, ld->e->binds[i].comp, WD_TIER_HOST,
+			if (ld->e->sel == TIER_SEL_ALL)
+				registry_set_progress(hc->env.reg, ld->e->binds[i].comp, WD_TIER_HOST,
 						      done, total);
-		pthread_mutex_unlock(&d->state_lock);
+		pthread_mutex_unlock(hc->env.state_lock);
 	}
-	pthread_mutex_unlock(&d->hc->lock);
+	pthread_mutex_unlock(&hc->lock);
 }
 
 static void hash_entry(struct hostcache *hc, struct entry *e)
@@ -759,7 +654,7 @@ static void hash_entry(struct hostcache *hc, struct entry *e)
  * (catalog content hashes), and the same XXH3 for every tensor. Hashing costs a pass over
  * both entries' bytes, and is done only when the headers already match.
  */
-static struct entry *find_twin(struct hostcache *hc, struct entry *e)
+static struct entry *find_same_bytes(struct hostcache *hc, struct entry *e)
 {
 	for (struct entry *f = hc->entries; f; f = f->next) {
 		if (f == e || !f->resident || f->convert != e->convert || f->sel != e->sel ||
@@ -781,95 +676,160 @@ static struct entry *find_twin(struct hostcache *hc, struct entry *e)
 	return NULL;
 }
 
-static void queue_prefetch(struct daemon *d, const char *key);
-static void save_coaccess(struct daemon *d);
+static void queue_prefetch(struct hostcache *hc, const char *key);
+static void save_coaccess(struct hostcache *hc);
 
+/* With --verify the loader hashed every tensor as it read it: keep those hashes. */
+static void keep_verified_hashes(struct entry *e, const struct load_plan *plan)
+{
+	if (!(plan->flags & LOAD_F_VERIFY))
+		return;
+	for (uint32_t i = 0; i < e->n_t; i++)
+		e->t[i].xxh3 = plan->tensors[i].xxh3;
+	e->hashed = true;
+}
+
+/* Identical bytes are resident already (@twin): keep those, drop freshly loaded @e's extent
+ * and bind its components to @twin. @e is freed by the caller. */
+static void dedup_into(struct hostcache *hc, struct entry *e, struct entry *twin, uint64_t now)
+{
+	unlink_entry(hc, e);
+	arena_free(hc->arena, e->off, e->size);
+	evict_unreserve(hc->pol, e->size);
+	hc->dedup_bytes += e->size;
+	for (uint32_t i = 0; i < e->n_binds; i++)
+		bind_comp(hc, twin, e->binds[i].model, e->binds[i].comp);
+	log_info(MOD, "\"deduplicated\" key=\"%s\" into=\"%s\" bytes=%" PRIu64,
+		 e->key, twin->key, e->size);
+	twin->last_use_ns = now;
+}
+
+/* Freshly loaded @e becomes resident: it enters the eviction policy (with the keep-alive in
+ * force now, which a reload may have changed, and its load rate), and its component's
+ * failures in a row are forgotten. */
+static void admit_loaded(struct hostcache *hc, struct entry *e, uint64_t read, uint64_t now,
+			 uint64_t ns)
+{
+	e->resident = true;
+	e->last_use_ns = now;
+	evict_insert(hc->pol, e->key, e->size, now, e->prefetched);
+	evict_set_ttl(hc->pol, e->key, hc->ttl_ns);
+	quarantine_ok(hc->q, e->ckey);
+	if (ns)
+		evict_set_rate(hc->pol, e->key, (double)read * 1e9 / (double)ns);
+}
+
+/* Publishes resident @e: its tensors and state for every component bound to it, the host
+ * bytes counter and each component's last load. Takes state_lock. */
+static void publish_loaded(struct hostcache *hc, const struct entry *e, uint64_t read,
+			   uint64_t ns)
+{
+	pthread_mutex_lock(hc->env.state_lock);
+	for (uint32_t i = 0; i < e->n_binds; i++) {
+		publish_bind(hc, e, &e->binds[i]);
+		refresh_state(hc, e->binds[i].comp);
+	}
+	registry_counter_add(hc->env.reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
+	for (uint32_t i = 0; i < e->n_binds; i++)
+		registry_set_last_load(hc->env.reg, e->binds[i].comp, WD_TIER_HOST, read, ns,
+				       wd_wall_ns());
+	pthread_mutex_unlock(hc->env.state_lock);
+}
+
+/* Tells the daemon (metrics, the slow_load alert) and the log that @e was loaded. */
+static void note_loaded(struct hostcache *hc, const struct entry *e, uint64_t read, uint64_t ns)
+{
+	struct tier_load_note note = { .tier = WD_TIER_HOST, .ckey = e->ckey, .bytes = read,
+				       .ns = ns,
+				       .whole_stored = e->sel == TIER_SEL_ALL && !e->convert };
+
+	hc->env.sink.load_done(hc->env.sink.ctx, &note);
+	log_info(MOD, "\"loaded\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64
+		 " ms=%.1f gbps=%.2f", e->key, e->size, read, (double)ns / 1e6,
+		 ns ? (double)read / (double)ns : 0.0);
+}
+
+/*
+ * The load @ld succeeded: deduplicated into a resident twin, or made resident and
+ * published. Every requester gets the entry's tensor bytes. Sets @prefetch_key (the
+ * co-access key whose companions to prefetch) after a requested whole stored-form load.
+ * Returns the twin (the caller frees ld->e), or NULL. Under the cache lock.
+ */
+static struct entry *load_succeeded(struct hostcache *hc, struct load *ld, uint64_t now,
+				    uint64_t ns, char *prefetch_key)
+{
+	struct entry *e = ld->e, *twin;
+
+	keep_verified_hashes(e, ld->plan);
+	e->ld = NULL;
+	twin = find_same_bytes(hc, e);
+	if (twin) {
+		dedup_into(hc, e, twin, now);
+	} else {
+		admit_loaded(hc, e, ld->total, now, ns);
+		publish_loaded(hc, e, ld->total, ns);
+		note_loaded(hc, e, ld->total, ns);
+		if (!e->prefetched && e->sel == TIER_SEL_ALL && !e->convert)
+			snprintf(prefetch_key, EVICT_KEY_MAX, "%s", e->ckey);
+	}
+	for (uint32_t i = 0; i < ld->n_reqs; i++)
+		ld->reqs[i]->q.bytes += (twin ? twin : e)->tensor_bytes;
+	return twin;
+}
+
+/*
+ * The load @ld failed with @rc (@why): counted toward its component's quarantine, its
+ * extent freed, the registry told (a whole-component load that was not cancelled leaves the
+ * component failed unless another entry of it is resident), and its requesters failed. The
+ * caller frees ld->e. Under the cache lock.
+ */
+static void load_failed(struct hostcache *hc, struct load *ld, int rc, const char *why)
+{
+	struct entry *e = ld->e;
+	int st_err = rc;
+
+	/* A prefetch counts only once a request joined it (attach_req()). */
+	if (recovery_counts_toward_quarantine(rc, !e->prefetched || ld->n_reqs > 0) &&
+	    quarantine_fail(hc->q, e->ckey, e->qfp, rc, why))
+		st_err = -ENOTRECOVERABLE;
+	hc->failed++;
+	unlink_entry(hc, e);
+	arena_free(hc->arena, e->off, e->size);
+	evict_unreserve(hc->pol, e->size);
+	pthread_mutex_lock(hc->env.state_lock);
+	for (uint32_t i = 0; i < e->n_binds; i++) {
+		refresh_state(hc, e->binds[i].comp);
+		if (rc != -ECANCELED && e->sel == TIER_SEL_ALL &&
+		    !has_resident(hc, e->binds[i].comp))
+			registry_set_state(hc->env.reg, e->binds[i].comp, WD_TIER_HOST,
+					   WD_STATE_FAILED, st_err);
+	}
+	pthread_mutex_unlock(hc->env.state_lock);
+	for (uint32_t i = 0; i < ld->n_reqs; i++)
+		req_fail(ld->reqs[i], rc, why);
+}
+
+/*
+ * The loader's completion callback (loader thread): the named steps above, then every
+ * requester's share of the load ends (the last one posts its completion), and after a
+ * requested whole load its co-accessed companions are prefetched (outside the lock).
+ */
 static void on_done(void *arg, struct load_handle *h)
 {
 	struct load *ld = arg;
-	struct daemon *d = ld->d;
-	struct hostcache *hc = d->hc;
+	struct hostcache *hc = ld->hc;
 	struct entry *e = ld->e, *twin = NULL;
 	int rc = load_wait(h, 0);
 	uint64_t now = wd_now_ns(), ns = load_elapsed_ns(h);
 	char key[EVICT_KEY_MAX] = "";
 
 	pthread_mutex_lock(&hc->lock);
-	if (rc == 0) {
-		if (ld->plan->flags & LOAD_F_VERIFY) {
-			for (uint32_t i = 0; i < e->n_t; i++)
-				e->t[i].xxh3 = ld->plan->tensors[i].xxh3;
-			e->hashed = true;
-		}
-		e->ld = NULL;
-		twin = find_twin(hc, e);
-		if (twin) {
-			/* Identical bytes are resident already: keep those, drop this copy. */
-			unlink_entry(hc, e);
-			arena_free(hc->arena, e->off, e->size);
-			evict_unreserve(hc->pol, e->size);
-			hc->dedup_bytes += e->size;
-			for (uint32_t i = 0; i < e->n_binds; i++)
-				bind_comp(d, twin, e->binds[i].model, e->binds[i].comp);
-			log_info(MOD, "\"deduplicated\" key=\"%s\" into=\"%s\" bytes=%" PRIu64,
-				 e->key, twin->key, e->size);
-			twin->last_use_ns = now;
-		} else {
-			e->resident = true;
-			e->last_use_ns = now;
-			evict_insert(hc->pol, e->key, e->size, now, e->prefetched);
-			/* The keep-alive in force now (a reload may have changed it). */
-			evict_set_ttl(hc->pol, e->key, hc->ttl_ns);
-			quarantine_ok(hc->q, e->ckey);
-			if (ns)
-				evict_set_rate(hc->pol, e->key, (double)ld->total * 1e9 / (double)ns);
-			pthread_mutex_lock(&d->state_lock);
-			for (uint32_t i = 0; i < e->n_binds; i++) {
-				publish_bind(d, e, &e->binds[i]);
-				refresh_state(d, e->binds[i].comp);
-			}
-			registry_counter_add(d->reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
-			metrics_note_load(d->reg, WD_TIER_HOST, ns);
-			for (uint32_t i = 0; i < e->n_binds; i++)
-				registry_set_last_load(d->reg, e->binds[i].comp, WD_TIER_HOST,
-						       ld->total, ns, wd_wall_ns());
-			pthread_mutex_unlock(&d->state_lock);
-			if (e->sel == SEL_ALL && !e->convert)
-				alert_note_load(d, e->ckey, ld->total, ns);
-			log_info(MOD, "\"loaded\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64
-				 " ms=%.1f gbps=%.2f", e->key, e->size, ld->total, (double)ns / 1e6,
-				 ns ? (double)ld->total / (double)ns : 0.0);
-			if (!e->prefetched && e->sel == SEL_ALL && !e->convert)
-				snprintf(key, sizeof(key), "%s", e->ckey);
-		}
-		for (uint32_t i = 0; i < ld->n_reqs; i++)
-			ld->reqs[i]->bytes += (twin ? twin : e)->tensor_bytes;
-	} else {
-		const char *why = load_error(h);
-		int st_err = rc;
-
-		/* A prefetch counts only once a request joined it (attach_req()). */
-		if (recovery_counts_toward_quarantine(rc, !e->prefetched || ld->n_reqs > 0) &&
-		    quarantine_fail(hc->q, e->ckey, e->qfp, rc, why))
-			st_err = -ENOTRECOVERABLE;
-		hc->failed++;
-		unlink_entry(hc, e);
-		arena_free(hc->arena, e->off, e->size);
-		evict_unreserve(hc->pol, e->size);
-		pthread_mutex_lock(&d->state_lock);
-		for (uint32_t i = 0; i < e->n_binds; i++) {
-			refresh_state(d, e->binds[i].comp);
-			if (rc != -ECANCELED && e->sel == SEL_ALL &&
-			    !has_resident(hc, e->binds[i].comp))
-				registry_set_state(d->reg, e->binds[i].comp, WD_TIER_HOST,
-						   WD_STATE_FAILED, st_err);
-		}
-		pthread_mutex_unlock(&d->state_lock);
-		for (uint32_t i = 0; i < ld->n_reqs; i++)
-			req_fail(ld->reqs[i], rc, why);
-	}
+	if (rc == 0)
+		twin = load_succeeded(hc, ld, now, ns, key);
+	else
+		load_failed(hc, ld, rc, load_error(h));
 	for (uint32_t i = 0; i < ld->n_reqs; i++)
-		req_done_one(d, ld->reqs[i]);
+		req_done_one(hc, ld->reqs[i]);
 	if (twin || rc)
 		free_entry(e);
 	pthread_mutex_unlock(&hc->lock);
@@ -878,7 +838,7 @@ static void on_done(void *arg, struct load_handle *h)
 	free(ld->reqs);
 	free(ld);
 	if (key[0])
-		queue_prefetch(d, key);
+		queue_prefetch(hc, key);
 }
 
 /* ---- the worker: planning and submitting ------------------------------------------------ */
@@ -903,7 +863,7 @@ static int spec_files(const struct catalog_component *cc, struct load_file_spec 
 	return 0;
 }
 
-static uint64_t identity(const struct catalog_component *cc, const struct form *f)
+static uint64_t identity(const struct catalog_component *cc, const struct tier_form *f)
 {
 	uint64_t h = XXH3_64bits(&f->sel_hash, sizeof(f->sel_hash));
 	uint8_t form[2] = { f->convert, f->sel };
@@ -974,7 +934,7 @@ static int fill_entry(struct entry *e, const struct load_plan *p,
 }
 
 /* NUL-separated names of a NAMES selection, as the loader wants them. */
-static const char **split_names(const struct form *f, char *copy, size_t *n)
+static const char **split_names(const struct tier_form *f, char *copy, size_t *n)
 {
 	const char **v = calloc((size_t)f->len + 1, sizeof(char *));
 	size_t i = 0;
@@ -994,152 +954,197 @@ static const char **split_names(const struct form *f, char *copy, size_t *n)
 	return v;
 }
 
-/*
- * Starts (or joins, or finds resident) the load of catalog component @cc, registry component
- * @comp of @model, in form @f, for request @r (NULL: a prefetch). Returns 0 or a negative
- * errno with the reason recorded in @r.
- */
-static int start_component(struct daemon *d, struct req *r, uint32_t model, uint32_t comp,
-			   const char *model_name, const struct catalog_component *cc,
-			   const struct form *f)
-{
-	struct hostcache *hc = d->hc;
-	uint64_t id = identity(cc, f), now = wd_now_ns(), off = 0, bytes;
-	char name[WD_NAME_MAX * 2 + 2], msg[WD_DATA_SLOT_SIZE] = "", copy[WD_DATA_SLOT_SIZE + 1];
-	struct load_spec spec = { .name = name };
-	struct load_file_spec *files = NULL;
-	const char **names = NULL;
-	struct load_plan *plan = NULL;
+/* What start_component() builds on its way, step by step; released by start_free(). */
+struct start {
+	char name[WD_NAME_MAX * 2 + 2];		/* "model/component": the quarantine's key */
+	char msg[WD_DATA_SLOT_SIZE];		/* why it was refused */
+	char copy[WD_DATA_SLOT_SIZE + 1];	/* the selection, NUL-terminated */
+	struct load_spec spec;
+	struct load_file_spec *files;
+	const char **names;
+	struct load_plan *plan;
 	struct entry *e;
-	struct load *ld = NULL;
+	struct load *ld;
+	uint64_t id, qfp, now, off, bytes;
+};
+
+static void start_free(struct start *st)
+{
+	if (st->e)
+		free_entry(st->e);
+	free(st->ld ? st->ld->reqs : NULL);
+	free(st->ld);
+	loader_plan_free(st->plan);
+	free(st->files);
+	free(st->names);
+}
+
+/* Gives back an extent make_room() reserved and allocated. Under the cache lock. */
+static void release_extent(struct hostcache *hc, uint64_t off, uint64_t bytes)
+{
+	arena_free(hc->arena, off, bytes);
+	evict_unreserve(hc->pol, bytes);
+}
+
+/*
+ * An entry of the same identity exists: @comp is bound to it, and request @r (NULL: a
+ * prefetch, which then has nothing to do) either counts it as a hit (resident) or joins its
+ * load (coalescing). Returns 0 or -ENOMEM. Under the cache lock.
+ */
+static int join_existing(struct hostcache *hc, struct req *r, struct entry *e, uint32_t model,
+			 uint32_t comp, uint64_t now)
+{
+	int ret = bind_comp(hc, e, model, comp);
+
+	if (ret || !r)
+		return ret;
+	evict_lookup(hc->pol, e->key, now);
+	if (e->resident) {
+		evict_coaccess_record(hc->pol, e->ckey, now);
+		e->last_use_ns = now;
+		e->prefetched = false;
+		r->q.bytes += e->tensor_bytes;
+		return 0;
+	}
+	hc->coalesced++;
+	return attach_req(e->ld, r);
+}
+
+/*
+ * Plans the load of @cc in form @f: refused at once when the component is quarantined; the
+ * files to read, the conversion and the selection; with --verify the headers checked; then
+ * the loader's plan (st->plan). Returns 0 or -errno with st->msg. No lock held.
+ */
+static int plan_load(struct hostcache *hc, struct start *st, const struct catalog_component *cc,
+		     const struct tier_form *f)
+{
+	bool verify = __atomic_load_n(hc->env.verify, __ATOMIC_RELAXED);
 	uint32_t n_files;
 	size_t n_names = 0;
-	uint64_t qfp = files_fp(cc);
-	int ret, st_err;
-
-	snprintf(name, sizeof(name), "%s%s%s", model_name, cc->name[0] ? "/" : "", cc->name);
-	pthread_mutex_lock(&hc->lock);
-	e = find_id(hc, id);
-	if (e) {
-		ret = bind_comp(d, e, model, comp);
-		if (!ret && r) {
-			if (e->resident) {
-				evict_lookup(hc->pol, e->key, now);
-				evict_coaccess_record(hc->pol, e->ckey, now);
-				e->last_use_ns = now;
-				e->prefetched = false;
-				r->bytes += e->tensor_bytes;
-			} else {
-				evict_lookup(hc->pol, e->key, now);
-				ret = attach_req(e->ld, r);
-				hc->coalesced++;
-			}
-		}
-		pthread_mutex_unlock(&hc->lock);
-		if (ret && r)
-			req_fail(r, ret, "load: out of memory");
-		return ret;
-	}
-	pthread_mutex_unlock(&hc->lock);
+	int ret;
 
 	/* A component that keeps failing is refused at once until its files change. */
-	ret = quarantine_check(hc->q, name, qfp, msg, sizeof(msg));
+	ret = quarantine_check(hc->q, st->name, st->qfp, st->msg, sizeof(st->msg));
+	if (!ret)
+		ret = spec_files(cc, &st->files, &n_files);
 	if (ret)
-		goto fail;
-	ret = spec_files(cc, &files, &n_files);
-	if (ret)
-		goto fail;
-	spec.files = files;
-	spec.n_files = n_files;
-	spec.flags = d->cfg.verify ? LOAD_F_VERIFY : 0;
+		return ret;
+	st->spec = (struct load_spec){ .name = st->name, .files = st->files, .n_files = n_files,
+				       .flags = verify ? LOAD_F_VERIFY : 0 };
 	if (f->convert) {
-		spec.flags |= LOAD_F_CONVERT;
-		spec.convert_to = (enum st_dtype)f->convert;
+		st->spec.flags |= LOAD_F_CONVERT;
+		st->spec.convert_to = (enum st_dtype)f->convert;
 	}
-	if (f->sel == SEL_PREFIX) {
-		memcpy(copy, f->payload, f->len);
-		copy[f->len] = '\0';
-		spec.prefix = copy;
-	} else if (f->sel == SEL_NAMES) {
-		names = split_names(f, copy, &n_names);
-		if (!names) {
-			ret = -ENOMEM;
-			goto fail;
-		}
-		spec.names = names;
-		spec.n_names = n_names;
+	if (f->sel == TIER_SEL_PREFIX) {
+		memcpy(st->copy, f->payload, f->len);
+		st->copy[f->len] = '\0';
+		st->spec.prefix = st->copy;
+	} else if (f->sel == TIER_SEL_NAMES) {
+		st->names = split_names(f, st->copy, &n_names);
+		if (!st->names)
+			return -ENOMEM;
+		st->spec.names = st->names;
+		st->spec.n_names = n_names;
 	}
-	if (d->cfg.verify && (ret = check_headers(cc, name, msg)))
-		goto fail;
-	ret = loader_plan(&spec, loader_chunk(hc->loader), &plan, msg, sizeof(msg));
-	if (ret)
-		goto fail;
-	bytes = round_extent(plan->bytes);
+	if (verify && (ret = check_headers(cc, st->name, st->msg)))
+		return ret;
+	return loader_plan(&st->spec, loader_chunk(hc->loader), &st->plan, st->msg,
+			   sizeof(st->msg));
+}
 
-	pthread_mutex_lock(&hc->lock);
-	e = calloc(1, sizeof(*e));
-	ld = calloc(1, sizeof(*ld));
-	if (!e || !ld || fill_entry(e, plan, cc)) {
-		pthread_mutex_unlock(&hc->lock);
-		ret = -ENOMEM;
-		goto fail;
-	}
-	e->id = id;
+/* The new entry and its load, from the plan: identity, form, keys; a requested one is looked
+ * up in the policy (a miss) and its co-access recorded. Returns 0 or -ENOMEM. Under the
+ * cache lock. */
+static int new_entry(struct hostcache *hc, struct start *st, const struct req *r,
+		     const struct catalog_component *cc, const struct tier_form *f)
+{
+	struct entry *e;
+
+	st->e = e = calloc(1, sizeof(*e));
+	st->ld = calloc(1, sizeof(*st->ld));
+	if (!e || !st->ld || fill_entry(e, st->plan, cc))
+		return -ENOMEM;
+	e->id = st->id;
 	e->convert = f->convert;
 	e->sel = f->sel;
 	e->sel_hash = f->sel_hash;
 	e->prefetched = !r;
-	entry_key(e->key, sizeof(e->key), name, f, id);
-	snprintf(e->ckey, sizeof(e->ckey), "%.*s", (int)sizeof(e->ckey) - 1, name);
+	entry_key(e->key, sizeof(e->key), st->name, f, st->id);
+	snprintf(e->ckey, sizeof(e->ckey), "%.*s", (int)sizeof(e->ckey) - 1, st->name);
 	if (r) {
-		evict_lookup(hc->pol, e->key, now);
-		evict_coaccess_record(hc->pol, e->ckey, now);
+		evict_lookup(hc->pol, e->key, st->now);
+		evict_coaccess_record(hc->pol, e->ckey, st->now);
 	}
-	ret = make_room(d, name, bytes, &off, msg);
-	if (ret) {
-		pthread_mutex_unlock(&hc->lock);
-		goto fail;
-	}
-	e->off = off;
-	e->size = bytes;
-	e->node = place_extent(hc, name, off, bytes, r ? r->node : -1);
-	ret = populate_extent(d, name, off, bytes, msg);
-	if (ret) {
-		arena_free(hc->arena, off, bytes);
-		evict_unreserve(hc->pol, bytes);
-		pthread_mutex_unlock(&hc->lock);
-		goto fail;
-	}
-	e->qfp = qfp;
+	return 0;
+}
+
+/* Admits the entry (evicting), allocates its extent, binds it to its NUMA node (a GPU's for
+ * the device tier's loads) and, when memory is tight, faults it in. Returns 0 or -errno with
+ * st->msg; on failure nothing stays reserved. Under the cache lock. */
+static int reserve_extent(struct hostcache *hc, struct start *st, const struct req *r)
+{
+	struct entry *e = st->e;
+	int ret;
+
+	st->bytes = round_extent(st->plan->bytes);
+	ret = make_room(hc, st->name, st->bytes, &st->off, st->msg);
+	if (ret)
+		return ret;
+	e->off = st->off;
+	e->size = st->bytes;
+	e->node = place_extent(hc, st->name, st->off, st->bytes, r ? r->node : -1);
+	ret = populate_extent(hc, st->name, st->off, st->bytes, st->msg);
+	if (ret)
+		release_extent(hc, st->off, st->bytes);
+	return ret;
+}
+
+/*
+ * Binds @comp of @model to the entry, attaches request @r and hands the plan to the loader.
+ * Returns 0, or -errno with st->msg after undoing the attachment and releasing the extent.
+ * Under the cache lock: the loader's callbacks wait until the entry is complete.
+ */
+static int submit_load(struct hostcache *hc, struct start *st, struct req *r, uint32_t model,
+		       uint32_t comp)
+{
+	struct entry *e = st->e;
+	struct load *ld = st->ld;
+	int ret;
+
+	e->qfp = st->qfp;
 	e->seq = hc->next_seq++;
 	e->ld = ld;
-	ld->d = d;
+	ld->hc = hc;
 	ld->e = e;
-	ld->plan = plan;
-	ld->total = plan->read_bytes;
-	if (bind_comp(d, e, model, comp) || (r && attach_req(ld, r))) {
-		arena_free(hc->arena, off, bytes);
-		evict_unreserve(hc->pol, bytes);
-		pthread_mutex_unlock(&hc->lock);
-		ret = -ENOMEM;
-		goto fail;
+	ld->plan = st->plan;
+	ld->total = st->plan->read_bytes;
+	if (bind_comp(hc, e, model, comp) || (r && attach_req(ld, r))) {
+		release_extent(hc, st->off, st->bytes);
+		return -ENOMEM;
 	}
-	/* Under the cache lock: the loader's callbacks wait until the entry is complete. */
-	ret = loader_submit(hc->loader, plan, off, &(struct load_callbacks){
+	ret = loader_submit(hc->loader, st->plan, st->off, &(struct load_callbacks){
 				    .progress = on_progress, .done = on_done, .arg = ld }, &ld->h);
 	if (ret) {
 		if (r) {
-			r->pending--;
+			r->q.pending--;
 			r->total -= ld->total;
-			r->read_bytes -= ld->total;
+			r->q.read_bytes -= ld->total;
 		}
-		arena_free(hc->arena, off, bytes);
-		evict_unreserve(hc->pol, bytes);
-		pthread_mutex_unlock(&hc->lock);
-		snprintf(msg, sizeof(msg), "component %.200s: cannot queue the load: %s", name,
-			 strerror(-ret));
-		goto fail;
+		release_extent(hc, st->off, st->bytes);
+		snprintf(st->msg, sizeof(st->msg), "component %.200s: cannot queue the load: %s",
+			 st->name, strerror(-ret));
 	}
+	return ret;
+}
+
+/* The load is submitted: the entry joins the table (the load owns it and its plan from now
+ * on), the counters, the registry shows @comp loading. Under the cache lock. */
+static void publish_started(struct hostcache *hc, struct start *st, const struct req *r,
+			    uint32_t comp)
+{
+	struct entry *e = st->e;
+	const struct load_plan *plan = st->plan;
+
 	e->next = hc->entries;
 	hc->entries = e;
 	hc->loads++;
@@ -1147,63 +1152,126 @@ static int start_component(struct daemon *d, struct req *r, uint32_t model, uint
 	hc->read_direct += plan->direct_bytes;
 	if (!r)
 		hc->prefetch_started++;
-	pthread_mutex_lock(&d->state_lock);
-	if (e->sel == SEL_ALL) {
-		registry_set_state(d->reg, comp, WD_TIER_HOST, WD_STATE_LOADING, 0);
-		registry_set_progress(d->reg, comp, WD_TIER_HOST, 0, plan->read_bytes);
+	pthread_mutex_lock(hc->env.state_lock);
+	if (e->sel == TIER_SEL_ALL) {
+		registry_set_state(hc->env.reg, comp, WD_TIER_HOST, WD_STATE_LOADING, 0);
+		registry_set_progress(hc->env.reg, comp, WD_TIER_HOST, 0, plan->read_bytes);
 	}
-	pthread_mutex_unlock(&d->state_lock);
+	pthread_mutex_unlock(hc->env.state_lock);
 	/* Under the lock: once it is dropped the load may end and free @e and @plan. */
 	log_info(MOD, "\"load started\" key=\"%s\" bytes=%" PRIu64 " read=%" PRIu64 " files=%u "
-		 "direct=%u tensors=%u%s", e->key, bytes, plan->read_bytes, plan->n_files,
+		 "direct=%u tensors=%u%s", e->key, st->bytes, plan->read_bytes, plan->n_files,
 		 plan->n_direct, plan->n_tensors, r ? "" : " prefetch=1");
-	pthread_mutex_unlock(&hc->lock);
-	free(files);
-	free(names);
-	return 0;
-fail:
+	st->e = NULL;
+	st->ld = NULL;
+	st->plan = NULL;
+}
+
+/*
+ * The load of @comp was refused with @ret: counted toward the quarantine, the registry shows
+ * a whole-component load failed (not for a lack of room, which is no fault of the
+ * component's) unless another entry of it is resident, and @r records why. No lock held.
+ */
+static void refuse_load(struct hostcache *hc, struct start *st, struct req *r, uint32_t comp,
+			const struct tier_form *f, int ret)
+{
+	char en[LOG_ESCAPE_MAX], em[LOG_ESCAPE_MAX];
 	/* The registry shows a quarantined component as failed with -ENOTRECOVERABLE. */
-	st_err = recovery_counts_toward_quarantine(ret, r != NULL) &&
-		 quarantine_fail(hc->q, name, qfp, ret, msg[0] ? msg : strerror(-ret)) ?
-		 -ENOTRECOVERABLE : ret;
-	if (f->sel == SEL_ALL && ret != -EFBIG && ret != -ENOSPC && ret != -ENOMEM) {
+	int st_err = recovery_counts_toward_quarantine(ret, r != NULL) &&
+		     quarantine_fail(hc->q, st->name, st->qfp, ret,
+				     st->msg[0] ? st->msg : strerror(-ret)) ?
+		     -ENOTRECOVERABLE : ret;
+
+	if (f->sel == TIER_SEL_ALL && ret != -EFBIG && ret != -ENOSPC && ret != -ENOMEM) {
 		pthread_mutex_lock(&hc->lock);
 		if (!has_resident(hc, comp)) {
-			pthread_mutex_lock(&d->state_lock);
-			registry_set_state(d->reg, comp, WD_TIER_HOST, WD_STATE_FAILED, st_err);
-			pthread_mutex_unlock(&d->state_lock);
+			pthread_mutex_lock(hc->env.state_lock);
+			registry_set_state(hc->env.reg, comp, WD_TIER_HOST, WD_STATE_FAILED, st_err);
+			pthread_mutex_unlock(hc->env.state_lock);
 		}
 		pthread_mutex_unlock(&hc->lock);
 	}
-	if (e)
-		free_entry(e);
-	free(ld ? ld->reqs : NULL);
-	free(ld);
-	loader_plan_free(plan);
-	free(files);
-	free(names);
+	start_free(st);
 	if (r) {
 		pthread_mutex_lock(&hc->lock);
-		req_fail(r, ret, msg[0] ? msg : NULL);
+		req_fail(r, ret, st->msg[0] ? st->msg : NULL);
 		pthread_mutex_unlock(&hc->lock);
 	}
-	{
-		char en[LOG_ESCAPE_MAX], em[LOG_ESCAPE_MAX];
+	log_info(MOD, "\"load refused\" component=\"%s\" err=%d msg=\"%s\"",
+		 log_escape(st->name, en, sizeof(en), LOG_ESC_QUOTES), ret,
+		 log_escape(st->msg, em, sizeof(em), LOG_ESC_QUOTES));
+}
 
-		log_info(MOD, "\"load refused\" component=\"%s\" err=%d msg=\"%s\"",
-			 log_escape(name, en, sizeof(en), LOG_ESC_QUOTES), ret,
-			 log_escape(msg, em, sizeof(em), LOG_ESC_QUOTES));
+/*
+ * Starts (or joins, or finds resident) the load of catalog component @cc, registry component
+ * @comp of @model, in form @f, for request @r (NULL: a prefetch), in named steps: join an
+ * entry of the same identity, else plan the load, make the entry, reserve its extent, submit
+ * it and publish that it started; a refusal at any step ends in refuse_load(). Returns 0 or
+ * a negative errno with the reason recorded in @r.
+ */
+static int start_component(struct hostcache *hc, struct req *r, uint32_t model, uint32_t comp,
+			   const char *model_name, const struct catalog_component *cc,
+			   const struct tier_form *f)
+{
+	struct start *st = calloc(1, sizeof(*st));
+	struct entry *e;
+	int ret;
+
+	if (!st) {
+		if (r) {
+			pthread_mutex_lock(&hc->lock);
+			req_fail(r, -ENOMEM, "load: out of memory");
+			pthread_mutex_unlock(&hc->lock);
+		}
+		return -ENOMEM;
 	}
+	st->id = identity(cc, f);
+	st->now = wd_now_ns();
+	st->qfp = files_fp(cc);
+	snprintf(st->name, sizeof(st->name), "%s%s%s", model_name, cc->name[0] ? "/" : "",
+		 cc->name);
+	pthread_mutex_lock(&hc->lock);
+	e = find_id(hc, st->id);
+	if (e) {
+		ret = join_existing(hc, r, e, model, comp, st->now);
+		if (ret && r)
+			req_fail(r, ret, "load: out of memory");
+		pthread_mutex_unlock(&hc->lock);
+		free(st);
+		return ret;
+	}
+	pthread_mutex_unlock(&hc->lock);
+
+	ret = plan_load(hc, st, cc, f);
+	if (ret)
+		goto refuse;
+	pthread_mutex_lock(&hc->lock);
+	ret = new_entry(hc, st, r, cc, f);
+	if (!ret)
+		ret = reserve_extent(hc, st, r);
+	if (!ret)
+		ret = submit_load(hc, st, r, model, comp);
+	if (!ret)
+		publish_started(hc, st, r, comp);
+	pthread_mutex_unlock(&hc->lock);
+	if (ret)
+		goto refuse;
+	start_free(st);
+	free(st);
+	return 0;
+refuse:
+	refuse_load(hc, st, r, comp, f, ret);
+	free(st);
 	return ret;
 }
 
 /* The catalog component of @m that registry component @comp names, or NULL. */
-static const struct catalog_component *cat_comp(struct daemon *d,
+static const struct catalog_component *cat_comp(struct hostcache *hc,
 						const struct catalog_model *m, uint32_t comp)
 {
 	struct wd_reg_component rc;
 
-	if (registry_read_component(&d->view, comp, &rc))
+	if (registry_read_component(hc->env.view, comp, &rc))
 		return NULL;
 	for (size_t k = 0; k < m->n_components; k++)
 		if (!strcmp(m->components[k].name, rc.name))
@@ -1211,86 +1279,120 @@ static const struct catalog_component *cat_comp(struct daemon *d,
 	return NULL;
 }
 
-/* Runs a LOAD (or, with j->c NULL, a prefetch) of j->sqe.model / component. */
-void hostcache_load_job(struct daemon *d, struct job *j)
+/*
+ * A new request of client @c (NULL: a prefetch, which has none) for @comp of @model (or all
+ * its components), holding a reference on @c and one pending count for its fan-out. NULL
+ * when out of memory.
+ */
+static struct req *new_req(struct hostcache *hc, struct tier_client *c, uint64_t user_data,
+			   uint8_t flags, uint32_t model, uint32_t comp, int node)
 {
-	struct hostcache *hc = d->hc;
+	struct req *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	hc->env.sink.client_get(hc->env.sink.ctx, c);
+	r->q.c = c;
+	r->q.user_data = user_data;
+	r->q.flags = flags;
+	r->q.pin = (struct lease_pin){ .model = model, .component = comp, .tier = WD_TIER_HOST };
+	r->q.pending = 1;
+	r->node = node;
+	return r;
+}
+
+/* Fails @r (when not NULL) with @err and @msg. Takes the cache lock. */
+static void req_fail_locked(struct hostcache *hc, struct req *r, int err, const char *msg)
+{
+	if (!r)
+		return;
+	pthread_mutex_lock(&hc->lock);
+	req_fail(r, err, msg);
+	pthread_mutex_unlock(&hc->lock);
+}
+
+/* The fan-out of @r ended: its last pending count goes. Takes the cache lock. */
+static void req_fanned_out(struct hostcache *hc, struct req *r)
+{
+	pthread_mutex_lock(&hc->lock);
+	req_done_one(hc, r);
+	pthread_mutex_unlock(&hc->lock);
+}
+
+/*
+ * The registry's record of @model and its catalog entry (worker thread). Returns 0, or
+ * -errno with @out (WD_DATA_SLOT_SIZE bytes) saying why.
+ */
+static int read_model(struct hostcache *hc, uint32_t model, struct wd_reg_model *rm,
+		      struct catalog_model *m, char *out)
+{
+	int ret = registry_read_model(hc->env.view, model, rm);
+
+	if (!ret)
+		ret = catalog_get_model(*hc->env.cat, rm->name, m);
+	if (ret)
+		snprintf(out, WD_DATA_SLOT_SIZE, "load: model %u: %s", model, strerror(-ret));
+	return ret;
+}
+
+/* Starts the load of registry component @cid of model @model (@m in the catalog) for @r. */
+static int start_one(struct hostcache *hc, struct req *r, uint32_t model, uint32_t cid,
+		     const struct wd_reg_model *rm, const struct catalog_model *m,
+		     const struct tier_form *f)
+{
+	const struct catalog_component *cc = cat_comp(hc, m, cid);
+	char out[WD_DATA_SLOT_SIZE];
+
+	if (!cc) {
+		snprintf(out, sizeof(out), "load: %.150s: component %u is no longer in the "
+			 "catalog (rescan)", rm->name, cid);
+		req_fail_locked(hc, r, -ESTALE, out);
+		return -ESTALE;
+	}
+	return start_component(hc, r, model, cid, rm->name, cc, f);
+}
+
+void hostcache_load_job(struct hostcache *hc, struct tier_job *j)
+{
+	const struct wd_sqe *sqe = j->sqe;
 	struct wd_reg_model rm;
 	struct catalog_model m;
-	struct form f;
+	struct tier_form f;
 	struct req *r = NULL;
-	uint32_t first = 0, n = 0;
+	uint32_t first, n;
 	uint16_t len = 0;
 	char out[WD_DATA_SLOT_SIZE];
 	int ret;
 
-	if (parse_form(&j->sqe, j->arg, j->arg_len, &f, out, &len))
+	if (tier_parse_form(sqe, j->arg, j->arg_len, "load", &f, out, &len))
 		memset(&f, 0, sizeof(f));
 	if (j->c) {
-		r = calloc(1, sizeof(*r));
+		r = new_req(hc, j->c, sqe->user_data, sqe->flags, sqe->model, sqe->component, -1);
 		if (!r) {
-			struct wd_cqe cqe = { .user_data = j->sqe.user_data, .res = -ENOMEM };
+			struct wd_cqe cqe = { .user_data = sqe->user_data, .res = -ENOMEM };
 
-			daemon_post(d, j->c, &cqe, &j->spare, NULL, 0);
+			hc->env.sink.post(hc->env.sink.ctx, j->c, &cqe, &j->spare, NULL, 0);
 			return;
 		}
-		r->node = -1;
-		daemon_client_get(j->c);
-		r->c = j->c;
-		r->user_data = j->sqe.user_data;
-		r->spare = j->spare;
+		r->q.spare = j->spare;
 		j->spare = NULL;
-		r->flags = j->sqe.flags;
-		r->model = j->sqe.model;
-		r->comp = j->sqe.component;
-		r->pending = 1;
 	}
-	ret = registry_read_model(&d->view, j->sqe.model, &rm);
-	if (!ret)
-		ret = catalog_get_model(d->cat, rm.name, &m);
+	ret = read_model(hc, sqe->model, &rm, &m, out);
 	if (ret) {
 		if (r) {
-			pthread_mutex_lock(&hc->lock);
-			snprintf(out, sizeof(out), "load: model %u: %s", j->sqe.model, strerror(-ret));
-			req_fail(r, ret, out);
-			req_done_one(d, r);
-			pthread_mutex_unlock(&hc->lock);
+			req_fail_locked(hc, r, ret, out);
+			req_fanned_out(hc, r);
 		}
 		return;
 	}
-	pthread_mutex_lock(&d->state_lock);
-	if (j->sqe.model < d->n_models) {
-		first = d->models[j->sqe.model].first_comp;
-		n = d->models[j->sqe.model].n_comps;
-	}
-	pthread_mutex_unlock(&d->state_lock);
-	if (j->sqe.component != WD_ID_NONE) {
-		first = j->sqe.component;
-		n = 1;
-	}
-	for (uint32_t cid = first; cid < first + n; cid++) {
-		const struct catalog_component *cc = cat_comp(d, &m, cid);
-
-		if (!cc) {
-			snprintf(out, sizeof(out), "load: %.150s: component %u is no longer in the "
-				 "catalog (rescan)", rm.name, cid);
-			if (r) {
-				pthread_mutex_lock(&hc->lock);
-				req_fail(r, -ESTALE, out);
-				pthread_mutex_unlock(&hc->lock);
-			}
+	tier_targets(&hc->env, sqe->model, sqe->component, &first, &n);
+	for (uint32_t cid = first; cid < first + n; cid++)
+		if (start_one(hc, r, sqe->model, cid, &rm, &m, &f))
 			break;
-		}
-		if (start_component(d, r, j->sqe.model, cid, rm.name, cc, &f))
-			break;
-	}
 	catalog_model_free(&m);
-	if (r) {
-		pthread_mutex_lock(&hc->lock);
-		req_done_one(d, r);
-		pthread_mutex_unlock(&hc->lock);
-	}
-	save_coaccess(d);
+	if (r)
+		req_fanned_out(hc, r);
+	save_coaccess(hc);
 }
 
 /* ---- prefetch --------------------------------------------------------------------------- */
@@ -1301,27 +1403,29 @@ void hostcache_load_job(struct daemon *d, struct job *j)
  * it needs.
  * Returns 0 or -ENOENT.
  */
-static int resolve(struct daemon *d, const char *ckey, uint32_t *model, uint32_t *comp,
+static int resolve(struct hostcache *hc, const char *ckey, uint32_t *model, uint32_t *comp,
 		   uint64_t *size)
 {
-	int ret = -ENOENT;
+	const struct tier_sink *sk = &hc->env.sink;
+	uint32_t first, n;
+	int ret = -ENOENT, mret = 0;
 
-	pthread_mutex_lock(&d->state_lock);
-	for (uint32_t m = 0; m < d->n_models && ret; m++) {
-		const struct model_ent *me = &d->models[m];
+	/* Model by model (the sink takes state_lock for each): stale ones are skipped. */
+	for (uint32_t m = 0; ret && (mret = sk->model_comps(sk->ctx, m, &first, &n)) != -ENOENT;
+	     m++) {
 		struct wd_reg_model rm;
 		size_t len;
 
-		if (me->stale || registry_read_model(&d->view, m, &rm))
+		if (mret || registry_read_model(hc->env.view, m, &rm))
 			continue;
 		len = strlen(rm.name);
 		if (strncmp(ckey, rm.name, len) || (ckey[len] != '/' && ckey[len] != '\0'))
 			continue;
-		for (uint32_t c = me->first_comp; c < me->first_comp + me->n_comps; c++) {
+		for (uint32_t c = first; c < first + n; c++) {
 			struct wd_reg_component rc;
 			const char *want = ckey[len] ? ckey + len + 1 : "";
 
-			if (registry_read_component(&d->view, c, &rc) || strcmp(rc.name, want))
+			if (registry_read_component(hc->env.view, c, &rc) || strcmp(rc.name, want))
 				continue;
 			*model = m;
 			*comp = c;
@@ -1331,7 +1435,6 @@ static int resolve(struct daemon *d, const char *ckey, uint32_t *model, uint32_t
 			break;
 		}
 	}
-	pthread_mutex_unlock(&d->state_lock);
 	return ret;
 }
 
@@ -1351,21 +1454,20 @@ static int seed_pair(const char *a, const char *b, uint64_t count, void *arg)
  * logged and those counts are lost: they are statistics, and the requests that made them
  * succeeded.
  */
-static void save_coaccess(struct daemon *d)
+static void save_coaccess(struct hostcache *hc)
 {
-	struct hostcache *hc = d->hc;
 	struct evict_coaccess_delta dl[SAVE_BATCH];
 	uint64_t now = wd_wall_ns();
 	size_t n;
 
-	if (!hc->pol || !d->cat)
+	if (!hc->pol || !*hc->env.cat)
 		return;
 	do {
 		pthread_mutex_lock(&hc->lock);
 		n = evict_coaccess_drain(hc->pol, dl, SAVE_BATCH);
 		pthread_mutex_unlock(&hc->lock);
 		for (size_t i = 0; i < n; i++) {
-			int ret = catalog_coaccess_add(d->cat, dl[i].a, dl[i].b, dl[i].n,
+			int ret = catalog_coaccess_add(*hc->env.cat, dl[i].a, dl[i].b, dl[i].n,
 						       now);
 
 			if (ret)
@@ -1380,9 +1482,8 @@ static void save_coaccess(struct daemon *d)
  * PREFETCH_MIN_COUNT times that are not resident are loaded too, as prefetches, when the
  * budget has room for them without evicting anything.
  */
-static void queue_prefetch(struct daemon *d, const char *key)
+static void queue_prefetch(struct hostcache *hc, const char *key)
 {
-	struct hostcache *hc = d->hc;
 	char sugg[PREFETCH_MAX][EVICT_KEY_MAX];
 	uint32_t todo[PREFETCH_MAX][2];
 	size_t n, k = 0;
@@ -1395,12 +1496,12 @@ static void queue_prefetch(struct daemon *d, const char *key)
 		uint64_t size, room;
 		bool busy = false;
 
-		if (resolve(d, sugg[i], &model, &comp, &size))
+		if (resolve(hc, sugg[i], &model, &comp, &size))
 			continue;
 		pthread_mutex_lock(&hc->lock);
 		room = hc->budget - evict_used(hc->pol) - evict_reserved(hc->pol);
 		for (struct entry *x = hc->entries; x; x = x->next)
-			busy |= find_bind(x, comp) && (!x->resident || (x->sel == SEL_ALL &&
+			busy |= find_bind(x, comp) && (!x->resident || (x->sel == TIER_SEL_ALL &&
 								    !x->convert));
 		if (!busy && size <= room) {
 			todo[k][0] = model;
@@ -1410,15 +1511,13 @@ static void queue_prefetch(struct daemon *d, const char *key)
 		pthread_mutex_unlock(&hc->lock);
 	}
 	for (size_t i = 0; i < k; i++) {
-		struct job *j = calloc(1, sizeof(*j));
+		struct wd_sqe sqe = { .opcode = WD_OP_LOAD, .model = todo[i][0],
+				      .component = todo[i][1] };
+		int ret = hc->env.sink.defer(hc->env.sink.ctx, &sqe);
 
-		if (!j)
+		if (ret == -ENOMEM)
 			return;
-		j->sqe = (struct wd_sqe){ .opcode = WD_OP_LOAD, .model = todo[i][0],
-					  .component = todo[i][1] };
-		if (daemon_queue_job(d, j))
-			free(j);
-		else
+		if (!ret)
 			log_info(MOD, "\"prefetch queued\" after=\"%s\" model=%u component=%u", key,
 				 todo[i][0], todo[i][1]);
 	}
@@ -1426,39 +1525,29 @@ static void queue_prefetch(struct daemon *d, const char *key)
 
 /* ---- shard side ------------------------------------------------------------------------- */
 
-enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
-				const char *arg, uint16_t arg_len, uint32_t model,
-				struct wd_cqe *cqe, char *out)
+enum tier_outcome hostcache_load(struct hostcache *hc, struct tier_client *c,
+				 const struct wd_sqe *sqe, const char *arg, uint16_t arg_len,
+				 uint32_t model, struct wd_cqe *cqe, char *out)
 {
-	struct hostcache *hc = d->hc;
 	uint64_t now = wd_now_ns(), bytes = 0;
-	uint32_t first = 0, n = 0, hits = 0;
+	uint32_t first, n, hits = 0;
 	struct entry *hit[64];
-	struct form f;
+	struct tier_form f;
 	int ret;
 
 	if (sqe->tier != WD_TIER_HOST) {
-		cqe->data_len = ops_msg(out, "load: GPU tier not available: %s", hc->gpu_why);
+		cqe->data_len = tier_msg(out, "load: GPU tier not available: %s", hc->gpu_why);
 		cqe->res = -ENOTSUP;
-		return OPS_DONE;
+		return TIER_DONE;
 	}
-	ret = parse_form(sqe, arg, arg_len, &f, out, &cqe->data_len);
+	ret = tier_parse_form(sqe, arg, arg_len, "load", &f, out, &cqe->data_len);
 	if (ret) {
 		cqe->res = ret;
-		return OPS_DONE;
+		return TIER_DONE;
 	}
-	pthread_mutex_lock(&d->state_lock);
-	if (model < d->n_models) {
-		first = d->models[model].first_comp;
-		n = d->models[model].n_comps;
-	}
-	pthread_mutex_unlock(&d->state_lock);
-	if (sqe->component != WD_ID_NONE) {
-		first = sqe->component;
-		n = 1;
-	}
+	tier_targets(&hc->env, model, sqe->component, &first, &n);
 	if (!n || n > ARRAY_SIZE(hit))
-		return OPS_ASYNC;
+		return TIER_ASYNC;
 	pthread_mutex_lock(&hc->lock);
 	for (uint32_t cid = first; cid < first + n; cid++) {
 		struct entry *e = find_form(hc, cid, &f);
@@ -1470,7 +1559,7 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	}
 	if (hits != n) {
 		pthread_mutex_unlock(&hc->lock);
-		return OPS_ASYNC;
+		return TIER_ASYNC;
 	}
 	for (uint32_t i = 0; i < hits; i++) {
 		/* A component listed twice (dedup) is one entry: count its bytes per component. */
@@ -1482,57 +1571,49 @@ enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct
 	}
 	pthread_mutex_unlock(&hc->lock);
 	if (sqe->flags & WD_SQE_F_PIN)
-		take_pin(d, c, model, sqe->component);
+		tier_take_pin(&hc->env, c, &(struct lease_pin){ .model = model,
+							       .component = sqe->component,
+							       .tier = WD_TIER_HOST });
 	cqe->res = 0;
 	cqe->aux0 = bytes;
 	cqe->aux1 = 0;
-	return OPS_DONE;
+	return TIER_DONE;
 }
 
 /* An operator's UNLOAD clears the quarantine of registry components [@first, @first + @n). */
-static void unquarantine(struct daemon *d, uint32_t first, uint32_t n)
+static void unquarantine(struct hostcache *hc, uint32_t first, uint32_t n)
 {
 	for (uint32_t cid = first; cid < first + n; cid++) {
 		struct wd_reg_component rc;
 		struct wd_reg_model rm;
 		char key[WD_NAME_MAX * 2 + 2];	/* as start_component() names it */
 
-		if (registry_read_component(&d->view, cid, &rc) ||
-		    registry_read_model(&d->view, rc.model, &rm))
+		if (registry_read_component(hc->env.view, cid, &rc) ||
+		    registry_read_model(hc->env.view, rc.model, &rm))
 			continue;
 		snprintf(key, sizeof(key), "%s%s%s", rm.name, rc.name[0] ? "/" : "", rc.name);
-		if (quarantine_clear(d->hc->q, key)) {
-			pthread_mutex_lock(&d->state_lock);
-			registry_set_state(d->reg, cid, WD_TIER_HOST, WD_STATE_ABSENT, 0);
-			pthread_mutex_unlock(&d->state_lock);
+		if (quarantine_clear(hc->q, key)) {
+			pthread_mutex_lock(hc->env.state_lock);
+			registry_set_state(hc->env.reg, cid, WD_TIER_HOST, WD_STATE_ABSENT, 0);
+			pthread_mutex_unlock(hc->env.state_lock);
 		}
 	}
 }
 
-int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *out,
+int64_t hostcache_unload(struct hostcache *hc, uint32_t model, uint32_t comp, char *out,
 			 uint16_t *out_len)
 {
-	struct hostcache *hc = d->hc;
-	uint32_t first = 0, n = 0;
+	uint32_t first, n;
 	int64_t freed = 0;
 
-	pthread_mutex_lock(&d->state_lock);
-	if (model < d->n_models) {
-		first = d->models[model].first_comp;
-		n = d->models[model].n_comps;
-	}
-	pthread_mutex_unlock(&d->state_lock);
-	if (comp != WD_ID_NONE) {
-		first = comp;
-		n = 1;
-	}
-	unquarantine(d, first, n);
+	tier_targets(&hc->env, model, comp, &first, &n);
+	unquarantine(hc, first, n);
 	pthread_mutex_lock(&hc->lock);
 	for (struct entry *e = hc->entries; e; e = e->next) {
 		for (uint32_t cid = first; cid < first + n; cid++) {
 			if (((!e->resident && !e->cancelled) || e->holds) && find_bind(e, cid)) {
 				pthread_mutex_unlock(&hc->lock);
-				*out_len = ops_msg(out, "unload: %s is %s; retry when it ends", e->key,
+				*out_len = tier_msg(out, "unload: %s is %s; retry when it ends", e->key,
 						   e->holds ? "being copied to a GPU" : "loading");
 				return -EBUSY;
 			}
@@ -1547,31 +1628,30 @@ int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *
 				continue;
 			if (e->n_binds == 1) {
 				freed += (int64_t)e->size;
-				drop_entry(d, e, false);
+				drop_entry(hc, e, false);
 				break;
 			}
 			/* Shared with another component: only this binding goes. */
-			pthread_mutex_lock(&d->state_lock);
-			unpublish_comp(d, e, b);
+			pthread_mutex_lock(hc->env.state_lock);
+			unpublish_comp(hc, e, b);
 			free(b->tids);
 			*b = e->binds[--e->n_binds];
-			refresh_state(d, cid);
-			pthread_mutex_unlock(&d->state_lock);
+			refresh_state(hc, cid);
+			pthread_mutex_unlock(hc->env.state_lock);
 		}
 	}
 	pthread_mutex_unlock(&hc->lock);
 	return freed;
 }
 
-uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out)
+uint32_t hostcache_list(struct hostcache *hc, uint32_t start, void *out, uint16_t *n_out)
 {
-	struct hostcache *hc = d->hc;
 	struct wd_cache_entry *v = out;
 	uint64_t now = wd_now_ns();
 	uint32_t i = 0, n = 0;
 
 	pthread_mutex_lock(&hc->lock);
-	sync_pins(d);
+	sync_pins(hc);
 	for (struct entry *e = hc->entries; e; e = e->next, i++) {
 		if (i < start || n >= WD_CACHE_PER_REPLY)
 			continue;
@@ -1597,16 +1677,16 @@ uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n
 	return i;
 }
 
-void hostcache_io_info(struct daemon *d, struct wd_info *info)
+void hostcache_io_info(struct hostcache *hc, struct wd_info *info)
 {
 	struct loader_io io;
 
-	if (!d->hc || !d->hc->loader) {
+	if (!hc || !hc->loader) {
 		info->flags |= WD_INFO_NO_LOADER;
 		return;
 	}
 	/* Set once by loader_create(), before any client could attach: no lock needed. */
-	loader_io_path(d->hc->loader, &io);
+	loader_io_path(hc->loader, &io);
 	info->flags |= (io.fixed_bufs ? WD_INFO_FIXED_BUFFERS : 0) |
 		       (io.fixed_files ? WD_INFO_FIXED_FILES : 0);
 	info->buffers_error = io.bufs_err;
@@ -1614,9 +1694,8 @@ void hostcache_io_info(struct daemon *d, struct wd_info *info)
 	info->staging_bytes = io.staging_bytes;
 }
 
-void hostcache_stats(struct daemon *d, uint64_t *v)
+void hostcache_stats(struct hostcache *hc, uint64_t *v)
 {
-	struct hostcache *hc = d->hc;
 	struct evict_counters ec;
 	uint64_t n = 0;
 
@@ -1651,10 +1730,8 @@ void hostcache_stats(struct daemon *d, uint64_t *v)
 	pthread_mutex_unlock(&hc->lock);
 }
 
-void hostcache_client_gone(struct daemon *d, struct client *c)
+void hostcache_client_gone(struct hostcache *hc, struct tier_client *c)
 {
-	struct hostcache *hc = d->hc;
-
 	if (!hc)
 		return;
 	pthread_mutex_lock(&hc->lock);
@@ -1665,7 +1742,7 @@ void hostcache_client_gone(struct daemon *d, struct client *c)
 		if (!ld || e->cancelled)
 			continue;
 		for (uint32_t i = 0; i < ld->n_reqs; i++) {
-			if (ld->reqs[i]->c == c)
+			if (ld->reqs[i]->q.c == c)
 				ld->reqs[i]->orphan = true;
 			anyone |= !ld->reqs[i]->orphan;
 		}
@@ -1681,19 +1758,13 @@ void hostcache_client_gone(struct daemon *d, struct client *c)
 
 /* ---- lifecycle -------------------------------------------------------------------------- */
 
-int hostcache_create(struct daemon *d)
+/* The arena, the loader, the eviction policy, the quarantine, the NUMA topology and the
+ * saved co-access counts. Returns 0 or the error of the part that failed. */
+static int start_parts(struct hostcache *hc, const struct hostcache_config *cfg)
 {
-	struct hostcache *hc = calloc(1, sizeof(*hc));
-	struct gpu_driver drv = { 0 };
-	char why[160] = "";
 	int ret;
 
-	if (!hc)
-		return -ENOMEM;
-	pthread_mutex_init(&hc->lock, NULL);
-	d->hc = hc;
-	hc->budget = round_extent(hostcache_fit_budget(d->cfg.host_budget));
-	d->cfg.host_budget = hc->budget;
+	hc->budget = round_extent(hostcache_fit_budget(cfg->budget));
 	ret = arena_create(&(struct arena_options){ .budget = hc->budget }, &hc->arena);
 	if (ret) {
 		log_error(MOD, "\"cannot create the host cache arena\" bytes=%" PRIu64 " err=%d",
@@ -1706,15 +1777,15 @@ int hostcache_create(struct daemon *d)
 		return ret;
 	}
 	/* Page allocation and clearing at start, not in the first loads (uring/arena.h). */
-	if (d->cfg.host_prefault && (ret = arena_prefault_start(hc->arena)))
+	if (cfg->prefault && (ret = arena_prefault_start(hc->arena)))
 		log_warn(MOD, "\"cannot prefault the host cache\" err=%d", ret);
 	ret = evict_create(&(struct evict_options){ .budget = hc->budget,
-						   .default_ttl_ns = d->cfg.host_ttl_ns },
+						   .default_ttl_ns = cfg->ttl_ns },
 			   &hc->pol);
 	if (ret)
 		return ret;
-	hc->ttl_ns = d->cfg.host_ttl_ns;
-	ret = quarantine_create(d->cfg.quarantine_after, &hc->q);
+	hc->ttl_ns = cfg->ttl_ns;
+	ret = quarantine_create(cfg->quarantine_after, &hc->q);
 	if (ret)
 		return ret;
 	/* PCI discovery only finds GPUs for the NVIDIA driver; without it, skip the slow part. */
@@ -1725,10 +1796,19 @@ int hostcache_create(struct daemon *d)
 			 "err=%d", ret);
 	else
 		log_info(MOD, "\"NUMA placement\" nodes=%d", placement_node_count(hc->pl));
-	ret = catalog_coaccess_load(d->cat, wd_wall_ns(), seed_pair, hc);
+	ret = catalog_coaccess_load(*hc->env.cat, wd_wall_ns(), seed_pair, hc);
 	if (ret)
 		log_warn(MOD, "\"co-access statistics not loaded\" err=%d", ret);
-	ret = gpu_driver_open(&drv, why, sizeof(why));
+	return 0;
+}
+
+/* Probes the CUDA driver once, to say why the GPU tier refuses loads (hc->gpu_why). */
+static void probe_gpu(struct hostcache *hc)
+{
+	struct gpu_driver drv = { 0 };
+	char why[160] = "";
+	int ret = gpu_driver_open(&drv, why, sizeof(why));
+
 	if (ret) {
 		if (ret == -ENODEV && !strstr(why, "no CUDA driver"))
 			snprintf(hc->gpu_why, sizeof(hc->gpu_why), "no CUDA driver (%s)", why);
@@ -1740,30 +1820,46 @@ int hostcache_create(struct daemon *d)
 			 "(a CUDA driver is present; the GPU loader is a later issue)");
 		gpu_driver_close(&drv);
 	}
+}
+
+int hostcache_create(const struct tier_env *env, const struct hostcache_config *cfg,
+		     struct hostcache **out)
+{
+	struct hostcache *hc = calloc(1, sizeof(*hc));
+	int ret;
+
+	*out = NULL;
+	if (!hc)
+		return -ENOMEM;
+	hc->env = *env;
+	pthread_mutex_init(&hc->lock, NULL);
+	ret = start_parts(hc, cfg);
+	if (ret) {
+		hostcache_destroy(hc);
+		return ret;
+	}
+	probe_gpu(hc);
 	log_info(MOD, "\"host cache ready\" budget=%" PRIu64 " pages=%s ttl_ns=%" PRIu64
-		 " verify=%d", hc->budget, arena_pages_name(hc->arena->pages), d->cfg.host_ttl_ns,
-		 d->cfg.verify);
+		 " verify=%d", hc->budget, arena_pages_name(hc->arena->pages), cfg->ttl_ns,
+		 __atomic_load_n(hc->env.verify, __ATOMIC_RELAXED));
+	*out = hc;
 	return 0;
 }
 
-void hostcache_stop(struct daemon *d)
+void hostcache_stop(struct hostcache *hc)
 {
-	struct hostcache *hc = d->hc;
-
 	if (!hc || !hc->loader)
 		return;
 	loader_destroy(hc->loader);
 	hc->loader = NULL;
 }
 
-void hostcache_destroy(struct daemon *d)
+void hostcache_destroy(struct hostcache *hc)
 {
-	struct hostcache *hc = d->hc;
-
 	if (!hc)
 		return;
-	hostcache_stop(d);
-	save_coaccess(d);
+	hostcache_stop(hc);
+	save_coaccess(hc);
 	while (hc->entries) {
 		struct entry *e = hc->entries;
 
@@ -1777,78 +1873,53 @@ void hostcache_destroy(struct daemon *d)
 	arena_destroy(hc->arena);
 	pthread_mutex_destroy(&hc->lock);
 	free(hc);
-	d->hc = NULL;
 }
 
-int hostcache_client_fd(struct daemon *d)
+int hostcache_client_fd(struct hostcache *hc)
 {
-	return arena_ro_fd(d->hc->arena);
+	return arena_ro_fd(hc->arena);
 }
 
-uint64_t hostcache_size(struct daemon *d)
+uint64_t hostcache_size(struct hostcache *hc)
 {
-	return d->hc->arena->seg.size;
+	return hc->arena->seg.size;
 }
 
 /* ---- the device tier's use of the host tier (core/tier/devcache.c) ---------------------------- */
 
-int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
-		       uint32_t model, uint32_t comp, int node, hostcache_then_fn then, void *arg)
+int hostcache_load_for(struct hostcache *hc, struct tier_client *c, uint64_t user_data,
+		       uint8_t flags, uint32_t model, uint32_t comp, int node,
+		       hostcache_then_fn then, void *ctx, void *arg)
 {
-	struct hostcache *hc = d->hc;
 	struct wd_reg_model rm;
 	struct catalog_model m;
-	const struct catalog_component *cc;
-	struct form f = { 0 };
-	struct req *r = calloc(1, sizeof(*r));
+	struct tier_form f = { 0 };
+	struct req *r = new_req(hc, c, user_data, flags & WD_SQE_F_NO_PROGRESS, model, comp, node);
 	char out[WD_DATA_SLOT_SIZE];
 	int ret;
 
 	if (!r)
 		return -ENOMEM;
-	daemon_client_get(c);
-	r->c = c;
-	r->user_data = user_data;
-	r->flags = flags & WD_SQE_F_NO_PROGRESS;
-	r->model = model;
-	r->comp = comp;
-	r->pending = 1;
 	r->then = then;
+	r->then_ctx = ctx;
 	r->then_arg = arg;
-	r->node = node;
-	ret = registry_read_model(&d->view, model, &rm);
-	if (!ret)
-		ret = catalog_get_model(d->cat, rm.name, &m);
+	ret = read_model(hc, model, &rm, &m, out);
 	if (ret) {
-		snprintf(out, sizeof(out), "load: model %u: %s", model, strerror(-ret));
-		pthread_mutex_lock(&hc->lock);
-		req_fail(r, ret, out);
-		req_done_one(d, r);
-		pthread_mutex_unlock(&hc->lock);
+		req_fail_locked(hc, r, ret, out);
+		req_fanned_out(hc, r);
 		return 0;
 	}
-	cc = cat_comp(d, &m, comp);
-	if (!cc) {
-		snprintf(out, sizeof(out), "load: %.150s: component %u is no longer in the catalog "
-			 "(rescan)", rm.name, comp);
-		pthread_mutex_lock(&hc->lock);
-		req_fail(r, -ESTALE, out);
-		pthread_mutex_unlock(&hc->lock);
-	} else {
-		start_component(d, r, model, comp, rm.name, cc, &f);
-	}
+	start_one(hc, r, model, comp, &rm, &m, &f);
 	catalog_model_free(&m);
-	pthread_mutex_lock(&hc->lock);
-	req_done_one(d, r);
-	pthread_mutex_unlock(&hc->lock);
-	save_coaccess(d);
+	req_fanned_out(hc, r);
+	save_coaccess(hc);
 	return 0;
 }
 
 /* hostcache_hold() under the cache lock. */
 static int hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
 {
-	struct form f = { 0 };
+	struct tier_form f = { 0 };
 	struct entry *e = NULL;
 	struct bind *b;
 	int ret = 0;
@@ -1885,20 +1956,18 @@ out:
 	return ret;
 }
 
-int hostcache_hold(struct daemon *d, uint32_t comp, struct hostcache_layout *out)
+int hostcache_hold(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
 {
 	int ret;
 
-	pthread_mutex_lock(&d->hc->lock);
-	ret = hold_locked(d->hc, comp, out);
-	pthread_mutex_unlock(&d->hc->lock);
+	pthread_mutex_lock(&hc->lock);
+	ret = hold_locked(hc, comp, out);
+	pthread_mutex_unlock(&hc->lock);
 	return ret;
 }
 
-void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l)
+void hostcache_unhold(struct hostcache *hc, const struct hostcache_layout *l)
 {
-	struct hostcache *hc = d->hc;
-
 	if (l->key[0]) {
 		pthread_mutex_lock(&hc->lock);
 		for (struct entry *e = hc->entries; e; e = e->next) {
@@ -1912,10 +1981,9 @@ void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l)
 	}
 }
 
-int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, void **dst,
+int hostcache_adopt_reserve(struct hostcache *hc, const struct hostcache_layout *l, void **dst,
 			    char *msg, size_t msg_len)
 {
-	struct hostcache *hc = d->hc;
 	struct evict_victims v = { 0 };
 	uint64_t now = wd_now_ns(), off = 0, avail, busy;
 	char amsg[WD_DATA_SLOT_SIZE];
@@ -1949,7 +2017,7 @@ int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, 
 	}
 	/* With the room checked above there are no victims; were there any, they go as in
 	 * make_room(), so that the policy and the entries agree. */
-	evict_victims(d, &v);
+	evict_victims(hc, &v);
 	ret = arena_alloc(hc->arena, l->size, &off);
 	allocated = !ret;
 	/* Faulted in now when memory is tight, so that a lack of it is an error here rather than
@@ -1970,10 +2038,8 @@ int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, 
 	return 0;
 }
 
-void hostcache_adopt_cancel(struct daemon *d, const struct hostcache_layout *l, void *dst)
+void hostcache_adopt_cancel(struct hostcache *hc, const struct hostcache_layout *l, void *dst)
 {
-	struct hostcache *hc = d->hc;
-
 	if (!dst)
 		return;
 	pthread_mutex_lock(&hc->lock);
@@ -1983,10 +2049,9 @@ void hostcache_adopt_cancel(struct daemon *d, const struct hostcache_layout *l, 
 	pthread_mutex_unlock(&hc->lock);
 }
 
-int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+int hostcache_adopt_commit(struct hostcache *hc, const struct hostcache_layout *l, uint32_t model,
 			   uint32_t comp, void *dst)
 {
-	struct hostcache *hc = d->hc;
 	uint64_t now = wd_now_ns(), off;
 	struct entry *e;
 
@@ -2012,7 +2077,7 @@ int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, u
 	for (uint32_t i = 0; i < l->n_t; i++) {
 		struct wd_reg_tensor rt;
 
-		if (l->t[i].tid == NO_TID || registry_read_tensor(&d->view, l->t[i].tid, &rt))
+		if (l->t[i].tid == NO_TID || registry_read_tensor(hc->env.view, l->t[i].tid, &rt))
 			continue;
 		e->t[e->n_t] = (struct tinfo){ .off = l->t[i].off, .nbytes = l->t[i].nbytes,
 					       .src_bytes = l->t[i].nbytes, .dtype = rt.dtype,
@@ -2035,19 +2100,18 @@ int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, u
 	evict_set_ttl(hc->pol, e->key, hc->ttl_ns);	/* the keep-alive in force, as on_done() */
 	e->next = hc->entries;
 	hc->entries = e;
-	bind_comp(d, e, model, comp);
-	pthread_mutex_lock(&d->state_lock);
-	registry_counter_add(d->reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
-	pthread_mutex_unlock(&d->state_lock);
+	bind_comp(hc, e, model, comp);
+	pthread_mutex_lock(hc->env.state_lock);
+	registry_counter_add(hc->env.reg, WD_CTR_HOST_BYTES, (int64_t)e->size);
+	pthread_mutex_unlock(hc->env.state_lock);
 	log_info(MOD, "\"adopted from a GPU\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
 	pthread_mutex_unlock(&hc->lock);
 	return 0;
 }
 
-bool hostcache_has(struct daemon *d, uint32_t comp)
+bool hostcache_has(struct hostcache *hc, uint32_t comp)
 {
-	struct hostcache *hc = d->hc;
-	struct form f = { 0 };
+	struct tier_form f = { 0 };
 	struct entry *e;
 	bool yes;
 
@@ -2058,17 +2122,16 @@ bool hostcache_has(struct daemon *d, uint32_t comp)
 	return yes;
 }
 
-void hostcache_arena(struct daemon *d, void **base, uint64_t *size)
+void hostcache_arena(struct hostcache *hc, void **base, uint64_t *size)
 {
-	*base = arena_ptr(d->hc->arena, 0);
-	*size = d->hc->arena->seg.size;
+	*base = arena_ptr(hc->arena, 0);
+	*size = hc->arena->seg.size;
 }
 
-void hostcache_publish_metrics(struct daemon *d)
+void hostcache_publish_metrics(struct hostcache *hc)
 {
-	struct wd_reg_metrics *m = registry_metrics(d->reg);
+	struct wd_reg_metrics *m = registry_metrics(hc->env.reg);
 	uint64_t numa[WD_METRICS_NUMA + 1] = { 0 };
-	struct hostcache *hc = d->hc;
 	struct arena_stats st;
 
 	if (!hc)
@@ -2093,22 +2156,21 @@ void hostcache_publish_metrics(struct daemon *d)
 
 /* ---- recovery and reload (core/policy/recovery.h, core/daemon/psi.h) ---------------------------------- */
 
-uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes)
+uint64_t hostcache_shed(struct hostcache *hc, uint64_t target, uint64_t *bytes)
 {
-	struct hostcache *hc = d->hc;
 	char key[EVICT_KEY_MAX];
 	uint64_t now = wd_now_ns(), n = 0;
 
 	*bytes = 0;
 	pthread_mutex_lock(&hc->lock);
-	sync_pins(d);
+	sync_pins(hc);
 	while (evict_used(hc->pol) > target && !evict_next_victim(hc->pol, now, key)) {
 		struct entry *e = find_key(hc, key);
 
 		if (e) {
 			*bytes += e->size;
 			n++;
-			drop_entry(d, e, true);
+			drop_entry(hc, e, true);
 		} else {
 			evict_remove(hc->pol, key, true);
 		}
@@ -2118,9 +2180,8 @@ uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes)
 	return n;
 }
 
-uint64_t hostcache_budget(struct daemon *d)
+uint64_t hostcache_budget(struct hostcache *hc)
 {
-	struct hostcache *hc = d->hc;
 	uint64_t b;
 
 	pthread_mutex_lock(&hc->lock);
@@ -2148,9 +2209,8 @@ uint64_t hostcache_fit_budget(uint64_t budget)
 	return cap;
 }
 
-int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len)
+int hostcache_set_budget(struct hostcache *hc, uint64_t budget, char *msg, size_t msg_len)
 {
-	struct hostcache *hc = d->hc;
 	uint64_t size = hc->arena->seg.size, now = wd_now_ns(), want;
 	struct evict_victims v;
 	char why[WD_DATA_SLOT_SIZE];
@@ -2167,7 +2227,7 @@ int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t ms
 	want = size - budget;
 	if (want > hc->shrink) {
 		/* Shrinking: reserve the difference, evicting unpinned entries to make room. */
-		sync_pins(d);
+		sync_pins(hc);
 		ret = evict_admit(hc->pol, "(host budget shrink)", want - hc->shrink, now, &v, why,
 				  sizeof(why));
 		if (ret) {
@@ -2178,21 +2238,18 @@ int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t ms
 			pthread_mutex_unlock(&hc->lock);
 			return -EBUSY;
 		}
-		evict_victims(d, &v);
+		evict_victims(hc, &v);
 	} else if (want < hc->shrink) {
 		evict_unreserve(hc->pol, hc->shrink - want);
 	}
 	hc->shrink = want;
 	hc->budget = budget;
-	d->cfg.host_budget = budget;
 	pthread_mutex_unlock(&hc->lock);
 	return 0;
 }
 
-void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns)
+void hostcache_set_ttl(struct hostcache *hc, uint64_t ttl_ns)
 {
-	struct hostcache *hc = d->hc;
-
 	pthread_mutex_lock(&hc->lock);
 	hc->ttl_ns = ttl_ns;
 	for (struct entry *e = hc->entries; e; e = e->next)
@@ -2201,16 +2258,15 @@ void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns)
 	pthread_mutex_unlock(&hc->lock);
 }
 
-void hostcache_set_quarantine(struct daemon *d, uint32_t after)
+void hostcache_set_quarantine(struct hostcache *hc, uint32_t after)
 {
-	quarantine_set_after(d->hc->q, after);
+	quarantine_set_after(hc->q, after);
 }
 
-int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
+int hostcache_plan_layout(struct hostcache *hc, uint32_t model, uint32_t comp,
 			  struct hostcache_layout *out, struct hostcache_src **srcs, char *msg)
 {
-	struct hostcache *hc = d->hc;
-	struct form f = { 0 };
+	struct tier_form f = { 0 };
 	struct wd_reg_model rm;
 	struct catalog_model m;
 	const struct catalog_component *cc;
@@ -2223,14 +2279,14 @@ int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
 
 	memset(out, 0, sizeof(*out));
 	*srcs = NULL;
-	ret = registry_read_model(&d->view, model, &rm);
+	ret = registry_read_model(hc->env.view, model, &rm);
 	if (!ret)
-		ret = catalog_get_model(d->cat, rm.name, &m);
+		ret = catalog_get_model(*hc->env.cat, rm.name, &m);
 	if (ret) {
 		snprintf(msg, WD_DATA_SLOT_SIZE, "load: model %u: %s", model, strerror(-ret));
 		return ret;
 	}
-	cc = cat_comp(d, &m, comp);
+	cc = cat_comp(hc, &m, comp);
 	if (!cc) {
 		snprintf(msg, WD_DATA_SLOT_SIZE, "load: %.150s: component %u is no longer in the "
 			 "catalog (rescan)", rm.name, comp);
@@ -2256,7 +2312,7 @@ int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
 
 		out->t[i] = (struct hostcache_tensor){ .off = T->off, .nbytes = T->nbytes,
 						       .dtype = T->dtype };
-		if (registry_find_tensor(&d->view, model, comp, T->name, &out->t[i].tid, NULL))
+		if (registry_find_tensor(hc->env.view, model, comp, T->name, &out->t[i].tid, NULL))
 			out->t[i].tid = NO_TID;
 		src[i] = (struct hostcache_src){ .path = strdup(files[T->file].path),
 						 .off = T->src_off, .len = T->src_bytes };

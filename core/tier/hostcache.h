@@ -28,14 +28,22 @@
  *           an extent and submits it to the loader; a component already loading is joined
  *           (request coalescing: one disk read, every requester waits on it).
  *   loader  progress and completion callbacks: publish progress and the final state, and
- *           post the requesters' completions with daemon_post(), so that each client's shard
- *           stays the only producer on its completion ring.
+ *           post the requesters' completions through the daemon's sink (tier_sink.post in
+ *           core/tier/tier.h), so that each client's shard stays the only producer on its
+ *           completion ring; a finished load is noted there too (tier_sink.load_done: the
+ *           daemon's metrics and slow_load alert).
  *   control hostcache_client_gone(): a load whose every requester has disconnected is
  *           cancelled.
  *
- * Locking: the cache's own lock is taken after clients_lock and before state_lock (registry
- * writes, the lease table); nothing that holds state_lock takes the cache lock. The complete
- * lock order of the daemon and both tiers is in core/daemon/internal.h.
+ * The daemon drives the tier through core/tier/tier.h: hostcache_create() takes a struct
+ * tier_env (the registry and the daemon's view of it, state_lock, the lease table, the
+ * catalog handle, --verify and the sink of callbacks); clients are opaque struct tier_client
+ * handles. Nothing here sees the daemon's own structures.
+ *
+ * Locking: the cache's own lock is taken after clients_lock (and after the device tier's
+ * lock) and before state_lock (registry writes, the lease table); nothing that holds
+ * state_lock takes the cache lock. The complete lock order of the daemon and both tiers is in
+ * core/daemon/internal.h.
  */
 #ifndef WD_CORE_HOSTCACHE_H
 #define WD_CORE_HOSTCACHE_H
@@ -44,47 +52,63 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/daemon/ops.h"
+#include "core/catalog/catalog.h"
+#include "core/tier/tier.h"
+#include "shm/abi.h"
 
 struct hostcache;
 
+/* The configuration the host tier starts with (a reload changes it with the setters below). */
+struct hostcache_config {
+	uint64_t budget;		/* bytes; 0: the default (hostcache_fit_budget()) */
+	uint64_t ttl_ns;		/* keep-alive of entries; 0: none */
+	bool prefault;			/* populate the whole arena at start */
+	uint32_t quarantine_after;	/* load failures in a row that quarantine; 0: never */
+};
+
 /*
- * Creates the host tier of @d: an arena of d->cfg.host_budget bytes (a quarter of the
- * machine's memory when unset), the loader thread and the eviction policy. It
- * also probes the CUDA driver once, to say why the GPU tier refuses loads.
- * Returns 0 and sets d->hc; -ENOMEM; or the error of arena_create(), loader_create() or
- * evict_create().
+ * Creates the host tier: an arena of @cfg->budget bytes fitted by hostcache_fit_budget() and
+ * rounded to the extent alignment (hostcache_budget() says what it became), the loader
+ * thread and the eviction policy, with the daemon's interface @env (copied; what it points
+ * to must outlive the tier). It loads the saved co-access counts from *env->cat, and probes
+ * the CUDA driver once, to say why the GPU tier refuses loads.
+ * Returns 0 and sets *@out; -ENOMEM; or the error of arena_create(), loader_create(),
+ * evict_create() or quarantine_create() (nothing is left behind).
  */
-int hostcache_create(struct daemon *d);
+int hostcache_create(const struct tier_env *env, const struct hostcache_config *cfg,
+		     struct hostcache **out);
 
 /*
  * Stops the loader: every queued and running load is cancelled and its requesters get their
  * final completion (-ECANCELED). Call it after the shards and the worker stopped.
  */
-void hostcache_stop(struct daemon *d);
+void hostcache_stop(struct hostcache *hc);
 
-/* Frees what hostcache_create() made; NULL d->hc is ignored. */
-void hostcache_destroy(struct daemon *d);
+/* Frees what hostcache_create() made (after writing the co-access counts not yet saved); NULL
+ * is ignored. */
+void hostcache_destroy(struct hostcache *hc);
 
 /* A new read-only descriptor of the arena for one client (the caller closes it), or -errno. */
-int hostcache_client_fd(struct daemon *d);
+int hostcache_client_fd(struct hostcache *hc);
 
 /* The arena's size in bytes: what a client maps. */
-uint64_t hostcache_size(struct daemon *d);
+uint64_t hostcache_size(struct hostcache *hc);
 
 /*
- * The LOAD op on the shard. Validates the tier (-ENOTSUP with the reason for a GPU tier), the
- * selection and conversion arguments (arg[0], payload; docs/protocol.md) and, when every
- * target component is resident in the requested form, answers the request inline (a hit,
- * pinning it with WD_SQE_F_PIN). Returns OPS_DONE with *@cqe filled, or OPS_ASYNC when the
- * request was queued for the worker.
+ * The LOAD op on the shard, for client @c. Validates the tier (-ENOTSUP with the reason for a
+ * GPU tier), the selection and conversion arguments (arg[0], payload @arg of @arg_len bytes;
+ * tier_parse_form()) and, when every target component of @model is resident in the
+ * requested form, answers the request inline (a hit, pinning it with WD_SQE_F_PIN). Returns
+ * TIER_DONE with *@cqe and @out (WD_DATA_SLOT_SIZE bytes) filled, or TIER_ASYNC when the
+ * request must go to the worker (the caller queues it).
  */
-enum ops_outcome hostcache_load(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
-				const char *arg, uint16_t arg_len, uint32_t model,
-				struct wd_cqe *cqe, char *out);
+enum tier_outcome hostcache_load(struct hostcache *hc, struct tier_client *c,
+				 const struct wd_sqe *sqe, const char *arg, uint16_t arg_len,
+				 uint32_t model, struct wd_cqe *cqe, char *out);
 
-/* Worker side of LOAD (see above); posts the final completion later, from any thread. */
-void hostcache_load_job(struct daemon *d, struct job *j);
+/* Worker side of LOAD (see above), or of a prefetch the tier deferred (j->c NULL); takes
+ * j->spare and posts the final completion later, from any thread. */
+void hostcache_load_job(struct hostcache *hc, struct tier_job *j);
 
 /*
  * UNLOAD on the host tier of @model (@comp, or WD_ID_NONE for all its components), after the
@@ -92,7 +116,7 @@ void hostcache_load_job(struct daemon *d, struct job *j);
  * component only loses this binding). Returns the bytes released (>= 0), or -EBUSY with a
  * message in @out (*@out_len bytes) when one of them is still loading.
  */
-int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *out,
+int64_t hostcache_unload(struct hostcache *hc, uint32_t model, uint32_t comp, char *out,
 			 uint16_t *out_len);
 
 /*
@@ -100,13 +124,13 @@ int64_t hostcache_unload(struct daemon *d, uint32_t model, uint32_t comp, char *
  * starting at index @start, into @out. Returns the number of entries in the cache and sets
  * *@n_out to the number written.
  */
-uint32_t hostcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out);
+uint32_t hostcache_list(struct hostcache *hc, uint32_t start, void *out, uint16_t *n_out);
 
 /* Fills the WD_STAT_HOST_* and WD_STAT_CUDA_* entries of @v (WD_STAT_COUNT values). */
-void hostcache_stats(struct daemon *d, uint64_t *v);
+void hostcache_stats(struct hostcache *hc, uint64_t *v);
 
 /* The INFO op's view of the loader: the WD_INFO_* I/O flags and errors of @info. */
-void hostcache_io_info(struct daemon *d, struct wd_info *info);
+void hostcache_io_info(struct hostcache *hc, struct wd_info *info);
 
 /*
  * Stores the host cache's state into the registry's metrics block (shm/regmetrics.h): budget,
@@ -114,10 +138,10 @@ void hostcache_io_info(struct daemon *d, struct wd_info *info);
  * NUMA node as placement bound each entry (its placement decision, not a page walk). Takes
  * the cache lock; the control thread calls it once per alert interval.
  */
-void hostcache_publish_metrics(struct daemon *d);
+void hostcache_publish_metrics(struct hostcache *hc);
 
 /* Client @c disconnected: cancels the loads that only it was waiting for. */
-void hostcache_client_gone(struct daemon *d, struct client *c);
+void hostcache_client_gone(struct hostcache *hc, struct tier_client *c);
 
 /*
  * Recovery and reload (core/policy/recovery.h, core/daemon/psi.h, docs/config.md).
@@ -141,9 +165,9 @@ void hostcache_client_gone(struct daemon *d, struct client *c);
  * hostcache_set_ttl() sets the keep-alive of every resident and future entry;
  * hostcache_set_quarantine() the failures in a row that quarantine a component (0: never).
  */
-uint64_t hostcache_shed(struct daemon *d, uint64_t target, uint64_t *bytes);
-uint64_t hostcache_budget(struct daemon *d);
-int hostcache_set_budget(struct daemon *d, uint64_t budget, char *msg, size_t msg_len);
+uint64_t hostcache_shed(struct hostcache *hc, uint64_t target, uint64_t *bytes);
+uint64_t hostcache_budget(struct hostcache *hc);
+int hostcache_set_budget(struct hostcache *hc, uint64_t budget, char *msg, size_t msg_len);
 uint64_t hostcache_fit_budget(uint64_t budget);
 
 /*
@@ -153,9 +177,9 @@ uint64_t hostcache_fit_budget(uint64_t budget);
  * files as they are now), and the cache listing flags it WD_CACHE_F_STALE. Takes the cache
  * lock: never call it with state_lock held.
  */
-void hostcache_note_files(struct daemon *d, uint32_t comp, const struct catalog_component *cc);
-void hostcache_set_ttl(struct daemon *d, uint64_t ttl_ns);
-void hostcache_set_quarantine(struct daemon *d, uint32_t after);
+void hostcache_note_files(struct hostcache *hc, uint32_t comp, const struct catalog_component *cc);
+void hostcache_set_ttl(struct hostcache *hc, uint64_t ttl_ns);
+void hostcache_set_quarantine(struct hostcache *hc, uint32_t after);
 
 /* ---- what the device tier (core/tier/devcache.h) uses ------------------------------------------ */
 
@@ -176,34 +200,36 @@ struct hostcache_layout {
 	struct hostcache_tensor *t;
 };
 
-/* Called, under the cache lock, when a hostcache_load_for() load ends: @err 0 or -errno with
- * @msg, and the bytes read from disk for it (0: it was resident). On success @held is the
- * entry, already held as by hostcache_hold() (the callee owns it: hostcache_unhold() and
- * free(held->t) when done). It must not block or take the cache lock: hand the work to another thread. */
-typedef void (*hostcache_then_fn)(struct daemon *d, void *arg, int err, const char *msg,
+/* Called, under the cache lock, when a hostcache_load_for() load ends, with that call's @ctx
+ * and @arg: @err 0 or -errno with @msg, and the bytes read from disk for it (0: it was
+ * resident). On success @held is the entry, already held as by hostcache_hold() (the callee
+ * owns it: hostcache_unhold() and free(held->t) when done). It must not block or take the
+ * cache lock: hand the work to another thread. */
+typedef void (*hostcache_then_fn)(void *ctx, void *arg, int err, const char *msg,
 				  uint64_t read_bytes, struct hostcache_layout *held);
 
 /*
  * Worker thread: makes component @comp of @model resident on the host tier as stored (all
  * tensors, no conversion), starting, joining (coalescing) or finding its load like a LOAD of
  * client @c, whose progress completions carry @user_data (none with WD_SQE_F_NO_PROGRESS in
- * @flags). @then(@arg) runs exactly once, when the component is resident or its load failed
+ * @flags). @then(@ctx, @arg) runs exactly once, when the component is resident or its load failed
  * (-EFBIG/-ENOSPC when the host budget cannot take it). Returns 0, or -ENOMEM when nothing
  * was started (@then is then not called). A new extent is bound to NUMA node @node, the
  * one local to the GPU the component is meant for (core/policy/placement.h); -1: the loader
  * thread's node.
  */
-int hostcache_load_for(struct daemon *d, struct client *c, uint64_t user_data, uint8_t flags,
-		       uint32_t model, uint32_t comp, int node, hostcache_then_fn then, void *arg);
+int hostcache_load_for(struct hostcache *hc, struct tier_client *c, uint64_t user_data,
+		       uint8_t flags, uint32_t model, uint32_t comp, int node,
+		       hostcache_then_fn then, void *ctx, void *arg);
 
 /*
  * Holds the resident stored-form entry of @comp so that it is neither evicted nor unloaded
  * (-EBUSY) while the device tier copies from it, and describes it in @out. Returns 0,
  * -ENODATA when no such entry is resident, or -ENOMEM. Release with hostcache_unhold().
  */
-int hostcache_hold(struct daemon *d, uint32_t comp, struct hostcache_layout *out);
+int hostcache_hold(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out);
 /* Ends the hold of @l (its tensor table stays: free(l->t) when done with it). */
-void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l);
+void hostcache_unhold(struct hostcache *hc, const struct hostcache_layout *l);
 
 /*
  * Demotion from a GPU, in two steps, so that nothing is copied off it that the host cannot
@@ -216,14 +242,14 @@ void hostcache_unhold(struct daemon *d, const struct hostcache_layout *l);
  * when the host budget has no room without evicting or no extent is free; -ENOMEM; with
  * @msg (@msg_len bytes) saying why.
  */
-int hostcache_adopt_reserve(struct daemon *d, const struct hostcache_layout *l, void **dst,
+int hostcache_adopt_reserve(struct hostcache *hc, const struct hostcache_layout *l, void **dst,
 			    char *msg, size_t msg_len);
-int hostcache_adopt_commit(struct daemon *d, const struct hostcache_layout *l, uint32_t model,
+int hostcache_adopt_commit(struct hostcache *hc, const struct hostcache_layout *l, uint32_t model,
 			   uint32_t comp, void *dst);
-void hostcache_adopt_cancel(struct daemon *d, const struct hostcache_layout *l, void *dst);
+void hostcache_adopt_cancel(struct hostcache *hc, const struct hostcache_layout *l, void *dst);
 
 /* Whether the stored-form entry of @comp is resident on the host tier. */
-bool hostcache_has(struct daemon *d, uint32_t comp);
+bool hostcache_has(struct hostcache *hc, uint32_t comp);
 
 /* Where a tensor's bytes are in its file (hostcache_plan_layout()). */
 struct hostcache_src {
@@ -239,11 +265,11 @@ struct hostcache_src {
  * take the component. Returns 0, or loader_plan()'s error with @msg (WD_DATA_SLOT_SIZE
  * bytes). Free with free(out->t) and hostcache_src_free(*srcs, out->n_t).
  */
-int hostcache_plan_layout(struct daemon *d, uint32_t model, uint32_t comp,
+int hostcache_plan_layout(struct hostcache *hc, uint32_t model, uint32_t comp,
 			  struct hostcache_layout *out, struct hostcache_src **srcs, char *msg);
 void hostcache_src_free(struct hostcache_src *src, uint32_t n);
 
 /* The arena in the daemon's mapping (for cuMemHostRegister). */
-void hostcache_arena(struct daemon *d, void **base, uint64_t *size);
+void hostcache_arena(struct hostcache *hc, void **base, uint64_t *size);
 
 #endif

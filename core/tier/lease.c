@@ -1,5 +1,5 @@
-/* Pins per client and per model; see core/daemon/lease.h. */
-#include "core/daemon/lease.h"
+/* Pins per client and per model; see core/tier/lease.h. */
+#include "core/tier/lease.h"
 
 #include <errno.h>
 #include <stdlib.h>

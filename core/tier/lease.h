@@ -7,10 +7,11 @@
  * struct lease_table links all leases and keeps the per-model pin counts the registry
  * publishes. When a client's socket closes, lease_release_all() drops everything it held.
  *
- * Nothing here locks: the daemon calls every function with its state lock held.
+ * Nothing here locks: the daemon and the cache tiers (core/tier/tier.h) call every function
+ * with the daemon's state lock held.
  */
-#ifndef WD_CORE_LEASE_H
-#define WD_CORE_LEASE_H
+#ifndef WD_CORE_TIER_LEASE_H
+#define WD_CORE_TIER_LEASE_H
 
 #include <stdbool.h>
 #include <stddef.h>
