@@ -16,7 +16,7 @@
  *             EAGAIN or EIO (the completion is reported as -ERR, whatever the kernel read),
  *             or SHORT: the completion reports only the first byte it read (the first 4096
  *             for an O_DIRECT file), so the loader must resubmit the rest.
- *   alloc     a host cache extent allocation (core/tier/hostcache.c): arena_alloc() is reported
+ *   alloc     a host cache extent allocation (core/tier/host_admit.c): arena_alloc() is reported
  *             as failed with -ERR (ENOSPC or ENOMEM) without being called.
  *   populate  faulting in a fresh extent (recovery_populate()): reported as -ERR (ENOMEM).
  *   vram      a VRAM allocation of the device tier (core/tier/dev_evict.c, right before

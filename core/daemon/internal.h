@@ -33,7 +33,7 @@
  *      states, metrics_note_load()), posts completions (pend_lock) and queues device work
  *      (qlock). It comes before the host cache's lock, but the two are never held together:
  *      the device tier calls the host tier only without it, and the host tier never takes it.
- *   3. the host cache's lock (struct hostcache.lock, core/tier/hostcache.c): cache entries,
+ *   3. the host cache's lock (struct hostcache.lock, core/tier/host_internal.h): cache entries,
  *      loads, the eviction policy. Under it the host tier takes state_lock, posts completions
  *      (pend_lock, then wake_lock), queues a finished load for the alerts (the alert lock),
  *      hands finished loads to the device tier (qlock), and calls the loader and the arena.

@@ -20,20 +20,25 @@
  * requested with it are prefetched when the budget has room for them without evicting.
  *
  * Where things run:
- *   shard   hostcache_try_hit(): a LOAD whose every component is resident in the requested
+ *   shard   hostcache_load(): a LOAD whose every component is resident in the requested
  *           form is answered inline (a hit), without the worker or the catalog;
  *           hostcache_unload(), hostcache_list(), hostcache_stats().
  *   worker  hostcache_load_job(): reads the catalog, plans each component (opens the files,
  *           checks their fingerprints against the catalog), admits it (evicting), allocates
  *           an extent and submits it to the loader; a component already loading is joined
- *           (request coalescing: one disk read, every requester waits on it).
+ *           (request coalescing: one disk read, every requester waits on it). The
+ *           prefetches a finished load suggests come back here too: the loader thread
+ *           defers them to the worker (tier_sink.defer). The device tier's
+ *           hostcache_load_for() and hostcache_plan_layout() run here as well.
  *   loader  progress and completion callbacks: publish progress and the final state, and
  *           post the requesters' completions through the daemon's sink (tier_sink.post in
  *           core/tier/tier.h), so that each client's shard stays the only producer on its
  *           completion ring; a finished load is noted there too (tier_sink.load_done: the
  *           daemon's metrics and slow_load alert).
  *   control hostcache_client_gone(): a load whose every requester has disconnected is
- *           cancelled.
+ *           cancelled; the reload and memory-pressure calls; hostcache_publish_metrics().
+ *   device  the device tier's thread: hostcache_hold()/hostcache_unhold() and demotion
+ *           (hostcache_adopt_*()).
  *
  * The daemon drives the tier through core/tier/tier.h: hostcache_create() takes a struct
  * tier_env (the registry and the daemon's view of it, state_lock, the lease table, the
@@ -44,6 +49,13 @@
  * lock) and before state_lock (registry writes, the lease table); nothing that holds
  * state_lock takes the cache lock. The complete lock order of the daemon and both tiers is in
  * core/daemon/internal.h.
+ *
+ * Files (one concern each): hostcache.c (lifecycle and the shard side), host_entries.c (the
+ * entry table, deduplication and publication in the registry), host_admit.c (admission,
+ * eviction and the budget), host_load.c (the load pipeline: requests, planning and
+ * submitting), host_done.c (the loader's callbacks), host_prefetch.c (co-access and
+ * prefetch), host_device.c (services for the device tier); host_internal.h holds what they
+ * share.
  */
 #ifndef WD_CORE_HOSTCACHE_H
 #define WD_CORE_HOSTCACHE_H
