@@ -368,7 +368,7 @@ void daemon_shutdown(struct daemon *d)
 	/* Loads in flight end now (cancelled); their requesters' completions are queued. */
 	hostcache_stop(d->hc);
 	/* After the loader: device loads waiting for cancelled host loads complete here. */
-	devcache_stop(d);
+	devcache_stop(d->dc);
 
 	/* The shards are gone: this thread is now the only producer on every CQ. */
 	while (d->conns) {

@@ -366,6 +366,7 @@ static int watch_signals(struct daemon *d)
 static int start_services(struct daemon *d)
 {
 	struct hostcache_config hcfg;
+	struct devcache_config dcfg;
 	struct tier_env tenv;
 	int ret;
 
@@ -378,8 +379,9 @@ static int start_services(struct daemon *d)
 	d->cfg.host_budget = hostcache_budget(d->hc);	/* as fitted and rounded */
 	/* Unavailable PSI is logged, not an error. */
 	reload_psi_start(d, daemon_watch_tag(CONN_PSI));
-	/* After the host tier: the GPUs page-lock its arena. */
-	ret = devcache_create(d);
+	/* After the host tier: the device tier loads through it and demotes into it. */
+	daemon_device_config(d, &dcfg);
+	ret = devcache_create(&tenv, &dcfg, d->hc, &d->dc);
 	if (ret)
 		return ret;
 	ret = daemon_watch(d, d->listen_fd, CONN_LISTEN);
@@ -475,7 +477,8 @@ void daemon_destroy(struct daemon *d)
 		close(d->reserve_fd);
 	free(d->uid_use);
 	reload_cleanup(d);
-	devcache_destroy(d);
+	devcache_destroy(d->dc);
+	d->dc = NULL;
 	alert_destroy(d->alerts);
 	daemon_spare_free(d);
 	hostcache_destroy(d->hc);

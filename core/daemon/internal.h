@@ -19,9 +19,8 @@
  *   core/tier/lease.c, below the tiers that count them.
  * Thread model: core/daemon/daemon.h.
  *
- * Only the daemon's own files include this header, and, until the device tier takes the
- * narrow interface of core/tier/tier.h as the host tier did (issue 14),
- * core/tier/devcache.h through core/daemon/ops.h.
+ * Only the daemon's own files include this header: the tiers take the narrow interface of
+ * core/tier/tier.h (core/daemon/tiers.c builds it).
  *
  * Locks: the complete order for the daemon and its tiers (the tiers' headers point here).
  * A thread that holds one of these takes only locks further down the list:
@@ -30,7 +29,7 @@
  *      client then takes state_lock.
  *   2. the device tier's lock (struct devcache.lock, core/tier/dev_internal.h): device
  *      entries, their policies and pins. Under it the device tier takes state_lock (pins,
- *      states, metrics_note_load()), posts completions (pend_lock) and queues device work
+ *      states), posts completions through its sink (pend_lock) and queues device work
  *      (qlock). It comes before the host cache's lock, but the two are never held together:
  *      the device tier calls the host tier only without it, and the host tier never takes it.
  *   3. the host cache's lock (struct hostcache.lock, core/tier/host_internal.h): cache entries,

@@ -147,7 +147,8 @@ static enum ops_outcome op_load(struct daemon *d, struct client *c, const struct
 	}
 	if (sqe->tier != WD_TIER_HOST && d->dc) {
 		/* The device tier (core/tier/devcache.h) loads through the host tier itself. */
-		if (devcache_load(d, c, sqe, arg, len, id, cqe, out) == OPS_DONE)
+		if (devcache_load(d->dc, tier_client_of(c), sqe, arg, len, id, cqe, out) ==
+		    TIER_DONE)
 			return OPS_DONE;
 	} else if (hostcache_load(d->hc, tier_client_of(c), sqe, arg, len, id, cqe, out) ==
 		   TIER_DONE) {
@@ -185,7 +186,7 @@ static void op_device_map(struct daemon *d, struct client *c, const struct wd_sq
 		fail(cqe, -ENOTSUP);
 		return;
 	}
-	devcache_map(d, c, sqe, arg, len, id, cqe, out);
+	devcache_map(d->dc, tier_client_of(c), c->fd, sqe, arg, len, id, cqe, out);
 }
 
 /* DEVICES: the GPU tiers from arg[0]; with none, res 0 and the reason as text. */
@@ -206,7 +207,7 @@ static void op_devices(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe
 		cqe->res = 0;
 		return;
 	}
-	total = devcache_list(d, sqe->arg[0] > UINT32_MAX ? UINT32_MAX : (uint32_t)sqe->arg[0],
+	total = devcache_list(d->dc, sqe->arg[0] > UINT32_MAX ? UINT32_MAX : (uint32_t)sqe->arg[0],
 			      out, &n, &text);
 	cqe->res = (int32_t)total;
 	cqe->aux0 = n;
@@ -227,7 +228,7 @@ static void op_device_trim(struct daemon *d, const struct wd_sqe *sqe, struct wd
 		fail(cqe, -EINVAL);
 		return;
 	}
-	freed = devcache_trim(d, sqe->tier, sqe->arg[0], out, &len);
+	freed = devcache_trim(d->dc, sqe->tier, sqe->arg[0], out, &len);
 	if (freed < 0) {
 		cqe->data_len = len;
 		fail(cqe, (int)freed);
@@ -321,8 +322,8 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 		return;
 	}
 	state = model_state(d, id, sqe->component, sqe->tier, &done, &total);
-	if (sqe->tier != WD_TIER_HOST && d->dc && devcache_count(d)) {
-		int64_t freed = devcache_unload(d, sqe->tier, id, sqe->component, out,
+	if (sqe->tier != WD_TIER_HOST && d->dc && devcache_count(d->dc)) {
+		int64_t freed = devcache_unload(d->dc, sqe->tier, id, sqe->component, out,
 						&cqe->data_len);
 
 		if (freed < 0) {
@@ -409,7 +410,7 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 	v[WD_STAT_MY_REQUESTS] = c->requests;
 	v[WD_STAT_MY_ERRORS] = c->errors;
 	hostcache_stats(d->hc, v);
-	v[WD_STAT_CUDA_BYTES] = devcache_bytes(d);
+	v[WD_STAT_CUDA_BYTES] = devcache_bytes(d->dc);
 	memcpy(out, v, sizeof(v));
 	cqe->data_len = sizeof(v);
 	cqe->res = WD_STAT_COUNT;

@@ -129,16 +129,23 @@ void daemon_host_config(const struct daemon *d, struct hostcache_config *hcfg)
 	};
 }
 
+void daemon_device_config(const struct daemon *d, struct devcache_config *dcfg)
+{
+	*dcfg = (struct devcache_config){
+		.budget = d->cfg.device_budget,
+		.budget_pct = d->cfg.device_budget_pct,
+	};
+}
+
 void daemon_tier_load_job(struct daemon *d, struct job *j)
 {
 	struct tier_job tj = { .c = j->c ? tier_client_of(j->c) : NULL,
 			       .spare = (struct tier_spare *)j->spare, .sqe = &j->sqe,
 			       .arg = j->arg, .arg_len = j->arg_len };
 
-	if (j->sqe.tier != WD_TIER_HOST && d->dc) {
-		devcache_load_job(d, j);
-		return;
-	}
-	hostcache_load_job(d->hc, &tj);
+	if (j->sqe.tier != WD_TIER_HOST && d->dc)
+		devcache_load_job(d->dc, &tj);
+	else
+		hostcache_load_job(d->hc, &tj);
 	j->spare = (struct pending *)tj.spare;
 }

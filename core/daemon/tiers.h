@@ -10,6 +10,7 @@
 #include "core/daemon/internal.h"
 #include "core/tier/tier.h"
 
+struct devcache_config;
 struct hostcache_config;
 
 /* Fills @env with @d's interface for a tier; what it points into lives as long as @d. */
@@ -23,6 +24,9 @@ static inline struct tier_client *tier_client_of(struct client *c)
 
 /* The host tier's configuration from the daemon's (hostcache_create()). */
 void daemon_host_config(const struct daemon *d, struct hostcache_config *hcfg);
+
+/* The device tier's configuration from the daemon's (devcache_create()). */
+void daemon_device_config(const struct daemon *d, struct devcache_config *dcfg);
 
 /* Worker thread: runs LOAD job @j (a client's, or a prefetch the host tier deferred) on the
  * tier it names; the final completion's spare goes to the tier. */

@@ -32,8 +32,8 @@ struct dentry *dev_find_twin(struct devcache *dc, const struct dentry *e, uint64
  * ids). Its requesters are answered; a use of the owner's policy entry. Device thread,
  * under dc->lock.
  */
-void dev_alias_resident(struct daemon *d, struct dentry *e, struct dentry *owner,
-			   struct hostcache_layout *l, uint64_t read_bytes)
+void dev_alias_resident(struct devcache *dc, struct dentry *e, struct dentry *owner,
+			struct hostcache_layout *l, uint64_t read_bytes)
 {
 	e->l = *l;
 	l->t = NULL;
@@ -44,11 +44,11 @@ void dev_alias_resident(struct daemon *d, struct dentry *e, struct dentry *owner
 	e->tensor_bytes = e->l.tensor_bytes;
 	e->resident = true;
 	evict_lookup(e->g->pol, owner->key, wd_now_ns());
-	dev_set_state(d, e, WD_STATE_RESIDENT, 0);
+	dev_set_state(dc, e, WD_STATE_RESIDENT, 0);
 	for (uint32_t i = 0; i < e->n_waiters; i++) {
 		e->waiters[i]->bytes += e->tensor_bytes;
 		e->waiters[i]->read_bytes += read_bytes;
-		dev_req_done_one(d, e->waiters[i]);
+		dev_req_done_one(dc, e->waiters[i]);
 	}
 	e->n_waiters = 0;
 	log_info(MOD, "\"resident: shares the allocation of identical content\" key=\"%s\" "
@@ -61,9 +61,8 @@ void dev_alias_resident(struct daemon *d, struct dentry *e, struct dentry *owner
  * its own key; the others follow it). The pins of the aliases are applied again to the new
  * key by the caller's dev_sync_pins(). Under dc->lock.
  */
-void dev_hand_on(struct daemon *d, struct dentry *e)
+void dev_hand_on(struct devcache *dc, struct dentry *e)
 {
-	struct devcache *dc = d->dc;
 	struct dentry *a = NULL;
 
 	for (struct dentry *x = dc->entries; x; x = x->next) {

@@ -10,28 +10,31 @@
 
 #include "gpu/staging.h"
 
-static void post_progress(struct daemon *d, struct dentry *e, uint64_t done, uint64_t total)
+/* @done of @total bytes of @e are on the GPU: a progress completion to each requester that
+ * wants them, and the registry's progress of the component on this tier. */
+static void post_progress(struct devcache *dc, struct dentry *e, uint64_t done, uint64_t total)
 {
-	pthread_mutex_lock(&d->dc->lock);
+	pthread_mutex_lock(&dc->lock);
 	for (uint32_t i = 0; i < e->n_waiters; i++) {
-		struct dreq *r = e->waiters[i];
+		struct tier_request *r = e->waiters[i];
 		struct wd_cqe cqe = { .user_data = r->user_data, .flags = WD_CQE_F_PROGRESS,
 				      .aux0 = done, .aux1 = total };
 
 		if (!(r->flags & WD_SQE_F_NO_PROGRESS))
-			daemon_post(d, r->c, &cqe, NULL, NULL, 0);
+			dc->env.sink.post(dc->env.sink.ctx, r->c, &cqe, NULL, NULL, 0);
 	}
-	pthread_mutex_unlock(&d->dc->lock);
-	pthread_mutex_lock(&d->state_lock);
-	registry_set_progress(d->reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), done, total);
-	pthread_mutex_unlock(&d->state_lock);
+	pthread_mutex_unlock(&dc->lock);
+	pthread_mutex_lock(dc->env.state_lock);
+	registry_set_progress(dc->env.reg, e->comp, WD_TIER_CUDA((uint32_t)e->g->ordinal), done,
+			      total);
+	pthread_mutex_unlock(dc->env.state_lock);
 }
 
 void dev_staging_progress(void *arg, uint64_t done, uint64_t total)
 {
 	struct progress_arg *pa = arg;
 
-	post_progress(pa->d, pa->e, done, total);
+	post_progress(pa->dc, pa->e, done, total);
 }
 
 /*
@@ -40,16 +43,16 @@ void dev_staging_progress(void *arg, uint64_t done, uint64_t total)
  * placement of its extents) to @dptr, staged through the ring's page-locked slots, or in
  * chunks on the device's own stream, from pageable memory, when it has no ring.
  */
-int dev_copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t *src,
-		   uint64_t n, char *msg)
+int dev_copy_in(struct devcache *dc, struct dentry *e, uint64_t dptr, const uint8_t *src,
+		uint64_t n, char *msg)
 {
-	const struct gpu_ops *ops = d->dc->ops;
+	const struct gpu_ops *ops = dc->ops;
 	struct dgpu *g = e->g;
 	char why[STAGING_MSG_MAX] = "";
 	int ret = 0;
 
 	if (g->st) {
-		struct progress_arg pa = { d, e };
+		struct progress_arg pa = { dc, e };
 		struct staging_host_copy c = { .src = src, .len = n, .dst = dptr };
 
 		ret = staging_copy_host(g->st, &c, 1, &(struct staging_call){
@@ -73,7 +76,7 @@ int dev_copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t
 			ops->event_destroy(g->dev, ev);
 		off += len;
 		if (!ret)
-			post_progress(d, e, off, n);
+			post_progress(dc, e, off, n);
 	}
 	if (ret)
 		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy to cuda:%d: %.150s", e->key,
@@ -82,9 +85,9 @@ int dev_copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t
 }
 
 /* Waits for everything queued on @g's own stream. */
-static int stream_wait(struct daemon *d, struct dgpu *g, char *why, size_t why_size)
+static int stream_wait(struct devcache *dc, struct dgpu *g, char *why, size_t why_size)
 {
-	const struct gpu_ops *ops = d->dc->ops;
+	const struct gpu_ops *ops = dc->ops;
 	struct gpu_event *ev = NULL;
 	int ret = ops->event_record(g->dev, g->stream, &ev, why, why_size);
 
@@ -99,14 +102,14 @@ static int stream_wait(struct daemon *d, struct dgpu *g, char *why, size_t why_s
  * @n bytes of host memory to @dst, complete when this returns with a ring (staged through its
  * slots), queued on @g's own stream without one (then from pageable memory).
  */
-static int host_copy(struct daemon *d, struct dgpu *g, uint64_t dst, const uint8_t *src,
+static int host_copy(struct devcache *dc, struct dgpu *g, uint64_t dst, const uint8_t *src,
 		     uint64_t n, char *why, size_t why_size)
 {
 	if (g->st)
 		return staging_copy_host(g->st, &(struct staging_host_copy){
 						 .src = src, .len = n, .dst = dst }, 1, NULL,
 					 why, why_size);
-	return d->dc->ops->copy_h2d(g->dev, g->stream, dst, src, n, why, why_size);
+	return dc->ops->copy_h2d(g->dev, g->stream, dst, src, n, why, why_size);
 }
 
 /*
@@ -116,11 +119,11 @@ static int host_copy(struct daemon *d, struct dgpu *g, uint64_t dst, const uint8
  * pieces of at most @scratch bytes, and converted by the GPU into its place in @cl; the
  * other tensors are copied to their place as they are. Device thread.
  */
-int dev_convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
-		      const struct hostcache_layout *l, const struct hostcache_layout *cl,
-		      uint64_t scratch_off, uint64_t scratch, char *msg)
+int dev_convert_in(struct devcache *dc, struct dentry *e, const struct gpu_vram *v,
+		   const struct hostcache_layout *l, const struct hostcache_layout *cl,
+		   uint64_t scratch_off, uint64_t scratch, char *msg)
 {
-	const struct gpu_ops *ops = d->dc->ops;
+	const struct gpu_ops *ops = dc->ops;
 	struct dgpu *g = e->g;
 	struct gpu_event *ev = NULL;
 	const uint8_t *base = l->base;
@@ -132,7 +135,7 @@ int dev_convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
 		uint64_t dst = v->dptr + cl->t[i].off;
 
 		if (!dev_converts(t, e->conv)) {
-			ret = host_copy(d, g, dst, base + t->off, t->nbytes, why, sizeof(why));
+			ret = host_copy(dc, g, dst, base + t->off, t->nbytes, why, sizeof(why));
 			continue;
 		}
 		for (uint64_t done = 0; done < t->nbytes && !ret;) {
@@ -140,9 +143,9 @@ int dev_convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
 
 			/* The conversion queued before must have read the scratch area. */
 			if (done || i)
-				ret = stream_wait(d, g, why, sizeof(why));
+				ret = stream_wait(dc, g, why, sizeof(why));
 			if (!ret)
-				ret = host_copy(d, g, v->dptr + scratch_off, base + t->off + done,
+				ret = host_copy(dc, g, v->dptr + scratch_off, base + t->off + done,
 						len, why, sizeof(why));
 			if (!ret)
 				ret = ops->convert_f32(g->dev, g->stream, dst + done / 2,
@@ -165,6 +168,6 @@ int dev_convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
 		snprintf(msg, WD_DATA_SLOT_SIZE, "%.60s: copy and conversion on cuda:%d: %.150s",
 			 e->key, g->ordinal, why);
 	else
-		post_progress(d, e, cl->size, cl->size);
+		post_progress(dc, e, cl->size, cl->size);
 	return ret;
 }

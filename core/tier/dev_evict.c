@@ -24,17 +24,16 @@
  * bytes then go device -> host straight into it. On the device thread (copy_d2h). Failure
  * only costs a disk read later.
  */
-static void demote(struct daemon *d, struct dentry *e)
+static void demote(struct devcache *dc, struct dentry *e)
 {
-	struct devcache *dc = d->dc;
 	char why[160] = "", hmsg[WD_DATA_SLOT_SIZE] = "";
 	void *dst = NULL;
 	int ret;
 
 	/* A converted copy or a selection cannot rebuild the stored form the host tier keeps. */
-	if (e->conv || e->sel || hostcache_has(d->hc, e->comp))
+	if (e->conv || e->sel || hostcache_has(dc->hc, e->comp))
 		return;
-	ret = hostcache_adopt_reserve(d->hc, &e->l, &dst, hmsg, sizeof(hmsg));
+	ret = hostcache_adopt_reserve(dc->hc, &e->l, &dst, hmsg, sizeof(hmsg));
 	if (ret == -EEXIST)
 		return;
 	if (ret) {
@@ -45,9 +44,9 @@ static void demote(struct daemon *d, struct dentry *e)
 	}
 	ret = dc->ops->copy_d2h(e->g->dev, dst, e->v.dptr, e->l.size, why, sizeof(why));
 	if (ret)
-		hostcache_adopt_cancel(d->hc, &e->l, dst);
+		hostcache_adopt_cancel(dc->hc, &e->l, dst);
 	else
-		ret = hostcache_adopt_commit(d->hc, &e->l, e->model, e->comp, dst);
+		ret = hostcache_adopt_commit(dc->hc, &e->l, e->model, e->comp, dst);
 	log_info(MOD, "\"demotion to the host\" key=\"%s\" bytes=%" PRIu64 " err=%d%s%s",
 		 e->key, e->l.size, ret, why[0] ? " why=" : "", why);
 }
@@ -61,9 +60,8 @@ static void demote(struct daemon *d, struct dentry *e)
  * entry. Between the two the policy no longer counts its bytes while the GPU still holds
  * them: the callers re-read mem_info after dev_evict_finish() for that reason.
  */
-void dev_evict_detach(struct daemon *d, struct dentry *e, struct dentry **later)
+void dev_evict_detach(struct devcache *dc, struct dentry *e, struct dentry **later)
 {
-	struct devcache *dc = d->dc;
 
 	/* The policy let it go, so no pin covers any alias either: they go with it. */
 	for (struct dentry *x = dc->entries, *next; x && e->n_aliases; x = next) {
@@ -71,30 +69,53 @@ void dev_evict_detach(struct daemon *d, struct dentry *e, struct dentry **later)
 		if (x->owner != e)
 			continue;
 		dev_unlink_entry(dc, x);
-		dev_set_state(d, x, WD_STATE_ABSENT, 0);
+		dev_set_state(dc, x, WD_STATE_ABSENT, 0);
 		log_info(MOD, "\"dropped with its owner\" key=\"%s\" owner=\"%s\"", x->key,
 			 e->key);
 		e->n_aliases--;
 		dev_free_entry(x);
 	}
 	dev_unlink_entry(dc, e);
-	dev_set_state(d, e, WD_STATE_ABSENT, 0);
+	dev_set_state(dc, e, WD_STATE_ABSENT, 0);
 	evict_remove(e->g->pol, e->key, true);
 	log_info(MOD, "\"evicted\" key=\"%s\" bytes=%" PRIu64, e->key, e->size);
 	e->next = *later;
 	*later = e;
 }
 
-void dev_evict_finish(struct daemon *d, struct dentry *list)
+void dev_evict_finish(struct devcache *dc, struct dentry *list)
 {
 	while (list) {
 		struct dentry *e = list;
 
 		list = e->next;
-		demote(d, e);
-		d->dc->ops->vram_free(e->g->dev, &e->v);
+		demote(dc, e);
+		dc->ops->vram_free(e->g->dev, &e->v);
 		dev_free_entry(e);
 	}
+}
+
+int64_t dev_evict_until(struct devcache *dc, struct dgpu *g, uint64_t bytes,
+			struct dentry **later, unsigned int *n)
+{
+	uint64_t now = wd_now_ns();
+	char key[EVICT_KEY_MAX];
+	int64_t freed = 0;
+
+	dev_sync_pins(dc);
+	while ((uint64_t)freed < bytes && !evict_next_victim(g->pol, now, key)) {
+		struct dentry *x = dev_find_key(dc, g, key);
+
+		if (!x) {
+			evict_remove(g->pol, key, true);
+			continue;
+		}
+		freed += (int64_t)x->size;
+		dev_evict_detach(dc, x, later);
+		if (n)
+			(*n)++;
+	}
+	return freed;
 }
 
 /*
@@ -102,9 +123,8 @@ void dev_evict_finish(struct daemon *d, struct dentry *list)
  * unpinned, unmapped entries are evicted by score until the policy has room, and the GPU's
  * free memory is re-read (frees land late) until the allocation can be made. Device thread.
  */
-int dev_admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes, char *msg)
+int dev_admit(struct devcache *dc, struct dgpu *g, struct dentry *e, uint64_t bytes, char *msg)
 {
-	struct devcache *dc = d->dc;
 	struct evict_victims v;
 	struct dentry *later = NULL;
 	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
@@ -113,7 +133,7 @@ int dev_admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes
 
 	snprintf(name, sizeof(name), "%s", strchr(e->key, '/') ? strchr(e->key, '/') + 1 : e->key);
 	pthread_mutex_lock(&dc->lock);
-	dev_sync_pins(d);
+	dev_sync_pins(dc);
 	ret = evict_admit(g->pol, name, bytes, now, &v, msg, WD_DATA_SLOT_SIZE);
 	if (ret) {
 		pthread_mutex_unlock(&dc->lock);
@@ -123,13 +143,13 @@ int dev_admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes
 		struct dentry *x = dev_find_key(dc, g, v.keys[i]);
 
 		if (x)
-			dev_evict_detach(d, x, &later);
+			dev_evict_detach(dc, x, &later);
 		else
 			evict_remove(g->pol, v.keys[i], true);
 	}
 	evict_victims_free(&v);
 	pthread_mutex_unlock(&dc->lock);
-	dev_evict_finish(d, later);
+	dev_evict_finish(dc, later);
 	for (int i = 0; i < MEMINFO_TRIES; i++) {
 		char why[160];
 
@@ -156,7 +176,7 @@ int dev_admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes
 
 /* What recovery_alloc_retry() works on for one VRAM allocation (dev_alloc_vram()). */
 struct valloc_ctx {
-	struct daemon *d;
+	struct devcache *dc;
 	struct dgpu *g;
 	uint64_t size;
 	struct gpu_vram *v;
@@ -172,7 +192,7 @@ static int try_vram(void *arg)
 		snprintf(a->why, sizeof(a->why), "vram_alloc: injected fault (%s)", FAULT_ENV);
 		return -err;
 	}
-	return a->d->dc->ops->vram_alloc(a->g->dev, a->size, a->v, a->why, sizeof(a->why));
+	return a->dc->ops->vram_alloc(a->g->dev, a->size, a->v, a->why, sizeof(a->why));
 }
 
 /*
@@ -183,27 +203,17 @@ static int try_vram(void *arg)
 static int64_t evict_vram(void *arg, uint64_t bytes, int err)
 {
 	struct valloc_ctx *a = arg;
-	struct devcache *dc = a->d->dc;
-	uint64_t now = wd_now_ns(), free_b = 0, total_b = 0;
-	char key[EVICT_KEY_MAX], why[160];
+	struct devcache *dc = a->dc;
+	uint64_t free_b = 0, total_b = 0;
+	char why[160];
 	struct dentry *later = NULL;
-	int64_t freed = 0;
+	int64_t freed;
 
 	(void)err;
 	pthread_mutex_lock(&dc->lock);
-	dev_sync_pins(a->d);
-	while ((uint64_t)freed < bytes && !evict_next_victim(a->g->pol, now, key)) {
-		struct dentry *x = dev_find_key(dc, a->g, key);
-
-		if (x) {
-			freed += (int64_t)x->size;
-			dev_evict_detach(a->d, x, &later);
-		} else {
-			evict_remove(a->g->pol, key, true);
-		}
-	}
+	freed = dev_evict_until(dc, a->g, bytes, &later, NULL);
 	pthread_mutex_unlock(&dc->lock);
-	dev_evict_finish(a->d, later);
+	dev_evict_finish(a->dc, later);
 	for (int i = 0; freed && i < MEMINFO_TRIES; i++) {
 		if (dc->ops->mem_info(a->g->dev, &free_b, &total_b, why, sizeof(why)) ||
 		    free_b >= bytes)
@@ -219,10 +229,10 @@ static int64_t evict_vram(void *arg, uint64_t bytes, int err)
  * is retried once. The FAULT_VRAM injection point is here. Returns 0, or the error with @msg
  * naming the entry, the bytes and what eviction achieved. Device thread.
  */
-int dev_alloc_vram(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t size,
-		      struct gpu_vram *v, char *msg)
+int dev_alloc_vram(struct devcache *dc, struct dgpu *g, struct dentry *e, uint64_t size,
+		   struct gpu_vram *v, char *msg)
 {
-	struct valloc_ctx a = { .d = d, .g = g, .size = size, .v = v };
+	struct valloc_ctx a = { .dc = dc, .g = g, .size = size, .v = v };
 	char tier[16], rmsg[WD_DATA_SLOT_SIZE] = "";
 	int ret;
 

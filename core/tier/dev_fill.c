@@ -18,17 +18,15 @@
 
 #include "core/base/file.h"
 #include "core/base/log.h"
-#include "core/daemon/metrics.h"
 #include "gpu/staging.h"
 
 /*
  * The copy into @v (@size bytes, from layout @l, which @e takes over) is complete: @e becomes
  * resident and its requesters are answered. Device thread.
  */
-static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_layout *l,
+static void make_resident(struct devcache *dc, struct dentry *e, struct hostcache_layout *l,
 			  const struct gpu_vram *v, uint64_t size, uint64_t t0, uint64_t read_bytes)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = e->g;
 	uint64_t now;
 
@@ -45,18 +43,21 @@ static void make_resident(struct daemon *d, struct dentry *e, struct hostcache_l
 	evict_insert(g->pol, e->key, size, now, false);
 	if (now > t0)
 		evict_set_rate(g->pol, e->key, (double)size * 1e9 / (double)(now - t0));
-	dev_set_state(d, e, WD_STATE_RESIDENT, 0);
-	/* The load histogram of cuda:N and the component's last load (/metrics, `weightctl
-	 * top`): one observation per device load, from the start of the copy to resident. */
-	pthread_mutex_lock(&d->state_lock);
-	metrics_note_load(d->reg, WD_TIER_CUDA((uint32_t)g->ordinal), now - t0);
-	registry_set_last_load(d->reg, e->comp, WD_TIER_CUDA((uint32_t)g->ordinal), e->l.size,
-			       now - t0, wd_wall_ns());
-	pthread_mutex_unlock(&d->state_lock);
+	dev_set_state(dc, e, WD_STATE_RESIDENT, 0);
+	/* The component's last load (`weightctl top`) and the load histogram of cuda:N
+	 * (/metrics, through the sink): one observation per device load, from the start of the
+	 * copy to resident. */
+	pthread_mutex_lock(dc->env.state_lock);
+	registry_set_last_load(dc->env.reg, e->comp, WD_TIER_CUDA((uint32_t)g->ordinal),
+			       e->l.size, now - t0, wd_wall_ns());
+	pthread_mutex_unlock(dc->env.state_lock);
+	dc->env.sink.load_done(dc->env.sink.ctx, &(struct tier_load_note){
+		.tier = WD_TIER_CUDA((uint32_t)g->ordinal), .ckey = e->l.ckey, .bytes = e->l.size,
+		.ns = now - t0, .whole_stored = !e->conv && !e->sel });
 	for (uint32_t i = 0; i < e->n_waiters; i++) {
 		e->waiters[i]->bytes += e->tensor_bytes;
 		e->waiters[i]->read_bytes += read_bytes;
-		dev_req_done_one(d, e->waiters[i]);
+		dev_req_done_one(dc, e->waiters[i]);
 	}
 	e->n_waiters = 0;
 	pthread_mutex_unlock(&dc->lock);
@@ -77,17 +78,17 @@ static void unreserve(struct devcache *dc, struct dgpu *g, uint64_t size)
  * evicts and retries once). A failed allocation counts as a device error and gives the
  * reservation back. Returns 0 or the error, with @msg. Device thread.
  */
-static int admit_alloc(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t size,
+static int admit_alloc(struct devcache *dc, struct dgpu *g, struct dentry *e, uint64_t size,
 		       struct gpu_vram *v, char *msg)
 {
-	int ret = dev_admit(d, g, e, size, msg);
+	int ret = dev_admit(dc, g, e, size, msg);
 
 	if (ret)
 		return ret;
-	ret = dev_alloc_vram(d, g, e, size, v, msg);
+	ret = dev_alloc_vram(dc, g, e, size, v, msg);
 	if (ret) {
-		metrics_note_device_error(d->reg);
-		unreserve(d->dc, g, size);
+		dc->env.sink.device_error(dc->env.sink.ctx);
+		unreserve(dc, g, size);
 	}
 	return ret;
 }
@@ -107,7 +108,7 @@ struct fill_plan {
  * over, taken; NULL: hold it now) and lays out @e's form in @p. Returns 0, or the error with
  * @msg and nothing held.
  */
-static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout *held,
+static int hold_form(struct devcache *dc, struct dentry *e, struct hostcache_layout *held,
 		     struct fill_plan *p, char *msg)
 {
 	int ret = 0;
@@ -116,7 +117,7 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 		p->l = *held;
 		memset(held, 0, sizeof(*held));
 	} else {
-		ret = hostcache_hold(d->hc, e->comp, &p->l);
+		ret = hostcache_hold(dc->hc, e->comp, &p->l);
 	}
 	if (ret) {
 		snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: the host copy went before the GPU copy "
@@ -129,9 +130,9 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 
 		/* From here on p->l describes the selected tensors only; the hold is the
 		 * extent's, which the copy keeps. */
-		ret = dev_select_layout(d, e, &p->l, &sl, msg);
+		ret = dev_select_layout(dc, e, &p->l, &sl, msg);
 		if (ret) {
-			hostcache_unhold(d->hc, &p->l);
+			hostcache_unhold(dc->hc, &p->l);
 			free(p->l.t);
 			return ret;
 		}
@@ -146,7 +147,7 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
 		ret = dev_convert_layout(&p->l, e->conv, &p->cl, &p->scratch_off, &p->scratch);
 		if (ret) {
 			snprintf(msg, WD_DATA_SLOT_SIZE, "%.150s: out of memory", e->key);
-			hostcache_unhold(d->hc, &p->l);
+			hostcache_unhold(dc->hc, &p->l);
 			free(p->l.t);
 			return ret;
 		}
@@ -160,20 +161,19 @@ static int hold_form(struct daemon *d, struct dentry *e, struct hostcache_layout
  * another model's component: @e shares its allocation instead of a second copy. Returns
  * whether it did (@e is then resident, the hold given back, @p freed).
  */
-static bool share_twin(struct daemon *d, struct dentry *e, struct fill_plan *p,
+static bool share_twin(struct devcache *dc, struct dentry *e, struct fill_plan *p,
 		       uint64_t read_bytes)
 {
-	struct devcache *dc = d->dc;
 	struct dentry *twin;
 
 	pthread_mutex_lock(&dc->lock);
 	twin = dev_find_twin(dc, e, p->l.id);
 	if (twin)
-		dev_alias_resident(d, e, twin, e->conv || e->sel ? &p->cl : &p->l, read_bytes);
+		dev_alias_resident(dc, e, twin, e->conv || e->sel ? &p->cl : &p->l, read_bytes);
 	pthread_mutex_unlock(&dc->lock);
 	if (!twin)
 		return false;
-	hostcache_unhold(d->hc, &p->l);
+	hostcache_unhold(dc->hc, &p->l);
 	free(p->l.t);
 	free(p->cl.t);
 	return true;
@@ -183,27 +183,26 @@ static bool share_twin(struct daemon *d, struct dentry *e, struct fill_plan *p,
  * Third step: host -> VRAM into @v (@size bytes reserved), converting for a converted or
  * selected form. A failure counts as a device error and frees @v and the reservation.
  */
-static int copy_form(struct daemon *d, struct dentry *e, struct fill_plan *p,
+static int copy_form(struct devcache *dc, struct dentry *e, struct fill_plan *p,
 		     struct gpu_vram *v, uint64_t size, char *msg)
 {
 	struct dgpu *g = e->g;
 	int ret = e->conv || e->sel ?
-		  dev_convert_in(d, e, v, &p->l, &p->cl, p->scratch_off, p->scratch, msg) :
-		  dev_copy_in(d, e, v->dptr, p->l.base, p->l.size, msg);
+		  dev_convert_in(dc, e, v, &p->l, &p->cl, p->scratch_off, p->scratch, msg) :
+		  dev_copy_in(dc, e, v->dptr, p->l.base, p->l.size, msg);
 
 	if (ret) {
-		metrics_note_device_error(d->reg);
-		d->dc->ops->vram_free(g->dev, v);
-		unreserve(d->dc, g, size);
+		dc->env.sink.device_error(dc->env.sink.ctx);
+		dc->ops->vram_free(g->dev, v);
+		unreserve(dc, g, size);
 	}
 	return ret;
 }
 
 /* The host load of @e ended with @err: copy it to the GPU and complete its requesters. */
-void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
+void dev_fill(struct devcache *dc, struct dentry *e, int err, const char *hmsg,
 	      uint64_t read_bytes, struct hostcache_layout *held)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = e->g;
 	struct fill_plan p = { 0 };
 	struct gpu_vram v = { .fd = -1 };
@@ -214,17 +213,17 @@ void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 	if (ret)
 		snprintf(msg, sizeof(msg), "%s", hmsg);
 	else
-		ret = hold_form(d, e, held, &p, msg);
+		ret = hold_form(dc, e, held, &p, msg);
 	if (ret)
 		goto fail;
-	if (share_twin(d, e, &p, read_bytes))
+	if (share_twin(dc, e, &p, read_bytes))
 		return;
 	gran = dc->ops->granularity(g->dev);
 	size = gran ? (p.need + gran - 1) / gran * gran : p.need;
-	ret = admit_alloc(d, g, e, size, &v, msg);
+	ret = admit_alloc(dc, g, e, size, &v, msg);
 	if (!ret)
-		ret = copy_form(d, e, &p, &v, size, msg);
-	hostcache_unhold(d->hc, &p.l);
+		ret = copy_form(dc, e, &p, &v, size, msg);
+	hostcache_unhold(dc->hc, &p.l);
 	if (ret) {
 		free(p.l.t);
 		free(p.cl.t);
@@ -235,11 +234,11 @@ void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
 		free(p.l.t);
 		p.l = p.cl;
 	}
-	make_resident(d, e, &p.l, &v, size, t0, read_bytes);
+	make_resident(dc, e, &p.l, &v, size, t0, read_bytes);
 	return;
 fail:
 	pthread_mutex_lock(&dc->lock);
-	dev_fail_entry(d, e, ret, msg);
+	dev_fail_entry(dc, e, ret, msg);
 	pthread_mutex_unlock(&dc->lock);
 }
 
@@ -276,13 +275,12 @@ static int open_sources(const struct hostcache_src *src, uint32_t n, int *fds, c
  * Disk -> VRAM through the staging ring, for a component the host budget cannot take: the
  * same layout a host entry would have, read from the files that w->src names. Device thread.
  */
-void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
+void dev_stream_fill(struct devcache *dc, struct dentry *e, struct dwork *w)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = e->g;
 	struct gpu_vram v = { .fd = -1 };
 	struct staging_transfer *t = NULL;
-	struct progress_arg pa = { d, e };
+	struct progress_arg pa = { dc, e };
 	int *fds = NULL;
 	char msg[WD_DATA_SLOT_SIZE] = "", why[STAGING_MSG_MAX] = "";
 	uint64_t t0 = wd_now_ns(), gran, size, total = 0;
@@ -309,7 +307,7 @@ void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 		goto fail;
 	gran = dc->ops->granularity(g->dev);
 	size = gran ? (w->l.size + gran - 1) / gran * gran : w->l.size;
-	ret = admit_alloc(d, g, e, size, &v, msg);
+	ret = admit_alloc(dc, g, e, size, &v, msg);
 	if (ret)
 		goto fail;
 	for (uint32_t i = 0; i < n; i++) {
@@ -334,7 +332,7 @@ void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w)
 	free(fds);
 	free(t);
 	log_info(MOD, "\"streamed from disk\" key=\"%s\" bytes=%" PRIu64, e->key, total);
-	make_resident(d, e, &w->l, &v, size, t0, total);
+	make_resident(dc, e, &w->l, &v, size, t0, total);
 	return;
 fail:
 	for (uint32_t i = 0; fds && i < n; i++)
@@ -343,6 +341,6 @@ fail:
 	free(fds);
 	free(t);
 	pthread_mutex_lock(&dc->lock);
-	dev_fail_entry(d, e, ret, msg);
+	dev_fail_entry(dc, e, ret, msg);
 	pthread_mutex_unlock(&dc->lock);
 }

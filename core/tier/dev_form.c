@@ -1,75 +1,22 @@
 /*
- * The forms of a device entry: what form a LOAD or DEVICE_MAP names (dev_parse_form(): as
- * stored or converted to F16/BF16, all tensors or a selection by prefix or names), and the
- * layout that form has on the GPU: a converted copy's own compact layout
- * (dev_convert_layout()) and a selection's tensors (dev_select_layout()).
+ * The layout a form (struct tier_form, decoded by tier_parse_form()) has on the GPU: a
+ * converted copy's own compact layout, F32 tensors as F16/BF16 (dev_convert_layout()), and
+ * the tensors a selection names (dev_select_layout()), out of a stored-form host entry.
  */
 #include "core/tier/dev_internal.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "core/format/st.h"
 
-/*
- * The form a LOAD or DEVICE_MAP on a GPU tier asks for, from arg[0] and the payload @arg
- * (@len bytes; docs/protocol.md §4.4): f->conv = 0 (as stored) or the dtype F32 tensors
- * become; f->sel a tensor selection (WD_LOAD_PREFIX: the payload is a prefix; WD_LOAD_NAMES:
- * NUL-separated names), identified by the XXH3 of the payload as on the host tier. The
- * payload is hostile: a selection needs one that is not empty, and a prefix without NUL.
- * Returns 0, or -EINVAL with the reason.
- */
-int dev_parse_form(const struct wd_sqe *sqe, const char *arg, uint16_t len, const char *op,
-		      struct dform *f, struct wd_cqe *cqe, char *out)
-{
-	uint64_t a = sqe->arg[0];
-	uint32_t dt = (uint32_t)(a & WD_LOAD_DTYPE_MASK);
-
-	memset(f, 0, sizeof(*f));
-	if (sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || (a & ~WD_LOAD_ARG_ALL)) {
-		cqe->data_len = ops_msg(out, "%s: unknown bits in arg[0] or arg[1..4] set", op);
-		cqe->res = -EINVAL;
-		return -EINVAL;
-	}
-	if ((a & WD_LOAD_PREFIX) && (a & WD_LOAD_NAMES)) {
-		cqe->data_len = ops_msg(out, "%s: WD_LOAD_PREFIX and WD_LOAD_NAMES together", op);
-		cqe->res = -EINVAL;
-		return -EINVAL;
-	}
-	if (a & (WD_LOAD_PREFIX | WD_LOAD_NAMES)) {
-		if (sqe->model == WD_ID_NONE || !len || len > WD_DATA_SLOT_SIZE || !arg ||
-		    ((a & WD_LOAD_PREFIX) && memchr(arg, '\0', len))) {
-			cqe->data_len = ops_msg(out, "%s: empty or malformed tensor selection (the "
-						"model goes by index, the payload is the selection)",
-						op);
-			cqe->res = -EINVAL;
-			return -EINVAL;
-		}
-		f->sel = (a & WD_LOAD_PREFIX) ? SEL_PREFIX : SEL_NAMES;
-		f->sel_hash = XXH3_64bits(arg, len);
-		f->payload = arg;
-		f->len = len;
-	}
-	if (!(a & WD_LOAD_CONVERT)) {
-		if (dt) {
-			cqe->data_len = ops_msg(out, "%s: a dtype without WD_LOAD_CONVERT", op);
-			cqe->res = -EINVAL;
-			return -EINVAL;
-		}
-		return 0;
-	}
-	if (dt != GPU_DTYPE_F16 && dt != GPU_DTYPE_BF16) {
-		cqe->data_len = ops_msg(out, "%s: F32 converts to F16 (%u) or BF16 (%u), not %u", op,
-					GPU_DTYPE_F16, GPU_DTYPE_BF16, dt);
-		cqe->res = -EINVAL;
-		return -EINVAL;
-	}
-	f->conv = (uint8_t)dt;
-	return 0;
-}
+/* A form's conversion (tier_form.convert, an enum st_dtype) is the dtype a device entry is
+ * converted to on the GPU (gpu_ops.convert_f32): the two numberings must agree. */
+static_assert(GPU_DTYPE_F16 == ST_F16 && GPU_DTYPE_BF16 == ST_BF16,
+	      "GPU_DTYPE_* must equal the enum st_dtype values");
 
 /* Whether tensor @t of a stored-form layout is converted to @conv (F32, whole elements). */
 bool dev_converts(const struct hostcache_tensor *t, uint8_t conv)
@@ -85,7 +32,7 @@ bool dev_converts(const struct hostcache_tensor *t, uint8_t conv)
  * tensor table (free(out->t)). Returns 0 or -ENOMEM.
  */
 int dev_convert_layout(const struct hostcache_layout *l, uint8_t conv,
-			  struct hostcache_layout *out, uint64_t *scratch_off, uint64_t *scratch)
+		       struct hostcache_layout *out, uint64_t *scratch_off, uint64_t *scratch)
 {
 	uint64_t off = 0, biggest = 0;
 
@@ -121,8 +68,8 @@ int dev_convert_layout(const struct hostcache_layout *l, uint8_t conv,
  * name of a list must be a tensor of the component, as on the host tier. Returns 0, -ENOENT
  * or -ENOMEM with @msg (WD_DATA_SLOT_SIZE bytes).
  */
-int dev_select_layout(struct daemon *d, const struct dentry *e,
-			 const struct hostcache_layout *l, struct hostcache_layout *out, char *msg)
+int dev_select_layout(struct devcache *dc, const struct dentry *e,
+		      const struct hostcache_layout *l, struct hostcache_layout *out, char *msg)
 {
 	bool *used = NULL;
 	uint32_t n = 0;
@@ -130,9 +77,9 @@ int dev_select_layout(struct daemon *d, const struct dentry *e,
 	*out = *l;
 	out->tensor_bytes = 0;
 	out->t = calloc(l->n_t ? l->n_t : 1, sizeof(*out->t));
-	if (e->sel == SEL_NAMES)
+	if (e->sel == TIER_SEL_NAMES)
 		used = calloc(e->sel_len + 1u, sizeof(*used));
-	if (!out->t || (e->sel == SEL_NAMES && !used)) {
+	if (!out->t || (e->sel == TIER_SEL_NAMES && !used)) {
 		free(out->t);
 		out->t = NULL;
 		free(used);
@@ -143,10 +90,10 @@ int dev_select_layout(struct daemon *d, const struct dentry *e,
 		struct wd_reg_tensor rt;
 		bool take = false;
 
-		if (l->t[i].tid == NO_TID || registry_read_tensor(&d->view, l->t[i].tid, &rt))
+		if (l->t[i].tid == NO_TID || registry_read_tensor(dc->env.view, l->t[i].tid, &rt))
 			continue;
 		rt.name[sizeof(rt.name) - 1] = '\0';
-		if (e->sel == SEL_PREFIX) {
+		if (e->sel == TIER_SEL_PREFIX) {
 			take = !strncmp(rt.name, e->sel_arg, e->sel_len);
 		} else {
 			/* Names are NUL-separated in sel_arg (NUL-terminated after sel_len). */
@@ -163,7 +110,7 @@ int dev_select_layout(struct daemon *d, const struct dentry *e,
 		}
 	}
 	out->n_t = n;
-	for (size_t k = 0; e->sel == SEL_NAMES && k < e->sel_len;
+	for (size_t k = 0; e->sel == TIER_SEL_NAMES && k < e->sel_len;
 	     k += strlen(e->sel_arg + k) + 1) {
 		if (e->sel_arg[k] && !used[k]) {
 			snprintf(msg, WD_DATA_SLOT_SIZE, "load: %.80s: no tensor \"%.100s\" in the "

@@ -6,7 +6,7 @@
  *
  *   devcache.c     the tier's life: --device-budget, opening the GPUs, create/stop/destroy
  *   dev_entry.c    the entry table and the requests waiting on its loads
- *   dev_form.c     what form a request names, and the layout of that form on the GPU
+ *   dev_form.c     the layout of a form on the GPU (converted, selected)
  *   dev_thread.c   the device thread and its queue
  *   dev_load.c     LOAD: the shard's hit and the worker's part
  *   dev_fill.c     filling an entry on the device thread, and making it resident
@@ -35,9 +35,6 @@
 #define TENSOR_ALIGN 64u		/* tensor offsets in a converted copy, as the host's */
 #define NO_TID UINT32_MAX
 
-/* A tensor selection (WD_LOAD_PREFIX / WD_LOAD_NAMES in arg[0]), as the host tier's. */
-enum sel_kind { SEL_ALL = 0, SEL_PREFIX = 1, SEL_NAMES = 2 };
-
 struct dgpu {
 	int ordinal;
 	struct gpu_dev *dev;
@@ -50,26 +47,13 @@ struct dgpu {
 	uint64_t load_bytes;		/* bytes copied into it */
 };
 
-struct dreq {
-	struct client *c;
-	uint64_t user_data;
-	struct pending *spare;
-	uint8_t flags;
-	int pending;		/* device loads not finished, plus one while fanning out */
-	int err;
-	char msg[WD_DATA_SLOT_SIZE];
-	uint64_t bytes;
-	uint64_t read_bytes;	/* read from disk by the host loads it started or joined */
-	struct lease_pin pin;	/* taken on success with WD_SQE_F_PIN */
-};
-
 struct dentry {
 	struct dentry *next;
 	struct dgpu *g;
 	uint32_t model, comp;
 	uint8_t conv;			/* 0: as stored; else F32 tensors as this dtype (F16,
 					 * BF16): a separate entry, converted on the GPU */
-	uint8_t sel;			/* enum sel_kind; SEL_PREFIX/SEL_NAMES: only the tensors
+	uint8_t sel;			/* enum tier_sel; TIER_SEL_PREFIX/NAMES: only the tensors
 					 * of selection @sel_arg (a separate entry, its tensors
 					 * copied out of the whole host entry) */
 	uint64_t sel_hash;		/* XXH3 of @sel_arg, as the host tier's form identity */
@@ -90,7 +74,7 @@ struct dentry {
 					 * the GPU once. An alias has no VRAM and no policy entry
 					 * of its own; its table has its own tensor ids. */
 	uint32_t n_aliases;		/* entries whose owner this is */
-	struct dreq **waiters;
+	struct tier_request **waiters;
 	size_t n_waiters, cap_waiters;
 };
 
@@ -134,12 +118,16 @@ struct trim_wait {
  *   @ops, @why, @n and g[] (but pol and load_bytes): written by the device thread while it
  *              opens the devices, before it sets @ready under @qlock; read-only afterwards.
  *   @thread, @started: the daemon's thread (create, stop, destroy).
- * Lock order: @lock, then state_lock (the registry and the lease table: dev_set_state(),
- * dev_sync_pins(), dev_take_pin()), then a client's pend_lock (daemon_post()); @lock, then
- * @qlock (dev_free_later()). The host cache's lock comes after @lock in the daemon's order,
- * but the tier calls the host tier (hostcache_*) only without @lock held, and the host tier
- * never takes @lock: its completion callback, dev_host_ready(), runs under the host cache's
- * lock and only takes @qlock. A trim_wait's lock is taken alone.
+ *   @env, @cfg, @hc: set at create, read-only afterwards; what @env points to has the
+ *              locking of core/tier/tier.h (the registry and the leases under *state_lock).
+ * Lock order: @lock, then *env.state_lock (the registry and the lease table:
+ * dev_set_state(), dev_sync_pins(), tier_take_pin()); @lock, then what the sink's post and
+ * client_put take (a client's completion list: dev_req_done_one()); @lock, then @qlock
+ * (dev_free_later()). The sink's model_comps and load_done are called with @lock at most,
+ * never with state_lock. The host cache's lock comes after @lock in the daemon's order, but
+ * the tier calls the host tier (hostcache_*) only without @lock held, and the host tier never
+ * takes @lock: its completion callback, dev_host_ready(), runs under the host cache's lock and
+ * only takes @qlock. A trim_wait's lock is taken alone.
  */
 struct devcache {
 	pthread_mutex_t lock;		/* entries, policies, pins */
@@ -157,20 +145,15 @@ struct devcache {
 	struct dwork *qhead, *qtail;
 	bool stop;
 	bool ready;			/* the thread finished opening the devices */
-};
 
-/* The form of a device entry a request names (dev_parse_form()). */
-struct dform {
-	uint8_t conv;			/* 0, or the dtype F32 tensors become */
-	uint8_t sel;			/* enum sel_kind */
-	uint64_t sel_hash;
-	const char *payload;		/* the selection (prefix, or NUL-separated names) */
-	uint16_t len;
+	struct tier_env env;		/* the daemon's interface (core/tier/tier.h) */
+	struct devcache_config cfg;
+	struct hostcache *hc;		/* the host tier it loads through and demotes to */
 };
 
 /* What dev_staging_progress() reports to: the entry being filled. */
 struct progress_arg {
-	struct daemon *d;
+	struct devcache *dc;
 	struct dentry *e;
 };
 
@@ -191,30 +174,24 @@ static inline const char *dev_pkey(const struct dentry *e)
 /* ---- dev_entry.c: entries and requests ----------------------------------------------------- */
 
 struct dentry *dev_find(struct devcache *dc, const struct dgpu *g, uint32_t comp,
-			const struct dform *f);
+			const struct tier_form *f);
 struct dentry *dev_find_key(struct devcache *dc, const struct dgpu *g, const char *key);
-void dev_targets(struct daemon *d, uint32_t model, uint32_t comp, uint32_t *first,
-		 uint32_t *n);
-void dev_set_state(struct daemon *d, const struct dentry *e, uint32_t state, int err);
-void dev_sync_pins(struct daemon *d);
+void dev_set_state(struct devcache *dc, const struct dentry *e, uint32_t state, int err);
+void dev_sync_pins(struct devcache *dc);
 void dev_free_entry(struct dentry *e);
 void dev_unlink_entry(struct devcache *dc, struct dentry *e);
-void dev_req_fail(struct dreq *r, int err, const char *msg);
-void dev_take_pin(struct daemon *d, struct client *c, const struct lease_pin *p);
-void dev_req_done_one(struct daemon *d, struct dreq *r);
-int dev_add_waiter(struct dentry *e, struct dreq *r);
-void dev_fail_entry(struct daemon *d, struct dentry *e, int err, const char *msg);
+void dev_req_done_one(struct devcache *dc, struct tier_request *r);
+int dev_add_waiter(struct dentry *e, struct tier_request *r);
+void dev_fail_entry(struct devcache *dc, struct dentry *e, int err, const char *msg);
 int dev_no_gpu(struct devcache *dc, uint32_t tier, const char *op, struct wd_cqe *cqe,
 	       char *out);
 
-/* ---- dev_form.c: forms and their layouts ---------------------------------------------------- */
+/* ---- dev_form.c: the layouts of forms ------------------------------------------------------- */
 
-int dev_parse_form(const struct wd_sqe *sqe, const char *arg, uint16_t len, const char *op,
-		   struct dform *f, struct wd_cqe *cqe, char *out);
 bool dev_converts(const struct hostcache_tensor *t, uint8_t conv);
 int dev_convert_layout(const struct hostcache_layout *l, uint8_t conv,
 		       struct hostcache_layout *out, uint64_t *scratch_off, uint64_t *scratch);
-int dev_select_layout(struct daemon *d, const struct dentry *e,
+int dev_select_layout(struct devcache *dc, const struct dentry *e,
 		      const struct hostcache_layout *l, struct hostcache_layout *out, char *msg);
 
 /* ---- dev_thread.c: the device thread and its queue ------------------------------------------ */
@@ -227,36 +204,43 @@ void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
 
 /* ---- devcache.c: the tier's life ------------------------------------------------------------ */
 
-void dev_open_devices(struct daemon *d);
+void dev_open_devices(struct devcache *dc);
 
 /* ---- dev_fill.c: filling an entry (device thread) ------------------------------------------- */
 
-void dev_fill(struct daemon *d, struct dentry *e, int err, const char *hmsg,
+void dev_fill(struct devcache *dc, struct dentry *e, int err, const char *hmsg,
 	      uint64_t read_bytes, struct hostcache_layout *held);
-void dev_stream_fill(struct daemon *d, struct dentry *e, struct dwork *w);
+void dev_stream_fill(struct devcache *dc, struct dentry *e, struct dwork *w);
 
 /* ---- dev_copy.c: host -> VRAM (device thread) ----------------------------------------------- */
 
 void dev_staging_progress(void *arg, uint64_t done, uint64_t total);
-int dev_copy_in(struct daemon *d, struct dentry *e, uint64_t dptr, const uint8_t *src,
+int dev_copy_in(struct devcache *dc, struct dentry *e, uint64_t dptr, const uint8_t *src,
 		uint64_t n, char *msg);
-int dev_convert_in(struct daemon *d, struct dentry *e, const struct gpu_vram *v,
+int dev_convert_in(struct devcache *dc, struct dentry *e, const struct gpu_vram *v,
 		   const struct hostcache_layout *l, const struct hostcache_layout *cl,
 		   uint64_t scratch_off, uint64_t scratch, char *msg);
 
 /* ---- dev_evict.c: admission, allocation, eviction and demotion ------------------------------ */
 
-void dev_evict_detach(struct daemon *d, struct dentry *e, struct dentry **later);
-void dev_evict_finish(struct daemon *d, struct dentry *list);
-int dev_admit(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t bytes, char *msg);
-int dev_alloc_vram(struct daemon *d, struct dgpu *g, struct dentry *e, uint64_t size,
+void dev_evict_detach(struct devcache *dc, struct dentry *e, struct dentry **later);
+void dev_evict_finish(struct devcache *dc, struct dentry *list);
+/*
+ * Under dc->lock: detaches unpinned, unmapped entries of @g (pins synced first), highest
+ * eviction score first, until @bytes were detached or none is left, onto *@later for
+ * dev_evict_finish(). Returns the bytes detached; *@n (if not NULL) counts the entries.
+ */
+int64_t dev_evict_until(struct devcache *dc, struct dgpu *g, uint64_t bytes,
+			struct dentry **later, unsigned int *n);
+int dev_admit(struct devcache *dc, struct dgpu *g, struct dentry *e, uint64_t bytes, char *msg);
+int dev_alloc_vram(struct devcache *dc, struct dgpu *g, struct dentry *e, uint64_t size,
 		   struct gpu_vram *v, char *msg);
 
 /* ---- dev_alias.c: one copy per content ------------------------------------------------------ */
 
 struct dentry *dev_find_twin(struct devcache *dc, const struct dentry *e, uint64_t id);
-void dev_alias_resident(struct daemon *d, struct dentry *e, struct dentry *owner,
+void dev_alias_resident(struct devcache *dc, struct dentry *e, struct dentry *owner,
 			struct hostcache_layout *l, uint64_t read_bytes);
-void dev_hand_on(struct daemon *d, struct dentry *e);
+void dev_hand_on(struct devcache *dc, struct dentry *e);
 
 #endif

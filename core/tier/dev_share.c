@@ -81,81 +81,121 @@ static int send_table(int sock, const struct dentry *e, uint64_t token, uint32_t
 	return ret ? ret : msgs;
 }
 
-void devcache_map(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
-		  const char *arg, uint16_t arg_len, uint32_t model, struct wd_cqe *cqe, char *out)
+/*
+ * The checks of a DEVICE_MAP: a GPU tier that exists, no flags, a well-formed form (into @f)
+ * and one component (into *@comp). Returns its GPU, or NULL with @cqe and @out filled.
+ */
+static struct dgpu *map_target(struct devcache *dc, const struct wd_sqe *sqe, const char *arg,
+			       uint16_t arg_len, uint32_t model, struct tier_form *f,
+			       uint32_t *comp, struct wd_cqe *cqe, char *out)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = dev_gpu_of(dc, sqe->tier);
-	struct lease_pin p = { .model = model, .component = sqe->component, .tier = sqe->tier };
-	struct wd_devmap_reply rep = { 0 };
-	struct dentry *e;
-	uint32_t first, n;
-	struct dform f;
-	int ret, msgs;
+	uint32_t n;
 
 	if (sqe->tier == WD_TIER_HOST) {
-		cqe->data_len = ops_msg(out, "device_map: the host tier is mapped at attach; name a "
-					"GPU tier");
+		cqe->data_len = tier_msg(out, "device_map: the host tier is mapped at attach; name "
+					 "a GPU tier");
 		cqe->res = -EINVAL;
-		return;
+		return NULL;
 	}
 	if (!g) {
 		dev_no_gpu(dc, sqe->tier, "device_map", cqe, out);
-		return;
+		return NULL;
 	}
 	if (sqe->flags) {
-		cqe->data_len = ops_msg(out, "device_map: flags must be 0");
+		cqe->data_len = tier_msg(out, "device_map: flags must be 0");
 		cqe->res = -EINVAL;
-		return;
+		return NULL;
 	}
-	if (dev_parse_form(sqe, arg, arg_len, "device_map", &f, cqe, out))
-		return;
-	dev_targets(d, model, sqe->component, &first, &n);
+	cqe->res = tier_parse_form(sqe, arg, arg_len, "device_map", f, out, &cqe->data_len);
+	if (cqe->res)
+		return NULL;
+	tier_targets(&dc->env, model, sqe->component, comp, &n);
 	if (n != 1) {
-		cqe->data_len = ops_msg(out, "device_map: name one component (the model has %u)", n);
+		cqe->data_len = tier_msg(out, "device_map: name one component (the model has %u)",
+					 n);
 		cqe->res = -EINVAL;
-		return;
+		return NULL;
 	}
-	p.component = first;
+	return g;
+}
+
+/* Adds the mapping's pin @p to @c's lease and publishes the model's pin count. Returns
+ * lease_pin()'s result (0: a new pin), or -ECONNRESET when @c's lease ended. */
+static int pin_map(struct devcache *dc, struct tier_client *c, const struct lease_pin *p)
+{
+	struct lease *l;
+	int ret;
+
+	pthread_mutex_lock(dc->env.state_lock);
+	l = dc->env.sink.lease_of(dc->env.sink.ctx, c);
+	ret = !l ? -ECONNRESET : lease_pin(dc->env.leases, l, p);
+	if (ret == 0) {
+		registry_set_model_pins(dc->env.reg, p->model,
+					lease_model_pins(dc->env.leases, p->model));
+		registry_counter_add(dc->env.reg, WD_CTR_PINS, 1);
+	}
+	pthread_mutex_unlock(dc->env.state_lock);
+	return ret;
+}
+
+/* Takes back the new pin @p of a mapping that could not be sent. */
+static void unpin_map(struct devcache *dc, struct tier_client *c, const struct lease_pin *p)
+{
+	struct lease *l;
+
+	pthread_mutex_lock(dc->env.state_lock);
+	l = dc->env.sink.lease_of(dc->env.sink.ctx, c);
+	if (l && !lease_unpin(dc->env.leases, l, p)) {
+		registry_set_model_pins(dc->env.reg, p->model,
+					lease_model_pins(dc->env.leases, p->model));
+		registry_counter_add(dc->env.reg, WD_CTR_PINS, -1);
+	}
+	pthread_mutex_unlock(dc->env.state_lock);
+}
+
+void devcache_map(struct devcache *dc, struct tier_client *c, int sock,
+		  const struct wd_sqe *sqe, const char *arg, uint16_t arg_len, uint32_t model,
+		  struct wd_cqe *cqe, char *out)
+{
+	struct wd_devmap_reply rep = { 0 };
+	struct dentry *e;
+	struct dgpu *g;
+	uint32_t first;
+	struct tier_form f;
+	int ret, msgs;
+
+	g = map_target(dc, sqe, arg, arg_len, model, &f, &first, cqe, out);
+	if (!g)
+		return;
 	pthread_mutex_lock(&dc->lock);
 	e = dev_find(dc, g, first, &f);
 	if (!e || !e->resident) {
 		pthread_mutex_unlock(&dc->lock);
-		cqe->data_len = ops_msg(out, "device_map: component %u is not resident on cuda:%d "
-					"in that form (LOAD it there first)", first, g->ordinal);
+		cqe->data_len = tier_msg(out, "device_map: component %u is not resident on cuda:%d "
+					 "in that form (LOAD it there first)", first, g->ordinal);
 		cqe->res = -ENODATA;
 		return;
 	}
-	pthread_mutex_lock(&d->state_lock);
-	ret = c->gone ? -ECONNRESET : lease_pin(&d->leases, &c->lease, &p);
-	if (ret == 0) {
-		registry_set_model_pins(d->reg, model, lease_model_pins(&d->leases, model));
-		registry_counter_add(d->reg, WD_CTR_PINS, 1);
-	}
-	pthread_mutex_unlock(&d->state_lock);
+	ret = pin_map(dc, c, &(struct lease_pin){ .model = model, .component = first,
+						  .tier = sqe->tier });
 	if (ret < 0) {
 		pthread_mutex_unlock(&dc->lock);
 		cqe->res = ret;
 		return;
 	}
-	msgs = send_table(c->fd, e, ++dc->token, &rep.n_tensors);
+	msgs = send_table(sock, e, ++dc->token, &rep.n_tensors);
 	if (msgs < 0) {
-		if (ret == 0) {
-			pthread_mutex_lock(&d->state_lock);
-			if (!lease_unpin(&d->leases, &c->lease, &p)) {
-				registry_set_model_pins(d->reg, model,
-							lease_model_pins(&d->leases, model));
-				registry_counter_add(d->reg, WD_CTR_PINS, -1);
-			}
-			pthread_mutex_unlock(&d->state_lock);
-		}
+		if (ret == 0)
+			unpin_map(dc, c, &(struct lease_pin){ .model = model, .component = first,
+							      .tier = sqe->tier });
 		pthread_mutex_unlock(&dc->lock);
-		cqe->data_len = ops_msg(out, "device_map: cannot send the allocation on the socket: "
-					"%s", strerror(-msgs));
+		cqe->data_len = tier_msg(out, "device_map: cannot send the allocation on the "
+					 "socket: %s", strerror(-msgs));
 		cqe->res = msgs;
 		return;
 	}
-	dev_sync_pins(d);
+	dev_sync_pins(dc);
 	rep.ordinal = (uint32_t)g->ordinal;
 	rep.kind = strcmp(dc->ops->kind, "emulated") ? WD_DEVICE_KIND_CUDA :
 		   WD_DEVICE_KIND_EMULATED;
@@ -192,21 +232,20 @@ static void copy_path(const struct dgpu *g, struct wd_device_info *v)
 		v->flags |= WD_DEVICE_F_OFF_NODE;
 }
 
-uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_out,
+uint32_t devcache_list(struct devcache *dc, uint32_t start, void *out, uint16_t *n_out,
 		       uint16_t *text_len)
 {
-	struct devcache *dc = d->dc;
 	struct wd_device_info *v = out;
 	uint16_t k = 0;
 
 	*n_out = 0;
 	*text_len = 0;
 	if (!dc->n) {
-		*text_len = ops_msg(out, "%s", dc->why);
+		*text_len = tier_msg(out, "%s", dc->why);
 		return 0;
 	}
 	pthread_mutex_lock(&dc->lock);
-	dev_sync_pins(d);
+	dev_sync_pins(dc);
 	for (uint32_t i = start; i < dc->n && k < WD_DEVICES_PER_REPLY; i++) {
 		const struct dgpu *g = &dc->g[i];
 		struct evict_counters ec;
@@ -238,42 +277,29 @@ uint32_t devcache_list(struct daemon *d, uint32_t start, void *out, uint16_t *n_
 	return dc->n;
 }
 
-int64_t devcache_trim(struct daemon *d, uint32_t tier, uint64_t bytes, char *out,
+int64_t devcache_trim(struct devcache *dc, uint32_t tier, uint64_t bytes, char *out,
 		      uint16_t *out_len)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = dc ? dev_gpu_of(dc, tier) : NULL;
 	struct trim_wait tw = { .done = false };
-	char key[EVICT_KEY_MAX];
 	struct dentry *later = NULL;
 	struct dwork *w;
-	uint64_t now = wd_now_ns();
-	int64_t freed = 0;
+	int64_t freed;
 	unsigned int n = 0;
 
 	if (!g) {
-		*out_len = ops_msg(out, "device_trim: no GPU tier %u (%u GPUs%s%s)", tier,
-				   dc ? dc->n : 0, dc && !dc->n ? ": " : "", dc && !dc->n ? dc->why : "");
+		*out_len = tier_msg(out, "device_trim: no GPU tier %u (%u GPUs%s%s)", tier,
+				    dc ? dc->n : 0, dc && !dc->n ? ": " : "",
+				    dc && !dc->n ? dc->why : "");
 		return -ENOTSUP;
 	}
 	w = calloc(1, sizeof(*w));
 	if (!w) {
-		*out_len = ops_msg(out, "device_trim: out of memory");
+		*out_len = tier_msg(out, "device_trim: out of memory");
 		return -ENOMEM;
 	}
 	pthread_mutex_lock(&dc->lock);
-	dev_sync_pins(d);
-	while ((uint64_t)freed < bytes && !evict_next_victim(g->pol, now, key)) {
-		struct dentry *x = dev_find_key(dc, g, key);
-
-		if (x) {
-			freed += (int64_t)x->size;
-			dev_evict_detach(d, x, &later);
-			n++;
-		} else {
-			evict_remove(g->pol, key, true);
-		}
-	}
+	freed = dev_evict_until(dc, g, bytes, &later, &n);
 	pthread_mutex_unlock(&dc->lock);
 	if (!later) {
 		free(w);
@@ -298,9 +324,8 @@ int64_t devcache_trim(struct daemon *d, uint32_t tier, uint64_t bytes, char *out
 	return freed;
 }
 
-uint64_t devcache_bytes(struct daemon *d)
+uint64_t devcache_bytes(struct devcache *dc)
 {
-	struct devcache *dc = d->dc;
 	uint64_t n = 0;
 
 	if (!dc)

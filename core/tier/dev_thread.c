@@ -44,14 +44,51 @@ void dev_free_later(struct devcache *dc, struct dgpu *g, struct gpu_vram *v)
 	dev_queue_work(dc, w);
 }
 
+/* Runs work item @w in its GPU's context, then frees it. Device thread, no lock held. */
+static void run_item(struct devcache *dc, struct dwork *w)
+{
+	/* Every device operation of this item runs in its GPU's context. */
+	struct dgpu *g = w->free_vram || w->trim ? w->g : w->e->g;
+	void *saved = NULL;
+	char why[160];
+
+	if (dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why)))
+		log_error(MOD, "\"cannot make the GPU's context current\" ordinal=%d why=\"%s\"",
+			  g->ordinal, why);
+	if (w->trim) {
+		/* Even when stopping: the shard waits for it. */
+		dev_evict_finish(dc, w->evicted);
+		pthread_mutex_lock(&w->trim->lock);
+		w->trim->done = true;
+		pthread_cond_signal(&w->trim->cond);
+		pthread_mutex_unlock(&w->trim->lock);
+	} else if (w->free_vram) {
+		dc->ops->vram_free(w->g->dev, &w->v);
+	} else if (w->stream && !dc->stop) {
+		dev_stream_fill(dc, w->e, w);
+	} else if (dc->stop || w->stream) {
+		dev_fill(dc, w->e, -ECANCELED, "load: the daemon is shutting down", 0, NULL);
+	} else {
+		dev_fill(dc, w->e, w->err, w->msg, w->read_bytes, w->held ? &w->l : NULL);
+	}
+	if (w->held && w->l.key[0]) {
+		/* Not consumed (shutdown): give the hold back. */
+		hostcache_unhold(dc->hc, &w->l);
+	}
+	free(w->l.t);
+	hostcache_src_free(w->src, w->l.n_t);
+	free(w);
+	dc->ops->ctx_leave(g->dev, saved);
+}
+
+/* The device thread (@arg: the tier): opens the GPUs, reports ready, then runs the queue in
+ * order until devcache_stop(); what is queued when it stops still runs (loads fail with
+ * -ECANCELED, trims finish). */
 void *dev_thread_main(void *arg)
 {
-	struct daemon *d = arg;
-	struct devcache *dc = d->dc;
-	struct dgpu *cur;
-	void *saved = NULL;
+	struct devcache *dc = arg;
 
-	dev_open_devices(d);
+	dev_open_devices(dc);
 	pthread_mutex_lock(&dc->qlock);
 	dc->ready = true;
 	pthread_cond_broadcast(&dc->qcond);
@@ -67,39 +104,7 @@ void *dev_thread_main(void *arg)
 		if (!dc->qhead)
 			dc->qtail = NULL;
 		pthread_mutex_unlock(&dc->qlock);
-		{
-			/* Every device operation of this item runs in its GPU's context. */
-			struct dgpu *g = w->free_vram || w->trim ? w->g : w->e->g;
-			char why[160];
-
-			if (dc->ops->ctx_enter(g->dev, &saved, why, sizeof(why)))
-				log_error(MOD, "\"cannot make the GPU's context current\" ordinal=%d "
-					  "why=\"%s\"", g->ordinal, why);
-			cur = g;
-		}
-		if (w->trim) {
-			/* Even when stopping: the shard waits for it. */
-			dev_evict_finish(d, w->evicted);
-			pthread_mutex_lock(&w->trim->lock);
-			w->trim->done = true;
-			pthread_cond_signal(&w->trim->cond);
-			pthread_mutex_unlock(&w->trim->lock);
-		} else if (w->free_vram)
-			dc->ops->vram_free(w->g->dev, &w->v);
-		else if (w->stream && !dc->stop)
-			dev_stream_fill(d, w->e, w);
-		else if (dc->stop || w->stream)
-			dev_fill(d, w->e, -ECANCELED, "load: the daemon is shutting down", 0, NULL);
-		else
-			dev_fill(d, w->e, w->err, w->msg, w->read_bytes, w->held ? &w->l : NULL);
-		if (w->held && w->l.key[0]) {
-			/* Not consumed (shutdown): give the hold back. */
-			hostcache_unhold(d->hc, &w->l);
-		}
-		free(w->l.t);
-		hostcache_src_free(w->src, w->l.n_t);
-		free(w);
-		dc->ops->ctx_leave(cur->dev, saved);
+		run_item(dc, w);
 		pthread_mutex_lock(&dc->qlock);
 	}
 	pthread_mutex_unlock(&dc->qlock);
@@ -110,7 +115,7 @@ void *dev_thread_main(void *arg)
 void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
 		    uint64_t read_bytes, struct hostcache_layout *held)
 {
-	struct daemon *d = ctx;
+	struct devcache *dc = ctx;
 	struct dwork *w = calloc(1, sizeof(*w));
 
 	if (!w) {
@@ -130,5 +135,5 @@ void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
 		w->held = true;
 	}
 	snprintf(w->msg, sizeof(w->msg), "%s", err && msg ? msg : "");
-	dev_queue_work(d->dc, w);
+	dev_queue_work(dc, w);
 }

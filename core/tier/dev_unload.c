@@ -10,26 +10,25 @@
 
 #include "core/base/log.h"
 
-int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_t comp,
+int64_t devcache_unload(struct devcache *dc, uint32_t tier, uint32_t model, uint32_t comp,
 			char *out, uint16_t *out_len)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = dev_gpu_of(dc, tier);
 	uint32_t first, n;
 	int64_t freed = 0;
 
 	if (!g)
 		return 0;
-	dev_targets(d, model, comp, &first, &n);
+	tier_targets(&dc->env, model, comp, &first, &n);
 	pthread_mutex_lock(&dc->lock);
-	dev_sync_pins(d);
+	dev_sync_pins(dc);
 	for (struct dentry *e = dc->entries; e; e = e->next) {
 		if (e->g != g || e->comp < first || e->comp >= first + n)
 			continue;
 		if (!e->resident || e->pins) {
 			pthread_mutex_unlock(&dc->lock);
-			*out_len = ops_msg(out, "unload: %s is %s; retry later", e->key,
-					   e->resident ? "mapped or pinned by a client" : "loading");
+			*out_len = tier_msg(out, "unload: %s is %s; retry later", e->key,
+					    e->resident ? "mapped or pinned by a client" : "loading");
 			return -EBUSY;
 		}
 	}
@@ -40,7 +39,7 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 			continue;
 		e->owner->n_aliases--;
 		dev_unlink_entry(dc, e);
-		dev_set_state(d, e, WD_STATE_ABSENT, 0);
+		dev_set_state(dc, e, WD_STATE_ABSENT, 0);
 		log_info(MOD, "\"unloaded\" key=\"%s\" shared=\"%s\"", e->key, e->owner->key);
 		dev_free_entry(e);
 	}
@@ -49,10 +48,10 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 		if (e->g != g || e->comp < first || e->comp >= first + n)
 			continue;
 		dev_unlink_entry(dc, e);
-		dev_set_state(d, e, WD_STATE_ABSENT, 0);
+		dev_set_state(dc, e, WD_STATE_ABSENT, 0);
 		evict_remove(g->pol, e->key, false);
 		if (e->n_aliases) {
-			dev_hand_on(d, e);
+			dev_hand_on(dc, e);
 			/* The list changed: start over (entries in range are only owners now). */
 			next = dc->entries;
 		} else {
@@ -62,7 +61,7 @@ int64_t devcache_unload(struct daemon *d, uint32_t tier, uint32_t model, uint32_
 		}
 		dev_free_entry(e);
 	}
-	dev_sync_pins(d);
+	dev_sync_pins(dc);
 	pthread_mutex_unlock(&dc->lock);
 	return freed;
 }

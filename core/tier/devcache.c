@@ -76,12 +76,11 @@ static int usable(const struct gpu_ops *ops, struct gpu_dev *dev, int i, char *w
  * dc->why, when it is not used: ordinals are tier numbers, so a device that fails to open ends
  * the list. @why (@why_size bytes) keeps the last driver message. Device thread.
  */
-static bool open_one(struct daemon *d, int i, struct placement *pl, char *why,
+static bool open_one(struct devcache *dc, int i, struct placement *pl, char *why,
 		     size_t why_size)
 {
-	struct devcache *dc = d->dc;
 	struct dgpu *g = &dc->g[dc->n];
-	uint64_t pct = d->cfg.device_budget_pct ? d->cfg.device_budget_pct :
+	uint64_t pct = dc->cfg.budget_pct ? dc->cfg.budget_pct :
 		       100u - DEVCACHE_DEFAULT_HEADROOM_PCT;
 	char tier[16];
 	void *saved = NULL;
@@ -110,7 +109,7 @@ static bool open_one(struct daemon *d, int i, struct placement *pl, char *why,
 		snprintf(dc->why, sizeof(dc->why), "cuda:%d not used: %s", i, why);
 		return false;
 	}
-	g->budget = d->cfg.device_budget ? d->cfg.device_budget :
+	g->budget = dc->cfg.budget ? dc->cfg.budget :
 		    g->info.total_bytes / 100 * pct;
 	if (g->budget > g->info.total_bytes)
 		g->budget = g->info.total_bytes;
@@ -147,9 +146,8 @@ static bool open_one(struct daemon *d, int i, struct placement *pl, char *why,
 
 /* Picks the gpu_ops and opens the GPUs (open_one()); with none, dc->why says why. Device
  * thread, before it reports ready. */
-void dev_open_devices(struct daemon *d)
+void dev_open_devices(struct devcache *dc)
 {
-	struct devcache *dc = d->dc;
 	struct placement *pl = NULL;
 	char why[160] = "";
 	int n;
@@ -169,25 +167,29 @@ void dev_open_devices(struct daemon *d)
 	if (strcmp(dc->ops->kind, "emulated"))
 		placement_open_this_system(true, &pl);
 	for (int i = 0; i < n; i++)
-		if (!open_one(d, i, pl, why, sizeof(why)))
+		if (!open_one(dc, i, pl, why, sizeof(why)))
 			break;
 	placement_close(pl);
 	if (!dc->n)
 		snprintf(dc->why, sizeof(dc->why), "no GPU could be opened (%s)", why);
 }
 
-int devcache_create(struct daemon *d)
+int devcache_create(const struct tier_env *env, const struct devcache_config *cfg,
+		    struct hostcache *hc, struct devcache **out)
 {
 	struct devcache *dc = calloc(1, sizeof(*dc));
 	int ret;
 
+	*out = dc;
 	if (!dc)
 		return -ENOMEM;
+	dc->env = *env;
+	dc->cfg = *cfg;
+	dc->hc = hc;
 	pthread_mutex_init(&dc->lock, NULL);
 	pthread_mutex_init(&dc->qlock, NULL);
 	pthread_cond_init(&dc->qcond, NULL);
-	d->dc = dc;
-	ret = pthread_create(&dc->thread, NULL, dev_thread_main, d);
+	ret = pthread_create(&dc->thread, NULL, dev_thread_main, dc);
 	if (ret)
 		return -ret;
 	dc->started = true;
@@ -200,15 +202,13 @@ int devcache_create(struct daemon *d)
 	return 0;
 }
 
-unsigned int devcache_count(struct daemon *d)
+unsigned int devcache_count(const struct devcache *dc)
 {
-	return d->dc ? d->dc->n : 0;
+	return dc ? dc->n : 0;
 }
 
-void devcache_stop(struct daemon *d)
+void devcache_stop(struct devcache *dc)
 {
-	struct devcache *dc = d->dc;
-
 	if (!dc || !dc->started)
 		return;
 	pthread_mutex_lock(&dc->qlock);
@@ -219,12 +219,11 @@ void devcache_stop(struct daemon *d)
 	dc->started = false;
 }
 
-void devcache_destroy(struct daemon *d)
+void devcache_destroy(struct devcache *dc)
 {
-	struct devcache *dc = d->dc;
 	if (!dc)
 		return;
-	devcache_stop(d);
+	devcache_stop(dc);
 	for (unsigned int i = 0; i < dc->n; i++) {
 		struct dgpu *g = &dc->g[i];
 		void *saved = NULL;
@@ -262,5 +261,4 @@ void devcache_destroy(struct daemon *d)
 	pthread_mutex_destroy(&dc->qlock);
 	pthread_mutex_destroy(&dc->lock);
 	free(dc);
-	d->dc = NULL;
 }
