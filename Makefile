@@ -30,7 +30,7 @@ endif
 # then call make again. GNU make remakes an included makefile (here: runs ./configure) before
 # it runs any goal, so config.mk is left out when those goals, which build nothing
 # themselves, are the only ones asked for; the inner make includes it.
-PRECONFIG_GOALS := deps deps-test run test help clean gpu-check
+PRECONFIG_GOALS := deps deps-test run test help clean gpu-check bench-peers
 ifneq ($(filter-out $(PRECONFIG_GOALS),$(or $(MAKECMDGOALS),all)),)
 include $(BUILD)/config.mk
 endif
@@ -258,8 +258,11 @@ bench-python: $(BINS) $(CLIENT_LIB)
 # numpy.fromfile on one LLaMA-like checkpoint (2G unless SIZE= is given), each reader in a
 # fresh process. The peers come from PyPI into a cached virtual environment
 # (scripts/pyenv.sh bench, pinned in scripts/python/bench.txt). Not part of make test.
+# Like `make test`, it installs its prerequisites first (python3-venv among them), so that a
+# fresh machine runs it with this one command.
 .PHONY: bench-peers
-bench-peers: $(BINS) $(CLIENT_LIB)
+bench-peers: deps-test
+	@$(MAKE) --no-print-directory $(BINS) $(CLIENT_LIB)
 	@py=$$(scripts/pyenv.sh bench) && $$py bench/bench_peers.py --build $(BUILD) \
 		--size $(if $(filter command line environment,$(origin SIZE)),$(SIZE),2G)
 
