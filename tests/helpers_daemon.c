@@ -62,7 +62,7 @@ void td_daemon_dump_log(const struct td_daemon *d)
 {
 	char line[512];
 	long lines = 0, skip;
-	FILE *f = fopen(d->log, "r");
+	FILE *f = d ? fopen(d->log, "r") : NULL;
 
 	if (!f)
 		return;
@@ -169,6 +169,26 @@ int td_daemon_setup_args(struct td_daemon *d, const char *const *extra)
 	if (ret)
 		return ret;
 	return td_daemon_start(d);
+}
+
+int td_group_setup(struct td_daemon *d, const char *const *extra)
+{
+	int ret = td_daemon_setup_args(d, extra);
+
+	if (ret)
+		fprintf(stderr, "cannot start weightd: %s\n", strerror(-ret));
+	return ret ? -1 : 0;
+}
+
+struct weightd *td_attach(const struct td_daemon *d, const char *name, uint32_t spin_us,
+			  uint32_t request_timeout_ms, int *err)
+{
+	struct weightd_attach_opts o = { .spin_us = spin_us, .client_name = name,
+					 .request_timeout_ms = request_timeout_ms };
+	struct weightd *w = NULL;
+
+	*err = weightd_attach(d->socket, &o, &w);
+	return *err ? NULL : w;
 }
 
 int td_daemon_kill(struct td_daemon *d, int sig, int timeout_ms)

@@ -34,23 +34,14 @@
 #include "shm/attach.h"
 #include "tests/helpers_daemon.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			print_error("%s:%d: check failed: %s\n  ", __FILE__, __LINE__, #cond); \
-			print_error(__VA_ARGS__);                                          \
-			print_error("\n  last error: %s\n", weightd_last_error());         \
-			fail();                                                            \
-		}                                                                          \
-	} while (0)
+#define CHECK(cond, ...) TD_CHECK(NULL, cond, __VA_ARGS__)
 
 static struct td_daemon daemon_;
 
 static struct weightd *attach_ok(void)
 {
-	struct weightd_attach_opts o = { .spin_us = 20, .client_name = "test_client" };
-	struct weightd *w = NULL;
-	int ret = weightd_attach(daemon_.socket, &o, &w);
+	int ret;
+	struct weightd *w = td_attach(&daemon_, "test_client", 20, 0, &ret);
 
 	if (ret)
 		td_daemon_dump_log(&daemon_);
@@ -920,13 +911,8 @@ static void test_shutdown(void **state)
 
 static int group_setup(void **state)
 {
-	int ret;
-
 	(void)state;
-	ret = td_daemon_setup(&daemon_);
-	if (ret)
-		fprintf(stderr, "cannot start weightd: %s\n", strerror(-ret));
-	return ret ? -1 : 0;
+	return td_group_setup(&daemon_, NULL);
 }
 
 static int group_teardown(void **state)

@@ -28,16 +28,7 @@
 #include "core/format/st_write.h"
 #include "tests/helpers_daemon.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			print_error("%s:%d: check failed: %s\n  ", __FILE__, __LINE__, #cond); \
-			print_error(__VA_ARGS__);                                          \
-			print_error("\n  last error: %s\n", weightd_last_error());         \
-			td_daemon_dump_log(&daemon_);                                      \
-			fail();                                                            \
-		}                                                                          \
-	} while (0)
+#define CHECK(cond, ...) TD_CHECK(&daemon_, cond, __VA_ARGS__)
 
 #define REG_TENSORS "2048"	/* the demo models take 1,399 */
 #define BIG_TENSORS 1000u
@@ -46,9 +37,8 @@ static struct td_daemon daemon_;
 
 static struct weightd *attach_ok(void)
 {
-	struct weightd_attach_opts o = { .client_name = "test_registry_limits" };
-	struct weightd *w = NULL;
-	int ret = weightd_attach(daemon_.socket, &o, &w);
+	int ret;
+	struct weightd *w = td_attach(&daemon_, "test_registry_limits", 0, 0, &ret);
 
 	CHECK(ret == 0 && w, "weightd_attach(%s) = %d", daemon_.socket, ret);
 	return w;
@@ -205,13 +195,9 @@ static void test_registry_full(void **state)
 static int group_setup(void **state)
 {
 	static const char *const extra[] = { "--registry-tensors", REG_TENSORS, NULL };
-	int ret;
 
 	(void)state;
-	ret = td_daemon_setup_args(&daemon_, extra);
-	if (ret)
-		fprintf(stderr, "cannot start weightd: %s\n", strerror(-ret));
-	return ret ? -1 : 0;
+	return td_group_setup(&daemon_, extra);
 }
 
 static int group_teardown(void **state)

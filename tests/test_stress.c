@@ -41,16 +41,7 @@
 #include "shm/segment.h"
 #include "tests/helpers_daemon.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			print_error("%s:%d: check failed: %s\n  ", __FILE__, __LINE__, #cond); \
-			print_error(__VA_ARGS__);                                          \
-			print_error("\n  last error: %s\n", weightd_last_error());         \
-			td_daemon_dump_log(&daemon_);                                      \
-			fail();                                                            \
-		}                                                                          \
-	} while (0)
+#define CHECK(cond, ...) TD_CHECK(&daemon_, cond, __VA_ARGS__)
 
 #define SEC 1000000000ull
 #define MAX_CHILDREN 16
@@ -646,16 +637,11 @@ static void test_restart(void **state)
 
 static int group_setup(void **state)
 {
-	int ret;
-
 	(void)state;
 	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (sh == MAP_FAILED)
 		return -1;
-	ret = td_daemon_setup(&daemon_);
-	if (ret)
-		fprintf(stderr, "cannot start weightd: %s\n", strerror(-ret));
-	return ret ? -1 : 0;
+	return td_group_setup(&daemon_, NULL);
 }
 
 static int group_teardown(void **state)

@@ -26,16 +26,7 @@
 
 #include "tests/helpers_daemon.h"
 
-#define CHECK(cond, ...)                                                                   \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			print_error("%s:%d: check failed: %s\n  ", __FILE__, __LINE__, #cond); \
-			print_error(__VA_ARGS__);                                          \
-			print_error("\n  last error: %s\n", weightd_last_error());         \
-			td_daemon_dump_log(&daemon_);                                      \
-			fail();                                                            \
-		}                                                                          \
-	} while (0)
+#define CHECK(cond, ...) TD_CHECK(&daemon_, cond, __VA_ARGS__)
 
 #define TIMEOUT_MS 2000u
 #define BIG_MODEL_SIZE "64M"
@@ -75,10 +66,8 @@ static void stop_daemon(pid_t pid)
 
 static struct weightd *attach_with(uint32_t timeout_ms)
 {
-	struct weightd_attach_opts o = { .client_name = "test_timeout",
-					 .request_timeout_ms = timeout_ms };
-	struct weightd *w = NULL;
-	int ret = weightd_attach(daemon_.socket, &o, &w);
+	int ret;
+	struct weightd *w = td_attach(&daemon_, "test_timeout", 0, timeout_ms, &ret);
 
 	CHECK(ret == 0 && w, "weightd_attach(%s) = %d", daemon_.socket, ret);
 	return w;
@@ -222,13 +211,9 @@ static void test_status_not_responding(void **state)
 static int group_setup(void **state)
 {
 	static const char *const extra[] = { "--host-budget", "1G", NULL };
-	int ret;
 
 	(void)state;
-	ret = td_daemon_setup_args(&daemon_, extra);
-	if (ret)
-		fprintf(stderr, "cannot start weightd: %s\n", strerror(-ret));
-	return ret ? -1 : 0;
+	return td_group_setup(&daemon_, extra);
 }
 
 static int group_teardown(void **state)
