@@ -418,7 +418,7 @@ int daemon_run(struct daemon *d)
 
 		/* Proof of life for waiting clients (shm/registry.h: heartbeat). */
 		registry_heartbeat(d->reg);
-		/* The worker replaced a corrupt catalog (check_catalog()): the alert is ours. */
+		/* The worker replaced a corrupt catalog (check_catalog(), worker.c): the alert is ours. */
 		if (atomic_load(&d->catalog_rebuilt) && atomic_exchange(&d->catalog_rebuilt, false))
 			alert_catalog_rebuilt(d, d->catalog_aside, d->catalog_why);
 

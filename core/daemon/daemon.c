@@ -127,7 +127,8 @@ const char *daemon_state_dir(const struct daemon *d)
 /*
  * Raises the soft limit on open descriptors to the hard one: every client holds two (its
  * socket and its ring segment), and the default soft limit of 1024 would let a few hundred
- * clients exhaust it. The per-uid caps (on_accept()) keep one user from taking them all.
+ * clients exhaust it. The per-uid caps (on_accept(), core/daemon/control.c) keep one user
+ * from taking them all.
  */
 static void raise_fd_limit(void)
 {
@@ -257,7 +258,7 @@ static struct daemon *daemon_alloc(const struct daemon_config *cfg)
 		return NULL;
 	d->cfg = *cfg;
 	d->lock_fd = d->listen_fd = d->epoll_fd = d->sig_fd = d->stop_efd = -1;
-	/* Taken first, so that it is there when descriptors run out (on_accept()). */
+	/* Taken first, so that it is there when descriptors run out (on_accept() in control.c). */
 	d->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	raise_fd_limit();
 	d->self_uid = geteuid();

@@ -218,7 +218,7 @@ struct daemon {
 	struct devcache *dc;		/* the GPU tiers (core/tier/devcache.h) */
 	struct attach_spare *spare;	/* core/daemon/hello.c: what a hello's reply needs, made ahead */
 	/* Set when the catalog was corrupt, by daemon_create() (not a database) or by the
-	 * worker's check (check_catalog(), then catalog_rebuilt tells the control thread):
+	 * worker's check (check_catalog() in worker.c; catalog_rebuilt tells the control thread):
 	 * where the old file went and SQLite's complaint; empty otherwise. */
 	char catalog_aside[PATH_MAX + 48];
 	char catalog_why[256];
