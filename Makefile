@@ -118,7 +118,7 @@ $(BUILD)/libweightd.so: $(CLIENT_SRCS:%.c=$(BUILD)/%.o) $(CLIENT_GPU_SRCS:%.c=$(
 	ln -sf libweightd.so $@.$(WD_SOVERSION)
 
 WD_SOVERSION := 1
-WD_VERSION := 0.1.0
+WD_VERSION := 0.2.0
 # The /metrics build_info label (core/daemon/metrics.c).
 $(BUILD)/core/daemon/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 # The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that

@@ -933,7 +933,7 @@ int ctl_unload(struct ctl *c, int argc, char **argv)
 	if (!w)
 		return CTL_FAIL;
 	/* The daemon answers success when there is nothing to drop; say which it was. */
-	was = weightd_status(w, argv[optind], o.component, o.tier, NULL);
+	was = weightd_state(w, argv[optind], o.component, o.tier, NULL);
 	ret = weightd_unload(w, argv[optind], o.component, o.tier);
 	if (ret) {
 		ret = failed("unload", &o, ret);
@@ -1090,7 +1090,8 @@ static int cat_device(struct weightd *w, const char *model, const struct dopts *
 
 	ret = weightd_component(w, ti->component, &ci);
 	if (!ret)
-		ret = weightd_device_map(w, model, ci.name[0] ? ci.name : NULL, o->tier - 1, &m);
+		ret = weightd_device_map_opts(w, model, ci.name[0] ? ci.name : NULL, o->tier - 1,
+					      NULL, &m);
 	if (ret)
 		return failed("cat", o, ret);
 	buf = malloc(ti->nbytes ? ti->nbytes : 1);

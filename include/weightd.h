@@ -51,6 +51,18 @@
 extern "C" {
 #endif
 
+/*
+ * Marks an old name that still works (libweightd keeps exporting it) but has a successor: a
+ * program that calls it gets a compiler warning naming the call to use. docs/names.md lists
+ * every name with its deprecated aliases. Define WEIGHTD_NO_DEPRECATION_WARNINGS to silence
+ * them all.
+ */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(WEIGHTD_NO_DEPRECATION_WARNINGS)
+#define WEIGHTD_DEPRECATED(use) __attribute__((deprecated("use " use)))
+#else
+#define WEIGHTD_DEPRECATED(use)
+#endif
+
 /* Tiers: the shared host cache, then one per CUDA device. */
 #define WEIGHTD_TIER_HOST 0u
 #define WEIGHTD_TIER_CUDA(n) (1u + (n))
@@ -374,12 +386,20 @@ struct weightd_device_map;
 /*
  * Maps component @component of @model (NULL: the model's only component), resident on GPU
  * @device (tier cuda:@device; LOAD it there first), into this process: the daemon sends the
- * allocation's file descriptor on the attach socket and this call imports it with the same
- * device layer the daemon uses (the CUDA driver, or the emulated device when the daemon runs
- * one: the client then needs the same $WEIGHTD_GPU_EMULATE). The mapping holds a reference:
- * the daemon neither evicts nor frees the allocation until weightd_device_unmap(), or until
- * this client's connection closes (exit or crash). Mapping a component twice from one handle
- * holds one reference, which the first unmap drops.
+ * allocation's file descriptor on the attach socket (DEVICE_MAP) and this call imports it
+ * with the same device layer the daemon uses (the CUDA driver, or the emulated device when
+ * the daemon runs one: the client then needs the same $WEIGHTD_GPU_EMULATE). The mapping
+ * holds a reference: the daemon neither evicts nor frees the allocation until
+ * weightd_device_unmap(), or until this client's connection closes (exit or crash). Mapping a
+ * component twice from one handle holds one reference, which the first unmap drops.
+ * @opts: the form of the copy to map, the one a LOAD to cuda:@device with the same form made
+ *   (NULL: all tensors as stored). With @opts->dtype (WEIGHTD_DTYPE_F16 or
+ *   WEIGHTD_DTYPE_BF16) a separate allocation in which F32 tensors are that dtype (converted
+ *   on the GPU, bit for bit the host tier's conversion) and have half their size:
+ *   weightd_device_read() reads that many bytes. With a selection (@opts->prefix or
+ *   @opts->names, the load's) a separate allocation that holds only the selected tensors, in
+ *   a compact layout of its own; the others are not in the mapping
+ *   (weightd_tensor_device_info() answers -ENOENT).
  * @device is the daemon's ordinal (its tier cuda:@device). The daemon names the GPU by its
  * PCI bus id, and this process opens the GPU with that bus id, whatever its own ordinal for
  * it is (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER and containers renumber GPUs):
@@ -387,33 +407,25 @@ struct weightd_device_map;
  * weightd_device_read() and weightd_device_unmap()) leaves the calling thread's current
  * context as it found it.
  * Returns 0 and sets *@out; -ENOTSUP (no such GPU, or no GPU tier: the message says why);
- * -ENODATA (not resident there); -EINVAL; -ENOENT; -EPROTO (a malformed message on the
- * socket); -ETIMEDOUT; the import's error (-ENODEV: this process cannot see that GPU, the
- * message names its bus id; -EBUSY: it is in EXCLUSIVE_PROCESS compute mode).
- */
-int weightd_device_map(struct weightd *w, const char *model, const char *component,
-		       unsigned int device, struct weightd_device_map **out);
-
-/*
- * weightd_device_map() of a converted copy: the one a LOAD to cuda:@device with
- * weightd_load_opts.dtype = @dtype (WEIGHTD_DTYPE_F16 or WEIGHTD_DTYPE_BF16; 0: as stored)
- * made, a separate allocation in which F32 tensors are @dtype (converted on the GPU, bit for
- * bit the host tier's conversion) and have half their size: weightd_device_read() reads that
- * many bytes. Same returns; -ENODATA when the component is not resident there in that form.
- */
-int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
-			  unsigned int device, unsigned int dtype, struct weightd_device_map **out);
-
-/*
- * weightd_device_map() of the copy a LOAD to cuda:@device with form @opts made (NULL: all
- * tensors as stored): with a selection (@opts->prefix or @opts->names, the same ones as the
- * load's) a separate allocation that holds only the selected tensors, in a compact layout of
- * its own; the others are not in the mapping (weightd_tensor_device_info() answers -ENOENT).
- * Same returns as weightd_device_map_ex(); -ENODATA when not resident there in that form.
+ * -ENODATA (not resident there, or not in that form); -EINVAL (also for bad @opts); -ENOENT;
+ * -EPROTO (a malformed message on the socket); -ETIMEDOUT; the import's error (-ENODEV: this
+ * process cannot see that GPU, the message names its bus id; -EBUSY: it is in
+ * EXCLUSIVE_PROCESS compute mode).
+ * This is the one current device-map call (docs/names.md says why it keeps the _opts name).
  */
 int weightd_device_map_opts(struct weightd *w, const char *model, const char *component,
 			    unsigned int device, const struct weightd_load_opts *opts,
 			    struct weightd_device_map **out);
+
+/* Deprecated: weightd_device_map_opts() with NULL @opts. */
+int weightd_device_map(struct weightd *w, const char *model, const char *component,
+		       unsigned int device, struct weightd_device_map **out)
+	WEIGHTD_DEPRECATED("weightd_device_map_opts");
+
+/* Deprecated: weightd_device_map_opts() with a form whose only field is .dtype = @dtype. */
+int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
+			  unsigned int device, unsigned int dtype, struct weightd_device_map **out)
+	WEIGHTD_DEPRECATED("weightd_device_map_opts");
 
 /* This process's ordinal of the GPU @m is on (for DLPack, torch.device): -1 for NULL. */
 int weightd_device_ordinal(const struct weightd_device_map *m);
@@ -551,8 +563,8 @@ struct weightd_cache_entry {
 int weightd_cache_list(struct weightd *w, uint32_t start, struct weightd_cache_entry *out,
 		       uint32_t max, uint32_t *n_out);
 
-/* The host tier's counters. */
-struct weightd_cache_stats {
+/* The host tier's counters (weightd_host_stats()). */
+struct weightd_host_stats {
 	uint64_t budget;		/* bytes the host cache may hold */
 	uint64_t bytes;			/* bytes held now */
 	uint64_t entries;
@@ -572,8 +584,24 @@ struct weightd_cache_stats {
 	uint64_t read_direct_bytes, read_buffered_bytes;
 };
 
-/* Fills @out from a STATS request. Returns 0 or a request error. */
-int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out);
+/*
+ * Fills @out with the host tier's part of a STATS reply: the host_* counters of
+ * weightd_counters() (and `weightctl stats`), and the bytes of host cache this client maps.
+ * Returns 0 or a request error.
+ */
+int weightd_host_stats(struct weightd *w, struct weightd_host_stats *out);
+
+/* The old name of struct weightd_host_stats (the same fields), for weightd_cache_stats(). */
+struct weightd_cache_stats {
+	uint64_t budget, bytes, entries, hits, misses, evictions, evict_bytes;
+	uint64_t prefetches, prefetch_hits, loads, read_bytes, coalesced, dedup_bytes;
+	uint64_t refused, failed, cuda_bytes, mapped_bytes;
+	uint64_t read_direct_bytes, read_buffered_bytes;
+};
+
+/* Deprecated: weightd_host_stats(), which says which counters it reads (not the CACHE op). */
+int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+	WEIGHTD_DEPRECATED("weightd_host_stats");
 
 /*
  * Drops @model (or @component; NULL for all) from @tier.
@@ -596,20 +624,33 @@ int weightd_pin(struct weightd *w, const char *model, const char *component, uns
 int weightd_unpin(struct weightd *w, const char *model, const char *component,
 		  unsigned int tier);
 
-/* The daemon's view of one target on one tier. */
-struct weightd_status {
+/* The daemon's view of one target on one tier (weightd_state()). */
+struct weightd_state_info {
 	uint32_t state;			/* enum weightd_state */
 	uint64_t done;			/* bytes loaded so far */
 	uint64_t total;			/* bytes to load */
 };
 
 /*
- * Asks the daemon for the state of @model (or @component; NULL for the whole model) on
- * @tier. Returns the state (enum weightd_state, >= 0) and fills @out (may be NULL);
- * -ENOENT; or a request error.
+ * Asks the daemon (STATE) for the state of @model (or @component; NULL for the whole model)
+ * on @tier: for a whole model failed > loading > evicting > resident, and resident only when
+ * every component is. Returns the state (enum weightd_state, >= 0) and fills @out (may be
+ * NULL); -ENOENT; or a request error. `weightctl state` prints it.
  */
+int weightd_state(struct weightd *w, const char *model, const char *component,
+		  unsigned int tier, struct weightd_state_info *out);
+
+/* The same fields as struct weightd_state_info, for the deprecated weightd_status(). */
+struct weightd_status {
+	uint32_t state;
+	uint64_t done;
+	uint64_t total;
+};
+
+/* Deprecated: weightd_state(), under the name `weightctl status` gives the daemon's status. */
 int weightd_status(struct weightd *w, const char *model, const char *component,
-		   unsigned int tier, struct weightd_status *out);
+		   unsigned int tier, struct weightd_status *out)
+	WEIGHTD_DEPRECATED("weightd_state");
 
 /*
  * Has the daemon discover models under directory @dir (absolute, up to 255 bytes; NULL
@@ -686,7 +727,7 @@ struct weightd_stats {
 	uint64_t host_bytes;		/* bytes of the host cache in use */
 	uint64_t requests_total;	/* requests served to every client */
 	uint64_t errors_total;
-	/* The host tier's (the same values as weightd_cache_stats() and /metrics,
+	/* The host tier's (the same values as weightd_host_stats() and /metrics,
 	 * docs/metrics.md): loads started, bytes they read from disk, evictions and the bytes
 	 * they freed, component requests found resident (hits) and not (misses). */
 	uint64_t loads, load_bytes, evictions, evict_bytes, hits, misses;

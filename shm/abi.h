@@ -176,7 +176,7 @@ enum wd_op {
 	WD_OP_UNLOAD = 4,	/* drop model/component from tier (unless pinned by others) */
 	WD_OP_PIN = 5,		/* keep model/component on tier while this lease lives */
 	WD_OP_UNPIN = 6,	/* release a pin this client holds */
-	WD_OP_STATUS = 7,	/* state and progress of model/component on tier */
+	WD_OP_STATE = 7,	/* state and progress of model/component on tier */
 	WD_OP_SCAN = 8,		/* discover models under the directory in the payload */
 	WD_OP_VALIDATE = 9,	/* re-read and check model/component; streams progress */
 	WD_OP_META_GET = 10,	/* value of key (payload) of a model's metadata, into CQ payload */
@@ -191,6 +191,12 @@ enum wd_op {
 	WD_OP_INFO = 18,	/* the daemon's setup (struct wd_info) in the CQ payload */
 	WD_OP_COUNT
 };
+
+/*
+ * The old name of WD_OP_STATE (docs/names.md): `weightctl status` is the daemon's status, the
+ * op reports one target's state. Same value, so the wire did not change. Deprecated.
+ */
+#define WD_OP_STATUS WD_OP_STATE
 
 /*
  * LOAD arg[0]: what to load of each target component, and in which form.

@@ -157,20 +157,6 @@ static void unpin_ids(struct weightd *w, uint32_t model, uint32_t comp, uint32_t
 	client_submit_wait(w, &rq, &rp);
 }
 
-int weightd_device_map(struct weightd *w, const char *model, const char *component,
-		       unsigned int device, struct weightd_device_map **out)
-{
-	return weightd_device_map_ex(w, model, component, device, 0, out);
-}
-
-int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
-			  unsigned int device, unsigned int dtype, struct weightd_device_map **out)
-{
-	struct weightd_load_opts o = { .dtype = dtype };
-
-	return weightd_device_map_opts(w, model, component, device, &o, out);
-}
-
 int weightd_device_map_opts(struct weightd *w, const char *model, const char *component,
 			    unsigned int device, const struct weightd_load_opts *opts,
 			    struct weightd_device_map **out)
@@ -280,6 +266,21 @@ out:
 	free(m->t);
 	free(m);
 	return ret < 0 ? ret : -EPROTO;
+}
+
+/* Deprecated aliases (docs/names.md): still exported for the programs built with them. */
+int weightd_device_map(struct weightd *w, const char *model, const char *component,
+		       unsigned int device, struct weightd_device_map **out)
+{
+	return weightd_device_map_opts(w, model, component, device, NULL, out);
+}
+
+int weightd_device_map_ex(struct weightd *w, const char *model, const char *component,
+			  unsigned int device, unsigned int dtype, struct weightd_device_map **out)
+{
+	struct weightd_load_opts o = { .dtype = dtype };
+
+	return weightd_device_map_opts(w, model, component, device, &o, out);
 }
 
 int weightd_device_ordinal(const struct weightd_device_map *m)

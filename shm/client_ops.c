@@ -183,18 +183,31 @@ int weightd_unpin(struct weightd *w, const char *model, const char *component,
 	return target_simple(w, WD_OP_UNPIN, "unpin", model, component, tier);
 }
 
-int weightd_status(struct weightd *w, const char *model, const char *component,
-		   unsigned int tier, struct weightd_status *out)
+int weightd_state(struct weightd *w, const char *model, const char *component,
+		  unsigned int tier, struct weightd_state_info *out)
 {
 	struct reply rp;
-	int ret = client_target_op(w, WD_OP_STATUS, model, component, tier, 0, &rp);
+	int ret = client_target_op(w, WD_OP_STATE, model, component, tier, 0, &rp);
 
 	if (ret)
 		return ret;
-	ret = client_result(&rp, "status", model);
+	ret = client_result(&rp, "state", model);
 	if (ret >= 0 && out)
-		*out = (struct weightd_status){ .state = (uint32_t)ret, .done = rp.aux0,
-						.total = rp.aux1 };
+		*out = (struct weightd_state_info){ .state = (uint32_t)ret, .done = rp.aux0,
+						    .total = rp.aux1 };
+	return ret;
+}
+
+/* Deprecated alias (docs/names.md): still exported for the programs built with it. */
+int weightd_status(struct weightd *w, const char *model, const char *component,
+		   unsigned int tier, struct weightd_status *out)
+{
+	struct weightd_state_info st;
+	int ret = weightd_state(w, model, component, tier, &st);
+
+	if (ret >= 0 && out)
+		*out = (struct weightd_status){ .state = st.state, .done = st.done,
+						.total = st.total };
 	return ret;
 }
 

@@ -4,6 +4,7 @@
  * API's enum values (states, tiers, page kinds, alert kinds, error classes).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,7 +43,7 @@ static int fetch_stats(struct weightd *w, uint64_t v[WD_STAT_COUNT])
 	return (int)n;
 }
 
-int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+int weightd_host_stats(struct weightd *w, struct weightd_host_stats *out)
 {
 	uint64_t v[WD_STAT_COUNT] = { 0 };
 	int ret;
@@ -51,7 +52,7 @@ int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
 		return client_fail(-EINVAL, "NULL argument");
 	if ((ret = fetch_stats(w, v)) < 0)
 		return ret;
-	*out = (struct weightd_cache_stats){
+	*out = (struct weightd_host_stats){
 		.budget = v[WD_STAT_HOST_BUDGET],
 		.bytes = v[WD_STAT_HOST_BYTES],
 		.entries = v[WD_STAT_HOST_ENTRIES],
@@ -73,6 +74,28 @@ int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
 		.read_buffered_bytes = v[WD_STAT_HOST_READ_BYTES] - v[WD_STAT_HOST_READ_DIRECT_BYTES],
 	};
 	return 0;
+}
+
+/* The deprecated struct keeps the layout of the one that replaced it. */
+static_assert(sizeof(struct weightd_cache_stats) == sizeof(struct weightd_host_stats) &&
+		      offsetof(struct weightd_cache_stats, mapped_bytes) ==
+			      offsetof(struct weightd_host_stats, mapped_bytes) &&
+		      offsetof(struct weightd_cache_stats, read_buffered_bytes) ==
+			      offsetof(struct weightd_host_stats, read_buffered_bytes),
+	      "weightd_cache_stats mirrors weightd_host_stats");
+
+/* Deprecated alias (docs/names.md): still exported for the programs built with it. */
+int weightd_cache_stats(struct weightd *w, struct weightd_cache_stats *out)
+{
+	struct weightd_host_stats st;
+	int ret;
+
+	if (!out)
+		return client_fail(-EINVAL, "NULL argument");
+	ret = weightd_host_stats(w, &st);
+	if (!ret)
+		memcpy(out, &st, sizeof(*out));
+	return ret;
 }
 
 
@@ -121,7 +144,7 @@ int weightd_stats(struct weightd *w, struct weightd_stats *out)
 		.requests_total = v[WD_STAT_REQUESTS],
 		.errors_total = v[WD_STAT_ERRORS],
 		/* The STATS counters are the one set (shm/stats.h): the same values as
-		 * weightd_cache_stats() and /metrics. */
+		 * weightd_host_stats() and /metrics. */
 		.host_bytes = v[WD_STAT_HOST_BYTES],
 		.loads = v[WD_STAT_HOST_LOADS],
 		.load_bytes = v[WD_STAT_HOST_READ_BYTES],

@@ -2,8 +2,9 @@
  * libweightd against a real build/weightd child process (tests/helpers_daemon.c): attach and
  * its failures (no daemon, a stale socket, and a fake daemon that answers the hello wrongly),
  * ping, registry lookups checked against the safetensors files themselves, pins and their
- * release with the lease, load, status, metadata, stats, a handle shared by threads, the
- * weightctl daemon verbs, and an orderly SHUTDOWN request.
+ * release with the lease, load, state (and the deprecated names of docs/names.md), metadata,
+ * stats, a handle shared by threads, the weightctl daemon verbs, and an orderly SHUTDOWN
+ * request.
  */
 #include <errno.h>
 #include <limits.h>
@@ -449,38 +450,82 @@ static void test_pins(void **state)
 	weightd_detach(other);
 }
 
+/*
+ * The deprecated names of docs/names.md still work, with the same answers as the names that
+ * replaced them: a program built against 0.1 keeps running (the symbols are exported, the
+ * op number is the same), and one compiled again gets a warning, silenced here.
+ */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static_assert(WD_OP_STATUS == WD_OP_STATE && WD_OP_STATE == 7, "STATE keeps STATUS's number");
+static void test_deprecated_aliases(void **state)
+{
+	struct weightd *w = attach_ok();
+	struct weightd_state_info now;
+	struct weightd_status old;
+	struct weightd_host_stats hs;
+	struct weightd_cache_stats cs;
+	struct weightd_device_map *m = NULL, *m2 = NULL;
+	int a, b;
+
+	(void)state;
+	a = weightd_state(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &now);
+	b = weightd_status(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &old);
+	CHECK(a >= 0 && a == b && old.state == now.state && old.total == now.total,
+	      "weightd_state %d (total %llu), weightd_status %d (total %llu)", a,
+	      (unsigned long long)now.total, b, (unsigned long long)old.total);
+	a = weightd_state(w, "no-such", NULL, WEIGHTD_TIER_HOST, NULL);
+	b = weightd_status(w, "no-such", NULL, WEIGHTD_TIER_HOST, NULL);
+	CHECK(a == -ENOENT && b == -ENOENT, "unknown model: state %d, status %d", a, b);
+	a = weightd_host_stats(w, &hs);
+	b = weightd_cache_stats(w, &cs);
+	CHECK(a == 0 && b == 0 && cs.budget == hs.budget && cs.mapped_bytes == hs.mapped_bytes &&
+	      cs.read_buffered_bytes + cs.read_direct_bytes == cs.read_bytes,
+	      "host_stats %d, cache_stats %d (budget %llu vs %llu)", a, b,
+	      (unsigned long long)hs.budget, (unsigned long long)cs.budget);
+	CHECK(weightd_cache_stats(w, NULL) == -EINVAL, "NULL out");
+	/* No GPU tier here: the three device-map calls fail the same way. */
+	a = weightd_device_map_opts(w, "vae-tiny", NULL, 0, NULL, &m);
+	b = weightd_device_map(w, "vae-tiny", NULL, 0, &m2);
+	CHECK(a < 0 && a == b && !m && !m2, "device_map_opts %d, device_map %d", a, b);
+	b = weightd_device_map_ex(w, "vae-tiny", NULL, 0, WEIGHTD_DTYPE_F16, &m2);
+	CHECK(a == b && !m2, "device_map_opts %d, device_map_ex %d", a, b);
+	weightd_detach(w);
+}
+#pragma GCC diagnostic pop
+
 /* Loading: resident, or the daemon's own reason why it cannot (surfaced, not invented). */
 static void test_load_and_status(void **state)
 {
 	struct weightd *w = attach_ok();
-	struct weightd_status st;
+	struct weightd_state_info st;
 	int ret, calls = 0;
 
 	(void)state;
-	ret = weightd_status(w, "no-such", NULL, WEIGHTD_TIER_HOST, &st);
+	ret = weightd_state(w, "no-such", NULL, WEIGHTD_TIER_HOST, &st);
 	CHECK(ret == -ENOENT, "status of an unknown model: %d", ret);
-	ret = weightd_status(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &st);
+	ret = weightd_state(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &st);
 	CHECK(ret >= 0 && ret == (int)st.state, "status vae-tiny: %d (state %u)", ret, st.state);
 	ret = weightd_load(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, &calls);
 	if (ret == 0) {
-		ret = weightd_status(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &st);
+		ret = weightd_state(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, &st);
 		CHECK(ret == WEIGHTD_RESIDENT, "state after load: %d", ret);
 	} else {
 		CHECK((ret == -ENOTSUP || ret == -EOPNOTSUPP) && strlen(weightd_last_error()) > 10,
 		      "load: %d, message '%s'", ret, weightd_last_error());
 	}
 	/*
-	 * One set of counters: weightd_stats(), weightd_cache_stats() and weightd_counters()
+	 * One set of counters: weightd_stats(), weightd_host_stats() and weightd_counters()
 	 * show the same host hits and misses (the load above was a miss), each counter named
 	 * once.
 	 */
 	{
-		struct weightd_cache_stats cs;
+		struct weightd_host_stats cs;
 		struct weightd_stats s;
 		uint64_t v[64];
 		int n = weightd_counters(w, v, 64), hits = -1, misses = -1;
 
-		CHECK(n > 0 && weightd_stats(w, &s) == 0 && weightd_cache_stats(w, &cs) == 0,
+		CHECK(n > 0 && weightd_stats(w, &s) == 0 && weightd_host_stats(w, &cs) == 0,
 		      "counters: %d %s", n, weightd_last_error());
 		for (int i = 0; i < n && i < 64; i++) {
 			const char *name = weightd_counter_name((unsigned int)i, NULL);
@@ -565,7 +610,7 @@ static void test_model_by_path(void **state)
 		      m, ret, id, *rows[i].id, weightd_last_error());
 		ret = weightd_load(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST, 0, NULL, NULL);
 		CHECK(ret == 0, "row %zu: load %s: %d %s", i, m, ret, weightd_last_error());
-		ret = weightd_status(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST, NULL);
+		ret = weightd_state(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST, NULL);
 		CHECK(ret == WEIGHTD_RESIDENT, "row %zu: status %s: %d %s", i, m, ret,
 		      weightd_last_error());
 		ret = weightd_pin(w, m, vae ? NULL : "vae", WEIGHTD_TIER_HOST);
@@ -934,6 +979,7 @@ int main(void)
 		cmocka_unit_test(test_tensor_matches_file),
 		cmocka_unit_test(test_pins),
 		cmocka_unit_test(test_load_and_status),
+		cmocka_unit_test(test_deprecated_aliases),
 		cmocka_unit_test(test_meta),
 		cmocka_unit_test(test_model_by_path),
 		cmocka_unit_test(test_scan_validate),

@@ -529,7 +529,7 @@ static void test_ops(void **state)
 	ret = call(&c, sqe_of(WD_OP_LOOKUP, WD_ID_NONE), "nope", 4, &r);
 	CHECK(ret == -ENOENT && strstr(r.data, "nope"), "lookup nope: %d \"%s\"", ret, r.data);
 
-	struct wd_sqe st = sqe_of(WD_OP_STATUS, llama);
+	struct wd_sqe st = sqe_of(WD_OP_STATE, llama);
 
 	ret = call(&c, st, NULL, 0, &r);
 	CHECK(ret == WD_STATE_ABSENT && r.cqe.aux0 == 0 && r.cqe.aux1 == m.nbytes,
@@ -588,8 +588,8 @@ static void test_ops(void **state)
 		{ "opcode 0", { .opcode = 0 }, -EOPNOTSUPP },
 		{ "opcode 200", { .opcode = 200 }, -EOPNOTSUPP },
 		{ "reserved", { .opcode = WD_OP_PING, .reserved = 1 }, -EINVAL },
-		{ "tier 16", { .opcode = WD_OP_STATUS, .tier = 16, .model = llama }, -EINVAL },
-		{ "model beyond", { .opcode = WD_OP_STATUS, .model = 999999,
+		{ "tier 16", { .opcode = WD_OP_STATE, .tier = 16, .model = llama }, -EINVAL },
+		{ "model beyond", { .opcode = WD_OP_STATE, .model = 999999,
 				    .component = WD_ID_NONE }, -ENOENT },
 		{ "component of another model", { .opcode = WD_OP_PIN, .model = llama,
 						  .component = 0 }, -EINVAL },

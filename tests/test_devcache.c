@@ -191,8 +191,8 @@ static uint32_t model_pins(struct weightd *w, const char *model)
 
 static uint32_t gpu_state(struct weightd *w, const char *model)
 {
-	struct weightd_status st;
-	int ret = weightd_status(w, model, NULL, WEIGHTD_TIER_CUDA(0), &st);
+	struct weightd_state_info st;
+	int ret = weightd_state(w, model, NULL, WEIGHTD_TIER_CUDA(0), &st);
 
 	CHECK(ret >= 0, "status %s: %s", model, weightd_last_error());
 	return st.state;
@@ -200,7 +200,7 @@ static uint32_t gpu_state(struct weightd *w, const char *model)
 
 static uint32_t host_state(struct weightd *w, const char *model)
 {
-	int ret = weightd_status(w, model, NULL, WEIGHTD_TIER_HOST, NULL);
+	int ret = weightd_state(w, model, NULL, WEIGHTD_TIER_HOST, NULL);
 
 	CHECK(ret >= 0, "status %s: %s", model, weightd_last_error());
 	return (uint32_t)ret;
@@ -208,9 +208,9 @@ static uint32_t host_state(struct weightd *w, const char *model)
 
 static uint64_t host_read_bytes(struct weightd *w)
 {
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 
-	CHECK(weightd_cache_stats(w, &cs) == 0, "stats: %s", weightd_last_error());
+	CHECK(weightd_host_stats(w, &cs) == 0, "stats: %s", weightd_last_error());
 	return cs.read_bytes;
 }
 
@@ -297,7 +297,7 @@ static void test_corpus(void **state)
 		ret = load_gpu(w, base);
 		CHECK(ret == 0, "load %s to cuda:0: %s", base, weightd_last_error());
 		CHECK(gpu_state(w, base) == WEIGHTD_RESIDENT, "%s not resident on cuda:0", base);
-		ret = weightd_device_map(w, base, NULL, 0, &m);
+		ret = weightd_device_map_opts(w, base, NULL, 0, NULL, &m);
 		CHECK(ret == 0, "map %s: %s", base, weightd_last_error());
 		tensors += verify_model(w, m, base);
 		weightd_device_unmap(w, m);
@@ -409,7 +409,7 @@ static void test_copy_path(void **state)
 			   WEIGHTD_LOAD_NO_PROGRESS, NULL, NULL) == 0, "load to cuda:1: %s",
 	      weightd_last_error());
 	setenv("WEIGHTD_GPU_EMULATE", "2:64M", 1);
-	CHECK(weightd_device_map(w, "large_4MiB", NULL, 1, &m) == 0, "map cuda:1: %s",
+	CHECK(weightd_device_map_opts(w, "large_4MiB", NULL, 1, NULL, &m) == 0, "map cuda:1: %s",
 	      weightd_last_error());
 	CHECK(equal_to_host(w, m, "large_4MiB") > 0, "no tensors");
 	weightd_device_unmap(w, m);
@@ -426,7 +426,7 @@ static void *map_on_thread(void *arg)
 	intptr_t bad = 0;
 
 	/* A thread with no current context (a GC thread running a DLPack deleter). */
-	if (weightd_device_map(w, "large_4MiB", NULL, 1, &m))
+	if (weightd_device_map_opts(w, "large_4MiB", NULL, 1, NULL, &m))
 		return (void *)1;
 	bad |= gpu_emu_current() != -1 ? 2 : 0;
 	weightd_device_unmap(w, m);
@@ -463,7 +463,7 @@ static void test_ordinals(void **state)
 	      weightd_last_error());
 
 	setenv("WEIGHTD_GPU_EMULATE_VISIBLE", "1", 1);
-	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	rc = weightd_device_map_opts(w, "large_4MiB", NULL, 1, NULL, &m);
 	CHECK(rc == 0, "map of the daemon's cuda:1 seen here as cuda:0: %s", weightd_last_error());
 	CHECK(weightd_device_ordinal(m) == 0, "local ordinal %d, want 0",
 	      weightd_device_ordinal(m));
@@ -472,7 +472,7 @@ static void test_ordinals(void **state)
 	m = NULL;
 
 	setenv("WEIGHTD_GPU_EMULATE_VISIBLE", "0", 1);
-	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	rc = weightd_device_map_opts(w, "large_4MiB", NULL, 1, NULL, &m);
 	CHECK(rc == -ENODEV && strstr(weightd_last_error(), "emulated-1") &&
 	      strstr(weightd_last_error(), "not visible"), "map of a GPU this process cannot see: "
 	      "%d (%s)", rc, weightd_last_error());
@@ -481,7 +481,7 @@ static void test_ordinals(void **state)
 	/* The framework's current device is cuda:0; the map is on cuda:1. */
 	CHECK(gpu_emu_ops.open(0, &g0, why, sizeof(why)) == 0, "open: %s", why);
 	CHECK(gpu_emu_ops.ctx_enter(g0, &saved, why, sizeof(why)) == 0, "enter: %s", why);
-	rc = weightd_device_map(w, "large_4MiB", NULL, 1, &m);
+	rc = weightd_device_map_opts(w, "large_4MiB", NULL, 1, NULL, &m);
 	CHECK(rc == 0, "map: %s", weightd_last_error());
 	CHECK(weightd_device_ordinal(m) == 1, "local ordinal %d", weightd_device_ordinal(m));
 	CHECK(gpu_emu_current() == 0, "after map the current context is cuda:%d's",
@@ -566,7 +566,7 @@ static void test_trim(void **state)
 	      weightd_last_error());
 	CHECK(weightd_unload(w, "metadata_rich", NULL, WEIGHTD_TIER_HOST) == 0, "host unload: %s",
 	      weightd_last_error());
-	CHECK(weightd_device_map(w, "all_dtypes", NULL, 0, &m) == 0, "map: %s",
+	CHECK(weightd_device_map_opts(w, "all_dtypes", NULL, 0, NULL, &m) == 0, "map: %s",
 	      weightd_last_error());
 	freed = weightd_device_trim(w, 0, 1);
 	CHECK(freed > 0 && (real || freed == 2 << 20), "trim of 1 byte with one unmapped entry "
@@ -626,7 +626,7 @@ static void test_two_maps(void **state)
 	close(to_parent[1]);
 	CHECK(read(to_parent[0], &c, 1) == 1, "child did not map");
 	close(to_parent[0]);
-	ret = weightd_device_map(w, "large_4MiB", NULL, 0, &m);
+	ret = weightd_device_map_opts(w, "large_4MiB", NULL, 0, NULL, &m);
 	CHECK(ret == 0, "map: %s", weightd_last_error());
 	CHECK(model_pins(w, "large_4MiB") == 2, "pins %u with two mappings",
 	      model_pins(w, "large_4MiB"));
@@ -716,7 +716,7 @@ static void test_churn(void **state)
 	CHECK(load_gpu(w, "large_4MiB") == 0, "re-promotion: %s", weightd_last_error());
 	CHECK(host_read_bytes(w) == before, "re-promotion after demotion by copy read %" PRIu64
 	      " bytes from disk", host_read_bytes(w) - before);
-	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	CHECK(weightd_device_map_opts(w, "large_4MiB", NULL, 0, NULL, &m) == 0, "map: %s",
 	      weightd_last_error());
 	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
 	weightd_device_unmap(w, m);
@@ -746,7 +746,7 @@ static void test_stream(void **state)
 	CHECK(host_state(w, "large_4MiB") == WEIGHTD_ABSENT, "it went through the host cache");
 	CHECK(host_read_bytes(w) == before, "the host tier read %" PRIu64 " bytes",
 	      host_read_bytes(w) - before);
-	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	CHECK(weightd_device_map_opts(w, "large_4MiB", NULL, 0, NULL, &m) == 0, "map: %s",
 	      weightd_last_error());
 	CHECK(verify_model(w, m, "large_4MiB") > 0, "no tensors");
 	weightd_device_unmap(w, m);
@@ -791,7 +791,7 @@ static void test_concurrent(void **state)
 	struct td_daemon d;
 	struct weightd *w;
 	struct weightd_model_info mi;
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 	struct loader_arg args[4];
 	pthread_t th[4];
 	uint32_t id;
@@ -810,7 +810,7 @@ static void test_concurrent(void **state)
 	}
 	CHECK(weightd_lookup(w, "sd-tiny", &id) == 0 && weightd_model(w, id, &mi) == 0,
 	      "sd-tiny: %s", weightd_last_error());
-	CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+	CHECK(weightd_host_stats(w, &cs) == 0, "stats");
 	CHECK(cs.loads == mi.n_components, "%" PRIu64 " host loads for %u components",
 	      cs.loads, mi.n_components);
 	for (uint32_t c = 0;; c++) {
@@ -825,8 +825,8 @@ static void test_concurrent(void **state)
 			continue;
 		CHECK(ci.tiers[WEIGHTD_TIER_CUDA(0)].state == WEIGHTD_RESIDENT, "%s not on cuda:0",
 		      ci.name);
-		CHECK(weightd_device_map(w, "sd-tiny", ci.name, 0, &m) == 0, "map %s: %s",
-		      ci.name, weightd_last_error());
+		CHECK(weightd_device_map_opts(w, "sd-tiny", ci.name, 0, NULL, &m) == 0,
+		      "map %s: %s", ci.name, weightd_last_error());
 		n = weightd_tensor_list(w, "sd-tiny", ci.name, ti, NULL, ARRAY_SIZE(ti));
 		CHECK(n > 0 && n <= (int)ARRAY_SIZE(ti), "%s: %d tensors", ci.name, n);
 		for (int k = 0; k < n; k++) {
@@ -1068,7 +1068,7 @@ static void test_convert(void **state)
 		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_CUDA(0),
 				      WEIGHTD_LOAD_NO_PROGRESS, &o, NULL, NULL, NULL);
 		CHECK(ret == 0, "load to cuda:0 as dtype %u: %s", dtypes[k], weightd_last_error());
-		CHECK(weightd_device_map_ex(w, "f32mix", NULL, 0, dtypes[k], &m) == 0,
+		CHECK(weightd_device_map_opts(w, "f32mix", NULL, 0, &o, &m) == 0,
 		      "map as dtype %u: %s", dtypes[k], weightd_last_error());
 		/* The host tier's converted copy, loaded last: the registry describes it. */
 		ret = weightd_load_ex(w, "f32mix", NULL, WEIGHTD_TIER_HOST, WEIGHTD_LOAD_NO_PROGRESS,
@@ -1097,7 +1097,8 @@ static void test_convert(void **state)
 	}
 	/* As stored: a separate device entry, the F32 bytes as in the file. */
 	CHECK(load_gpu(w, "f32mix") == 0, "load as stored: %s", weightd_last_error());
-	CHECK(weightd_device_map(w, "f32mix", NULL, 0, &m) == 0, "map: %s", weightd_last_error());
+	CHECK(weightd_device_map_opts(w, "f32mix", NULL, 0, NULL, &m) == 0, "map: %s",
+	      weightd_last_error());
 	{
 		uint32_t *buf = malloc(stored.nbytes);
 
@@ -1277,7 +1278,7 @@ static void test_select(void **state)
 		checked += n;
 	}
 	/* Only selections were loaded to the GPU: the whole component is not mapped there. */
-	ret = weightd_device_map(w, "transformer_block", NULL, 0, &m);
+	ret = weightd_device_map_opts(w, "transformer_block", NULL, 0, NULL, &m);
 	CHECK(ret == -ENODATA, "map of the whole component: %d (%s), expected -ENODATA", ret,
 	      weightd_last_error());
 	printf("select: %u selected tensors byte-identical from cuda:0, the others unmapped\n",
@@ -1354,12 +1355,12 @@ static void test_shared(void **state)
 	      gpu_state(w, "twin_a"), gpu_state(w, "twin_b"));
 	CHECK(gpu_used(w) == used, "cuda:0 uses %" PRIu64 " bytes after twin_b, %" PRIu64
 	      " before: a second copy", gpu_used(w), used);
-	CHECK(weightd_device_map(w, "twin_a", NULL, 0, &m) == 0, "map twin_a: %s",
+	CHECK(weightd_device_map_opts(w, "twin_a", NULL, 0, NULL, &m) == 0, "map twin_a: %s",
 	      weightd_last_error());
 	CHECK(same_as_host(w, m, "twin_a") > 0, "no tensors");
 	weightd_device_unmap(w, m);
 	/* A mapping of the second model pins the one copy. */
-	CHECK(weightd_device_map(w, "twin_b", NULL, 0, &m) == 0, "map twin_b: %s",
+	CHECK(weightd_device_map_opts(w, "twin_b", NULL, 0, NULL, &m) == 0, "map twin_b: %s",
 	      weightd_last_error());
 	ret = load_gpu(w, "f32mix");
 	CHECK(ret == -ENOSPC, "load of f32mix with the shared copy mapped: %d (%s), expected "
@@ -1442,7 +1443,7 @@ static void test_vram_retry(void **state)
 	w = attach(&d);
 	raw_attach(d.socket, &c);
 	CHECK(load_gpu(w, "large_4MiB") == 0, "load: %s", weightd_last_error());
-	CHECK(weightd_device_map(w, "large_4MiB", NULL, 0, &m) == 0, "map: %s",
+	CHECK(weightd_device_map_opts(w, "large_4MiB", NULL, 0, NULL, &m) == 0, "map: %s",
 	      weightd_last_error());
 	before = raw_stat(&c, WD_STAT_ALLOC_RETRIES);
 	CHECK(weightd_metrics(w, &mt) == 0, "metrics: %s", weightd_last_error());
@@ -1482,7 +1483,8 @@ static int child_map(const char *socket, const char *model, int fd)
 	struct weightd *wa = NULL;
 	struct weightd_device_map *ma = NULL;
 
-	if (weightd_attach(socket, NULL, &wa) || weightd_device_map(wa, model, NULL, 0, &ma)) {
+	if (weightd_attach(socket, NULL, &wa) ||
+	    weightd_device_map_opts(wa, model, NULL, 0, NULL, &ma)) {
 		fprintf(stderr, "child: map %s: %s\n", model, weightd_last_error());
 		return 3;
 	}

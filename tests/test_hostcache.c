@@ -427,7 +427,7 @@ static void die_on_progress(uint64_t done, uint64_t total, void *arg)
  */
 static void test_cancel_on_disconnect(void **state)
 {
-	struct weightd_cache_stats cs = { 0 };
+	struct weightd_host_stats cs = { 0 };
 	char dir[PATH_MAX], c;
 	struct weightd *w;
 	int p[2], status, ret;
@@ -466,7 +466,7 @@ static void test_cancel_on_disconnect(void **state)
 	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && !WEXITSTATUS(status),
 	      "child status %#x", status);
 	for (int i = 0; i < 500; i++) {
-		CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+		CHECK(weightd_host_stats(w, &cs) == 0, "stats");
 		if (cs.failed && !cs.bytes)
 			break;
 		usleep(10 * 1000);
@@ -486,7 +486,7 @@ static void test_cancel_on_disconnect(void **state)
 /* Two processes load the same model at once: one disk read, both see the bytes. */
 static void test_coalesce(void **state)
 {
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 	struct weightd_model_info mi;
 	struct weightd *w;
 	int go[2], status;
@@ -527,7 +527,7 @@ static void test_coalesce(void **state)
 	}
 	w = attach();
 	CHECK(weightd_lookup(w, "sd-tiny", &id) == 0 && weightd_model(w, id, &mi) == 0, "sd-tiny");
-	CHECK(weightd_cache_stats(w, &cs) == 0, "stats");
+	CHECK(weightd_host_stats(w, &cs) == 0, "stats");
 	CHECK(cs.loads == mi.n_components && cs.read_bytes >= mi.nbytes &&
 	      cs.read_bytes < 2 * mi.nbytes && cs.hits + cs.coalesced >= mi.n_components,
 	      "loads %llu (components %u), read %llu (model %llu), hits %llu, coalesced %llu",
@@ -546,7 +546,7 @@ static int setup_tiny(void **state)
 
 static void test_too_big(void **state)
 {
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 	struct weightd *w = attach();
 	int ret;
 
@@ -555,7 +555,7 @@ static void test_too_big(void **state)
 	CHECK(ret == -EFBIG && strstr(weightd_last_error(), "needs") &&
 	      strstr(weightd_last_error(), "host budget is 65536"), "load unet with a 64 KiB budget: "
 	      "%d \"%s\"", ret, weightd_last_error());
-	CHECK(weightd_cache_stats(w, &cs) == 0 && cs.refused >= 1 && cs.bytes == 0 &&
+	CHECK(weightd_host_stats(w, &cs) == 0 && cs.refused >= 1 && cs.bytes == 0 &&
 	      cs.budget == 65536, "refused %llu, bytes %llu, budget %llu",
 	      (unsigned long long)cs.refused, (unsigned long long)cs.bytes,
 	      (unsigned long long)cs.budget);
@@ -614,7 +614,7 @@ static void test_churn_pins_ttl(void **state)
 		{ "llama-tiny", NULL }, { "sd-tiny", "unet" }, { "sd-tiny", "text_encoder" },
 		{ "sd-tiny", "unet" }, { "llama-tiny", NULL },
 	};
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 	struct weightd *a, *b;
 	char vae[PATH_MAX], budget[32];
 	uint64_t pinned, big = 0;
@@ -644,7 +644,7 @@ static void test_churn_pins_ttl(void **state)
 		CHECK(resident(b, "vae-tiny", NULL), "row %zu: the pinned vae-tiny was evicted", i);
 	}
 	compare_file(b, vae, "vae-tiny", "");
-	CHECK(weightd_cache_stats(b, &cs) == 0 && cs.evictions >= 3,
+	CHECK(weightd_host_stats(b, &cs) == 0 && cs.evictions >= 3,
 	      "evictions %llu after %zu loads", (unsigned long long)cs.evictions,
 	      ARRAY_SIZE(rows));
 	ret = weightd_unload(b, "vae-tiny", NULL, WEIGHTD_TIER_HOST);
@@ -700,7 +700,7 @@ static void test_stale(void **state)
 
 /*
  * The daemon reads by where the bytes are: a file loaded cold is read O_DIRECT, a warm one
- * through the page cache, a half cached one both ways; weightd_cache_stats() counts each.
+ * through the page cache, a half cached one both ways; weightd_host_stats() counts each.
  */
 static void test_read_path(void **state)
 {
@@ -714,7 +714,7 @@ static void test_read_path(void **state)
 	(void)state;
 	for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
 		struct st_write_tensor t[] = { { "x", ST_F32, 1, { 2u << 20 }, NULL } }; /* 8 MiB */
-		struct weightd_cache_stats a, b;
+		struct weightd_host_stats a, b;
 		uint64_t cached = 1, direct, buffered;
 		char name[64], path[PATH_MAX];
 		struct stat sb;
@@ -752,10 +752,10 @@ static void test_read_path(void **state)
 
 				CHECK(pread(fd, buf, sizeof(buf), o) > 0, "read %s", path);
 			}
-			CHECK(weightd_cache_stats(w, &a) == 0, "stats: %s", weightd_last_error());
+			CHECK(weightd_host_stats(w, &a) == 0, "stats: %s", weightd_last_error());
 			ret = weightd_load(w, name, NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
 			CHECK(ret == 0, "load %s: %s", name, weightd_last_error());
-			CHECK(weightd_cache_stats(w, &b) == 0, "stats: %s", weightd_last_error());
+			CHECK(weightd_host_stats(w, &b) == 0, "stats: %s", weightd_last_error());
 			CHECK(residency_bytes(fd, 0, (uint64_t)want, &cached) == 0, "cachestat");
 			close(fd);
 			if (cached >= (uint64_t)want || attempt == 4)
@@ -967,7 +967,7 @@ static void test_coaccess_restart(void **state)
 		{ "sd-tiny", "unet" }, { "vae-tiny", NULL },	/* the second: cache hits */
 	};
 	struct pair_find pf = { "sd-tiny/unet", "vae-tiny", 0 };
-	struct weightd_cache_stats cs;
+	struct weightd_host_stats cs;
 	struct catalog *cat;
 	struct weightd *w = attach();
 	int ret, waited;
@@ -996,10 +996,10 @@ static void test_coaccess_restart(void **state)
 		usleep(10000);
 	CHECK(resident(w, "vae-tiny", NULL), "vae-tiny not prefetched %d ms after sd-tiny/unet",
 	      waited);
-	CHECK(weightd_cache_stats(w, &cs) == 0 && cs.prefetches == 1,
+	CHECK(weightd_host_stats(w, &cs) == 0 && cs.prefetches == 1,
 	      "prefetches %llu after the restart, want 1", (unsigned long long)cs.prefetches);
 	ret = weightd_load(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, 0, NULL, NULL);
-	CHECK(ret == 0 && weightd_cache_stats(w, &cs) == 0 && cs.prefetch_hits == 1 &&
+	CHECK(ret == 0 && weightd_host_stats(w, &cs) == 0 && cs.prefetch_hits == 1 &&
 	      cs.loads == 2, "load of the prefetched vae-tiny: %d, prefetch hits %llu, loads %llu",
 	      ret, (unsigned long long)cs.prefetch_hits, (unsigned long long)cs.loads);
 	weightd_detach(w);
@@ -1046,7 +1046,7 @@ static void test_prefetch_failure_not_quarantined(void **state)
 	ret = weightd_load(w, "sd-tiny", "unet", WEIGHTD_TIER_HOST, 0, NULL, NULL);
 	CHECK(ret == 0, "load sd-tiny/unet: %d %s", ret, weightd_last_error());
 	for (waited = 0; waited < 5000; waited += 10) {
-		if (weightd_status(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, NULL) == WEIGHTD_FAILED)
+		if (weightd_state(w, "vae-tiny", NULL, WEIGHTD_TIER_HOST, NULL) == WEIGHTD_FAILED)
 			break;
 		usleep(10000);
 	}

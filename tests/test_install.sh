@@ -103,7 +103,7 @@ grep -q '"host_budget": *33554432' "$T/status" || { cat "$T/status"; fail "confi
 export PKG_CONFIG_PATH="$U/lib/pkgconfig"
 flags=$(pkg-config --define-variable=prefix="$U" --cflags --libs weightd) ||
 	fail "pkg-config weightd"
-[ "$(pkg-config --modversion weightd)" = "0.1.0" ] || fail "pkg-config version"
+[ "$(pkg-config --modversion weightd)" = "0.2.0" ] || fail "pkg-config version"
 echo "$flags" | grep -q -- "-I$U/include" && echo "$flags" | grep -q -- "-L$U/lib" &&
 	echo "$flags" | grep -q -- "-lweightd" || fail "pkg-config flags: $flags"
 

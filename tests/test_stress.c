@@ -189,7 +189,7 @@ static void mixed_client(int idx)
 	for (int i = 0; i < CONCURRENT_ROUNDS; i++) {
 		const char *m = models[xorshift(&rnd) % 3];
 		struct weightd_stats st;
-		struct weightd_status ss;
+		struct weightd_state_info ss;
 		uint32_t id;
 		int ret = 0;
 
@@ -214,7 +214,7 @@ static void mixed_client(int idx)
 			if (ret >= 0)
 				ret = strcmp(got, val) ? -EPROTO : 0;
 			break;
-		case 5: ret = weightd_status(w, m, NULL, WEIGHTD_TIER_HOST, &ss); break;
+		case 5: ret = weightd_state(w, m, NULL, WEIGHTD_TIER_HOST, &ss); break;
 		case 6: {
 			struct weightd_model_info mi;
 
