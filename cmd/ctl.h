@@ -1,8 +1,11 @@
 /*
  * weightctl internals: the verb table's signature and the helpers verbs share.
- * Each verb lives in cmd/ctl_<verb>.c, parses its own options (every verb has --help),
- * calls the library, and formats the result. Exit codes: 0 success, 1 the operation
- * failed or found invalid input, 2 usage error.
+ * Each verb lives in cmd/ctl_<verb>.c (tensor-data in ctl_tensor_data.c; the two largest
+ * also in a second file with a private header: ctl_top_render.c, ctl_bench_report.c), parses
+ * its own options (every verb has --help), calls the library, and formats the result. The files that hold no verb hold what several share:
+ * ctl_common.c (every verb), ctl_catalog.c (the verbs that read the catalog) and
+ * ctl_daemon.c (the verbs that talk to a running daemon); this header declares them.
+ * Exit codes: 0 success, 1 the operation failed or found invalid input, 2 usage error.
  */
 #ifndef WD_CMD_CTL_H
 #define WD_CMD_CTL_H
@@ -64,6 +67,9 @@ struct json_t *ctl_catalog_json(const struct ctl *c);
 /* Releases what ctl_catalog_dir() holds (the daemon handle). */
 void ctl_done(struct ctl *c);
 
+/* Prints @j as one compact line on stdout and releases it (a verb's --json output). */
+void ctl_print_json(struct json_t *j);
+
 /* Prints "weightctl VERB: <msg>" to stderr. */
 void ctl_err(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /*
@@ -93,7 +99,79 @@ void ctl_progress_end(struct ctl_progress *p, uint64_t done, uint64_t total);
 /* Formats @bytes as "1.23 GiB" into @buf. */
 const char *ctl_human_bytes(uint64_t bytes, char *buf, size_t size);
 
-/* The verbs. */
+/* ---- the verbs that read the catalog (cmd/ctl_catalog.c) -------------------------- */
+
+/*
+ * Parses the common "--json / --socket / --help" options; returns -1 to go on, else an exit
+ * code.
+ */
+int ctl_parse_simple(int argc, char **argv, bool *json, const char **socket,
+		     void (*usage)(FILE *));
+
+struct catalog;
+/* The catalog ctl_catalog_dir() chooses (the running daemon's, else the state dir's), opened;
+ * NULL after printing why. */
+struct catalog *ctl_open_catalog(struct ctl *c, const char *verb, const char *socket,
+				 bool json);
+
+struct st_kv;
+struct catalog_model;
+/* Key/value pairs (a model's metadata) as one JSON object. */
+struct json_t *ctl_kv_json(const struct st_kv *kv, size_t n);
+/* A catalog model as JSON (ls, info): its fields, bytes by dtype, components, metadata, and
+ * with @with_files its files. */
+struct json_t *ctl_model_json(const struct catalog_model *m, bool with_files);
+
+/* ---- the verbs that talk to a running daemon (cmd/ctl_daemon.c) -------------------- */
+
+/* Options every daemon verb shares, plus the ones only some use. */
+struct ctl_dopts {
+	const char *socket;
+	const char *component;
+	unsigned int tier;
+	bool json;
+	bool hold;
+	bool all;
+	bool pin;
+	unsigned int dtype;
+	const char *prefix;
+};
+
+/* How many GPUs status and ps list. */
+#define CTL_GPU_LIST_MAX 16
+
+/*
+ * Parses the options of a daemon verb. @extra lists which of --tier, --component, --hold,
+ * --all, --pin, --dtype, --prefix the verb takes. Returns -1 to go on (optind at the first
+ * operand), else an exit code.
+ */
+int ctl_dparse(int argc, char **argv, struct ctl_dopts *o, const char *extra,
+	       void (*usage)(FILE *));
+
+/* -1 when exactly one operand (MODEL) follows the options, else CTL_USAGE after saying so. */
+int ctl_one_model(int argc, char **argv, void (*usage)(FILE *));
+
+/*
+ * Attaches to the daemon. When none runs, says so in the words an operator needs (and as
+ * {"daemon": false, ...} with --json) and returns NULL.
+ */
+struct weightd *ctl_open_daemon(const char *verb, const struct ctl_dopts *o);
+
+/* Reports a failed call (text on stderr, and an error object with --json); CTL_FAIL. */
+int ctl_failed(const char *verb, const struct ctl_dopts *o, int ret);
+
+/* The number of models the registry publishes. */
+int ctl_count_models(struct weightd *w);
+
+/* {"ok": true, "verb", "model", "component", "tier"}: a target verb's --json answer. */
+struct json_t *ctl_target_json(const char *verb, const char *model, const struct ctl_dopts *o);
+
+/* Waits for SIGINT/SIGTERM (handled from here on), or for the daemon to hang up. Returns
+ * true on a signal. */
+bool ctl_hold(struct weightd *w);
+
+/* ---- the verbs, one file each -------------------------------------------------------- */
+
 int ctl_scan(struct ctl *c, int argc, char **argv);
 /* `weightctl scan --daemon`: SCAN through the daemon at @socket (NULL: the default). */
 int ctl_scan_daemon(const char *socket, const char *dir, bool json);
@@ -102,17 +180,19 @@ int ctl_info(struct ctl *c, int argc, char **argv);
 int ctl_validate(struct ctl *c, int argc, char **argv);
 int ctl_meta(struct ctl *c, int argc, char **argv);
 int ctl_gen(struct ctl *c, int argc, char **argv);
-/* Verbs that talk to a running daemon (cmd/ctl_daemon.c). */
 int ctl_status(struct ctl *c, int argc, char **argv);
 int ctl_ps(struct ctl *c, int argc, char **argv);
 int ctl_load(struct ctl *c, int argc, char **argv);
 int ctl_unload(struct ctl *c, int argc, char **argv);
 int ctl_pin(struct ctl *c, int argc, char **argv);
-int ctl_stats(struct ctl *c, int argc, char **argv);
+int ctl_state(struct ctl *c, int argc, char **argv);
+int ctl_tensor_data(struct ctl *c, int argc, char **argv);
+/* `weightctl cat`: the deprecated name of tensor-data (ctl_tensor_data.c). */
 int ctl_cat(struct ctl *c, int argc, char **argv);
-/* The live view (cmd/ctl_top.c). */
+int ctl_stats(struct ctl *c, int argc, char **argv);
+/* The live view (ctl_top.c, its rendering in ctl_top_render.c). */
 int ctl_top(struct ctl *c, int argc, char **argv);
-/* Load benchmark and its recorded runs (cmd/ctl_bench.c). */
+/* Load benchmark (ctl_bench.c) and its recorded runs (ctl_history.c). */
 int ctl_bench(struct ctl *c, int argc, char **argv);
 int ctl_history(struct ctl *c, int argc, char **argv);
 

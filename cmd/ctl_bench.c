@@ -1,6 +1,6 @@
 /*
  * weightctl bench MODEL: how fast this host loads one model, next to what its storage, memory
- * and GPU can do, measured in the same run; and weightctl history MODEL: the runs recorded.
+ * and GPU can do, measured in the same run (weightctl history shows the runs recorded).
  *
  * Figures (each load is timed around the client call, submission to final completion); the
  * baselines are those of bench/bench_load.c (make bench-load), so that both tell one story:
@@ -23,7 +23,8 @@
  * Each load is also reported as a ratio to its limit (storage for the host tier, pinned H2D
  * for the GPU). A load cannot beat a raw read of the same bytes by much: a ratio above 105%
  * is printed as "baseline suspect" (and flagged in the JSON's "suspect"), never as a result.
- * The run is stored in the catalog (bench_runs) with its figures as JSON.
+ * The run is stored in the catalog (bench_runs) with its figures as JSON (ctl_history.c
+ * reads them back).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +40,7 @@
 #include "weightd.h"
 
 #include "cmd/ctl.h"
+#include "cmd/ctl_bench.h"
 #include "core/catalog/catalog.h"
 #include "core/base/common.h"
 #include "gpu/device.h"
@@ -47,8 +49,6 @@
 #define MEMCPY_MAX (1ull << 30)
 /* Loads of each kind (cold, warm); the best is reported. */
 #define LOAD_RUNS 2
-/* A load faster than its baseline by more than this says the baseline was wrong. */
-#define SUSPECT_RATIO 1.05
 #define H2D_BYTES (256ull << 20)
 
 struct bopts {
@@ -99,21 +99,6 @@ static void usage_bench(FILE *out)
 		"  --from FILE.json  print (or chart) a report saved with --out; measures nothing\n\n"
 		"The run is recorded in the catalog; `weightctl history MODEL` lists past runs.\n"
 		"Exit status: 0, 1 a step failed, 2 usage error.\n");
-}
-
-static void usage_history(FILE *out)
-{
-	fprintf(out,
-		"usage: weightctl history [--socket PATH] [--json] [MODEL]\n\n"
-		"Lists the `weightctl bench` runs recorded in the catalog, oldest first, for MODEL\n"
-		"(a name or a path; or every model): when, host cold and warm load rates, the\n"
-		"storage limits, and the load rate to the first GPU (cuda:0) when there was one.\n"
-		"The catalog is the running daemon's when one answers on the socket, else the\n"
-		"state directory's.\n\n"
-		"  --json         one JSON object {\"runs\": [{\"id\", \"model\", \"time\",\n"
-		"                 \"figures\"}], \"catalog\": {\"source\", \"path\"}}\n"
-		"  --socket PATH  the daemon's socket (default $WEIGHTD_SOCKET, else per user)\n\n"
-		"Exit status: 0, 1 the catalog cannot be read, 2 usage error.\n");
 }
 
 static void step(const struct bopts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -401,51 +386,6 @@ static json_t *memory_per_tier(struct weightd *w, uint32_t model_id, uint32_t n_
 	return j;
 }
 
-/* A bar chart of the bandwidths in @r with gnuplot; false when gnuplot failed. */
-static bool plot(const char *png, json_t *r)
-{
-	/* Each load beside its baseline, named as a reader would say it. */
-	static const char *const keys[][3] = {
-		{ "storage", "cold_bps", "cold: raw O_DIRECT read (baseline)" },
-		{ "host", "cold_bps", "cold: load via weightd" },
-		{ "storage", "warm_bps", "warm: best raw read, cached (baseline)" },
-		{ "host", "warm_bps", "warm: load via weightd" },
-		{ NULL, "memcpy_bps", "memcpy, one thread" },
-	};
-	FILE *g = popen("gnuplot 2>/dev/null", "w");
-	json_t *gpu;
-	size_t k;
-
-	if (!g)
-		return false;
-	fprintf(g, "set terminal pngcairo size 1100,600\nset output '%s'\nset style data histograms\n"
-		   "set style fill solid\nset ylabel 'GB/s'\nset xtics rotate by -30\n"
-		   "set bmargin 10\nset yrange [0:*]\nset termoption noenhanced\n"
-		   "set title 'weightctl bench %s'\nunset key\nplot '-' using 2:xtic(1)\n", png,
-		json_string_value(json_object_get(r, "model")));
-	for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
-		json_t *o = keys[i][0] ? json_object_get(r, keys[i][0]) : r;
-		json_t *v = o ? json_object_get(o, keys[i][1]) : NULL;
-
-		if (v && json_is_number(v))
-			fprintf(g, "\"%s\" %.3f\n", keys[i][2], json_number_value(v) / 1e9);
-	}
-	json_array_foreach(json_object_get(r, "gpus"), k, gpu) {
-		const char *tier = json_string_value(json_object_get(gpu, "tier"));
-		json_t *h2d = json_object_get(gpu, "h2d_pinned_bps");
-		json_t *load = json_object_get(gpu, "load_bps");
-
-		if (json_is_number(h2d))
-			fprintf(g, "\"%s: pinned host-to-device copy (baseline)\" %.3f\n", tier,
-				json_number_value(h2d) / 1e9);
-		if (json_is_number(load))
-			fprintf(g, "\"%s: load from the host cache via weightd\" %.3f\n", tier,
-				json_number_value(load) / 1e9);
-	}
-	fprintf(g, "e\n");
-	return pclose(g) == 0;
-}
-
 static int parse_bench(int argc, char **argv, struct bopts *o)
 {
 	static const struct option longopts[] = {
@@ -485,161 +425,196 @@ static int parse_bench(int argc, char **argv, struct bopts *o)
 	return -1;
 }
 
+/* One bench run's state, from step to step of measure(). */
+struct bench_run {
+	const struct bopts *o;
+	struct weightd *w;
+	json_t *r;			/* the report being filled */
+	char name[WEIGHTD_NAME_MAX];	/* the model's registry name */
+	struct files f;
+	void *buf;			/* f.span bytes, page-aligned, for the raw reads */
+	double t_sc, t_sw;		/* storage: cold and warm read of the files */
+	double t_cold, t_warm, t_first;	/* host loads: best cold, best warm, the first */
+	uint64_t b_cold, b_warm;	/* bytes those best loads made resident */
+};
+
+/* Baselines first (bench/bench_load.c's): raw O_DIRECT read, cold; best warm read. */
+static int measure_storage(struct bench_run *b)
+{
+	const struct files *f = &b->f;
+	enum rawread_drop drop;
+	struct rawread_warm wb;
+	bool direct = true;
+	int ret;
+
+	if (posix_memalign(&b->buf, 4096, f->span ? f->span : 4096)) {
+		b->buf = NULL;
+		return -ENOMEM;
+	}
+	memset(b->buf, 0, f->span);
+	drop = rawread_drop_cache(f->paths, f->n, geteuid() == 0);
+	json_object_set_new(b->r, "cold_method", json_string(rawread_drop_name(drop)));
+	ret = rawread_files(f->paths, f->sizes, f->bases, f->n, b->buf, true, &b->t_sc);
+	if (ret == -EINVAL) {
+		direct = false;
+		rawread_drop_cache(f->paths, f->n, geteuid() == 0);
+		ret = rawread_files(f->paths, f->sizes, f->bases, f->n, b->buf, false, &b->t_sc);
+	}
+	if (!ret)
+		ret = rawread_best_warm(f->paths, f->sizes, f->bases, f->n, b->buf, 3, &wb);
+	if (ret) {
+		ctl_err("bench", "raw read of %s's files: %s", b->name, strerror(-ret));
+		return ret;
+	}
+	b->t_sw = wb.best;
+	step(b->o, "raw read: cold%s %.3f GB/s (caches dropped with %s); warm %.3f GB/s "
+	     "(best: %s)", direct ? " O_DIRECT" : "", (double)f->total / b->t_sc / 1e9,
+	     rawread_drop_name(drop), (double)f->total / b->t_sw / 1e9, wb.best_name);
+	json_object_set_new(b->r, "storage",
+			    json_pack("{s:b, s:o, s:o, s:s, s:o, s:o, s:o}", "direct", direct,
+				      "cold_bps", num((double)f->total / b->t_sc),
+				      "warm_bps", num((double)f->total / b->t_sw),
+				      "warm_method", wb.best_name,
+				      "warm_uring_bps", num((double)f->total / wb.uring),
+				      "warm_psync1_bps", num((double)f->total / wb.psync1),
+				      "warm_psync2_bps", num((double)f->total / wb.psync2)));
+	return 0;
+}
+
+/*
+ * Host tier: cold (caches dropped), then warm (every file read once first). Two loads of
+ * each kind, the best kept: the first load into pages of the cache that nothing touched yet
+ * also pays for allocating them, which is not what the baseline measures (that first time is
+ * reported on its own, "first_s").
+ */
+static int measure_host(struct bench_run *b)
+{
+	const struct files *f = &b->f;
+	double t_fill;
+	int ret = 0;
+
+	for (int k = 0; k < 2 * LOAD_RUNS && !ret; k++) {
+		bool cold = k < LOAD_RUNS;
+		double t;
+		uint64_t n = 0;
+
+		if (cold)
+			rawread_drop_cache(f->paths, f->n, geteuid() == 0);
+		else
+			ret = rawread_files(f->paths, f->sizes, f->bases, f->n, b->buf, false,
+					    &t_fill);
+		if (!ret)
+			ret = timed_load(b->w, b->name, 0,
+					 cold ? "bench: host cold" : "bench: host warm", &t, &n);
+		if (ret) {
+			ctl_err("bench", "%s load of %s: %s", cold ? "cold" : "warm", b->name,
+				ret == -EALREADY ? "still resident after unload (pinned by another "
+				"client?)" : weightd_last_error());
+			return ret;
+		}
+		step(b->o, "%s load: %.3f s, %.3f GB/s", cold ? "cold" : "warm", t,
+		     (double)n / t / 1e9);
+		if (k == 0)
+			b->t_first = t;
+		if (cold && (isnan(b->t_cold) || t < b->t_cold)) {
+			b->t_cold = t;
+			b->b_cold = n;
+		} else if (!cold && (isnan(b->t_warm) || t < b->t_warm)) {
+			b->t_warm = t;
+			b->b_warm = n;
+		}
+	}
+	json_object_set_new(b->r, "host", json_pack("{s:f, s:o, s:f, s:o, s:I, s:f, s:i}",
+						    "cold_s", b->t_cold,
+						    "cold_bps", num((double)b->b_cold / b->t_cold),
+						    "warm_s", b->t_warm,
+						    "warm_bps", num((double)b->b_warm / b->t_warm),
+						    "bytes", (json_int_t)b->b_warm,
+						    "first_s", b->t_first, "runs", LOAD_RUNS));
+	return 0;
+}
+
+/* Each GPU tier the daemon has, or why there is none. */
+static void measure_gpus(struct bench_run *b)
+{
+	struct weightd_device_info di[WEIGHTD_TIER_MAX - 1];
+	char none[200] = "", why[256];
+	json_t *gpus = json_array();
+	int n = weightd_devices(b->w, di, ARRAY_SIZE(di), none, sizeof(none));
+
+	if (n <= 0) {
+		snprintf(why, sizeof(why), "no GPU tier: %.200s",
+			 n < 0 ? weightd_last_error() : none[0] ? none : "host-only daemon");
+		step(b->o, "%s", why);
+		json_object_set_new(b->r, "gpu_reason", json_string(why));
+	}
+	for (int i = 0; i < n && i < (int)ARRAY_SIZE(di); i++)
+		json_array_append_new(gpus, bench_gpu(b->w, b->name, &di[i], b->o));
+	json_object_set_new(b->r, "gpus", gpus);
+}
+
+/* The host loads against the storage baselines, and whether a baseline is suspect. */
+static void measure_ratios(struct bench_run *b)
+{
+	double total = (double)b->f.total;
+	double rc = ratio((double)b->b_cold / b->t_cold, total / b->t_sc);
+	double rw = ratio((double)b->b_warm / b->t_warm, total / b->t_sw);
+
+	json_object_set_new(b->r, "ratios", json_pack("{s:o, s:o}",
+						      "host_cold_vs_storage_cold", num(rc),
+						      "host_warm_vs_storage_warm", num(rw)));
+	json_object_set_new(b->r, "suspect", json_pack("{s:b, s:b}",
+						       "host_cold_vs_storage_cold",
+						       rc > SUSPECT_RATIO,
+						       "host_warm_vs_storage_warm",
+						       rw > SUSPECT_RATIO));
+}
+
 /* The measurements; fills @r. Returns 0 or the negative errno of the step that failed. */
 static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json_t *r)
 {
-	char name[WEIGHTD_NAME_MAX], why[256] = "";
+	struct bench_run b = { .o = o, .w = w, .r = r, .t_cold = NAN, .t_warm = NAN,
+			       .t_first = NAN, .t_sc = NAN, .t_sw = NAN };
+	const char *sd = ctl_catalog_dir(c, "bench", o->socket, false);
 	struct weightd_model_info mi;
 	struct weightd_stats st;
-	struct files f;
-	const char *sd = ctl_catalog_dir(c, "bench", o->socket, false);
-	enum rawread_drop drop;
-	double t_cold = NAN, t_warm = NAN, t_first = NAN, t_sc = NAN, t_sw = NAN, t_ar = NAN;
-	double t_fill, mbps;
-	struct rawread_warm wb;
-	uint64_t b_cold = 0, b_warm = 0;
+	double t_ar = NAN, mbps;
 	uint32_t mid, n_t = 0;
-	void *buf = NULL;
-	bool direct = true;
 	int ret;
 
 	if (!sd)
 		return -ENOENT;
-	ret = model_files(sd, o->model, &f, name, sizeof(name));
+	ret = model_files(sd, o->model, &b.f, b.name, sizeof(b.name));
 	if (ret) {
 		ctl_err("bench", "%s: not in the catalog at %s: %s", o->model, sd, strerror(-ret));
 		return ret;
 	}
-	ret = weightd_lookup(w, name, &mid);
+	ret = weightd_lookup(w, b.name, &mid);
 	if (!ret)
 		ret = weightd_model(w, mid, &mi);
 	if (ret) {
-		ctl_err("bench", "%s: the daemon does not know it: %s", name, weightd_last_error());
+		ctl_err("bench", "%s: the daemon does not know it: %s", b.name,
+			weightd_last_error());
 		goto out;
 	}
-	step(o, "%s: %u components, %u files, %llu bytes of files", name, mi.n_components, f.n,
-	     (unsigned long long)f.total);
-	json_object_set_new(r, "model", json_string(name));
+	step(o, "%s: %u components, %u files, %llu bytes of files", b.name, mi.n_components,
+	     b.f.n, (unsigned long long)b.f.total);
+	json_object_set_new(r, "model", json_string(b.name));
 	json_object_set_new(r, "time", json_real((double)wd_wall_ns() / 1e9));
 	json_object_set_new(r, "bytes", json_integer((json_int_t)mi.nbytes));
-	json_object_set_new(r, "files", json_integer(f.n));
-	json_object_set_new(r, "file_bytes", json_integer((json_int_t)f.total));
-
-	/* Baselines first (bench/bench_load.c's): raw O_DIRECT read, cold; best warm read. */
-	if (posix_memalign(&buf, 4096, f.span ? f.span : 4096)) {
-		ret = -ENOMEM;
+	json_object_set_new(r, "files", json_integer(b.f.n));
+	json_object_set_new(r, "file_bytes", json_integer((json_int_t)b.f.total));
+	if ((ret = measure_storage(&b)) || (ret = measure_host(&b)))
 		goto out;
-	}
-	memset(buf, 0, f.span);
-	drop = rawread_drop_cache(f.paths, f.n, geteuid() == 0);
-	json_object_set_new(r, "cold_method", json_string(rawread_drop_name(drop)));
-	ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, true, &t_sc);
-	if (ret == -EINVAL) {
-		direct = false;
-		rawread_drop_cache(f.paths, f.n, geteuid() == 0);
-		ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_sc);
-	}
-	if (!ret)
-		ret = rawread_best_warm(f.paths, f.sizes, f.bases, f.n, buf, 3, &wb);
-	if (ret) {
-		ctl_err("bench", "raw read of %s's files: %s", name, strerror(-ret));
-		goto out;
-	}
-	t_sw = wb.best;
-	step(o, "raw read: cold%s %.3f GB/s (caches dropped with %s); warm %.3f GB/s (best: %s)",
-	     direct ? " O_DIRECT" : "", (double)f.total / t_sc / 1e9, rawread_drop_name(drop),
-	     (double)f.total / t_sw / 1e9, wb.best_name);
-	json_object_set_new(r, "storage", json_pack("{s:b, s:o, s:o, s:s, s:o, s:o, s:o}",
-						    "direct", direct,
-						    "cold_bps", num((double)f.total / t_sc),
-						    "warm_bps", num((double)f.total / t_sw),
-						    "warm_method", wb.best_name,
-						    "warm_uring_bps", num((double)f.total / wb.uring),
-						    "warm_psync1_bps", num((double)f.total / wb.psync1),
-						    "warm_psync2_bps", num((double)f.total / wb.psync2)));
-
-	/* Host tier: cold (caches dropped), then warm (every file read once first). */
-	/*
-	 * Two loads of each kind, the best kept: the first load into pages of the cache that
-	 * nothing touched yet also pays for allocating them, which is not what the baseline
-	 * measures (that first time is reported on its own, "first_s").
-	 */
-	for (int k = 0; k < 2 * LOAD_RUNS && !ret; k++) {
-		bool cold = k < LOAD_RUNS;
-		double t;
-		uint64_t b = 0;
-
-		if (cold)
-			rawread_drop_cache(f.paths, f.n, geteuid() == 0);
-		else
-			ret = rawread_files(f.paths, f.sizes, f.bases, f.n, buf, false, &t_fill);
-		if (!ret)
-			ret = timed_load(w, name, 0, cold ? "bench: host cold" : "bench: host warm", &t,
-					 &b);
-		if (ret) {
-			ctl_err("bench", "%s load of %s: %s", cold ? "cold" : "warm", name,
-				ret == -EALREADY ? "still resident after unload (pinned by another "
-				"client?)" : weightd_last_error());
-			goto out;
-		}
-		step(o, "%s load: %.3f s, %.3f GB/s", cold ? "cold" : "warm", t,
-		     (double)b / t / 1e9);
-		if (k == 0)
-			t_first = t;
-		if (cold && (isnan(t_cold) || t < t_cold)) {
-			t_cold = t;
-			b_cold = b;
-		} else if (!cold && (isnan(t_warm) || t < t_warm)) {
-			t_warm = t;
-			b_warm = b;
-		}
-	}
-	json_object_set_new(r, "host", json_pack("{s:f, s:o, s:f, s:o, s:I, s:f, s:i}",
-						 "cold_s", t_cold,
-						 "cold_bps", num((double)b_cold / t_cold),
-						 "warm_s", t_warm,
-						 "warm_bps", num((double)b_warm / t_warm),
-						 "bytes", (json_int_t)b_warm, "first_s", t_first,
-						 "runs", LOAD_RUNS));
-	free(buf);
-	buf = NULL;
-	mbps = rawread_memcpy_bps(f.total < MEMCPY_MAX ? (f.total ? f.total : 4096) :
+	free(b.buf);
+	b.buf = NULL;
+	mbps = rawread_memcpy_bps(b.f.total < MEMCPY_MAX ? (b.f.total ? b.f.total : 4096) :
 				  MEMCPY_MAX, 3);
 	step(o, "memcpy: %.3f GB/s", mbps / 1e9);
 	json_object_set_new(r, "memcpy_bps", num(mbps));
-
-	/* Each GPU tier the daemon has. */
-	{
-		struct weightd_device_info di[WEIGHTD_TIER_MAX - 1];
-		char none[200] = "";
-		json_t *gpus = json_array();
-		int n = weightd_devices(w, di, ARRAY_SIZE(di), none, sizeof(none));
-
-		if (n <= 0) {
-			snprintf(why, sizeof(why), "no GPU tier: %.200s",
-				 n < 0 ? weightd_last_error() : none[0] ? none : "host-only daemon");
-			step(o, "%s", why);
-			json_object_set_new(r, "gpu_reason", json_string(why));
-		}
-		for (int i = 0; i < n && i < (int)ARRAY_SIZE(di); i++)
-			json_array_append_new(gpus, bench_gpu(w, name, &di[i], o));
-		json_object_set_new(r, "gpus", gpus);
-	}
-	{
-		double rc = ratio((double)b_cold / t_cold, (double)f.total / t_sc);
-		double rw = ratio((double)b_warm / t_warm, (double)f.total / t_sw);
-
-		json_object_set_new(r, "ratios", json_pack("{s:o, s:o}",
-							   "host_cold_vs_storage_cold", num(rc),
-							   "host_warm_vs_storage_warm", num(rw)));
-		json_object_set_new(r, "suspect", json_pack("{s:b, s:b}",
-							    "host_cold_vs_storage_cold",
-							    rc > SUSPECT_RATIO,
-							    "host_warm_vs_storage_warm",
-							    rw > SUSPECT_RATIO));
-	}
-
-	ret = attach_resolve(o, w, name, &t_ar, &n_t);
+	measure_gpus(&b);
+	measure_ratios(&b);
+	ret = attach_resolve(o, w, b.name, &t_ar, &n_t);
 	if (ret) {
 		ctl_err("bench", "attach and resolve: %s", weightd_last_error());
 		goto out;
@@ -652,8 +627,8 @@ static int measure(struct ctl *c, const struct bopts *o, struct weightd *w, json
 		goto out;
 	json_object_set_new(r, "memory", memory_per_tier(w, mid, mi.n_components, &st));
 out:
-	free(buf);
-	files_free(&f);
+	free(b.buf);
+	files_free(&b.f);
 	return ret;
 }
 
@@ -672,80 +647,6 @@ static int record(struct ctl *c, json_t *r)
 	}
 	free(txt);
 	return ret;
-}
-
-/*
- * "(NN% of the baseline)", or, above SUSPECT_RATIO, a refusal to call it a result: a load
- * that beats a raw read of the same bytes says the baseline (@base) was measured wrong.
- * Returns one of two static buffers, in turn.
- */
-static const char *vs(double ratio_v, const char *base)
-{
-	static char buf[2][200];
-	static int k;
-
-	k ^= 1;
-	if (isnan(ratio_v))
-		snprintf(buf[k], sizeof(buf[k]), "(no ratio: a figure is missing)");
-	else if (ratio_v > SUSPECT_RATIO)
-		snprintf(buf[k], sizeof(buf[k]), "(baseline suspect: the load ran at %.0f%% of "
-			 "the %s; no ratio reported)", 100 * ratio_v, base);
-	else
-		snprintf(buf[k], sizeof(buf[k]), "(%.0f%% of the baseline below)", 100 * ratio_v);
-	return buf[k];
-}
-
-static void print_text(json_t *r)
-{
-	json_t *h = json_object_get(r, "host"), *s = json_object_get(r, "storage");
-	json_t *gpus = json_object_get(r, "gpus"), *ra = json_object_get(r, "ratios"), *g;
-	size_t i;
-
-	char cold_base[96], warm_base[96];
-
-	printf("model %s: %lld bytes\n", ctl_esc(json_string_value(json_object_get(r, "model"))),
-	       (long long)json_integer_value(json_object_get(r, "bytes")));
-	snprintf(cold_base, sizeof(cold_base), "raw %s read, caches dropped by %s",
-		 json_is_true(json_object_get(s, "direct")) ? "O_DIRECT" : "buffered",
-		 json_string_value(json_object_get(r, "cold_method")));
-	snprintf(warm_base, sizeof(warm_base), "best raw read of the cached files, %s",
-		 json_string_value(json_object_get(s, "warm_method")));
-	printf("  cold: load via weightd %8.3f GB/s  %s\n",
-	       json_number_value(json_object_get(h, "cold_bps")) / 1e9,
-	       vs(json_number_value(json_object_get(ra, "host_cold_vs_storage_cold")),
-		  cold_base));
-	printf("        baseline         %8.3f GB/s  (%s)\n",
-	       json_number_value(json_object_get(s, "cold_bps")) / 1e9, cold_base);
-	printf("  warm: load via weightd %8.3f GB/s  %s\n",
-	       json_number_value(json_object_get(h, "warm_bps")) / 1e9,
-	       vs(json_number_value(json_object_get(ra, "host_warm_vs_storage_warm")),
-		  warm_base));
-	printf("        baseline         %8.3f GB/s  (%s)\n",
-	       json_number_value(json_object_get(s, "warm_bps")) / 1e9, warm_base);
-	if (json_is_number(json_object_get(h, "first_s")))
-		printf("  loads: the best of %lld each; the first (cold, and maybe allocating cache "
-		       "pages) took %.3f s\n",
-		       (long long)json_integer_value(json_object_get(h, "runs")),
-		       json_number_value(json_object_get(h, "first_s")));
-	printf("  memcpy, one thread     %8.3f GB/s\n",
-	       json_number_value(json_object_get(r, "memcpy_bps")) / 1e9);
-	json_array_foreach(gpus, i, g) {
-		const char *tier = json_string_value(json_object_get(g, "tier"));
-
-		if (json_object_get(g, "error"))
-			printf("  %s\n", json_string_value(json_object_get(g, "error")));
-		else
-			printf("  load to %-8s %8.3f GB/s  (pinned H2D %.3f GB/s%s)\n", tier,
-			       json_number_value(json_object_get(g, "load_bps")) / 1e9,
-			       json_number_value(json_object_get(g, "h2d_pinned_bps")) / 1e9,
-			       json_is_true(json_object_get(g, "emulated")) ?
-			       "; emulated device: host memory, not a GPU figure" : "");
-	}
-	if (!json_array_size(gpus))
-		printf("  %s\n", json_string_value(json_object_get(r, "gpu_reason")));
-	printf("  new client       attach + resolve %lld tensors in %.3f ms\n",
-	       (long long)json_integer_value(json_object_get(r, "tensors")),
-	       json_number_value(json_object_get(r, "attach_resolve_s")) * 1e3);
 }
 
 int ctl_bench(struct ctl *c, int argc, char **argv)
@@ -798,7 +699,7 @@ report:
 		ctl_err("bench", "cannot write %s", o.out);
 		ret = -EIO;
 	}
-	if (o.png && !plot(o.png, r)) {
+	if (o.png && !ctl_bench_plot(o.png, r)) {
 		ctl_err("bench", "gnuplot could not draw %s (is gnuplot installed?)", o.png);
 		ret = -EIO;
 	}
@@ -809,134 +710,8 @@ report:
 			puts(txt);
 		free(txt);
 	} else {
-		print_text(r);
+		ctl_bench_print(r);
 	}
 	json_decref(r);
 	return ret ? CTL_FAIL : CTL_OK;
-}
-
-/* ---- history ---------------------------------------------------------------------------- */
-
-struct hist_ctx {
-	bool json;
-	json_t *runs;
-	unsigned int n;
-};
-
-static double fig(json_t *f, const char *obj, const char *key)
-{
-	json_t *o = obj ? json_object_get(f, obj) : f;
-	json_t *v = o ? json_object_get(o, key) : NULL;
-
-	return v && json_is_number(v) ? json_number_value(v) : NAN;
-}
-
-/* @bps as GB/s with three decimals, or "-" for a figure the run does not have. */
-static const char *gbps(double bps, char *buf)
-{
-	if (isnan(bps))
-		return "-";
-	snprintf(buf, 16, "%.3f", bps / 1e9);
-	return buf;
-}
-
-static int on_run(int64_t id, const char *model, uint64_t at_ns, const char *figures, void *arg)
-{
-	struct hist_ctx *h = arg;
-	json_t *f = json_loads(figures, 0, NULL);
-	time_t t = (time_t)(at_ns / 1000000000);
-	char when[32], b[5][16];
-	struct tm tm;
-
-	h->n++;
-	if (h->json) {
-		json_array_append_new(h->runs, json_pack("{s:I, s:s, s:f, s:o}", "id",
-							 (json_int_t)id, "model", model, "time",
-							 (double)at_ns / 1e9,
-							 "figures", f ? f : json_null()));
-		return 0;
-	}
-	localtime_r(&t, &tm);
-	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
-	printf("%-5lld %-19s %-24s %9s %9s %9s %9s %9s\n", (long long)id, when, ctl_esc(model),
-	       gbps(fig(f, "host", "cold_bps"), b[0]), gbps(fig(f, "host", "warm_bps"), b[1]),
-	       gbps(fig(f, "storage", "cold_bps"), b[2]),
-	       gbps(fig(f, "storage", "warm_bps"), b[3]),
-	       gbps(fig(json_array_get(json_object_get(f, "gpus"), 0), NULL, "load_bps"), b[4]));
-	json_decref(f);
-	return 0;
-}
-
-int ctl_history(struct ctl *c, int argc, char **argv)
-{
-	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "socket", required_argument, NULL, 's' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct hist_ctx h = { 0 };
-	struct catalog *cat;
-	const char *sd, *model = NULL, *socket = NULL;
-	char name[WEIGHTD_NAME_MAX];
-	int opt, ret;
-
-	optind = 1;
-	while ((opt = getopt_long(argc, argv, "hj", longopts, NULL)) != -1) {
-		switch (opt) {
-		case 'j': h.json = true; break;
-		case 's': socket = optarg; break;
-		case 'h': usage_history(stdout); return CTL_OK;
-		default: usage_history(stderr); return CTL_USAGE;
-		}
-	}
-	if (optind + 1 < argc) {
-		ctl_err("history", "takes at most one MODEL");
-		usage_history(stderr);
-		return CTL_USAGE;
-	}
-	sd = ctl_catalog_dir(c, "history", socket, h.json);
-	if (!sd)
-		return CTL_FAIL;
-	ret = catalog_open(sd, &cat);
-	if (ret) {
-		ctl_err("history", "cannot open the catalog in %s: %s", sd, strerror(-ret));
-		return CTL_FAIL;
-	}
-	if (optind < argc) {
-		struct catalog_model m;
-
-		/* A model is named as everywhere (name or path); runs are stored by its name. */
-		model = argv[optind];
-		if (catalog_get_model(cat, model, &m) == 0) {
-			snprintf(name, sizeof(name), "%s", m.name);
-			model = name;
-			catalog_model_free(&m);
-		}
-	}
-	if (h.json)
-		h.runs = json_array();
-	else
-		printf("%-5s %-19s %-24s %9s %9s %9s %9s %9s\n", "ID", "TIME", "MODEL", "COLD GB/s",
-		       "WARM GB/s", "DISK COLD", "DISK WARM", "GPU0 GB/s");
-	ret = catalog_bench_list(cat, model, on_run, &h);
-	catalog_close(cat);
-	if (ret) {
-		json_decref(h.runs);
-		ctl_err("history", "cannot read the bench runs: %s", strerror(-ret));
-		return CTL_FAIL;
-	}
-	if (h.json) {
-		json_t *j = json_pack("{s:o, s:o}", "runs", h.runs, "catalog",
-				      ctl_catalog_json(c));
-		char *txt = json_dumps(j, JSON_INDENT(2));
-
-		if (txt)
-			puts(txt);
-		free(txt);
-		json_decref(j);
-	} else if (!h.n) {
-		printf("(no bench runs recorded%s%s)\n", model ? " for " : "", model ? ctl_esc(model) : "");
-	}
-	return CTL_OK;
 }

@@ -1,4 +1,5 @@
-/* Helpers shared by weightctl's verbs: state directory, errors, progress. */
+/* Helpers shared by every weightctl verb: state directory, catalog choice, errors, JSON
+ * output, progress. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -119,6 +120,16 @@ void ctl_done(struct ctl *c)
 {
 	weightd_detach(c->w);
 	c->w = NULL;
+}
+
+void ctl_print_json(json_t *j)
+{
+	char *s = json_dumps(j, JSON_COMPACT);
+
+	if (s)
+		puts(s);
+	free(s);
+	json_decref(j);
 }
 
 void ctl_err(const char *verb, const char *fmt, ...)

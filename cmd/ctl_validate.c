@@ -80,12 +80,7 @@ static void report(struct vopts *o, const char *path, const struct st_file *f,
 			json_object_set_new(j, "inf", json_integer((json_int_t)inf));
 			json_object_set_new(j, "checksums", arr);
 		}
-		char *s = json_dumps(j, JSON_COMPACT);
-
-		if (s)
-			puts(s);
-		free(s);
-		json_decref(j);
+		ctl_print_json(j);
 		return;
 	}
 	if (!valid) {

@@ -14,10 +14,12 @@ static const struct ctl_verb verbs[] = {
 	{ "gen", ctl_gen, "generate synthetic models for tests, demos and benchmarks" },
 	{ "status", ctl_status, "is the daemon up: pid, socket, clients, models, host cache" },
 	{ "ps", ctl_ps, "what is resident where, and the pins held" },
+	{ "state", ctl_state, "one model's (or component's) state on a tier (daemon)" },
 	{ "load", ctl_load, "make a model resident on a tier (daemon)" },
 	{ "unload", ctl_unload, "drop a model from a tier (daemon)" },
 	{ "pin", ctl_pin, "pin a model on a tier (--hold keeps it until Ctrl-C)" },
-	{ "cat", ctl_cat, "write a resident tensor's bytes from the host cache to stdout" },
+	{ "tensor-data", ctl_tensor_data, "write a resident tensor's bytes to stdout" },
+	{ "cat", ctl_cat, "deprecated name of tensor-data" },
 	{ "stats", ctl_stats, "the daemon's counters" },
 	{ "top", ctl_top, "live view: tiers, budgets, resident models, loads and rates" },
 	{ "bench", ctl_bench, "measure a model's loads against storage, memcpy and H2D limits" },
@@ -29,7 +31,7 @@ static void usage(FILE *out)
 	fprintf(out, "usage: weightctl [--state-dir DIR] [-v] VERB [options] [args]\n\n"
 		     "Verbs (each has --help):\n");
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		fprintf(out, "  %-10s %s\n", verbs[i].name, verbs[i].summary);
+		fprintf(out, "  %-12s %s\n", verbs[i].name, verbs[i].summary);
 	fprintf(out, "\nThe catalog verbs (scan, ls, info, meta, history, bench) use the catalog of\n"
 		     "the daemon that answers on --socket (else $WEIGHTD_SOCKET, else the per-user\n"
 		     "socket), so that they show what it serves; with no daemon, the state\n"

@@ -3,8 +3,9 @@
 # scan/ls/info/validate/meta, their exit codes and JSON, --help on every verb, and user
 # metadata surviving a rescan and a new process. Then with a daemon running: the catalog
 # verbs (ls, info, meta, scan, history, bench) show the daemon's catalog, not the state
-# directory's, and say which they read; MODEL is a name or a path in every verb (load, cat,
-# pin, unload, info, meta, bench); as another user, a daemon catalog that user cannot open
+# directory's, and say which they read; MODEL is a name or a path in every verb (load,
+# tensor-data, state, pin, unload, info, meta, bench); the deprecated verb cat still works and
+# says so (docs/names.md); as another user, a daemon catalog that user cannot open
 # is a clear error.
 set -u
 W="$WD_BUILD/weightctl"
@@ -144,19 +145,35 @@ assert j["catalog"]["source"] == "daemon", j' "$T/out" || fail "scan --json (dae
 check "bench (daemon catalog)" 0 $W bench --no-record --json vae-tiny
 # MODEL as a path in the daemon verbs: absolute, relative, a member file of a model.
 check "load by path" 0 $W load "$D/m/vae-tiny.safetensors"
-check "cat by name" 0 $W cat vae-tiny encoder.conv_in.weight
+check "tensor-data by name" 0 $W tensor-data vae-tiny encoder.conv_in.weight
 cp "$T/out" "$T/by-name"
-[ -s "$T/by-name" ] || fail "cat by name printed nothing"
-check "cat by path" 0 $W cat "$D/m/vae-tiny.safetensors" encoder.conv_in.weight
-cmp -s "$T/out" "$T/by-name" || fail "cat by path differs from cat by name"
-(cd "$D/m" && check "cat by relative path" 0 $W cat ./vae-tiny.safetensors encoder.conv_in.weight) || exit 1
-cmp -s "$T/out" "$T/by-name" || fail "cat by relative path differs from cat by name"
+[ -s "$T/by-name" ] || fail "tensor-data by name printed nothing"
+[ -s "$T/err" ] && { cat "$T/err"; fail "tensor-data wrote to stderr"; }
+check "tensor-data by path" 0 $W tensor-data "$D/m/vae-tiny.safetensors" encoder.conv_in.weight
+cmp -s "$T/out" "$T/by-name" || fail "tensor-data by path differs from by name"
+(cd "$D/m" && check "tensor-data by relative path" 0 $W tensor-data ./vae-tiny.safetensors encoder.conv_in.weight) || exit 1
+cmp -s "$T/out" "$T/by-name" || fail "tensor-data by relative path differs from by name"
+# cat, its deprecated name: the same bytes, and a note on stderr.
+check "cat (deprecated)" 0 $W cat vae-tiny encoder.conv_in.weight
+cmp -s "$T/out" "$T/by-name" || fail "cat differs from tensor-data"
+grep -q "'cat' is deprecated, use 'tensor-data'" "$T/err" || { cat "$T/err"; fail "cat: no deprecation note"; }
+# state: one target's state on a tier (status is the daemon's).
+check "state by path" 0 $W state "$D/m/vae-tiny.safetensors"
+has "vae-tiny.safetensors on host: resident"
+check "state --json" 0 $W state --json --tier host vae-tiny
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+assert j["verb"] == "state" and j["state"] == "resident" and j["tier"] == "host", j
+assert j["done"] == j["total"] > 0, j' "$T/out" || fail "state --json"
+check "state of a component" 0 $W state --component unet sd-tiny
+has "sd-tiny/unet on host: "
+check "state of an unknown model" 1 $W state no-such-model
+check "state without MODEL" 2 $W state
 check "pin by path" 0 $W pin "$D/m/vae-tiny.safetensors"
 check "load a member file" 0 $W load --component unet "$D/m/sd-tiny/unet/diffusion_pytorch_model.safetensors"
 check "unload by path" 0 $W unload "$D/m/vae-tiny.safetensors"
 check "unload by directory" 0 $W unload "$D/m/sd-tiny"
-check "cat of an unknown path" 1 $W cat "$D/m/none.safetensors" x
-grep -q "not in the registry" "$T/err" || { cat "$T/err"; fail "cat of an unknown path: unclear"; }
+check "tensor-data of an unknown path" 1 $W tensor-data "$D/m/none.safetensors" x
+grep -q "not in the registry" "$T/err" || { cat "$T/err"; fail "tensor-data of an unknown path: unclear"; }
 # Another user, allowed to attach (group root reaches the 0660 socket) but not to open the
 # daemon's catalog (its state dir is 0700): a clear error, not that user's own catalog.
 if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && command -v useradd >/dev/null; then

@@ -872,7 +872,8 @@ static void test_weightctl_verbs(void **state)
 	CHECK((rc == 0 && strstr(out, "resident")) || (rc == 1 && strstr(err, "weightctl load:")),
 	      "load: exit %d\nstdout: %s\nstderr: %s", rc, out, err);
 	for (const char *const *v = (const char *const[]){ "status", "ps", "load", "unload",
-							    "pin", "stats", NULL };
+							    "pin", "stats", "state",
+							    "tensor-data", NULL };
 	     *v; v++) {
 		char *hargv[] = { ctl, (char *)*v, "--help", NULL };
 
