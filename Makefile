@@ -57,7 +57,7 @@ CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c sh
 	shm/registry_view.c \
 	shm/stats.c) \
 	core/base/log.c core/base/time.c core/base/units.c core/format/st_dtype.c
-# The GPU tier's import side (weightd_device_map): the device layer and the conversion
+# The GPU tier's import side (weightd_device_map_opts): the device layer and the conversion
 # routines the emulated device runs (core/format/convert.c). The client library links no internal
 # archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
 CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c) \
