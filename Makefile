@@ -60,7 +60,8 @@ CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c sh
 # The GPU tier's import side (weightd_device_map_opts): the device layer and the conversion
 # routines the emulated device runs (core/format/convert.c). The client library links no internal
 # archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
-CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/cuda_dev.c gpu/cuda.c) \
+CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/emu_mem.c gpu/emu_stream.c \
+	gpu/cuda_dev.c gpu/cuda_none.c gpu/cuda.c) \
 	core/format/convert.c
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)
 
@@ -123,7 +124,8 @@ WD_VERSION := 0.2.0
 $(BUILD)/core/daemon/metrics.o $(BUILD)/cmd/weightd.o: ALL_CFLAGS += -DWD_VERSION='"$(WD_VERSION)"'
 # The client library's users of XXH3 take it inline (xxhash.h's XXH_INLINE_ALL), so that
 # libweightd.so needs libc alone (ldd, readelf -d).
-$(BUILD)/shm/registry.o $(BUILD)/shm/registry_view.o $(BUILD)/gpu/emu_dev.o: ALL_CFLAGS += -DXXH_INLINE_ALL
+$(BUILD)/shm/registry.o $(BUILD)/shm/registry_view.o $(BUILD)/gpu/emu_stream.o: \
+	ALL_CFLAGS += -DXXH_INLINE_ALL
 PREFIX ?= /usr/local
 $(BUILD)/weightd.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: weightd\nDescription: weightd client library (shared-memory model residency)\nVersion: %s\nLibs: -L$${libdir} -lweightd\nCflags: -I$${includedir}\n' '$(PREFIX)' '$(WD_VERSION)' > $@

@@ -29,6 +29,10 @@
  * machine's load average before and after is printed: figures taken on a busy machine say
  * little. Writes bench/out/load.json and, with gnuplot, bench/out/load.png; the last line
  * printed is one JSON object.
+ *
+ * One file (about 850 lines) because each bench/bench_*.c is built alone into its program
+ * (the Makefile's bench rule): the baselines, the daemon runs, the library runs and the
+ * report all measure one thing, the load, on the same files.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -329,6 +333,26 @@ struct product {
 	char pages_name[16];
 };
 
+/*
+ * Loads into a fresh arena, @runs times cold then warm: each load by a new daemon (started
+ * with --host-prefault when @prefault), whose arena pages nothing but its prefault touched.
+ */
+static void fresh_rounds(char *buf, int runs, struct daemon_proc *d, const char *dir,
+			 bool prefault, struct fig *cold, struct fig *warm)
+{
+	for (int r = 0; r < runs; r++) {
+		daemon_start(d, dir, prefault);
+		baseline_cold(buf);
+		drop_caches();
+		add(cold, daemon_load(d));
+		daemon_stop(d);
+		daemon_start(d, dir, prefault);
+		baseline_warm(buf);
+		add(warm, daemon_load(d));
+		daemon_stop(d);
+	}
+}
+
 static void run_product(char *buf, int runs, struct product *pr)
 {
 	char tmpl[] = "/tmp/bench-load.XXXXXX";
@@ -341,29 +365,9 @@ static void run_product(char *buf, int runs, struct product *pr)
 		exit(1);
 	}
 	/* A fresh arena: each run a new daemon, whose arena pages nothing has touched yet. */
-	for (int r = 0; r < runs; r++) {
-		daemon_start(&d, dir, false);
-		baseline_cold(buf);
-		drop_caches();
-		add(&pr->fresh_cold, daemon_load(&d));
-		daemon_stop(&d);
-		daemon_start(&d, dir, false);
-		baseline_warm(buf);
-		add(&pr->fresh_warm, daemon_load(&d));
-		daemon_stop(&d);
-	}
+	fresh_rounds(buf, runs, &d, dir, false, &pr->fresh_cold, &pr->fresh_warm);
 	/* The same, the daemon started with --host-prefault: its first load after the prefault. */
-	for (int r = 0; r < runs; r++) {
-		daemon_start(&d, dir, true);
-		baseline_cold(buf);
-		drop_caches();
-		add(&pr->pf_cold, daemon_load(&d));
-		daemon_stop(&d);
-		daemon_start(&d, dir, true);
-		baseline_warm(buf);
-		add(&pr->pf_warm, daemon_load(&d));
-		daemon_stop(&d);
-	}
+	fresh_rounds(buf, runs, &d, dir, true, &pr->pf_cold, &pr->pf_warm);
 	/* A reused arena: one daemon; each load goes where the last one was unloaded from. */
 	daemon_start(&d, dir, false);
 	if (weightd_stats(d.w, &st) == 0) {
@@ -614,17 +618,73 @@ static double ratio(double base_secs, double secs)
 	return base_secs > 0 && secs > 0 ? base_secs / secs : 0;
 }
 
+/*
+ * Writes OUT/load.json, OUT/load.dat (each kind of load beside its baseline) and, when
+ * gnuplot is there, OUT/load.png.
+ */
+static void write_outputs(const char *out, const char *json, const struct fig *warm_base,
+			  const struct fig *dio, const struct product *pr)
+{
+	char cmd[2400];
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", out);
+	if (system(cmd) == 0) {
+		char p[1200];
+
+		snprintf(p, sizeof(p), "%s/load.json", out);
+		f = fopen(p, "w");
+		if (f) {
+			fprintf(f, "%s\n", json);
+			fclose(f);
+		}
+		snprintf(p, sizeof(p), "%s/load.dat", out);
+		f = fopen(p, "w");
+		if (f) {
+			/* Each kind of load beside its baseline: warm ones, then cold ones. */
+			const struct row chart[] = {
+				{ NULL, "warm: raw read (baseline)", *warm_base },
+				{ NULL, "warm: weightd_load", pr->warm },
+				{ NULL, "warm: fresh arena", pr->fresh_warm },
+				{ NULL, "warm: fresh, prefault", pr->pf_warm },
+				{ NULL, "warm: weightctl load", pr->ctl_warm },
+				{ NULL, "warm: Python load()", pr->py_warm },
+				{ NULL, "cold: O_DIRECT read (baseline)", *dio },
+				{ NULL, "cold: weightd_load", pr->cold },
+				{ NULL, "cold: fresh arena", pr->fresh_cold },
+				{ NULL, "cold: fresh, prefault", pr->pf_cold },
+				{ NULL, "cold: weightctl load", pr->ctl_cold },
+			};
+
+			for (size_t i = 0; i < ARRAY_SIZE(chart); i++)
+				fprintf(f, "\"%s\" %.3f\n", chart[i].label, gbs(chart[i].f.best));
+			fclose(f);
+		}
+		if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
+			snprintf(cmd, sizeof(cmd),
+				 "gnuplot -e \"set terminal png size 1200,600; set output '%s/load.png';"
+				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
+				 " set xtics rotate by -30; set yrange [0:*]; set termoption noenhanced;"
+				 " set bmargin 11; set title 'disk -> host cache through the "
+				 "daemon (%.2f GB, cold = %s)'; plot '%s/load.dat' using 2:xtic(1) "
+				 "notitle\" 2>/dev/null", out, (double)set.total_file / 1e9, cold_method,
+				 out);
+			if (system(cmd))
+				fprintf(stderr, "gnuplot failed; no chart\n");
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *size_s = "1G", *dir = NULL, *out = "bench/out";
-	char cmd[2400], dirbuf[1024], la0[32], la1[32], self[PATH_MAX];
+	char dirbuf[1024], la0[32], la1[32], self[PATH_MAX];
 	struct product pr = { 0 };
 	struct library lib = { 0 };
 	uint64_t size;
 	int runs = 3, c;
 	bool product_only = false;
 	ssize_t n;
-	FILE *f;
 
 	while ((c = getopt(argc, argv, "s:d:r:o:P")) != -1) {
 		switch (c) {
@@ -785,51 +845,7 @@ int main(int argc, char **argv)
 			      "\"python_vs_weightd_load\":%.3f}", warm_r, cold_r, fwarm_r, fcold_r,
 			      pfwarm_r, pfcold_r, py_ctl, py_c);
 
-	snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", out);
-	if (system(cmd) == 0) {
-		char p[1200];
-
-		snprintf(p, sizeof(p), "%s/load.json", out);
-		f = fopen(p, "w");
-		if (f) {
-			fprintf(f, "%s\n", json);
-			fclose(f);
-		}
-		snprintf(p, sizeof(p), "%s/load.dat", out);
-		f = fopen(p, "w");
-		if (f) {
-			/* Each kind of load beside its baseline: warm ones, then cold ones. */
-			const struct row chart[] = {
-				{ NULL, "warm: raw read (baseline)", base[0].f },
-				{ NULL, "warm: weightd_load", pr.warm },
-				{ NULL, "warm: fresh arena", pr.fresh_warm },
-				{ NULL, "warm: fresh, prefault", pr.pf_warm },
-				{ NULL, "warm: weightctl load", pr.ctl_warm },
-				{ NULL, "warm: Python load()", pr.py_warm },
-				{ NULL, "cold: O_DIRECT read (baseline)", dio },
-				{ NULL, "cold: weightd_load", pr.cold },
-				{ NULL, "cold: fresh arena", pr.fresh_cold },
-				{ NULL, "cold: fresh, prefault", pr.pf_cold },
-				{ NULL, "cold: weightctl load", pr.ctl_cold },
-			};
-
-			for (size_t i = 0; i < ARRAY_SIZE(chart); i++)
-				fprintf(f, "\"%s\" %.3f\n", chart[i].label, gbs(chart[i].f.best));
-			fclose(f);
-		}
-		if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
-			snprintf(cmd, sizeof(cmd),
-				 "gnuplot -e \"set terminal png size 1200,600; set output '%s/load.png';"
-				 " set style data histograms; set style fill solid; set ylabel 'GB/s';"
-				 " set xtics rotate by -30; set yrange [0:*]; set termoption noenhanced;"
-				 " set bmargin 11; set title 'disk -> host cache through the "
-				 "daemon (%.2f GB, cold = %s)'; plot '%s/load.dat' using 2:xtic(1) "
-				 "notitle\" 2>/dev/null", out, (double)set.total_file / 1e9, cold_method,
-				 out);
-			if (system(cmd))
-				fprintf(stderr, "gnuplot failed; no chart\n");
-		}
-	}
+	write_outputs(out, json, &base[0].f, &dio, &pr);
 	munmap(buf, set.total_alloc + CHUNK);
 	printf("%s\n", json);
 	return 0;

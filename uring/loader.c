@@ -106,8 +106,6 @@ int load_wait(struct load_handle *h, int64_t timeout_ns)
 	return rc;
 }
 
-/* ---- the loader thread --------------------------------------------------------------- */
-
 /* ---- the populate thread ------------------------------------------------------------ */
 
 static void *populate_main(void *arg)
@@ -184,6 +182,8 @@ static void populate_forget(struct loader *l, struct load_handle *h)
 		pthread_cond_wait(&l->pop_cond, &l->pop_lock);
 	pthread_mutex_unlock(&l->pop_lock);
 }
+
+/* ---- the loader thread --------------------------------------------------------------- */
 
 static void finish(struct loader *l, struct load_handle *h)
 {
