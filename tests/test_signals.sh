@@ -12,7 +12,13 @@ i=0
 while [ ! -S "$T/sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 [ -S "$T/sock" ] || fail "the daemon did not create its socket"
 kill -HUP $P
-sleep 0.3
+# The daemon reads the signal on its control thread, which may start well after the socket
+# exists on a loaded machine: wait for the reload's log line, up to 10 s.
+i=0
+while ! grep -q "configuration reloaded" "$T/log" && kill -0 $P 2>/dev/null && [ $i -lt 200 ]; do
+	sleep 0.05
+	i=$((i + 1))
+done
 kill -0 $P 2>/dev/null || fail "SIGHUP ended the daemon"
 grep -q "SIGHUP: reloading the configuration" "$T/log" || fail "SIGHUP not logged"
 grep -q "configuration reloaded" "$T/log" || fail "SIGHUP did not reload"
