@@ -9,7 +9,8 @@
  *   scan_plan.c   4. decide which models to read again (their signature changed), and
  *   scan_read.c      read their files in parallel (headers parsed, checked and hashed);
  *   scan_plan.c   5. decide the writes, publish them in one transaction, report the changes.
- * scan.c drives the phases and keeps the list of problems; scan_map.c is the string map
+ * scan.c drives the phases; scan_problem.c keeps the list of problems and joins paths (every
+ * phase calls it, it calls none); scan_map.c is the string map
  * they index paths with.
  */
 #ifndef WD_CATALOG_SCAN_INTERNAL_H
@@ -136,7 +137,7 @@ struct plan {
 };
 
 
-/* ---- scan.c ---- */
+/* ---- scan_problem.c ---- */
 
 /* Adds a problem about @path to the result (on no memory, sc->nomem is set instead). */
 void scan_problem(struct scan *sc, const char *path, int err, const char *fmt, ...)

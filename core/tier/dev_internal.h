@@ -4,7 +4,8 @@
  * and the flow of a load are described in core/tier/devcache.h; the locks at struct devcache
  * below.
  *
- *   devcache.c     the tier's life: --device-budget, opening the GPUs, create/stop/destroy
+ *   devcache.c     the tier's life: --device-budget, create/stop/destroy
+ *   dev_open.c     opening the GPUs, on the device thread
  *   dev_entry.c    the entry table and the requests waiting on its loads
  *   dev_form.c     the layout of a form on the GPU (converted, selected)
  *   dev_thread.c   the device thread and its queue
@@ -202,7 +203,7 @@ void *dev_thread_main(void *arg);
 void dev_host_ready(void *ctx, void *arg, int err, const char *msg,
 		    uint64_t read_bytes, struct hostcache_layout *held);
 
-/* ---- devcache.c: the tier's life ------------------------------------------------------------ */
+/* ---- dev_open.c: opening the GPUs (device thread) -------------------------------------------- */
 
 void dev_open_devices(struct devcache *dc);
 
