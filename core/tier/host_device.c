@@ -6,46 +6,6 @@
  */
 #include "core/tier/host_internal.h"
 
-/* hostcache_hold() under the cache lock. */
-int host_hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
-{
-	struct tier_form f = { 0 };
-	struct entry *e = NULL;
-	struct bind *b;
-	int ret = 0;
-
-	memset(out, 0, sizeof(*out));
-	/* The resident one: a reload of the same component may be queued next to it. */
-	for (struct entry *x = hc->entries; x; x = x->next)
-		if (!x->cancelled && x->resident && form_equal(x, &f) && host_find_bind(x, comp))
-			e = x;
-	if (!e || !e->resident || !(b = host_find_bind(e, comp))) {
-		ret = -ENODATA;
-		goto out;
-	}
-	out->t = calloc(e->n_t ? e->n_t : 1, sizeof(*out->t));
-	if (!out->t) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	for (uint32_t i = 0; i < e->n_t; i++)
-		out->t[i] = (struct hostcache_tensor){ .tid = b->tids[i], .off = e->t[i].off,
-						       .nbytes = e->t[i].nbytes,
-						       .dtype = e->t[i].dtype };
-	out->n_t = e->n_t;
-	out->off = e->off;
-	out->size = e->size;
-	out->tensor_bytes = e->tensor_bytes;
-	out->base = arena_ptr(hc->arena, e->off);
-	snprintf(out->key, sizeof(out->key), "%s", e->key);
-	snprintf(out->ckey, sizeof(out->ckey), "%s", e->ckey);
-	out->id = e->id;
-	e->holds++;
-	evict_pin(hc->pol, e->key);
-out:
-	return ret;
-}
-
 int hostcache_hold(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
 {
 	int ret;

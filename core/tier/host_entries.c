@@ -1,8 +1,8 @@
 /*
  * The host tier's entry table: finding entries by identity, form, key and component;
  * binding components to an entry and publishing its tensors in the registry (and taking
- * them back); dropping an entry; identity and policy keys; stale files; and deduplication by
- * content (find_same_bytes()). Callers hold the cache lock; the publication takes state_lock.
+ * them back); holding a resident entry (host_hold_locked()); dropping an entry; identity and
+ * policy keys; stale files; and deduplication by content (find_same_bytes()). Callers hold the cache lock; the publication takes state_lock.
  */
 #include "core/tier/host_internal.h"
 
@@ -306,4 +306,44 @@ const struct catalog_component *host_cat_comp(struct hostcache *hc,
 		if (!strcmp(m->components[k].name, rc.name))
 			return &m->components[k];
 	return NULL;
+}
+
+/* hostcache_hold() under the cache lock. */
+int host_hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out)
+{
+	struct tier_form f = { 0 };
+	struct entry *e = NULL;
+	struct bind *b;
+	int ret = 0;
+
+	memset(out, 0, sizeof(*out));
+	/* The resident one: a reload of the same component may be queued next to it. */
+	for (struct entry *x = hc->entries; x; x = x->next)
+		if (!x->cancelled && x->resident && form_equal(x, &f) && host_find_bind(x, comp))
+			e = x;
+	if (!e || !e->resident || !(b = host_find_bind(e, comp))) {
+		ret = -ENODATA;
+		goto out;
+	}
+	out->t = calloc(e->n_t ? e->n_t : 1, sizeof(*out->t));
+	if (!out->t) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < e->n_t; i++)
+		out->t[i] = (struct hostcache_tensor){ .tid = b->tids[i], .off = e->t[i].off,
+						       .nbytes = e->t[i].nbytes,
+						       .dtype = e->t[i].dtype };
+	out->n_t = e->n_t;
+	out->off = e->off;
+	out->size = e->size;
+	out->tensor_bytes = e->tensor_bytes;
+	out->base = arena_ptr(hc->arena, e->off);
+	snprintf(out->key, sizeof(out->key), "%s", e->key);
+	snprintf(out->ckey, sizeof(out->ckey), "%s", e->ckey);
+	out->id = e->id;
+	e->holds++;
+	evict_pin(hc->pol, e->key);
+out:
+	return ret;
 }

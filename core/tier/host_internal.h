@@ -139,6 +139,9 @@ static inline bool form_equal(const struct entry *e, const struct tier_form *f)
 
 /* ---- host_entries.c: the entry table, publication, identity, deduplication ------- */
 
+/* hostcache_hold() under the cache lock: holds @comp's resident stored-form entry. */
+int host_hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out);
+
 struct bind *host_find_bind(const struct entry *e, uint32_t comp);
 struct entry *host_find_id(struct hostcache *hc, uint64_t id);
 struct entry *host_find_form(struct hostcache *hc, uint32_t comp, const struct tier_form *f);
@@ -172,10 +175,13 @@ int host_populate_extent(struct hostcache *hc, const char *name, uint64_t off, u
 			 char *msg);
 void host_release_extent(struct hostcache *hc, uint64_t off, uint64_t bytes);
 
-/* ---- host_load.c: requests and the load pipeline --------------------------------- */
+/* ---- host_req.c: the end of a request ------------------------------------------- */
 
 void host_req_fail(struct req *r, int err, const char *msg);
 void host_req_done_one(struct hostcache *hc, struct req *r);
+
+/* ---- host_load.c: the load pipeline ---------------------------------------------- */
+
 int host_spec_files(const struct catalog_component *cc, struct load_file_spec **out,
 		    uint32_t *n);
 
@@ -190,8 +196,5 @@ int host_seed_pair(const char *a, const char *b, uint64_t count, void *arg);
 void host_save_coaccess(struct hostcache *hc);
 void host_queue_prefetch(struct hostcache *hc, const char *key);
 
-/* ---- host_device.c: services for the device tier --------------------------------- */
-
-int host_hold_locked(struct hostcache *hc, uint32_t comp, struct hostcache_layout *out);
 
 #endif

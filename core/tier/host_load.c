@@ -1,7 +1,7 @@
 /*
  * The host tier's load pipeline on the worker thread: requests (one client's LOAD fanned out
- * over the loads of its components, or the device tier's hostcache_load_for()) and their
- * completion; planning a component's load (files, form, --verify, the loader's plan) and
+ * over the loads of its components, or the device tier's hostcache_load_for()), ended in
+ * host_req.c; planning a component's load (files, form, --verify, the loader's plan) and
  * starting it in named steps (join, plan, new entry, reserve the extent, submit, publish),
  * or refusing it.
  */
@@ -11,41 +11,6 @@
 #include <unistd.h>
 
 #include "core/base/file.h"
-
-/* Posts @r's final completion and frees it. Under the cache lock. */
-static void finish_req(struct hostcache *hc, struct req *r)
-{
-	if (r->then) {
-		struct hostcache_layout l;
-		int err = r->q.err;
-
-		/* Held now, under the lock that made it resident: no eviction can come between. */
-		if (!err && (err = host_hold_locked(hc, r->q.pin.component, &l)))
-			snprintf(r->q.msg, sizeof(r->q.msg), "load: component %u went from the host "
-				 "cache before it could be held (%s)", r->q.pin.component,
-				 strerror(-err));
-		r->then(r->then_ctx, r->then_arg, err, r->q.msg, r->q.read_bytes,
-			err ? NULL : &l);
-		hc->env.sink.client_put(hc->env.sink.ctx, r->q.c);
-		free(r->q.spare);
-		free(r);
-		return;
-	}
-	tier_req_finish(&hc->env, &r->q);
-	free(r);
-}
-
-void host_req_fail(struct req *r, int err, const char *msg)
-{
-	tier_req_fail(&r->q, err, msg);
-}
-
-/* One of @r's loads ended (or its fan-out did): the last one finishes it. Under the lock. */
-void host_req_done_one(struct hostcache *hc, struct req *r)
-{
-	if (tier_req_done_one(&r->q))
-		finish_req(hc, r);
-}
 
 static int attach_req(struct load *ld, struct req *r)
 {

@@ -53,7 +53,7 @@
  * Files (one concern each): hostcache.c (lifecycle and the shard side), host_entries.c (the
  * entry table, deduplication and publication in the registry), host_admit.c (admission,
  * eviction and the budget), host_load.c (the load pipeline: requests, planning and
- * submitting), host_done.c (the loader's callbacks), host_prefetch.c (co-access and
+ * submitting), host_req.c (a request's end), host_done.c (the loader's callbacks), host_prefetch.c (co-access and
  * prefetch), host_device.c (services for the device tier); host_internal.h holds what they
  * share.
  */
