@@ -6,8 +6,9 @@
  *   client.c           attach and detach: the connection, the segments, the last error
  *   client_request.c   submitting a request on the ring and waiting for its completion
  *                      (liveness, a dead daemon), the argument checks, PING
- *   client_registry.c  MODEL names to ids (LOOKUP), and the registry reads: models,
- *                      components, tensors, a tensor's bytes, the bulk tensor table
+ *   client_registry.c  MODEL names to ids (LOOKUP), a request's target, and the registry
+ *                      reads: models, components, tensors, a tensor's bytes, the bulk
+ *                      tensor table
  *   client_ops.c       the requests on models and the daemon: LOAD, UNLOAD, PIN, UNPIN,
  *                      STATE, SCAN, VALIDATE, META_*, CACHE, SHUTDOWN, INFO
  *   client_device.c    the GPU tier: DEVICE_MAP and the import, device reads, DEVICES, TRIM
@@ -99,16 +100,8 @@ int client_check_name(const char *s, const char *what);
 int client_check_tensor_name(const char *s);
 int client_check_tier(unsigned int tier);
 
-/* Fills rq->sqe's model and component with registry ids (client_request.c says how). */
-int client_set_target(struct weightd *w, struct request *rq, const char *model,
-		      const char *component);
-
 /* Runs a request whose answer is just res; returns res or an error. */
 int client_simple(struct weightd *w, struct request *rq, const char *what, const char *name);
-
-/* A request on model/component/tier: resolves the target, submits, waits. */
-int client_target_op(struct weightd *w, uint8_t op, const char *model, const char *component,
-		     unsigned int tier, uint8_t flags, struct reply *rp);
 
 /* ---- names to ids (client_registry.c) ---------------------------------------------------- */
 
@@ -120,6 +113,14 @@ int client_lookup_id(struct weightd *w, const char *model, uint32_t *id);
  * @rec (may be NULL) receives the model's record. */
 int client_find_model(struct weightd *w, const char *model, uint32_t *id,
 		      struct wd_reg_model *rec);
+
+/* Fills rq->sqe's model and component with registry ids (client_registry.c says how). */
+int client_set_target(struct weightd *w, struct request *rq, const char *model,
+		      const char *component);
+
+/* A request on model/component/tier: resolves the target, submits, waits. */
+int client_target_op(struct weightd *w, uint8_t op, const char *model, const char *component,
+		     unsigned int tier, uint8_t flags, struct reply *rp);
 
 /* ---- load forms (client_ops.c) ----------------------------------------------------------- */
 

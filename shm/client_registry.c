@@ -1,9 +1,10 @@
 /*
  * libweightd: MODEL arguments to registry ids (LOOKUP when the registry does not have the
- * name), and the registry reads that cost no round trip: models, components, tensors, a
- * tensor's bytes in the host cache, and the bulk tensor table. The registry is semi-trusted:
- * every record is copied under its seqlock and checked (rank, dtype, sizes, offsets inside
- * this process's mappings) before anything is built from it.
+ * name) and a request's target (model and component ids: client_set_target(), then the
+ * round trip of client_request.c); and the registry reads that cost no round trip: models,
+ * components, tensors, a tensor's bytes in the host cache, and the bulk tensor table. The
+ * registry is semi-trusted: every record is copied under its seqlock and checked (rank,
+ * dtype, sizes, offsets inside this process's mappings) before anything is built from it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -623,4 +624,51 @@ int weightd_tensor_table(struct weightd *w, const char *model, const char *compo
 	}
 	tab->absent = absent + (want > seen ? want - seen : 0);
 	return finish_table(w, model, &p, tab);
+}
+
+/*
+ * Fills the target of a model/component request with registry ids: the model is resolved in
+ * the registry (or with a LOOKUP round trip when it is not published there yet), the
+ * component in the registry only. Requests always carry ids, never names, because the
+ * daemon's worker ops (VALIDATE, META_*) accept only ids.
+ */
+int client_set_target(struct weightd *w, struct request *rq, const char *model,
+		      const char *component)
+{
+	uint32_t id;
+	int ret;
+
+	rq->sqe.model = WD_ID_NONE;
+	rq->sqe.component = WD_ID_NONE;
+	ret = client_lookup_id(w, model, &id);
+	if (ret)
+		return ret;
+	rq->sqe.model = id;
+	if (!component)
+		return 0;
+	ret = client_check_name(component, "component name");
+	if (ret)
+		return ret;
+	ret = registry_find_component(&w->reg, id, component, &rq->sqe.component, NULL);
+	if (ret)
+		return client_fail(ret, "model %s, component %s: %s", model, component,
+				   ret == -ENOENT ? "no such component" : strerror(-ret));
+	return 0;
+}
+
+int client_target_op(struct weightd *w, uint8_t op, const char *model, const char *component,
+		     unsigned int tier, uint8_t flags, struct reply *rp)
+{
+	struct request rq = { .sqe = { .opcode = op, .tier = (uint16_t)tier, .flags = flags } };
+	int ret;
+
+	if (!w)
+		return client_fail(-EINVAL, "NULL handle");
+	ret = client_check_tier(tier);
+	if (ret)
+		return ret;
+	ret = client_set_target(w, &rq, model, component);
+	if (ret)
+		return ret;
+	return client_submit_wait(w, &rq, rp);
 }

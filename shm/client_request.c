@@ -317,36 +317,6 @@ int client_check_tier(unsigned int tier)
 	return 0;
 }
 
-/*
- * Fills the target of a model/component request with registry ids: the model is resolved in
- * the registry (or with a LOOKUP round trip when it is not published there yet), the
- * component in the registry only. Requests always carry ids, never names, because the
- * daemon's worker ops (VALIDATE, META_*) accept only ids.
- */
-int client_set_target(struct weightd *w, struct request *rq, const char *model,
-		      const char *component)
-{
-	uint32_t id;
-	int ret;
-
-	rq->sqe.model = WD_ID_NONE;
-	rq->sqe.component = WD_ID_NONE;
-	ret = client_lookup_id(w, model, &id);
-	if (ret)
-		return ret;
-	rq->sqe.model = id;
-	if (!component)
-		return 0;
-	ret = client_check_name(component, "component name");
-	if (ret)
-		return ret;
-	ret = registry_find_component(&w->reg, id, component, &rq->sqe.component, NULL);
-	if (ret)
-		return client_fail(ret, "model %s, component %s: %s", model, component,
-				   ret == -ENOENT ? "no such component" : strerror(-ret));
-	return 0;
-}
-
 /* Runs a request whose answer is just res; returns res or an error. */
 int client_simple(struct weightd *w, struct request *rq, const char *what, const char *name)
 {
@@ -354,23 +324,6 @@ int client_simple(struct weightd *w, struct request *rq, const char *what, const
 	int ret = client_submit_wait(w, rq, &rp);
 
 	return ret ? ret : client_result(&rp, what, name);
-}
-
-int client_target_op(struct weightd *w, uint8_t op, const char *model, const char *component,
-		     unsigned int tier, uint8_t flags, struct reply *rp)
-{
-	struct request rq = { .sqe = { .opcode = op, .tier = (uint16_t)tier, .flags = flags } };
-	int ret;
-
-	if (!w)
-		return client_fail(-EINVAL, "NULL handle");
-	ret = client_check_tier(tier);
-	if (ret)
-		return ret;
-	ret = client_set_target(w, &rq, model, component);
-	if (ret)
-		return ret;
-	return client_submit_wait(w, &rq, rp);
 }
 
 int weightd_ping(struct weightd *w)
