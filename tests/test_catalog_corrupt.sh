@@ -50,7 +50,7 @@ ctl status --json | python3 -c 'import json, sys
 assert json.load(sys.stdin)["alerts_active"] == ["catalog"]' || fail "status --json"
 # The models are whole again: a tensor of each kind of model is served.
 ctl load llama-tiny >/dev/null 2>&1 || fail "load llama-tiny after the rebuild"
-ctl cat llama-tiny model.norm.weight >"$T/t" 2>"$T/err" || fail "cat: $(cat "$T/err")"
+ctl tensor-data llama-tiny model.norm.weight >"$T/t" 2>"$T/err" || fail "tensor-data: $(cat "$T/err")"
 [ -s "$T/t" ] || fail "no bytes"
 stop
 # The rebuilt catalog passes the check: the next start raises nothing.

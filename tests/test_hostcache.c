@@ -8,7 +8,7 @@
  * a keep-alive TTL is honoured; a file rewritten or truncated after the scan is caught
  * (-ESTALE naming it); subsets and F32 -> BF16 conversion; the client's mapping is read-only
  * (a forked client's write dies with SIGSEGV, the daemon and other clients carry on); and
- * weightctl load / cat; and the one set of rules both tiers decode a LOAD or DEVICE_MAP form
+ * weightctl load / tensor-data; and the one set of rules both tiers decode a LOAD or DEVICE_MAP form
  * with (tier_parse_form(), core/tier/tier.h), row by row.
  */
 #include <dirent.h>
@@ -895,7 +895,7 @@ static void test_cli(void **state)
 		{ { "load", "no-such-model" }, 1, NULL, "no-such-model" },
 		{ { "load", "--tier", "cuda:0", "vae-tiny" }, 1, NULL, "GPU tier not available" },
 		{ { "load", "--dtype", "F8", "vae-tiny" }, 2, NULL, "--dtype wants" },
-		{ { "cat", "sd-tiny", "text_model.final_layer_norm.weight" }, 1, NULL,
+		{ { "tensor-data", "sd-tiny", "text_model.final_layer_norm.weight" }, 1, NULL,
 		  "weightctl load sd-tiny" },
 		{ { "ps" }, 0, "llama-tiny", NULL },
 	};
@@ -928,7 +928,7 @@ static void test_cli(void **state)
 		size_t n = t->end - t->begin;
 		char *want = malloc(n ? n : 1);
 
-		rc = ctl(out, err, sizeof(err), "cat", "llama-tiny", t->name, NULL);
+		rc = ctl(out, err, sizeof(err), "tensor-data", "llama-tiny", t->name, NULL);
 		buf = slurp(out, &len);
 		CHECK(rc == 0 && len == n && pread(fd, want, n, (off_t)(f.data_start + t->begin)) ==
 		      (ssize_t)n && !memcmp(buf, want, n), "cat %s: exit %d, %zu bytes (file %zu) %s",

@@ -70,7 +70,7 @@ hdr = json.loads(raw[8:8 + n])
 names = [k for k in hdr if k != "__metadata__"]
 for name in names[:40]:
     b, e = hdr[name]["data_offsets"]
-    got = subprocess.run([w, "cat", "vae-tiny", name], capture_output=True, check=True).stdout
+    got = subprocess.run([w, "tensor-data", "vae-tiny", name], capture_output=True, check=True).stdout
     assert got == raw[8 + n + b:8 + n + e], name
 print("checked", min(len(names), 40), "tensors")
 PY

@@ -2,7 +2,7 @@
  * What the registry cannot hold is never dropped silently, against a real build/weightd:
  *  - long tensor names (the format sets no limit): a file with 1,000-byte names, two of them
  *    equal but for the last byte, loads; every tensor is reachable by its exact name through
- *    weightd_tensor() and its bytes, through `weightctl cat`, and listed whole by
+ *    weightd_tensor() and its bytes, through `weightctl tensor-data`, and listed whole by
  *    weightd_tensor_table() and weightd_tensor_name(); weightd_tensor_list(), whose name
  *    slots are 256 bytes, refuses rather than cut;
  *  - a full registry: a model that does not fit is not published (not half), SCAN fails with
@@ -109,15 +109,15 @@ static void test_long_names(void **state)
 	CHECK(ret == -ENAMETOOLONG && strstr(weightd_last_error(), "weightd_tensor_name()"),
 	      "tensor_list with names: %d", ret);
 	CHECK(weightd_tensor_list(w, "longnames", NULL, list, NULL, 8) == 3, "list w/o names");
-	/* The CLI: weightctl cat by the exact long name. */
+	/* The CLI: weightctl tensor-data by the exact long name. */
 	out = calloc(1, 8192);
 	err = calloc(1, 8192);
 	snprintf(ctl, sizeof(ctl), "%s/weightctl", td_build_dir());
 	{
-		char *argv[] = { ctl, "cat", "--socket", daemon_.socket, "longnames", long2, NULL };
+		char *argv[] = { ctl, "tensor-data", "--socket", daemon_.socket, "longnames", long2, NULL };
 
 		ret = td_run(argv, 20000, out, err, 8192);
-		CHECK(ret == 0 && !memcmp(out, data2, sizeof(data2)), "weightctl cat: exit %d: %s",
+		CHECK(ret == 0 && !memcmp(out, data2, sizeof(data2)), "weightctl tensor-data: exit %d: %s",
 		      ret, err);
 	}
 	free(out);

@@ -16,7 +16,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "core/base/array.h"
 #include "core/base/log.h"
 #include "core/daemon/alert.h"
 #include "core/daemon/internal.h"
@@ -70,17 +69,6 @@ int daemon_watch(struct daemon *d, int fd, enum conn_kind kind)
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = daemon_watch_tag(kind) };
 
 	return epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
-}
-
-struct uid_use *daemon_uid_use(struct daemon *d, uid_t uid)
-{
-	for (size_t i = 0; i < d->n_uid_use; i++)
-		if (d->uid_use[i].uid == uid)
-			return &d->uid_use[i];
-	if (wd_grow(&d->uid_use, &d->cap_uid_use, d->n_uid_use + 1, sizeof(*d->uid_use)))
-		return NULL;
-	d->uid_use[d->n_uid_use] = (struct uid_use){ .uid = uid };
-	return &d->uid_use[d->n_uid_use++];
 }
 
 /* A connection of @uid closed; @client: it was an attached client. */
@@ -336,16 +324,6 @@ static void sweep_pending(struct daemon *d)
 			conn_close(d, cn);
 		}
 	}
-}
-
-void daemon_stop(struct daemon *d)
-{
-	uint64_t one = 1;
-	ssize_t n;
-
-	do {
-		n = write(d->stop_efd, &one, sizeof(one));
-	} while (n < 0 && errno == EINTR);
 }
 
 /*

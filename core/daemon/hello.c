@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/base/array.h"
 #include "core/base/log.h"
 #include "core/daemon/internal.h"
 #include "core/tier/hostcache.h"
@@ -26,6 +27,17 @@
  * it stands for).
  */
 static struct log_limit refuse_limit = LOG_LIMIT_INIT(20, 10000);
+
+struct uid_use *daemon_uid_use(struct daemon *d, uid_t uid)
+{
+	for (size_t i = 0; i < d->n_uid_use; i++)
+		if (d->uid_use[i].uid == uid)
+			return &d->uid_use[i];
+	if (wd_grow(&d->uid_use, &d->cap_uid_use, d->n_uid_use + 1, sizeof(*d->uid_use)))
+		return NULL;
+	d->uid_use[d->n_uid_use] = (struct uid_use){ .uid = uid };
+	return &d->uid_use[d->n_uid_use++];
+}
 
 static bool peer_allowed(const struct daemon *d, const struct conn *cn)
 {

@@ -6,10 +6,13 @@
  *   daemon.c   create and destroy (daemon_create(), daemon_destroy()), the small parsers
  *   control.c  the control thread: the epoll loop (daemon_run()), signals, accept, the
  *              per-uid connection limits, detach, the orderly shutdown
- *   hello.c    the handshake: checking a hello and making the client (ring segment, reply)
+ *   hello.c    the handshake: checking a hello and making the client (ring segment, reply),
+ *              the per-uid table the limits count in
  *   shard.c    the serving threads and their wake-up rings
  *   client.c   client references and the completions the worker hands to a shard
- *   worker.c   the worker thread and its job queue
+ *   threads.c  what the threads do to each other: wake a shard, flush its counters, queue a
+ *              job for the worker, stop the control thread
+ *   worker.c   the worker thread, taking jobs from its queue
  *   publish.c  publishing the catalog into the registry (daemon_publish())
  *   ops.c      the ops a shard answers, and the routing of the others (core/daemon/ops.h)
  *   jobs.c     the ops the worker runs
@@ -276,10 +279,22 @@ int daemon_post(struct daemon *d, struct client *c, const struct wd_cqe *cqe,
  */
 int daemon_deliver_pending(struct client *c, int *space, uint64_t *errors);
 
-/* ---- core/daemon/shard.c: the serving threads ----------------------------------------- */
+/* ---- core/daemon/threads.c: what the threads do to each other --------------------------- */
 
 /* Pushes a token into @s's wake-up ring, so that it looks at its clients again. */
 void daemon_shard_wake(struct shard *s);
+
+/* Writes the shard's unflushed request and error counts into the registry. */
+void daemon_flush_counters(struct shard *s);
+
+/* Queues @j for the worker (it owns @j afterwards): the shards, and the tiers' defer.
+ * Returns 0 or -ECANCELED (the worker stopped). */
+int daemon_queue_job(struct daemon *d, struct job *j);
+
+/* Asks the control thread to shut down (the SHUTDOWN op). */
+void daemon_stop(struct daemon *d);
+
+/* ---- core/daemon/shard.c: the serving threads ----------------------------------------- */
 
 /* Starts shard @idx (its wake-up ring and its thread). Returns 0 or a negative errno. */
 int daemon_shard_start(struct daemon *d, struct shard *s, unsigned int idx);
@@ -288,16 +303,10 @@ int daemon_shard_start(struct daemon *d, struct shard *s, unsigned int idx);
  * Under clients_lock. */
 struct shard *daemon_shard_pick(struct daemon *d);
 
-/* Writes the shard's unflushed request and error counts into the registry. */
-void daemon_flush_counters(struct shard *s);
-
 /* Unmaps the shards' wake-up rings (their threads were joined). */
 void daemon_shards_free(struct daemon *d);
 
 /* ---- core/daemon/worker.c: the worker and its job queue -------------------------------- */
-
-/* Shard side: queues @j for the worker (it owns @j afterwards). Returns 0 or -ECANCELED. */
-int daemon_queue_job(struct daemon *d, struct job *j);
 
 /* Starts the worker thread. Returns 0 or the negative errno of pthread_create(). */
 int daemon_worker_start(struct daemon *d);
@@ -340,6 +349,10 @@ struct client *daemon_hello(struct daemon *d, struct conn *cn, const void *buf, 
 /* Sends a refusal (a hello reply with @status and the message); the caller closes @cn. */
 void daemon_refuse(struct conn *cn, int status, const char *fmt, ...) WD_PRINTF(3, 4);
 
+/* The entry of @uid in d->uid_use (connections counted at accept by the control thread,
+ * clients at the hello), created with zero counts; NULL when out of memory. */
+struct uid_use *daemon_uid_use(struct daemon *d, uid_t uid);
+
 /*
  * The spare ring segment the next hello takes (hello.c says why): the control thread makes
  * it once it has been idle for DAEMON_SPARE_IDLE_MS, when daemon_spare_wanted() says so.
@@ -351,9 +364,6 @@ void daemon_spare_free(struct daemon *d);
 
 /* ---- core/daemon/control.c: the control thread ---------------------------------------- */
 
-/* Asks the control thread to shut down (the SHUTDOWN op). */
-void daemon_stop(struct daemon *d);
-
 /*
  * The orderly end: no shard runs any more, queued worker requests are cancelled, the worker
  * finishes the one it runs, the tiers stop, and then every client gets its owed completions,
@@ -362,8 +372,6 @@ void daemon_stop(struct daemon *d);
  */
 void daemon_shutdown(struct daemon *d);
 
-/* The entry of @uid in d->uid_use, created with zero counts; NULL when out of memory. */
-struct uid_use *daemon_uid_use(struct daemon *d, uid_t uid);
 
 /* The epoll tag of the control thread's descriptor of @kind (not PENDING or CLIENT). */
 void *daemon_watch_tag(enum conn_kind kind);

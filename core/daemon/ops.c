@@ -284,15 +284,15 @@ static uint32_t model_state(struct daemon *d, uint32_t id, uint32_t comp, uint32
 	return state;
 }
 
-static void op_status(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
-		      struct wd_cqe *cqe, char *out)
+static void op_state(struct daemon *d, const struct wd_sqe *sqe, const char *arg, uint16_t len,
+		     struct wd_cqe *cqe, char *out)
 {
 	struct wd_reg_model m;
 	uint32_t id;
 	int ret = ops_resolve(d, sqe, arg, len, &id, &m);
 
 	if (ret) {
-		resolve_failed(cqe, out, "status", sqe, arg, len, ret);
+		resolve_failed(cqe, out, "state", sqe, arg, len, ret);
 		return;
 	}
 	cqe->res = (int32_t)model_state(d, id, sqe->component, sqe->tier, &cqe->aux0, &cqe->aux1);
@@ -420,7 +420,7 @@ static void op_stats(struct daemon *d, struct client *c, struct wd_cqe *cqe, cha
 static void op_info(struct daemon *d, struct wd_cqe *cqe, char *out)
 {
 	struct wd_info info = { 0 };
-	const char *dir = daemon_state_dir(d);
+	const char *dir = d->state_dir;
 	char abs[PATH_MAX];
 	struct rlimit lim;
 	size_t n;
@@ -504,8 +504,8 @@ enum ops_outcome ops_dispatch(struct daemon *d, struct client *c, const struct w
 	case WD_OP_UNPIN:
 		op_pin(d, c, sqe, arg, arg_len, cqe, out, sqe->opcode == WD_OP_PIN);
 		return OPS_DONE;
-	case WD_OP_STATUS:
-		op_status(d, sqe, arg, arg_len, cqe, out);
+	case WD_OP_STATE:
+		op_state(d, sqe, arg, arg_len, cqe, out);
 		return OPS_DONE;
 	case WD_OP_STATS:
 		op_stats(d, c, cqe, out);

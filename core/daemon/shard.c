@@ -31,20 +31,6 @@
 #define NEW_CLIENT_SPIN_NS (500ull * 1000)
 #define NEW_CLIENT_SLICE_NS (20ull * 1000)
 
-void daemon_shard_wake(struct shard *s)
-{
-	pthread_mutex_lock(&s->wake_lock);
-	if (ring_prod_space(&s->wake_prod) > 0) {
-		uint32_t *tok = ring_prod_slot(&s->wake_prod);
-
-		*tok = 1;
-		ring_prod_advance(&s->wake_prod);
-		ring_prod_publish(&s->wake_prod);
-	}
-	ring_notify(&s->wake_prod);
-	pthread_mutex_unlock(&s->wake_lock);
-}
-
 /* Stops serving @c: marks its ring broken and hangs up, so the control thread detaches it. */
 static void break_client(struct client *c, int err, const char *what)
 {
@@ -54,18 +40,6 @@ static void break_client(struct client *c, int err, const char *what)
 	metrics_note_error(-EPROTO);
 	atomic_store(&c->broken, true);
 	shutdown(c->fd, SHUT_RDWR);
-}
-
-void daemon_flush_counters(struct shard *s)
-{
-	metrics_flush_local(s->d->reg);
-	if (!s->flush_requests && !s->flush_errors)
-		return;
-	pthread_mutex_lock(&s->d->state_lock);
-	registry_counter_add(s->d->reg, WD_CTR_REQUESTS, (int64_t)s->flush_requests);
-	registry_counter_add(s->d->reg, WD_CTR_ERRORS, (int64_t)s->flush_errors);
-	pthread_mutex_unlock(&s->d->state_lock);
-	s->flush_requests = s->flush_errors = 0;
 }
 
 /*

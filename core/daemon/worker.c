@@ -15,23 +15,6 @@
 
 #define MOD "daemon"
 
-int daemon_queue_job(struct daemon *d, struct job *j)
-{
-	pthread_mutex_lock(&d->job_lock);
-	if (d->worker_stop) {
-		pthread_mutex_unlock(&d->job_lock);
-		return -ECANCELED;
-	}
-	if (d->job_tail)
-		d->job_tail->next = j;
-	else
-		d->job_head = j;
-	d->job_tail = j;
-	pthread_cond_signal(&d->job_cond);
-	pthread_mutex_unlock(&d->job_lock);
-	return 0;
-}
-
 /*
  * The worker's first step: PRAGMA quick_check of the catalog (seconds for a large one, which
  * is why it does not run before the daemon answers). A catalog that fails it is moved aside
