@@ -60,7 +60,7 @@ CLIENT_SRCS := $(wildcard shm/client*.c shm/attach.c shm/ring.c shm/segment.c sh
 # The GPU tier's import side (weightd_device_map_opts): the device layer and the conversion
 # routines the emulated device runs (core/format/convert.c). The client library links no internal
 # archive, and needs libc alone (dlopen of the CUDA driver and threads are in glibc).
-CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/emu_mem.c gpu/emu_stream.c \
+CLIENT_GPU_SRCS := $(wildcard gpu/device.c gpu/emu_dev.c gpu/emu_rules.c gpu/emu_mem.c gpu/emu_stream.c \
 	gpu/cuda_dev.c gpu/cuda_none.c gpu/cuda.c) \
 	core/format/convert.c
 CLIENT_LIB := $(if $(wildcard shm/client.c),$(BUILD)/libweightd.so $(BUILD)/weightd.pc)

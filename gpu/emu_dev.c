@@ -18,9 +18,10 @@
  * process compute mode (an abstract Unix socket per device, bound by the process that holds
  * its context: the kernel releases it when that process dies).
  *
- * This file: the emulated driver and its rules, devices ($WEIGHTD_GPU_EMULATE, visible
- * devices, capabilities), contexts and the ops table. Memory is gpu/emu_mem.c, streams and
- * events gpu/emu_stream.c; what they share is gpu/emu_int.h.
+ * This file: the emulated driver, devices ($WEIGHTD_GPU_EMULATE, visible devices,
+ * capabilities), contexts and the ops table. The process-wide state and the rules every part
+ * checks are gpu/emu_rules.c, memory gpu/emu_mem.c, streams and events gpu/emu_stream.c;
+ * what they share is gpu/emu_int.h.
  */
 #include "gpu/device.h"
 
@@ -46,69 +47,6 @@ static void ordinals_init(void)
 		ordinals[i].excl_fd = -1;
 	}
 }
-
-/* Declared in gpu/emu_int.h. */
-pthread_mutex_t emu_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic pid_t emu_pid;		/* the process that initialised the driver; 0: none */
-static _Thread_local struct emu_ordinal *cur_ctx;	/* the thread's current context */
-_Atomic uint64_t emu_locked_bytes, emu_registrations, emu_refused;
-
-/* A rule broken: counted, and for void operations said on stderr (nothing else can). */
-void emu_refuse_void(const char *what, const char *why)
-{
-	atomic_fetch_add(&emu_refused, 1);
-	fprintf(stderr, "weightd emulated GPU: %s refused: %s\n", what, why);
-}
-
-/* CUDA state does not survive fork(): a child of the initialising process is refused. */
-bool emu_forked(void)
-{
-	pid_t p = atomic_load(&emu_pid);
-
-	return p && p != getpid();
-}
-
-int emu_init_check(const char *what, char *why, size_t why_size)
-{
-	pid_t zero = 0, me = getpid();
-
-	if (atomic_compare_exchange_strong(&emu_pid, &zero, me) || zero == me)
-		return 0;
-	atomic_fetch_add(&emu_refused, 1);
-	snprintf(why, why_size, "%s: CUDA_ERROR_NOT_INITIALIZED: the emulated driver was "
-		 "initialised in process %d, and this is a child forked after that (CUDA state "
-		 "does not survive fork(); start helpers with fork+exec)", what, (int)zero);
-	return -EIO;
-}
-
-/* [ctx] operations: @dev's context must be current on this thread. */
-int emu_need_ctx(struct gpu_dev *dev, const char *what, char *why, size_t why_size)
-{
-	if (emu_forked())
-		return emu_init_check(what, why, why_size);
-	if (cur_ctx == dev->ord)
-		return 0;
-	atomic_fetch_add(&emu_refused, 1);
-	snprintf(why, why_size, "%s on emulated cuda:%d: CUDA_ERROR_INVALID_CONTEXT: %s", what,
-		 dev->ordinal, cur_ctx ? "another device's context is current on this thread" :
-		 "no current context on this thread");
-	return -EINVAL;
-}
-
-/* emu_need_ctx() for an operation that cannot return an error. */
-bool emu_void_ctx_ok(struct gpu_dev *dev, const char *what)
-{
-	char why[200];
-
-	if (emu_forked())
-		return false;	/* a forked child: silently nothing, as the driver does */
-	if (!emu_need_ctx(dev, what, why, sizeof(why)))
-		return true;
-	atomic_fetch_sub(&emu_refused, 1);	/* counted once, by emu_refuse_void() */
-	emu_refuse_void(what, why);
-	return false;
-}
-
 
 /*
  * Parses $WEIGHTD_GPU_EMULATE: "N" or "N:SIZE" with 1 <= N <= GPU_MAX_DEVICES and SIZE a
@@ -341,15 +279,15 @@ static int emu_ctx_enter(struct gpu_dev *dev, void **saved, char *why, size_t wh
 
 	if (rc)
 		return rc;
-	*saved = cur_ctx;
-	cur_ctx = dev->ord;
+	*saved = emu_cur_ctx;
+	emu_cur_ctx = dev->ord;
 	return 0;
 }
 
 static void emu_ctx_leave(struct gpu_dev *dev, void *saved)
 {
 	if (!emu_forked())
-		cur_ctx = saved;
+		emu_cur_ctx = saved;
 }
 
 static int emu_find(const char *id, int *ordinal, char *why, size_t why_size)
@@ -479,5 +417,5 @@ void gpu_emu_process_stats(struct gpu_emu_process_stats *st)
 
 int gpu_emu_current(void)
 {
-	return cur_ctx ? (int)(cur_ctx - ordinals) : -1;
+	return emu_cur_ctx ? (int)(emu_cur_ctx - ordinals) : -1;
 }

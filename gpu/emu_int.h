@@ -1,7 +1,8 @@
 /*
  * Private to the emulated device (gpu/emu_*.c): an ordinal's process-wide state, a device,
  * the process-wide lock and counters, and the driver's rules that every part checks. The
- * parts: gpu/emu_dev.c (the driver, devices and contexts, the ops table), gpu/emu_mem.c
+ * parts: gpu/emu_rules.c (the process-wide state and the rules, below the others),
+ * gpu/emu_dev.c (the driver, devices and contexts, the ops table), gpu/emu_mem.c
  * (VRAM allocations and imports, page-locked host memory), gpu/emu_stream.c (streams, copies,
  * conversions, events). The API is gpu/device.h.
  */
@@ -57,10 +58,12 @@ struct gpu_dev {
 
 /* Host ranges (gpu/emu_mem.c) and ordinals' retains and exclusive holds (gpu/emu_dev.c). */
 extern pthread_mutex_t emu_lock;
+/* The thread's current context (gpu/emu_rules.c; emu_ctx_enter()/leave() in gpu/emu_dev.c). */
+extern _Thread_local struct emu_ordinal *emu_cur_ctx;
 /* Page-locked bytes, host registrations, and rules broken (gpu_emu_process_stats()). */
 extern _Atomic uint64_t emu_locked_bytes, emu_registrations, emu_refused;
 
-/* The driver's rules (gpu/emu_dev.c). */
+/* The driver's rules (gpu/emu_rules.c). */
 
 /* A rule broken: counted, and for void operations said on stderr (nothing else can). */
 void emu_refuse_void(const char *what, const char *why);
