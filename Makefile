@@ -205,7 +205,7 @@ FUZZ_SAN := address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -I$(BUILD) -I. -Iinclude
 # Only the parsers of untrusted files and what they call.
 FUZZ_LIB_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,core/format/st.c core/format/st_error.c \
-	core/format/st_dtype.c core/format/st_deep.c core/base/file.c core/format/model.c \
+	core/format/st_dtype.c core/format/st_deep.c core/base/file.c core/format/model_read.c \
 	core/format/model_layout.c core/format/model_json.c core/format/model_open.c \
 	core/format/arch.c core/base/log.c core/base/time.c)
 

@@ -1,6 +1,6 @@
 /*
  * What the model-format files of core/format share and nobody else sees: three small string
- * helpers. The files: model.c (describing, reading and checking a model), model_layout.c
+ * helpers. The files: model_read.c (describing, reading and checking a model), model_layout.c
  * (which file names make a model, default names, shard paths), model_json.c (the layout
  * JSONs: a sharded index and model_index.json), model_open.c (model_open: one path, read
  * sequentially).
