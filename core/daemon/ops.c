@@ -21,23 +21,11 @@
 #include "core/tier/devcache.h"
 #include "core/base/file.h"
 #include "core/tier/hostcache.h"
+#include "core/tier/tier.h"
 #include "core/daemon/tiers.h"
 #include "core/base/log.h"
 #include "core/catalog/scan.h"
 #include "core/format/st.h"
-
-uint16_t ops_msg(char *out, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(out, WD_DATA_SLOT_SIZE, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return 0;
-	return (uint16_t)(n >= (int)WD_DATA_SLOT_SIZE ? (int)WD_DATA_SLOT_SIZE - 1 : n);
-}
 
 static int fail(struct wd_cqe *cqe, int err)
 {
@@ -88,10 +76,10 @@ static int resolve_failed(struct wd_cqe *cqe, char *out, const char *op, const s
 			  const char *arg, uint16_t len, int err)
 {
 	if (sqe->model == WD_ID_NONE)
-		cqe->data_len = ops_msg(out, "%s: model \"%.*s\": %s", op,
+		cqe->data_len = tier_msg(out, "%s: model \"%.*s\": %s", op,
 					(int)(len > 200 ? 200 : len), arg, strerror(-err));
 	else
-		cqe->data_len = ops_msg(out, "%s: model %u component %d: %s", op, sqe->model,
+		cqe->data_len = tier_msg(out, "%s: model %u component %d: %s", op, sqe->model,
 					sqe->component == WD_ID_NONE ? -1 : (int)sqe->component,
 					strerror(-err));
 	return fail(cqe, err);
@@ -182,7 +170,7 @@ static void op_device_map(struct daemon *d, struct client *c, const struct wd_sq
 		return;
 	}
 	if (!d->dc) {
-		cqe->data_len = ops_msg(out, "device_map: GPU tier not available");
+		cqe->data_len = tier_msg(out, "device_map: GPU tier not available");
 		fail(cqe, -ENOTSUP);
 		return;
 	}
@@ -198,12 +186,12 @@ static void op_devices(struct daemon *d, const struct wd_sqe *sqe, struct wd_cqe
 
 	if (sqe->model != WD_ID_NONE || sqe->component != WD_ID_NONE || sqe->tier ||
 	    sqe->arg[1] || sqe->arg[2] || sqe->arg[3] || sqe->arg[4] || sqe->flags) {
-		cqe->data_len = ops_msg(out, "devices: only arg[0] (the first index) may be set");
+		cqe->data_len = tier_msg(out, "devices: only arg[0] (the first index) may be set");
 		fail(cqe, -EINVAL);
 		return;
 	}
 	if (!d->dc) {
-		cqe->data_len = ops_msg(out, "GPU tier not available");
+		cqe->data_len = tier_msg(out, "GPU tier not available");
 		cqe->res = 0;
 		return;
 	}
@@ -224,7 +212,7 @@ static void op_device_trim(struct daemon *d, const struct wd_sqe *sqe, struct wd
 	if (sqe->model != WD_ID_NONE || sqe->component != WD_ID_NONE ||
 	    sqe->tier == WD_TIER_HOST || sqe->arg[1] || sqe->arg[2] || sqe->arg[3] ||
 	    sqe->arg[4] || sqe->flags) {
-		cqe->data_len = ops_msg(out, "device_trim: a GPU tier and arg[0] (bytes) only");
+		cqe->data_len = tier_msg(out, "device_trim: a GPU tier and arg[0] (bytes) only");
 		fail(cqe, -EINVAL);
 		return;
 	}
@@ -316,7 +304,7 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 	busy = lease_pinned_by_other(&d->leases, &c->lease, id, sqe->component, sqe->tier);
 	pthread_mutex_unlock(&d->state_lock);
 	if (busy) {
-		cqe->data_len = ops_msg(out, "unload: %s is pinned on %s by another client", m.name,
+		cqe->data_len = tier_msg(out, "unload: %s is pinned on %s by another client", m.name,
 					tier_name(sqe->tier, tn, sizeof(tn)));
 		fail(cqe, -EBUSY);
 		return;
@@ -349,7 +337,7 @@ static void op_unload(struct daemon *d, struct client *c, const struct wd_sqe *s
 	}
 	/* Nothing to drop (no GPU tier holds anything yet): success, zero bytes released. */
 	cqe->aux0 = 0;
-	cqe->data_len = ops_msg(out, "unload: %s is not resident on %s", m.name,
+	cqe->data_len = tier_msg(out, "unload: %s is not resident on %s", m.name,
 				tier_name(sqe->tier, tn, sizeof(tn)));
 }
 
@@ -386,7 +374,7 @@ static void op_pin(struct daemon *d, struct client *c, const struct wd_sqe *sqe,
 	cqe->aux1 = lease_model_pins(&d->leases, p.model);
 	pthread_mutex_unlock(&d->state_lock);
 	if (ret == -ENOENT)
-		cqe->data_len = ops_msg(out, "unpin: %s is not pinned on %s by this client", m.name,
+		cqe->data_len = tier_msg(out, "unpin: %s is not pinned on %s by this client", m.name,
 					tier_name(sqe->tier, tn, sizeof(tn)));
 	cqe->res = ret > 0 ? 0 : ret;
 }
@@ -457,7 +445,7 @@ static bool privileged(const struct daemon *d, uid_t uid)
 static void op_shutdown(struct daemon *d, struct client *c, struct wd_cqe *cqe, char *out)
 {
 	if (!privileged(d, c->uid)) {
-		cqe->data_len = ops_msg(out, "shutdown: uid %u is not an admin user (start weightd "
+		cqe->data_len = tier_msg(out, "shutdown: uid %u is not an admin user (start weightd "
 					"with --admin-user)", (unsigned)c->uid);
 		fail(cqe, -EPERM);
 		return;

@@ -24,12 +24,6 @@
 #include "core/daemon/internal.h"
 #include "shm/abi.h"
 
-/*
- * Writes a message into a completion's payload slot (@out has WD_DATA_SLOT_SIZE bytes,
- * truncated to fit); returns its length, the completion's data_len (no NUL is sent).
- */
-uint16_t ops_msg(char *out, const char *fmt, ...) WD_PRINTF(2, 3);
-
 enum ops_outcome {
 	OPS_DONE = 0,		/* *cqe and the payload are filled: publish them now */
 	OPS_ASYNC = 1,		/* queued for the worker: the final completion comes later */

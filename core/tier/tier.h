@@ -176,7 +176,8 @@ static inline bool tier_form_equal(const struct tier_form *a, const struct tier_
 
 /*
  * Writes a message into a completion's payload slot (@out has WD_DATA_SLOT_SIZE bytes,
- * truncated to fit); returns its length, the completion's data_len (no NUL is sent).
+ * truncated to fit); returns its length, the completion's data_len (no NUL is sent). The
+ * daemon's own ops (core/daemon/ops.c) write their messages with it too.
  */
 uint16_t tier_msg(char *out, const char *fmt, ...) WD_PRINTF(2, 3);
 
